@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Host set-up for paddock on Debian 12 (bookworm), as root. Safe to run twice.
+# Installs libvirt + QEMU from bookworm-backports (see shared/HOST.md for why),
+# the tools the image script and the tests use, starts virtlogd and libvirtd
+# if they are not running, and keeps libvirt's `default` NAT network off.
+set -euo pipefail
+
+log() { printf '[setup-host] %s\n' "$*" >&2; }
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup-host.sh must run as root" >&2
+        exit 1
+    fi
+}
+
+add_backports() {
+    local list=/etc/apt/sources.list.d/paddock-backports.sources
+    if grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        return
+    fi
+    # Use the mirror the existing bookworm entry uses.
+    local mirror
+    mirror=$(grep -rhs '^URIs:.*debian/\?$' /etc/apt/sources.list.d/ | head -n1 | awk '{print $2}')
+    if [ -z "$mirror" ]; then
+        mirror=$(grep -hs '^deb .*bookworm ' /etc/apt/sources.list | head -n1 | awk '{print $2}')
+    fi
+    mirror=${mirror:-http://deb.debian.org/debian}
+    log "adding bookworm-backports from $mirror"
+    cat >"$list" <<SRC
+Types: deb
+URIs: $mirror
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    APT_UPDATED=0
+}
+
+APT_UPDATED=0
+apt_update_once() {
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        apt-get update -qq
+        APT_UPDATED=1
+    fi
+}
+
+install_packages() {
+    local backports=(libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86
+        qemu-utils passt pkg-config)
+    local plain=(busybox-static openssh-client cpio gzip zstd libxml2-utils chromium
+        sqlite3 python3 ca-certificates curl)
+    local missing=()
+    for p in "${backports[@]}" "${plain[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        log "packages already installed"
+        return
+    fi
+    log "installing: ${missing[*]}"
+    apt_update_once
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends -t bookworm-backports "${backports[@]}" >/dev/null
+    apt-get install -y -qq --no-install-recommends "${plain[@]}" >/dev/null
+}
+
+start_daemons() {
+    if ! pgrep -x virtlogd >/dev/null; then
+        log "starting virtlogd"
+        virtlogd -d
+    fi
+    if ! pgrep -x libvirtd >/dev/null; then
+        log "starting libvirtd"
+        libvirtd -d
+    fi
+    # Wait (bounded) until libvirtd answers.
+    local i
+    for i in $(seq 1 100); do
+        if virsh -c qemu:///system version >/dev/null 2>&1; then
+            break
+        fi
+        sleep 0.1
+    done
+    virsh -c qemu:///system version >/dev/null
+    # Never run the default NAT network (private range, forbidden here).
+    if virsh -c qemu:///system net-info default >/dev/null 2>&1; then
+        virsh -c qemu:///system net-autostart default --disable >/dev/null 2>&1 || true
+        if virsh -c qemu:///system net-info default | grep -q '^Active:.*yes'; then
+            virsh -c qemu:///system net-destroy default >/dev/null
+        fi
+    fi
+}
+
+need_root
+add_backports
+install_packages
+start_daemons
+log "host ready"

@@ -1,0 +1,137 @@
+//! The `fleet.toml` wire format: serde types that mirror the file, with spans kept
+//! so that every later validation error can point at a line and column.
+//!
+//! Nothing outside `config` sees these types; `validate` turns them into the
+//! plain domain types of `config::model`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub version: S<i64>,
+    pub daemon: S<RawDaemon>,
+    #[serde(default)]
+    pub hosts: Vec<S<RawHost>>,
+    #[serde(default)]
+    pub images: Vec<S<RawImage>>,
+    #[serde(default)]
+    pub jobs: Vec<S<RawJob>>,
+    #[serde(default)]
+    pub users: Vec<S<RawUser>>,
+    #[serde(default)]
+    pub recorders: Vec<S<RawRecorder>>,
+    pub access: Option<S<RawAccess>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub listen: S<String>,
+    pub state_dir: S<String>,
+    pub ssh_ports: S<String>,
+    pub reconcile_interval: Option<S<String>>,
+    pub max_hold: Option<S<String>>,
+    pub launch_retries: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    pub name: S<String>,
+    pub uri: S<String>,
+    pub accelerator: S<String>,
+    pub address: S<String>,
+    pub max_vms: S<i64>,
+    pub memory_mib: S<i64>,
+    pub vcpus: S<i64>,
+    pub network: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawImage {
+    pub name: S<String>,
+    pub os: S<String>,
+    pub arch: S<String>,
+    pub disk: Option<S<String>>,
+    pub kernel: Option<S<String>>,
+    pub initrd: Option<S<String>>,
+    pub cmdline: Option<S<String>>,
+    pub memory_mib: S<i64>,
+    pub vcpus: S<i64>,
+    pub user: S<String>,
+    pub shell: Option<S<String>>,
+    pub host_key: S<String>,
+    #[serde(default)]
+    pub trusts_fleet_ca: bool,
+    pub boot_timeout: Option<S<String>>,
+    pub nic_model: Option<S<String>>,
+    #[serde(default)]
+    pub tpm: bool,
+    pub smc_key: Option<S<String>>,
+    pub firmware: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJob {
+    pub name: S<String>,
+    pub images: S<Vec<S<String>>>,
+    pub schedule: Option<S<String>>,
+    pub timezone: Option<S<String>>,
+    #[serde(default)]
+    pub steps: Vec<S<RawStep>>,
+    pub stop_if_failure: Option<bool>,
+    #[serde(default)]
+    pub env: BTreeMap<String, S<String>>,
+    #[serde(default)]
+    pub tags: Vec<S<String>>,
+    pub hold_on_failure: Option<S<String>>,
+    #[serde(default)]
+    pub maintainers: Vec<S<String>>,
+    #[serde(default)]
+    pub artifacts: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub name: S<String>,
+    #[serde(rename = "type")]
+    pub kind: S<String>,
+    pub command: S<String>,
+    pub timeout: Option<S<String>>,
+    #[serde(default)]
+    pub ignore_failure: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub name: S<String>,
+    pub role: S<String>,
+    #[serde(default)]
+    pub ssh_keys: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecorder {
+    pub name: S<String>,
+    pub kind: S<String>,
+    pub url: Option<S<String>>,
+    pub token: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccess {
+    pub auto_approve_max: Option<S<String>>,
+    pub max_grant: Option<S<String>>,
+}

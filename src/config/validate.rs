@@ -1,0 +1,528 @@
+//! Turns the raw, spanned `fleet.toml` into a [`Fleet`], collecting every error
+//! with the file, line, column and key path it belongs to.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::*;
+use super::{ConfigError, duration, model::*};
+
+const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(3600);
+const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub(super) struct Validator<'a> {
+    src: &'a str,
+    file: &'a Path,
+    base_dir: PathBuf,
+    pub(super) errors: Vec<ConfigError>,
+}
+
+impl<'a> Validator<'a> {
+    pub(super) fn new(src: &'a str, file: &'a Path) -> Self {
+        let base_dir = file
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        Validator { src, file, base_dir, errors: Vec::new() }
+    }
+
+    pub(super) fn error(&mut self, span: Option<Range<usize>>, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError::at(self.file, self.src, span, path.into(), message.into()));
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+
+    fn duration(&mut self, v: &Option<S<String>>, path: &str, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match duration::parse(s.get_ref()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.error(Some(s.span()), path, e);
+                    default
+                }
+            },
+        }
+    }
+
+    fn positive<T: TryFrom<i64>>(&mut self, v: &S<i64>, path: &str, fallback: T) -> T {
+        let n = *v.get_ref();
+        match T::try_from(n) {
+            Ok(t) if n > 0 => t,
+            _ => {
+                self.error(Some(v.span()), path, format!("must be a positive number, got {n}"));
+                fallback
+            }
+        }
+    }
+
+    fn one_of<T: Copy>(&mut self, v: &S<String>, path: &str, choices: &[(&str, T)]) -> Option<T> {
+        match choices.iter().find(|(name, _)| *name == v.get_ref()) {
+            Some((_, t)) => Some(*t),
+            None => {
+                let known: Vec<String> = choices.iter().map(|(n, _)| format!("`{n}`")).collect();
+                self.error(
+                    Some(v.span()),
+                    path,
+                    format!("`{}` is not allowed; expected one of {}", v.get_ref(), known.join(", ")),
+                );
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, v: &S<String>, path: &str, seen: &mut HashSet<String>, what: &str) -> String {
+        let name = v.get_ref().clone();
+        let valid = !name.is_empty()
+            && name.len() <= 48
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            self.error(
+                Some(v.span()),
+                path,
+                format!("`{name}` is not a valid {what} name; use 1-48 of a-z, A-Z, 0-9, `-`, `_`, `.`"),
+            );
+        } else if !seen.insert(name.clone()) {
+            self.error(Some(v.span()), path, format!("duplicate {what} name `{name}`"));
+        }
+        name
+    }
+
+    pub(super) fn fleet(&mut self, raw: RawFleet) -> Fleet {
+        if *raw.version.get_ref() != 1 {
+            self.error(
+                Some(raw.version.span()),
+                "version",
+                format!("schema version {} is not supported; this paddock reads version 1", raw.version.get_ref()),
+            );
+        }
+        let daemon = self.daemon(&raw.daemon);
+        let mut seen = HashSet::new();
+        let hosts: Vec<Host> = raw.hosts.iter().enumerate().map(|(i, h)| self.host(i, h, &mut seen)).collect();
+        if hosts.is_empty() {
+            self.error(None, "hosts", "at least one [[hosts]] entry is required");
+        }
+        let mut seen = HashSet::new();
+        let images: Vec<Image> = raw.images.iter().enumerate().map(|(i, m)| self.image(i, m, &mut seen)).collect();
+        let mut seen = HashSet::new();
+        let users: Vec<User> = raw.users.iter().enumerate().map(|(i, u)| self.user(i, u, &mut seen)).collect();
+        let image_names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
+        let user_names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+        let mut seen = HashSet::new();
+        let jobs: Vec<Job> = raw
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| self.job(i, j, &mut seen, &image_names, &user_names))
+            .collect();
+        let mut seen = HashSet::new();
+        let mut recorders: Vec<Recorder> =
+            raw.recorders.iter().enumerate().map(|(i, r)| self.recorder(i, r, &mut seen)).collect();
+        if raw.recorders.is_empty() {
+            recorders.push(Recorder { name: "embedded".into(), target: RecorderTarget::Embedded });
+        }
+        let access = self.access(raw.access.as_ref());
+        Fleet {
+            source: self.file.to_path_buf(),
+            daemon,
+            hosts,
+            images,
+            jobs,
+            users,
+            recorders,
+            access,
+        }
+    }
+
+    fn daemon(&mut self, raw: &S<RawDaemon>) -> Daemon {
+        let d = raw.get_ref();
+        let listen = match d.listen.get_ref().parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.error(
+                    Some(d.listen.span()),
+                    "daemon.listen",
+                    format!("`{}` is not an address:port like \"127.0.0.1:8080\"", d.listen.get_ref()),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        };
+        let ssh_ports = match parse_port_range(d.ssh_ports.get_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.error(Some(d.ssh_ports.span()), "daemon.ssh_ports", e);
+                PortRange { first: 1024, last: 1024 }
+            }
+        };
+        let launch_retries = match &d.launch_retries {
+            None => 2,
+            Some(v) => self.positive(v, "daemon.launch_retries", 2u32),
+        };
+        Daemon {
+            listen,
+            state_dir: self.path(d.state_dir.get_ref()),
+            ssh_ports,
+            reconcile_interval: self.duration(&d.reconcile_interval, "daemon.reconcile_interval", Duration::from_secs(30)),
+            max_hold: self.duration(&d.max_hold, "daemon.max_hold", Duration::from_secs(24 * 3600)),
+            launch_retries,
+        }
+    }
+
+    fn host(&mut self, i: usize, raw: &S<RawHost>, seen: &mut HashSet<String>) -> Host {
+        let h = raw.get_ref();
+        let p = format!("hosts[{i}]");
+        let name = self.name(&h.name, &format!("{p}.name"), seen, "host");
+        let uri = h.uri.get_ref().clone();
+        let scheme_ok = ["qemu:///", "qemu+ssh://", "qemu+tcp://", "qemu+tls://", "test:///"]
+            .iter()
+            .any(|s| uri.starts_with(s));
+        if !scheme_ok {
+            self.error(
+                Some(h.uri.span()),
+                format!("{p}.uri"),
+                format!("`{uri}` is not a libvirt URI paddock can use; expected qemu:///system, qemu+ssh://HOST/system or test:///..."),
+            );
+        }
+        let accelerator = self
+            .one_of(&h.accelerator, &format!("{p}.accelerator"), &[("kvm", Accelerator::Kvm), ("tcg", Accelerator::Tcg)])
+            .unwrap_or(Accelerator::Tcg);
+        let address = match h.address.get_ref().parse::<IpAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.error(
+                    Some(h.address.span()),
+                    format!("{p}.address"),
+                    format!("`{}` is not an IP address", h.address.get_ref()),
+                );
+                IpAddr::from([127, 0, 0, 1])
+            }
+        };
+        let capacity = Capacity {
+            max_vms: self.positive(&h.max_vms, &format!("{p}.max_vms"), 1u32),
+            memory_mib: self.positive(&h.memory_mib, &format!("{p}.memory_mib"), 1u64),
+            vcpus: self.positive(&h.vcpus, &format!("{p}.vcpus"), 1u32),
+        };
+        Host { name, uri, accelerator, address, capacity, network: h.network.as_ref().map(|n| n.get_ref().clone()) }
+    }
+
+    fn image(&mut self, i: usize, raw: &S<RawImage>, seen: &mut HashSet<String>) -> Image {
+        let m = raw.get_ref();
+        let p = format!("images[{i}]");
+        let name = self.name(&m.name, &format!("{p}.name"), seen, "image");
+        let os = self
+            .one_of(&m.os, &format!("{p}.os"), &[("linux", Os::Linux), ("windows", Os::Windows), ("macos", Os::Macos)])
+            .unwrap_or(Os::Linux);
+        let arch_choices: Vec<(&str, Arch)> = Arch::ALL.iter().map(|a| (a.as_str(), *a)).collect();
+        let arch = self.one_of(&m.arch, &format!("{p}.arch"), &arch_choices).unwrap_or(Arch::X86_64);
+        let boot = match (&m.disk, &m.kernel, &m.initrd) {
+            (Some(disk), None, None) => Boot::Disk { base: self.path(disk.get_ref()) },
+            (None, Some(k), Some(r)) => Boot::Kernel {
+                kernel: self.path(k.get_ref()),
+                initrd: self.path(r.get_ref()),
+                cmdline: m.cmdline.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default(),
+            },
+            (None, Some(_), None) | (None, None, Some(_)) => {
+                self.error(Some(raw.span()), &p, "`kernel` and `initrd` go together; give both");
+                Boot::Disk { base: PathBuf::new() }
+            }
+            (Some(_), _, _) => {
+                self.error(Some(raw.span()), &p, "give either `disk` or `kernel` + `initrd`, not both");
+                Boot::Disk { base: PathBuf::new() }
+            }
+            (None, None, None) => {
+                self.error(Some(raw.span()), &p, "no boot source; give `disk` or `kernel` + `initrd`");
+                Boot::Disk { base: PathBuf::new() }
+            }
+        };
+        if m.cmdline.is_some() && matches!(boot, Boot::Disk { .. }) {
+            let span = m.cmdline.as_ref().map(|c| c.span());
+            self.error(span, format!("{p}.cmdline"), "`cmdline` only applies to kernel + initrd images");
+        }
+        let default_shell = if os == Os::Windows { Shell::Powershell } else { Shell::Sh };
+        let shell = match &m.shell {
+            None => default_shell,
+            Some(s) => self
+                .one_of(s, &format!("{p}.shell"), &[("sh", Shell::Sh), ("powershell", Shell::Powershell), ("cmd", Shell::Cmd)])
+                .unwrap_or(default_shell),
+        };
+        if os != Os::Windows && shell != Shell::Sh {
+            let span = m.shell.as_ref().map(|s| s.span());
+            self.error(span, format!("{p}.shell"), format!("a {} image runs steps with `sh`", os.as_str()));
+        }
+        if os == Os::Windows && shell == Shell::Sh {
+            let span = m.shell.as_ref().map(|s| s.span());
+            self.error(span, format!("{p}.shell"), "a windows image runs steps with `powershell` or `cmd`");
+        }
+        let host_key = self.host_key(&m.host_key, &format!("{p}.host_key"));
+        Image {
+            name,
+            os,
+            arch,
+            boot,
+            memory_mib: self.positive(&m.memory_mib, &format!("{p}.memory_mib"), 256u64),
+            vcpus: self.positive(&m.vcpus, &format!("{p}.vcpus"), 1u32),
+            user: m.user.get_ref().clone(),
+            shell,
+            host_key,
+            trusts_fleet_ca: m.trusts_fleet_ca,
+            boot_timeout: self.duration(&m.boot_timeout, &format!("{p}.boot_timeout"), DEFAULT_BOOT_TIMEOUT),
+            nic_model: m.nic_model.as_ref().map(|s| s.get_ref().clone()),
+            tpm: m.tpm,
+            smc_key: m.smc_key.as_ref().map(|s| s.get_ref().clone()),
+            firmware: m.firmware.as_ref().map(|s| self.path(s.get_ref())),
+        }
+    }
+
+    /// `host_key` is `"console"`, an inline `ssh-ed25519 AAAA...` key, or
+    /// `"file:PATH"` naming a `.pub` file (read when the image is launched, so
+    /// that `paddock check` works before the image is built).
+    fn host_key(&mut self, v: &S<String>, path: &str) -> HostKeyPolicy {
+        let s = v.get_ref().trim();
+        if s == "console" {
+            return HostKeyPolicy::Console;
+        }
+        if let Some(file) = s.strip_prefix("file:") {
+            return HostKeyPolicy::File(self.path(file));
+        }
+        match ssh_key::PublicKey::from_openssh(s) {
+            Ok(k) => HostKeyPolicy::Pinned(k),
+            Err(e) => {
+                self.error(
+                    Some(v.span()),
+                    path,
+                    format!("not an SSH public key ({e}); expected \"console\", \"file:PATH\" or \"ssh-ed25519 AAAA...\""),
+                );
+                HostKeyPolicy::Console
+            }
+        }
+    }
+
+    fn job(
+        &mut self,
+        i: usize,
+        raw: &S<RawJob>,
+        seen: &mut HashSet<String>,
+        image_names: &[&str],
+        user_names: &[&str],
+    ) -> Job {
+        let j = raw.get_ref();
+        let p = format!("jobs[{i}]");
+        let name = self.name(&j.name, &format!("{p}.name"), seen, "job");
+        let mut images = Vec::new();
+        if j.images.get_ref().is_empty() {
+            self.error(Some(j.images.span()), format!("{p}.images"), "a job needs at least one image");
+        }
+        for img in j.images.get_ref() {
+            if !image_names.contains(&img.get_ref().as_str()) {
+                self.error(
+                    Some(img.span()),
+                    format!("{p}.images"),
+                    format!("no image named `{}`; known: {}", img.get_ref(), known(image_names)),
+                );
+            } else if images.contains(img.get_ref()) {
+                self.error(Some(img.span()), format!("{p}.images"), format!("image `{}` listed twice", img.get_ref()));
+            } else {
+                images.push(img.get_ref().clone());
+            }
+        }
+        let tz = match &j.timezone {
+            None => chrono_tz::UTC,
+            Some(t) => match t.get_ref().parse::<chrono_tz::Tz>() {
+                Ok(tz) => tz,
+                Err(_) => {
+                    self.error(
+                        Some(t.span()),
+                        format!("{p}.timezone"),
+                        format!("unknown time zone `{}`; expected an IANA name like \"Europe/Berlin\"", t.get_ref()),
+                    );
+                    chrono_tz::UTC
+                }
+            },
+        };
+        if j.timezone.is_some() && j.schedule.is_none() {
+            let span = j.timezone.as_ref().map(|t| t.span());
+            self.error(span, format!("{p}.timezone"), "`timezone` without a `schedule`");
+        }
+        let schedule = j.schedule.as_ref().and_then(|s| match s.get_ref().parse::<croner::Cron>() {
+            Ok(cron) => Some(Schedule { expr: s.get_ref().clone(), cron, tz }),
+            Err(e) => {
+                self.error(Some(s.span()), format!("{p}.schedule"), format!("bad cron expression `{}`: {e}", s.get_ref()));
+                None
+            }
+        });
+        if j.steps.is_empty() {
+            self.error(Some(raw.span()), format!("{p}.steps"), "a job needs at least one step");
+        }
+        let mut step_names = HashSet::new();
+        let steps = j
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(k, s)| self.step(&format!("{p}.steps[{k}]"), s, &mut step_names))
+            .collect();
+        let mut env = BTreeMap::new();
+        for (k, v) in &j.env {
+            let valid = !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                self.error(Some(v.span()), format!("{p}.env"), format!("`{k}` is not a valid environment variable name"));
+            }
+            env.insert(k.clone(), v.get_ref().clone());
+        }
+        for m in &j.maintainers {
+            if !user_names.contains(&m.get_ref().as_str()) {
+                self.error(
+                    Some(m.span()),
+                    format!("{p}.maintainers"),
+                    format!("no user named `{}`; known: {}", m.get_ref(), known(user_names)),
+                );
+            }
+        }
+        let hold_on_failure = j.hold_on_failure.as_ref().map(|h| match duration::parse(h.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.error(Some(h.span()), format!("{p}.hold_on_failure"), e);
+                Duration::from_secs(1)
+            }
+        });
+        Job {
+            name,
+            images,
+            schedule,
+            steps,
+            stop_if_failure: j.stop_if_failure.unwrap_or(true),
+            env,
+            tags: j.tags.iter().map(|t| t.get_ref().clone()).collect(),
+            hold_on_failure,
+            maintainers: j.maintainers.iter().map(|m| m.get_ref().clone()).collect(),
+            artifacts: j.artifacts.iter().map(|a| a.get_ref().clone()).collect(),
+        }
+    }
+
+    fn step(&mut self, p: &str, raw: &S<RawStep>, seen: &mut HashSet<String>) -> Step {
+        let s = raw.get_ref();
+        let name = self.name(&s.name, &format!("{p}.name"), seen, "step");
+        let kind = self
+            .one_of(&s.kind, &format!("{p}.type"), &[("setup", StepKind::Setup), ("build", StepKind::Build), ("test", StepKind::Test)])
+            .unwrap_or(StepKind::Build);
+        if s.command.get_ref().trim().is_empty() {
+            self.error(Some(s.command.span()), format!("{p}.command"), "empty command");
+        }
+        Step {
+            name,
+            kind,
+            command: s.command.get_ref().clone(),
+            timeout: self.duration(&s.timeout, &format!("{p}.timeout"), DEFAULT_STEP_TIMEOUT),
+            ignore_failure: s.ignore_failure,
+        }
+    }
+
+    fn user(&mut self, i: usize, raw: &S<RawUser>, seen: &mut HashSet<String>) -> User {
+        let u = raw.get_ref();
+        let p = format!("users[{i}]");
+        let name = self.name(&u.name, &format!("{p}.name"), seen, "user");
+        let role = self
+            .one_of(&u.role, &format!("{p}.role"), &[("admin", Role::Admin), ("maintainer", Role::Maintainer), ("viewer", Role::Viewer)])
+            .unwrap_or(Role::Viewer);
+        let mut ssh_keys = Vec::new();
+        for (k, key) in u.ssh_keys.iter().enumerate() {
+            match ssh_key::PublicKey::from_openssh(key.get_ref().trim()) {
+                Ok(pk) => ssh_keys.push(pk),
+                Err(e) => self.error(
+                    Some(key.span()),
+                    format!("{p}.ssh_keys[{k}]"),
+                    format!("not an OpenSSH public key ({e})"),
+                ),
+            }
+        }
+        User { name, role, ssh_keys }
+    }
+
+    fn recorder(&mut self, i: usize, raw: &S<RawRecorder>, seen: &mut HashSet<String>) -> Recorder {
+        let r = raw.get_ref();
+        let p = format!("recorders[{i}]");
+        let name = self.name(&r.name, &format!("{p}.name"), seen, "recorder");
+        #[derive(Clone, Copy)]
+        enum K {
+            Embedded,
+            Paddock,
+            PonyBuild,
+        }
+        let kind = self.one_of(
+            &r.kind,
+            &format!("{p}.kind"),
+            &[("embedded", K::Embedded), ("paddock", K::Paddock), ("pony-build", K::PonyBuild)],
+        );
+        let url = |v: &mut Self| -> String {
+            match &r.url {
+                None => {
+                    v.error(Some(raw.span()), format!("{p}.url"), "this kind of recorder needs a `url`");
+                    String::new()
+                }
+                Some(u) => {
+                    let s = u.get_ref();
+                    if !(s.starts_with("http://") || s.starts_with("https://")) {
+                        v.error(Some(u.span()), format!("{p}.url"), format!("`{s}` is not an http:// or https:// URL"));
+                    }
+                    s.clone()
+                }
+            }
+        };
+        let target = match kind {
+            None | Some(K::Embedded) => {
+                if let Some(u) = &r.url {
+                    self.error(Some(u.span()), format!("{p}.url"), "the embedded recorder takes no `url`");
+                }
+                RecorderTarget::Embedded
+            }
+            Some(K::Paddock) => RecorderTarget::Paddock {
+                url: url(self),
+                token: r.token.as_ref().map(|t| t.get_ref().clone()),
+            },
+            Some(K::PonyBuild) => RecorderTarget::PonyBuild { url: url(self) },
+        };
+        Recorder { name, target }
+    }
+
+    fn access(&mut self, raw: Option<&S<RawAccess>>) -> AccessPolicy {
+        let none = RawAccess { auto_approve_max: None, max_grant: None };
+        let a = raw.map(|r| r.get_ref()).unwrap_or(&none);
+        let auto_approve_max = self.duration(&a.auto_approve_max, "access.auto_approve_max", Duration::from_secs(4 * 3600));
+        let max_grant = self.duration(&a.max_grant, "access.max_grant", Duration::from_secs(24 * 3600));
+        if auto_approve_max > max_grant {
+            let span = a.auto_approve_max.as_ref().map(|s| s.span());
+            self.error(span, "access.auto_approve_max", "longer than `access.max_grant`");
+        }
+        AccessPolicy { auto_approve_max, max_grant }
+    }
+}
+
+fn known(names: &[&str]) -> String {
+    if names.is_empty() {
+        "(none)".to_string()
+    } else {
+        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    let bad = || format!("`{s}` is not a port range like \"22200-22299\"");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let first: u16 = a.trim().parse().map_err(|_| bad())?;
+    let last: u16 = b.trim().parse().map_err(|_| bad())?;
+    if first < 1024 {
+        return Err(format!("`{s}`: ports below 1024 are privileged; start at 1024 or above"));
+    }
+    if last < first {
+        return Err(format!("`{s}`: the range ends before it starts"));
+    }
+    Ok(PortRange { first, last })
+}
