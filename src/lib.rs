@@ -2,5 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules and their invariants.
 
+pub mod clock;
 pub mod config;
+pub mod scheduler;
 pub mod store;

@@ -7,6 +7,7 @@
 //! tokio runtime, and serialises writes without locks scattered through the code.
 
 mod events;
+mod schedule;
 mod vms;
 
 use std::path::{Path, PathBuf};
