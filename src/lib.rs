@@ -4,5 +4,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod outbox;
+pub mod runs;
 pub mod scheduler;
 pub mod store;

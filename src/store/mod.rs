@@ -7,6 +7,8 @@
 //! tokio runtime, and serialises writes without locks scattered through the code.
 
 mod events;
+mod outbox;
+mod runs;
 mod schedule;
 mod vms;
 
@@ -16,6 +18,8 @@ use std::sync::LazyLock;
 use rusqlite_migration::{M, Migrations};
 
 pub use events::Event;
+pub use outbox::OutboxEntry;
+pub use runs::{RunEnd, RunFilter, RunRow, RunUpdate};
 pub use vms::VmRow;
 
 static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
