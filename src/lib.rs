@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod outbox;
 pub mod runs;
 pub mod scheduler;

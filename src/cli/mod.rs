@@ -1,6 +1,7 @@
 //! Command-line subcommands; each lives in its own file and calls into the library.
 
 mod check;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,16 +22,33 @@ enum Command {
         #[arg(long, short, env = "PADDOCK_CONFIG", default_value = "fleet.toml")]
         config: PathBuf,
     },
+    /// Run the daemon: VMs, schedules, runs, recorder, API and dashboard.
+    Serve {
+        #[arg(long, short, env = "PADDOCK_CONFIG", default_value = "fleet.toml")]
+        config: PathBuf,
+        /// Listen here instead of `daemon.listen` (e.g. 127.0.0.1:0).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Trigger every job once at start.
+        #[arg(long)]
+        demo: bool,
+    },
 }
 
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PADDOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Check { config } => check::run(&config),
+        Command::Serve { config, listen, demo } => serve::run(&config, listen, demo),
     }
 }
