@@ -1,0 +1,1 @@
+//! HTTP tests of the recorder router, through tower without a socket, on a SQLite file.
