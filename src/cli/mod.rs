@@ -1,6 +1,7 @@
 //! Command-line subcommands; each lives in its own file and calls into the library.
 
 mod check;
+mod recorder;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ enum Command {
         #[arg(long, short, env = "PADDOCK_CONFIG", default_value = "fleet.toml")]
         config: PathBuf,
     },
+    /// Run the result recorder standalone (REST + pony-build XML-RPC + web pages).
+    Recorder(recorder::RecorderArgs),
 }
 
 pub fn init_tracing() {
@@ -32,5 +35,6 @@ pub fn init_tracing() {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Check { config } => check::run(&config),
+        Command::Recorder(args) => recorder::run(args),
     }
 }
