@@ -39,9 +39,16 @@ impl RecorderProcess {
         });
         let addr = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(a) => a,
-            Err(_) => {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 panic!("paddock recorder did not print its address within 30 s");
+            }
+            // stdout closed: the process exited (its stderr, inherited, says why). With a
+            // CARGO_TARGET_DIR shared between worktrees, another branch's `paddock` may have
+            // replaced this one: rebuild it (`touch src/main.rs`).
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = wait_with_deadline(&mut child, Duration::from_secs(5));
+                panic!("paddock recorder exited before listening: {status:?}");
             }
         };
         RecorderProcess { child, addr, dir }
