@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod outbox;
+pub mod recorder;
 pub mod runs;
 pub mod scheduler;
 pub mod store;

@@ -2,6 +2,7 @@
 
 mod check;
 mod serve;
+mod recorder;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
         #[arg(long)]
         demo: bool,
     },
+    /// Run the result recorder standalone (REST + pony-build XML-RPC + web pages).
+    Recorder(recorder::RecorderArgs),
 }
 
 pub fn init_tracing() {
@@ -50,5 +53,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Check { config } => check::run(&config),
         Command::Serve { config, listen, demo } => serve::run(&config, listen, demo),
+        Command::Recorder(args) => recorder::run(args),
     }
 }

@@ -15,6 +15,7 @@ use tracing::{error, info};
 use crate::clock::Clock;
 use crate::config::Fleet;
 use crate::outbox::{Backoff, Destination, Forwarder};
+use crate::recorder::{Recorder, RecorderConfig};
 use crate::runs::{Coordinator, Executor, ExecutorConfig, RunsHandle, Trigger};
 use crate::store::{Store, StoreError};
 
@@ -32,6 +33,8 @@ pub enum DaemonError {
     HttpClient(#[source] reqwest::Error),
     #[error("recovering runs left by the previous daemon")]
     Recover(#[source] crate::runs::RunsError),
+    #[error("opening the embedded recorder")]
+    Recorder(#[source] crate::recorder::RecorderError),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -50,6 +53,7 @@ pub struct Daemon {
     pub addr: SocketAddr,
     pub runs: RunsHandle,
     pub store: Store,
+    pub recorder: Recorder,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
 }
@@ -68,12 +72,18 @@ impl Daemon {
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .map_err(DaemonError::HttpClient)?;
+        let recorder = Recorder::open(
+            &dirs.recorder_db_path(),
+            RecorderConfig { base_path: "/recorder".into(), ..RecorderConfig::default() },
+        )
+        .await
+        .map_err(DaemonError::Recorder)?;
         let destinations = fleet
             .recorders
             .iter()
-            .filter_map(|r| {
+            .map(|r| {
                 let dest = match &r.target {
-                    crate::config::RecorderTarget::Embedded => return None,
+                    crate::config::RecorderTarget::Embedded => Destination::Embedded(recorder.clone()),
                     crate::config::RecorderTarget::Paddock { url, token } => {
                         Destination::Paddock { client: http.clone(), url: url.clone(), token: token.clone() }
                     }
@@ -81,7 +91,7 @@ impl Daemon {
                         Destination::PonyBuild { client: http.clone(), url: url.clone() }
                     }
                 };
-                Some((r.name.clone(), dest))
+                (r.name.clone(), dest)
             })
             .collect();
         let forwarder = Forwarder::new(store.clone(), destinations, Backoff::default(), Clock::system());
@@ -109,7 +119,9 @@ impl Daemon {
             });
         }
 
-        let app = Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        let app = Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .nest("/recorder", crate::recorder::router(recorder.clone()));
         let addr = options.listen.unwrap_or(fleet.daemon.listen);
         let listener = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| DaemonError::Listen { addr, source })?;
@@ -131,7 +143,7 @@ impl Daemon {
                 }
             }
         }
-        Ok(Daemon { addr, runs, store, shutdown, server })
+        Ok(Daemon { addr, runs, store, recorder, shutdown, server })
     }
 
     /// Stops accepting work and waits for the HTTP server to close.

@@ -47,6 +47,10 @@ impl StateDir {
     pub fn db_path(&self) -> PathBuf {
         self.root.join("paddock.db")
     }
+    /// The embedded recorder's own database (never the daemon's store).
+    pub fn recorder_db_path(&self) -> PathBuf {
+        self.root.join("recorder.db")
+    }
     pub fn keys(&self) -> PathBuf {
         self.root.join("keys")
     }
