@@ -2,32 +2,35 @@
 # The hand-made baseline a lab admin would write without paddock: boot the bundled guest
 # as a transient libvirt domain, wait for SSH, run one command, print timings, clean up.
 #
-#   bench/baseline.sh [--ca CA_PRIVATE_KEY] [--timeout SECONDS] [--arch ARCH] PORT COMMAND
+#   bench/baseline.sh [--ca CA_PRIVATE_KEY] [--timeout SECONDS] [--arch ARCH]
+#                     [--console-out FILE] PORT COMMAND
 #
 # Without --ca, a fresh client key is passed as `paddock.authkey=`. With --ca, only the CA's
 # public key is passed (`paddock.ca=`) and the client logs in with a user certificate
 # for principal root signed by that CA, which proves the guest's sshd trusts the CA.
 # The command's output goes to stdout, followed by `key=value` timing lines:
-#   boot_to_ssh_s, first_byte_s, command_s, exit_status.
+#   create_s, boot_to_ssh_s, boot_to_ready_s, first_byte_s, command_s, exit_status.
 # Progress goes to stderr. The domain (prefix `baseline-`) and temp files are removed on
-# every exit path.
+# every exit path; --console-out copies the serial console log out first.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 CA_KEY=""
 TIMEOUT=120
 ARCH=x86_64
+CONSOLE_OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --ca) CA_KEY=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     --arch) ARCH=$2; shift 2 ;;
+    --console-out) CONSOLE_OUT=$2; shift 2 ;;
     --) shift; break ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) break ;;
     esac
 done
-[ $# -eq 2 ] || { echo "usage: $0 [--ca KEY] [--timeout S] [--arch ARCH] PORT COMMAND" >&2; exit 2; }
+[ $# -eq 2 ] || { echo "usage: $0 [--ca KEY] [--timeout S] [--arch ARCH] [--console-out FILE] PORT COMMAND" >&2; exit 2; }
 PORT=$1
 COMMAND=$2
 URI=qemu:///system
@@ -44,10 +47,15 @@ TMP=$(mktemp -d /tmp/baseline.XXXXXX)
 # QEMU and virtlogd run as other users and must reach the console file.
 chmod 0755 "$TMP"
 NAME=baseline-$PORT-$$
+WATCHER=""
 cleanup() {
     local rc=$?
+    [ -z "$WATCHER" ] || kill "$WATCHER" 2>/dev/null || true
     if virsh -c "$URI" domstate "$NAME" >/dev/null 2>&1; then
         virsh -c "$URI" destroy "$NAME" >/dev/null 2>&1 || true
+    fi
+    if [ -n "$CONSOLE_OUT" ] && [ -f "$TMP/console.log" ]; then
+        cp "$TMP/console.log" "$CONSOLE_OUT" || true
     fi
     if [ "$rc" -ne 0 ] && [ -f "$TMP/console.log" ]; then
         log "console log tail:"
@@ -97,6 +105,8 @@ cat >"$TMP/domain.xml" <<XML
       <source path='$TMP/console.log'/>
       <target port='0'/>
     </serial>
+    <!-- Without an entropy source sshd waits ~1 s under TCG for the kernel's CRNG. -->
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
     <memballoon model='none'/>
   </devices>
 </domain>
@@ -104,16 +114,28 @@ XML
 
 SSH=(ssh -p "$PORT" -i "$TMP/id" -o IdentitiesOnly=yes -o BatchMode=yes
     -o UserKnownHostsFile="$TMP/known_hosts" -o StrictHostKeyChecking=yes
-    -o ConnectTimeout=5 -o LogLevel=ERROR root@127.0.0.1)
+    -o LogLevel=ERROR)
 
 T0=$(now)
 virsh -c "$URI" create "$TMP/domain.xml" >/dev/null
+T_CREATED=$(now)
 log "created $NAME, waiting for SSH on 127.0.0.1:$PORT"
 DEADLINE=$(awk -v t="$T0" -v d="$TIMEOUT" 'BEGIN { printf "%d", t + d }')
-until "${SSH[@]}" true 2>"$TMP/ssh.err"; do
+# For comparison only: when the guest announces sshd listening on its console.
+(
+    until grep -qs '^PADDOCK-READY' "$TMP/console.log"; do sleep 0.05; done
+    now >"$TMP/ready"
+) &
+WATCHER=$!
+# passt accepts on the host port at once and holds the connection while the guest is not
+# listening yet, so a probe hangs until its timeout: keep probes short.
+until "${SSH[@]}" -o ConnectTimeout=2 root@127.0.0.1 true 2>"$TMP/ssh.err"; do
     if [ "$(date +%s)" -ge "$DEADLINE" ]; then
         log "no SSH login within ${TIMEOUT}s: $(tail -n1 "$TMP/ssh.err")"
         exit 1
+    fi
+    if [ -n "${BASELINE_TRACE:-}" ]; then
+        log "probe failed at $(elapsed "$T0" "$(now)"): $(tail -n1 "$TMP/ssh.err")"
     fi
     sleep 0.2
 done
@@ -123,7 +145,7 @@ log "logged in after $(elapsed "$T0" "$T_SSH")s"
 # First output byte: `dd bs=1 count=1` reads exactly one byte from the pipe, then cat the rest.
 T_CMD=$(now)
 set +e
-"${SSH[@]}" "$COMMAND" | {
+"${SSH[@]}" -o ConnectTimeout=10 root@127.0.0.1 "$COMMAND" | {
     dd bs=1 count=1 status=none
     now >"$TMP/first_byte"
     cat
@@ -133,7 +155,10 @@ set -e
 T_END=$(now)
 [ -s "$TMP/first_byte" ] && FIRST=$(elapsed "$T_CMD" "$(cat "$TMP/first_byte")") || FIRST=""
 
+echo "create_s=$(elapsed "$T0" "$T_CREATED")"
 echo "boot_to_ssh_s=$(elapsed "$T0" "$T_SSH")"
+# Console-announced readiness (what paddock can wait for instead of probing).
+[ -s "$TMP/ready" ] && echo "boot_to_ready_s=$(elapsed "$T0" "$(cat "$TMP/ready")")" || echo "boot_to_ready_s="
 echo "first_byte_s=$FIRST"
 echo "command_s=$(elapsed "$T_CMD" "$T_END")"
 echo "exit_status=$STATUS"

@@ -25,7 +25,7 @@ x86_64)
     DEBARCH=amd64
     KERNEL_META=linux-image-cloud-amd64
     MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
-        failover net_failover virtio_net button evdev)
+        failover net_failover virtio_net virtio-rng button evdev)
     ;;
 aarch64)
     # Not booted yet: needs `dpkg --add-architecture arm64` + apt-get update on the host
