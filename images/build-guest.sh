@@ -56,8 +56,11 @@ OUT=$HERE/out/$ARCH
 CACHE=$HERE/out/cache/$DEBARCH
 GUEST=$HERE/guest
 mkdir -p "$OUT" "$CACHE"
+# Concurrent callers (parallel tests) wait for each other instead of racing on $OUT.
+exec 9>"$HERE/out/.lock-$ARCH"
+flock 9
 
-for tool in apt-get apt-cache dpkg readelf cpio ssh-keygen sha256sum; do
+for tool in apt-get apt-cache dpkg readelf cpio ssh-keygen sha256sum flock; do
     command -v "$tool" >/dev/null || die "missing host tool: $tool"
 done
 case "$COMPRESS" in
