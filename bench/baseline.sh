@@ -2,12 +2,14 @@
 # The hand-made baseline a lab admin would write without paddock: boot the bundled guest
 # as a transient libvirt domain, wait for SSH, run one command, print timings, clean up.
 #
-#   bench/baseline.sh [--ca CA_PRIVATE_KEY] [--timeout SECONDS] [--arch ARCH]
-#                     [--console-out FILE] PORT COMMAND
+#   bench/baseline.sh [--ca CA_PRIVATE_KEY [--sign-with OTHER_CA_KEY]] [--timeout SECONDS]
+#                     [--arch ARCH] [--console-out FILE] PORT COMMAND
 #
 # Without --ca, a fresh client key is passed as `paddock.authkey=`. With --ca, only the CA's
 # public key is passed (`paddock.ca=`) and the client logs in with a user certificate
 # for principal root signed by that CA, which proves the guest's sshd trusts the CA.
+# --sign-with signs the certificate with another key instead (a login must then fail).
+# A refused login ("Permission denied") ends the script at once with status 3.
 # The command's output goes to stdout, followed by `key=value` timing lines:
 #   create_s, boot_to_ssh_s, boot_to_ready_s, first_byte_s, command_s, exit_status.
 # Progress goes to stderr. The domain (prefix `baseline-`) and temp files are removed on
@@ -16,12 +18,14 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 CA_KEY=""
+SIGN_KEY=""
 TIMEOUT=120
 ARCH=x86_64
 CONSOLE_OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --ca) CA_KEY=$2; shift 2 ;;
+    --sign-with) SIGN_KEY=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     --arch) ARCH=$2; shift 2 ;;
     --console-out) CONSOLE_OUT=$2; shift 2 ;;
@@ -70,7 +74,7 @@ trap 'exit 130' INT TERM
 ssh-keygen -q -t ed25519 -N '' -C baseline -f "$TMP/id"
 CMDLINE="console=ttyS0 quiet"
 if [ -n "$CA_KEY" ]; then
-    ssh-keygen -q -s "$CA_KEY" -I "baseline-$$" -n root -V -1m:+30m "$TMP/id.pub"
+    ssh-keygen -q -s "${SIGN_KEY:-$CA_KEY}" -I "baseline-$$" -n root -V -1m:+30m "$TMP/id.pub"
     CA_PUB=$(ssh-keygen -y -f "$CA_KEY")
     CMDLINE="$CMDLINE paddock.ca=$(printf '%s' "$CA_PUB" | base64 -w0)"
 else
@@ -130,6 +134,10 @@ WATCHER=$!
 # passt accepts on the host port at once and holds the connection while the guest is not
 # listening yet, so a probe hangs until its timeout: keep probes short.
 until "${SSH[@]}" -o ConnectTimeout=2 root@127.0.0.1 true 2>"$TMP/ssh.err"; do
+    if grep -q 'Permission denied' "$TMP/ssh.err"; then
+        log "login refused: $(tail -n1 "$TMP/ssh.err")"
+        exit 3
+    fi
     if [ "$(date +%s)" -ge "$DEADLINE" ]; then
         log "no SSH login within ${TIMEOUT}s: $(tail -n1 "$TMP/ssh.err")"
         exit 1

@@ -151,3 +151,30 @@ fn guest_sshd_trusts_ca_from_cmdline() {
     assert_eq!(trusted.split_whitespace().take(2).collect::<Vec<_>>(), ca_body, "{stdout}");
     assert_eq!(value(&stdout, "keys"), "0", "no authorized key may be installed:\n{stdout}");
 }
+
+#[test]
+fn guest_sshd_refuses_certificate_from_other_ca() {
+    build_guest();
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["ca", "rogue"] {
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(tmp.path().join(name)));
+    }
+    let port = free_port();
+    let out = Command::new(repo().join("bench/baseline.sh"))
+        .args(["--timeout", &BOOT_DEADLINE_S.to_string(), "--ca"])
+        .arg(tmp.path().join("ca"))
+        .arg("--sign-with")
+        .arg(tmp.path().join("rogue"))
+        .arg(port.to_string())
+        .arg("true")
+        .output()
+        .expect("run baseline.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Status 3 is baseline.sh's "login refused", as opposed to a boot that never answered.
+    assert_eq!(out.status.code(), Some(3), "stderr:\n{stderr}");
+    assert!(stderr.contains("Permission denied"), "stderr:\n{stderr}");
+    let leftover = domains_named(&format!("baseline-{port}-"));
+    assert!(leftover.is_empty(), "domains left behind after a failure: {leftover:?}");
+}
