@@ -224,6 +224,7 @@ nobody:*:19000:0:99999:7:::
 S
 chmod 0600 "$ROOT/etc/shadow"
 printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n' >"$ROOT/etc/nsswitch.conf"
+echo paddock-guest >"$ROOT/etc/hostname"
 printf '127.0.0.1 localhost paddock-guest\n::1 localhost\n' >"$ROOT/etc/hosts"
 printf 'export PS1="\\u@\\h:\\w\\$ "\n' >"$ROOT/etc/profile"
 chmod 0700 "$ROOT/root"
