@@ -7,6 +7,7 @@
 //! tokio runtime, and serialises writes without locks scattered through the code.
 
 mod events;
+mod grants;
 mod outbox;
 mod runs;
 mod schedule;
@@ -19,6 +20,7 @@ use std::sync::LazyLock;
 use rusqlite_migration::{M, Migrations};
 
 pub use events::Event;
+pub use grants::{AuditEntry, CertRecord, GrantRow};
 pub use outbox::OutboxEntry;
 pub use runs::{RunEnd, RunFilter, RunRow, RunUpdate};
 pub use tokens::{NewToken, TokenRow};
@@ -28,6 +30,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
     Migrations::new(vec![
         M::up(include_str!("migrations/001_initial.sql")),
         M::up(include_str!("migrations/002_access.sql")),
+        M::up(include_str!("migrations/003_grants.sql")),
     ])
 });
 
@@ -35,7 +38,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
 pub fn latest_version() -> usize {
     MIGRATION_COUNT
 }
-const MIGRATION_COUNT: usize = 2;
+const MIGRATION_COUNT: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -139,7 +142,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         MIGRATIONS.validate().unwrap();
-        assert_eq!(MIGRATION_COUNT, 2);
+        assert_eq!(MIGRATION_COUNT, 3);
     }
 
     #[tokio::test]
