@@ -2,8 +2,10 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules and their invariants.
 
+pub mod api;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod outbox;
 pub mod runs;
 pub mod scheduler;
