@@ -15,8 +15,6 @@ mod logs;
 pub mod metrics;
 mod records;
 mod runs;
-#[cfg(test)]
-mod tests;
 pub mod wire;
 
 use std::collections::BTreeMap;

@@ -115,5 +115,3 @@ async fn asset(Path(file): Path<String>) -> Response {
     }
 }
 
-#[cfg(test)]
-mod tests;
