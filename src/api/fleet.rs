@@ -63,6 +63,7 @@ pub async fn metrics(State(s): State<Shared>, _r: Reader) -> Result<impl IntoRes
             .map(|h| (h.name.clone(), statuses.iter().any(|st| st.name == h.name && st.up)))
             .collect(),
         outbox: outbox.into_iter().map(|(r, (n, age))| (r, n, age)).collect(),
+        log_follows: s.follows.load(std::sync::atomic::Ordering::SeqCst),
     });
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()))
 }

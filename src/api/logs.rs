@@ -145,6 +145,7 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
 /// that goes away ends the task at its next send.
 async fn follow_task(s: Shared, first: RunRow, mut offset: u64, tx: mpsc::Sender<Result<Event, Infallible>>) {
     let id = first.id.clone();
+    let _live = FollowGuard::new(&s.follows);
     let mut last_state: Option<String> = None;
     // Bytes of a UTF-8 sequence split across reads, held for the next event.
     let mut carry: Vec<u8> = Vec::new();
@@ -194,6 +195,22 @@ async fn follow_task(s: Shared, first: RunRow, mut offset: u64, tx: mpsc::Sender
                 return;
             }
         };
+    }
+}
+
+/// Counts a follow for as long as its task lives.
+struct FollowGuard(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl FollowGuard {
+    fn new(n: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> FollowGuard {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        FollowGuard(n.clone())
+    }
+}
+
+impl Drop for FollowGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -25,6 +25,7 @@ pub const OUTBOX_PENDING: &str = "paddock_outbox_pending";
 pub const OUTBOX_OLDEST_AGE: &str = "paddock_outbox_oldest_age_seconds";
 pub const SSH_CONNECT_FAILURES: &str = "paddock_ssh_connect_failures_total";
 pub const LEAKED_DOMAINS_REAPED: &str = "paddock_leaked_domains_reaped_total";
+pub const LOG_FOLLOWS: &str = "paddock_log_follows";
 
 /// Seconds; boots under TCG take tens of seconds, builds take minutes to hours.
 const BOOT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
@@ -94,6 +95,7 @@ pub struct Snapshot {
     pub hosts_up: Vec<(String, bool)>,
     /// (recorder, pending, oldest age in seconds).
     pub outbox: Vec<(String, usize, f64)>,
+    pub log_follows: usize,
 }
 
 /// Label sets seen at earlier scrapes, so a VM state or recorder that drops to
@@ -105,6 +107,7 @@ static SEEN_OUTBOX: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 pub fn set_snapshot(snap: &Snapshot) {
     ::metrics::gauge!(RUNS_QUEUED).set(snap.queued as f64);
     ::metrics::gauge!(RUNS_IN_FLIGHT).set(snap.in_flight as f64);
+    ::metrics::gauge!(LOG_FOLLOWS).set(snap.log_follows as f64);
     {
         let mut seen = SEEN_VMS.lock().unwrap_or_else(|e| e.into_inner());
         for (host, state) in seen.iter() {

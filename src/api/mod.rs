@@ -60,6 +60,8 @@ pub struct ApiState {
     /// How often a log follow looks for new output and state changes.
     pub follow_poll: Duration,
     pub metrics: PrometheusHandle,
+    /// Log follows streaming right now (exported as a gauge; tests wait on it).
+    pub follows: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ApiState {
@@ -74,6 +76,7 @@ impl ApiState {
             public_reads: false,
             follow_poll: Duration::from_millis(250),
             metrics: metrics::install(),
+            follows: Arc::default(),
         }
     }
 }

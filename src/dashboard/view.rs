@@ -164,7 +164,12 @@ pub async fn dashboard(s: &Shared, follow: Option<&str>) -> Result<Dashboard, Ap
     active.reverse(); // newest first
     let follow = match follow {
         Some(id) => s.store.run(id).await?.map(|r| crate::api::run_out(&r)),
-        None => active.first().map(|r| r.run.clone()),
+        // The newest run that is past the queue has output worth watching.
+        None => active
+            .iter()
+            .find(|r| r.run.state != RunState::Queued.as_db())
+            .or(active.first())
+            .map(|r| r.run.clone()),
     };
 
     // The job x platform grid: one column per image any job uses, one row per job.
@@ -281,5 +286,12 @@ pub async fn run_page(s: &Shared, id: &str) -> Result<RunPage, ApiError> {
         (Some(a), None) => format!("{} so far", human((Utc::now() - a).num_seconds())),
         _ => "-".into(),
     };
-    Ok(RunPage { steps: crate::api::steps_of(&row), run: crate::api::run_out(&row), log, duration })
+    let steps = crate::api::steps_of(&row);
+    // A run whose log file is gone still has its steps' output in its result.
+    let log = if log.is_empty() {
+        steps.iter().map(|s| format!("== {} ({})\n{}{}", s.name, s.kind, s.output, s.errout)).collect()
+    } else {
+        log
+    };
+    Ok(RunPage { steps, run: crate::api::run_out(&row), log, duration })
 }
