@@ -5,8 +5,10 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod dashboard;
 pub mod outbox;
+pub mod recorder;
 pub mod runs;
 pub mod scheduler;
 pub mod store;

@@ -12,6 +12,8 @@ mod runs;
 mod status;
 mod token;
 mod vms;
+mod serve;
+mod recorder;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,12 +88,30 @@ enum Command {
         #[command(subcommand)]
         command: token::TokenCommand,
     },
+    /// Run the daemon: VMs, schedules, runs, recorder, API and dashboard.
+    Serve {
+        #[arg(long, short, env = "PADDOCK_CONFIG", default_value = "fleet.toml")]
+        config: PathBuf,
+        /// Listen here instead of `daemon.listen` (e.g. 127.0.0.1:0).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Trigger every job once at start.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Run the result recorder standalone (REST + pony-build XML-RPC + web pages).
+    Recorder(recorder::RecorderArgs),
 }
 
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PADDOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -107,5 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Cancel { remote, run } => cancel::run(&remote, &run),
         Command::Outbox(r) => outbox::run(&r),
         Command::Token { config, json, command } => token::run(&config, &command, json),
+        Command::Serve { config, listen, demo } => serve::run(&config, listen, demo),
+        Command::Recorder(args) => recorder::run(args),
     }
 }

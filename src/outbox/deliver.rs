@@ -5,9 +5,13 @@ use std::collections::BTreeMap;
 
 use dxr::{MethodCall, MethodResponse, Value};
 
+use crate::recorder::{Recorder, RecorderError, ResultDoc};
+
 /// One recorder's address and how to talk to it.
 #[derive(Clone)]
 pub enum Destination {
+    /// The recorder inside this daemon.
+    Embedded(Recorder),
     /// A paddock recorder's REST API (`POST {url}/api/v1/results`).
     Paddock { client: reqwest::Client, url: String, token: Option<String> },
     /// A pony-build server's XML-RPC endpoint.
@@ -16,6 +20,10 @@ pub enum Destination {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
+    #[error("the embedded recorder refused the result: {0}")]
+    Invalid(String),
+    #[error("the embedded recorder failed")]
+    Embedded(#[source] RecorderError),
     #[error("the stored result is not valid JSON")]
     BadPayload(#[source] serde_json::Error),
     #[error("cannot reach {url}")]
@@ -33,6 +41,17 @@ impl Destination {
     pub async fn deliver(&self, run_id: &str, payload: &str) -> Result<Option<String>, DeliveryError> {
         let doc: serde_json::Value = serde_json::from_str(payload).map_err(DeliveryError::BadPayload)?;
         match self {
+            Destination::Embedded(recorder) => {
+                let field = |k: &str| doc.get(k).cloned().unwrap_or(serde_json::Value::Null);
+                let extras = doc.get("extras").cloned();
+                let parsed = ResultDoc::from_json(field("client_info"), field("results"), extras)
+                    .map_err(|e| DeliveryError::Invalid(e.to_string()))?;
+                let key = recorder
+                    .ingest(parsed, Some(run_id.to_string()))
+                    .await
+                    .map_err(DeliveryError::Embedded)?;
+                Ok(Some(key.to_string()))
+            }
             Destination::Paddock { client, url, token } => {
                 let endpoint = format!("{}/api/v1/results", url.trim_end_matches('/'));
                 let mut req = client.post(&endpoint).header("Idempotency-Key", run_id).json(&doc);

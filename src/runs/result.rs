@@ -16,7 +16,7 @@ pub struct StepRecord {
     pub name: String,
     pub kind: String,
     pub command: String,
-    /// Exit status; `None` when the step timed out, was killed or skipped.
+    /// Exit status; `None` when the step timed out, was killed or skipped (sent as -1).
     pub status: Option<i32>,
     pub output: String,
     pub errout: String,
@@ -69,7 +69,9 @@ pub fn document(r: &ResultInput<'_>) -> Value {
                 "name": s.name,
                 "type": s.kind,
                 "command": s.command,
-                "status": s.status.map(Value::from).unwrap_or(Value::Null),
+                // pony-build's status is an exit code; a step that never exited
+                // (timed out, killed, skipped) reports -1 and says why below.
+                "status": s.status.unwrap_or(-1),
                 "output": s.output,
                 "errout": s.errout,
                 "duration": s.duration_s,
