@@ -4,3 +4,5 @@
 
 pub mod config;
 pub mod store;
+pub mod ssh;
+pub mod steps;
