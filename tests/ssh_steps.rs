@@ -11,7 +11,7 @@ use paddock::ssh::{
     self, ClientKey, ExitStatus, HostKeyCheck, Session, SshConfig, SshError, Stream, Target, connect, connect_with_retry,
 };
 use paddock::steps::{self, OutputCaps, OutputChunk, StepIo, StepOutcome, StepsConfig, StepsReport, run_steps};
-use support::sshd::{Sshd, free_port, random_key};
+use support::sshd::{Prepared, Sshd, free_port, random_key};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
@@ -153,31 +153,31 @@ async fn connect_with_retry_times_out_with_the_last_error_then_succeeds_once_ssh
         other => panic!("expected a timeout, got {other:?}"),
     }
 
-    // Now a server that comes up while paddock is already trying.
-    let (tx, rx) = tokio::sync::oneshot::channel::<Sshd>();
-    let (host_tx, host_rx) = std::sync::mpsc::channel();
-    let starter = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        let sshd = Sshd::start_on(port).expect("sshd on the chosen port");
-        host_tx.send((sshd.host_key.clone(), sshd.client.clone())).unwrap();
-        let _ = tx.send(sshd);
+    // Now a server that comes up while paddock is already trying: its keys are made first,
+    // it starts listening only after the first attempts have been refused.
+    let prepared = Prepared::new();
+    let (client, host_key) = (prepared.client.clone(), prepared.host.public_key().clone());
+    let attempt = tokio::spawn(async move {
+        connect_with_retry(
+            &target,
+            &client.auth(),
+            &HostKeyCheck::exact(host_key),
+            &SshConfig::default(),
+            Instant::now() + Duration::from_secs(10),
+        )
+        .await
     });
-    // The key and host key are only known once sshd made them; the retry loop starts before
-    // that, so connect in a loop of our own only for the first attempt's inputs.
-    let (host_key, client) = tokio::task::spawn_blocking(move || host_rx.recv().unwrap()).await.unwrap();
-    let session = connect_with_retry(
-        &target,
-        &client.auth(),
-        &HostKeyCheck::exact(host_key),
-        &SshConfig::default(),
-        Instant::now() + Duration::from_secs(10),
-    )
+    let started = std::time::Instant::now();
+    let sshd = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        prepared.spawn(port).expect("sshd on the chosen port")
+    })
     .await
     .unwrap();
+    let session = attempt.await.unwrap().unwrap_or_else(|e| panic!("{e:?}\n{}", sshd.log()));
+    assert!(started.elapsed() >= Duration::from_millis(300));
     let (out, _, _) = session.exec_collect("echo up", Vec::new()).await.unwrap();
     assert_eq!(out, b"up\n");
-    starter.join().unwrap();
-    drop(rx.await.unwrap());
 }
 
 #[tokio::test]

@@ -50,46 +50,7 @@ impl Sshd {
 
     /// Starts sshd on `port`; `None` if it exits at once (port taken).
     pub fn start_on(port: u16) -> Option<Sshd> {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        // sshd refuses to start without its privilege separation directory.
-        std::fs::create_dir_all("/run/sshd").unwrap();
-        let host = random_key();
-        write_private(&d.join("host_ed25519"), host.to_openssh(LineEnding::LF).unwrap().as_bytes());
-        let client = ClientKey::load_or_create(&d.join("state")).unwrap();
-        std::fs::write(d.join("authorized_keys"), format!("{}\n", client.public_line())).unwrap();
-        let ca = random_key();
-        std::fs::write(d.join("ca.pub"), format!("{}\n", ca.public_key().to_openssh().unwrap())).unwrap();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile none\nUsePAM no\n\
-             StrictModes no\nAuthorizedKeysFile {d}/authorized_keys\nTrustedUserCAKeys {d}/ca.pub\n\
-             PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             Subsystem sftp internal-sftp\nLogLevel VERBOSE\nMaxStartups 50\nMaxSessions 50\n",
-            d = d.display()
-        );
-        std::fs::write(d.join("sshd_config"), config).unwrap();
-        let mut child = Command::new("/usr/sbin/sshd")
-            .arg("-D")
-            .arg("-f")
-            .arg(d.join("sshd_config"))
-            .arg("-E")
-            .arg(d.join("sshd.log"))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn /usr/sbin/sshd (apt-get install openssh-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                eprintln!("sshd exited: {}", std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default());
-                return None;
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "sshd did not listen within 10 s");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Some(Sshd { child, port, dir, host_key: host.public_key().clone(), client, ca })
+        Prepared::new().spawn(port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -131,6 +92,68 @@ impl Sshd {
         }
         pids
     }
+}
+
+
+/// The server's files, made before it runs (so a client can know its keys in advance).
+pub struct Prepared {
+    pub dir: tempfile::TempDir,
+    pub host: PrivateKey,
+    pub client: ClientKey,
+    pub ca: PrivateKey,
+}
+
+impl Prepared {
+    pub fn new() -> Prepared {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let host = random_key();
+        write_private(&d.join("host_ed25519"), host.to_openssh(LineEnding::LF).unwrap().as_bytes());
+        let client = ClientKey::load_or_create(&d.join("state")).unwrap();
+        std::fs::write(d.join("authorized_keys"), format!("{}\n", client.public_line())).unwrap();
+        let ca = random_key();
+        std::fs::write(d.join("ca.pub"), format!("{}\n", ca.public_key().to_openssh().unwrap())).unwrap();
+        Prepared { dir, host, client, ca }
+    }
+
+    /// Starts sshd on `port`; `None` if it exits at once (port taken).
+    pub fn spawn(self, port: u16) -> Option<Sshd> {
+        let Prepared { dir, host, client, ca } = self;
+        let d = dir.path();
+        // sshd refuses to start without its privilege separation directory.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile none\nUsePAM no\n\
+             StrictModes no\nAuthorizedKeysFile {d}/authorized_keys\nTrustedUserCAKeys {d}/ca.pub\n\
+             PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             Subsystem sftp internal-sftp\nLogLevel VERBOSE\nMaxStartups 50\nMaxSessions 50\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("sshd_config"), config).unwrap();
+        let mut child = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .arg("-E")
+            .arg(d.join("sshd.log"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn /usr/sbin/sshd (apt-get install openssh-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                eprintln!("sshd exited: {}", std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default());
+                return None;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "sshd did not listen within 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(Sshd { child, port, dir, host_key: host.public_key().clone(), client, ca })
+    }
+
 }
 
 impl Drop for Sshd {
