@@ -1,7 +1,8 @@
 //! Measures log throughput: a step printing 200 MB through paddock's exec + logging, against
 //! the OpenSSH client doing the same into /dev/null, both to a throwaway sshd on 127.0.0.1.
 //!
-//! Run as root: `cargo run --release --example ssh_log_throughput`.
+//! Run as root: `cargo run --release --example ssh_log_throughput`. Measured here (2 cores,
+//! release, 3 runs): paddock 192–272 MB/s, `ssh > /dev/null` 229–269 MB/s; debug build 120 MB/s.
 
 #[path = "../tests/support/sshd.rs"]
 mod sshd;
