@@ -12,3 +12,5 @@ pub mod recorder;
 pub mod runs;
 pub mod scheduler;
 pub mod store;
+pub mod ssh;
+pub mod steps;
