@@ -48,7 +48,7 @@ apt_update_once() {
 install_packages() {
     local backports=(libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86
         qemu-utils passt pkg-config)
-    local plain=(busybox-static openssh-client cpio gzip zstd xz-utils binutils libxml2-utils chromium
+    local plain=(busybox-static openssh-client openssh-server cpio gzip zstd xz-utils binutils libxml2-utils chromium
         sqlite3 python3 ca-certificates curl)
     local missing=()
     for p in "${backports[@]}" "${plain[@]}"; do

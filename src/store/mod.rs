@@ -8,6 +8,7 @@
 
 mod events;
 mod grants;
+mod listing;
 mod outbox;
 mod runs;
 mod schedule;
@@ -21,6 +22,7 @@ use rusqlite_migration::{M, Migrations};
 
 pub use events::Event;
 pub use grants::{AuditEntry, CertRecord, GrantRow};
+pub use listing::{AccessRow, AuditRow};
 pub use outbox::OutboxEntry;
 pub use runs::{RunEnd, RunFilter, RunRow, RunUpdate};
 pub use tokens::{NewToken, TokenRow};
