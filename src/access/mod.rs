@@ -7,6 +7,8 @@ pub mod keys;
 pub mod policy;
 mod service;
 mod state;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::pin::Pin;

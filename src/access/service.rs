@@ -217,9 +217,10 @@ impl Owner {
         }
     }
 
-    /// The earliest end of a live grant, or a clean-up retry.
+    /// The earliest end of an active grant, or a clean-up retry. (A grant
+    /// still being prepared is checked against its end when preparation reports.)
     async fn next_wake(&self) -> Result<Option<DateTime<Utc>>, AccessError> {
-        let live = self.store.grants(&["approved", "active"]).await?;
+        let live = self.store.grants(&["active"]).await?;
         let end = live.iter().filter_map(|g| g.ends_at).min();
         Ok(match (end, self.retry_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -293,9 +294,6 @@ impl Owner {
         if reason.trim().is_empty() {
             return Err(AccessError::Invalid("a request needs a reason".into()));
         }
-        if user.ssh_keys.is_empty() {
-            return Err(AccessError::Invalid(format!("`{by}` has no ssh_keys in fleet.toml to certify")));
-        }
         let run = match &target {
             Target::Image(i) if fleet.image(i).is_none() => return Err(AccessError::UnknownImage(i.clone())),
             Target::Image(_) => None,
@@ -304,6 +302,9 @@ impl Owner {
             ),
         };
         let decision = policy::decide(&fleet, user, &self.subject_of(&target, run.as_ref()), duration);
+        if user.ssh_keys.is_empty() && !matches!(decision, Decision::Refuse(_)) {
+            return Err(AccessError::Invalid(format!("`{by}` has no ssh_keys in fleet.toml to certify")));
+        }
         let mut g = Grant {
             id: new_id(),
             user: by.into(),
@@ -452,6 +453,13 @@ impl Owner {
             self.save(&g, from, Some(audit(SYSTEM, "failed", &g, err.clone()))).await?;
             self.cleanup(g).await;
             return Err(AccessError::Provision { id: id.into(), message: err });
+        }
+        if g.ends_at.is_some_and(|t| t <= self.now()) {
+            // Preparing took the whole grant.
+            self.save(&g, GrantState::Approved, None).await?;
+            let g = self.end(g, GrantState::Expired, SYSTEM).await?;
+            self.cleanup(g).await;
+            return Err(AccessError::WrongState { id: id.into(), state: GrantState::Expired, action: "activate" });
         }
         let from = Self::transition(&mut g, GrantState::Active, "activate")?;
         let ep = g.endpoint.clone().expect("a prepared grant has an endpoint");
@@ -649,7 +657,7 @@ impl Owner {
     /// Ends grants whose end has come; retries owed clean-ups.
     async fn on_timer(&mut self) {
         let now = self.now();
-        let live = match self.store.grants(&["approved", "active"]).await {
+        let live = match self.store.grants(&["active"]).await {
             Ok(l) => l,
             Err(e) => return warn!(error = %chain(&e), "cannot read grants"),
         };
