@@ -5,3 +5,4 @@
 pub mod config;
 pub mod store;
 pub mod libvirt;
+pub mod vm;

@@ -630,7 +630,8 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
                 xmlns: PADDOCK_NS,
                 run: spec.mark.run_id.clone(),
                 instance: spec.mark.instance.clone(),
-                created: spec.mark.created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                // Milliseconds: reconciliation compares it with the moment a pass began.
+                created: spec.mark.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
             },
         },
         memory: Memory { unit: "MiB", value: image.memory_mib },
@@ -692,4 +693,4 @@ pub fn parse_metadata(xml: &str) -> Option<Mark> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
