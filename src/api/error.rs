@@ -26,6 +26,11 @@ pub enum ApiError {
     Conflict(String),
     #[error("the run coordinator is not running")]
     CoordinatorStopped,
+    #[error("the access service is not running")]
+    AccessStopped,
+    /// Preparing a grant (its VM, keys, certificates) failed.
+    #[error("the grant could not be prepared")]
+    Grant(#[source] crate::access::AccessError),
     #[error("the store failed")]
     Store(#[from] StoreError),
     #[error("cannot read the log {path}")]
@@ -53,7 +58,8 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::CoordinatorStopped => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::CoordinatorStopped | ApiError::AccessStopped => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Grant(_) => (StatusCode::BAD_GATEWAY, "grant_failed"),
             ApiError::Store(_) | ApiError::Log { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

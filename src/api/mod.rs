@@ -8,6 +8,7 @@
 //! dashboard sets is accepted in place of the header (so `EventSource` works);
 //! mutating calls never accept the cookie, which keeps them safe from CSRF.
 
+mod access;
 mod auth;
 mod error;
 mod fleet;
@@ -62,6 +63,8 @@ pub struct ApiState {
     pub metrics: PrometheusHandle,
     /// Log follows streaming right now (exported as a gauge; tests wait on it).
     pub follows: Arc<std::sync::atomic::AtomicUsize>,
+    /// The access service; `None` answers access calls with 503.
+    pub access: Option<crate::access::Access>,
 }
 
 impl ApiState {
@@ -77,6 +80,7 @@ impl ApiState {
             follow_poll: Duration::from_millis(250),
             metrics: metrics::install(),
             follows: Arc::default(),
+            access: None,
         }
     }
 }
@@ -110,6 +114,13 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<Shared>)> {
         (Method::GET, "/api/v1/audit", get(records::audit)),
         (Method::GET, "/api/v1/events", get(records::events)),
         (Method::GET, "/api/v1/access", get(records::access)),
+        (Method::POST, "/api/v1/access", post(access::request)),
+        (Method::GET, "/api/v1/access/ca", get(access::ca)),
+        (Method::GET, "/api/v1/access/{id}", get(access::detail)),
+        (Method::POST, "/api/v1/access/{id}/approve", post(access::approve)),
+        (Method::POST, "/api/v1/access/{id}/deny", post(access::deny)),
+        (Method::POST, "/api/v1/access/{id}/extend", post(access::extend)),
+        (Method::POST, "/api/v1/access/{id}/revoke", post(access::revoke)),
     ]
 }
 

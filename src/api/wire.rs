@@ -220,3 +220,70 @@ pub struct FollowState {
     pub outcome: Option<String>,
     pub reason: Option<String>,
 }
+
+/// `POST /api/v1/access`: exactly one of `image` and `run`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessRequestIn {
+    pub image: Option<String>,
+    pub run: Option<String>,
+    /// e.g. `2h`, `90m`.
+    pub duration: String,
+    pub reason: String,
+}
+
+/// `POST /api/v1/access/{id}/extend`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExtendIn {
+    pub duration: String,
+}
+
+/// `POST /api/v1/access/{id}/deny`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DenyIn {
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointOut {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateOut {
+    pub serial: u64,
+    pub key_fingerprint: String,
+    pub key: String,
+    /// One OpenSSH line; save it as `…-cert.pub` and pass it with `-o CertificateFile=`.
+    pub certificate: String,
+}
+
+/// A grant; certificates and the `ssh` command only in answers that issued them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantOut {
+    pub id: String,
+    pub user: String,
+    pub image: Option<String>,
+    pub run_id: Option<String>,
+    pub duration_s: u64,
+    pub reason: String,
+    pub state: String,
+    pub decided_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub vm_name: Option<String>,
+    pub detail: Option<String>,
+    pub ssh: Option<EndpointOut>,
+    #[serde(default)]
+    pub certificates: Vec<CertificateOut>,
+    pub ssh_command: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaOut {
+    /// The fleet CA's public key line, for `TrustedUserCAKeys`.
+    pub public_key: String,
+}
