@@ -1,5 +1,6 @@
 //! Command-line subcommands; each lives in its own file and calls into the library.
 
+mod access;
 mod cancel;
 mod check;
 mod client;
@@ -78,6 +79,20 @@ enum Command {
     },
     /// Results waiting to reach their recorders.
     Outbox(client::Remote),
+    /// SSH access for named users: request, approve, extend, revoke.
+    Access {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: access::AccessCommand,
+    },
+    /// The audit trail, newest first.
+    Audit {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// API tokens, on the daemon's store file.
     Token {
         #[arg(long, short, env = "PADDOCK_CONFIG", default_value = "fleet.toml", global = true)]
@@ -126,6 +141,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Logs { remote, run, follow, tail } => logs::run(&remote, &run, follow, tail),
         Command::Cancel { remote, run } => cancel::run(&remote, &run),
         Command::Outbox(r) => outbox::run(&r),
+        Command::Access { remote, command } => access::run(&remote, &command),
+        Command::Audit { remote, limit } => access::audit(&remote, limit),
         Command::Token { config, json, command } => token::run(&config, &command, json),
         Command::Serve { config, listen, demo } => serve::run(&config, listen, demo),
         Command::Recorder(args) => recorder::run(args),
