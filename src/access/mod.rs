@@ -4,6 +4,7 @@
 
 pub mod ca;
 pub mod keys;
+pub mod machines;
 pub mod policy;
 mod service;
 mod state;
@@ -169,8 +170,8 @@ pub fn ssh_command(e: &Endpoint, with_cert: bool) -> String {
 /// manager and the SSH client by the daemon; tests pass their own explicitly.
 pub trait Machines: Send + Sync + 'static {
     /// Boots a fresh VM of `image` for grant `grant_id`, trusting `ca_line`
-    /// when the image trusts the fleet CA; returns when its SSH answers.
-    fn launch<'a>(&'a self, grant_id: &'a str, image: &'a Image, ca_line: &'a str) -> BoxFuture<'a, Result<Placed, MachineError>>;
+    /// when the image trusts the fleet CA, kept at most `until`; returns when its SSH answers.
+    fn launch<'a>(&'a self, grant_id: &'a str, image: &'a Image, ca_line: &'a str, until: DateTime<Utc>) -> BoxFuture<'a, Result<Placed, MachineError>>;
     /// Where an existing VM (a held run's) is reached.
     fn locate<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<Placed, MachineError>>;
     /// Keeps a released VM until `until` (may shorten an earlier hold).

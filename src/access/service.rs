@@ -555,7 +555,8 @@ impl Owner {
         if new_end <= end {
             return Err(AccessError::Forbidden(format!("grant {id} is already at its longest ({}) for `{by}`", human(cap))));
         }
-        if let (Some(vm), false) = (&g.vm_name, g.vm_owned) {
+        // The VM must outlive the new end (a grant's own VM is held until its end too).
+        if let Some(vm) = &g.vm_name {
             let others = self.others_end(&g).await?;
             let until = [Some(new_end), others, g.run_hold_until].into_iter().flatten().max().unwrap_or(new_end);
             self.machines.hold(vm, until).await.map_err(|e| AccessError::Provision { id: id.into(), message: e.to_string() })?;
@@ -738,7 +739,7 @@ async fn prepare(fleet: &Fleet, machines: &dyn Machines, store: &Store, g: &Gran
     let placed = match &g.target {
         Target::Image(_) => {
             p.vm_owned = true;
-            machines.launch(&g.id, &image, ca_line).await
+            machines.launch(&g.id, &image, ca_line, ends).await
         }
         Target::Run(r) => match held_vm(fleet, store, r).await {
             Err(e) => {

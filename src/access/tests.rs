@@ -36,7 +36,7 @@ impl Recorder {
 }
 
 impl Machines for Recorder {
-    fn launch<'a>(&'a self, grant_id: &'a str, image: &'a Image, _ca: &'a str) -> BoxFuture<'a, Result<Placed, MachineError>> {
+    fn launch<'a>(&'a self, grant_id: &'a str, image: &'a Image, _ca: &'a str, _until: DateTime<Utc>) -> BoxFuture<'a, Result<Placed, MachineError>> {
         Box::pin(async move {
             self.note(format!("launch {} for {grant_id}", image.name));
             if self.fail_launch {
