@@ -12,6 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
+use crate::access::machines::VmMachines;
+use crate::access::{Access, AccessConfig, FleetCa};
 use crate::api::{ApiState, HostStatus};
 use crate::clock::Clock;
 use crate::config::Fleet;
@@ -43,6 +45,10 @@ pub enum DaemonError {
     Vms(#[source] crate::vm::VmError),
     #[error("loading the daemon's SSH key")]
     Key(#[source] crate::ssh::KeyError),
+    #[error("loading the fleet CA")]
+    Ca(#[source] crate::access::CaError),
+    #[error("starting the access service")]
+    Access(#[source] crate::access::AccessError),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -117,11 +123,18 @@ impl Daemon {
         )
         .await
         .map_err(DaemonError::Vms)?;
-        let key = Arc::new(ClientKey::load_or_create(dirs.root()).map_err(DaemonError::Key)?);
+        let client_key = ClientKey::load_or_create(dirs.root()).map_err(DaemonError::Key)?;
+        let ca = FleetCa::load_or_create(dirs.root()).map_err(DaemonError::Ca)?;
+        let mut executor_config = ExecutorConfig::new(dirs.logs(), recorder_names);
+        executor_config.ca_public_line = Some(ca.public_line());
         let executor = Arc::new(
-            Executor::new(fleet.clone(), store.clone(), ExecutorConfig::new(dirs.logs(), recorder_names), waker)
-                .with_vms(vms.clone(), key),
+            Executor::new(fleet.clone(), store.clone(), executor_config, waker)
+                .with_vms(vms.clone(), Arc::new(client_key.clone())),
         );
+        let machines = VmMachines { vms: vms.clone(), store: store.clone(), fleet: fleet.clone(), client: client_key };
+        let access = Access::start(fleet.clone(), store.clone(), ca, Arc::new(machines), AccessConfig::new(Clock::system()))
+            .await
+            .map_err(DaemonError::Access)?;
         let (mut coordinator, runs) = Coordinator::new(fleet.clone(), store.clone(), executor);
         coordinator.recover().await.map_err(DaemonError::Recover)?;
         let (fire_tx, fire_rx) = mpsc::channel(64);
@@ -144,7 +157,8 @@ impl Daemon {
             .collect();
         let (hosts_tx, hosts_rx) = watch::channel(initial);
         tokio::spawn(report_hosts(vms.clone(), hosts_tx, shutdown_rx.clone()));
-        let api = ApiState::new(fleet.clone(), store.clone(), runs.clone(), hosts_rx);
+        let mut api = ApiState::new(fleet.clone(), store.clone(), runs.clone(), hosts_rx);
+        api.access = Some(access);
         let app = crate::api::app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
         let addr = options.listen.unwrap_or(fleet.daemon.listen);
         let listener = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
