@@ -94,7 +94,7 @@ async fn run_follow_shows_states_and_exits_with_the_runs_failure() {
     let lines: Vec<&str> = o.stderr.lines().collect();
     assert!(lines[0].starts_with("started "), "{}", o.stderr);
     let id = lines[0].trim_start_matches("started ");
-    assert_eq!(lines.last().unwrap(), &format!("{id}: finished, infrastructure: no VM manager configured"), "{}", o.stderr);
+    assert_eq!(lines.last().unwrap(), &format!("{id}: finished, infrastructure: this daemon has no VM manager"), "{}", o.stderr);
     assert!(lines.iter().any(|l| *l == format!("{id}: failed")), "plain state lines when not a TTY:\n{}", o.stderr);
 }
 
