@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// How a launch decides that a VM is ready.
@@ -22,6 +22,10 @@ pub enum Readiness {
 pub async fn probe_banner(addr: SocketAddr, timeout: Duration) -> bool {
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        // passt opens its side of a forwarded connection to the guest only once the
+        // client sends something, so a silent probe never sees the server's banner.
+        // Sending ours first is what any SSH client does anyway.
+        s.write_all(b"SSH-2.0-paddock-probe\r\n").await.ok()?;
         let mut buf = [0u8; 64];
         let mut n = 0;
         // The banner may come in pieces; four bytes are enough to know.
