@@ -83,3 +83,168 @@ command = "echo should-not-run"
     assert_eq!(overlays(dir.path()), Vec::<std::path::PathBuf>::new());
     daemon.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_past_its_timeout_is_killed_in_the_guest() {
+    ensure_guest_image();
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(
+        dir.path(),
+        "23110-23119",
+        &baked_host_key(),
+        r#"
+[[jobs]]
+name = "slow"
+images = ["tiny"]
+[[jobs.steps]]
+name = "hang"
+type = "build"
+command = "echo started; sleep 313; echo never"
+timeout = "3s"
+ignore_failure = true
+[[jobs.steps]]
+name = "check"
+type = "test"
+command = "ps | grep -c '[s]leep 313' || true"
+"#,
+    );
+    let daemon = start(fleet).await;
+    let ids = daemon.runs.trigger("slow", None, manual()).await.unwrap();
+    let row = wait_for_run(&daemon, &ids[0], Duration::from_secs(240), finished).await;
+    let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
+    let steps = doc["results"].as_array().unwrap();
+    assert_eq!(steps[0]["timed_out"], true, "{doc}");
+    assert_eq!(steps[0]["status"], -1);
+    assert_eq!(steps[0]["output"], "started\n");
+    let d = steps[0]["duration"].as_f64().unwrap();
+    assert!((3.0..30.0).contains(&d), "killed soon after its 3 s timeout, took {d}");
+    // The same guest, one step later: no `sleep 313` is left.
+    assert_eq!(steps[1]["output"], "0\n", "{doc}");
+    // The timed-out step had ignore_failure, so the run succeeded.
+    assert_eq!(row.outcome.as_deref(), Some("success"));
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_with_the_wrong_host_key_is_refused() {
+    ensure_guest_image();
+    let dir = tempfile::tempdir().unwrap();
+    // A valid key, but not the one the guest has.
+    let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA/XDHqQ4zGgrAo2cLdmgWGXXbEazbp/V20Cd7HR/aap";
+    let fleet = fleet(
+        dir.path(),
+        "23120-23129",
+        other,
+        r#"
+[[jobs]]
+name = "mitm"
+images = ["tiny"]
+[[jobs.steps]]
+name = "x"
+type = "build"
+command = "echo must-not-run"
+"#,
+    );
+    let daemon = start(fleet).await;
+    let ids = daemon.runs.trigger("mitm", None, manual()).await.unwrap();
+    let row = wait_for_run(&daemon, &ids[0], Duration::from_secs(240), finished).await;
+    assert_eq!(row.outcome.as_deref(), Some("infrastructure"), "{row:?}");
+    let reason = row.reason.unwrap();
+    let expected = paddock::ssh::fingerprint(&ssh_key::PublicKey::from_openssh(other).unwrap());
+    let baked = std::fs::read_to_string(repo().join("images/out/x86_64/ssh_host_ed25519_key.pub")).unwrap();
+    let seen = paddock::ssh::fingerprint(&ssh_key::PublicKey::from_openssh(baked.trim()).unwrap());
+    assert!(reason.contains(&expected) && reason.contains(&seen), "{reason}");
+    let prefix = format!("paddock-{}-", instance_id(dir.path()));
+    assert_eq!(domains_named(&prefix), Vec::<String>::new());
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_mid_step_stops_the_run_and_removes_the_vm() {
+    ensure_guest_image();
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(
+        dir.path(),
+        "23130-23139",
+        &baked_host_key(),
+        r#"
+[[jobs]]
+name = "long"
+images = ["tiny"]
+[[jobs.steps]]
+name = "wait"
+type = "build"
+command = "echo waiting; sleep 600"
+[[jobs.steps]]
+name = "after"
+type = "test"
+command = "echo never"
+"#,
+    );
+    let daemon = start(fleet).await;
+    let id = daemon.runs.trigger("long", None, manual()).await.unwrap().remove(0);
+    wait_for_run(&daemon, &id, Duration::from_secs(240), |r| r.state == "running:0").await;
+    eprintln!("running at {:?}", chrono::Utc::now());
+    // Wait for the step's first output so the cancel lands mid-step.
+    let log = dir.path().join("state/logs").join(&id).join("run.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("waiting\n") {
+        assert!(std::time::Instant::now() < deadline, "step never printed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let asked = std::time::Instant::now();
+    eprintln!("cancelling at {:?}", chrono::Utc::now());
+    daemon.runs.cancel(&id, "alice").await.unwrap();
+    let row = wait_for_run(&daemon, &id, Duration::from_secs(60), finished).await;
+    eprintln!("finished after {:?}", asked.elapsed());
+    assert!(asked.elapsed() < Duration::from_secs(30), "cancel took {:?}", asked.elapsed());
+    assert_eq!(row.state, "cancelled");
+    assert_eq!(row.outcome.as_deref(), Some("cancelled"));
+    let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
+    assert_eq!(doc["results"][1]["skipped"], true);
+    eprintln!("checked at {:?}", chrono::Utc::now());
+    let prefix = format!("paddock-{}-", instance_id(dir.path()));
+    assert_eq!(domains_named(&prefix), Vec::<String>::new());
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_on_failure_keeps_the_vm_then_releases_it() {
+    ensure_guest_image();
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(
+        dir.path(),
+        "23140-23149",
+        &baked_host_key(),
+        r#"
+[[jobs]]
+name = "flaky"
+images = ["tiny"]
+hold_on_failure = "10s"
+[[jobs.steps]]
+name = "fail"
+type = "test"
+command = "echo boom >&2; exit 1"
+"#,
+    );
+    let daemon = start(fleet).await;
+    let id = daemon.runs.trigger("flaky", None, manual()).await.unwrap().remove(0);
+    let row = wait_for_run(&daemon, &id, Duration::from_secs(240), finished).await;
+    assert_eq!(row.state, "held", "{row:?}");
+    assert_eq!(row.outcome.as_deref(), Some("build-failure"));
+    let vm = row.vm_name.clone().unwrap();
+    // The VM is still there, and still answers SSH on its forward, while held.
+    assert_eq!(domains_named(&vm), vec![vm.clone()]);
+    let port = daemon.store.vm(&vm).await.unwrap().unwrap().ssh_port.unwrap();
+    assert!(paddock::vm::readiness::probe_banner(([127, 0, 0, 1], port).into(), Duration::from_secs(5)).await);
+    // The result was reported at once, not when the hold ends.
+    assert_eq!(daemon.store.outbox_for_run(&id).await.unwrap().len(), 1);
+    let row = wait_for_run(&daemon, &id, Duration::from_secs(60), |r| r.state == "failed").await;
+    assert_eq!(row.outcome.as_deref(), Some("build-failure"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !domains_named(&vm).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "held VM {vm} not released");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    daemon.stop().await.unwrap();
+}
