@@ -51,7 +51,7 @@ install_packages() {
     local backports=(libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86
         qemu-system-arm qemu-system-misc qemu-system-ppc ovmf swtpm swtpm-tools
         qemu-utils passt pkg-config)
-    local plain=(busybox-static openssh-client cpio gzip zstd libxml2-utils chromium
+    local plain=(busybox-static openssh-client openssh-server cpio gzip zstd xz-utils binutils libxml2-utils chromium
         sqlite3 python3 ca-certificates curl)
     local missing=()
     for p in "${backports[@]}" "${plain[@]}"; do
@@ -97,6 +97,10 @@ start_daemons() {
 
 need_root
 add_backports
+# The guest image script downloads Debian packages: it needs current lists.
+if ! compgen -G '/var/lib/apt/lists/*bookworm-backports*Packages*' >/dev/null; then
+    apt_update_once
+fi
 install_packages
 start_daemons
 log "host ready"

@@ -2,7 +2,18 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules and their invariants.
 
+pub mod access;
+pub mod api;
+pub mod clock;
 pub mod config;
-pub mod store;
+pub mod daemon;
+pub mod dashboard;
 pub mod libvirt;
+pub mod outbox;
+pub mod recorder;
+pub mod runs;
+pub mod scheduler;
+pub mod ssh;
+pub mod steps;
+pub mod store;
 pub mod vm;

@@ -1,6 +1,20 @@
 //! Command-line subcommands; each lives in its own file and calls into the library.
 
+mod access;
+mod cancel;
 mod check;
+mod client;
+mod hosts;
+mod jobs;
+mod logs;
+mod outbox;
+mod run;
+mod runs;
+mod status;
+mod token;
+mod vms;
+mod serve;
+mod recorder;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,16 +35,116 @@ enum Command {
         #[arg(long, short, env = "PADDOCK_CONFIG", default_value = "fleet.toml")]
         config: PathBuf,
     },
+    /// The fleet in one screen (from the daemon's API).
+    Status(client::Remote),
+    /// Hypervisor hosts: health and capacity.
+    Hosts(client::Remote),
+    /// VMs paddock made: state, host, run, port, age.
+    Vms(client::Remote),
+    /// Jobs: schedule, next fire, last result per image.
+    Jobs(client::Remote),
+    /// Runs, newest first.
+    Runs {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(flatten)]
+        filters: runs::Filters,
+    },
+    /// Start a job (all its images, or one); `--follow` streams it and exits with its success.
+    Run {
+        #[command(flatten)]
+        remote: client::Remote,
+        job: String,
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// A run's log; `-f` follows it live until the run ends.
+    Logs {
+        #[command(flatten)]
+        remote: client::Remote,
+        run: String,
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Cancel a queued, running or held run.
+    Cancel {
+        #[command(flatten)]
+        remote: client::Remote,
+        run: String,
+    },
+    /// Results waiting to reach their recorders.
+    Outbox(client::Remote),
+    /// SSH access for named users: request, approve, extend, revoke.
+    Access {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: access::AccessCommand,
+    },
+    /// The audit trail, newest first.
+    Audit {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// API tokens, on the daemon's store file.
+    Token {
+        #[arg(long, short, env = "PADDOCK_CONFIG", default_value = "fleet.toml", global = true)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
+    /// Run the daemon: VMs, schedules, runs, recorder, API and dashboard.
+    Serve {
+        #[arg(long, short, env = "PADDOCK_CONFIG", default_value = "fleet.toml")]
+        config: PathBuf,
+        /// Listen here instead of `daemon.listen` (e.g. 127.0.0.1:0).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Trigger every job once at start.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Run the result recorder standalone (REST + pony-build XML-RPC + web pages).
+    Recorder(recorder::RecorderArgs),
 }
 
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PADDOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Check { config } => check::run(&config),
+        Command::Status(r) => status::run(&r),
+        Command::Hosts(r) => hosts::run(&r),
+        Command::Vms(r) => vms::run(&r),
+        Command::Jobs(r) => jobs::run(&r),
+        Command::Runs { remote, filters } => runs::run(&remote, &filters),
+        Command::Run { remote, job, image, follow } => run::run(&remote, &job, image.as_deref(), follow),
+        Command::Logs { remote, run, follow, tail } => logs::run(&remote, &run, follow, tail),
+        Command::Cancel { remote, run } => cancel::run(&remote, &run),
+        Command::Outbox(r) => outbox::run(&r),
+        Command::Access { remote, command } => access::run(&remote, &command),
+        Command::Audit { remote, limit } => access::audit(&remote, limit),
+        Command::Token { config, json, command } => token::run(&config, &command, json),
+        Command::Serve { config, listen, demo } => serve::run(&config, listen, demo),
+        Command::Recorder(args) => recorder::run(args),
     }
 }

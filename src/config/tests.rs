@@ -23,3 +23,222 @@ fn repo_fleet_is_valid() {
     let s = fleet.jobs[0].schedule.as_ref().unwrap();
     assert_eq!(s.tz, chrono_tz::Europe::Berlin);
 }
+
+/// Replaces the first occurrence of `from` in the repo's fleet with `to`.
+fn with(from: &str, to: &str) -> String {
+    assert!(GOOD.contains(from), "fixture text `{from}` not in fleet.toml");
+    GOOD.replacen(from, to, 1)
+}
+
+fn line_of(src: &str, needle: &str) -> usize {
+    src[..src.find(needle).unwrap()].matches('\n').count() + 1
+}
+
+#[test]
+fn syntax_error_names_line_and_column() {
+    let src = with("max_vms = 4", "max_vms = = 4");
+    let l = line_of(&src, "max_vms = = 4");
+    assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:11: extra `=`, expected nothing")]);
+}
+
+#[test]
+fn unknown_key_is_an_error() {
+    let src = with("max_vms = 4", "max_vms = 4\nmax_vmz = 5");
+    let l = line_of(&src, "max_vmz");
+    let e = errors(&src);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with(&format!("fleet.toml:{l}:1: unknown field `max_vmz`, expected one of")), "{}", e[0]);
+}
+
+#[test]
+fn wrong_type_is_an_error() {
+    let src = with("max_vms = 4", "max_vms = \"four\"");
+    let l = line_of(&src, "max_vms = \"four\"");
+    assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:11: invalid type: string \"four\", expected i64")]);
+}
+
+#[test]
+fn missing_key_is_an_error() {
+    let src = with("user = \"root\"\n", "");
+    let e = errors(&src);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].ends_with("missing field `user`"), "{}", e[0]);
+}
+
+#[test]
+fn unknown_image_in_job_lists_known_ones() {
+    let src = with("images = [\"tiny-x86_64\"]", "images = [\"tiny-x86_64\", \"win7\"]");
+    let l = line_of(&src, "\"win7\"");
+    assert_eq!(
+        errors(&src),
+        vec![format!("fleet.toml:{l}:26: jobs[0].images: no image named `win7`; known: `tiny-x86_64`")]
+    );
+}
+
+#[test]
+fn unknown_maintainer() {
+    let src = with("maintainers = [\"alice\"]", "maintainers = [\"bob\"]");
+    let l = line_of(&src, "[\"bob\"]");
+    assert_eq!(
+        errors(&src),
+        vec![format!("fleet.toml:{l}:16: jobs[0].maintainers: no user named `bob`; known: `alice`, `root-admin`")]
+    );
+}
+
+#[test]
+fn bad_cron_expression() {
+    let src = with("schedule = \"0 2 * * *\"", "schedule = \"0 25 * * *\"");
+    let l = line_of(&src, "0 25");
+    let e = errors(&src);
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with(&format!("fleet.toml:{l}:12: jobs[0].schedule: bad cron expression `0 25 * * *`: ")),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn bad_time_zone() {
+    let src = with("timezone = \"Europe/Berlin\"", "timezone = \"Mars/Olympus\"");
+    let l = line_of(&src, "Mars");
+    assert_eq!(
+        errors(&src),
+        vec![format!(
+            "fleet.toml:{l}:12: jobs[0].timezone: unknown time zone `Mars/Olympus`; expected an IANA name like \"Europe/Berlin\""
+        )]
+    );
+}
+
+#[test]
+fn bad_durations() {
+    let src = with("timeout = \"1m\"", "timeout = \"90\"");
+    let l = line_of(&src, "\"90\"");
+    assert_eq!(
+        errors(&src),
+        vec![format!(
+            "fleet.toml:{l}:11: jobs[0].steps[0].timeout: `90`: number without a unit; write e.g. \"90s\" or \"90m\""
+        )]
+    );
+    let src = with("max_hold = \"24h\"", "max_hold = \"2y\"");
+    let l = line_of(&src, "\"2y\"");
+    assert_eq!(
+        errors(&src),
+        vec![format!("fleet.toml:{l}:12: daemon.max_hold: `2y`: unknown unit `y`; expected s, m, h or d")]
+    );
+}
+
+#[test]
+fn bad_ssh_key() {
+    let src = with("ssh_keys = [\"ssh-ed25519 AAAAC3", "ssh_keys = [\"ssh-ed25519 AAAAXX");
+    let l = line_of(&src, "AAAAXX");
+    let e = errors(&src);
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with(&format!("fleet.toml:{l}:13: users[0].ssh_keys[0]: not an OpenSSH public key (")),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn bad_port_ranges() {
+    for (range, msg) in [
+        ("22299-22200", "`22299-22200`: the range ends before it starts"),
+        ("80-90", "`80-90`: ports below 1024 are privileged; start at 1024 or above"),
+        ("lots", "`lots` is not a port range like \"22200-22299\""),
+    ] {
+        let src = with("ssh_ports = \"22200-22299\"", &format!("ssh_ports = \"{range}\""));
+        let l = line_of(&src, "ssh_ports");
+        assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:13: daemon.ssh_ports: {msg}")]);
+    }
+}
+
+#[test]
+fn bad_enum_values() {
+    let src = with("accelerator = \"tcg\"", "accelerator = \"hvf\"");
+    let l = line_of(&src, "\"hvf\"");
+    assert_eq!(
+        errors(&src),
+        vec![format!("fleet.toml:{l}:15: hosts[0].accelerator: `hvf` is not allowed; expected one of `kvm`, `tcg`")]
+    );
+    let src = with("arch = \"x86_64\"", "arch = \"m68k\"");
+    let l = line_of(&src, "\"m68k\"");
+    assert_eq!(
+        errors(&src),
+        vec![format!(
+            "fleet.toml:{l}:8: images[0].arch: `m68k` is not allowed; expected one of `x86_64`, `aarch64`, `s390x`, `ppc64le`, `riscv64`"
+        )]
+    );
+}
+
+#[test]
+fn duplicate_names() {
+    let src = with("name = \"root-admin\"", "name = \"alice\"");
+    let l = line_of(&src, "name = \"alice\"\nrole = \"admin\"");
+    assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:8: users[1].name: duplicate user name `alice`")]);
+}
+
+#[test]
+fn unsupported_schema_version() {
+    let src = with("version = 1", "version = 2");
+    assert_eq!(
+        errors(&src),
+        vec!["fleet.toml:3:11: version: schema version 2 is not supported; this paddock reads version 1".to_string()]
+    );
+}
+
+#[test]
+fn bad_uri_and_address() {
+    let src = with("uri = \"qemu:///system\"", "uri = \"xen:///\"");
+    let l = line_of(&src, "xen:");
+    assert_eq!(
+        errors(&src),
+        vec![format!(
+            "fleet.toml:{l}:7: hosts[0].uri: `xen:///` is not a libvirt URI paddock can use; expected qemu:///system, qemu+ssh://HOST/system or test:///..."
+        )]
+    );
+    let src = with("address = \"127.0.0.1\"", "address = \"localhost\"");
+    let l = line_of(&src, "\"localhost\"");
+    assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:11: hosts[0].address: `localhost` is not an IP address")]);
+}
+
+#[test]
+fn boot_source_rules() {
+    let src = with("initrd = \"images/out/x86_64/initrd.img\"\n", "");
+    let l = line_of(&src, "[[images]]");
+    assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:1: images[0]: `kernel` and `initrd` go together; give both")]);
+}
+
+#[test]
+fn several_errors_are_all_reported_in_file_order() {
+    let src = with("accelerator = \"tcg\"", "accelerator = \"hvf\"").replacen("vcpus = 1", "vcpus = 0", 1);
+    let e = errors(&src);
+    assert_eq!(e.len(), 2);
+    assert!(e[0].contains("hosts[0].accelerator"));
+    assert_eq!(e[1], format!("fleet.toml:{}:9: images[0].vcpus: must be a positive number, got 0", line_of(&src, "vcpus = 0")));
+}
+
+#[test]
+fn relative_paths_resolve_against_the_file() {
+    let fleet = parse(GOOD, Path::new("/etc/paddock/fleet.toml")).unwrap();
+    assert_eq!(fleet.daemon.state_dir, Path::new("/etc/paddock/state"));
+    match &fleet.images[0].boot {
+        Boot::Kernel { kernel, .. } => assert_eq!(kernel, Path::new("/etc/paddock/images/out/x86_64/vmlinuz")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn schedule_fires_across_dst_like_cron() {
+    use chrono::TimeZone;
+    let fleet = parse(GOOD, Path::new("fleet.toml")).unwrap();
+    let s = fleet.jobs[0].schedule.as_ref().unwrap();
+    // 2026-03-29: Berlin moves from CET (UTC+1) to CEST (UTC+2) at 02:00, so 02:00 does not exist.
+    let before = chrono::Utc.with_ymd_and_hms(2026, 3, 27, 12, 0, 0).unwrap();
+    let fires = s.upcoming(before, 3);
+    assert_eq!(fires[0], chrono::Utc.with_ymd_and_hms(2026, 3, 28, 1, 0, 0).unwrap());
+    // The skipped local 02:00 runs at 03:00 CEST (01:00 UTC), as cron does, then 02:00 CEST.
+    assert_eq!(fires[1], chrono::Utc.with_ymd_and_hms(2026, 3, 29, 1, 0, 0).unwrap());
+    assert_eq!(fires[2], chrono::Utc.with_ymd_and_hms(2026, 3, 30, 0, 0, 0).unwrap());
+}

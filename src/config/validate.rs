@@ -241,7 +241,7 @@ impl<'a> Validator<'a> {
                 Boot::Disk { base: PathBuf::new() }
             }
         };
-        if m.cmdline.is_some() && matches!(boot, Boot::Disk { .. }) {
+        if m.cmdline.is_some() && m.disk.is_some() {
             let span = m.cmdline.as_ref().map(|c| c.span());
             self.error(span, format!("{p}.cmdline"), "`cmdline` only applies to kernel + initrd images");
         }

@@ -7,6 +7,12 @@
 //! tokio runtime, and serialises writes without locks scattered through the code.
 
 mod events;
+mod grants;
+mod listing;
+mod outbox;
+mod runs;
+mod schedule;
+mod tokens;
 mod vms;
 
 use std::path::{Path, PathBuf};
@@ -15,17 +21,26 @@ use std::sync::LazyLock;
 use rusqlite_migration::{M, Migrations};
 
 pub use events::Event;
+pub use grants::{AuditEntry, CertRecord, GrantRow};
+pub use listing::{AccessRow, AuditRow};
+pub use outbox::OutboxEntry;
+pub use runs::{RunEnd, RunFilter, RunRow, RunUpdate};
+pub use tokens::{NewToken, TokenRow};
 pub use vms::VmRow;
 
 static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
-    Migrations::new(vec![M::up(include_str!("migrations/001_initial.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("migrations/001_initial.sql")),
+        M::up(include_str!("migrations/002_access.sql")),
+        M::up(include_str!("migrations/003_grants.sql")),
+    ])
 });
 
 /// The number of the newest schema this build knows.
 pub fn latest_version() -> usize {
     MIGRATION_COUNT
 }
-const MIGRATION_COUNT: usize = 1;
+const MIGRATION_COUNT: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -129,7 +144,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         MIGRATIONS.validate().unwrap();
-        assert_eq!(MIGRATION_COUNT, 1);
+        assert_eq!(MIGRATION_COUNT, 3);
     }
 
     #[tokio::test]
@@ -152,7 +167,10 @@ mod tests {
         // A store as the first schema left it, before any later migration.
         {
             let mut c = rusqlite::Connection::open(&path).unwrap();
-            Migrations::new(vec![M::up(include_str!("migrations/001_initial.sql"))]).to_latest(&mut c).unwrap();
+            Migrations::new(vec![
+        M::up(include_str!("migrations/001_initial.sql")),
+        M::up(include_str!("migrations/002_access.sql")),
+    ]).to_latest(&mut c).unwrap();
             c.execute(
                 "INSERT INTO events (at, kind, subject, detail) VALUES ('2026-01-01T00:00:00Z', 'k', 's', 'd')",
                 [],
@@ -163,6 +181,9 @@ mod tests {
         assert_eq!(store.schema_version().await.unwrap(), MIGRATION_COUNT as i64);
         let n: i64 = store.call(|c| Ok(c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?)).await.unwrap();
         assert_eq!(n, 1);
+        // Tables from later migrations exist now.
+        let audit: i64 = store.call(|c| Ok(c.query_row("SELECT count(*) FROM audit", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(audit, 0);
     }
 
     #[tokio::test]

@@ -1,0 +1,28 @@
+# paddock: the two commands a fresh Debian 12 machine (as root) needs are
+#   make run    -- host set-up, build, the daemon with ./fleet.toml booting the demo job
+#   make test   -- host set-up, build, every test
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: setup image build run test bench clean-state
+
+setup:
+	bash scripts/setup-host.sh
+
+image: setup
+	bash images/build-guest.sh x86_64
+
+build:
+	$(CARGO) build --locked --all-targets
+
+run: image
+	$(CARGO) build --locked --bin paddock
+	./target/debug/paddock check --config fleet.toml
+	./target/debug/paddock serve --config fleet.toml --demo
+
+test: image build
+	bash scripts/run-tests.sh
+
+bench: image
+	bash bench/run.sh

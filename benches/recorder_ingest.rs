@@ -1,0 +1,233 @@
+//! Recorder throughput: ingest rate over REST and XML-RPC (10 steps of 20 KB output each) next to
+//! raw SQLite inserts of the same rows, then p50/p99 latency of a package page with 100,000 stored
+//! results. Run with `cargo bench --bench recorder_ingest`; set `RECORDER_BENCH_N` to change the
+//! number of ingested results (default 300).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use dxr::{MethodCall, Value};
+use paddock::recorder::{self, Recorder, RecorderConfig};
+use serde_json::json;
+
+const STEPS: usize = 10;
+const OUTPUT_BYTES: usize = 20 * 1024;
+const STORED_FOR_PAGE: i64 = 100_000;
+const PLATFORMS: usize = 40;
+const PAGE_GETS: usize = 500;
+const CONCURRENCY: usize = 4;
+
+fn output(seed: usize) -> String {
+    let line = format!("[{seed:05}] compiling module with a reasonably long line of build output ...\n");
+    line.repeat(OUTPUT_BYTES / line.len() + 1)[..OUTPUT_BYTES].to_owned()
+}
+
+fn result_json(i: usize) -> serde_json::Value {
+    let steps: Vec<_> = (0..STEPS)
+        .map(|s| {
+            json!({"name": format!("step{s}"), "type": "build", "command": format!("make step{s}"),
+                   "status": 0, "output": output(i + s), "errout": "", "duration": 1.5})
+        })
+        .collect();
+    json!({
+        "client_info": {"package": "ingest", "arch": "x86_64", "host": format!("h{}", i % PLATFORMS),
+                        "tags": ["bench"], "success": !i.is_multiple_of(7), "duration": 15.0},
+        "results": steps,
+    })
+}
+
+fn to_xmlrpc(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Nil,
+        serde_json::Value::Bool(b) => Value::Boolean(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i as i32),
+            None => Value::Double(n.as_f64().unwrap()),
+        },
+        serde_json::Value::String(s) => Value::String(s.clone()),
+        serde_json::Value::Array(a) => Value::Array(a.iter().map(to_xmlrpc).collect()),
+        serde_json::Value::Object(m) => Value::Struct(m.iter().map(|(k, v)| (k.clone(), to_xmlrpc(v))).collect()),
+    }
+}
+
+async fn serve(rec: Recorder) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = recorder::router(rec).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Post `bodies` with CONCURRENCY clients; returns results per second.
+async fn post_all(client: &reqwest::Client, url: String, content_type: &'static str, bodies: Vec<String>) -> f64 {
+    let n = bodies.len();
+    let queue: Queue = std::sync::Arc::new(tokio::sync::Mutex::new(bodies));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (client, url, queue) = (client.clone(), url.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(body) = queue.lock().await.pop() {
+                let r = client.post(&url).header("content-type", content_type).body(body).send().await.unwrap();
+                assert!(r.status().is_success(), "{}", r.status());
+                let text = r.text().await.unwrap();
+                assert!(!text.contains("<fault>"), "{text}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+type Queue = std::sync::Arc<tokio::sync::Mutex<Vec<String>>>;
+
+/// The same rows, straight into SQLite with prepared statements, one transaction per result.
+fn raw_inserts(path: &std::path::Path, docs: &[serde_json::Value], tagset_id: i64) -> f64 {
+    let mut conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    let start = Instant::now();
+    for d in docs {
+        let tx = conn.transaction().unwrap();
+        let ci = &d["client_info"];
+        tx.execute(
+            "INSERT INTO results (auth_key, received_at, package, arch, host, tagset_id, success, duration, client_info, extras)
+             VALUES ('k', 1.0, ?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}')",
+            rusqlite::params![ci["package"].as_str(), ci["arch"].as_str(), ci["host"].as_str(), tagset_id,
+                              ci["success"].as_bool(), ci["duration"].as_f64(), ci.to_string()],
+        )
+        .unwrap();
+        let id = tx.last_insert_rowid();
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO steps (result_id, seq, name, type, command, status, duration, output, errout, extra)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, '{}')",
+                )
+                .unwrap();
+            for (seq, s) in d["results"].as_array().unwrap().iter().enumerate() {
+                st.execute(rusqlite::params![id, seq as i64, s["name"].as_str(), s["type"].as_str(),
+                    s["command"].as_str(), s["status"].as_i64(), s["duration"].as_f64(), s["output"].as_str(), s["errout"].as_str()])
+                    .unwrap();
+            }
+            tx.execute("INSERT INTO result_tags (tag, result_id) VALUES ('bench', ?1)", [id]).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    docs.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Fill the database up to `STORED_FOR_PAGE` results (small outputs: the page reads only the
+/// latest result per platform), spread over PLATFORMS platforms of package "page".
+fn fill(path: &std::path::Path) {
+    let mut conn = rusqlite::Connection::open(path).unwrap();
+    let have: i64 = conn.query_row("SELECT count(*) FROM results", [], |r| r.get(0)).unwrap();
+    let tx = conn.transaction().unwrap();
+    for p in 0..PLATFORMS {
+        let tagset = format!(r#"["__arch=x86_64","__host=p{p}","__package=page","nightly"]"#);
+        tx.execute(
+            "INSERT INTO tagsets (package, tagset, latest_id, first_at, latest_at) VALUES ('page', ?1, 0, 1.0, 1.0)",
+            [tagset],
+        )
+        .unwrap();
+    }
+    let first_tagset: i64 = tx.query_row("SELECT min(id) FROM tagsets WHERE package = 'page'", [], |r| r.get(0)).unwrap();
+    tx.commit().unwrap();
+    let mut i = have;
+    while i < STORED_FOR_PAGE {
+        let tx = conn.transaction().unwrap();
+        for _ in 0..5000.min(STORED_FOR_PAGE - i) {
+            let p = (i as usize) % PLATFORMS;
+            tx.execute(
+                "INSERT INTO results (auth_key, received_at, package, arch, host, tagset_id, success, duration, client_info, extras)
+                 VALUES ('k', ?1, 'page', 'x86_64', ?2, ?3, ?4, 20.0, '{}', '{}')",
+                rusqlite::params![1e9 + i as f64, format!("p{p}"), first_tagset + p as i64, i % 5 != 0],
+            )
+            .unwrap();
+            let id = tx.last_insert_rowid();
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO steps (result_id, seq, name, type, command, status, output, errout, extra)
+                     VALUES (?1, ?2, 'step', 'build', 'make', 0, 'ok ok ok ok ok ok ok ok ok ok ok', '', '{}')",
+                )
+                .unwrap();
+            for seq in 0..STEPS as i64 {
+                st.execute(rusqlite::params![id, seq]).unwrap();
+            }
+            i += 1;
+        }
+        tx.commit().unwrap();
+    }
+    conn.execute(
+        "UPDATE tagsets SET latest_id = (SELECT max(id) FROM results WHERE tagset_id = tagsets.id),
+                            latest_at = (SELECT max(received_at) FROM results WHERE tagset_id = tagsets.id)
+         WHERE package = 'page'",
+        [],
+    )
+    .unwrap();
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let n: usize = std::env::var("RECORDER_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bench.db");
+    let rec = Recorder::open(&db, RecorderConfig::default()).await.unwrap();
+    let addr = serve(rec.clone()).await;
+    let client = reqwest::Client::new();
+
+    let docs: Vec<_> = (0..n).map(result_json).collect();
+    let mb = docs.iter().map(|d| d.to_string().len()).sum::<usize>() as f64 / n as f64 / 1e6;
+    println!("{n} results of {STEPS} steps x {} KB output (~{mb:.2} MB JSON each), {CONCURRENCY} concurrent clients", OUTPUT_BYTES / 1024);
+
+    let rest_bodies = docs.iter().map(|d| d.to_string()).collect();
+    let rest = post_all(&client, format!("http://{addr}/api/v1/results"), "application/json", rest_bodies).await;
+    println!("REST ingest:     {rest:8.1} results/s");
+
+    let xml_bodies = docs
+        .iter()
+        .map(|d| {
+            let call = MethodCall { name: "add_results".into(), params: vec![to_xmlrpc(&d["client_info"]), to_xmlrpc(&d["results"])] };
+            call.to_xml().unwrap()
+        })
+        .collect();
+    let xml = post_all(&client, format!("http://{addr}/xmlrpc"), "text/xml", xml_bodies).await;
+    println!("XML-RPC ingest:  {xml:8.1} results/s");
+
+    let tagset_id: i64 = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.query_row("SELECT min(id) FROM tagsets", [], |r| r.get(0)).unwrap()
+    };
+    let db2 = db.clone();
+    let raw = tokio::task::spawn_blocking(move || raw_inserts(&db2, &docs, tagset_id)).await.unwrap();
+    println!("raw SQLite:      {raw:8.1} results/s (same rows, prepared INSERTs, one transaction each)");
+
+    let t = Instant::now();
+    let db3 = db.clone();
+    tokio::task::spawn_blocking(move || fill(&db3)).await.unwrap();
+    let total = rec.row_counts().await.unwrap()[0];
+    println!("filled to {total} stored results in {:.1}s", t.elapsed().as_secs_f64());
+
+    let url = format!("http://{addr}/packages/page");
+    let mut lat = Vec::with_capacity(PAGE_GETS);
+    for _ in 0..PAGE_GETS {
+        let t = Instant::now();
+        let r = client.get(&url).send().await.unwrap();
+        assert!(r.status().is_success());
+        let body = r.text().await.unwrap();
+        lat.push(t.elapsed());
+        assert_eq!(body.matches("<li class=\"cell").count(), PLATFORMS);
+    }
+    lat.sort();
+    println!(
+        "package page ({PLATFORMS} platforms, {total} results stored): p50 {:.2} ms, p99 {:.2} ms over {PAGE_GETS} GETs",
+        percentile(&lat, 0.5).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3
+    );
+}

@@ -1,0 +1,82 @@
+//! `paddock recorder`: run the recorder standalone on its own database until SIGTERM or ctrl-c.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use paddock::recorder::{self, Recorder, RecorderConfig, SubmitToken};
+
+#[derive(Debug, clap::Args)]
+pub struct RecorderArgs {
+    /// Address to listen on; port 0 picks a free port. The bound address is printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The recorder's SQLite database (created if absent).
+    #[arg(long)]
+    db: PathBuf,
+    /// A submitter allowed to post results, as NAME=SECRET. Repeatable; none means open submission.
+    #[arg(long = "token", value_parser = parse_token)]
+    tokens: Vec<SubmitToken>,
+    /// Seconds after which a platform's last result is stale (check_should_build says yes).
+    #[arg(long, default_value_t = 86_400)]
+    stale_after_secs: u64,
+    /// Seconds of silence after which a platform is listed as missing.
+    #[arg(long, default_value_t = 172_800)]
+    missing_after_secs: u64,
+}
+
+fn parse_token(s: &str) -> Result<SubmitToken, String> {
+    match s.split_once('=') {
+        Some((name, secret)) if !name.is_empty() && !secret.is_empty() => {
+            Ok(SubmitToken { name: name.to_owned(), secret: secret.to_owned() })
+        }
+        _ => Err("expected NAME=SECRET".to_owned()),
+    }
+}
+
+pub fn run(args: RecorderArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    rt.block_on(serve(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: RecorderArgs) -> anyhow::Result<()> {
+    let config = RecorderConfig {
+        tokens: args.tokens,
+        stale_after: std::time::Duration::from_secs(args.stale_after_secs),
+        missing_after: std::time::Duration::from_secs(args.missing_after_secs),
+        ..RecorderConfig::default()
+    };
+    let rec = Recorder::open(&args.db, config).await?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    // Tests and scripts read this line to learn the port.
+    println!("listening on {addr}");
+    std::io::stdout().flush().ok();
+    tracing::info!(%addr, db = %args.db.display(), "recorder listening");
+    let app = recorder::router(rec).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    tracing::info!("recorder stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,223 @@
+//! `paddock serve`: wires the store, VM manager, run coordinator, scheduler,
+//! forwarder, embedded recorder and HTTP server together, and shuts them down
+//! in order.
+
+mod state_dir;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+
+use crate::access::machines::VmMachines;
+use crate::access::{Access, AccessConfig, FleetCa};
+use crate::api::{ApiState, HostStatus};
+use crate::clock::Clock;
+use crate::config::Fleet;
+use crate::outbox::{Backoff, Destination, Forwarder};
+use crate::recorder::{Recorder, RecorderConfig};
+use crate::runs::{Coordinator, Executor, ExecutorConfig, RunsHandle, Trigger};
+use crate::ssh::ClientKey;
+use crate::store::{Store, StoreError};
+use crate::vm::readiness::Readiness;
+use crate::vm::{ManagerConfig, VmManager};
+
+pub use state_dir::{StateDir, StateDirError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("preparing the state directory")]
+    StateDir(#[from] StateDirError),
+    #[error("opening the store")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("building the HTTP client for recorders")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("recovering runs left by the previous daemon")]
+    Recover(#[source] crate::runs::RunsError),
+    #[error("opening the embedded recorder")]
+    Recorder(#[source] crate::recorder::RecorderError),
+    #[error("starting the VM manager")]
+    Vms(#[source] crate::vm::VmError),
+    #[error("loading the daemon's SSH key")]
+    Key(#[source] crate::ssh::KeyError),
+    #[error("loading the fleet CA")]
+    Ca(#[source] crate::access::CaError),
+    #[error("starting the access service")]
+    Access(#[source] crate::access::AccessError),
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Options of one daemon process that are not in `fleet.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Overrides `daemon.listen` (tests use port 0).
+    pub listen: Option<SocketAddr>,
+    /// Trigger every job once at start (the README's demo).
+    pub demo: bool,
+}
+
+/// A running daemon: where it listens and how to reach its parts.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    pub runs: RunsHandle,
+    pub store: Store,
+    pub recorder: Recorder,
+    pub vms: VmManager,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+}
+
+impl Daemon {
+    /// Starts everything and returns once the HTTP server is listening.
+    pub async fn start(fleet: Fleet, options: ServeOptions) -> Result<Daemon, DaemonError> {
+        let fleet = Arc::new(fleet);
+        let dirs = StateDir::prepare(&fleet.daemon.state_dir)?;
+        let store = Store::open(&dirs.db_path()).await?;
+        info!(state_dir = %dirs.root().display(), instance = %dirs.instance_id(), "paddock starting");
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        rustls::crypto::ring::default_provider().install_default().ok();
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(DaemonError::HttpClient)?;
+        let recorder = Recorder::open(
+            &dirs.recorder_db_path(),
+            RecorderConfig { base_path: "/recorder".into(), ..RecorderConfig::default() },
+        )
+        .await
+        .map_err(DaemonError::Recorder)?;
+        let destinations = fleet
+            .recorders
+            .iter()
+            .map(|r| {
+                let dest = match &r.target {
+                    crate::config::RecorderTarget::Embedded => Destination::Embedded(recorder.clone()),
+                    crate::config::RecorderTarget::Paddock { url, token } => {
+                        Destination::Paddock { client: http.clone(), url: url.clone(), token: token.clone() }
+                    }
+                    crate::config::RecorderTarget::PonyBuild { url } => {
+                        Destination::PonyBuild { client: http.clone(), url: url.clone() }
+                    }
+                };
+                (r.name.clone(), dest)
+            })
+            .collect();
+        let forwarder = Forwarder::new(store.clone(), destinations, Backoff::default(), Clock::system());
+        let waker = forwarder.waker();
+        let recorder_names: Vec<String> = forwarder_names(&fleet);
+        forwarder.spawn(shutdown_rx.clone());
+
+        // The VM manager reaps whatever a previous daemon of this instance left
+        // (except VMs on hold) before any run starts.
+        let vms = VmManager::start(
+            ManagerConfig::from_fleet(&fleet, dirs.instance_id(), Readiness::SshBanner { poll: Duration::from_millis(200) }),
+            fleet.hosts.clone(),
+            store.clone(),
+        )
+        .await
+        .map_err(DaemonError::Vms)?;
+        let client_key = ClientKey::load_or_create(dirs.root()).map_err(DaemonError::Key)?;
+        let ca = FleetCa::load_or_create(dirs.root()).map_err(DaemonError::Ca)?;
+        let mut executor_config = ExecutorConfig::new(dirs.logs(), recorder_names);
+        executor_config.ca_public_line = Some(ca.public_line());
+        let executor = Arc::new(
+            Executor::new(fleet.clone(), store.clone(), executor_config, waker)
+                .with_vms(vms.clone(), Arc::new(client_key.clone())),
+        );
+        let machines = VmMachines { vms: vms.clone(), store: store.clone(), fleet: fleet.clone(), client: client_key };
+        let access = Access::start(fleet.clone(), store.clone(), ca, Arc::new(machines), AccessConfig::new(Clock::system()))
+            .await
+            .map_err(DaemonError::Access)?;
+        let (mut coordinator, runs) = Coordinator::new(fleet.clone(), store.clone(), executor);
+        coordinator.recover().await.map_err(DaemonError::Recover)?;
+        let (fire_tx, fire_rx) = mpsc::channel(64);
+        tokio::spawn(coordinator.run(fire_rx));
+        for job in fleet.jobs.iter().filter(|j| j.schedule.is_some()) {
+            let (job, store, fires) = (job.clone(), store.clone(), fire_tx.clone());
+            tokio::spawn(async move {
+                let name = job.name.clone();
+                if let Err(e) = crate::scheduler::run_job(job, store, Clock::system(), fires).await {
+                    error!(job = %name, error = %e, "scheduler stopped");
+                }
+            });
+        }
+
+        // Until the VM manager reports, hosts show as not yet known to be up.
+        let initial: Vec<HostStatus> = fleet
+            .hosts
+            .iter()
+            .map(|h| HostStatus { name: h.name.clone(), up: false, last_error: None, vms_running: 0 })
+            .collect();
+        let (hosts_tx, hosts_rx) = watch::channel(initial);
+        tokio::spawn(report_hosts(vms.clone(), hosts_tx, shutdown_rx.clone()));
+        let mut api = ApiState::new(fleet.clone(), store.clone(), runs.clone(), hosts_rx);
+        api.access = Some(access);
+        let app = crate::api::app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
+        let addr = options.listen.unwrap_or(fleet.daemon.listen);
+        let listener = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
+        let addr = listener.local_addr().map_err(|source| DaemonError::Listen { addr, source })?;
+        let mut rx = shutdown_rx.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                })
+                .await
+        });
+        info!(%addr, "paddock listening");
+
+        if options.demo {
+            for job in &fleet.jobs {
+                match runs.trigger(&job.name, None, Trigger::Manual { by: "demo".into() }).await {
+                    Ok(ids) => info!(job = %job.name, runs = ?ids, "demo run started"),
+                    Err(e) => error!(job = %job.name, error = %e, "demo run could not start"),
+                }
+            }
+        }
+        Ok(Daemon { addr, runs, store, recorder, vms, shutdown, server })
+    }
+
+    /// Stops accepting work and waits for the HTTP server to close.
+    pub async fn stop(self) -> Result<(), DaemonError> {
+        let _ = self.shutdown.send(true);
+        match self.server.await {
+            Ok(r) => r.map_err(DaemonError::Serve),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Every recorder a result is queued for, the embedded one included.
+fn forwarder_names(fleet: &Fleet) -> Vec<String> {
+    fleet.recorders.iter().map(|r| r.name.clone()).collect()
+}
+
+/// Feeds the API's view of host health from the VM manager, every two seconds.
+async fn report_hosts(vms: VmManager, tx: watch::Sender<Vec<HostStatus>>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Ok(snap) = vms.snapshot().await {
+            let hosts = snap
+                .hosts
+                .iter()
+                .map(|h| HostStatus {
+                    name: h.name.clone(),
+                    up: h.up,
+                    last_error: h.down_reason.clone(),
+                    vms_running: snap.vms.iter().filter(|v| v.host == h.name).count(),
+                })
+                .collect();
+            tx.send_replace(hosts);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

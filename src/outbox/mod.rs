@@ -1,0 +1,204 @@
+//! The forwarder: delivers each outbox entry to its recorder, forever until
+//! acknowledged, oldest first per recorder, with exponential backoff and jitter.
+//!
+//! Entries enter the outbox in the same transaction that ends their run
+//! (`Store::finish_run`), so a result is never lost between the run's end and
+//! delivery, even across a crash. The run id is the idempotency key: a paddock
+//! recorder stores a result sent twice once.
+//!
+//! Implementation note: one task per recorder, each owning its own head-of-line
+//! entry, so a recorder that is down delays only its own queue.
+
+mod deliver;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::clock::Clock;
+use crate::store::Store;
+
+pub use deliver::{DeliveryError, Destination};
+
+/// How long to wait after the n-th failed attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { first: Duration::from_secs(1), max: Duration::from_secs(300) }
+    }
+}
+
+impl Backoff {
+    /// `first * 2^(attempts-1)`, capped at `max`, with ±20% jitter so that many
+    /// daemons do not retry a recovering recorder in lockstep.
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let exp = self.first.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+        let base = exp.min(self.max);
+        let jitter = rand::rng().random_range(0.8..1.2);
+        base.mul_f64(jitter)
+    }
+}
+
+/// Wakes the forwarder when new entries are queued.
+#[derive(Clone, Default)]
+pub struct Waker {
+    notifies: Arc<Vec<Arc<Notify>>>,
+}
+
+impl Waker {
+    pub fn wake(&self) {
+        for n in self.notifies.iter() {
+            n.notify_one();
+        }
+    }
+}
+
+pub struct Forwarder {
+    store: Store,
+    destinations: Vec<(String, Destination)>,
+    notifies: Vec<Arc<Notify>>,
+    backoff: Backoff,
+    clock: Clock,
+}
+
+impl Forwarder {
+    pub fn new(store: Store, destinations: Vec<(String, Destination)>, backoff: Backoff, clock: Clock) -> Self {
+        let notifies = destinations.iter().map(|_| Arc::new(Notify::new())).collect();
+        Forwarder { store, destinations, notifies, backoff, clock }
+    }
+
+    pub fn waker(&self) -> Waker {
+        Waker { notifies: Arc::new(self.notifies.clone()) }
+    }
+
+    /// Spawns one delivery task per recorder; they stop when `shutdown` turns true.
+    pub fn spawn(self, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        self.destinations
+            .into_iter()
+            .zip(self.notifies)
+            .map(|((name, dest), notify)| {
+                let lane = Lane {
+                    name,
+                    dest,
+                    notify,
+                    store: self.store.clone(),
+                    backoff: self.backoff,
+                    clock: self.clock,
+                };
+                tokio::spawn(lane.run(shutdown.clone()))
+            })
+            .collect()
+    }
+}
+
+struct Lane {
+    name: String,
+    dest: Destination,
+    notify: Arc<Notify>,
+    store: Store,
+    backoff: Backoff,
+    clock: Clock,
+}
+
+impl Lane {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let head = match self.store.outbox_head(&self.name).await {
+                Ok(h) => h,
+                Err(e) => {
+                    warn!(recorder = %self.name, error = %e, "outbox read failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.backoff.max.min(Duration::from_secs(5))) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            let Some(entry) = head else {
+                tokio::select! {
+                    _ = self.notify.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            };
+            if entry.next_attempt_at > self.clock.now() {
+                tokio::select! {
+                    _ = self.clock.sleep_until(entry.next_attempt_at) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let result = self.dest.deliver(&entry.run_id, &entry.payload).await;
+            let stored = match result {
+                Ok(key) => {
+                    info!(recorder = %self.name, run_id = %entry.run_id, attempts = entry.attempts + 1, "result delivered");
+                    metrics::counter!("paddock_outbox_delivered_total", "recorder" => self.name.clone()).increment(1);
+                    self.store.outbox_delivered(entry.id, key).await
+                }
+                Err(e) => {
+                    let delay = self.backoff.delay(entry.attempts + 1);
+                    let msg = error_chain(&e);
+                    warn!(recorder = %self.name, run_id = %entry.run_id, attempts = entry.attempts + 1,
+                          retry_in = ?delay, error = %msg, "delivery failed");
+                    metrics::counter!("paddock_outbox_failures_total", "recorder" => self.name.clone()).increment(1);
+                    let next = self.clock.now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                    self.store.outbox_failed(entry.id, &msg, next).await
+                }
+            };
+            if let Err(e) = stored {
+                warn!(recorder = %self.name, error = %e, "could not record delivery outcome");
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Seconds since the oldest undelivered entry was queued (0 when none), for metrics.
+pub async fn oldest_pending_age(store: &Store) -> Duration {
+    match store.outbox_pending().await {
+        Ok(p) => p
+            .first()
+            .map(|e| (Utc::now() - e.created_at).to_std().unwrap_or_default())
+            .unwrap_or_default(),
+        Err(_) => Duration::ZERO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let b = Backoff { first: Duration::from_secs(1), max: Duration::from_secs(60) };
+        let d1 = b.delay(1);
+        assert!(d1 >= Duration::from_millis(800) && d1 <= Duration::from_millis(1200), "{d1:?}");
+        let d4 = b.delay(4);
+        assert!(d4 >= Duration::from_millis(6400) && d4 <= Duration::from_millis(9600), "{d4:?}");
+        for n in [10, 30, 1000] {
+            assert!(b.delay(n) <= Duration::from_secs(72));
+        }
+    }
+}

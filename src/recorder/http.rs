@@ -1,0 +1,407 @@
+//! The recorder's HTTP surface: the router, the REST/JSON wire types, submission auth, and the
+//! one mapping from errors to HTTP statuses.
+
+use std::net::SocketAddr;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use axum::body::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as JsonValue;
+
+use super::model::{ClientInfo, ResultDoc, ResultKey};
+use super::store::{Filter, PackageHealth, StoredResult, Summary};
+use super::{Origin, Recorder, RecorderError, web, xmlrpc};
+
+/// Everything the recorder serves, with its state applied, ready to `merge` into a bigger app
+/// (or `nest` under a prefix, with `RecorderConfig::base_path` set to that prefix).
+///
+/// Submission auth, when tokens are configured: REST callers send `Authorization: Bearer
+/// <secret>`; XML-RPC callers post to `/xmlrpc/<secret>` (any pony-build client can be pointed at
+/// that URL unchanged) or send the same Bearer header. Everything else is public.
+pub fn router(rec: Recorder) -> Router {
+    let limit = rec.config().body_limit;
+    Router::new()
+        .route("/api/v1/results", post(submit).get(search))
+        .route("/api/v1/results/{key}", get(result_json))
+        .route("/api/v1/packages", get(packages_json))
+        .route("/api/v1/packages/{package}/tagsets", get(tagsets_json))
+        .route("/api/v1/tagsets/{id}/history", get(history_json))
+        .route("/api/v1/missing", get(missing_json))
+        .route("/api/v1/build-requests", post(build_request))
+        .route("/xmlrpc", post(xmlrpc_plain))
+        .route("/xmlrpc/{token}", post(xmlrpc_with_token))
+        .merge(web::routes())
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(rec)
+}
+
+/// Errors a handler can end in. Each maps to exactly one status below.
+#[derive(Debug)]
+pub(super) enum ApiError {
+    BadRequest(String),
+    Unauthorized,
+    NotFound(String),
+    Body(BytesRejection),
+    Recorder(RecorderError),
+}
+
+impl From<RecorderError> for ApiError {
+    fn from(e: RecorderError) -> Self {
+        ApiError::Recorder(e)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::Unauthorized => {
+                let mut r = (
+                    StatusCode::UNAUTHORIZED,
+                    Json(ErrorBody { error: "a valid submission token is required (Authorization: Bearer)".into() }),
+                )
+                    .into_response();
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Body(rejection) => (rejection.status(), rejection.body_text()),
+            ApiError::Recorder(RecorderError::Invalid(bag)) => (StatusCode::BAD_REQUEST, bag.to_string()),
+            ApiError::Recorder(
+                e @ (RecorderError::Open { .. }
+                | RecorderError::Migrate { .. }
+                | RecorderError::Database { .. }
+                | RecorderError::Closed { .. }),
+            ) => {
+                tracing::error!(error = ?e, "recorder request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+            }
+        };
+        (status, Json(ErrorBody { error: message })).into_response()
+    }
+}
+
+fn client_ip(ext: &Extensions) -> Option<String> {
+    ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// The submitter a request speaks for, or `Unauthorized` when tokens are configured and the
+/// request has none that matches. With no tokens configured, anyone submits anonymously.
+fn submitter(rec: &Recorder, presented: Option<&str>) -> Result<Option<String>, ApiError> {
+    if !rec.requires_token() {
+        return Ok(None);
+    }
+    presented.and_then(|p| rec.authenticate(p)).map(|s| Some(s.to_owned())).ok_or(ApiError::Unauthorized)
+}
+
+fn parse_json(body: &[u8]) -> Result<JsonValue, ApiError> {
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(ApiError::BadRequest(format!("body is not UTF-8: {e}")));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+}
+
+#[derive(Serialize)]
+struct Submitted {
+    result_key: String,
+    auth_key: String,
+    created: bool,
+}
+
+async fn submit(
+    State(rec): State<Recorder>,
+    headers: HeaderMap,
+    ext: Extensions,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Submitted>), ApiError> {
+    let submitter = submitter(&rec, bearer(&headers))?;
+    let body = body.map_err(ApiError::Body)?;
+    let JsonValue::Object(mut top) = parse_json(&body)? else {
+        return Err(ApiError::BadRequest("body must be a JSON object".into()));
+    };
+    let idempotency_key = match top.remove("idempotency_key") {
+        None | Some(JsonValue::Null) => None,
+        Some(JsonValue::String(k)) if !k.is_empty() && k.len() <= 256 => Some(k),
+        Some(_) => return Err(ApiError::BadRequest("idempotency_key: expected a string of 1 to 256 bytes".into())),
+    };
+    let client_info = top.remove("client_info").ok_or_else(|| ApiError::BadRequest("client_info: missing".into()))?;
+    let results = top.remove("results").ok_or_else(|| ApiError::BadRequest("results: missing".into()))?;
+    let doc = ResultDoc::from_json(client_info, results, top.remove("extras")).map_err(RecorderError::from)?;
+    let done = rec.ingest_from(doc, idempotency_key, Origin { client_ip: client_ip(&ext), submitter }).await?;
+    let status = if done.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(Submitted { result_key: done.key.to_string(), auth_key: done.auth_key, created: done.created })))
+}
+
+#[derive(Deserialize)]
+struct BuildRequestBody {
+    client_info: JsonValue,
+}
+
+async fn build_request(
+    State(rec): State<Recorder>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    submitter(&rec, bearer(&headers))?;
+    let body = body.map_err(ApiError::Body)?;
+    let req: BuildRequestBody =
+        serde_json::from_value(parse_json(&body)?).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let tagset = ClientInfo::tagset_from_json(req.client_info).map_err(RecorderError::from)?;
+    rec.request_build(tagset).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn xmlrpc_plain(
+    State(rec): State<Recorder>,
+    headers: HeaderMap,
+    ext: Extensions,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    xmlrpc_common(rec, bearer(&headers).map(str::to_owned), &ext, body).await
+}
+
+async fn xmlrpc_with_token(
+    State(rec): State<Recorder>,
+    Path(token): Path<String>,
+    ext: Extensions,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    xmlrpc_common(rec, Some(token), &ext, body).await
+}
+
+async fn xmlrpc_common(
+    rec: Recorder,
+    token: Option<String>,
+    ext: &Extensions,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let xml = |status: StatusCode, body: String| {
+        (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"))], body).into_response()
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => return xml(rejection.status(), xmlrpc::fault_xml(-32700, &rejection.body_text())),
+    };
+    // A wrong token is refused here even for reads: the caller clearly meant to authenticate.
+    let submitter = match token.as_deref() {
+        None => None,
+        Some(t) => match rec.authenticate(t) {
+            Some(s) => Some(s.to_owned()),
+            None => return xml(StatusCode::OK, xmlrpc::fault_xml(xmlrpc::UNAUTHORIZED, "unknown submission token")),
+        },
+    };
+    let caller = xmlrpc::Caller { client_ip: client_ip(ext), submitter };
+    let (status, body) = xmlrpc::handle(&rec, caller, &body).await;
+    xml(status, body)
+}
+
+// ---- queries ----
+
+#[derive(Serialize)]
+pub(super) struct SummaryJson {
+    key: String,
+    time: f64,
+    time_rfc3339: String,
+    package: String,
+    arch: String,
+    host: String,
+    tagset_id: i64,
+    tagset: Vec<String>,
+    success: bool,
+    duration: Option<f64>,
+}
+
+impl From<&Summary> for SummaryJson {
+    fn from(s: &Summary) -> Self {
+        SummaryJson {
+            key: s.key.to_string(),
+            time: s.time,
+            time_rfc3339: web::rfc3339(s.time),
+            package: s.package.clone(),
+            arch: s.arch.clone(),
+            host: s.host.clone(),
+            tagset_id: s.tagset_id,
+            tagset: s.tagset.tags().to_vec(),
+            success: s.success,
+            duration: s.duration,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PackageJson {
+    package: String,
+    platforms: i64,
+    failing: i64,
+    latest_at: f64,
+}
+
+impl From<PackageHealth> for PackageJson {
+    fn from(p: PackageHealth) -> Self {
+        PackageJson { package: p.package, platforms: p.platforms, failing: p.failing, latest_at: p.latest_at }
+    }
+}
+
+async fn packages_json(State(rec): State<Recorder>) -> Result<Json<Vec<PackageJson>>, ApiError> {
+    Ok(Json(rec.packages().await?.into_iter().map(PackageJson::from).collect()))
+}
+
+#[derive(Serialize)]
+struct TagsetsJson {
+    package: String,
+    tagsets: Vec<SummaryJson>,
+}
+
+async fn tagsets_json(State(rec): State<Recorder>, Path(package): Path<String>) -> Result<Json<TagsetsJson>, ApiError> {
+    let latest = rec.latest_per_tagset(&package).await?;
+    if latest.is_empty() {
+        return Err(ApiError::NotFound(format!("no results for package {package:?}")));
+    }
+    Ok(Json(TagsetsJson { package, tagsets: latest.iter().map(SummaryJson::from).collect() }))
+}
+
+#[derive(Serialize)]
+struct ResultJson {
+    key: String,
+    time: f64,
+    time_rfc3339: String,
+    client_ip: Option<String>,
+    submitter: Option<String>,
+    tagset: Vec<String>,
+    client_info: JsonValue,
+    steps: Vec<JsonValue>,
+    extras: JsonValue,
+}
+
+impl From<StoredResult> for ResultJson {
+    fn from(r: StoredResult) -> Self {
+        ResultJson {
+            key: r.receipt.key.to_string(),
+            time: r.receipt.time,
+            time_rfc3339: web::rfc3339(r.receipt.time),
+            client_ip: r.receipt.client_ip,
+            submitter: r.receipt.submitter,
+            tagset: r.tagset.tags().to_vec(),
+            client_info: r.doc.client_info.to_json(),
+            steps: r.doc.steps.iter().map(|s| s.to_json()).collect(),
+            extras: JsonValue::Object(r.doc.extras),
+        }
+    }
+}
+
+pub(super) fn parse_key(s: &str) -> Result<ResultKey, ApiError> {
+    s.parse().map_err(|_| ApiError::BadRequest(format!("{s:?} is not a result key")))
+}
+
+async fn result_json(State(rec): State<Recorder>, Path(key): Path<String>) -> Result<Json<ResultJson>, ApiError> {
+    let key = parse_key(&key)?;
+    match rec.get(key).await? {
+        Some(r) => Ok(Json(r.into())),
+        None => Err(ApiError::NotFound(format!("no result with key {key}"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    limit: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct HistoryJson {
+    tagset_id: i64,
+    total: usize,
+    succeeded: usize,
+    summary: String,
+    results: Vec<SummaryJson>,
+}
+
+async fn history_json(
+    State(rec): State<Recorder>,
+    Path(id): Path<i64>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<HistoryJson>, ApiError> {
+    let limit = q.limit.unwrap_or(10).clamp(1, 1000);
+    let results = rec.history(id, limit).await?;
+    if results.is_empty() {
+        return Err(ApiError::NotFound(format!("no tagset with id {id}")));
+    }
+    let succeeded = results.iter().filter(|r| r.success).count();
+    Ok(Json(HistoryJson {
+        tagset_id: id,
+        total: results.len(),
+        succeeded,
+        summary: format!("{succeeded} of the last {} succeeded", results.len()),
+        results: results.iter().map(SummaryJson::from).collect(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    package: Option<String>,
+    arch: Option<String>,
+    host: Option<String>,
+    tag: Option<String>,
+    success: Option<bool>,
+    since: Option<String>,
+    until: Option<String>,
+    before: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct SearchJson {
+    results: Vec<SummaryJson>,
+    /// Pass as `before` to get the next page; absent on the last page.
+    next_before: Option<String>,
+}
+
+/// A time bound as unix seconds or RFC 3339.
+fn parse_time(name: &str, s: &str) -> Result<f64, ApiError> {
+    if let Ok(t) = s.parse::<f64>() {
+        return Ok(t);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_micros() as f64 / 1e6)
+        .map_err(|e| ApiError::BadRequest(format!("{name}: {s:?} is neither unix seconds nor RFC 3339: {e}")))
+}
+
+async fn search(
+    State(rec): State<Recorder>,
+    query: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<SearchJson>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let filter = Filter {
+        package: q.package,
+        arch: q.arch,
+        host: q.host,
+        tag: q.tag,
+        success: q.success,
+        since: q.since.as_deref().map(|s| parse_time("since", s)).transpose()?,
+        until: q.until.as_deref().map(|s| parse_time("until", s)).transpose()?,
+        before: q.before.as_deref().map(parse_key).transpose()?,
+        limit,
+    };
+    let results = rec.search(filter).await?;
+    let next_before =
+        if results.len() == limit as usize { results.last().map(|r| r.key.to_string()) } else { None };
+    Ok(Json(SearchJson { results: results.iter().map(SummaryJson::from).collect(), next_before }))
+}
+
+async fn missing_json(State(rec): State<Recorder>) -> Result<Json<Vec<SummaryJson>>, ApiError> {
+    Ok(Json(rec.missing().await?.iter().map(SummaryJson::from).collect()))
+}

@@ -1,0 +1,300 @@
+//! The recorder: a pony-build-style record keeper. Build clients push results (REST or
+//! pony-build's XML-RPC); it stores them in its own SQLite file and answers queries as JSON,
+//! HTML pages and Atom feeds. Embeddable (`router`) or standalone (`paddock recorder`).
+
+mod auth;
+mod http;
+mod model;
+mod store;
+mod web;
+mod xmlrpc;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use auth::SubmitToken;
+pub use http::router;
+pub use model::{Bag, BagError, ClientInfo, ResultDoc, ResultKey, Step, Tagset};
+pub use store::{Filter, PackageHealth, Receipt, StoredResult, Summary};
+
+/// How a recorder behaves; defaults follow pony-build where it had one.
+#[derive(Debug, Clone)]
+pub struct RecorderConfig {
+    /// Submitters and their secrets. Empty means anyone may submit (pony-build's behaviour).
+    pub tokens: Vec<SubmitToken>,
+    /// A platform's last result older than this makes `check_should_build` say yes.
+    pub stale_after: Duration,
+    /// A platform silent longer than this is listed under "expected results missing".
+    pub missing_after: Duration,
+    /// How long a reservation lasts when the client asks for 0 and no duration is known.
+    pub default_build_allowance: Duration,
+    /// The longest reservation granted, whatever the client asks.
+    pub max_build_allowance: Duration,
+    /// Largest request body accepted, for either protocol.
+    pub body_limit: usize,
+    /// Path prefix the router is mounted under (e.g. `/recorder`), for links in pages and feeds.
+    pub base_path: String,
+}
+
+impl Default for RecorderConfig {
+    fn default() -> Self {
+        RecorderConfig {
+            tokens: Vec::new(),
+            stale_after: Duration::from_secs(24 * 3600),
+            missing_after: Duration::from_secs(48 * 3600),
+            default_build_allowance: Duration::from_secs(3600),
+            max_build_allowance: Duration::from_secs(4 * 3600),
+            body_limit: 16 * 1024 * 1024,
+            base_path: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecorderError {
+    #[error("opening recorder database {path}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("migrating recorder database {path}")]
+    Migrate { path: PathBuf, source: rusqlite_migration::Error },
+    #[error("invalid result")]
+    Invalid(#[from] BagError),
+    #[error("recorder database failed while {op}")]
+    Database { op: &'static str, source: rusqlite::Error },
+    #[error("recorder database connection closed while {op}")]
+    Closed { op: &'static str },
+}
+
+/// What an ingest did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ingested {
+    pub key: ResultKey,
+    /// pony-build's per-result secret (it guarded file uploads); returned to XML-RPC callers.
+    pub auth_key: String,
+    /// False when the idempotency key had been seen and the earlier result was kept.
+    pub created: bool,
+}
+
+/// Who sent a result and from where; kept in the receipt.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub client_ip: Option<String>,
+    pub submitter: Option<String>,
+}
+
+/// Handle to an open recorder database. Cheap to clone.
+///
+/// Implementation note: one tokio-rusqlite connection (its own thread) takes every write, so
+/// writes are serialised without locks of ours; a second connection serves reads, which WAL
+/// lets proceed while a write is in flight.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: tokio_rusqlite::Connection,
+    reader: tokio_rusqlite::Connection,
+    config: RecorderConfig,
+    tokens: auth::TokenSet,
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn db_err(op: &'static str) -> impl FnOnce(tokio_rusqlite::Error<rusqlite::Error>) -> RecorderError {
+    move |e| match e {
+        tokio_rusqlite::Error::Error(source) => RecorderError::Database { op, source },
+        _ => RecorderError::Closed { op },
+    }
+}
+
+impl Recorder {
+    /// Open (creating if needed) the database at `db_path` and bring its schema up to date.
+    pub async fn open(db_path: &Path, config: RecorderConfig) -> Result<Recorder, RecorderError> {
+        let path = db_path.to_owned();
+        let open_err = |source| RecorderError::Open { path: path.clone(), source };
+        let writer = tokio_rusqlite::Connection::open(&path).await.map_err(open_err)?;
+        let migrated = writer
+            .call(|conn| {
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+                conn.pragma_update(None, "synchronous", "NORMAL")?;
+                conn.pragma_update(None, "foreign_keys", "ON")?;
+                conn.busy_timeout(Duration::from_secs(5))?;
+                Ok::<_, rusqlite::Error>(store::migrations().to_latest(conn))
+            })
+            .await;
+        match migrated {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => return Err(RecorderError::Migrate { path, source }),
+            Err(tokio_rusqlite::Error::Error(source)) => return Err(open_err(source)),
+            Err(_) => return Err(RecorderError::Closed { op: "opening" }),
+        }
+        let reader = tokio_rusqlite::Connection::open(&path).await.map_err(open_err)?;
+        reader
+            .call(|conn| {
+                conn.busy_timeout(Duration::from_secs(5))?;
+                conn.pragma_update(None, "query_only", "ON")
+            })
+            .await
+            .map_err(|e| match e {
+                tokio_rusqlite::Error::Error(source) => open_err(source),
+                _ => RecorderError::Closed { op: "opening" },
+            })?;
+        let tokens = auth::TokenSet::new(&config.tokens);
+        Ok(Recorder { inner: Arc::new(Inner { writer, reader, config, tokens }) })
+    }
+
+    pub fn config(&self) -> &RecorderConfig {
+        &self.inner.config
+    }
+
+    /// Store a result in-process (the daemon's path). The same idempotency key twice stores
+    /// one result and returns its key both times.
+    pub async fn ingest(&self, doc: ResultDoc, idempotency_key: Option<String>) -> Result<ResultKey, RecorderError> {
+        self.ingest_from(doc, idempotency_key, Origin::default()).await.map(|i| i.key)
+    }
+
+    /// Store a result whole or not at all, in one transaction.
+    pub async fn ingest_from(
+        &self,
+        doc: ResultDoc,
+        idempotency_key: Option<String>,
+        origin: Origin,
+    ) -> Result<Ingested, RecorderError> {
+        let auth_key = auth::random_hex(16);
+        let at = now();
+        let inserted = self
+            .inner
+            .writer
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                let sub = store::Submission {
+                    idempotency_key: idempotency_key.as_deref(),
+                    auth_key: &auth_key,
+                    client_ip: origin.client_ip.as_deref(),
+                    submitter: origin.submitter.as_deref(),
+                    now: at,
+                };
+                let out = store::insert(&tx, &doc, &sub)?;
+                tx.commit()?;
+                Ok(out)
+            })
+            .await
+            .map_err(db_err("storing a result"))?;
+        if inserted.created {
+            tracing::info!(key = %inserted.key, "recorded a result");
+        }
+        Ok(Ingested { key: inserted.key, auth_key: inserted.auth_key, created: inserted.created })
+    }
+
+    pub async fn get(&self, key: ResultKey) -> Result<Option<StoredResult>, RecorderError> {
+        self.read("reading a result", move |c| store::get(c, key)).await
+    }
+
+    pub async fn packages(&self) -> Result<Vec<PackageHealth>, RecorderError> {
+        self.read("listing packages", store::packages).await
+    }
+
+    /// Latest result of each platform of `package`, failures first, then newest first.
+    pub async fn latest_per_tagset(&self, package: &str) -> Result<Vec<Summary>, RecorderError> {
+        let p = package.to_owned();
+        self.read("listing a package's platforms", move |c| store::latest_per_tagset(c, &p)).await
+    }
+
+    pub async fn history(&self, tagset_id: i64, limit: u32) -> Result<Vec<Summary>, RecorderError> {
+        self.read("reading a platform's history", move |c| store::history(c, tagset_id, limit)).await
+    }
+
+    pub async fn search(&self, filter: Filter) -> Result<Vec<Summary>, RecorderError> {
+        self.read("searching results", move |c| store::search(c, &filter)).await
+    }
+
+    pub async fn tagsets_for_package(&self, package: &str) -> Result<Vec<Tagset>, RecorderError> {
+        let p = package.to_owned();
+        self.read("listing tagsets", move |c| store::tagsets_for_package(c, &p)).await
+    }
+
+    pub async fn last_result_for_tagset(
+        &self,
+        package: &str,
+        tagset: Tagset,
+    ) -> Result<Option<StoredResult>, RecorderError> {
+        let p = package.to_owned();
+        self.read("reading a tagset's last result", move |c| match store::latest_for_tagset(c, &p, &tagset)? {
+            Some(key) => store::get(c, key),
+            None => Ok(None),
+        })
+        .await
+    }
+
+    /// Platforms that reported before but have been silent longer than `missing_after`.
+    pub async fn missing(&self) -> Result<Vec<Summary>, RecorderError> {
+        let cutoff = now() - self.inner.config.missing_after.as_secs_f64();
+        self.read("listing silent platforms", move |c| store::silent_since(c, cutoff)).await
+    }
+
+    /// pony-build's `check_should_build`; see `store::check_should_build` for the rules.
+    pub async fn check_should_build(
+        &self,
+        tagset: Tagset,
+        reserve: bool,
+        allowance: Duration,
+    ) -> Result<(bool, String), RecorderError> {
+        let c = &self.inner.config;
+        let policy = store::BuildPolicy {
+            stale_after: c.stale_after.as_secs_f64(),
+            default_allowance: c.default_build_allowance.as_secs_f64(),
+            max_allowance: c.max_build_allowance.as_secs_f64(),
+        };
+        let at = now();
+        let allowance = allowance.as_secs_f64();
+        self.inner
+            .writer
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                let out = store::check_should_build(&tx, &tagset, reserve, allowance, at, policy)?;
+                tx.commit()?;
+                Ok(out)
+            })
+            .await
+            .map_err(db_err("deciding whether to build"))
+    }
+
+    /// Force the next `check_should_build` for this platform to say yes.
+    pub async fn request_build(&self, tagset: Tagset) -> Result<(), RecorderError> {
+        let at = now();
+        self.inner
+            .writer
+            .call(move |c| store::request_build(c, &tagset, at))
+            .await
+            .map_err(db_err("requesting a build"))
+    }
+
+    /// Rows in results, steps, result_tags, tagsets: for tests that check nothing was stored.
+    pub async fn row_counts(&self) -> Result<[i64; 4], RecorderError> {
+        self.read("counting rows", store::row_counts).await
+    }
+
+    /// The submitter a presented secret belongs to; `None` if it matches no token.
+    pub fn authenticate(&self, secret: &str) -> Option<&str> {
+        self.inner.tokens.check(secret)
+    }
+
+    /// Whether submissions need a token at all.
+    pub fn requires_token(&self) -> bool {
+        !self.inner.tokens.is_empty()
+    }
+
+    async fn read<T, F>(&self, op: &'static str, f: F) -> Result<T, RecorderError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.inner.reader.call(move |c| f(c)).await.map_err(db_err(op))
+    }
+}
+
+#[cfg(test)]
+mod tests;

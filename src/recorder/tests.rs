@@ -1,0 +1,310 @@
+//! HTTP tests of the recorder router, through tower without a socket, on a SQLite file.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::{Recorder, RecorderConfig, SubmitToken, router};
+
+struct Env {
+    _dir: tempfile::TempDir,
+    rec: Recorder,
+    app: Router,
+}
+
+async fn env(config: RecorderConfig) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::open(&dir.path().join("recorder.db"), config).await.unwrap();
+    let app = router(rec.clone());
+    Env { _dir: dir, rec, app }
+}
+
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Reply {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let content_type =
+        resp.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let bytes = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    Reply { status, content_type, body: String::from_utf8_lossy(&bytes).into_owned() }
+}
+
+async fn get(app: &Router, uri: &str) -> Reply {
+    send(app, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+async fn post(app: &Router, uri: &str, body: impl Into<Body>, auth: Option<&str>) -> Reply {
+    let mut b = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
+    if let Some(t) = auth {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    send(app, b.body(body.into()).unwrap()).await
+}
+
+/// XML-RPC over HTTP with a Content-Length, as every real client sends.
+async fn xmlrpc(app: &Router, uri: &str, body: impl Into<Vec<u8>>) -> Reply {
+    let body: Vec<u8> = body.into();
+    let req = Request::post(uri)
+        .header(header::CONTENT_TYPE, "text/xml")
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(Body::from(body))
+        .unwrap();
+    send(app, req).await
+}
+
+fn result(host: &str, tags: &[&str], success: bool) -> Value {
+    json!({
+        "client_info": {"package": "widget", "arch": "x86_64", "host": host, "tags": tags,
+                        "success": success, "duration": 12.5, "svn_rev": "r42"},
+        "results": [
+            {"name": "configure", "type": "setup", "command": ["./configure", "--fast"], "status": 0,
+             "output": "checking...\nok\n", "errout": "", "duration": 1.0},
+            {"name": "test", "type": "test", "command": "make check", "status": if success { 0 } else { 2 },
+             "output": "line\n".repeat(100), "errout": if success { "" } else { "FAIL: t_widget" }, "duration": 11.5,
+             "junit": {"passed": 3}}
+        ],
+        "extras": {"commit": "abc123"}
+    })
+}
+
+fn xml_add_results(success_value: &str, status_value: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><methodCall><methodName>add_results</methodName><params>\
+         <param><value><struct>\
+           <member><name>package</name><value><string>widget</string></value></member>\
+           <member><name>arch</name><value><string>x86_64</string></value></member>\
+           <member><name>host</name><value><string>xhost</string></value></member>\
+           <member><name>tags</name><value><array><data><value><string>py3</string></value></data></array></value></member>\
+           <member><name>success</name><value>{success_value}</value></member>\
+         </struct></value></param>\
+         <param><value><array><data><value><struct>\
+           <member><name>name</name><value><string>build</string></value></member>\
+           <member><name>status</name><value>{status_value}</value></member>\
+           <member><name>output</name><value><string>ok</string></value></member>\
+         </struct></value></data></array></value></param>\
+         </params></methodCall>"
+    )
+}
+
+fn is_fault(body: &str) -> bool {
+    body.contains("<fault>")
+}
+
+#[tokio::test]
+async fn rest_ingest_is_idempotent_and_queryable() {
+    let e = env(RecorderConfig::default()).await;
+    let mut body = result("alpha", &["py3"], true);
+    body["idempotency_key"] = json!("run-7");
+    let first = post(&e.app, "/api/v1/results", body.to_string(), None).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let again = post(&e.app, "/api/v1/results", body.to_string(), None).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(first.json()["result_key"], again.json()["result_key"]);
+    assert_eq!(e.rec.row_counts().await.unwrap(), [1, 2, 1, 1]);
+
+    post(&e.app, "/api/v1/results", result("beta", &["py3"], false).to_string(), None).await;
+    post(&e.app, "/api/v1/results", result("alpha", &["py3"], false).to_string(), None).await;
+    post(&e.app, "/api/v1/results", result("alpha", &["py3"], true).to_string(), None).await;
+
+    let key = first.json()["result_key"].as_str().unwrap().to_owned();
+    let r = get(&e.app, &format!("/api/v1/results/{key}")).await.json();
+    assert_eq!(r["steps"][0]["command"], "./configure --fast");
+    assert_eq!(r["steps"][1]["junit"]["passed"], 3, "extra step keys are kept");
+    assert_eq!(r["client_info"]["svn_rev"], "r42", "extra client_info keys are kept");
+    assert_eq!(r["extras"]["commit"], "abc123");
+    assert_eq!(r["tagset"], json!(["__arch=x86_64", "__host=alpha", "__package=widget", "py3"]));
+
+    let pkgs = get(&e.app, "/api/v1/packages").await.json();
+    assert_eq!(pkgs, json!([{"package": "widget", "platforms": 2, "failing": 1, "latest_at": pkgs[0]["latest_at"]}]));
+
+    let ts = get(&e.app, "/api/v1/packages/widget/tagsets").await.json();
+    assert_eq!(ts["tagsets"][0]["host"], "beta", "the failing platform comes first");
+    assert_eq!(ts["tagsets"][1]["host"], "alpha");
+    assert_eq!(ts["tagsets"][1]["success"], true, "latest of alpha is the newest one");
+
+    let id = ts["tagsets"][1]["tagset_id"].as_i64().unwrap();
+    let h = get(&e.app, &format!("/api/v1/tagsets/{id}/history?limit=10")).await.json();
+    assert_eq!(h["summary"], "2 of the last 3 succeeded");
+
+    let failed = get(&e.app, "/api/v1/results?success=false").await.json();
+    assert_eq!(failed["results"].as_array().unwrap().len(), 2);
+    let by_host = get(&e.app, "/api/v1/results?host=alpha&tag=py3&arch=x86_64").await.json();
+    assert_eq!(by_host["results"].as_array().unwrap().len(), 3);
+    assert!(get(&e.app, "/api/v1/results?tag=nope").await.json()["results"].as_array().unwrap().is_empty());
+    let since_future = get(&e.app, "/api/v1/results?since=2999-01-01T00:00:00Z").await.json();
+    assert!(since_future["results"].as_array().unwrap().is_empty());
+    assert_eq!(get(&e.app, "/api/v1/results?until=1000").await.json()["results"], json!([]));
+
+    // Pagination walks every result exactly once, newest first.
+    let mut seen = Vec::new();
+    let mut uri = "/api/v1/results?limit=3".to_owned();
+    loop {
+        let page = get(&e.app, &uri).await.json();
+        seen.extend(page["results"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap().to_owned()));
+        match page["next_before"].as_str() {
+            Some(b) => uri = format!("/api/v1/results?limit=3&before={b}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["4", "3", "2", "1"]);
+    assert_eq!(get(&e.app, "/api/v1/results/999").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(&e.app, "/api/v1/results?since=yesterday").await.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn tokens_guard_submission_but_not_reads() {
+    let config = RecorderConfig {
+        tokens: vec![SubmitToken { name: "lab1".into(), secret: "hunter2".into() }],
+        ..RecorderConfig::default()
+    };
+    let e = env(config).await;
+    let body = result("alpha", &[], true).to_string();
+    assert_eq!(post(&e.app, "/api/v1/results", body.clone(), None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(post(&e.app, "/api/v1/results", body.clone(), Some("hunter3")).await.status, StatusCode::UNAUTHORIZED);
+    let ok = post(&e.app, "/api/v1/results", body, Some("hunter2")).await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+    let key = ok.json()["result_key"].as_str().unwrap().to_owned();
+    assert_eq!(get(&e.app, &format!("/api/v1/results/{key}")).await.json()["submitter"], "lab1");
+
+    let anon = xmlrpc(&e.app, "/xmlrpc", xml_add_results("<boolean>1</boolean>", "<int>0</int>")).await;
+    assert!(anon.body.contains("<i4>401</i4>"), "{}", anon.body);
+    let wrong = xmlrpc(&e.app, "/xmlrpc/nope", xml_add_results("<boolean>1</boolean>", "<int>0</int>")).await;
+    assert!(is_fault(&wrong.body));
+    let good = xmlrpc(&e.app, "/xmlrpc/hunter2", xml_add_results("<boolean>1</boolean>", "<int>0</int>")).await;
+    assert!(!is_fault(&good.body), "{}", good.body);
+    assert_eq!(e.rec.row_counts().await.unwrap()[0], 2);
+    // Reads stay public on both protocols.
+    let read = xmlrpc(
+        &e.app,
+        "/xmlrpc",
+        "<?xml version='1.0'?><methodCall><methodName>get_results</methodName><params><param><value><string>1</string></value></param></params></methodCall>",
+    )
+    .await;
+    assert!(!is_fault(&read.body) && read.body.contains("alpha"), "{}", read.body);
+    assert_eq!(get(&e.app, "/api/v1/packages").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn malformed_input_is_refused_and_stores_nothing() {
+    let config = RecorderConfig { body_limit: 1024 * 1024, ..RecorderConfig::default() };
+    let e = env(config).await;
+    // One good result first, so "unchanged" is measured against a non-empty database.
+    assert_eq!(post(&e.app, "/api/v1/results", result("seed", &[], true).to_string(), None).await.status, StatusCode::CREATED);
+    let before = e.rec.row_counts().await.unwrap();
+
+    let good_xml = xml_add_results("<boolean>1</boolean>", "<int>0</int>");
+    let bomb = "<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 '&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;'>\
+                <!ENTITY lol3 '&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;'>]>\
+                <methodCall><methodName>add_results</methodName><params><param><value><string>&lol3;</string></value></param></params></methodCall>";
+    let mut bad_utf8_xml = good_xml.clone().into_bytes();
+    let at = bad_utf8_xml.windows(5).position(|w| w == b"xhost").unwrap();
+    bad_utf8_xml[at] = 0xff;
+    let mut bad_utf8_json = result("u", &[], true).to_string().into_bytes();
+    bad_utf8_json.splice(20..20, [0xc3, 0x28]);
+    let huge_json = format!("{{\"client_info\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let huge_xml = format!("<?xml version='1.0'?><methodCall><methodName>{}</methodName></methodCall>", "x".repeat(2 * 1024 * 1024));
+    let mut wrong_step = result("w", &[], true);
+    wrong_step["results"][1]["status"] = json!("two");
+    let mut wrong_tags = result("w", &[], true);
+    wrong_tags["client_info"]["tags"] = json!("py3");
+    let mut missing_host = result("w", &[], true);
+    missing_host["client_info"].as_object_mut().unwrap().remove("host");
+
+    enum Proto {
+        Json,
+        Xml,
+    }
+    // (what, protocol, body, expected HTTP status, expected fault text)
+    let cases: Vec<(&str, Proto, Vec<u8>, StatusCode, &str)> = vec![
+        ("truncated XML", Proto::Xml, good_xml.as_bytes()[..good_xml.len() / 2].to_vec(), StatusCode::BAD_REQUEST, "malformed"),
+        ("entity bomb", Proto::Xml, bomb.as_bytes().to_vec(), StatusCode::BAD_REQUEST, "DOCTYPE"),
+        ("bad UTF-8 XML", Proto::Xml, bad_utf8_xml, StatusCode::BAD_REQUEST, "UTF-8"),
+        ("huge XML", Proto::Xml, huge_xml.into_bytes(), StatusCode::PAYLOAD_TOO_LARGE, ""),
+        ("success is a string", Proto::Xml, xml_add_results("<string>yes</string>", "<int>0</int>").into_bytes(), StatusCode::OK, "client_info.success: expected boolean, got string"),
+        ("status is a string", Proto::Xml, xml_add_results("<boolean>0</boolean>", "<string>0</string>").into_bytes(), StatusCode::OK, "results[0].status: expected integer, got string"),
+        ("results not an array", Proto::Xml, good_xml.replace("<array><data><value><struct><member><name>name", "<struct><member><name>name").into_bytes(), StatusCode::BAD_REQUEST, "malformed"),
+        ("too few params", Proto::Xml, b"<?xml version='1.0'?><methodCall><methodName>add_results</methodName><params><param><value><struct></struct></value></param></params></methodCall>".to_vec(), StatusCode::OK, "called with 1 parameter"),
+        ("unknown method", Proto::Xml, b"<?xml version='1.0'?><methodCall><methodName>drop_tables</methodName><params></params></methodCall>".to_vec(), StatusCode::OK, "unknown method"),
+        ("not XML at all", Proto::Xml, b"hello".to_vec(), StatusCode::BAD_REQUEST, "malformed"),
+        ("malformed JSON", Proto::Json, b"{\"client_info\": {".to_vec(), StatusCode::BAD_REQUEST, "malformed JSON"),
+        ("bad UTF-8 JSON", Proto::Json, bad_utf8_json, StatusCode::BAD_REQUEST, "UTF-8"),
+        ("huge JSON", Proto::Json, huge_json.into_bytes(), StatusCode::PAYLOAD_TOO_LARGE, ""),
+        ("JSON array", Proto::Json, b"[]".to_vec(), StatusCode::BAD_REQUEST, "JSON object"),
+        ("wrong step status type", Proto::Json, wrong_step.to_string().into_bytes(), StatusCode::BAD_REQUEST, "results[1].status: expected integer, got string"),
+        ("tags not a list", Proto::Json, wrong_tags.to_string().into_bytes(), StatusCode::BAD_REQUEST, "client_info.tags: expected array, got string"),
+        ("missing host", Proto::Json, missing_host.to_string().into_bytes(), StatusCode::BAD_REQUEST, "client_info.host: missing"),
+        ("missing results", Proto::Json, br#"{"client_info": {}}"#.to_vec(), StatusCode::BAD_REQUEST, "results: missing"),
+    ];
+    for (what, proto, body, status, text) in cases {
+        let reply = match proto {
+            Proto::Xml => {
+                let r = xmlrpc(&e.app, "/xmlrpc", body).await;
+                assert!(is_fault(&r.body), "{what}: XML-RPC callers get a fault, got {}", r.body);
+                assert!(r.content_type.starts_with("text/xml"), "{what}");
+                r
+            }
+            Proto::Json => post(&e.app, "/api/v1/results", body, None).await,
+        };
+        assert_eq!(reply.status, status, "{what}: {}", reply.body);
+        assert!(reply.body.contains(text), "{what}: {text:?} not in {}", reply.body);
+        assert_eq!(e.rec.row_counts().await.unwrap(), before, "{what} stored something");
+    }
+    // The good call still works afterwards, and adds exactly one result.
+    let ok = xmlrpc(&e.app, "/xmlrpc", good_xml).await;
+    assert!(!is_fault(&ok.body), "{}", ok.body);
+    assert_eq!(e.rec.row_counts().await.unwrap()[0], before[0] + 1);
+}
+
+#[tokio::test]
+async fn pages_and_feeds_render() {
+    let config = RecorderConfig { missing_after: Duration::ZERO, ..RecorderConfig::default() };
+    let e = env(config).await;
+    post(&e.app, "/api/v1/results", result("alpha", &["py3"], true).to_string(), None).await;
+    post(&e.app, "/api/v1/results", result("beta", &["py3"], false).to_string(), None).await;
+    post(&e.app, "/api/v1/results", result("gamma", &[], true).to_string(), None).await;
+
+    let index = get(&e.app, "/").await;
+    assert!(index.content_type.starts_with("text/html"));
+    assert!(index.body.contains(r#"href="/packages/widget""#) && index.body.contains("1 failing"), "{}", index.body);
+
+    let page = get(&e.app, "/packages/widget").await.body;
+    let order: Vec<usize> = ["data-host=\"beta\"", "data-host=\"gamma\"", "data-host=\"alpha\""]
+        .iter()
+        .map(|h| page.find(h).unwrap_or_else(|| panic!("{h} missing")))
+        .collect();
+    assert!(order.is_sorted(), "failures first, then newest first: {order:?}");
+    assert!(page.contains(r#"href="/results/2""#));
+
+    let res = get(&e.app, "/results/2").await.body;
+    assert!(res.contains("make check") && res.contains("FAIL: t_widget") && res.contains("FAILED"));
+    assert!(res.contains("<details><summary>output (500 bytes)"), "100 lines of output are folded");
+    assert!(res.contains("<pre>checking...\nok\n</pre>"), "short output is shown inline");
+    assert_eq!(get(&e.app, "/results/77").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(&e.app, "/packages/nothing").await.status, StatusCode::NOT_FOUND);
+
+    let missing = get(&e.app, "/missing").await.body;
+    assert!(missing.contains("alpha") && missing.contains("gamma"), "with a zero age every platform is silent");
+
+    let all = get(&e.app, "/feeds/all.atom").await;
+    assert!(all.content_type.starts_with("application/atom+xml"));
+    assert_eq!(all.body.matches("<entry>").count(), 3);
+    let failures = get(&e.app, "/feeds/failures.atom").await.body;
+    assert_eq!(failures.matches("<entry>").count(), 1);
+    assert!(failures.contains("widget FAILED on beta"));
+    assert_eq!(get(&e.app, "/feeds/packages/widget").await.body.matches("<entry>").count(), 3);
+}

@@ -1,0 +1,323 @@
+//! pony-build's XML-RPC API: parses a method call (refusing DOCTYPEs), converts XML-RPC values to
+//! and from the JSON bags the recorder stores, and answers each method with pony-build's shapes.
+//!
+//! Implementation note: this dispatches with `dxr`'s types directly rather than through
+//! `dxr_server`'s handler map, because the handlers need the caller's address and token and
+//! because dxr_server answers a missing Content-Length with a fault instead of reading the body.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use dxr::{Fault, FaultResponse, MethodCall, MethodResponse, Value};
+use serde_json::Value as Json;
+
+use super::model::{ClientInfo, ResultDoc, ResultKey, Tagset};
+use super::{Origin, Recorder, RecorderError, StoredResult};
+
+// Fault codes from the "specification for fault code interoperability", which Python and
+// most XML-RPC libraries know; 401 is ours, for a missing or wrong submission token.
+const PARSE_ERROR: i32 = -32700;
+const UNKNOWN_METHOD: i32 = -32601;
+const INVALID_PARAMS: i32 = -32602;
+const SERVER_ERROR: i32 = -32500;
+pub(super) const UNAUTHORIZED: i32 = 401;
+
+/// Who is calling: their address and whether they presented a valid submission token.
+pub(super) struct Caller {
+    pub client_ip: Option<String>,
+    /// The submitter a valid token named; `None` if no (valid) token came with the call.
+    pub submitter: Option<String>,
+}
+
+/// Answer one XML-RPC request body. Faults for a body that is not a method call come back with
+/// HTTP 400 (nothing was dispatched); method-level faults come back with 200 as XML-RPC
+/// requires, so standard clients raise them as `Fault`.
+pub(super) async fn handle(rec: &Recorder, caller: Caller, body: &[u8]) -> (StatusCode, String) {
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => t,
+        Err(e) => return (StatusCode::BAD_REQUEST, fault_xml(PARSE_ERROR, &format!("request is not UTF-8: {e}"))),
+    };
+    if let Some(reason) = refuse_markup(text) {
+        return (StatusCode::BAD_REQUEST, fault_xml(PARSE_ERROR, reason));
+    }
+    // dxr's parse error repeats the whole body; say what was wrong without echoing it.
+    let call = match MethodCall::from_xml(text) {
+        Ok(c) => c,
+        Err(_) => return (StatusCode::BAD_REQUEST, fault_xml(PARSE_ERROR, "malformed XML-RPC method call")),
+    };
+    let answer = dispatch(rec, &caller, &call.name, &call.params).await;
+    let xml = match answer {
+        Ok(value) => MethodResponse { value }.to_xml(),
+        Err(fault) => FaultResponse { fault }.to_xml(),
+    };
+    match xml {
+        Ok(x) => (StatusCode::OK, x),
+        Err(e) => {
+            tracing::error!(error = %e, "serialising an XML-RPC response");
+            (StatusCode::INTERNAL_SERVER_ERROR, fault_xml(SERVER_ERROR, "internal error"))
+        }
+    }
+}
+
+/// XML-RPC has no use for a DTD; refusing one up front closes entity-expansion attacks
+/// whatever the parser would have done with them (quick-xml does not expand custom entities,
+/// but an unexpanded reference should be a clear refusal, not a parse failure deep inside).
+fn refuse_markup(text: &str) -> Option<&'static str> {
+    let upper_has = |needle: &str| {
+        text.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    };
+    if upper_has("<!DOCTYPE") || upper_has("<!ENTITY") {
+        return Some("DOCTYPE and ENTITY declarations are not allowed");
+    }
+    None
+}
+
+pub(super) fn fault_xml(code: i32, message: &str) -> String {
+    FaultResponse { fault: Fault::new(code, message.to_owned()) }
+        .to_xml()
+        .unwrap_or_else(|_| String::from("<?xml version=\"1.0\"?><methodResponse><fault/></methodResponse>"))
+}
+
+fn fault(code: i32, message: impl Into<String>) -> Fault {
+    Fault::new(code, message.into())
+}
+
+fn recorder_fault(e: RecorderError) -> Fault {
+    match e {
+        RecorderError::Invalid(bag) => fault(INVALID_PARAMS, bag.to_string()),
+        RecorderError::Open { .. }
+        | RecorderError::Migrate { .. }
+        | RecorderError::Database { .. }
+        | RecorderError::Closed { .. } => {
+            tracing::error!(error = %crate_error_chain(&e), "XML-RPC call failed");
+            fault(SERVER_ERROR, "internal error")
+        }
+    }
+}
+
+fn crate_error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn arity(method: &str, params: &[Value], min: usize, max: usize, names: &str) -> Result<(), Fault> {
+    if params.len() < min || params.len() > max {
+        return Err(fault(INVALID_PARAMS, format!("{method}({names}) called with {} parameter(s)", params.len())));
+    }
+    Ok(())
+}
+
+async fn dispatch(rec: &Recorder, caller: &Caller, method: &str, params: &[Value]) -> Result<Value, Fault> {
+    match method {
+        "add_results" => {
+            arity(method, params, 2, 3, "client_info, results[, extras]")?;
+            require_token(rec, caller)?;
+            let extras = params.get(2).map(|v| to_json(v, "extras")).transpose()?;
+            let doc = ResultDoc::from_json(to_json(&params[0], "client_info")?, to_json(&params[1], "results")?, extras)
+                .map_err(|e| fault(INVALID_PARAMS, e.to_string()))?;
+            let origin = Origin { client_ip: caller.client_ip.clone(), submitter: caller.submitter.clone() };
+            let done = rec.ingest_from(doc, None, origin).await.map_err(recorder_fault)?;
+            Ok(Value::Array(vec![Value::String(done.key.to_string()), Value::String(done.auth_key)]))
+        }
+        "get_results" => {
+            arity(method, params, 1, 1, "result_key")?;
+            let key = key_param(&params[0])?;
+            match rec.get(key).await.map_err(recorder_fault)? {
+                Some(r) => Ok(triple(&r)),
+                None => Err(fault(INVALID_PARAMS, format!("no result with key {key}"))),
+            }
+        }
+        "check_should_build" => {
+            arity(method, params, 1, 3, "client_info[, reserve_build[, build_allowance]]")?;
+            let tagset = ClientInfo::tagset_from_json(to_json(&params[0], "client_info")?)
+                .map_err(|e| fault(INVALID_PARAMS, e.to_string()))?;
+            let reserve = match params.get(1) {
+                None => true,
+                Some(Value::Boolean(b)) => *b,
+                Some(Value::Integer(i)) => *i != 0,
+                Some(other) => return Err(wrong_type("reserve_build", "boolean", other)),
+            };
+            let allowance = match params.get(2) {
+                None => 0.0,
+                Some(Value::Integer(i)) => f64::from(*i),
+                Some(Value::Long(i)) => *i as f64,
+                Some(Value::Double(d)) if d.is_finite() => *d,
+                Some(other) => return Err(wrong_type("build_allowance", "number of seconds", other)),
+            };
+            // Reserving changes what other clients are told, so it is a write like a submission.
+            if reserve {
+                require_token(rec, caller)?;
+            }
+            let (flag, reason) = rec
+                .check_should_build(tagset, reserve, Duration::from_secs_f64(allowance.max(0.0)))
+                .await
+                .map_err(recorder_fault)?;
+            Ok(Value::Array(vec![Value::Boolean(flag), Value::String(reason)]))
+        }
+        "get_tagsets_for_package" => {
+            arity(method, params, 1, 1, "package")?;
+            let package = string_param(&params[0], "package")?;
+            let sets = rec.tagsets_for_package(&package).await.map_err(recorder_fault)?;
+            Ok(Value::Array(
+                sets.iter().map(|t| Value::Array(t.tags().iter().cloned().map(Value::String).collect())).collect(),
+            ))
+        }
+        "get_last_result_for_tagset" => {
+            arity(method, params, 2, 2, "package, tagset")?;
+            let package = string_param(&params[0], "package")?;
+            let Value::Array(items) = &params[1] else {
+                return Err(wrong_type("tagset", "array", &params[1]));
+            };
+            let tags = items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| string_param(v, &format!("tagset[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            match rec.last_result_for_tagset(&package, Tagset::from_tags(tags)).await.map_err(recorder_fault)? {
+                Some(r) => Ok(triple(&r)),
+                // pony-build answers 0 when the tagset has no result.
+                None => Ok(Value::Integer(0)),
+            }
+        }
+        _ => Err(fault(UNKNOWN_METHOD, format!("unknown method {method:?}"))),
+    }
+}
+
+fn require_token(rec: &Recorder, caller: &Caller) -> Result<(), Fault> {
+    if rec.requires_token() && caller.submitter.is_none() {
+        return Err(fault(UNAUTHORIZED, "a valid submission token is required: call /xmlrpc/<token>"));
+    }
+    Ok(())
+}
+
+fn wrong_type(path: &str, expected: &str, got: &Value) -> Fault {
+    fault(INVALID_PARAMS, format!("{path}: expected {expected}, got {}", kind(got)))
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Integer(_) => "int",
+        Value::Long(_) => "i8",
+        Value::Boolean(_) => "boolean",
+        Value::String(_) => "string",
+        Value::Double(_) => "double",
+        Value::DateTime(_) => "dateTime.iso8601",
+        Value::Base64(_) => "base64",
+        Value::Struct(_) => "struct",
+        Value::Array(_) => "array",
+        Value::Nil => "nil",
+        _ => "unknown",
+    }
+}
+
+fn string_param(v: &Value, path: &str) -> Result<String, Fault> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        other => Err(wrong_type(path, "string", other)),
+    }
+}
+
+/// pony-build keys are strings of integers; accept either form.
+fn key_param(v: &Value) -> Result<ResultKey, Fault> {
+    match v {
+        Value::String(s) => s.parse().map_err(|_| fault(INVALID_PARAMS, format!("result_key: {s:?} is not a key"))),
+        Value::Integer(i) => Ok(ResultKey(i64::from(*i))),
+        Value::Long(i) => Ok(ResultKey(*i)),
+        other => Err(wrong_type("result_key", "string", other)),
+    }
+}
+
+/// pony-build's `(receipt, client_info, results)`.
+fn triple(r: &StoredResult) -> Value {
+    let mut receipt = std::collections::BTreeMap::new();
+    receipt.insert("time".to_owned(), Value::Double(r.receipt.time));
+    receipt.insert("result_key".to_owned(), Value::String(r.receipt.key.to_string()));
+    if let Some(ip) = &r.receipt.client_ip {
+        receipt.insert("client_ip".to_owned(), Value::String(ip.clone()));
+    }
+    if let Some(s) = &r.receipt.submitter {
+        receipt.insert("submitter".to_owned(), Value::String(s.clone()));
+    }
+    let mut ci = from_json(&r.doc.client_info.to_json());
+    if let Value::Struct(m) = &mut ci
+        && !r.doc.extras.is_empty()
+    {
+        // XML-RPC's triple has no slot for extras; they ride along in client_info.
+        m.insert("__extras".to_owned(), from_json(&Json::Object(r.doc.extras.clone())));
+    }
+    let steps = Value::Array(r.doc.steps.iter().map(|s| from_json(&s.to_json())).collect());
+    Value::Array(vec![Value::Struct(receipt), ci, steps])
+}
+
+/// XML-RPC value → JSON, for storing bags. Non-finite doubles have no JSON form and are refused.
+fn to_json(v: &Value, path: &str) -> Result<Json, Fault> {
+    Ok(match v {
+        Value::Integer(i) => Json::from(*i),
+        Value::Long(i) => Json::from(*i),
+        Value::Boolean(b) => Json::Bool(*b),
+        Value::String(s) => Json::String(s.clone()),
+        Value::Double(d) => serde_json::Number::from_f64(*d)
+            .map(Json::Number)
+            .ok_or_else(|| fault(INVALID_PARAMS, format!("{path}: non-finite double")))?,
+        Value::DateTime(dt) => Json::String(dt.to_string()),
+        Value::Base64(b) => Json::String(String::from_utf8_lossy(b).into_owned()),
+        Value::Struct(m) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in m {
+                out.insert(k.clone(), to_json(v, &format!("{path}.{k}"))?);
+            }
+            Json::Object(out)
+        }
+        Value::Array(items) => Json::Array(
+            items.iter().enumerate().map(|(i, v)| to_json(v, &format!("{path}[{i}]"))).collect::<Result<_, _>>()?,
+        ),
+        Value::Nil => Json::Null,
+        other => return Err(wrong_type(path, "a known XML-RPC type", other)),
+    })
+}
+
+/// JSON → XML-RPC value. Integers that fit use `<int>` (every client reads it), larger ones `<i8>`.
+fn from_json(v: &Json) -> Value {
+    match v {
+        Json::Null => Value::Nil,
+        Json::Bool(b) => Value::Boolean(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => i32::try_from(i).map(Value::Integer).unwrap_or(Value::Long(i)),
+            None => Value::Double(n.as_f64().unwrap_or(0.0)),
+        },
+        Json::String(s) => Value::String(s.clone()),
+        Json::Array(items) => Value::Array(items.iter().map(from_json).collect()),
+        Json::Object(m) => Value::Struct(m.iter().map(|(k, v)| (k.clone(), from_json(v))).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doctype_is_refused_case_insensitively() {
+        assert!(refuse_markup("<?xml version='1.0'?><!doctype x [<!ENTITY a 'b'>]><methodCall/>").is_some());
+        assert!(refuse_markup("<methodCall><methodName>x</methodName></methodCall>").is_none());
+    }
+
+    #[test]
+    fn values_round_trip_through_json() {
+        let v = Value::Struct(
+            [
+                ("a".to_owned(), Value::Integer(3)),
+                ("big".to_owned(), Value::Long(1 << 40)),
+                ("l".to_owned(), Value::Array(vec![Value::Boolean(true), Value::Nil, Value::Double(1.5)])),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        assert_eq!(from_json(&to_json(&v, "x").unwrap()), v);
+    }
+}

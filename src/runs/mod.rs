@@ -1,0 +1,16 @@
+//! Build runs: the run state machine, the coordinator that owns every run, the
+//! executor that carries one run from VM to result, and the result document.
+
+mod coordinator;
+mod execute;
+mod handle;
+pub mod result;
+mod state;
+
+pub use coordinator::Coordinator;
+pub use execute::{Executor, ExecutorConfig};
+pub use handle::{RunsError, RunsHandle, Trigger};
+pub use state::{Outcome, RunState};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+//! The result document of a run, in pony-build's shape: `client_info`, the
+//! ordered list of step dicts, and paddock's own fields under `extras`.
+//!
+//! This is a wire type (it is stored in the outbox and sent to recorders), so it
+//! is built as JSON here and nowhere else.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use super::state::Outcome;
+use crate::config::{Image, Job};
+
+/// One step as the recorder sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    pub name: String,
+    pub kind: String,
+    pub command: String,
+    /// Exit status; `None` when the step timed out, was killed or skipped (sent as -1).
+    pub status: Option<i32>,
+    pub output: String,
+    pub errout: String,
+    pub duration_s: f64,
+    pub timed_out: bool,
+    pub skipped: bool,
+}
+
+/// Everything a result document is made of.
+pub struct ResultInput<'a> {
+    pub run_id: &'a str,
+    pub job: &'a Job,
+    pub image: &'a Image,
+    pub vm_name: Option<&'a str>,
+    pub host: Option<&'a str>,
+    pub trigger: &'a str,
+    pub outcome: Outcome,
+    pub reason: Option<&'a str>,
+    pub steps: &'a [StepRecord],
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: DateTime<Utc>,
+    pub console_tail: Option<&'a str>,
+}
+
+pub fn document(r: &ResultInput<'_>) -> Value {
+    let started = r.started_at.unwrap_or(r.created_at);
+    let duration = (r.finished_at - started).num_milliseconds().max(0) as f64 / 1000.0;
+    let mut tags: Vec<String> = vec![
+        r.image.os.as_str().to_string(),
+        r.image.arch.as_str().to_string(),
+        r.image.name.clone(),
+    ];
+    if let Some(h) = r.host {
+        tags.push(h.to_string());
+    }
+    tags.extend(r.job.tags.iter().cloned());
+    let failure_kind = match r.outcome {
+        Outcome::Success => Value::Null,
+        Outcome::BuildFailure => json!("build"),
+        Outcome::Infrastructure | Outcome::Interrupted => json!("infrastructure"),
+        Outcome::Cancelled => json!("cancelled"),
+    };
+    let steps: Vec<Value> = r
+        .steps
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "type": s.kind,
+                "command": s.command,
+                // pony-build's status is an exit code; a step that never exited
+                // (timed out, killed, skipped) reports -1 and says why below.
+                "status": s.status.unwrap_or(-1),
+                "output": s.output,
+                "errout": s.errout,
+                "duration": s.duration_s,
+                "timed_out": s.timed_out,
+                "skipped": s.skipped,
+            })
+        })
+        .collect();
+    json!({
+        "client_info": {
+            "package": r.job.name,
+            "arch": r.image.arch.as_str(),
+            "host": r.vm_name.unwrap_or("(no vm)"),
+            "tags": tags,
+            "success": r.outcome == Outcome::Success,
+            "duration": duration,
+            "paddock_run_id": r.run_id,
+        },
+        "results": steps,
+        "extras": {
+            "run_id": r.run_id,
+            "image": r.image.name,
+            "os": r.image.os.as_str(),
+            "hypervisor_host": r.host,
+            "trigger": r.trigger,
+            "outcome": r.outcome.as_str(),
+            "failure_kind": failure_kind,
+            "reason": r.reason,
+            "scheduled_at": r.scheduled_at.map(|t| t.to_rfc3339()),
+            "created_at": r.created_at.to_rfc3339(),
+            "started_at": r.started_at.map(|t| t.to_rfc3339()),
+            "finished_at": r.finished_at.to_rfc3339(),
+            "console_tail": r.console_tail,
+        },
+        "idempotency_key": r.run_id,
+    })
+}

@@ -1,0 +1,235 @@
+//! Rows of the `runs` table, and the one transaction that ends a run: its final
+//! state, its result document and its outbox entries are written together.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::{Result, Store, StoreError, parse_ts, ts};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    pub id: String,
+    pub job: String,
+    pub image: String,
+    pub trigger: String,
+    pub requested_by: Option<String>,
+    /// `runs::RunState` as text.
+    pub state: String,
+    pub host: Option<String>,
+    pub vm_name: Option<String>,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    pub result_json: Option<String>,
+    pub log_path: Option<String>,
+}
+
+/// Filters for listing runs; `None` matches anything.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub job: Option<String>,
+    pub image: Option<String>,
+    pub state: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: Option<usize>,
+}
+
+const COLS: &str = "id, job, image, trigger, requested_by, state, host, vm_name, scheduled_at, created_at, \
+                    started_at, finished_at, outcome, reason, result_json, log_path";
+
+fn read(r: &Row<'_>) -> rusqlite::Result<(RunRow, [Option<String>; 4])> {
+    Ok((
+        RunRow {
+            id: r.get(0)?,
+            job: r.get(1)?,
+            image: r.get(2)?,
+            trigger: r.get(3)?,
+            requested_by: r.get(4)?,
+            state: r.get(5)?,
+            host: r.get(6)?,
+            vm_name: r.get(7)?,
+            scheduled_at: None,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            outcome: r.get(12)?,
+            reason: r.get(13)?,
+            result_json: r.get(14)?,
+            log_path: r.get(15)?,
+        },
+        [r.get(8)?, Some(r.get(9)?), r.get(10)?, r.get(11)?],
+    ))
+}
+
+fn finish((mut row, t): (RunRow, [Option<String>; 4])) -> Result<RunRow> {
+    let opt = |s: &Option<String>| s.as_deref().map(parse_ts).transpose();
+    row.scheduled_at = opt(&t[0])?;
+    row.created_at = opt(&t[1])?.unwrap_or_else(Utc::now);
+    row.started_at = opt(&t[2])?;
+    row.finished_at = opt(&t[3])?;
+    Ok(row)
+}
+
+/// The fields that change as a run moves.
+#[derive(Debug, Clone, Default)]
+pub struct RunUpdate {
+    pub host: Option<String>,
+    pub vm_name: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+}
+
+impl Store {
+    pub async fn insert_run(&self, run: &RunRow) -> Result<()> {
+        let r = run.clone();
+        self.call(move |c| {
+            c.execute(
+                &format!("INSERT INTO runs ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
+                params![
+                    r.id,
+                    r.job,
+                    r.image,
+                    r.trigger,
+                    r.requested_by,
+                    r.state,
+                    r.host,
+                    r.vm_name,
+                    r.scheduled_at.map(ts),
+                    ts(r.created_at),
+                    r.started_at.map(ts),
+                    r.finished_at.map(ts),
+                    r.outcome,
+                    r.reason,
+                    r.result_json,
+                    r.log_path
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Moves a run to `state`, setting whichever of `update`'s fields are given.
+    pub async fn update_run(&self, id: &str, state: &str, update: RunUpdate) -> Result<()> {
+        let (id, state) = (id.to_string(), state.to_string());
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE runs SET state = ?2,
+                    host = coalesce(?3, host), vm_name = coalesce(?4, vm_name),
+                    started_at = coalesce(?5, started_at), reason = coalesce(?6, reason)
+                 WHERE id = ?1",
+                params![id, state, update.host, update.vm_name, update.started_at.map(ts), update.reason],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Corrupt(format!("no run `{id}`")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Ends a run: final state, outcome, result and one outbox entry per
+    /// recorder, all in one transaction. An entry already queued for the same
+    /// run and recorder is kept, so finishing twice never forwards twice.
+    pub async fn finish_run(&self, end: RunEnd) -> Result<()> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let now = ts(end.finished_at);
+            let n = tx.execute(
+                "UPDATE runs SET state = ?2, outcome = ?3, reason = coalesce(?4, reason), result_json = ?5,
+                    finished_at = ?6 WHERE id = ?1",
+                params![end.run_id, end.state, end.outcome, end.reason, end.result_json, now],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Corrupt(format!("no run `{}`", end.run_id)));
+            }
+            for r in &end.recorders {
+                tx.execute(
+                    "INSERT OR IGNORE INTO outbox (run_id, recorder, payload, created_at, next_attempt_at)
+                     VALUES (?1, ?2, ?3, ?4, ?4)",
+                    params![end.run_id, r, end.result_json, now],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets only the state (e.g. Held → Failed when a hold ends).
+    pub async fn set_run_state(&self, id: &str, state: &str) -> Result<()> {
+        self.update_run(id, state, RunUpdate::default()).await
+    }
+
+    pub async fn run(&self, id: &str) -> Result<Option<RunRow>> {
+        let id = id.to_string();
+        self.call(move |c| {
+            c.query_row(&format!("SELECT {COLS} FROM runs WHERE id = ?1"), [id], read).optional()?.map(finish).transpose()
+        })
+        .await
+    }
+
+    /// Runs matching `filter`, newest first.
+    pub async fn runs(&self, filter: RunFilter) -> Result<Vec<RunRow>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {COLS} FROM runs
+                 WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR image = ?2)
+                   AND (?3 IS NULL OR state = ?3 OR (?3 = 'running' AND state LIKE 'running:%'))
+                   AND (?4 IS NULL OR created_at >= ?4)
+                 ORDER BY created_at DESC, id DESC LIMIT ?5"
+            ))?;
+            let limit = filter.limit.unwrap_or(100) as i64;
+            let rows = stmt.query_map(
+                params![filter.job, filter.image, filter.state, filter.since.map(ts), limit],
+                read,
+            )?;
+            rows.map(|r| finish(r?)).collect()
+        })
+        .await
+    }
+
+    /// The newest finished run of every (job, image) pair, newest first: the
+    /// dashboard's grid and the API's "last result" come from this one query.
+    pub async fn latest_finished_runs(&self) -> Result<Vec<RunRow>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {COLS} FROM runs r WHERE outcome IS NOT NULL AND id = (
+                     SELECT id FROM runs WHERE job = r.job AND image = r.image AND outcome IS NOT NULL
+                     ORDER BY created_at DESC, id DESC LIMIT 1)
+                 ORDER BY created_at DESC"
+            ))?;
+            let rows = stmt.query_map([], read)?;
+            rows.map(|r| finish(r?)).collect()
+        })
+        .await
+    }
+
+    /// Runs not in a terminal state (queued, in flight or held).
+    pub async fn unfinished_runs(&self) -> Result<Vec<RunRow>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {COLS} FROM runs WHERE state NOT IN ('done', 'failed', 'cancelled') ORDER BY created_at"
+            ))?;
+            let rows = stmt.query_map([], read)?;
+            rows.map(|r| finish(r?)).collect()
+        })
+        .await
+    }
+}
+
+/// Everything that ends a run, written in one transaction by [`Store::finish_run`].
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    pub run_id: String,
+    pub state: String,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub result_json: String,
+    pub finished_at: DateTime<Utc>,
+    /// Names of the recorders the result goes to.
+    pub recorders: Vec<String>,
+}

@@ -1,0 +1,124 @@
+//! End-to-end runs: the daemon library boots the bundled guest on
+//! `qemu:///system` (TCG) and runs jobs in it over SSH. Each test has its own
+//! state directory and its own port range, so nextest runs them concurrently.
+
+mod runs;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use paddock::config::Fleet;
+use paddock::daemon::{Daemon, ServeOptions};
+use paddock::store::RunRow;
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds the bundled guest if it is missing (idempotent and quick when built).
+pub fn ensure_guest_image() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let status = std::process::Command::new("bash")
+            .arg(repo().join("images/build-guest.sh"))
+            .arg("x86_64")
+            .status()
+            .expect("run images/build-guest.sh");
+        assert!(status.success(), "images/build-guest.sh failed");
+    });
+}
+
+/// The bundled image's baked host key, as `fleet.toml` names it.
+pub fn baked_host_key() -> String {
+    format!("file:{}", repo().join("images/out/x86_64/ssh_host_ed25519_key.pub").display())
+}
+
+/// A fleet for one test: one local TCG host, the bundled image (whose sshd must
+/// present `host_key`), and `jobs` (TOML).
+pub fn fleet(dir: &Path, ports: &str, host_key: &str, jobs: &str) -> Fleet {
+    let out = repo().join("images/out/x86_64");
+    let src = format!(
+        r#"
+version = 1
+[daemon]
+listen = "127.0.0.1:0"
+state_dir = "{state}"
+ssh_ports = "{ports}"
+reconcile_interval = "5s"
+
+[[hosts]]
+name = "local"
+uri = "qemu:///system"
+accelerator = "tcg"
+address = "127.0.0.1"
+max_vms = 4
+memory_mib = 4096
+vcpus = 4
+
+[[images]]
+name = "tiny"
+os = "linux"
+arch = "x86_64"
+kernel = "{out}/vmlinuz"
+initrd = "{out}/initrd.img"
+cmdline = "console=ttyS0 quiet"
+memory_mib = 256
+vcpus = 1
+user = "root"
+trusts_fleet_ca = true
+boot_timeout = "3m"
+host_key = "{host_key}"
+
+[[users]]
+name = "alice"
+role = "maintainer"
+
+{jobs}
+"#,
+        state = dir.join("state").display(),
+        out = out.display(),
+    );
+    let path = dir.join("fleet.toml");
+    std::fs::write(&path, &src).unwrap();
+    paddock::config::load(&path).unwrap_or_else(|e| panic!("test fleet invalid:\n{e}"))
+}
+
+pub async fn start(fleet: Fleet) -> Daemon {
+    Daemon::start(fleet, ServeOptions { listen: Some("127.0.0.1:0".parse().unwrap()), demo: false })
+        .await
+        .expect("daemon starts")
+}
+
+/// Polls the store until the run reaches a state satisfying `done`.
+pub async fn wait_for_run(daemon: &Daemon, id: &str, limit: Duration, done: impl Fn(&RunRow) -> bool) -> RunRow {
+    let deadline = Instant::now() + limit;
+    loop {
+        let row = daemon.store.run(id).await.unwrap().expect("run exists");
+        if done(&row) {
+            return row;
+        }
+        assert!(Instant::now() < deadline, "run {id} stuck in state {} after {limit:?}", row.state);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn finished(row: &RunRow) -> bool {
+    matches!(row.state.as_str(), "done" | "failed" | "cancelled" | "held")
+}
+
+/// Names of libvirt domains on qemu:///system that start with `prefix`.
+pub fn domains_named(prefix: &str) -> Vec<String> {
+    let out = std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system", "list", "--all", "--name"])
+        .output()
+        .expect("virsh list");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(prefix)).map(str::to_string).collect()
+}
+
+pub fn instance_id(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("state/instance-id")).unwrap().trim().to_string()
+}
+
+pub fn overlays(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir.join("state/overlays")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default()
+}

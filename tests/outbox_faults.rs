@@ -1,0 +1,213 @@
+//! The outbox under faults, against the real `paddock recorder` binary:
+//! a recorder that is down while results pile up, and a daemon killed with
+//! SIGKILL before it could deliver.
+
+mod recorder_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use paddock::clock::Clock;
+use paddock::outbox::{Backoff, Destination, Forwarder};
+use paddock::store::{RunEnd, RunRow, Store};
+use recorder_support::RecorderProcess;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !probe().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn result_doc(run_id: &str, n: usize) -> String {
+    serde_json::json!({
+        "client_info": {"package": "demo", "arch": "x86_64", "host": format!("vm-{n}"),
+                        "tags": ["linux", "x86_64"], "success": n % 3 != 0, "duration": 1.5},
+        "results": [{"name": "build", "type": "build", "command": "make", "status": if n % 3 == 0 {2} else {0},
+                     "output": "x".repeat(1000), "errout": "", "duration": 1.0}],
+        "extras": {"run_id": run_id},
+        "idempotency_key": run_id,
+    })
+    .to_string()
+}
+
+async fn finished_run(store: &Store, id: &str, n: usize, recorder: &str) {
+    let now = Utc::now();
+    store
+        .insert_run(&RunRow {
+            id: id.into(),
+            job: "demo".into(),
+            image: "tiny-x86_64".into(),
+            trigger: "manual".into(),
+            requested_by: None,
+            state: "reporting".into(),
+            host: None,
+            vm_name: None,
+            scheduled_at: None,
+            created_at: now,
+            started_at: Some(now),
+            finished_at: None,
+            outcome: None,
+            reason: None,
+            result_json: None,
+            log_path: None,
+        })
+        .await
+        .unwrap();
+    store
+        .finish_run(RunEnd {
+            run_id: id.into(),
+            state: "done".into(),
+            outcome: "success".into(),
+            reason: None,
+            result_json: result_doc(id, n),
+            finished_at: now,
+            recorders: vec![recorder.into()],
+        })
+        .await
+        .unwrap();
+}
+
+fn recorder_rows(db: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut s = c.prepare("SELECT idempotency_key FROM results ORDER BY id").unwrap();
+    s.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap).collect()
+}
+
+#[tokio::test]
+async fn recorder_down_while_50_runs_finish_then_each_is_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
+    let port = free_port();
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let dest = Destination::Paddock { client, url: format!("http://127.0.0.1:{port}"), token: Some("s3cret".into()) };
+    let forwarder = Forwarder::new(
+        store.clone(),
+        vec![("central".into(), dest)],
+        Backoff { first: Duration::from_millis(20), max: Duration::from_millis(300) },
+        Clock::system(),
+    );
+    let waker = forwarder.waker();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    forwarder.spawn(stop_rx);
+
+    let ids: Vec<String> = (0..50).map(|n| format!("run-{n:03}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        finished_run(&store, id, n, "central").await;
+        waker.wake();
+    }
+    // The forwarder keeps trying while the recorder is down, and records why it failed.
+    wait_until("failed attempts against the down recorder", Duration::from_secs(30), || async {
+        let p = store.outbox_pending().await.unwrap();
+        p.len() == 50 && p[0].attempts >= 3
+    })
+    .await;
+    let head = &store.outbox_pending().await.unwrap()[0];
+    assert!(head.last_error.as_deref().unwrap().contains("cannot reach"), "{:?}", head.last_error);
+
+    let rec = RecorderProcess::start_on(&format!("127.0.0.1:{port}"), &["--token", "lab=s3cret"]);
+    wait_until("all 50 delivered", Duration::from_secs(60), || async {
+        store.outbox_pending().await.unwrap().is_empty()
+    })
+    .await;
+    let rows = recorder_rows(&rec.db_path());
+    // Exactly once each, and in the order the runs finished.
+    assert_eq!(rows, ids);
+    for id in &ids {
+        let e = &store.outbox_for_run(id).await.unwrap()[0];
+        assert!(e.delivered_at.is_some());
+        assert!(e.remote_key.is_some());
+    }
+}
+
+struct DaemonProcess {
+    child: Child,
+}
+
+impl DaemonProcess {
+    fn start(config: &Path) -> DaemonProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_paddock"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .env("PADDOCK_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start paddock serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(line.starts_with("paddock listening on "), "unexpected first line: {line:?}");
+        DaemonProcess { child }
+    }
+
+    fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A fleet with a test:/// host (no VMs are booted here) whose results go to a
+/// central paddock recorder at `url` as well as the embedded one.
+fn fleet_file(dir: &Path, url: &str) -> std::path::PathBuf {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fleet.toml"))
+        .unwrap()
+        .replacen("state_dir = \"state\"", &format!("state_dir = \"{}\"", dir.join("state").display()), 1)
+        .replacen("uri = \"qemu:///system\"", "uri = \"test:///default\"", 1)
+        .replacen(
+            "[[recorders]]\nname = \"embedded\"\nkind = \"embedded\"",
+            &format!("[[recorders]]\nname = \"embedded\"\nkind = \"embedded\"\n\n[[recorders]]\nname = \"central\"\nkind = \"paddock\"\nurl = \"{url}\"\ntoken = \"s3cret\""),
+            1,
+        );
+    let path = dir.join("fleet.toml");
+    std::fs::write(&path, src).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_result_queued_before_a_sigkill_is_delivered_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = fleet_file(dir.path(), &format!("http://127.0.0.1:{port}"));
+    // A run ended (its result is in the outbox) while the central recorder was down.
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    let store = Store::open(&dir.path().join("state/paddock.db")).await.unwrap();
+    finished_run(&store, "run-crash", 0, "central").await;
+    let daemon = DaemonProcess::start(&config);
+    // Wait until that daemon has tried (and failed) at least once, then kill it hard.
+    wait_until("a failed attempt", Duration::from_secs(30), || async {
+        store.outbox_for_run("run-crash").await.unwrap()[0].attempts >= 1
+    })
+    .await;
+    daemon.sigkill();
+    assert!(store.outbox_for_run("run-crash").await.unwrap()[0].delivered_at.is_none());
+
+    let rec = RecorderProcess::start_on(&format!("127.0.0.1:{port}"), &["--token", "lab=s3cret"]);
+    let _daemon = DaemonProcess::start(&config);
+    wait_until("delivery after restart", Duration::from_secs(60), || async {
+        store.outbox_for_run("run-crash").await.unwrap()[0].delivered_at.is_some()
+    })
+    .await;
+    assert_eq!(recorder_rows(&rec.db_path()), vec!["run-crash".to_string()]);
+}
