@@ -21,6 +21,8 @@ pub struct DomainSpec<'a> {
     pub name: &'a str,
     pub image: &'a Image,
     pub host: &'a Host,
+    /// `qemu`, `kvm` (from the host's accelerator) or `test` (see `HostFacts::domain_type`).
+    pub domain_type: &'static str,
     pub mark: &'a Mark,
     /// The host port forwarded to the guest's port 22 (user-mode networking only).
     pub ssh_port: u16,
@@ -622,7 +624,7 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
     });
 
     Domain {
-        kind: host.accelerator.domain_type(),
+        kind: spec.domain_type,
         xmlns_qemu: qemu_commandline.as_ref().map(|_| QEMU_NS),
         name: spec.name.to_string(),
         metadata: Metadata {

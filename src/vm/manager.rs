@@ -170,7 +170,7 @@ impl VmManager {
             queue: Vec::new(),
             seq: 0,
             store,
-            tx: tx.clone(),
+            tx: tx.downgrade(),
             reconciling: false,
         };
         owner.adopt().await?;
@@ -260,7 +260,9 @@ struct Owner {
     seq: u64,
     ports: PortAllocator,
     store: Store,
-    tx: mpsc::UnboundedSender<Cmd>,
+    /// Weak, so that the owner stops once every `VmManager` handle (and every
+    /// task it spawned) is gone.
+    tx: mpsc::WeakUnboundedSender<Cmd>,
     reconciling: bool,
 }
 
@@ -415,7 +417,7 @@ impl Owner {
             .map(|(i, slot)| {
                 let status = slot.handle.status();
                 let runs_arch = match &status {
-                    HostStatus::Up(facts) => Some(facts.supports(image.arch.as_str(), slot.config.accelerator.domain_type())),
+                    HostStatus::Up(facts) => Some(facts.runs(image.arch.as_str(), slot.config.accelerator)),
                     HostStatus::Connecting | HostStatus::Down { .. } => None,
                 };
                 HostView {
@@ -453,6 +455,7 @@ impl Owner {
     }
 
     async fn start_attempt(&mut self, mut pending: Pending, host: usize, port: u16) {
+        let Some(tx) = self.tx.upgrade() else { return };
         pending.attempts += 1;
         pending.tried.insert(host);
         let name = format!("paddock-{}-{}", short(&self.cfg.instance_id), random_id());
@@ -492,7 +495,7 @@ impl Owner {
             ca_key: pending.req.ca_key.clone(),
             readiness: self.cfg.readiness,
             tail_lines: self.cfg.console_tail_lines,
-            tx: self.tx.clone(),
+            tx,
         };
         info!(vm = %name, run_id = %vm.run_id, host = %self.hosts[host].config.name, port, attempt = pending.attempts, "placing VM");
         let mut vm = vm;
@@ -557,6 +560,7 @@ impl Owner {
         if !vm.state.can_stop() {
             return;
         }
+        let Some(tx) = self.tx.upgrade() else { return };
         self.transition(name, VmState::Stopping).await;
         let vm = &self.vms[name];
         let job = Teardown {
@@ -565,7 +569,7 @@ impl Owner {
             overlay: vm.overlay.clone(),
             console: vm.console.clone(),
             graceful: graceful.then_some(self.cfg.shutdown_timeout),
-            tx: self.tx.clone(),
+            tx,
         };
         tokio::spawn(job.run());
     }
@@ -615,10 +619,11 @@ impl Owner {
         if self.reconciling && reply.is_none() {
             return;
         }
+        let Some(tx) = self.tx.upgrade() else { return };
         self.reconciling = true;
         let handles: Vec<HostHandle> = self.hosts.iter().map(|h| h.handle.clone()).collect();
-        let (instance, live, dir, store, tx) =
-            (self.cfg.instance_id.clone(), self.live_set(), self.cfg.state_dir.clone(), self.store.clone(), self.tx.clone());
+        let (instance, live, dir, store) =
+            (self.cfg.instance_id.clone(), self.live_set(), self.cfg.state_dir.clone(), self.store.clone());
         tokio::spawn(async move {
             let report = reconcile::reconcile(&handles, &instance, &live, &dir, &store).await;
             let _ = tx.send(Cmd::ReconcileDone { report, reply });
@@ -816,6 +821,10 @@ impl Attempt {
             name: &self.name,
             image: &self.image,
             host: &self.host,
+            domain_type: match self.handle.status() {
+                HostStatus::Up(facts) => facts.domain_type(self.host.accelerator),
+                HostStatus::Connecting | HostStatus::Down { .. } => self.host.accelerator.domain_type(),
+            },
             mark: &self.mark,
             ssh_port: self.port,
             disk,

@@ -95,6 +95,7 @@ pub(crate) fn render_profile(image: &Image, host: &Host, name: &str, dir: &Path)
         name,
         image,
         host,
+        domain_type: host.accelerator.domain_type(),
         mark: &mark,
         ssh_port: 22200,
         disk,
