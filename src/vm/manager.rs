@@ -432,6 +432,15 @@ impl Owner {
     }
 
     /// Places queued launches, highest priority first, FIFO within a priority.
+    /// A port for a VM on host `i`. On a host whose forwards are bound on this
+    /// machine, a port something else already holds (another program, or a VM
+    /// a different paddock left behind) is skipped rather than failing the launch.
+    fn allocate_port(&mut self, i: usize) -> Option<u16> {
+        let addr = self.hosts[i].config.address;
+        let local = self.hosts[i].config.uri.starts_with("qemu:///") && (addr.is_loopback() || addr.is_unspecified());
+        self.ports.allocate_where(|port| !local || std::net::TcpListener::bind((addr, port)).is_ok())
+    }
+
     /// A launch that cannot be placed does not hold back those behind it that can.
     async fn pump(&mut self) {
         self.queue.sort_by_key(|p| (std::cmp::Reverse(p.req.priority), p.seq));
@@ -440,7 +449,7 @@ impl Owner {
             let used = self.usage();
             let views = self.views(&pending.req.image, &pending.tried, &used);
             match placement::place(&pending.req.image, &views) {
-                Placement::Host(i) => match self.ports.allocate() {
+                Placement::Host(i) => match self.allocate_port(i) {
                     Some(port) => self.start_attempt(pending, i, port).await,
                     None => self.queue.push(pending),
                 },

@@ -27,11 +27,17 @@ impl PortAllocator {
 
     /// A free port, or `None` when the whole range is in use.
     pub fn allocate(&mut self) -> Option<u16> {
+        self.allocate_where(|_| true)
+    }
+
+    /// A free port that `usable` also accepts (e.g. one nothing else on the
+    /// host is bound to), or `None`.
+    pub fn allocate_where(&mut self, usable: impl Fn(u16) -> bool) -> Option<u16> {
         let len = self.range.len();
         for i in 0..len {
             let offset = (usize::from(self.cursor - self.range.first) + i) % len;
             let port = self.range.first + offset as u16;
-            if self.used.insert(port) {
+            if !self.used.contains(&port) && usable(port) && self.used.insert(port) {
                 self.cursor = if port == self.range.last { self.range.first } else { port + 1 };
                 return Some(port);
             }
@@ -70,5 +76,14 @@ mod tests {
         let a = p.allocate().unwrap();
         p.release(a);
         assert_ne!(p.allocate().unwrap(), a);
+    }
+
+    #[test]
+    fn ports_something_else_holds_are_skipped() {
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let mut p = PortAllocator::new(PortRange { first: port, last: port.saturating_add(1) });
+        let got = p.allocate_where(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok());
+        assert_eq!(got, Some(port + 1));
     }
 }

@@ -2,6 +2,7 @@
 //! `qemu:///system` (TCG) and runs jobs in it over SSH. Each test has its own
 //! state directory and its own port range, so nextest runs them concurrently.
 
+mod crash;
 mod runs;
 
 use std::path::{Path, PathBuf};
@@ -121,4 +122,30 @@ pub fn instance_id(dir: &Path) -> String {
 
 pub fn overlays(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir.join("state/overlays")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default()
+}
+
+/// Removes every domain of one test's daemon instance when dropped, so that a
+/// failing test leaves no VM (and no bound port) behind for the next one.
+pub struct DomainGuard {
+    prefix: String,
+}
+
+impl DomainGuard {
+    pub fn new(dir: &Path) -> DomainGuard {
+        DomainGuard { prefix: format!("paddock-{}-", instance_id(dir)) }
+    }
+}
+
+impl Drop for DomainGuard {
+    fn drop(&mut self) {
+        for name in domains_named(&self.prefix) {
+            for verb in ["destroy", "undefine"] {
+                let _ = std::process::Command::new("virsh")
+                    .args(["-c", "qemu:///system", verb, &name])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
 }

@@ -38,6 +38,7 @@ command = "echo should-not-run"
 "#,
     );
     let daemon = start(fleet).await;
+    let _guard = DomainGuard::new(dir.path());
     let ids = daemon.runs.trigger("three", None, manual()).await.unwrap();
     let row = wait_for_run(&daemon, &ids[0], Duration::from_secs(240), finished).await;
     assert_eq!(row.state, "failed", "{row:?}");
@@ -109,6 +110,7 @@ command = "ps | grep -c '[s]leep 313' || true"
 "#,
     );
     let daemon = start(fleet).await;
+    let _guard = DomainGuard::new(dir.path());
     let ids = daemon.runs.trigger("slow", None, manual()).await.unwrap();
     let row = wait_for_run(&daemon, &ids[0], Duration::from_secs(240), finished).await;
     let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
@@ -146,6 +148,7 @@ command = "echo must-not-run"
 "#,
     );
     let daemon = start(fleet).await;
+    let _guard = DomainGuard::new(dir.path());
     let ids = daemon.runs.trigger("mitm", None, manual()).await.unwrap();
     let row = wait_for_run(&daemon, &ids[0], Duration::from_secs(240), finished).await;
     assert_eq!(row.outcome.as_deref(), Some("infrastructure"), "{row:?}");
@@ -182,9 +185,9 @@ command = "echo never"
 "#,
     );
     let daemon = start(fleet).await;
+    let _guard = DomainGuard::new(dir.path());
     let id = daemon.runs.trigger("long", None, manual()).await.unwrap().remove(0);
     wait_for_run(&daemon, &id, Duration::from_secs(240), |r| r.state == "running:0").await;
-    eprintln!("running at {:?}", chrono::Utc::now());
     // Wait for the step's first output so the cancel lands mid-step.
     let log = dir.path().join("state/logs").join(&id).join("run.log");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -193,16 +196,13 @@ command = "echo never"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let asked = std::time::Instant::now();
-    eprintln!("cancelling at {:?}", chrono::Utc::now());
     daemon.runs.cancel(&id, "alice").await.unwrap();
     let row = wait_for_run(&daemon, &id, Duration::from_secs(60), finished).await;
-    eprintln!("finished after {:?}", asked.elapsed());
     assert!(asked.elapsed() < Duration::from_secs(30), "cancel took {:?}", asked.elapsed());
     assert_eq!(row.state, "cancelled");
     assert_eq!(row.outcome.as_deref(), Some("cancelled"));
     let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
     assert_eq!(doc["results"][1]["skipped"], true);
-    eprintln!("checked at {:?}", chrono::Utc::now());
     let prefix = format!("paddock-{}-", instance_id(dir.path()));
     assert_eq!(domains_named(&prefix), Vec::<String>::new());
     daemon.stop().await.unwrap();
@@ -228,6 +228,7 @@ command = "echo boom >&2; exit 1"
 "#,
     );
     let daemon = start(fleet).await;
+    let _guard = DomainGuard::new(dir.path());
     let id = daemon.runs.trigger("flaky", None, manual()).await.unwrap().remove(0);
     let row = wait_for_run(&daemon, &id, Duration::from_secs(240), finished).await;
     assert_eq!(row.state, "held", "{row:?}");
