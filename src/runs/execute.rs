@@ -260,11 +260,39 @@ impl Executor {
                 }
             }
         });
+        let step_seen = progress_tx.subscribe();
         let mut io = StepIo { log_dir: run_dir.to_path_buf(), live: live.clone(), cancel: cancel.clone(), progress: Some(progress_tx) };
         let config = StepsConfig::new(image.shell, job.stop_if_failure);
-        let report = steps::run_steps(&session, &job.steps, &job.env, &config, &mut io).await;
+        // The steps race a watch on the domain: a VM destroyed behind paddock's back
+        // (or crashed) ends the run within a poll period, not after the step's timeout.
+        let vms = self.vms.clone().expect("on_vm runs only with a VM manager");
+        let ran = tokio::select! {
+            report = steps::run_steps(&session, &job.steps, &job.env, &config, &mut io) => Ok(report),
+            () = vm_stopped(&vms, &vm.name) => Err(()),
+        };
         drop(io);
         let _ = follower.await;
+        // The session may notice first (the forward closes); either way, say why.
+        let gone = match &ran {
+            Err(()) => true,
+            Ok(report) => report.infrastructure.is_some() && matches!(vms.is_running(&vm.name).await, Ok(false)),
+        };
+        let report = match ran {
+            Ok(report) if !gone => report,
+            _ => {
+                let k = *step_seen.borrow();
+                let step = job.steps.get(k.saturating_sub(1)).map(|s| s.name.as_str()).unwrap_or("?");
+                drop(live);
+                self.live.lock().expect("live map").remove(&row.id);
+                let _ = writer.await;
+                metrics::counter!("paddock_vm_lost_total").increment(1);
+                return Err(Abort {
+                    outcome: Outcome::Infrastructure,
+                    reason: format!("VM {} stopped during step {k} `{step}`: its domain is no longer running on host {}", vm.name, vm.host),
+                    console_tail: Some(crate::vm::readiness::console_tail(&vm.console_path, 40)),
+                });
+            }
+        };
         for s in &report.steps {
             metrics::histogram!("paddock_step_duration_seconds", "job" => job.name.clone(), "step" => s.name.clone())
                 .record(s.duration.as_secs_f64());
@@ -405,6 +433,21 @@ async fn release(store: &Store, vms: Option<&VmManager>, run_id: &str, vm_name: 
 pub async fn finish_without_vm(executor: &Executor, row: &RunRow, outcome: Outcome, reason: &str) -> Result<(), StoreError> {
     let state = if outcome == Outcome::Cancelled { RunState::Cancelled } else { RunState::Failed };
     executor.finish(row, state, outcome, Some(reason), &[], row.vm_name.as_deref(), None).await
+}
+
+/// How often a run checks that its VM's domain still runs.
+const VM_WATCH_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Returns once libvirt says the VM's domain is not running. A host that cannot be
+/// asked (libvirtd restarting, a remote host unreachable) says nothing about the
+/// guest, so errors keep the watch going.
+async fn vm_stopped(vms: &VmManager, name: &str) {
+    loop {
+        tokio::time::sleep(VM_WATCH_PERIOD).await;
+        if let Ok(false) = vms.is_running(name).await {
+            return;
+        }
+    }
 }
 
 async fn cancelled(cancel: &mut watch::Receiver<bool>) {

@@ -125,6 +125,7 @@ enum Cmd {
     Destroy { name: String, reply: Reply<()> },
     Snapshot { reply: oneshot::Sender<Snapshot> },
     ReconcileNow { reply: oneshot::Sender<ReconcileReport> },
+    Running { name: String, reply: Reply<bool> },
     // Reports from spawned tasks.
     Progress { name: String, state: VmState },
     AttemptDone { name: String, result: Result<Booted, AttemptFailure> },
@@ -213,6 +214,13 @@ impl VmManager {
 
     pub async fn reconcile_now(&self) -> Result<ReconcileReport, VmError> {
         self.ask(|reply| Cmd::ReconcileNow { reply }).await
+    }
+
+    /// Whether the VM's domain still runs on its host, asked of libvirt now. `false`
+    /// when the domain is gone or shut off behind paddock's back; an error when the
+    /// host cannot be asked (down, reconnecting), which says nothing about the guest.
+    pub async fn is_running(&self, name: &str) -> Result<bool, VmError> {
+        self.ask(|reply| Cmd::Running { name: name.into(), reply }).await?
     }
 }
 
@@ -329,6 +337,17 @@ impl Owner {
             },
             Cmd::Snapshot { reply } => drop(reply.send(self.snapshot())),
             Cmd::ReconcileNow { reply } => self.spawn_reconcile(Some(reply)),
+            Cmd::Running { name, reply } => match self.vms.get(&name) {
+                None => drop(reply.send(Err(VmError::NotFound { name }))),
+                Some(vm) => {
+                    // Asked off the owner task: a libvirt call may be slow.
+                    let handle = self.hosts[vm.host].handle.clone();
+                    tokio::spawn(async move {
+                        let r = handle.is_active(&name).await;
+                        let _ = reply.send(r.map(|a| a == Some(true)).map_err(|e| VmError::Host { name, error: error_chain(&e) }));
+                    });
+                }
+            },
             Cmd::Progress { name, state } => {
                 // A VM being stopped stays stopping whatever its launch task still reports.
                 if self.vms.get(&name).is_some_and(|vm| vm.state != VmState::Stopping) {

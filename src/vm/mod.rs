@@ -30,6 +30,8 @@ pub enum VmError {
     Cancelled { name: String },
     #[error("removing VM {name} failed: {error}")]
     Teardown { name: String, error: String },
+    #[error("cannot ask the host of VM {name} about it: {error}")]
+    Host { name: String, error: String },
     #[error("the VM manager has stopped")]
     ManagerGone,
     #[error("VM store")]

@@ -3,6 +3,7 @@
 //! state directory and its own port range, so nextest runs them concurrently.
 
 mod crash;
+mod faults;
 mod runs;
 
 use std::path::{Path, PathBuf};

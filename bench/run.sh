@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make bench`: builds the release binaries once, then measures paddock next to its
+# baselines in one run and prints one table (figure, paddock, baseline, ratio). The same
+# figures go to bench/out/results-<git sha>.json, to compare commits.
+#
+# Knobs (environment): BENCH_COLD_N (5 cold boots per side), BENCH_PARALLEL (4 runs at
+# once), BENCH_LOG_BYTES (200000000), BENCH_CONTROL_N (1000 VMs on test:///),
+# RECORDER_BENCH_N (200 results per ingest path).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+cd "$HERE"
+CARGO=${CARGO:-cargo}
+SHA=$(git rev-parse --short=12 HEAD)
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then SHA="$SHA-dirty"; fi
+OUT=bench/out
+mkdir -p "$OUT"
+TARGET=${CARGO_TARGET_DIR:-$HERE/target}
+
+echo "[bench] building release binaries (once)" >&2
+"$CARGO" build --locked --release --example bench_compare
+"$CARGO" bench --locked --no-run --bench recorder_ingest 2>&1 | tee "$OUT/.build.log" >&2
+INGEST=$(grep -o 'Executable [^ ]* (\(.*\))' "$OUT/.build.log" | sed 's/.*(\(.*\))/\1/' | tail -n1)
+case "$INGEST" in /*) ;; *) INGEST=$HERE/$INGEST ;; esac
+[ -x "$INGEST" ] || { echo "cannot find the recorder_ingest bench binary" >&2; exit 1; }
+
+echo "[bench] recorder ingest" >&2
+RECORDER_BENCH_N=${RECORDER_BENCH_N:-200} "$INGEST" | tee "$OUT/recorder-$SHA.txt" >&2
+
+echo "[bench] VM figures (cold boots, parallel runs, log throughput, control plane)" >&2
+BENCH_GIT_SHA=$SHA "$TARGET/release/examples/bench_compare" all \
+    --json "$OUT/results-$SHA.json" --recorder-output "$OUT/recorder-$SHA.txt"
