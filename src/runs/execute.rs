@@ -272,10 +272,11 @@ impl Executor {
         };
         drop(io);
         let _ = follower.await;
-        // The session may notice first (the forward closes); either way, say why.
+        // The session may notice first (the forward closes as QEMU dies, before libvirt
+        // has marked the domain inactive); either way, say why.
         let gone = match &ran {
             Err(()) => true,
-            Ok(report) => report.infrastructure.is_some() && matches!(vms.is_running(&vm.name).await, Ok(false)),
+            Ok(report) => report.infrastructure.is_some() && vm_stopped_within(&vms, &vm.name, VM_SETTLE).await,
         };
         let report = match ran {
             Ok(report) if !gone => report,
@@ -447,6 +448,23 @@ async fn vm_stopped(vms: &VmManager, name: &str) {
         if let Ok(false) = vms.is_running(name).await {
             return;
         }
+    }
+}
+
+/// How long a lost session waits for libvirt to confirm that the domain stopped.
+const VM_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether libvirt says, within `limit`, that the VM's domain is not running.
+async fn vm_stopped_within(vms: &VmManager, name: &str, limit: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(false) = vms.is_running(name).await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
 
