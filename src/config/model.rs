@@ -51,6 +51,8 @@ pub struct Daemon {
     pub max_hold: Duration,
     /// How many hosts a launch is tried on before the run fails as infrastructure.
     pub launch_retries: u32,
+    /// Whether the API, dashboard and metrics may be read without a token.
+    pub public_reads: bool,
 }
 
 /// An inclusive range of host ports for guest SSH forwards.

@@ -38,6 +38,7 @@ pub struct RawDaemon {
     pub reconcile_interval: Option<S<String>>,
     pub max_hold: Option<S<String>>,
     pub launch_retries: Option<S<i64>>,
+    pub public_reads: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

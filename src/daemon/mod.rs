@@ -159,6 +159,7 @@ impl Daemon {
         tokio::spawn(report_hosts(vms.clone(), hosts_tx, shutdown_rx.clone()));
         let mut api = ApiState::new(fleet.clone(), store.clone(), runs.clone(), hosts_rx);
         api.access = Some(access);
+        api.public_reads = fleet.daemon.public_reads;
         let app = crate::api::app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
         let addr = options.listen.unwrap_or(fleet.daemon.listen);
         let listener = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
