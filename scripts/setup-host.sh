@@ -62,7 +62,7 @@ install_packages() {
     # qemu-system-arm and qemu-system-misc emulate the aarch64 and s390x guests (TCG).
     local backports=(libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86
         qemu-system-arm qemu-system-misc qemu-utils passt pkg-config)
-    local plain=(busybox-static openssh-client cpio gzip zstd xz-utils binutils libxml2-utils chromium
+    local plain=(busybox-static openssh-client openssh-server cpio gzip zstd xz-utils binutils libxml2-utils chromium
         sqlite3 python3 ca-certificates curl)
     local missing=()
     for p in "${backports[@]}" "${plain[@]}"; do

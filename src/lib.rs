@@ -2,11 +2,15 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules and their invariants.
 
+pub mod api;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod outbox;
 pub mod recorder;
 pub mod runs;
 pub mod scheduler;
 pub mod store;
+pub mod ssh;
+pub mod steps;

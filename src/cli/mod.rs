@@ -1,6 +1,17 @@
 //! Command-line subcommands; each lives in its own file and calls into the library.
 
+mod cancel;
 mod check;
+mod client;
+mod hosts;
+mod jobs;
+mod logs;
+mod outbox;
+mod run;
+mod runs;
+mod status;
+mod token;
+mod vms;
 mod serve;
 mod recorder;
 
@@ -22,6 +33,60 @@ enum Command {
     Check {
         #[arg(long, short, env = "PADDOCK_CONFIG", default_value = "fleet.toml")]
         config: PathBuf,
+    },
+    /// The fleet in one screen (from the daemon's API).
+    Status(client::Remote),
+    /// Hypervisor hosts: health and capacity.
+    Hosts(client::Remote),
+    /// VMs paddock made: state, host, run, port, age.
+    Vms(client::Remote),
+    /// Jobs: schedule, next fire, last result per image.
+    Jobs(client::Remote),
+    /// Runs, newest first.
+    Runs {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(flatten)]
+        filters: runs::Filters,
+    },
+    /// Start a job (all its images, or one); `--follow` streams it and exits with its success.
+    Run {
+        #[command(flatten)]
+        remote: client::Remote,
+        job: String,
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// A run's log; `-f` follows it live until the run ends.
+    Logs {
+        #[command(flatten)]
+        remote: client::Remote,
+        run: String,
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Cancel a queued, running or held run.
+    Cancel {
+        #[command(flatten)]
+        remote: client::Remote,
+        run: String,
+    },
+    /// Results waiting to reach their recorders.
+    Outbox(client::Remote),
+    /// API tokens, on the daemon's store file.
+    Token {
+        #[arg(long, short, env = "PADDOCK_CONFIG", default_value = "fleet.toml", global = true)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
     /// Run the daemon: VMs, schedules, runs, recorder, API and dashboard.
     Serve {
@@ -52,6 +117,16 @@ pub fn init_tracing() {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Check { config } => check::run(&config),
+        Command::Status(r) => status::run(&r),
+        Command::Hosts(r) => hosts::run(&r),
+        Command::Vms(r) => vms::run(&r),
+        Command::Jobs(r) => jobs::run(&r),
+        Command::Runs { remote, filters } => runs::run(&remote, &filters),
+        Command::Run { remote, job, image, follow } => run::run(&remote, &job, image.as_deref(), follow),
+        Command::Logs { remote, run, follow, tail } => logs::run(&remote, &run, follow, tail),
+        Command::Cancel { remote, run } => cancel::run(&remote, &run),
+        Command::Outbox(r) => outbox::run(&r),
+        Command::Token { config, json, command } => token::run(&config, &command, json),
         Command::Serve { config, listen, demo } => serve::run(&config, listen, demo),
         Command::Recorder(args) => recorder::run(args),
     }

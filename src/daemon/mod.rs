@@ -7,11 +7,11 @@ mod state_dir;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
+use crate::api::{ApiState, HostStatus};
 use crate::clock::Clock;
 use crate::config::Fleet;
 use crate::outbox::{Backoff, Destination, Forwarder};
@@ -119,9 +119,15 @@ impl Daemon {
             });
         }
 
-        let app = Router::new()
-            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-            .nest("/recorder", crate::recorder::router(recorder.clone()));
+        // Until the VM manager reports, hosts show as not yet known to be up.
+        let initial: Vec<HostStatus> = fleet
+            .hosts
+            .iter()
+            .map(|h| HostStatus { name: h.name.clone(), up: false, last_error: None, vms_running: 0 })
+            .collect();
+        let (_hosts_tx, hosts_rx) = watch::channel(initial);
+        let api = ApiState::new(fleet.clone(), store.clone(), runs.clone(), hosts_rx);
+        let app = crate::api::app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
         let addr = options.listen.unwrap_or(fleet.daemon.listen);
         let listener = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| DaemonError::Listen { addr, source })?;

@@ -7,6 +7,7 @@
 //! tokio runtime, and serialises writes without locks scattered through the code.
 
 mod events;
+mod listing;
 mod outbox;
 mod runs;
 mod schedule;
@@ -19,6 +20,7 @@ use std::sync::LazyLock;
 use rusqlite_migration::{M, Migrations};
 
 pub use events::Event;
+pub use listing::{AccessRow, AuditRow};
 pub use outbox::OutboxEntry;
 pub use runs::{RunEnd, RunFilter, RunRow, RunUpdate};
 pub use tokens::{NewToken, TokenRow};

@@ -192,6 +192,22 @@ impl Store {
         .await
     }
 
+    /// The newest finished run of every (job, image) pair, newest first: the
+    /// dashboard's grid and the API's "last result" come from this one query.
+    pub async fn latest_finished_runs(&self) -> Result<Vec<RunRow>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {COLS} FROM runs r WHERE outcome IS NOT NULL AND id = (
+                     SELECT id FROM runs WHERE job = r.job AND image = r.image AND outcome IS NOT NULL
+                     ORDER BY created_at DESC, id DESC LIMIT 1)
+                 ORDER BY created_at DESC"
+            ))?;
+            let rows = stmt.query_map([], read)?;
+            rows.map(|r| finish(r?)).collect()
+        })
+        .await
+    }
+
     /// Runs not in a terminal state (queued, in flight or held).
     pub async fn unfinished_runs(&self) -> Result<Vec<RunRow>> {
         self.call(move |c| {

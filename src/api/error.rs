@@ -1,0 +1,78 @@
+//! The API's one error type, mapped to an HTTP status by an exhaustive match.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::wire::ErrorOut;
+use crate::runs::RunsError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No token, a malformed one, or one the store does not know.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A known user asked for something their role does not allow.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// Malformed JSON, bad query parameters, values out of range.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request is well-formed but the thing is in the wrong state for it.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the run coordinator is not running")]
+    CoordinatorStopped,
+    #[error("the store failed")]
+    Store(#[from] StoreError),
+    #[error("cannot read the log {path}")]
+    Log { path: String, source: std::io::Error },
+}
+
+impl From<RunsError> for ApiError {
+    fn from(e: RunsError) -> Self {
+        match e {
+            RunsError::UnknownJob { .. } | RunsError::UnknownImage { .. } | RunsError::UnknownRun(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            RunsError::NotCancellable { .. } => ApiError::Conflict(e.to_string()),
+            RunsError::Store(s) => ApiError::Store(s),
+            RunsError::Stopped => ApiError::CoordinatorStopped,
+        }
+    }
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::CoordinatorStopped => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Store(_) | ApiError::Log { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let detail = if status.is_server_error() {
+            // The cause chain may name files and SQL; it goes to the log, not the client.
+            tracing::error!(error = %crate::api::chain(&self), "request failed");
+            "the server failed; the detail is in its log".to_string()
+        } else {
+            self.to_string()
+        };
+        let mut resp = (status, Json(ErrorOut { error: code.into(), detail })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,161 @@
+//! The REST API under `/api/v1`, `/metrics`, `/healthz` and `/readyz`: routing,
+//! authentication and authorisation, and conversion of store rows to wire types.
+//!
+//! Auth: `Authorization: Bearer pdk_...` names a user of `fleet.toml`; their role
+//! decides. Viewers read; maintainers also start, cancel and re-run runs of the
+//! jobs they maintain; admins do everything. Reads need a token unless
+//! `public_reads` is set. For GET requests only, the `paddock_token` cookie the
+//! dashboard sets is accepted in place of the header (so `EventSource` works);
+//! mutating calls never accept the cookie, which keeps them safe from CSRF.
+
+mod auth;
+mod error;
+mod fleet;
+mod logs;
+pub mod metrics;
+mod records;
+mod runs;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::Method;
+use axum::routing::MethodRouter;
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+
+pub use auth::{Actor, Reader, TOKEN_COOKIE};
+pub use error::ApiError;
+pub(crate) use fleet::{hosts_of as fleet_hosts, status_of as fleet_status, vms_of as fleet_vms};
+pub(crate) use logs::read_tail as read_log_tail;
+pub(crate) use runs::{run_out, steps_of};
+
+use crate::config::Fleet;
+use crate::runs::RunsHandle;
+use crate::store::Store;
+
+/// What the VM manager last saw of one hypervisor host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStatus {
+    pub name: String,
+    pub up: bool,
+    pub last_error: Option<String>,
+    pub vms_running: usize,
+}
+
+/// Everything the handlers read; shared behind an `Arc`.
+pub struct ApiState {
+    pub fleet: Arc<Fleet>,
+    pub store: Store,
+    pub runs: RunsHandle,
+    /// Fed by the daemon from the VM manager; empty until its first report.
+    pub hosts: watch::Receiver<Vec<HostStatus>>,
+    pub started_at: DateTime<Utc>,
+    /// Serve reads (API GETs, the dashboard, `/metrics`) without a token.
+    pub public_reads: bool,
+    /// How often a log follow looks for new output and state changes.
+    pub follow_poll: Duration,
+    pub metrics: PrometheusHandle,
+    /// Log follows streaming right now (exported as a gauge; tests wait on it).
+    pub follows: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ApiState {
+    /// State with the defaults: reads need a token, follows poll every 250 ms.
+    pub fn new(fleet: Arc<Fleet>, store: Store, runs: RunsHandle, hosts: watch::Receiver<Vec<HostStatus>>) -> ApiState {
+        ApiState {
+            fleet,
+            store,
+            runs,
+            hosts,
+            started_at: Utc::now(),
+            public_reads: false,
+            follow_poll: Duration::from_millis(250),
+            metrics: metrics::install(),
+            follows: Arc::default(),
+        }
+    }
+}
+
+pub type Shared = Arc<ApiState>;
+
+/// Every route: method, path (axum syntax, also the OpenAPI path) and handler.
+/// The router is built from this table and the OpenAPI test reads it, so the
+/// document and the router cannot drift apart unnoticed.
+fn endpoints() -> Vec<(Method, &'static str, MethodRouter<Shared>)> {
+    use axum::routing::{get, post};
+    vec![
+        (Method::GET, "/healthz", get(fleet::healthz)),
+        (Method::GET, "/readyz", get(fleet::readyz)),
+        (Method::GET, "/metrics", get(fleet::metrics)),
+        (Method::GET, "/api/v1/openapi.json", get(openapi)),
+        (Method::GET, "/api/v1/status", get(fleet::status)),
+        (Method::GET, "/api/v1/hosts", get(fleet::hosts)),
+        (Method::GET, "/api/v1/vms", get(fleet::vms)),
+        (Method::GET, "/api/v1/images", get(fleet::images)),
+        (Method::GET, "/api/v1/jobs", get(fleet::jobs)),
+        (Method::GET, "/api/v1/jobs/{name}", get(fleet::job)),
+        (Method::GET, "/api/v1/runs", get(runs::list)),
+        (Method::POST, "/api/v1/runs", post(runs::trigger)),
+        (Method::GET, "/api/v1/runs/{id}", get(runs::detail)),
+        (Method::POST, "/api/v1/runs/{id}/cancel", post(runs::cancel)),
+        (Method::POST, "/api/v1/runs/{id}/rerun", post(runs::rerun)),
+        (Method::GET, "/api/v1/runs/{id}/log", get(logs::tail)),
+        (Method::GET, "/api/v1/runs/{id}/log/follow", get(logs::follow)),
+        (Method::GET, "/api/v1/outbox", get(records::outbox)),
+        (Method::GET, "/api/v1/audit", get(records::audit)),
+        (Method::GET, "/api/v1/events", get(records::events)),
+        (Method::GET, "/api/v1/access", get(records::access)),
+    ]
+}
+
+/// (method, path) of every route, for the OpenAPI coverage test and `paddock` docs.
+pub fn route_table() -> Vec<(Method, &'static str)> {
+    endpoints().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+/// The API, `/metrics` and the health probes.
+pub fn router(state: Shared) -> Router {
+    let mut by_path: BTreeMap<&'static str, MethodRouter<Shared>> = BTreeMap::new();
+    for (_, path, mr) in endpoints() {
+        let merged = match by_path.remove(path) {
+            Some(existing) => existing.merge(mr),
+            None => mr,
+        };
+        by_path.insert(path, merged);
+    }
+    let mut r = Router::new();
+    for (path, mr) in by_path {
+        r = r.route(path, mr);
+    }
+    // Request bodies here are a few hundred bytes of JSON.
+    r.layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024)).with_state(state)
+}
+
+/// The API and the dashboard together: what the daemon serves.
+pub fn app(state: Shared) -> Router {
+    router(state.clone()).merge(crate::dashboard::router(state))
+}
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+
+/// An error and its sources on one line, for the log.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

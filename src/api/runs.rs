@@ -1,0 +1,210 @@
+//! Run endpoints: listing with filters, detail with steps, and the three
+//! mutating calls (trigger, cancel, re-run), each checked and audited.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::records::outbox_out;
+use super::wire::*;
+use super::{Actor, ApiError, Reader, Shared};
+use crate::runs::{RunState, Trigger};
+use crate::store::{RunFilter, RunRow};
+
+/// The largest page of runs one request may ask for.
+const MAX_LIMIT: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    job: Option<String>,
+    image: Option<String>,
+    state: Option<String>,
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list(
+    State(s): State<Shared>,
+    _r: Reader,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<RunOut>>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if let Some(j) = &q.job
+        && s.fleet.job(j).is_none()
+    {
+        return Err(ApiError::BadRequest(format!("filter job=`{j}`: no such job")));
+    }
+    if let Some(i) = &q.image
+        && s.fleet.image(i).is_none()
+    {
+        return Err(ApiError::BadRequest(format!("filter image=`{i}`: no such image")));
+    }
+    if let Some(st) = &q.state
+        && st != "running"
+        && RunState::from_db(st).is_none()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "filter state=`{st}`: expected one of queued, provisioning, booting, running, collecting, \
+             reporting, done, held, failed, cancelled"
+        )));
+    }
+    let since = match &q.since {
+        None => None,
+        Some(t) => Some(
+            DateTime::parse_from_rfc3339(t)
+                .map_err(|e| ApiError::BadRequest(format!("filter since=`{t}`: not an RFC 3339 time ({e})")))?
+                .with_timezone(&Utc),
+        ),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::BadRequest(format!("limit={limit}: must be between 1 and {MAX_LIMIT}")));
+    }
+    let rows = s.store.runs(RunFilter { job: q.job, image: q.image, state: q.state, since, limit: Some(limit) }).await?;
+    Ok(Json(rows.iter().map(run_out).collect()))
+}
+
+pub(crate) fn run_out(r: &RunRow) -> RunOut {
+    let state = RunState::from_db(&r.state);
+    RunOut {
+        id: r.id.clone(),
+        job: r.job.clone(),
+        image: r.image.clone(),
+        trigger: r.trigger.clone(),
+        requested_by: r.requested_by.clone(),
+        state: r.state.clone(),
+        state_label: state.map(|s| s.to_string()).unwrap_or_else(|| r.state.clone()),
+        terminal: state.is_some_and(finished),
+        host: r.host.clone(),
+        vm_name: r.vm_name.clone(),
+        scheduled_at: r.scheduled_at,
+        created_at: r.created_at,
+        started_at: r.started_at,
+        finished_at: r.finished_at,
+        outcome: r.outcome.clone(),
+        reason: r.reason.clone(),
+    }
+}
+
+/// A run whose build is over: terminal, or held for a maintainer.
+pub(crate) fn finished(s: RunState) -> bool {
+    s.is_terminal() || s == RunState::Held
+}
+
+pub async fn detail(State(s): State<Shared>, _r: Reader, Path(id): Path<String>) -> Result<Json<RunDetailOut>, ApiError> {
+    let row = find(&s, &id).await?;
+    let outbox = s.store.outbox_for_run(&id).await?;
+    Ok(Json(RunDetailOut { run: run_out(&row), steps: steps_of(&row), outbox: outbox.iter().map(outbox_out).collect() }))
+}
+
+pub(crate) async fn find(s: &Shared, id: &str) -> Result<RunRow, ApiError> {
+    s.store.run(id).await?.ok_or_else(|| ApiError::NotFound(format!("no run `{id}`")))
+}
+
+/// The steps of a finished run, read from its result document's `results`.
+/// A document that does not parse gives no steps rather than an error: the
+/// run's other fields are still worth showing.
+pub(crate) fn steps_of(r: &RunRow) -> Vec<StepOut> {
+    let Some(doc) = r.result_json.as_deref().and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok()) else {
+        return Vec::new();
+    };
+    let Some(results) = doc.get("results").and_then(|v| v.as_array()) else {
+        return Vec::new();
+    };
+    let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+    results
+        .iter()
+        .map(|v| StepOut {
+            name: text(v, "name"),
+            kind: text(v, "type"),
+            status: v.get("status").and_then(|x| x.as_i64()),
+            duration_s: v.get("duration").and_then(|x| x.as_f64()),
+            timed_out: v.get("timed_out").and_then(|x| x.as_bool()).unwrap_or(false),
+            skipped: v.get("skipped").and_then(|x| x.as_bool()).unwrap_or(false),
+            output: text(v, "output"),
+            errout: text(v, "errout"),
+        })
+        .collect()
+}
+
+/// Records a mutating call and how it ended. An audit write that fails is
+/// logged, not returned: the action itself has already happened.
+async fn audit<T>(s: &Shared, actor: &Actor, action: &str, subject: &str, res: &Result<T, ApiError>, ok: String) {
+    let detail = match res {
+        Ok(_) => ok,
+        Err(e) => format!("refused: {e}"),
+    };
+    if let Err(e) = s.store.audit(&actor.user, action, subject, &detail).await {
+        tracing::error!(error = %super::chain(&e), action, subject, "could not write the audit trail");
+    }
+}
+
+pub async fn trigger(
+    State(s): State<Shared>,
+    actor: Actor,
+    body: Result<Json<TriggerIn>, JsonRejection>,
+) -> Result<(StatusCode, Json<TriggerOut>), ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let res = trigger_checked(&s, &actor, &req).await;
+    let ok = match &res {
+        Ok(ids) => format!("started {}", ids.join(", ")),
+        Err(_) => String::new(),
+    };
+    let subject = match &req.image {
+        Some(i) => format!("{}/{i}", req.job),
+        None => req.job.clone(),
+    };
+    audit(&s, &actor, "run.trigger", &subject, &res, ok).await;
+    Ok((StatusCode::CREATED, Json(TriggerOut { runs: res? })))
+}
+
+async fn trigger_checked(s: &Shared, actor: &Actor, req: &TriggerIn) -> Result<Vec<String>, ApiError> {
+    let Some(job) = s.fleet.job(&req.job) else {
+        let known = s.fleet.jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(ApiError::NotFound(format!("no job named `{}`; known: {known}", req.job)));
+    };
+    actor.may_run(job)?;
+    Ok(s.runs.trigger(&req.job, req.image.as_deref(), Trigger::Manual { by: actor.user.clone() }).await?)
+}
+
+pub async fn cancel(State(s): State<Shared>, actor: Actor, Path(id): Path<String>) -> Result<Json<CancelOut>, ApiError> {
+    let res = async {
+        let row = find(&s, &id).await?;
+        job_of(&s, &row).and_then(|j| actor.may_run(j))?;
+        s.runs.cancel(&id, &actor.user).await?;
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    audit(&s, &actor, "run.cancel", &id, &res, "cancel requested".into()).await;
+    res?;
+    Ok(Json(CancelOut { run: id, cancel_requested: true }))
+}
+
+pub async fn rerun(
+    State(s): State<Shared>,
+    actor: Actor,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<TriggerOut>), ApiError> {
+    let res = async {
+        let row = find(&s, &id).await?;
+        job_of(&s, &row).and_then(|j| actor.may_run(j))?;
+        let trigger = Trigger::Rerun { of: id.clone(), by: actor.user.clone() };
+        Ok::<_, ApiError>(s.runs.trigger(&row.job, Some(&row.image), trigger).await?)
+    }
+    .await;
+    let ok = match &res {
+        Ok(ids) => format!("started {}", ids.join(", ")),
+        Err(_) => String::new(),
+    };
+    audit(&s, &actor, "run.rerun", &id, &res, ok).await;
+    Ok((StatusCode::CREATED, Json(TriggerOut { runs: res? })))
+}
+
+fn job_of<'a>(s: &'a Shared, row: &RunRow) -> Result<&'a crate::config::Job, ApiError> {
+    s.fleet
+        .job(&row.job)
+        .ok_or_else(|| ApiError::Conflict(format!("run `{}` belongs to job `{}`, no longer in fleet.toml", row.id, row.job)))
+}

@@ -1,0 +1,222 @@
+//! JSON wire types of the REST API: the only serde types for HTTP, shared by
+//! the server and the CLI client. Domain rows are converted by hand at the edge.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorOut {
+    pub error: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusOut {
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub uptime_s: i64,
+    pub hosts: usize,
+    pub hosts_up: usize,
+    pub vms: usize,
+    pub runs_queued: usize,
+    pub runs_in_flight: usize,
+    pub runs_held: usize,
+    pub outbox_pending: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct CapacityOut {
+    pub vms: u64,
+    pub memory_mib: u64,
+    pub vcpus: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostOut {
+    pub name: String,
+    pub uri: String,
+    pub accelerator: String,
+    pub address: String,
+    /// `None` until the VM manager has reported on the host.
+    pub up: Option<bool>,
+    pub last_error: Option<String>,
+    pub vms_running: usize,
+    pub capacity: CapacityOut,
+    pub used: CapacityOut,
+    pub free: CapacityOut,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmOut {
+    pub name: String,
+    pub host: Option<String>,
+    pub image: String,
+    pub state: String,
+    pub run_id: Option<String>,
+    pub ssh_port: Option<u16>,
+    pub created_at: DateTime<Utc>,
+    pub age_s: i64,
+    pub hold_until: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageOut {
+    pub name: String,
+    pub os: String,
+    pub arch: String,
+    pub boot: String,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub user: String,
+    pub jobs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleOut {
+    pub cron: String,
+    pub timezone: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepDefOut {
+    pub name: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastResultOut {
+    pub image: String,
+    pub run_id: String,
+    pub outcome: String,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobOut {
+    pub name: String,
+    pub images: Vec<String>,
+    pub schedule: Option<ScheduleOut>,
+    pub next_fires: Vec<DateTime<Utc>>,
+    pub maintainers: Vec<String>,
+    pub tags: Vec<String>,
+    pub steps: Vec<StepDefOut>,
+    /// The newest finished run per image; images never run are absent.
+    pub last: Vec<LastResultOut>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunOut {
+    pub id: String,
+    pub job: String,
+    pub image: String,
+    pub trigger: String,
+    pub requested_by: Option<String>,
+    /// As stored: `queued`, `running:2`, `done`, ...
+    pub state: String,
+    /// For people: `running step 3`.
+    pub state_label: String,
+    pub terminal: bool,
+    pub host: Option<String>,
+    pub vm_name: Option<String>,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepOut {
+    pub name: String,
+    pub kind: String,
+    pub status: Option<i64>,
+    pub duration_s: Option<f64>,
+    pub timed_out: bool,
+    pub skipped: bool,
+    pub output: String,
+    pub errout: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunDetailOut {
+    #[serde(flatten)]
+    pub run: RunOut,
+    /// From the result document; empty until the run has finished.
+    pub steps: Vec<StepOut>,
+    pub outbox: Vec<OutboxOut>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TriggerIn {
+    pub job: String,
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TriggerOut {
+    pub runs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CancelOut {
+    pub run: String,
+    pub cancel_requested: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxOut {
+    pub id: i64,
+    pub run_id: String,
+    pub recorder: String,
+    pub created_at: DateTime<Utc>,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditOut {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventOut {
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub subject: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessOut {
+    pub id: String,
+    pub user: String,
+    pub image: Option<String>,
+    pub run_id: Option<String>,
+    pub duration_s: i64,
+    pub reason: String,
+    pub state: String,
+    pub decided_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub vm_name: Option<String>,
+}
+
+/// The `data` of the SSE `state` and `end` events of a log follow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FollowState {
+    pub state: String,
+    pub state_label: String,
+    pub terminal: bool,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+}

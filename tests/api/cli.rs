@@ -1,0 +1,154 @@
+//! The real `paddock` binary against a server on port 0 serving the router.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::common::{Lab, lab, serve};
+use crate::router::paddock_finish;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn cmd(url: &str, token: Option<&str>, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_paddock"));
+    c.args(args).env("PADDOCK_URL", url).env_remove("PADDOCK_TOKEN").env("PADDOCK_LOG", "warn");
+    if let Some(t) = token {
+        c.env("PADDOCK_TOKEN", t);
+    }
+    c.kill_on_drop(true);
+    c
+}
+
+async fn paddock(url: &str, token: Option<&str>, args: &[&str]) -> Out {
+    let o = cmd(url, token, args).output().await.unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+async fn setup() -> (Lab, String) {
+    let l = lab(false).await;
+    let url = serve(l.state.clone()).await;
+    (l, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_print_tables_and_json() {
+    let (l, url) = setup().await;
+    let t = Some(l.bob.as_str());
+    let o = paddock(&url, t, &["hosts"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert!(lines[0].starts_with("HOST "), "{}", o.stdout);
+    assert!(lines[1].starts_with("local ") && lines[1].contains(" 2/4 ") && lines[1].contains("1536/4096"), "{}", o.stdout);
+
+    let o = paddock(&url, t, &["runs", "--json", "--job", "nightly", "--image", "deb-aarch64"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let ids: Vec<&str> = v.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["r-held", "r-nightly-arm"]);
+
+    let o = paddock(&url, t, &["runs", "--state", "running"]).await;
+    assert!(o.stdout.lines().nth(1).unwrap().starts_with("r-running "), "{}", o.stdout);
+    assert!(o.stdout.contains("running step 2"), "{}", o.stdout);
+
+    let o = paddock(&url, t, &["status"]).await;
+    assert!(o.stdout.contains("runs    1 running, 1 queued, 1 held"), "{}", o.stdout);
+    let o = paddock(&url, t, &["jobs"]).await;
+    assert!(o.stdout.contains("tiny-x86_64:success deb-aarch64:build-failure deb-s390x:infrastructure"), "{}", o.stdout);
+    let o = paddock(&url, t, &["vms", "--json"]).await;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&o.stdout).unwrap().as_array().unwrap().len(), 2);
+    let o = paddock(&url, t, &["outbox"]).await;
+    assert_eq!(o.stdout.lines().count(), 7, "a header and six entries:\n{}", o.stdout);
+    let o = paddock(&url, t, &["logs", "r-running", "--tail", "1"]).await;
+    assert_eq!(o.stdout, "compiling...\n");
+
+    // Errors carry the API's reason and a failing exit status.
+    let o = paddock(&url, t, &["runs", "--state", "bogus"]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("filter state=`bogus`") && o.stderr.contains("400"), "{}", o.stderr);
+    let o = paddock(&url, None, &["hosts"]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("reading needs a token") && o.stderr.contains("401"), "{}", o.stderr);
+    // Flags beat the environment.
+    let o = paddock("http://127.0.0.1:9", None, &["status", "--url", &url, "--token", &l.admin]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_follow_shows_states_and_exits_with_the_runs_failure() {
+    let (l, url) = setup().await;
+    let o = paddock(&url, Some(&l.bob), &["run", "demo", "--follow"]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("`bob` is a viewer"), "{}", o.stderr);
+    // Without a VM manager the coordinator fails the run as infrastructure.
+    let o = paddock(&url, Some(&l.alice), &["run", "demo", "--follow"]).await;
+    assert_eq!(o.code, 1, "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert!(lines[0].starts_with("started "), "{}", o.stderr);
+    let id = lines[0].trim_start_matches("started ");
+    assert_eq!(lines.last().unwrap(), &format!("{id}: finished, infrastructure: no VM manager configured"), "{}", o.stderr);
+    assert!(lines.iter().any(|l| *l == format!("{id}: failed")), "plain state lines when not a TTY:\n{}", o.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_streams_live_output_until_the_run_ends() {
+    let (l, url) = setup().await;
+    let mut child = cmd(&url, Some(&l.bob), &["logs", &l.running, "-f"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let deadline = std::time::Duration::from_secs(20);
+    // What was written before the follow started arrives first...
+    while seen.last().map(String::as_str) != Some("compiling...") {
+        let line = tokio::time::timeout(deadline, out.next_line()).await.expect("output in time").unwrap().expect("a line");
+        seen.push(line);
+    }
+    // ... then what the step runner writes while we follow.
+    std::fs::write(&l.log, "== step 1: setup\nLinux paddock 6.1\n== step 2: build\ncompiling...\nlinked\n").unwrap();
+    let line = tokio::time::timeout(deadline, out.next_line()).await.expect("live output in time").unwrap();
+    assert_eq!(line.as_deref(), Some("linked"));
+    paddock_finish(&l.store, &l.running).await;
+    let status = tokio::time::timeout(deadline, child.wait()).await.expect("exit after the run ends").unwrap();
+    assert!(status.success());
+    let mut err = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut err).await.unwrap();
+    assert!(err.contains("r-running: running step 2"), "{err}");
+    assert!(err.trim_end().ends_with("r-running: finished, success"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_tokens_from_the_command_line() {
+    let (l, url) = setup().await;
+    let o = paddock(&url, Some(&l.admin), &["cancel", "r-held"]).await;
+    assert_eq!((o.code, o.stdout.as_str()), (0, "cancel requested for r-held\n"), "{}", o.stderr);
+    let o = paddock(&url, Some(&l.admin), &["cancel", "r-held"]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("cannot be cancelled") && o.stderr.contains("409"), "{}", o.stderr);
+
+    let cfg = l.fleet_path.to_str().unwrap();
+    let o = paddock(&url, None, &["token", "create", "carol", "--config", cfg]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let token = o.stdout.trim().to_string();
+    assert!(token.starts_with("pdk_"), "{}", o.stdout);
+    let id = token.split('_').nth(1).unwrap().to_string();
+    // The daemon (here: the test's server) accepts the new token at once.
+    assert_eq!(paddock(&url, Some(&token), &["status"]).await.code, 0);
+    let o = paddock(&url, None, &["token", "list", "--config", cfg]).await;
+    assert!(o.stdout.lines().any(|line| line.starts_with(&id) && line.contains(" carol ") && line.ends_with("live")), "{}", o.stdout);
+    assert!(!o.stdout.contains(&token), "secrets are never listed");
+    let o = paddock(&url, None, &["token", "revoke", &id, "--config", cfg]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = paddock(&url, Some(&token), &["status"]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("unknown or revoked"), "{}", o.stderr);
+    let o = paddock(&url, None, &["token", "create", "mallory", "--config", cfg]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("no user `mallory`") && o.stderr.contains("alice, carol, bob, root"), "{}", o.stderr);
+}

@@ -1,0 +1,118 @@
+//! The dashboard in headless Chromium against a server on port 0: the grid
+//! order, the sections, the live log pane fed over SSE, the run page, and
+//! screenshots under `test-artifacts/`.
+
+use std::path::PathBuf;
+
+use std::sync::atomic::Ordering;
+
+use paddock::api::Shared;
+
+use crate::common::{lab, row, serve};
+use crate::router::paddock_finish;
+
+/// Plays the step runner for `run`: once a browser follows its log, writes one
+/// more line and ends the run, so the page's event stream ends and headless
+/// Chromium's virtual time (which waits for open requests) can move on.
+fn finish_when_followed(state: Shared, run: &str, log: PathBuf) -> tokio::task::JoinHandle<()> {
+    let run = run.to_string();
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while state.follows.load(Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no browser followed the log of {run}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"linked paddock (written while the browser watched)\n").unwrap();
+        paddock_finish(&state.store, &run).await;
+    })
+}
+
+fn artifacts() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// Runs headless Chromium on `url` with a fresh profile; returns the DOM after
+/// scripts ran (`--virtual-time-budget` lets the page's EventSource deliver).
+async fn chromium(profile: &std::path::Path, url: &str, screenshot: Option<&std::path::Path>) -> String {
+    let mut c = tokio::process::Command::new("/usr/bin/chromium");
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--window-size=1366,900",
+        "--virtual-time-budget=5000",
+    ]);
+    c.arg(format!("--user-data-dir={}", profile.display()));
+    match screenshot {
+        Some(p) => c.arg(format!("--screenshot={}", p.display())),
+        None => c.arg("--dump-dom"),
+    };
+    c.arg(url).kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(90), c.output()).await.expect("chromium in time").unwrap();
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_chromium() {
+    let l = lab(false).await;
+    let url = serve(l.state.clone()).await;
+    let profile = l.dir.path().join("chromium");
+
+    // Without a token: the sign-in page, not the fleet.
+    let dom = chromium(&profile.join("anon"), &format!("{url}/"), None).await;
+    assert!(dom.contains("Sign in") && !dom.contains("id=\"grid\""), "{dom}");
+
+    // `?token=` sets the cookie and redirects; the page and its EventSource use the cookie.
+    let runner = finish_when_followed(l.state.clone(), &l.running, l.log.clone());
+    let dom = chromium(&profile.join("a"), &format!("{url}/?token={}", l.bob), None).await;
+    runner.await.unwrap();
+    assert!(dom.contains("id=\"hosts\""), "{dom}");
+    // The grid: failing jobs first, then passing ones newest first.
+    let order: Vec<&str> = dom.split("data-job=\"").skip(1).map(|s| &s[..s.find('"').unwrap()]).collect();
+    assert_eq!(order, ["nightly", "docs", "demo"], "grid rows");
+    assert!(dom.contains("class=\"cell fail\""), "a failed cell is marked");
+    assert!(dom.contains("class=\"cell infra\""), "an infrastructure failure is marked apart");
+    // Capacity bars: 2 of 4 VMs on `local`.
+    assert!(dom.contains("width: 50%"), "{dom}");
+    // Held VM and the active grant.
+    assert!(dom.contains("debug t7 on arm") && dom.contains("Held for inspection"), "{dom}");
+    // The live pane was filled by JS from the SSE follow (the server-side page
+    // only says that live output needs JavaScript).
+    let pane = &dom[dom.rfind("<pre").expect("a live pane")..];
+    assert!(pane.contains("data-follow=\"r-running\""), "{pane}");
+    let pane = &pane[..pane.find("</pre>").unwrap()];
+    assert!(pane.contains("compiling..."), "live log pane: {pane}");
+    assert!(pane.contains("written while the browser watched"), "live log pane: {pane}");
+    assert!(pane.contains("data-ended=\"success\""), "the pane saw the end: {pane}");
+    assert!(!pane.contains("needs JavaScript"), "{pane}");
+
+    // The run page of a failed run: its steps from the result document.
+    let dom = chromium(&profile.join("a"), &format!("{url}/runs/r-nightly-arm"), None).await;
+    assert!(dom.contains("exit 2") && dom.contains("build-failure"), "{dom}");
+
+    // Screenshots, with another run in progress for the live pane.
+    let log2 = l.log.with_file_name("r-live-2.log");
+    std::fs::write(&log2, "== step 1: setup\nLinux paddock 6.1.0 x86_64\n== step 2: build\ncc -O2 -c main.c\ncc -O2 -c net.c\n").unwrap();
+    let mut live = row("r-live-2", "docs", "tiny-x86_64", "running:1", 2);
+    live.log_path = Some(log2.display().to_string());
+    l.store.insert_run(&live).await.unwrap();
+    let dir = artifacts();
+    let runner = finish_when_followed(l.state.clone(), "r-live-2", log2);
+    chromium(&profile.join("a"), &format!("{url}/"), Some(&dir.join("dashboard.png"))).await;
+    runner.await.unwrap();
+    chromium(&profile.join("a"), &format!("{url}/runs/r-nightly-arm"), Some(&dir.join("run.png"))).await;
+    for f in ["dashboard.png", "run.png"] {
+        assert!(std::fs::metadata(dir.join(f)).unwrap().len() > 10_000, "{f} looks empty");
+    }
+}
