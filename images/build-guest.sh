@@ -23,6 +23,7 @@ die() { log "error: $*"; exit 1; }
 case "$ARCH" in
 x86_64)
     DEBARCH=amd64
+    ELF_MACHINE="Advanced Micro Devices X86-64"
     KERNEL_META=linux-image-cloud-amd64
     MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
         failover net_failover virtio_net virtio-rng button evdev)
@@ -31,6 +32,7 @@ aarch64)
     # The `virt` machine puts virtio on PCI (libvirt's default) or MMIO; both are modules.
     # No ACPI without UEFI firmware, so no ACPI power button (virsh destroy instead).
     DEBARCH=arm64
+    ELF_MACHINE="AArch64"
     KERNEL_META=linux-image-cloud-arm64
     MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
         virtio_mmio failover net_failover virtio_net virtio-rng)
@@ -39,6 +41,7 @@ s390x)
     # s390x has no cloud flavour. virtio and virtio_ccw (channel I/O, CONFIG_S390_GUEST)
     # are built in; only the NIC and the RNG drivers are modules.
     DEBARCH=s390x
+    ELF_MACHINE="IBM S/390"
     KERNEL_META=linux-image-s390x
     MODULES=(failover net_failover virtio_net virtio-rng)
     ;;
@@ -171,6 +174,11 @@ while [ "${#QUEUE[@]}" -gt 0 ]; do
     done
 done
 [ -n "$INTERP" ] || die "no program interpreter found in ${ELF_BINS[*]}"
+# A foreign binary can't be run here to notice a wrong-architecture package; its ELF header can.
+for f in bin/busybox "${ELF_BINS[@]}"; do
+    machine=$(readelf -h "$ROOT/$f" | sed -n 's/^ *Machine: *//p')
+    [ "$machine" = "$ELF_MACHINE" ] || die "$f is built for '$machine', expected '$ELF_MACHINE'"
+done
 # The interpreter must also sit where the binaries ask for it (e.g. /lib64/...).
 if [ ! -e "$ROOT$INTERP" ]; then
     mkdir -p "$ROOT$(dirname "$INTERP")"
