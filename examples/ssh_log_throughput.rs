@@ -40,7 +40,7 @@ async fn main() {
             }
         }
     });
-    let mut io = StepIo { log_dir: log_dir.path().to_owned(), live, cancel: tokio::sync::watch::channel(false).1 };
+    let mut io = StepIo { log_dir: log_dir.path().to_owned(), live, cancel: tokio::sync::watch::channel(false).1, progress: None };
     let step = Step {
         name: "flood".into(),
         kind: StepKind::Test,

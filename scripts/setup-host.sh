@@ -59,9 +59,11 @@ apt_update_once() {
 }
 
 install_packages() {
-    # qemu-system-arm and qemu-system-misc emulate the aarch64 and s390x guests (TCG).
+    # qemu-system-arm/-misc/-ppc: emulators for aarch64, s390x+riscv64, ppc64le guests (TCG);
+    # ovmf: UEFI firmware for the windows/macos profiles; swtpm: the optional TPM emulator.
     local backports=(libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86
-        qemu-system-arm qemu-system-misc qemu-utils passt pkg-config)
+        qemu-system-arm qemu-system-misc qemu-system-ppc ovmf swtpm swtpm-tools
+        qemu-utils passt pkg-config)
     local plain=(busybox-static openssh-client openssh-server cpio gzip zstd xz-utils binutils libxml2-utils chromium
         sqlite3 python3 ca-certificates curl)
     local missing=()

@@ -52,7 +52,7 @@ async fn run_with_env(
     let log_dir = tempfile::tempdir().unwrap();
     let live = live.unwrap_or_else(|| broadcast::channel(4096).0);
     let mut follower = live.subscribe();
-    let mut io = StepIo { log_dir: log_dir.path().to_owned(), live, cancel };
+    let mut io = StepIo { log_dir: log_dir.path().to_owned(), live, cancel, progress: None };
     let report = run_steps(session, steps, env, config, &mut io).await;
     drop(io);
     let mut chunks = Vec::new();

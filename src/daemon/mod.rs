@@ -6,6 +6,7 @@ mod state_dir;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -17,7 +18,10 @@ use crate::config::Fleet;
 use crate::outbox::{Backoff, Destination, Forwarder};
 use crate::recorder::{Recorder, RecorderConfig};
 use crate::runs::{Coordinator, Executor, ExecutorConfig, RunsHandle, Trigger};
+use crate::ssh::ClientKey;
 use crate::store::{Store, StoreError};
+use crate::vm::readiness::Readiness;
+use crate::vm::{ManagerConfig, VmManager};
 
 pub use state_dir::{StateDir, StateDirError};
 
@@ -35,6 +39,10 @@ pub enum DaemonError {
     Recover(#[source] crate::runs::RunsError),
     #[error("opening the embedded recorder")]
     Recorder(#[source] crate::recorder::RecorderError),
+    #[error("starting the VM manager")]
+    Vms(#[source] crate::vm::VmError),
+    #[error("loading the daemon's SSH key")]
+    Key(#[source] crate::ssh::KeyError),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -54,6 +62,7 @@ pub struct Daemon {
     pub runs: RunsHandle,
     pub store: Store,
     pub recorder: Recorder,
+    pub vms: VmManager,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
 }
@@ -99,12 +108,20 @@ impl Daemon {
         let recorder_names: Vec<String> = forwarder_names(&fleet);
         forwarder.spawn(shutdown_rx.clone());
 
-        let executor = Arc::new(Executor::new(
-            fleet.clone(),
+        // The VM manager reaps whatever a previous daemon of this instance left
+        // (except VMs on hold) before any run starts.
+        let vms = VmManager::start(
+            ManagerConfig::from_fleet(&fleet, dirs.instance_id(), Readiness::SshBanner { poll: Duration::from_millis(200) }),
+            fleet.hosts.clone(),
             store.clone(),
-            ExecutorConfig { log_dir: dirs.logs(), recorders: recorder_names },
-            waker,
-        ));
+        )
+        .await
+        .map_err(DaemonError::Vms)?;
+        let key = Arc::new(ClientKey::load_or_create(dirs.root()).map_err(DaemonError::Key)?);
+        let executor = Arc::new(
+            Executor::new(fleet.clone(), store.clone(), ExecutorConfig::new(dirs.logs(), recorder_names), waker)
+                .with_vms(vms.clone(), key),
+        );
         let (mut coordinator, runs) = Coordinator::new(fleet.clone(), store.clone(), executor);
         coordinator.recover().await.map_err(DaemonError::Recover)?;
         let (fire_tx, fire_rx) = mpsc::channel(64);
@@ -125,7 +142,8 @@ impl Daemon {
             .iter()
             .map(|h| HostStatus { name: h.name.clone(), up: false, last_error: None, vms_running: 0 })
             .collect();
-        let (_hosts_tx, hosts_rx) = watch::channel(initial);
+        let (hosts_tx, hosts_rx) = watch::channel(initial);
+        tokio::spawn(report_hosts(vms.clone(), hosts_tx, shutdown_rx.clone()));
         let api = ApiState::new(fleet.clone(), store.clone(), runs.clone(), hosts_rx);
         let app = crate::api::app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
         let addr = options.listen.unwrap_or(fleet.daemon.listen);
@@ -149,7 +167,7 @@ impl Daemon {
                 }
             }
         }
-        Ok(Daemon { addr, runs, store, recorder, shutdown, server })
+        Ok(Daemon { addr, runs, store, recorder, vms, shutdown, server })
     }
 
     /// Stops accepting work and waits for the HTTP server to close.
@@ -165,4 +183,27 @@ impl Daemon {
 /// Every recorder a result is queued for, the embedded one included.
 fn forwarder_names(fleet: &Fleet) -> Vec<String> {
     fleet.recorders.iter().map(|r| r.name.clone()).collect()
+}
+
+/// Feeds the API's view of host health from the VM manager, every two seconds.
+async fn report_hosts(vms: VmManager, tx: watch::Sender<Vec<HostStatus>>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Ok(snap) = vms.snapshot().await {
+            let hosts = snap
+                .hosts
+                .iter()
+                .map(|h| HostStatus {
+                    name: h.name.clone(),
+                    up: h.up,
+                    last_error: h.down_reason.clone(),
+                    vms_running: snap.vms.iter().filter(|v| v.host == h.name).count(),
+                })
+                .collect();
+            tx.send_replace(hosts);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }

@@ -1,66 +1,345 @@
-//! Executing one run: VM, steps over SSH, result, teardown or hold.
+//! Executing one run: VM, steps over SSH, artifacts, result, teardown or hold.
 //!
 //! Every state change is persisted before the work it names begins, so a
 //! restarted daemon knows how far a run got. The run's end (final state,
-//! result document, outbox entries) is one store transaction.
+//! result document, outbox entries) is one store transaction, written after
+//! the VM is torn down (or put on hold), so a finished run never owns a VM
+//! that is still being cleaned.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::Utc;
-use tokio::sync::watch;
-use tracing::{info, warn};
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{broadcast, watch};
+use tracing::{Instrument, info, info_span, warn};
 
 use super::result::{self, ResultInput, StepRecord};
 use super::state::{Outcome, RunState};
-use crate::config::Fleet;
+use crate::config::{Fleet, HostKeyPolicy, Image, Job};
 use crate::outbox::Waker;
-use crate::store::{RunEnd, RunRow, Store, StoreError};
+use crate::ssh::{self, ClientKey, HostKeyCheck, SshConfig, Target};
+use crate::steps::{self, OutputChunk, StepIo, StepOutcome, StepsConfig, StepsReport};
+use crate::store::{RunEnd, RunRow, RunUpdate, Store, StoreError};
+use crate::vm::{LaunchRequest, ReadyVm, VmError, VmManager};
 
 pub struct ExecutorConfig {
-    /// Where each run's log file goes (`<log_dir>/<run id>.log`).
+    /// Each run's logs go to `<log_dir>/<run id>/` (`run.log` plus per-step stream files).
     pub log_dir: PathBuf,
     /// The recorders every result is forwarded to.
     pub recorders: Vec<String>,
+    /// The fleet CA's public key line, handed to guests that trust it.
+    pub ca_public_line: Option<String>,
+    /// Largest artifact fetched from a guest, per file.
+    pub artifact_cap: u64,
+    /// How many artifact files a run keeps at most.
+    pub artifact_max_files: usize,
+    pub ssh: SshConfig,
 }
 
+impl ExecutorConfig {
+    pub fn new(log_dir: PathBuf, recorders: Vec<String>) -> ExecutorConfig {
+        ExecutorConfig {
+            log_dir,
+            recorders,
+            ca_public_line: None,
+            artifact_cap: 64 << 20,
+            artifact_max_files: 100,
+            ssh: SshConfig::default(),
+        }
+    }
+}
+
+/// What a run needs besides its own row: shared by every run.
 pub struct Executor {
     fleet: Arc<Fleet>,
     store: Store,
     config: ExecutorConfig,
     waker: Waker,
+    vms: Option<VmManager>,
+    key: Option<Arc<ClientKey>>,
+    /// Live output of runs in flight, for followers.
+    live: std::sync::Mutex<BTreeMap<String, broadcast::Sender<OutputChunk>>>,
+}
+
+/// Why a run ended before its steps finished.
+struct Abort {
+    outcome: Outcome,
+    reason: String,
+    console_tail: Option<String>,
 }
 
 impl Executor {
+    /// An executor that can record and recover runs but not boot VMs (for
+    /// tools that only read or repair the store).
     pub fn new(fleet: Arc<Fleet>, store: Store, config: ExecutorConfig, waker: Waker) -> Executor {
-        Executor { fleet, store, config, waker }
+        Executor { fleet, store, config, waker, vms: None, key: None, live: Default::default() }
     }
 
+    /// An executor that runs builds: VMs from `vms`, logged into with `key`.
+    pub fn with_vms(mut self, vms: VmManager, key: Arc<ClientKey>) -> Executor {
+        self.vms = Some(vms);
+        self.key = Some(key);
+        self
+    }
+
+    pub fn run_dir(&self, run_id: &str) -> PathBuf {
+        self.config.log_dir.join(run_id)
+    }
+
+    /// The human-readable log of a run: every step's output, with step headers.
     pub fn log_path(&self, run_id: &str) -> PathBuf {
-        self.config.log_dir.join(format!("{run_id}.log"))
+        self.run_dir(run_id).join("run.log")
     }
 
-    pub async fn execute(&self, row: RunRow, _cancel: watch::Receiver<bool>) {
-        // The VM manager and step runner are wired in by the daemon module.
-        if let Err(e) = finish_without_vm(self, &row, Outcome::Infrastructure, "no VM manager configured").await {
-            warn!(run_id = %row.id, error = %e, "could not record the run's end");
+    /// Follow a run's output live (only while it runs).
+    pub fn subscribe(&self, run_id: &str) -> Option<broadcast::Receiver<OutputChunk>> {
+        self.live.lock().expect("live map").get(run_id).map(|s| s.subscribe())
+    }
+
+    pub async fn execute(&self, row: RunRow, cancel: watch::Receiver<bool>) {
+        let span = info_span!("run", run_id = %row.id, job = %row.job, image = %row.image);
+        async {
+            if let Err(e) = self.execute_inner(row.clone(), cancel).await {
+                warn!(error = %e, "could not record the run's progress");
+            }
         }
+        .instrument(span)
+        .await;
+        self.live.lock().expect("live map").remove(&row.id);
+    }
+
+    async fn execute_inner(&self, mut row: RunRow, mut cancel: watch::Receiver<bool>) -> Result<(), StoreError> {
+        let (Some(job), Some(image)) = (self.fleet.job(&row.job).cloned(), self.fleet.image(&row.image).cloned()) else {
+            return finish_without_vm(self, &row, Outcome::Infrastructure, "job or image no longer in fleet.toml").await;
+        };
+        let (Some(vms), Some(key)) = (self.vms.clone(), self.key.clone()) else {
+            return finish_without_vm(self, &row, Outcome::Infrastructure, "this daemon has no VM manager").await;
+        };
+        let run_dir = self.run_dir(&row.id);
+        if let Err(e) = tokio::fs::create_dir_all(&run_dir).await {
+            let reason = format!("cannot create the run's log folder {}: {e}", run_dir.display());
+            return finish_without_vm(self, &row, Outcome::Infrastructure, &reason).await;
+        }
+        let started = Utc::now();
+        row.started_at = Some(started);
+        self.store
+            .update_run(&row.id, &RunState::Provisioning.as_db(), RunUpdate { started_at: Some(started), ..Default::default() })
+            .await?;
+
+        // Provisioning: the VM manager places, defines, starts and waits for SSH.
+        let request = LaunchRequest {
+            run_id: row.id.clone(),
+            image: image.clone(),
+            authorized_keys: vec![key.public_line()],
+            ca_key: if image.trusts_fleet_ca { self.config.ca_public_line.clone() } else { None },
+            priority: 0,
+        };
+        let queued_at = std::time::Instant::now();
+        let launched = tokio::select! {
+            r = vms.launch(request) => r,
+            _ = cancelled(&mut cancel) => Err(VmError::Cancelled { name: row.id.clone() }),
+        };
+        let vm = match launched {
+            Ok(vm) => vm,
+            Err(e) => {
+                let message = e.to_string();
+                let (outcome, reason, tail) = match e {
+                    VmError::Cancelled { .. } => (Outcome::Cancelled, "cancelled while waiting for a VM".to_string(), None),
+                    VmError::LaunchFailed { console_tail, .. } => (Outcome::Infrastructure, message, Some(console_tail)),
+                    _ => (Outcome::Infrastructure, message, None),
+                };
+                // A cancelled launch may still finish booting; the VM manager's
+                // reconciliation removes any VM whose run has ended.
+                let state = if outcome == Outcome::Cancelled { RunState::Cancelled } else { RunState::Failed };
+                return self.finish(&row, state, outcome, Some(&reason), &[], None, tail.as_deref()).await;
+            }
+        };
+        info!(vm = %vm.name, host = %vm.host, boot_s = vm.boot_time.as_secs_f64(), waited_s = queued_at.elapsed().as_secs_f64(), "VM ready");
+        metrics::histogram!("paddock_boot_to_ready_seconds", "image" => image.name.clone()).record(vm.boot_time.as_secs_f64());
+        row.host = Some(vm.host.clone());
+        row.vm_name = Some(vm.name.clone());
+        self.store
+            .update_run(
+                &row.id,
+                &RunState::Booting.as_db(),
+                RunUpdate { host: Some(vm.host.clone()), vm_name: Some(vm.name.clone()), ..Default::default() },
+            )
+            .await?;
+
+        let outcome = self.on_vm(&row, &job, &image, &vm, &key, &run_dir, &mut cancel).await;
+        let (outcome, reason, steps, tail) = match outcome {
+            Ok(report) => {
+                let records = step_records(&report);
+                let (outcome, reason) = if report.cancelled {
+                    (Outcome::Cancelled, Some("cancelled".to_string()))
+                } else if let Some(e) = &report.infrastructure {
+                    (Outcome::Infrastructure, Some(error_chain(e)))
+                } else if report.success() {
+                    (Outcome::Success, None)
+                } else {
+                    let failed = report.steps.iter().find(|s| s.fails_run()).map(|s| s.name.clone()).unwrap_or_default();
+                    (Outcome::BuildFailure, Some(format!("step `{failed}` failed")))
+                };
+                (outcome, reason, records, None)
+            }
+            Err(abort) => (abort.outcome, Some(abort.reason), Vec::new(), abort.console_tail),
+        };
+
+        // Teardown or hold, then the run's end.
+        let hold = match (outcome, job.hold_on_failure) {
+            (Outcome::BuildFailure, Some(h)) => Some(h.min(self.fleet.daemon.max_hold)),
+            _ => None,
+        };
+        let final_state = match outcome {
+            Outcome::Success => RunState::Done,
+            Outcome::Cancelled => RunState::Cancelled,
+            Outcome::BuildFailure | Outcome::Infrastructure | Outcome::Interrupted => RunState::Failed,
+        };
+        if let Some(h) = hold {
+            let until = Utc::now() + chrono::Duration::from_std(h).unwrap_or(chrono::Duration::hours(1));
+            match vms.hold(&vm.name, until).await {
+                Ok(()) => {
+                    info!(vm = %vm.name, until = %until, "failed run's VM held for debugging");
+                    self.finish(&row, RunState::Held, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref())
+                        .await?;
+                    self.arm_hold_end(row.id.clone(), vm.name.clone(), until);
+                    return Ok(());
+                }
+                Err(e) => warn!(vm = %vm.name, error = %e, "could not hold the VM; tearing it down"),
+            }
+        }
+        if let Err(e) = vms.destroy(&vm.name).await {
+            warn!(vm = %vm.name, error = %e, "teardown failed; reconciliation will retry");
+        }
+        self.finish(&row, final_state, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref()).await
+    }
+
+    /// Everything between a ready VM and its teardown: login, steps, artifacts.
+    #[allow(clippy::too_many_arguments)]
+    async fn on_vm(
+        &self,
+        row: &RunRow,
+        job: &Job,
+        image: &Image,
+        vm: &ReadyVm,
+        key: &ClientKey,
+        run_dir: &Path,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<StepsReport, Abort> {
+        let infra = |reason: String| Abort { outcome: Outcome::Infrastructure, reason, console_tail: None };
+        let expected = host_key(image, vm).map_err(infra)?;
+        let target = Target { addr: vm.ssh_addr, user: image.user.clone() };
+        let deadline = tokio::time::Instant::now() + image.boot_timeout;
+        let (auth, check) = (key.auth(), HostKeyCheck::exact(expected));
+        let connect = ssh::connect_with_retry(&target, &auth, &check, &self.config.ssh, deadline);
+        let session = tokio::select! {
+            r = connect => r.map_err(|e| {
+                metrics::counter!("paddock_ssh_connect_failures_total").increment(1);
+                Abort {
+                    outcome: Outcome::Infrastructure,
+                    reason: format!("cannot log in to {}: {}", vm.name, error_chain(&e)),
+                    console_tail: Some(crate::vm::readiness::console_tail(&vm.console_path, 40)),
+                }
+            })?,
+            _ = cancelled(cancel) => return Err(Abort { outcome: Outcome::Cancelled, reason: "cancelled".into(), console_tail: None }),
+        };
+
+        let (live, _) = broadcast::channel(1024);
+        self.live.lock().expect("live map").insert(row.id.clone(), live.clone());
+        let writer = tokio::spawn(write_run_log(self.log_path(&row.id), job.steps.clone(), live.subscribe()));
+        let (progress_tx, mut progress_rx) = watch::channel(0usize);
+        let store = self.store.clone();
+        let run_id = row.id.clone();
+        let follower = tokio::spawn(async move {
+            while progress_rx.changed().await.is_ok() {
+                let k = *progress_rx.borrow_and_update();
+                if k > 0 {
+                    let _ = store.set_run_state(&run_id, &RunState::Running(k as u32 - 1).as_db()).await;
+                }
+            }
+        });
+        let mut io = StepIo { log_dir: run_dir.to_path_buf(), live: live.clone(), cancel: cancel.clone(), progress: Some(progress_tx) };
+        let config = StepsConfig::new(image.shell, job.stop_if_failure);
+        let report = steps::run_steps(&session, &job.steps, &job.env, &config, &mut io).await;
+        drop(io);
+        let _ = follower.await;
+        for s in &report.steps {
+            metrics::histogram!("paddock_step_duration_seconds", "job" => job.name.clone(), "step" => s.name.clone())
+                .record(s.duration.as_secs_f64());
+        }
+
+        if !job.artifacts.is_empty() && !report.cancelled && report.infrastructure.is_none() {
+            let _ = self.store.set_run_state(&row.id, &RunState::Collecting.as_db()).await;
+            if let Err(e) = self.collect_artifacts(&session, job, run_dir).await {
+                warn!(error = %e, "fetching artifacts failed");
+            }
+        }
+        let _ = self.store.set_run_state(&row.id, &RunState::Reporting.as_db()).await;
+        drop(live);
+        self.live.lock().expect("live map").remove(&row.id);
+        let _ = writer.await;
+        session.disconnect().await;
+        Ok(report)
+    }
+
+    /// Fetches the job's artifacts (paths or shell globs in the guest) into `<run>/artifacts/`.
+    async fn collect_artifacts(&self, session: &ssh::Session, job: &Job, run_dir: &Path) -> Result<(), String> {
+        let dir = run_dir.join("artifacts");
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| e.to_string())?;
+        // Let the guest's shell expand the globs; one path per line.
+        let patterns: Vec<String> = job.artifacts.iter().map(|p| glob_word(p)).collect();
+        let list = format!("for f in {}; do [ -f \"$f\" ] && echo \"$f\"; done; true", patterns.join(" "));
+        let (out, _err, _status) = session.exec_collect(&list, Vec::new()).await.map_err(|e| error_chain(&e))?;
+        let files: Vec<String> = String::from_utf8_lossy(&out).lines().map(str::to_string).collect();
+        for remote in files.iter().take(self.config.artifact_max_files) {
+            match session.download(remote, self.config.artifact_cap).await {
+                Ok(bytes) => {
+                    let local = dir.join(remote.trim_start_matches('/').replace('/', "__"));
+                    tokio::fs::write(&local, bytes).await.map_err(|e| e.to_string())?;
+                }
+                Err(e) => warn!(file = %remote, error = %error_chain(&e), "artifact not fetched"),
+            }
+        }
+        Ok(())
+    }
+
+    fn arm_hold_end(&self, run_id: String, vm_name: String, until: DateTime<Utc>) {
+        let (store, vms) = (self.store.clone(), self.vms.clone());
+        tokio::spawn(async move {
+            crate::clock::Clock::system().sleep_until(until).await;
+            release(&store, vms.as_ref(), &run_id, &vm_name).await;
+        });
     }
 
     /// Re-arms the release of a held run's VM after a restart.
     pub async fn rearm_hold(&self, row: &RunRow) {
-        info!(run_id = %row.id, "run is held");
+        let Some(vm) = row.vm_name.clone() else {
+            let _ = self.store.set_run_state(&row.id, &RunState::Failed.as_db()).await;
+            return;
+        };
+        let until = match self.store.vm(&vm).await {
+            Ok(Some(v)) => v.hold_until.unwrap_or_else(Utc::now),
+            _ => Utc::now(),
+        };
+        info!(run_id = %row.id, vm = %vm, until = %until, "run is held");
+        self.arm_hold_end(row.id.clone(), vm, until);
     }
 
     /// Ends a hold early (cancel of a held run).
     pub async fn release_hold(&self, row: &RunRow) {
-        if let Err(e) = self.store.set_run_state(&row.id, &RunState::Failed.as_db()).await {
-            warn!(run_id = %row.id, error = %e, "could not release hold");
+        match &row.vm_name {
+            Some(vm) => release(&self.store, self.vms.as_ref(), &row.id, vm).await,
+            None => {
+                let _ = self.store.set_run_state(&row.id, &RunState::Failed.as_db()).await;
+            }
         }
     }
 
     /// Writes the run's end and its outbox entries in one transaction, then
     /// wakes the forwarder.
+    #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
         row: &RunRow,
@@ -103,14 +382,135 @@ impl Executor {
             })
             .await?;
         metrics::counter!("paddock_runs_finished_total", "outcome" => outcome.as_str()).increment(1);
-        info!(run_id = %row.id, outcome = outcome.as_str(), "run finished");
+        info!(run_id = %row.id, outcome = outcome.as_str(), state = %state, reason = reason.unwrap_or(""), "run finished");
         self.waker.wake();
         Ok(())
     }
+}
+
+async fn release(store: &Store, vms: Option<&VmManager>, run_id: &str, vm_name: &str) {
+    if let Some(vms) = vms {
+        match vms.destroy(vm_name).await {
+            Ok(()) | Err(VmError::NotFound { .. }) => {}
+            Err(e) => warn!(vm = %vm_name, error = %e, "releasing a held VM failed; reconciliation will retry"),
+        }
+    }
+    if let Err(e) = store.set_run_state(run_id, &RunState::Failed.as_db()).await {
+        warn!(run_id = %run_id, error = %e, "could not end the hold");
+    }
+    info!(run_id = %run_id, vm = %vm_name, "hold ended");
 }
 
 /// Ends a run that has no VM (any more): interrupted by a crash, or never placed.
 pub async fn finish_without_vm(executor: &Executor, row: &RunRow, outcome: Outcome, reason: &str) -> Result<(), StoreError> {
     let state = if outcome == Outcome::Cancelled { RunState::Cancelled } else { RunState::Failed };
     executor.finish(row, state, outcome, Some(reason), &[], row.vm_name.as_deref(), None).await
+}
+
+async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    if cancel.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The host key the guest must present, per the image's policy.
+fn host_key(image: &Image, vm: &ReadyVm) -> Result<ssh_key::PublicKey, String> {
+    match &image.host_key {
+        HostKeyPolicy::Pinned(k) => Ok(k.clone()),
+        HostKeyPolicy::File(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read host key {} of image {}: {e}", path.display(), image.name))?;
+            ssh_key::PublicKey::from_openssh(text.trim())
+                .map_err(|e| format!("host key {} of image {} is not an SSH public key: {e}", path.display(), image.name))
+        }
+        HostKeyPolicy::Console => vm
+            .host_key_from_console
+            .clone()
+            .ok_or_else(|| format!("VM {} did not print its host key on the console", vm.name)),
+    }
+}
+
+fn step_records(report: &StepsReport) -> Vec<StepRecord> {
+    report
+        .steps
+        .iter()
+        .map(|s| {
+            let mut errout = s.stderr_text();
+            if let Some(reason) = &s.reason {
+                if !errout.is_empty() && !errout.ends_with('\n') {
+                    errout.push('\n');
+                }
+                errout.push_str(&format!("[paddock: {reason}]"));
+            }
+            StepRecord {
+                name: s.name.clone(),
+                kind: s.kind.as_str().to_string(),
+                command: s.command.clone(),
+                status: match s.outcome {
+                    StepOutcome::Exited(c) => Some(c as i32),
+                    _ => None,
+                },
+                output: s.stdout_text(),
+                errout,
+                duration_s: s.duration.as_secs_f64(),
+                timed_out: s.timed_out,
+                skipped: s.skipped,
+            }
+        })
+        .collect()
+}
+
+/// Appends every chunk of live output to the run's log, with a header per step.
+async fn write_run_log(path: PathBuf, steps: Vec<crate::config::Step>, mut rx: broadcast::Receiver<OutputChunk>) {
+    let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await else {
+        warn!(path = %path.display(), "cannot open the run log");
+        return;
+    };
+    let mut current = 0usize;
+    loop {
+        match rx.recv().await {
+            Ok(chunk) => {
+                if chunk.step != current {
+                    current = chunk.step;
+                    let name = steps.get(current - 1).map(|s| s.name.as_str()).unwrap_or("?");
+                    let header = format!("\n==> step {current}/{}: {name}\n", steps.len());
+                    let _ = file.write_all(header.as_bytes()).await;
+                }
+                let _ = file.write_all(&chunk.data).await;
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let note = format!("\n[paddock: {n} chunks of live output not shown here; see step-NN.stdout/stderr]\n");
+                let _ = file.write_all(note.as_bytes()).await;
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+    let _ = file.flush().await;
+}
+
+/// Quotes a glob for the guest's sh, leaving `*`, `?` and `[...]` active.
+fn glob_word(pattern: &str) -> String {
+    let mut out = String::new();
+    for c in pattern.chars() {
+        match c {
+            '*' | '?' | '[' | ']' => out.push(c),
+            c if c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c) => out.push(c),
+            c => {
+                out.push('\\');
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
 }

@@ -16,7 +16,7 @@ async fn setup() -> (tempfile::TempDir, Store, Arc<crate::config::Fleet>, Arc<Ex
     let executor = Arc::new(Executor::new(
         fleet.clone(),
         store.clone(),
-        ExecutorConfig { log_dir: dir.path().join("logs"), recorders: vec!["embedded".into(), "central".into()] },
+        ExecutorConfig::new(dir.path().join("logs"), vec!["embedded".into(), "central".into()]),
         Waker::default(),
     ));
     (dir, store, fleet, executor)

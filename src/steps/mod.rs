@@ -73,6 +73,9 @@ pub struct StepIo {
     pub live: broadcast::Sender<OutputChunk>,
     /// Becomes `true` to cancel: the current step is killed in the guest, the rest skipped.
     pub cancel: watch::Receiver<bool>,
+    /// Told the 1-based index of each step just before it starts (the run's
+    /// state follows it), when given.
+    pub progress: Option<watch::Sender<usize>>,
 }
 
 /// How a step ended.
@@ -233,6 +236,9 @@ pub async fn run_steps(
         if let Some(reason) = skip_reason {
             report.steps.push(StepResult::skipped(index, step, reason));
             continue;
+        }
+        if let Some(p) = &io.progress {
+            p.send_replace(index);
         }
         let (result, error) = run_one(session, index, step, env, config, io).await;
         if result.outcome == StepOutcome::Cancelled {

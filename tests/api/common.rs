@@ -40,7 +40,7 @@ pub async fn lab(public_reads: bool) -> Lab {
     let executor = Arc::new(Executor::new(
         fleet.clone(),
         store.clone(),
-        ExecutorConfig { log_dir: state_dir.join("logs"), recorders: vec!["embedded".into()] },
+        ExecutorConfig::new(state_dir.join("logs"), vec!["embedded".into()]),
         Waker::default(),
     ));
     let (coord, runs) = Coordinator::new(fleet.clone(), store.clone(), executor);

@@ -1,0 +1,911 @@
+//! The `VmManager`: the one owner of paddock's VMs, host usage, ports and the
+//! launch queue, driven by a command channel.
+//!
+//! Implementation note: the owner task never waits on libvirt or a booting
+//! guest. It reserves a host and port, then spawns a task for the slow part
+//! (overlay, define, start, readiness; or shutdown and removal) which reports
+//! back through the same channel. Every state change goes through
+//! `Owner::transition`, which checks the guard and persists the row.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::config::{Boot, Fleet, Host, Image, PortRange};
+use crate::libvirt::{self, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
+use crate::store::{Store, VmRow};
+
+use super::placement::{self, HostView, Placement, Usage};
+use super::ports::PortAllocator;
+use super::readiness::{self, Readiness, WaitError};
+use super::reconcile::{self, LiveSet, ReconcileReport};
+use super::{VmError, VmState, overlay};
+
+/// Settings of a manager; see [`ManagerConfig::from_fleet`].
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// This daemon's instance id: it goes into domain names and ownership marks.
+    pub instance_id: String,
+    pub state_dir: PathBuf,
+    pub ssh_ports: PortRange,
+    /// How many hosts a launch is tried on before it fails.
+    pub launch_retries: u32,
+    pub reconcile_interval: Duration,
+    pub readiness: Readiness,
+    /// How long a guest gets to power off after an ACPI shutdown request.
+    pub shutdown_timeout: Duration,
+    /// How long a host that failed a launch is passed over.
+    pub host_cooldown: Duration,
+    pub console_tail_lines: usize,
+}
+
+impl ManagerConfig {
+    pub fn from_fleet(fleet: &Fleet, instance_id: &str, readiness: Readiness) -> ManagerConfig {
+        ManagerConfig {
+            instance_id: instance_id.to_string(),
+            state_dir: fleet.daemon.state_dir.clone(),
+            ssh_ports: fleet.daemon.ssh_ports,
+            launch_retries: fleet.daemon.launch_retries.max(1),
+            reconcile_interval: fleet.daemon.reconcile_interval,
+            readiness,
+            shutdown_timeout: Duration::from_secs(30),
+            host_cooldown: Duration::from_secs(60),
+            console_tail_lines: 40,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LaunchRequest {
+    pub run_id: String,
+    pub image: Image,
+    /// `authorized_keys` lines handed to the guest.
+    pub authorized_keys: Vec<String>,
+    /// The fleet CA's public key line, for images that trust it.
+    pub ca_key: Option<String>,
+    /// Higher goes first when hosts are full; FIFO within a priority.
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadyVm {
+    pub name: String,
+    pub host: String,
+    pub ssh_addr: SocketAddr,
+    pub host_key_from_console: Option<ssh_key::PublicKey>,
+    pub console_path: PathBuf,
+    /// From `start` to the SSH banner (or the domain running).
+    pub boot_time: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostSnapshot {
+    pub name: String,
+    pub uri: String,
+    pub up: bool,
+    /// Why the host is down, when it is.
+    pub down_reason: Option<String>,
+    pub cooling_down: bool,
+    pub capacity: crate::config::Capacity,
+    pub used: Usage,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmSnapshot {
+    pub name: String,
+    pub run_id: String,
+    pub image: String,
+    pub host: String,
+    pub state: VmState,
+    pub ssh_port: u16,
+    pub created_at: DateTime<Utc>,
+    pub hold_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub hosts: Vec<HostSnapshot>,
+    pub vms: Vec<VmSnapshot>,
+    /// Launches waiting for room.
+    pub queued: usize,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, VmError>>;
+
+enum Cmd {
+    Launch { req: LaunchRequest, reply: Reply<ReadyVm> },
+    Hold { name: String, until: DateTime<Utc>, reply: Reply<()> },
+    Release { name: String, reply: Reply<()> },
+    Destroy { name: String, reply: Reply<()> },
+    Snapshot { reply: oneshot::Sender<Snapshot> },
+    ReconcileNow { reply: oneshot::Sender<ReconcileReport> },
+    // Reports from spawned tasks.
+    Progress { name: String, state: VmState },
+    AttemptDone { name: String, result: Result<Booted, AttemptFailure> },
+    TeardownDone { name: String, result: Result<(), String> },
+    ReconcileDone { report: ReconcileReport, reply: Option<oneshot::Sender<ReconcileReport>> },
+}
+
+struct Booted {
+    boot_time: Duration,
+    host_key: Option<ssh_key::PublicKey>,
+}
+
+struct AttemptFailure {
+    error: String,
+    console_tail: String,
+}
+
+/// A handle to the manager; cheap to clone. The owner task ends when every handle is dropped.
+#[derive(Clone)]
+pub struct VmManager {
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl VmManager {
+    /// Connects to every host, adopts held VMs the store remembers, reaps
+    /// everything else of this instance (the start-up reconciliation) and
+    /// starts the owner task.
+    pub async fn start(cfg: ManagerConfig, hosts: Vec<Host>, store: Store) -> Result<VmManager, VmError> {
+        let handles: Vec<HostHandle> = hosts.iter().map(|h| HostHandle::spawn(&h.name, &h.uri)).collect();
+        for (h, handle) in hosts.iter().zip(&handles) {
+            if let HostStatus::Up(facts) = handle.wait_connected().await {
+                for w in libvirt::check_host(h, &facts, &[]) {
+                    warn!(host = %h.name, "{w}");
+                }
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut owner = Owner {
+            ports: PortAllocator::new(cfg.ssh_ports),
+            cfg,
+            hosts: hosts.into_iter().zip(handles).map(|(config, handle)| HostSlot { config, handle, cooling_until: None }).collect(),
+            vms: HashMap::new(),
+            queue: Vec::new(),
+            seq: 0,
+            store,
+            tx: tx.clone(),
+            reconciling: false,
+        };
+        owner.adopt().await?;
+        let report = owner.reconcile_pass().await;
+        owner.finish_reconcile(&report).await;
+        tokio::spawn(owner.run(rx));
+        Ok(VmManager { tx })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, VmError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| VmError::ManagerGone)?;
+        rx.await.map_err(|_| VmError::ManagerGone)
+    }
+
+    /// Boots a VM for `req` and returns when its SSH answers. Waits in the
+    /// queue while no host has room.
+    pub async fn launch(&self, req: LaunchRequest) -> Result<ReadyVm, VmError> {
+        self.ask(|reply| Cmd::Launch { req, reply }).await?
+    }
+
+    /// Keeps a ready VM past its release until `until`.
+    pub async fn hold(&self, name: &str, until: DateTime<Utc>) -> Result<(), VmError> {
+        self.ask(|reply| Cmd::Hold { name: name.into(), until, reply }).await?
+    }
+
+    /// The run is done with the VM: it is torn down now, or when its hold ends.
+    pub async fn release(&self, name: &str) -> Result<(), VmError> {
+        self.ask(|reply| Cmd::Release { name: name.into(), reply }).await?
+    }
+
+    /// Tears the VM down now and returns when nothing of it is left.
+    pub async fn destroy(&self, name: &str) -> Result<(), VmError> {
+        self.ask(|reply| Cmd::Destroy { name: name.into(), reply }).await?
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, VmError> {
+        self.ask(|reply| Cmd::Snapshot { reply }).await
+    }
+
+    pub async fn reconcile_now(&self) -> Result<ReconcileReport, VmError> {
+        self.ask(|reply| Cmd::ReconcileNow { reply }).await
+    }
+}
+
+struct HostSlot {
+    config: Host,
+    handle: HostHandle,
+    cooling_until: Option<Instant>,
+}
+
+struct Vm {
+    name: String,
+    run_id: String,
+    image: Image,
+    host: usize,
+    state: VmState,
+    port: u16,
+    overlay: Option<PathBuf>,
+    console: PathBuf,
+    created_at: DateTime<Utc>,
+    ready_at: Option<DateTime<Utc>>,
+    hold_until: Option<DateTime<Utc>>,
+    /// The run let go of it; it goes when its hold ends.
+    released: bool,
+    error: Option<String>,
+    /// The launch this VM is an attempt of, until it is ready or failed.
+    launch: Option<Pending>,
+    /// Callers of `destroy` waiting for the teardown.
+    waiters: Vec<Reply<()>>,
+}
+
+struct Pending {
+    req: LaunchRequest,
+    reply: Reply<ReadyVm>,
+    attempts: u32,
+    tried: HashSet<usize>,
+    seq: u64,
+    last_failure: Option<AttemptFailure>,
+}
+
+struct Owner {
+    cfg: ManagerConfig,
+    hosts: Vec<HostSlot>,
+    vms: HashMap<String, Vm>,
+    queue: Vec<Pending>,
+    seq: u64,
+    ports: PortAllocator,
+    store: Store,
+    tx: mpsc::UnboundedSender<Cmd>,
+    reconciling: bool,
+}
+
+/// How often the owner re-checks cool-downs, expired holds and down hosts.
+const TICK: Duration = Duration::from_millis(500);
+
+impl Owner {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reconcile = tokio::time::interval_at(Instant::now() + self.cfg.reconcile_interval, self.cfg.reconcile_interval);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick().await,
+                _ = reconcile.tick() => self.spawn_reconcile(None),
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Launch { req, reply } => {
+                self.seq += 1;
+                self.queue.push(Pending { req, reply, attempts: 0, tried: HashSet::new(), seq: self.seq, last_failure: None });
+                self.pump().await;
+            }
+            Cmd::Hold { name, until, reply } => {
+                let r = match self.vms.get_mut(&name) {
+                    None => Err(VmError::NotFound { name }),
+                    Some(vm) if !vm.state.can_hold() => Err(VmError::WrongState { name, state: vm.state }),
+                    Some(vm) => {
+                        vm.hold_until = Some(until);
+                        self.persist(&name).await
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Release { name, reply } => {
+                let r = match self.vms.get_mut(&name) {
+                    None => Err(VmError::NotFound { name }),
+                    Some(vm) => {
+                        vm.released = true;
+                        if vm.hold_until.is_none_or(|t| t <= Utc::now()) {
+                            self.teardown(&name).await;
+                        }
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Destroy { name, reply } => match self.vms.get_mut(&name) {
+                None => drop(reply.send(Err(VmError::NotFound { name }))),
+                Some(vm) => {
+                    vm.waiters.push(reply);
+                    if vm.state != VmState::Stopping {
+                        self.teardown(&name).await;
+                    }
+                }
+            },
+            Cmd::Snapshot { reply } => drop(reply.send(self.snapshot())),
+            Cmd::ReconcileNow { reply } => self.spawn_reconcile(Some(reply)),
+            Cmd::Progress { name, state } => {
+                // A VM being stopped stays stopping whatever its launch task still reports.
+                if self.vms.get(&name).is_some_and(|vm| vm.state != VmState::Stopping) {
+                    self.transition(&name, state).await;
+                }
+            }
+            Cmd::AttemptDone { name, result } => self.attempt_done(name, result).await,
+            Cmd::TeardownDone { name, result } => self.teardown_done(name, result).await,
+            Cmd::ReconcileDone { report, reply } => {
+                self.reconciling = false;
+                self.finish_reconcile(&report).await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(report);
+                }
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        let now = Utc::now();
+        let expired: Vec<String> = self
+            .vms
+            .values()
+            .filter(|vm| vm.released && vm.state == VmState::Ready && vm.hold_until.is_some_and(|t| t <= now))
+            .map(|vm| vm.name.clone())
+            .collect();
+        for name in expired {
+            info!(vm = %name, "hold ended");
+            self.teardown(&name).await;
+        }
+        if !self.queue.is_empty() {
+            self.pump().await;
+        }
+    }
+
+    /// Changes a VM's state if the guard allows it, and persists the row.
+    async fn transition(&mut self, name: &str, next: VmState) -> bool {
+        let Some(vm) = self.vms.get_mut(name) else { return false };
+        if !vm.state.can_become(next) {
+            warn!(vm = %name, from = %vm.state, to = %next, "illegal VM state transition refused");
+            return false;
+        }
+        vm.state = next;
+        if next == VmState::Ready {
+            vm.ready_at = Some(Utc::now());
+        }
+        if let Err(e) = self.persist(name).await {
+            warn!(vm = %name, error = %error_chain(&e), "could not persist a VM state");
+        }
+        true
+    }
+
+    async fn persist(&self, name: &str) -> Result<(), VmError> {
+        let Some(vm) = self.vms.get(name) else { return Ok(()) };
+        let row = VmRow {
+            name: vm.name.clone(),
+            run_id: Some(vm.run_id.clone()),
+            image: vm.image.name.clone(),
+            host: Some(self.hosts[vm.host].config.name.clone()),
+            state: vm.state.as_str().into(),
+            ssh_port: Some(vm.port),
+            overlay_path: vm.overlay.as_ref().map(|p| p.display().to_string()),
+            console_path: Some(vm.console.display().to_string()),
+            error: vm.error.clone(),
+            created_at: vm.created_at,
+            updated_at: Utc::now(),
+            ready_at: vm.ready_at,
+            hold_until: vm.hold_until,
+        };
+        Ok(self.store.put_vm(&row).await?)
+    }
+
+    fn usage(&self) -> Vec<Usage> {
+        let mut used = vec![Usage::default(); self.hosts.len()];
+        for vm in self.vms.values().filter(|vm| vm.state.holds_resources()) {
+            used[vm.host].add(&vm.image);
+        }
+        used
+    }
+
+    fn views(&self, image: &Image, tried: &HashSet<usize>, used: &[Usage]) -> Vec<HostView> {
+        let now = Instant::now();
+        self.hosts
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| {
+                let status = slot.handle.status();
+                let runs_arch = match &status {
+                    HostStatus::Up(facts) => Some(facts.supports(image.arch.as_str(), slot.config.accelerator.domain_type())),
+                    HostStatus::Connecting | HostStatus::Down { .. } => None,
+                };
+                HostView {
+                    capacity: slot.config.capacity,
+                    available: status.is_up() && slot.cooling_until.is_none_or(|t| t <= now),
+                    runs_arch,
+                    used: used[i],
+                    tried: tried.contains(&i),
+                }
+            })
+            .collect()
+    }
+
+    /// Places queued launches, highest priority first, FIFO within a priority.
+    /// A launch that cannot be placed does not hold back those behind it that can.
+    async fn pump(&mut self) {
+        self.queue.sort_by_key(|p| (std::cmp::Reverse(p.req.priority), p.seq));
+        let queue = std::mem::take(&mut self.queue);
+        for pending in queue {
+            let used = self.usage();
+            let views = self.views(&pending.req.image, &pending.tried, &used);
+            match placement::place(&pending.req.image, &views) {
+                Placement::Host(i) => match self.ports.allocate() {
+                    Some(port) => self.start_attempt(pending, i, port).await,
+                    None => self.queue.push(pending),
+                },
+                Placement::Wait => self.queue.push(pending),
+                Placement::Never => {
+                    let image = &pending.req.image;
+                    let err = VmError::NoHost { image: image.name.clone(), arch: image.arch.to_string() };
+                    let _ = pending.reply.send(Err(err));
+                }
+            }
+        }
+    }
+
+    async fn start_attempt(&mut self, mut pending: Pending, host: usize, port: u16) {
+        pending.attempts += 1;
+        pending.tried.insert(host);
+        let name = format!("paddock-{}-{}", short(&self.cfg.instance_id), random_id());
+        let image = pending.req.image.clone();
+        let overlay = match &image.boot {
+            Boot::Disk { .. } => Some(overlay::path_for(&self.cfg.state_dir, &name)),
+            Boot::Kernel { .. } => None,
+        };
+        let console = self.cfg.state_dir.join("consoles").join(format!("{name}.log"));
+        let vm = Vm {
+            name: name.clone(),
+            run_id: pending.req.run_id.clone(),
+            image: image.clone(),
+            host,
+            state: VmState::Requested,
+            port,
+            overlay: overlay.clone(),
+            console: console.clone(),
+            created_at: Utc::now(),
+            ready_at: None,
+            hold_until: None,
+            released: false,
+            error: None,
+            launch: None,
+            waiters: Vec::new(),
+        };
+        let job = Attempt {
+            name: name.clone(),
+            host: self.hosts[host].config.clone(),
+            handle: self.hosts[host].handle.clone(),
+            image,
+            port,
+            overlay,
+            console,
+            mark: Mark { run_id: pending.req.run_id.clone(), instance: self.cfg.instance_id.clone(), created_at: vm.created_at },
+            authorized_keys: pending.req.authorized_keys.clone(),
+            ca_key: pending.req.ca_key.clone(),
+            readiness: self.cfg.readiness,
+            tail_lines: self.cfg.console_tail_lines,
+            tx: self.tx.clone(),
+        };
+        info!(vm = %name, run_id = %vm.run_id, host = %self.hosts[host].config.name, port, attempt = pending.attempts, "placing VM");
+        let mut vm = vm;
+        vm.launch = Some(pending);
+        self.vms.insert(name.clone(), vm);
+        self.transition(&name, VmState::Placed).await;
+        tokio::spawn(job.run());
+    }
+
+    async fn attempt_done(&mut self, name: String, result: Result<Booted, AttemptFailure>) {
+        let Some(vm) = self.vms.get_mut(&name) else { return };
+        let stopping = vm.state == VmState::Stopping;
+        let Some(mut pending) = vm.launch.take() else { return };
+        match result {
+            Ok(booted) if !stopping => {
+                let slot = &self.hosts[vm.host];
+                let ready = ReadyVm {
+                    name: name.clone(),
+                    host: slot.config.name.clone(),
+                    ssh_addr: SocketAddr::new(slot.config.address, vm.port),
+                    host_key_from_console: booted.host_key,
+                    console_path: vm.console.clone(),
+                    boot_time: booted.boot_time,
+                };
+                info!(vm = %name, host = %ready.host, boot_ms = booted.boot_time.as_millis() as u64, "VM ready");
+                self.transition(&name, VmState::Ready).await;
+                if pending.reply.send(Ok(ready)).is_err() {
+                    // The caller went away: nobody will use or release this VM.
+                    self.teardown(&name).await;
+                }
+            }
+            Ok(_) => drop(pending.reply.send(Err(VmError::Cancelled { name }))),
+            Err(_) if stopping => drop(pending.reply.send(Err(VmError::Cancelled { name }))),
+            Err(failure) => {
+                let host = vm.host;
+                vm.error = Some(failure.error.clone());
+                warn!(vm = %name, host = %self.hosts[host].config.name, error = %failure.error, "launch attempt failed");
+                self.hosts[host].cooling_until = Some(Instant::now() + self.cfg.host_cooldown);
+                let _ = self.store.record_event("launch_failed", &name, &failure.error).await;
+                self.transition(&name, VmState::Failed).await;
+                self.teardown(&name).await;
+                if pending.attempts >= self.cfg.launch_retries {
+                    let _ = pending.reply.send(Err(VmError::LaunchFailed {
+                        image: pending.req.image.name.clone(),
+                        attempts: pending.attempts,
+                        error: failure.error,
+                        console_tail: failure.console_tail,
+                    }));
+                } else {
+                    pending.last_failure = Some(failure);
+                    self.queue.push(pending);
+                    self.pump().await;
+                }
+            }
+        }
+    }
+
+    /// Starts removing a VM: graceful when it is ready, immediate otherwise.
+    async fn teardown(&mut self, name: &str) {
+        let Some(vm) = self.vms.get(name) else { return };
+        let graceful = vm.state == VmState::Ready;
+        if !vm.state.can_stop() {
+            return;
+        }
+        self.transition(name, VmState::Stopping).await;
+        let vm = &self.vms[name];
+        let job = Teardown {
+            name: name.to_string(),
+            handle: self.hosts[vm.host].handle.clone(),
+            overlay: vm.overlay.clone(),
+            console: vm.console.clone(),
+            graceful: graceful.then_some(self.cfg.shutdown_timeout),
+            tx: self.tx.clone(),
+        };
+        tokio::spawn(job.run());
+    }
+
+    async fn teardown_done(&mut self, name: String, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                self.transition(&name, VmState::Gone).await;
+                let Some(vm) = self.vms.remove(&name) else { return };
+                self.ports.release(vm.port);
+                if let Err(e) = self.store.delete_vm(&name).await {
+                    warn!(vm = %name, error = %error_chain(&e), "could not delete a VM row");
+                }
+                info!(vm = %name, "VM gone");
+                for w in vm.waiters {
+                    let _ = w.send(Ok(()));
+                }
+                if let Some(p) = vm.launch {
+                    let _ = p.reply.send(Err(VmError::Cancelled { name: name.clone() }));
+                }
+                self.pump().await;
+            }
+            Err(error) => {
+                // Keep the VM (and its capacity) accounted for; reconciliation retries the removal.
+                warn!(vm = %name, %error, "teardown failed");
+                if let Some(vm) = self.vms.get_mut(&name) {
+                    vm.error = Some(error.clone());
+                    for w in vm.waiters.drain(..) {
+                        let _ = w.send(Err(VmError::Teardown { name: name.clone(), error: error.clone() }));
+                    }
+                }
+                self.transition(&name, VmState::Failed).await;
+            }
+        }
+    }
+
+    fn live_set(&self) -> LiveSet {
+        LiveSet { names: self.vms.keys().cloned().collect(), taken_at: Utc::now() }
+    }
+
+    async fn reconcile_pass(&self) -> ReconcileReport {
+        let handles: Vec<HostHandle> = self.hosts.iter().map(|h| h.handle.clone()).collect();
+        reconcile::reconcile(&handles, &self.cfg.instance_id, &self.live_set(), &self.cfg.state_dir, &self.store).await
+    }
+
+    fn spawn_reconcile(&mut self, reply: Option<oneshot::Sender<ReconcileReport>>) {
+        if self.reconciling && reply.is_none() {
+            return;
+        }
+        self.reconciling = true;
+        let handles: Vec<HostHandle> = self.hosts.iter().map(|h| h.handle.clone()).collect();
+        let (instance, live, dir, store, tx) =
+            (self.cfg.instance_id.clone(), self.live_set(), self.cfg.state_dir.clone(), self.store.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let report = reconcile::reconcile(&handles, &instance, &live, &dir, &store).await;
+            let _ = tx.send(Cmd::ReconcileDone { report, reply });
+        });
+    }
+
+    /// Drops store rows of VMs no longer live (their domains were just reaped),
+    /// and failed VMs whose removal now succeeded.
+    async fn finish_reconcile(&mut self, report: &ReconcileReport) {
+        for e in &report.errors {
+            warn!(error = %e, "reconciliation");
+        }
+        let Ok(rows) = self.store.vms().await else { return };
+        let skipped: HashSet<&str> = report.hosts_skipped.iter().map(String::as_str).collect();
+        for row in rows {
+            let on_skipped_host = row.host.as_deref().is_some_and(|h| skipped.contains(h));
+            if !self.vms.contains_key(&row.name) && !on_skipped_host {
+                let _ = self.store.delete_vm(&row.name).await;
+                if let Some(port) = row.ssh_port {
+                    self.ports.release(port);
+                }
+            }
+        }
+        let failed: Vec<String> =
+            self.vms.values().filter(|vm| vm.state == VmState::Failed && vm.launch.is_none()).map(|vm| vm.name.clone()).collect();
+        for name in failed {
+            self.teardown(&name).await;
+        }
+    }
+
+    /// At start: VMs the store remembers as ready and held are adopted (their
+    /// hold is honoured, then they go); the ports of all remembered VMs are
+    /// reserved until reconciliation has dealt with them.
+    async fn adopt(&mut self) -> Result<(), VmError> {
+        let rows = self.store.vms().await?;
+        let now = Utc::now();
+        for row in rows {
+            if let Some(port) = row.ssh_port {
+                self.ports.reserve(port);
+            }
+            let host = row.host.as_deref().and_then(|h| self.hosts.iter().position(|s| s.config.name == h));
+            let held = row.hold_until.is_some_and(|t| t > now);
+            let (Some(host), Some(port), true, Some(VmState::Ready)) = (host, row.ssh_port, held, VmState::parse(&row.state))
+            else {
+                continue;
+            };
+            if self.hosts[host].handle.is_active(&row.name).await.ok().flatten() != Some(true) {
+                continue;
+            }
+            info!(vm = %row.name, hold_until = ?row.hold_until, "adopting a held VM from before the restart");
+            // The image config may have changed since; only its name matters for a held VM.
+            let image = Image { name: row.image.clone(), ..placeholder_image() };
+            self.vms.insert(
+                row.name.clone(),
+                Vm {
+                    name: row.name.clone(),
+                    run_id: row.run_id.clone().unwrap_or_default(),
+                    image,
+                    host,
+                    state: VmState::Ready,
+                    port,
+                    overlay: row.overlay_path.map(PathBuf::from),
+                    console: row.console_path.map(PathBuf::from).unwrap_or_default(),
+                    created_at: row.created_at,
+                    ready_at: row.ready_at,
+                    hold_until: row.hold_until,
+                    released: true,
+                    error: None,
+                    launch: None,
+                    waiters: Vec::new(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let used = self.usage();
+        let now = Instant::now();
+        let hosts = self
+            .hosts
+            .iter()
+            .zip(used)
+            .map(|(slot, used)| {
+                let status = slot.handle.status();
+                HostSnapshot {
+                    name: slot.config.name.clone(),
+                    uri: slot.config.uri.clone(),
+                    up: status.is_up(),
+                    down_reason: match status {
+                        HostStatus::Down { reason, .. } => Some(reason),
+                        _ => None,
+                    },
+                    cooling_down: slot.cooling_until.is_some_and(|t| t > now),
+                    capacity: slot.config.capacity,
+                    used,
+                }
+            })
+            .collect();
+        let mut vms: Vec<VmSnapshot> = self
+            .vms
+            .values()
+            .map(|vm| VmSnapshot {
+                name: vm.name.clone(),
+                run_id: vm.run_id.clone(),
+                image: vm.image.name.clone(),
+                host: self.hosts[vm.host].config.name.clone(),
+                state: vm.state,
+                ssh_port: vm.port,
+                created_at: vm.created_at,
+                hold_until: vm.hold_until,
+            })
+            .collect();
+        vms.sort_by_key(|v| v.created_at);
+        Snapshot { hosts, vms, queued: self.queue.len() }
+    }
+}
+
+/// A stand-in for an adopted VM's image: it takes no new capacity decisions
+/// beyond its own memory/vCPU count, which are unknown after a restart.
+fn placeholder_image() -> Image {
+    Image {
+        name: String::new(),
+        os: crate::config::Os::Linux,
+        arch: crate::config::Arch::X86_64,
+        boot: Boot::Kernel { kernel: PathBuf::new(), initrd: PathBuf::new(), cmdline: String::new() },
+        memory_mib: 0,
+        vcpus: 0,
+        user: String::new(),
+        shell: crate::config::Shell::Sh,
+        host_key: crate::config::HostKeyPolicy::Console,
+        trusts_fleet_ca: false,
+        boot_timeout: Duration::ZERO,
+        nic_model: None,
+        tpm: false,
+        smc_key: None,
+        firmware: None,
+    }
+}
+
+fn short(instance: &str) -> &str {
+    &instance[..instance.len().min(8)]
+}
+
+fn random_id() -> String {
+    hex::encode(rand::random::<[u8; 4]>())
+}
+
+/// One launch attempt on one host, run as its own task.
+struct Attempt {
+    name: String,
+    host: Host,
+    handle: HostHandle,
+    image: Image,
+    port: u16,
+    overlay: Option<PathBuf>,
+    console: PathBuf,
+    mark: Mark,
+    authorized_keys: Vec<String>,
+    ca_key: Option<String>,
+    readiness: Readiness,
+    tail_lines: usize,
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl Attempt {
+    async fn run(self) {
+        let result = self.boot().await.map_err(|error| AttemptFailure {
+            error,
+            console_tail: readiness::console_tail(&self.console, self.tail_lines),
+        });
+        let _ = self.tx.send(Cmd::AttemptDone { name: self.name.clone(), result });
+    }
+
+    fn progress(&self, state: VmState) {
+        let _ = self.tx.send(Cmd::Progress { name: self.name.clone(), state });
+    }
+
+    async fn boot(&self) -> Result<Booted, String> {
+        if let Some(parent) = self.console.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+        }
+        let disk = match (&self.image.boot, &self.overlay) {
+            (Boot::Disk { base }, Some(ov)) => {
+                let (base, ov2) = (base.clone(), ov.clone());
+                tokio::task::spawn_blocking(move || overlay::create(&base, &ov2))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| error_chain(&e))?;
+                Some(DiskSpec { path: ov.clone(), format: "qcow2".into() })
+            }
+            _ => None,
+        };
+        let xml = libvirt::domain_xml::render(&DomainSpec {
+            name: &self.name,
+            image: &self.image,
+            host: &self.host,
+            mark: &self.mark,
+            ssh_port: self.port,
+            disk,
+            console_path: &self.console,
+            authorized_keys: &self.authorized_keys,
+            ca_key: self.ca_key.as_deref(),
+        });
+        self.handle.define(&self.name, xml).await.map_err(|e| error_chain(&e))?;
+        self.progress(VmState::Defined);
+        let started = Instant::now();
+        self.handle.start(&self.name).await.map_err(|e| error_chain(&e))?;
+        self.progress(VmState::Booting);
+        let deadline = started + self.image.boot_timeout;
+        match self.readiness {
+            Readiness::DomainRunning => {
+                if self.handle.is_active(&self.name).await.map_err(|e| error_chain(&e))? != Some(true) {
+                    return Err(format!("domain {} stopped right after starting", self.name));
+                }
+            }
+            Readiness::SshBanner { poll } => {
+                let addr = SocketAddr::new(self.host.address, self.port);
+                let handle = self.handle.clone();
+                let name = self.name.clone();
+                let running = move || {
+                    let (handle, name) = (handle.clone(), name.clone());
+                    // A failed query is not proof the guest died: keep waiting.
+                    async move { handle.is_active(&name).await.map(|a| a == Some(true)).unwrap_or(true) }
+                };
+                match readiness::wait_for_banner(addr, deadline, poll, running).await {
+                    Ok(_) => {}
+                    Err(WaitError::Timeout) => {
+                        return Err(format!(
+                            "no SSH banner from {} on {addr} within {:?}",
+                            self.name, self.image.boot_timeout
+                        ));
+                    }
+                    Err(WaitError::Stopped) => return Err(format!("domain {} stopped while booting", self.name)),
+                }
+            }
+        }
+        let boot_time = started.elapsed();
+        let host_key = readiness::host_key_from_console(&String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()));
+        Ok(Booted { boot_time, host_key })
+    }
+}
+
+/// Shutting down and removing one VM, run as its own task.
+struct Teardown {
+    name: String,
+    handle: HostHandle,
+    overlay: Option<PathBuf>,
+    console: PathBuf,
+    /// `Some(timeout)`: ask the guest to power off first.
+    graceful: Option<Duration>,
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl Teardown {
+    async fn run(self) {
+        let result = self.remove().await;
+        let _ = self.tx.send(Cmd::TeardownDone { name: self.name.clone(), result });
+    }
+
+    async fn remove(&self) -> Result<(), String> {
+        let h = &self.handle;
+        if let Some(timeout) = self.graceful
+            && h.shutdown(&self.name).await.is_ok()
+        {
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                match h.is_active(&self.name).await {
+                    Ok(Some(true)) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    _ => break,
+                }
+            }
+        }
+        h.destroy(&self.name).await.map_err(|e| error_chain(&e))?;
+        h.undefine(&self.name).await.map_err(|e| error_chain(&e))?;
+        if let Some(ov) = &self.overlay {
+            overlay::remove(ov).map_err(|e| error_chain(&e))?;
+        }
+        remove_console(&self.console);
+        Ok(())
+    }
+}
+
+fn remove_console(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(path = %path.display(), error = %e, "could not remove a console log");
+    }
+}

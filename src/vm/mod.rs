@@ -1,0 +1,37 @@
+//! paddock's VMs: the lifecycle state machine, placement over hosts, SSH port
+//! forwards, disposable overlays, boot readiness, reconciliation, and the
+//! `VmManager` that owns them all.
+
+mod manager;
+pub mod overlay;
+pub mod placement;
+pub mod ports;
+pub mod readiness;
+pub mod reconcile;
+mod state;
+
+pub use manager::{HostSnapshot, LaunchRequest, ManagerConfig, ReadyVm, Snapshot, VmManager, VmSnapshot};
+pub use readiness::Readiness;
+pub use reconcile::{LiveSet, ReconcileReport, reconcile};
+pub use state::VmState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("no configured host can run image {image} ({arch}, its memory and vCPUs)")]
+    NoHost { image: String, arch: String },
+    /// An infrastructure failure: the run never got a usable VM.
+    #[error("launching image {image} failed after {attempts} attempt(s): {error}")]
+    LaunchFailed { image: String, attempts: u32, error: String, console_tail: String },
+    #[error("no VM named {name}")]
+    NotFound { name: String },
+    #[error("VM {name} is {state}")]
+    WrongState { name: String, state: VmState },
+    #[error("VM {name} was destroyed before it became ready")]
+    Cancelled { name: String },
+    #[error("removing VM {name} failed: {error}")]
+    Teardown { name: String, error: String },
+    #[error("the VM manager has stopped")]
+    ManagerGone,
+    #[error("VM store")]
+    Store(#[from] crate::store::StoreError),
+}

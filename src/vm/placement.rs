@@ -1,0 +1,123 @@
+//! Choosing a host for a VM: arch match and room (VM count, memory, vCPUs);
+//! down or cooling hosts are skipped. Pure functions over a view of the hosts.
+
+use crate::config::{Capacity, Image};
+
+/// Resources a host's VMs hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub vms: u32,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+}
+
+impl Usage {
+    pub fn add(&mut self, image: &Image) {
+        self.vms += 1;
+        self.memory_mib += image.memory_mib;
+        self.vcpus += image.vcpus;
+    }
+
+    /// Whether `image` fits next to this usage within `cap`.
+    pub fn fits(&self, image: &Image, cap: &Capacity) -> bool {
+        self.vms < cap.max_vms
+            && self.memory_mib + image.memory_mib <= cap.memory_mib
+            && self.vcpus + image.vcpus <= cap.vcpus
+    }
+}
+
+/// What placement knows about one host.
+#[derive(Debug, Clone)]
+pub struct HostView {
+    pub capacity: Capacity,
+    /// Connected and not cooling down after failed launches.
+    pub available: bool,
+    /// `Some(false)` when the host is known to lack an emulator for the image's
+    /// arch; `None` when unknown (never connected yet).
+    pub runs_arch: Option<bool>,
+    pub used: Usage,
+    /// A previous attempt of this request failed there.
+    pub tried: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Host(usize),
+    /// Some host could take it later (when room frees up or it comes back).
+    Wait,
+    /// No configured host could ever run it.
+    Never,
+}
+
+/// The host for `image`: among available hosts that run its arch and have room,
+/// untried ones first, then the most free memory (spreading load); ties go to
+/// the host listed first in the config.
+pub fn place(image: &Image, hosts: &[HostView]) -> Placement {
+    let could_ever = hosts.iter().any(|h| h.runs_arch != Some(false) && Usage::default().fits(image, &h.capacity));
+    if !could_ever {
+        return Placement::Never;
+    }
+    hosts
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.available && h.runs_arch == Some(true) && h.used.fits(image, &h.capacity))
+        .min_by_key(|(i, h)| (h.tried, std::cmp::Reverse(h.capacity.memory_mib - h.used.memory_mib), *i))
+        .map_or(Placement::Wait, |(i, _)| Placement::Host(i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Arch, Os};
+
+    fn img(mem: u64, cpus: u32) -> Image {
+        let mut i = crate::libvirt::domain_xml::tests::image("t", Os::Linux, Arch::X86_64, crate::libvirt::domain_xml::tests::disk_boot());
+        i.memory_mib = mem;
+        i.vcpus = cpus;
+        i
+    }
+
+    fn view(max_vms: u32, mem: u64, cpus: u32) -> HostView {
+        HostView {
+            capacity: Capacity { max_vms, memory_mib: mem, vcpus: cpus },
+            available: true,
+            runs_arch: Some(true),
+            used: Usage::default(),
+            tried: false,
+        }
+    }
+
+    #[test]
+    fn picks_the_host_with_most_free_memory_that_fits() {
+        let hosts = [view(2, 1024, 2), view(4, 4096, 4), view(8, 8192, 1)];
+        // The biggest host has only one vCPU; a 2-vCPU guest goes to the 4 GiB one.
+        assert_eq!(place(&img(512, 2), &hosts), Placement::Host(1));
+        assert_eq!(place(&img(512, 1), &hosts), Placement::Host(2));
+    }
+
+    #[test]
+    fn full_hosts_mean_wait_and_impossible_images_mean_never() {
+        let mut h = view(1, 1024, 1);
+        h.used.add(&img(512, 1));
+        assert_eq!(place(&img(512, 1), &[h.clone()]), Placement::Wait);
+        assert_eq!(place(&img(2048, 1), &[h.clone()]), Placement::Never);
+        let mut other_arch = view(4, 4096, 4);
+        other_arch.runs_arch = Some(false);
+        assert_eq!(place(&img(512, 1), &[other_arch.clone()]), Placement::Never);
+        // Unknown arch support (host never connected): wait for it.
+        other_arch.runs_arch = None;
+        assert_eq!(place(&img(512, 1), &[other_arch]), Placement::Wait);
+    }
+
+    #[test]
+    fn unavailable_and_tried_hosts_are_avoided() {
+        let mut down = view(4, 8192, 4);
+        down.available = false;
+        let mut tried = view(4, 4096, 4);
+        tried.tried = true;
+        let small = view(4, 1024, 4);
+        assert_eq!(place(&img(512, 1), &[down.clone(), tried.clone(), small]), Placement::Host(2));
+        assert_eq!(place(&img(512, 1), &[down.clone(), tried]), Placement::Host(1));
+        assert_eq!(place(&img(512, 1), &[down]), Placement::Wait);
+    }
+}

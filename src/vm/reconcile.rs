@@ -1,0 +1,104 @@
+//! Reconciliation: finding this daemon's domains and overlays that no live VM
+//! owns and removing them. **Domains without this instance's paddock mark are
+//! never touched.**
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use chrono::{DateTime, Utc};
+use tracing::{info, warn};
+
+use crate::libvirt::{HostHandle, error_chain};
+use crate::store::Store;
+
+use super::overlay;
+
+/// What one reconciliation pass did.
+#[derive(Debug, Default, Clone)]
+pub struct ReconcileReport {
+    /// `(host, domain)` pairs destroyed and undefined.
+    pub domains_removed: Vec<(String, String)>,
+    pub overlays_removed: Vec<PathBuf>,
+    /// Domains seen that are not paddock's (or another instance's); left alone.
+    pub foreign_domains: usize,
+    /// Hosts that could not be listed (down).
+    pub hosts_skipped: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// The owners known at the moment a pass starts. Anything created after
+/// `taken_at` is left for the next pass: it may belong to a launch under way.
+#[derive(Debug, Clone)]
+pub struct LiveSet {
+    pub names: HashSet<String>,
+    pub taken_at: DateTime<Utc>,
+}
+
+/// Removes every domain on `hosts` marked with `instance` and not in `live`,
+/// their overlays, and overlay files in `state_dir` that no live VM owns.
+/// Each removal is logged and recorded as an event.
+pub async fn reconcile(hosts: &[HostHandle], instance: &str, live: &LiveSet, state_dir: &Path, store: &Store) -> ReconcileReport {
+    let mut report = ReconcileReport::default();
+    for host in hosts {
+        let domains = match host.list().await {
+            Ok(d) => d,
+            Err(e) => {
+                report.hosts_skipped.push(host.name().to_string());
+                warn!(host = host.name(), error = %error_chain(&e), "reconciliation skipped a host");
+                continue;
+            }
+        };
+        for d in domains {
+            let Some(mark) = d.mark.filter(|m| m.instance == instance) else {
+                report.foreign_domains += 1;
+                continue;
+            };
+            if live.names.contains(&d.name) || mark.created_at > live.taken_at {
+                continue;
+            }
+            let removed = async {
+                if d.active {
+                    host.destroy(&d.name).await?;
+                }
+                host.undefine(&d.name).await
+            }
+            .await;
+            match removed {
+                Ok(()) => {
+                    info!(host = host.name(), vm = %d.name, run_id = %mark.run_id, "reaped an orphaned domain");
+                    let detail = format!("host {}, run {}, created {}", host.name(), mark.run_id, mark.created_at);
+                    if let Err(e) = store.record_event("reaped_domain", &d.name, &detail).await {
+                        report.errors.push(error_chain(&e));
+                    }
+                    report.domains_removed.push((host.name().to_string(), d.name.clone()));
+                }
+                Err(e) => report.errors.push(error_chain(&e)),
+            }
+        }
+    }
+    let cutoff = SystemTime::from(live.taken_at);
+    match overlay::list(state_dir) {
+        Ok(files) => {
+            for f in files {
+                let owner = f.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+                let young = std::fs::metadata(&f).and_then(|m| m.modified()).is_ok_and(|t| t > cutoff);
+                if live.names.contains(&owner) || young {
+                    continue;
+                }
+                match overlay::remove(&f) {
+                    Ok(()) => {
+                        info!(path = %f.display(), "removed an orphaned overlay");
+                        if let Err(e) = store.record_event("reaped_overlay", &owner, &f.display().to_string()).await {
+                            report.errors.push(error_chain(&e));
+                        }
+                        report.overlays_removed.push(f);
+                    }
+                    Err(e) => report.errors.push(error_chain(&e)),
+                }
+            }
+        }
+        Err(e) => report.errors.push(error_chain(&e)),
+    }
+    report
+}
