@@ -85,6 +85,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         shutdown_timeout: Duration::from_secs(10),
         host_cooldown: Duration::from_secs(60),
         console_tail_lines: 30,
+        emulation_boot_factor: Default::default(),
     };
     let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
     let mgr = VmManager::start(cfg, vec![host], store.clone()).await.unwrap();

@@ -62,6 +62,7 @@ fn config(state_dir: &Path, instance: &str) -> ManagerConfig {
         shutdown_timeout: Duration::from_secs(5),
         host_cooldown: Duration::from_secs(60),
         console_tail_lines: 20,
+        emulation_boot_factor: Default::default(),
     }
 }
 

@@ -71,7 +71,7 @@ fn unknown_image_in_job_lists_known_ones() {
     let l = line_of(&src, "\"win7\"");
     assert_eq!(
         errors(&src),
-        vec![format!("fleet.toml:{l}:26: jobs[0].images: no image named `win7`; known: `tiny-x86_64`")]
+        vec![format!("fleet.toml:{l}:26: jobs[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`")]
     );
 }
 
@@ -241,4 +241,21 @@ fn schedule_fires_across_dst_like_cron() {
     // The skipped local 02:00 runs at 03:00 CEST (01:00 UTC), as cron does, then 02:00 CEST.
     assert_eq!(fires[1], chrono::Utc.with_ymd_and_hms(2026, 3, 29, 1, 0, 0).unwrap());
     assert_eq!(fires[2], chrono::Utc.with_ymd_and_hms(2026, 3, 30, 0, 0, 0).unwrap());
+}
+
+#[test]
+fn emulation_boot_factors_name_known_arches() {
+    let fleet = parse(GOOD, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.daemon.emulation_boot_factor.get(&Arch::S390x), Some(&2.0));
+    let src = with("aarch64 = 2.0, s390x = 2.0", "m68k = 2.0");
+    let l = line_of(&src, "m68k");
+    let e = errors(&src);
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with(&format!("fleet.toml:{l}:34: daemon.emulation_boot_factor.m68k: unknown arch `m68k`; expected one of")),
+        "{}",
+        e[0]
+    );
+    let src = with("aarch64 = 2.0, s390x = 2.0", "aarch64 = 0.5");
+    assert_eq!(errors(&src).len(), 1);
 }

@@ -2,6 +2,7 @@
 //! `qemu:///system` (TCG) and runs jobs in it over SSH. Each test has its own
 //! state directory and its own port range, so nextest runs them concurrently.
 
+mod arch;
 mod crash;
 mod runs;
 
