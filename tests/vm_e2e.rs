@@ -72,6 +72,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         address: IpAddr::V4(Ipv4Addr::LOCALHOST),
         capacity: Capacity { max_vms: 2, memory_mib: 2048, vcpus: 2 },
         network: None,
+        limits: Default::default(),
     };
     let port = free_port();
     let instance = format!("e2e{:05}", std::process::id() % 100000);

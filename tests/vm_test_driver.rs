@@ -24,6 +24,7 @@ fn host(name: &str, uri: &str, max_vms: u32, memory_mib: u64, vcpus: u32) -> Hos
         address: IpAddr::V4(Ipv4Addr::LOCALHOST),
         capacity: Capacity { max_vms, memory_mib, vcpus },
         network: None,
+        limits: Default::default(),
     }
 }
 
