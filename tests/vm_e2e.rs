@@ -86,6 +86,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         shutdown_timeout: Duration::from_secs(10),
         host_cooldown: Duration::from_secs(60),
         console_tail_lines: 30,
+        clock: paddock::clock::Clock::system(),
     };
     let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
     let mgr = VmManager::start(cfg, vec![host], store.clone()).await.unwrap();
@@ -95,6 +96,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
     let vm = mgr
         .launch(LaunchRequest {
             run_id: "e2e".into(),
+            job: None,
             image: image.clone(),
             authorized_keys: vec![key.trim().to_string()],
             ca_key: None,

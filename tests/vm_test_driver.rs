@@ -63,11 +63,12 @@ fn config(state_dir: &Path, instance: &str) -> ManagerConfig {
         shutdown_timeout: Duration::from_secs(5),
         host_cooldown: Duration::from_secs(60),
         console_tail_lines: 20,
+        clock: paddock::clock::Clock::system(),
     }
 }
 
 fn request(run: &str, image: &Image) -> LaunchRequest {
-    LaunchRequest { run_id: run.into(), image: image.clone(), authorized_keys: vec![], ca_key: None, priority: 0 }
+    LaunchRequest { run_id: run.into(), job: None, image: image.clone(), authorized_keys: vec![], ca_key: None, priority: 0 }
 }
 
 /// Polls `probe` until it holds or `deadline` passes.
