@@ -87,6 +87,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         host_cooldown: Duration::from_secs(60),
         console_tail_lines: 30,
         clock: paddock::clock::Clock::system(),
+        emulation_boot_factor: Default::default(),
     };
     let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
     let mgr = VmManager::start(cfg, vec![host], store.clone()).await.unwrap();

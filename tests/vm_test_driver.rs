@@ -64,6 +64,7 @@ fn config(state_dir: &Path, instance: &str) -> ManagerConfig {
         host_cooldown: Duration::from_secs(60),
         console_tail_lines: 20,
         clock: paddock::clock::Clock::system(),
+        emulation_boot_factor: Default::default(),
     }
 }
 

@@ -51,6 +51,11 @@ pub struct Daemon {
     pub max_hold: Duration,
     /// How many hosts a launch is tried on before the run fails as infrastructure.
     pub launch_retries: u32,
+    /// Whether the API, dashboard and metrics may be read without a token.
+    pub public_reads: bool,
+    /// How much longer than `boot_timeout` a guest of this arch gets on a host
+    /// that emulates it (a host of another arch).
+    pub emulation_boot_factor: BTreeMap<Arch, f64>,
 }
 
 /// An inclusive range of host ports for guest SSH forwards.
@@ -254,7 +259,7 @@ impl Os {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Arch {
     X86_64,
     Aarch64,

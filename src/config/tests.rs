@@ -71,7 +71,7 @@ fn unknown_image_in_job_lists_known_ones() {
     let l = line_of(&src, "\"win7\"");
     assert_eq!(
         errors(&src),
-        vec![format!("fleet.toml:{l}:26: jobs[0].images: no image named `win7`; known: `tiny-x86_64`")]
+        vec![format!("fleet.toml:{l}:26: jobs[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`")]
     );
 }
 
@@ -298,12 +298,29 @@ fn bad_donor_limits() {
             format!("fleet.toml:{l}:12: hosts[0].windows[0]: `Mon-Fry 20:00-07:00` is not a window like \"Mon-Fri 20:00-07:00\": unknown day in `Mon-Fry`"),
             format!("fleet.toml:{l}:35: hosts[0].windows[1]: `daily 25:00-07:00` is not a window like \"Mon-Fri 20:00-07:00\": `25:00` is not HH:MM"),
             format!("fleet.toml:{}:12: hosts[0].timezone: unknown time zone `Mars/Olympus`; expected an IANA name like \"Europe/Berlin\"", l + 1),
-            format!("fleet.toml:{}:11: hosts[0].images: no image named `win7`; known: `tiny-x86_64`", l + 2),
-            format!("fleet.toml:{}:9: hosts[0].jobs: no job named `nightly`; known: `demo`", l + 3),
+            format!("fleet.toml:{}:11: hosts[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`", l + 2),
+            format!("fleet.toml:{}:9: hosts[0].jobs: no job named `nightly`; known: `demo`, `arches`", l + 3),
             format!("fleet.toml:{}:20: hosts[0].quarantine_after: must be a positive number, got 0", l + 4),
         ]
     );
     let src = with("vcpus = 4\n", "vcpus = 4\ntimezone = \"Europe/Berlin\"\n");
     let l = line_of(&src, "timezone = \"Europe/Berlin\"\n");
     assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:12: hosts[0].timezone: `timezone` without `windows`")]);
+}
+
+#[test]
+fn emulation_boot_factors_name_known_arches() {
+    let fleet = parse(GOOD, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.daemon.emulation_boot_factor.get(&Arch::S390x), Some(&2.0));
+    let src = with("aarch64 = 2.0, s390x = 2.0", "m68k = 2.0");
+    let l = line_of(&src, "m68k");
+    let e = errors(&src);
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with(&format!("fleet.toml:{l}:34: daemon.emulation_boot_factor.m68k: unknown arch `m68k`; expected one of")),
+        "{}",
+        e[0]
+    );
+    let src = with("aarch64 = 2.0, s390x = 2.0", "aarch64 = 0.5");
+    assert_eq!(errors(&src).len(), 1);
 }

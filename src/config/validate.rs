@@ -22,11 +22,13 @@ pub(super) struct Validator<'a> {
 
 impl<'a> Validator<'a> {
     pub(super) fn new(src: &'a str, file: &'a Path) -> Self {
-        let base_dir = file
+        let parent = file
             .parent()
             .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+            .unwrap_or(Path::new("."));
+        // Absolute, because libvirt opens some of these paths (console logs,
+        // kernels) from its own working directory.
+        let base_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
         Validator { src, file, base_dir, errors: Vec::new() }
     }
 
@@ -174,7 +176,32 @@ impl<'a> Validator<'a> {
             reconcile_interval: self.duration(&d.reconcile_interval, "daemon.reconcile_interval", Duration::from_secs(30)),
             max_hold: self.duration(&d.max_hold, "daemon.max_hold", Duration::from_secs(24 * 3600)),
             launch_retries,
+            public_reads: d.public_reads.unwrap_or(false),
+            emulation_boot_factor: self.boot_factors(&d.emulation_boot_factor),
         }
+    }
+
+    fn boot_factors(&mut self, raw: &BTreeMap<String, S<f64>>) -> BTreeMap<Arch, f64> {
+        let mut out = BTreeMap::new();
+        for (arch, factor) in raw {
+            let known: Vec<String> = Arch::ALL.iter().map(|a| format!("`{a}`")).collect();
+            match Arch::parse(arch) {
+                None => self.error(
+                    Some(factor.span()),
+                    format!("daemon.emulation_boot_factor.{arch}"),
+                    format!("unknown arch `{arch}`; expected one of {}", known.join(", ")),
+                ),
+                Some(_) if !(1.0..=100.0).contains(factor.get_ref()) => self.error(
+                    Some(factor.span()),
+                    format!("daemon.emulation_boot_factor.{arch}"),
+                    format!("must be between 1 and 100, got {}", factor.get_ref()),
+                ),
+                Some(a) => {
+                    out.insert(a, *factor.get_ref());
+                }
+            }
+        }
+        out
     }
 
     fn host(&mut self, i: usize, raw: &S<RawHost>, seen: &mut HashSet<String>) -> Host {

@@ -161,6 +161,7 @@ impl Daemon {
         api.access = Some(access);
         api.vms = Some(vms.clone());
         tokio::spawn(check_hosts(fleet.clone()));
+        api.public_reads = fleet.daemon.public_reads;
         let app = crate::api::app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
         let addr = options.listen.unwrap_or(fleet.daemon.listen);
         let listener = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;

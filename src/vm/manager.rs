@@ -47,6 +47,8 @@ pub struct ManagerConfig {
     pub console_tail_lines: usize,
     /// Reads the wall time for donors' availability windows (paused in tests).
     pub clock: Clock,
+    /// Boot deadlines of guests whose arch the host emulates are multiplied by this.
+    pub emulation_boot_factor: std::collections::BTreeMap<crate::config::Arch, f64>,
 }
 
 impl ManagerConfig {
@@ -62,6 +64,7 @@ impl ManagerConfig {
             host_cooldown: Duration::from_secs(60),
             console_tail_lines: 40,
             clock: Clock::system(),
+            emulation_boot_factor: fleet.daemon.emulation_boot_factor.clone(),
         }
     }
 }
@@ -609,6 +612,17 @@ impl Owner {
     }
 
     /// Places queued launches, highest priority first, FIFO within a priority.
+    /// `image.boot_timeout`, times the configured factor for its arch when host
+    /// `i` is of another arch (so emulates it: an emulated guest boots slower).
+    fn boot_timeout(&self, i: usize, image: &Image) -> Duration {
+        let native = match self.hosts[i].handle.status() {
+            HostStatus::Up(facts) => facts.arch == image.arch.as_str(),
+            HostStatus::Connecting | HostStatus::Down { .. } => false,
+        };
+        let factor = if native { 1.0 } else { self.cfg.emulation_boot_factor.get(&image.arch).copied().unwrap_or(1.0) };
+        image.boot_timeout.mul_f64(factor)
+    }
+
     /// A port for a VM on host `i`. On a host whose forwards are bound on this
     /// machine, a port something else already holds (another program, or a VM
     /// a different paddock left behind) is skipped rather than failing the launch.
@@ -685,6 +699,7 @@ impl Owner {
             ca_key: pending.req.ca_key.clone(),
             readiness: self.cfg.readiness,
             tail_lines: self.cfg.console_tail_lines,
+            boot_timeout: self.boot_timeout(host, &pending.req.image),
             tx,
         };
         info!(vm = %name, run_id = %vm.run_id, host = %self.hosts[host].config.name, port, attempt = pending.attempts, "placing VM");
@@ -997,6 +1012,8 @@ fn random_id() -> String {
 
 /// One launch attempt on one host, run as its own task.
 struct Attempt {
+    /// The image's boot timeout, scaled when the host emulates a foreign arch.
+    boot_timeout: Duration,
     name: String,
     host: Host,
     handle: HostHandle,
@@ -1060,7 +1077,7 @@ impl Attempt {
         let started = Instant::now();
         self.handle.start(&self.name).await.map_err(|e| error_chain(&e))?;
         self.progress(VmState::Booting);
-        let deadline = started + self.image.boot_timeout;
+        let deadline = started + self.boot_timeout;
         match self.readiness {
             Readiness::DomainRunning => {
                 if self.handle.is_active(&self.name).await.map_err(|e| error_chain(&e))? != Some(true) {
@@ -1081,7 +1098,7 @@ impl Attempt {
                     Err(WaitError::Timeout) => {
                         return Err(format!(
                             "no SSH banner from {} on {addr} within {:?}",
-                            self.name, self.image.boot_timeout
+                            self.name, self.boot_timeout
                         ));
                     }
                     Err(WaitError::Stopped) => return Err(format!("domain {} stopped while booting", self.name)),
