@@ -332,3 +332,57 @@ async fn failed_launches_quarantine_a_host_and_run_the_notify_hook() {
     assert!(err.to_string().contains("failed after 1 attempt"), "{err}");
     wait_until("the failed VMs to be removed", Duration::from_secs(10), || async { mgr.snapshot().await.unwrap().vms.is_empty() }).await;
 }
+
+/// An image file goes into a directory pool on qemu:///system over a libvirt
+/// stream, is verified by reading it back, is not re-sent when unchanged, and
+/// a changed file replaces the old version.
+#[test]
+fn image_upload_through_a_libvirt_pool_is_checksummed_and_replaces_old_versions() {
+    use paddock::hosts::images::{ImageFile, sha256_file, volume_name, volume_prefix};
+    use paddock::libvirt::storage::ensure_volume;
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    std::fs::create_dir(&pool_dir).unwrap();
+    let pool = format!("paddock-test-{}", std::process::id());
+    let define = |args: &[&str]| {
+        let out = std::process::Command::new("virsh").arg("-c").arg("qemu:///system").args(args).output().unwrap();
+        assert!(out.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    define(&["pool-create-as", &pool, "dir", "--target", pool_dir.to_str().unwrap()]);
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("virsh").args(["-c", "qemu:///system", "pool-destroy", &self.0]).output();
+        }
+    }
+    let _cleanup = Cleanup(pool.clone());
+
+    let file = dir.path().join("initrd.img");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let f = ImageFile { image: "tiny".into(), role: "initrd", path: file.clone() };
+    let sha = sha256_file(&file).unwrap();
+    let name = volume_name(&f, &sha);
+    let up = ensure_volume("qemu:///system", &pool, &name, &volume_prefix(&f), &file, &sha).unwrap();
+    assert!(up.sent);
+    assert_eq!(std::fs::read(&up.path).unwrap(), data, "the volume holds the file");
+    let again = ensure_volume("qemu:///system", &pool, &name, &volume_prefix(&f), &file, &sha).unwrap();
+    assert!(!again.sent, "an unchanged image is not re-sent");
+
+    // The image changes: a new volume, the old one removed.
+    std::fs::write(&file, b"a newer initramfs").unwrap();
+    let sha2 = sha256_file(&file).unwrap();
+    let name2 = volume_name(&f, &sha2);
+    let up2 = ensure_volume("qemu:///system", &pool, &name2, &volume_prefix(&f), &file, &sha2).unwrap();
+    assert!(up2.sent);
+    assert_eq!(up2.removed, vec![name.clone()]);
+    assert!(!Path::new(&up.path).exists());
+    // host check now sees the current version as present.
+    let probe = paddock::libvirt::probe("qemu:///system").unwrap();
+    assert!(probe.volumes.iter().any(|v| v.name == name2 && v.pool == pool));
+
+    // A wrong checksum is refused and leaves nothing behind.
+    let bad = ensure_volume("qemu:///system", &pool, "paddock-tiny-initrd-bad", "paddock-tiny-initrd-bad", &file, "00").unwrap_err();
+    assert!(bad.to_string().starts_with("volume paddock-tiny-initrd-bad has sha256 "), "{bad}");
+    assert!(!pool_dir.join("paddock-tiny-initrd-bad").exists());
+}

@@ -11,6 +11,7 @@
 pub mod domain_xml;
 mod facts;
 pub mod probe;
+pub mod storage;
 
 use std::sync::Once;
 use std::sync::mpsc;
