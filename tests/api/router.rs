@@ -431,3 +431,26 @@ async fn drain_and_resume_are_admin_only_audited_and_shown_in_hosts() {
     assert_eq!(audit[0].detail, "was drained: swapping a disk");
     assert!(l.store.host_blocks().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn access_endpoints_need_a_token() {
+    let l = lab(false).await;
+    let s = &l.state;
+    let cases: &[(Method, &str, Option<&str>)] = &[
+        (Method::GET, "/api/v1/access", None),
+        (Method::POST, "/api/v1/access", Some(r#"{"image":"deb-x86_64","duration":"1h","reason":"x"}"#)),
+        (Method::GET, "/api/v1/access/ca", None),
+        (Method::GET, "/api/v1/access/g1", None),
+        (Method::POST, "/api/v1/access/g1/approve", None),
+        (Method::POST, "/api/v1/access/g1/deny", Some("{}")),
+        (Method::POST, "/api/v1/access/g1/extend", Some(r#"{"duration":"1h"}"#)),
+        (Method::POST, "/api/v1/access/g1/revoke", None),
+        (Method::GET, "/api/v1/audit", None),
+    ];
+    for (m, uri, body) in cases {
+        let (st, b) = json(s, m.clone(), uri, None, *body).await;
+        assert_error(st, &b, StatusCode::UNAUTHORIZED, "unauthenticated", "token");
+        let (st, b) = json(s, m.clone(), uri, Some("pdk_bad_token"), *body).await;
+        assert_error(st, &b, StatusCode::UNAUTHORIZED, "unauthenticated", "unknown or revoked");
+    }
+}

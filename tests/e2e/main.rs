@@ -5,6 +5,7 @@
 mod access;
 mod arch;
 mod crash;
+mod ui;
 mod runs;
 
 use std::path::{Path, PathBuf};
