@@ -4,6 +4,7 @@ mod access;
 mod cancel;
 mod check;
 mod client;
+mod host;
 mod hosts;
 mod jobs;
 mod logs;
@@ -39,6 +40,11 @@ enum Command {
     Status(client::Remote),
     /// Hypervisor hosts: health and capacity.
     Hosts(client::Remote),
+    /// One host: onboarding check, drain, resume.
+    Host {
+        #[command(subcommand)]
+        command: host::HostCommand,
+    },
     /// VMs paddock made: state, host, run, port, age.
     Vms(client::Remote),
     /// Jobs: schedule, next fire, last result per image.
@@ -134,6 +140,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Check { config } => check::run(&config),
         Command::Status(r) => status::run(&r),
         Command::Hosts(r) => hosts::run(&r),
+        Command::Host { command } => host::run(&command),
         Command::Vms(r) => vms::run(&r),
         Command::Jobs(r) => jobs::run(&r),
         Command::Runs { remote, filters } => runs::run(&remote, &filters),

@@ -124,6 +124,8 @@ impl<'a> Validator<'a> {
             .enumerate()
             .map(|(i, j)| self.job(i, j, &mut seen, &image_names, &user_names))
             .collect();
+        let job_names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+        self.check_allow_lists(&raw.hosts, &image_names, &job_names);
         let mut seen = HashSet::new();
         let mut recorders: Vec<Recorder> =
             raw.recorders.iter().enumerate().map(|(i, r)| self.recorder(i, r, &mut seen)).collect();
@@ -236,7 +238,69 @@ impl<'a> Validator<'a> {
             memory_mib: self.positive(&h.memory_mib, &format!("{p}.memory_mib"), 1u64),
             vcpus: self.positive(&h.vcpus, &format!("{p}.vcpus"), 1u32),
         };
-        Host { name, uri, accelerator, address, capacity, network: h.network.as_ref().map(|n| n.get_ref().clone()) }
+        let limits = self.limits(&p, h);
+        Host { name, uri, accelerator, address, capacity, network: h.network.as_ref().map(|n| n.get_ref().clone()), limits }
+    }
+
+    /// Donor limits; the allow-lists are checked against images and jobs in
+    /// [`Validator::check_allow_lists`], once those are known.
+    fn limits(&mut self, p: &str, h: &RawHost) -> DonorLimits {
+        let mut windows = Vec::new();
+        for (k, w) in h.windows.iter().enumerate() {
+            match Window::parse(w.get_ref()) {
+                Ok(w) => windows.push(w),
+                Err(e) => self.error(Some(w.span()), format!("{p}.windows[{k}]"), e),
+            }
+        }
+        let timezone = match &h.timezone {
+            None => chrono_tz::UTC,
+            Some(t) => t.get_ref().parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+                self.error(
+                    Some(t.span()),
+                    format!("{p}.timezone"),
+                    format!("unknown time zone `{}`; expected an IANA name like \"Europe/Berlin\"", t.get_ref()),
+                );
+                chrono_tz::UTC
+            }),
+        };
+        if h.timezone.is_some() && h.windows.is_empty() {
+            let span = h.timezone.as_ref().map(|t| t.span());
+            self.error(span, format!("{p}.timezone"), "`timezone` without `windows`");
+        }
+        if h.hard_stop && h.windows.is_empty() {
+            self.error(None, format!("{p}.hard_stop"), "`hard_stop` without `windows`");
+        }
+        let quarantine_after = match &h.quarantine_after {
+            None => 3,
+            Some(v) => self.positive(v, &format!("{p}.quarantine_after"), 3u32),
+        };
+        let list = |l: &Option<Vec<S<String>>>| l.as_ref().map(|v| v.iter().map(|s| s.get_ref().clone()).collect());
+        DonorLimits {
+            windows,
+            timezone,
+            hard_stop: h.hard_stop,
+            jobs: list(&h.jobs),
+            images: list(&h.images),
+            quarantine_after,
+            notify_command: h.notify_command.as_ref().map(|c| c.get_ref().clone()),
+        }
+    }
+
+    fn check_allow_lists(&mut self, raw: &[S<RawHost>], image_names: &[&str], job_names: &[&str]) {
+        for (i, h) in raw.iter().enumerate() {
+            let h = h.get_ref();
+            for (key, list, names, what) in [("images", &h.images, image_names, "image"), ("jobs", &h.jobs, job_names, "job")] {
+                for v in list.iter().flatten() {
+                    if !names.contains(&v.get_ref().as_str()) {
+                        self.error(
+                            Some(v.span()),
+                            format!("hosts[{i}].{key}"),
+                            format!("no {what} named `{}`; known: {}", v.get_ref(), known(names)),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn image(&mut self, i: usize, raw: &S<RawImage>, seen: &mut HashSet<String>) -> Image {
