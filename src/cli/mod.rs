@@ -16,6 +16,7 @@ mod token;
 mod vms;
 mod serve;
 mod recorder;
+mod results;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,6 +86,8 @@ enum Command {
     },
     /// Results waiting to reach their recorders.
     Outbox(client::Remote),
+    /// Results the recorder holds: packages, or one package's platforms (failures first).
+    Results(results::ResultsArgs),
     /// SSH access for named users: request, approve, extend, revoke.
     Access {
         #[command(flatten)]
@@ -148,6 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Logs { remote, run, follow, tail } => logs::run(&remote, &run, follow, tail),
         Command::Cancel { remote, run } => cancel::run(&remote, &run),
         Command::Outbox(r) => outbox::run(&r),
+        Command::Results(a) => results::run(&a),
         Command::Access { remote, command } => access::run(&remote, &command),
         Command::Audit { remote, limit } => access::audit(&remote, limit),
         Command::Token { config, json, command } => token::run(&config, &command, json),

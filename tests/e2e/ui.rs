@@ -71,11 +71,37 @@ async fn run_follow_exits_with_the_runs_success() {
     assert_eq!(ok.status.code(), Some(0), "stdout: {out}\nstderr: {}", String::from_utf8_lossy(&ok.stderr));
     assert!(out.contains("hello-from-the-guest"), "{out}");
     let err = String::from_utf8_lossy(&ok.stderr);
-    assert!(err.contains("running") && err.contains("done"), "states shown: {err}");
+    assert!(err.contains(": provisioning") && err.contains(": done"), "states shown: {err}");
     let out = String::from_utf8_lossy(&bad.stdout);
     assert_eq!(bad.status.code(), Some(1), "stdout: {out}\nstderr: {}", String::from_utf8_lossy(&bad.stderr));
     assert!(out.contains("about-to-fail"), "{out}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("step `broken` failed"));
+
+    // `paddock results` reads the embedded recorder once the forwarder delivered.
+    let results = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_paddock"))
+            .arg("results")
+            .args(args)
+            .env("PADDOCK_URL", &url)
+            .env("PADDOCK_TOKEN", &token)
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = results(&["fails"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains("FAILED") {
+            assert!(text.contains("x86_64"), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "results never showed the failure: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = results(&["--json"]);
+    let packages: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = packages.as_array().unwrap().iter().map(|p| p["package"].as_str().unwrap()).collect();
+    assert!(names.contains(&"passes") && names.contains(&"fails"), "{packages}");
     daemon.stop().await.unwrap();
 }
 
