@@ -12,6 +12,8 @@ setup:
 
 image: setup
 	bash images/build-guest.sh x86_64
+	bash images/build-guest.sh aarch64
+	bash images/build-guest.sh s390x
 
 build:
 	$(CARGO) build --locked --all-targets

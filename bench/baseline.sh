@@ -43,6 +43,45 @@ for f in vmlinuz initrd.img ssh_host_ed25519_key.pub; do
     [ -s "$IMG/$f" ] || { echo "missing $IMG/$f: run images/build-guest.sh $ARCH" >&2; exit 1; }
 done
 
+# Per-architecture domain facts. Every architecture runs under TCG (type='qemu') here.
+case "$ARCH" in
+x86_64)
+    MACHINE=pc
+    EMULATOR=/usr/bin/qemu-system-x86_64
+    CONSOLE=ttyS0
+    # ACPI gives the power button that `virsh shutdown` presses.
+    FEATURES="<features><acpi/></features>"
+    CPU=""
+    CONSOLE_ELEM=serial
+    CONSOLE_TARGET="<target port='0'/>"
+    ;;
+aarch64)
+    MACHINE=virt
+    EMULATOR=/usr/bin/qemu-system-aarch64
+    CONSOLE=ttyAMA0
+    # No UEFI firmware, so the kernel boots from the device tree without ACPI.
+    FEATURES=""
+    # QEMU's default virt CPU is a 32-bit cortex-a15; cortex-a57 is a plain ARMv8.0 core
+    # (`max` would add pointer authentication, which TCG emulates slowly).
+    CPU="<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>cortex-a57</model></cpu>"
+    CONSOLE_ELEM=serial
+    CONSOLE_TARGET="<target port='0'/>"
+    ;;
+s390x)
+    MACHINE=s390-ccw-virtio
+    EMULATOR=/usr/bin/qemu-system-s390x
+    # s390x has no UART: the console is SCLP, a console device rather than a serial one.
+    CONSOLE=ttysclp0
+    FEATURES=""
+    # Same boot time as the default `qemu` CPU, and gives the guest a PRNG (KASLR on).
+    CPU="<cpu mode='maximum' check='none'/>"
+    CONSOLE_ELEM=console
+    CONSOLE_TARGET="<target type='sclp' port='0'/>"
+    ;;
+*) echo "unknown --arch $ARCH (x86_64, aarch64, s390x)" >&2; exit 2 ;;
+esac
+[ -x "$EMULATOR" ] || { echo "missing $EMULATOR: run scripts/setup-host.sh" >&2; exit 1; }
+
 log() { printf '[baseline] %s\n' "$*" >&2; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
@@ -72,7 +111,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 ssh-keygen -q -t ed25519 -N '' -C baseline -f "$TMP/id"
-CMDLINE="console=ttyS0 quiet"
+CMDLINE="console=$CONSOLE quiet"
 if [ -n "$CA_KEY" ]; then
     ssh-keygen -q -s "${SIGN_KEY:-$CA_KEY}" -I "baseline-$$" -n root -V -1m:+30m "$TMP/id.pub"
     CA_PUB=$(ssh-keygen -y -f "$CA_KEY")
@@ -88,16 +127,18 @@ cat >"$TMP/domain.xml" <<XML
   <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
   <os>
-    <type arch='$ARCH'>hvm</type>
+    <type arch='$ARCH' machine='$MACHINE'>hvm</type>
     <kernel>$IMG/vmlinuz</kernel>
     <initrd>$IMG/initrd.img</initrd>
     <cmdline>$CMDLINE</cmdline>
   </os>
-  <features><acpi/></features>
+  $FEATURES
+  $CPU
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
+    <emulator>$EMULATOR</emulator>
     <interface type='user'>
       <backend type='passt'/>
       <model type='virtio'/>
@@ -105,10 +146,10 @@ cat >"$TMP/domain.xml" <<XML
         <range start='$PORT' to='22'/>
       </portForward>
     </interface>
-    <serial type='file'>
+    <$CONSOLE_ELEM type='file'>
       <source path='$TMP/console.log'/>
-      <target port='0'/>
-    </serial>
+      $CONSOLE_TARGET
+    </$CONSOLE_ELEM>
     <!-- Without an entropy source sshd waits ~1 s under TCG for the kernel's CRNG. -->
     <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
     <memballoon model='none'/>

@@ -2,7 +2,7 @@
 # Builds paddock's bundled small Linux guest (kernel + initramfs with busybox and OpenSSH)
 # from Debian packages, without root-only tools: `apt-get download` + `dpkg -x` + cpio.
 #
-#   images/build-guest.sh [ARCH]      ARCH: x86_64 (default); aarch64, s390x are sketched.
+#   images/build-guest.sh [ARCH]      ARCH: x86_64 (default), aarch64, s390x.
 #
 # Output in images/out/ARCH/: vmlinuz, initrd.img, ssh_host_ed25519_key(.pub), stamp.
 # The host key is generated once and kept across rebuilds. A re-run is a no-op when the
@@ -23,24 +23,27 @@ die() { log "error: $*"; exit 1; }
 case "$ARCH" in
 x86_64)
     DEBARCH=amd64
+    ELF_MACHINE="Advanced Micro Devices X86-64"
     KERNEL_META=linux-image-cloud-amd64
     MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
         failover net_failover virtio_net virtio-rng button evdev)
     ;;
 aarch64)
-    # Not booted yet: needs `dpkg --add-architecture arm64` + apt-get update on the host
-    # and qemu-system-arm. virt machine: virtio over PCI (or MMIO), no ACPI button.
+    # The `virt` machine puts virtio on PCI (libvirt's default) or MMIO; both are modules.
+    # No ACPI without UEFI firmware, so no ACPI power button (virsh destroy instead).
     DEBARCH=arm64
+    ELF_MACHINE="AArch64"
     KERNEL_META=linux-image-cloud-arm64
     MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
-        virtio_mmio failover net_failover virtio_net)
+        virtio_mmio failover net_failover virtio_net virtio-rng)
     ;;
 s390x)
-    # Not booted yet: needs `dpkg --add-architecture s390x` and qemu-system-misc;
-    # s390x has no cloud flavour and attaches virtio through channel I/O (virtio_ccw).
+    # s390x has no cloud flavour. virtio and virtio_ccw (channel I/O, CONFIG_S390_GUEST)
+    # are built in; only the NIC and the RNG drivers are modules.
     DEBARCH=s390x
+    ELF_MACHINE="IBM S/390"
     KERNEL_META=linux-image-s390x
-    MODULES=(virtio_ring virtio virtio_ccw failover net_failover virtio_net)
+    MODULES=(failover net_failover virtio_net virtio-rng)
     ;;
 *) die "unknown ARCH '$ARCH' (x86_64, aarch64, s390x)" ;;
 esac
@@ -171,6 +174,11 @@ while [ "${#QUEUE[@]}" -gt 0 ]; do
     done
 done
 [ -n "$INTERP" ] || die "no program interpreter found in ${ELF_BINS[*]}"
+# A foreign binary can't be run here to notice a wrong-architecture package; its ELF header can.
+for f in bin/busybox "${ELF_BINS[@]}"; do
+    machine=$(readelf -h "$ROOT/$f" | sed -n 's/^ *Machine: *//p')
+    [ "$machine" = "$ELF_MACHINE" ] || die "$f is built for '$machine', expected '$ELF_MACHINE'"
+done
 # The interpreter must also sit where the binaries ask for it (e.g. /lib64/...).
 if [ ! -e "$ROOT$INTERP" ]; then
     mkdir -p "$ROOT$(dirname "$INTERP")"

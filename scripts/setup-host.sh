@@ -37,6 +37,19 @@ SRC
     APT_UPDATED=0
 }
 
+# images/build-guest.sh downloads the aarch64 and s390x guests' packages as PKG:arm64 and
+# PKG:s390x, which apt only knows once dpkg lists those architectures (and lists are fetched).
+add_foreign_architectures() {
+    local a
+    for a in arm64 s390x; do
+        if ! dpkg --print-foreign-architectures | grep -qx "$a"; then
+            log "adding dpkg architecture $a"
+            dpkg --add-architecture "$a"
+            APT_UPDATED=0
+        fi
+    done
+}
+
 APT_UPDATED=0
 apt_update_once() {
     if [ "$APT_UPDATED" -eq 0 ]; then
@@ -97,8 +110,11 @@ start_daemons() {
 
 need_root
 add_backports
+add_foreign_architectures
 # The guest image script downloads Debian packages: it needs current lists.
-if ! compgen -G '/var/lib/apt/lists/*bookworm-backports*Packages*' >/dev/null; then
+if ! compgen -G '/var/lib/apt/lists/*bookworm-backports*Packages*' >/dev/null ||
+    ! compgen -G '/var/lib/apt/lists/*_binary-s390x_Packages*' >/dev/null ||
+    ! compgen -G '/var/lib/apt/lists/*_binary-arm64_Packages*' >/dev/null; then
     apt_update_once
 fi
 install_packages

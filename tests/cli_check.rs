@@ -35,7 +35,7 @@ fn refuses_a_broken_fleet_with_file_line_and_key() {
     let line = bad[..bad.find("[\"win7\"]").unwrap()].matches('\n').count() + 1;
     assert!(
         stderr.contains(&format!(
-            "{}:{line}:11: jobs[0].images: no image named `win7`; known: `tiny-x86_64`",
+            "{}:{line}:11: jobs[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`",
             path.display()
         )),
         "{stderr}"

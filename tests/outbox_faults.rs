@@ -211,3 +211,38 @@ async fn a_result_queued_before_a_sigkill_is_delivered_after_restart() {
     .await;
     assert_eq!(recorder_rows(&rec.db_path()), vec!["run-crash".to_string()]);
 }
+
+/// The pony-build destination speaks XML-RPC `add_results`; here its peer is
+/// the recorder's pony-build-compatible endpoint (a real XML-RPC server).
+#[tokio::test]
+async fn results_reach_a_pony_build_xmlrpc_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
+    let rec = RecorderProcess::start(&["--token", "lab=s3cret"]);
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let dest = Destination::PonyBuild { client, url: format!("{}/xmlrpc/s3cret", rec.url()) };
+    let forwarder = Forwarder::new(
+        store.clone(),
+        vec![("pony".into(), dest)],
+        Backoff { first: Duration::from_millis(20), max: Duration::from_millis(300) },
+        Clock::system(),
+    );
+    let waker = forwarder.waker();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    forwarder.spawn(stop_rx);
+    for n in 0..3 {
+        finished_run(&store, &format!("pb-{n}"), n, "pony").await;
+    }
+    waker.wake();
+    wait_until("delivery over XML-RPC", Duration::from_secs(30), || async { store.outbox_pending().await.unwrap().is_empty() })
+        .await;
+    // pony-build answers (result_key, auth_key); the key is kept.
+    for n in 0..3 {
+        let e = &store.outbox_for_run(&format!("pb-{n}")).await.unwrap()[0];
+        assert!(e.remote_key.as_deref().is_some_and(|k| !k.is_empty()), "{e:?}");
+    }
+    let c = rusqlite::Connection::open(rec.db_path()).unwrap();
+    let n: i64 = c.query_row("SELECT count(*) FROM results", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 3);
+}

@@ -72,6 +72,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         address: IpAddr::V4(Ipv4Addr::LOCALHOST),
         capacity: Capacity { max_vms: 2, memory_mib: 2048, vcpus: 2 },
         network: None,
+        limits: Default::default(),
     };
     let port = free_port();
     let instance = format!("e2e{:05}", std::process::id() % 100000);
@@ -85,6 +86,8 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         shutdown_timeout: Duration::from_secs(10),
         host_cooldown: Duration::from_secs(60),
         console_tail_lines: 30,
+        clock: paddock::clock::Clock::system(),
+        emulation_boot_factor: Default::default(),
     };
     let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
     let mgr = VmManager::start(cfg, vec![host], store.clone()).await.unwrap();
@@ -94,6 +97,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
     let vm = mgr
         .launch(LaunchRequest {
             run_id: "e2e".into(),
+            job: None,
             image: image.clone(),
             authorized_keys: vec![key.trim().to_string()],
             ca_key: None,

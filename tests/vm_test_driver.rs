@@ -24,6 +24,7 @@ fn host(name: &str, uri: &str, max_vms: u32, memory_mib: u64, vcpus: u32) -> Hos
         address: IpAddr::V4(Ipv4Addr::LOCALHOST),
         capacity: Capacity { max_vms, memory_mib, vcpus },
         network: None,
+        limits: Default::default(),
     }
 }
 
@@ -62,11 +63,13 @@ fn config(state_dir: &Path, instance: &str) -> ManagerConfig {
         shutdown_timeout: Duration::from_secs(5),
         host_cooldown: Duration::from_secs(60),
         console_tail_lines: 20,
+        clock: paddock::clock::Clock::system(),
+        emulation_boot_factor: Default::default(),
     }
 }
 
 fn request(run: &str, image: &Image) -> LaunchRequest {
-    LaunchRequest { run_id: run.into(), image: image.clone(), authorized_keys: vec![], ca_key: None, priority: 0 }
+    LaunchRequest { run_id: run.into(), job: None, image: image.clone(), authorized_keys: vec![], ca_key: None, priority: 0 }
 }
 
 /// Polls `probe` until it holds or `deadline` passes.

@@ -60,6 +60,23 @@ pub fn install_ops(os: Os, grant_id: &str, user: &str, keys: &[String]) -> Vec<K
 }
 
 /// What removes the grant's keys again (and nothing else).
+/// Ends every SSH session in a POSIX guest except the one running this
+/// command: used when a grant ends on a VM that stays (a held run's), so a
+/// session left open does not outlive the grant. OpenSSH runs each connection
+/// as a `sshd: USER [priv]` monitor with a `sshd: USER@tty` child; ours is the
+/// command's parent (`$PPID`) and that process's parent. Windows guests are
+/// not covered: their sessions end when the VM goes.
+pub fn end_sessions_ops(os: Os) -> Vec<KeyOp> {
+    match os {
+        Os::Windows => Vec::new(),
+        Os::Linux | Os::Macos => vec![KeyOp::Exec { command: END_SESSIONS.to_string(), stdin: Vec::new() }],
+    }
+}
+
+// busybox has no pgrep; its `ps` may print `{comm}` before the arguments, so the
+// session processes are matched anywhere on the line.
+const END_SESSIONS: &str = r#"mine=$PPID; up=$(cut -d" " -f4 /proc/$PPID/stat 2>/dev/null); for p in $(ps -o pid,args | awk -v a="$mine" -v b="$up" '/sshd: [^ ]+ \[priv\]|sshd: [^ ]+@/ && $1 != a && $1 != b { print $1 }'); do kill -TERM "$p" 2>/dev/null; done; true"#;
+
 pub fn removal_ops(os: Os, grant_id: &str, user: &str) -> Vec<KeyOp> {
     match os {
         Os::Windows => windows_script(grant_id, user, &[], "remove"),
@@ -207,5 +224,36 @@ mod tests {
         run(removal_ops(Os::Linux, "g7", "mia"));
         std::fs::remove_file(ssh.join("authorized_keys")).unwrap();
         run(removal_ops(Os::Linux, "g8", "otto"));
+    }
+}
+
+#[cfg(test)]
+mod end_sessions_tests {
+    use super::*;
+
+    /// The command ends other sessions' processes and spares everything else,
+    /// checked with stand-in processes named as OpenSSH names its sessions. It
+    /// runs in a PID namespace of its own so it cannot touch this machine's
+    /// real SSH sessions (other tests run an sshd).
+    #[test]
+    fn ends_other_sessions_only() {
+        let KeyOp::Exec { command, .. } = &end_sessions_ops(Os::Linux)[0] else { panic!() };
+        let script = format!(
+            r#"(exec -a "sshd: root [priv]" sleep 60 &) ; (exec -a "sshd: root@notty" sleep 60 &) ; (exec -a "bystander: root@x" sleep 60 &)
+sleep 0.3
+busybox sh -c '{}'
+sleep 0.3
+ps -eo args"#,
+            command.replace('\'', "'\\''")
+        );
+        let out = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "bash", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let ps = String::from_utf8_lossy(&out.stdout);
+        assert!(!ps.contains("sshd: root"), "sessions not ended:\n{ps}");
+        assert!(ps.contains("bystander: root@x"), "a non-sshd process was killed:\n{ps}");
+        assert!(end_sessions_ops(Os::Windows).is_empty());
     }
 }

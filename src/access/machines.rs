@@ -52,6 +52,7 @@ impl Machines for VmMachines {
             let vm = format!("for grant {grant_id}");
             let req = LaunchRequest {
                 run_id: format!("grant-{grant_id}"),
+                job: None,
                 image: image.clone(),
                 authorized_keys: vec![self.client.public_line()],
                 ca_key: image.trusts_fleet_ca.then(|| ca_line.to_string()),

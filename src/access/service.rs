@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::ca::{CertSpec, FleetCa, cert_line};
-use super::keys::{install_ops, removal_ops};
+use super::keys::{end_sessions_ops, install_ops, removal_ops};
 use super::policy::{self, Decision, Subject};
 use super::{AccessError, Endpoint, Grant, GrantAnswer, GrantState, IssuedCert, Machines, Placed, Target, ssh_command};
 use crate::clock::Clock;
@@ -826,6 +826,14 @@ async fn clean(
         let until = [g.run_hold_until, others_end].into_iter().flatten().max();
         match until {
             Some(t) if t > now => {
+                // Sessions must not outlive the grant. With another grant still on
+                // this VM they are left alone: sessions do not say which grant let
+                // them in.
+                if others_end.is_none_or(|o| o <= now) {
+                    let image = image_of(fleet, store, g).await.map_err(|e| chain(&e))?;
+                    machines.run_ops(vm, &image, end_sessions_ops(image.os)).await.map_err(|e| e.to_string())?;
+                    notes.push(format!("sessions on {vm} ended"));
+                }
                 machines.hold(vm, t).await.map_err(|e| e.to_string())?;
                 notes.push(format!("vm {vm} kept until {}", t.to_rfc3339()));
             }

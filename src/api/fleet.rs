@@ -98,7 +98,37 @@ pub async fn hosts(State(s): State<Shared>, _r: Reader) -> Result<Json<Vec<HostO
 pub(crate) async fn hosts_of(s: &Shared) -> Result<Vec<HostOut>, ApiError> {
     let vms = s.store.vms().await?;
     let statuses = s.hosts.borrow().clone();
-    Ok(s.fleet.hosts.iter().map(|h| host_out(&s.fleet, h, &vms, statuses.iter().find(|st| st.name == h.name))).collect())
+    let blocks = s.store.host_blocks().await?;
+    let now = Utc::now();
+    let mut out = Vec::with_capacity(s.fleet.hosts.len());
+    for h in &s.fleet.hosts {
+        let mut o = host_out(&s.fleet, h, &vms, statuses.iter().find(|st| st.name == h.name));
+        o.blocked = blocks.iter().find(|(n, _)| *n == h.name).map(|(_, b)| block_out(b));
+        o.window_open = h.limits.open_at(now);
+        o.windows = h.limits.windows.iter().map(|w| format!("{} ({})", w.text, h.limits.timezone)).collect();
+        let hh = s.store.host_health(&h.name).await?;
+        o.health = HostHealthOut {
+            launches: hh.launches,
+            failures: hh.failures,
+            consecutive_failures: hh.consecutive_failures,
+            mean_boot_ms: hh.mean_boot_ms,
+            last_boot_ms: hh.last_boot_ms,
+        };
+        out.push(o);
+    }
+    Ok(out)
+}
+
+pub(crate) fn block_out(b: &crate::hosts::Block) -> HostBlockOut {
+    HostBlockOut {
+        kind: b.kind().into(),
+        reason: b.reason().into(),
+        by: match b {
+            crate::hosts::Block::Drained { by, .. } => by.clone(),
+            crate::hosts::Block::Quarantined { .. } => "paddock".into(),
+        },
+        since: b.since(),
+    }
 }
 
 /// Capacity used counts every VM row on the host: the store keeps a row from
@@ -133,6 +163,10 @@ fn host_out(fleet: &Fleet, h: &crate::config::Host, vms: &[VmRow], st: Option<&s
             memory_mib: capacity.memory_mib.saturating_sub(used.memory_mib),
             vcpus: capacity.vcpus.saturating_sub(used.vcpus),
         },
+        blocked: None,
+        window_open: true,
+        windows: Vec::new(),
+        health: HostHealthOut::default(),
     }
 }
 

@@ -12,6 +12,7 @@ mod access;
 mod auth;
 mod error;
 mod fleet;
+mod hosts;
 mod logs;
 pub mod metrics;
 mod records;
@@ -65,6 +66,8 @@ pub struct ApiState {
     pub follows: Arc<std::sync::atomic::AtomicUsize>,
     /// The access service; `None` answers access calls with 503.
     pub access: Option<crate::access::Access>,
+    /// The VM manager, told about drains and resumes; `None` only records them.
+    pub vms: Option<crate::vm::VmManager>,
 }
 
 impl ApiState {
@@ -81,6 +84,7 @@ impl ApiState {
             metrics: metrics::install(),
             follows: Arc::default(),
             access: None,
+            vms: None,
         }
     }
 }
@@ -99,6 +103,8 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<Shared>)> {
         (Method::GET, "/api/v1/openapi.json", get(openapi)),
         (Method::GET, "/api/v1/status", get(fleet::status)),
         (Method::GET, "/api/v1/hosts", get(fleet::hosts)),
+        (Method::POST, "/api/v1/hosts/{name}/drain", post(hosts::drain)),
+        (Method::POST, "/api/v1/hosts/{name}/resume", post(hosts::resume)),
         (Method::GET, "/api/v1/vms", get(fleet::vms)),
         (Method::GET, "/api/v1/images", get(fleet::images)),
         (Method::GET, "/api/v1/jobs", get(fleet::jobs)),

@@ -44,6 +44,45 @@ pub struct HostOut {
     pub capacity: CapacityOut,
     pub used: CapacityOut,
     pub free: CapacityOut,
+    /// Why the host takes no new VMs (drained by an admin, or quarantined).
+    #[serde(default)]
+    pub blocked: Option<HostBlockOut>,
+    /// Inside the donor's availability windows now (always true without windows).
+    #[serde(default = "yes")]
+    pub window_open: bool,
+    #[serde(default)]
+    pub windows: Vec<String>,
+    #[serde(default)]
+    pub health: HostHealthOut,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostBlockOut {
+    /// `drained` or `quarantined`.
+    pub kind: String,
+    pub reason: String,
+    pub by: String,
+    pub since: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostHealthOut {
+    pub launches: u64,
+    pub failures: u64,
+    pub consecutive_failures: u32,
+    pub mean_boot_ms: Option<u64>,
+    pub last_boot_ms: Option<u64>,
+}
+
+/// Body of `POST /api/v1/hosts/{name}/drain` (a reason is required) and `/resume`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostBlockIn {
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -4,6 +4,7 @@ mod access;
 mod cancel;
 mod check;
 mod client;
+mod host;
 mod hosts;
 mod jobs;
 mod logs;
@@ -15,6 +16,7 @@ mod token;
 mod vms;
 mod serve;
 mod recorder;
+mod results;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +41,11 @@ enum Command {
     Status(client::Remote),
     /// Hypervisor hosts: health and capacity.
     Hosts(client::Remote),
+    /// One host: onboarding check, drain, resume.
+    Host {
+        #[command(subcommand)]
+        command: host::HostCommand,
+    },
     /// VMs paddock made: state, host, run, port, age.
     Vms(client::Remote),
     /// Jobs: schedule, next fire, last result per image.
@@ -79,6 +86,8 @@ enum Command {
     },
     /// Results waiting to reach their recorders.
     Outbox(client::Remote),
+    /// Results the recorder holds: packages, or one package's platforms (failures first).
+    Results(results::ResultsArgs),
     /// SSH access for named users: request, approve, extend, revoke.
     Access {
         #[command(flatten)]
@@ -134,6 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Check { config } => check::run(&config),
         Command::Status(r) => status::run(&r),
         Command::Hosts(r) => hosts::run(&r),
+        Command::Host { command } => host::run(&command),
         Command::Vms(r) => vms::run(&r),
         Command::Jobs(r) => jobs::run(&r),
         Command::Runs { remote, filters } => runs::run(&remote, &filters),
@@ -141,6 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Logs { remote, run, follow, tail } => logs::run(&remote, &run, follow, tail),
         Command::Cancel { remote, run } => cancel::run(&remote, &run),
         Command::Outbox(r) => outbox::run(&r),
+        Command::Results(a) => results::run(&a),
         Command::Access { remote, command } => access::run(&remote, &command),
         Command::Audit { remote, limit } => access::audit(&remote, limit),
         Command::Token { config, json, command } => token::run(&config, &command, json),

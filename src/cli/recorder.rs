@@ -19,6 +19,9 @@ pub struct RecorderArgs {
     /// A submitter allowed to post results, as NAME=SECRET. Repeatable; none means open submission.
     #[arg(long = "token", value_parser = parse_token)]
     tokens: Vec<SubmitToken>,
+    /// Reads need a token too (Bearer, `?token=`, or `/xmlrpc/<token>`).
+    #[arg(long, requires = "tokens")]
+    private_reads: bool,
     /// Seconds after which a platform's last result is stale (check_should_build says yes).
     #[arg(long, default_value_t = 86_400)]
     stale_after_secs: u64,
@@ -45,6 +48,7 @@ pub fn run(args: RecorderArgs) -> anyhow::Result<ExitCode> {
 async fn serve(args: RecorderArgs) -> anyhow::Result<()> {
     let config = RecorderConfig {
         tokens: args.tokens,
+        private_reads: args.private_reads,
         stale_after: std::time::Duration::from_secs(args.stale_after_secs),
         missing_after: std::time::Duration::from_secs(args.missing_after_secs),
         ..RecorderConfig::default()

@@ -51,6 +51,11 @@ pub struct Daemon {
     pub max_hold: Duration,
     /// How many hosts a launch is tried on before the run fails as infrastructure.
     pub launch_retries: u32,
+    /// Whether the API, dashboard and metrics may be read without a token.
+    pub public_reads: bool,
+    /// How much longer than `boot_timeout` a guest of this arch gets on a host
+    /// that emulates it (a host of another arch).
+    pub emulation_boot_factor: BTreeMap<Arch, f64>,
 }
 
 /// An inclusive range of host ports for guest SSH forwards.
@@ -105,6 +110,129 @@ pub struct Host {
     /// A libvirt network to attach guests to instead of user-mode networking
     /// (labs only; never used in tests here).
     pub network: Option<String>,
+    /// What the donor of this machine allows.
+    pub limits: DonorLimits,
+}
+
+/// A donor's limits on their host: when paddock may start VMs there, which
+/// jobs and images may run, and when paddock stops trusting it.
+#[derive(Debug, Clone)]
+pub struct DonorLimits {
+    /// New VMs start only inside one of these; empty means always.
+    pub windows: Vec<Window>,
+    /// The donor's time zone, in which `windows` are read.
+    pub timezone: chrono_tz::Tz,
+    /// VMs still running when every window has closed are stopped.
+    pub hard_stop: bool,
+    /// Jobs allowed here; `None` allows every job.
+    pub jobs: Option<Vec<String>>,
+    /// Images allowed here; `None` allows every image.
+    pub images: Option<Vec<String>>,
+    /// This many launches failing in a row quarantine the host.
+    pub quarantine_after: u32,
+    /// Run (through `sh -c`) when the host goes down or is quarantined.
+    pub notify_command: Option<String>,
+}
+
+impl Default for DonorLimits {
+    fn default() -> Self {
+        DonorLimits {
+            windows: Vec::new(),
+            timezone: chrono_tz::UTC,
+            hard_stop: false,
+            jobs: None,
+            images: None,
+            quarantine_after: 3,
+            notify_command: None,
+        }
+    }
+}
+
+impl DonorLimits {
+    /// Whether new VMs may start at `t`.
+    pub fn open_at(&self, t: DateTime<Utc>) -> bool {
+        self.windows.is_empty() || self.windows.iter().any(|w| w.contains(t.with_timezone(&self.timezone).naive_local()))
+    }
+
+    pub fn allows_image(&self, image: &str) -> bool {
+        self.images.as_ref().is_none_or(|l| l.iter().any(|i| i == image))
+    }
+
+    /// A launch that belongs to no job (an access grant's VM) is allowed
+    /// wherever its image is.
+    pub fn allows_job(&self, job: Option<&str>) -> bool {
+        match (job, &self.jobs) {
+            (_, None) | (None, Some(_)) => true,
+            (Some(j), Some(l)) => l.iter().any(|x| x == j),
+        }
+    }
+}
+
+/// A weekly availability window, `"Mon-Fri 20:00-07:00"`: it opens at `start`
+/// on each listed day and runs to `end`, past midnight when `end <= start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// Monday first.
+    pub days: [bool; 7],
+    pub start: chrono::NaiveTime,
+    /// `None` is the end of the day (`24:00`).
+    pub end: Option<chrono::NaiveTime>,
+    /// As written in fleet.toml.
+    pub text: String,
+}
+
+impl Window {
+    /// Whether the donor's local time `t` lies inside the window.
+    pub fn contains(&self, t: chrono::NaiveDateTime) -> bool {
+        use chrono::Datelike;
+        let day = t.weekday().num_days_from_monday() as usize;
+        let prev = (day + 6) % 7;
+        let time = t.time();
+        match self.end {
+            None => self.days[day] && time >= self.start,
+            Some(end) if end > self.start => self.days[day] && time >= self.start && time < end,
+            // Overnight: the evening part belongs to today, the morning part to yesterday's window.
+            Some(end) => (self.days[day] && time >= self.start) || (self.days[prev] && time < end),
+        }
+    }
+
+    /// Parses `DAYS HH:MM-HH:MM`; DAYS is `daily`, a day (`Mon`), a range
+    /// (`Mon-Fri`, wrapping like `Fri-Mon`) or a comma list of those.
+    pub fn parse(s: &str) -> Result<Window, String> {
+        let bad = |why: &str| format!("`{s}` is not a window like \"Mon-Fri 20:00-07:00\": {why}");
+        let (days_s, times) = s.trim().split_once(' ').ok_or_else(|| bad("expected DAYS and HH:MM-HH:MM"))?;
+        const NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+        let day = |d: &str| NAMES.iter().position(|n| n.eq_ignore_ascii_case(d.trim()));
+        let mut days = [false; 7];
+        if days_s.eq_ignore_ascii_case("daily") {
+            days = [true; 7];
+        } else {
+            for part in days_s.split(',') {
+                match part.split_once('-') {
+                    Some((a, b)) => {
+                        let (Some(a), Some(b)) = (day(a), day(b)) else { return Err(bad(&format!("unknown day in `{part}`"))) };
+                        let mut d = a;
+                        loop {
+                            days[d] = true;
+                            if d == b {
+                                break;
+                            }
+                            d = (d + 1) % 7;
+                        }
+                    }
+                    None => days[day(part).ok_or_else(|| bad(&format!("unknown day `{part}`")))?] = true,
+                }
+            }
+        }
+        let (a, b) = times.trim().split_once('-').ok_or_else(|| bad("expected HH:MM-HH:MM"))?;
+        let time = |t: &str| chrono::NaiveTime::parse_from_str(t.trim(), "%H:%M").map_err(|_| bad(&format!("`{t}` is not HH:MM")));
+        let start = time(a)?;
+        let end = if b.trim() == "24:00" { None } else { Some(time(b)?) };
+        if end == Some(start) {
+            return Err(bad("it starts and ends at the same time"));
+        }
+        Ok(Window { days, start, end, text: s.to_string() })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +259,7 @@ impl Os {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Arch {
     X86_64,
     Aarch64,

@@ -38,6 +38,9 @@ pub struct RawDaemon {
     pub reconcile_interval: Option<S<String>>,
     pub max_hold: Option<S<String>>,
     pub launch_retries: Option<S<i64>>,
+    pub public_reads: Option<bool>,
+    #[serde(default)]
+    pub emulation_boot_factor: BTreeMap<String, S<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +54,17 @@ pub struct RawHost {
     pub memory_mib: S<i64>,
     pub vcpus: S<i64>,
     pub network: Option<S<String>>,
+    /// Donor limits: when new VMs may start (`"Mon-Fri 20:00-07:00"`), in `timezone`.
+    #[serde(default)]
+    pub windows: Vec<S<String>>,
+    pub timezone: Option<S<String>>,
+    #[serde(default)]
+    pub hard_stop: bool,
+    /// Allow-lists; absent means any.
+    pub jobs: Option<Vec<S<String>>>,
+    pub images: Option<Vec<S<String>>>,
+    pub quarantine_after: Option<S<i64>>,
+    pub notify_command: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -71,7 +71,7 @@ fn unknown_image_in_job_lists_known_ones() {
     let l = line_of(&src, "\"win7\"");
     assert_eq!(
         errors(&src),
-        vec![format!("fleet.toml:{l}:26: jobs[0].images: no image named `win7`; known: `tiny-x86_64`")]
+        vec![format!("fleet.toml:{l}:26: jobs[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`")]
     );
 }
 
@@ -241,4 +241,86 @@ fn schedule_fires_across_dst_like_cron() {
     // The skipped local 02:00 runs at 03:00 CEST (01:00 UTC), as cron does, then 02:00 CEST.
     assert_eq!(fires[1], chrono::Utc.with_ymd_and_hms(2026, 3, 29, 1, 0, 0).unwrap());
     assert_eq!(fires[2], chrono::Utc.with_ymd_and_hms(2026, 3, 30, 0, 0, 0).unwrap());
+}
+
+#[test]
+fn donor_limits_parse() {
+    let src = with(
+        "vcpus = 4\n",
+        "vcpus = 4\nwindows = [\"Mon-Fri 20:00-07:00\", \"Sat,Sun 00:00-24:00\"]\ntimezone = \"Europe/Berlin\"\nhard_stop = true\n\
+         jobs = [\"demo\"]\nimages = [\"tiny-x86_64\"]\nquarantine_after = 5\nnotify_command = \"logger paddock\"\n",
+    );
+    let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
+    let l = &fleet.hosts[0].limits;
+    assert_eq!(l.windows.len(), 2);
+    assert_eq!(l.timezone, chrono_tz::Europe::Berlin);
+    assert!(l.hard_stop);
+    assert_eq!(l.jobs.as_deref(), Some(&["demo".to_string()][..]));
+    assert!(l.allows_image("tiny-x86_64") && !l.allows_image("other"));
+    assert!(l.allows_job(Some("demo")) && !l.allows_job(Some("nightly")) && l.allows_job(None));
+    assert_eq!(l.quarantine_after, 5);
+    assert_eq!(l.notify_command.as_deref(), Some("logger paddock"));
+    // A host with no limits: always open, everything allowed, quarantine after 3.
+    let plain = parse(GOOD, Path::new("fleet.toml")).unwrap();
+    let p = &plain.hosts[0].limits;
+    assert!(p.windows.is_empty() && p.jobs.is_none() && p.images.is_none());
+    assert_eq!(p.quarantine_after, 3);
+}
+
+#[test]
+fn windows_open_and_close_in_the_donors_time_zone() {
+    use chrono::TimeZone;
+    let src = with("vcpus = 4\n", "vcpus = 4\nwindows = [\"Mon-Fri 20:00-07:00\"]\ntimezone = \"Europe/Berlin\"\n");
+    let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
+    let l = &fleet.hosts[0].limits;
+    // 2026-11-24 is a Tuesday; Berlin is UTC+1 in November.
+    let utc = |d, h, m| chrono::Utc.with_ymd_and_hms(2026, 11, d, h, m, 0).unwrap();
+    assert!(!l.open_at(utc(24, 18, 59)), "Tue 19:59 Berlin is before the window");
+    assert!(l.open_at(utc(24, 19, 0)), "Tue 20:00 Berlin opens it");
+    assert!(l.open_at(utc(25, 5, 59)), "Wed 06:59 Berlin is Tuesday night's window");
+    assert!(!l.open_at(utc(25, 6, 0)), "Wed 07:00 Berlin closes it");
+    assert!(l.open_at(utc(28, 5, 0)), "Sat 06:00 Berlin is still Friday night's window");
+    assert!(!l.open_at(utc(28, 20, 0)), "Sat 21:00 Berlin: no window on Saturdays");
+    assert!(!l.open_at(utc(30, 5, 0)), "Mon 06:00 Berlin: Sunday had no window");
+}
+
+#[test]
+fn bad_donor_limits() {
+    let src = with(
+        "vcpus = 4\n",
+        "vcpus = 4\nwindows = [\"Mon-Fry 20:00-07:00\", \"daily 25:00-07:00\"]\ntimezone = \"Mars/Olympus\"\n\
+         images = [\"win7\"]\njobs = [\"nightly\"]\nquarantine_after = 0\n",
+    );
+    let l = line_of(&src, "windows =");
+    assert_eq!(
+        errors(&src),
+        vec![
+            format!("fleet.toml:{l}:12: hosts[0].windows[0]: `Mon-Fry 20:00-07:00` is not a window like \"Mon-Fri 20:00-07:00\": unknown day in `Mon-Fry`"),
+            format!("fleet.toml:{l}:35: hosts[0].windows[1]: `daily 25:00-07:00` is not a window like \"Mon-Fri 20:00-07:00\": `25:00` is not HH:MM"),
+            format!("fleet.toml:{}:12: hosts[0].timezone: unknown time zone `Mars/Olympus`; expected an IANA name like \"Europe/Berlin\"", l + 1),
+            format!("fleet.toml:{}:11: hosts[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`", l + 2),
+            format!("fleet.toml:{}:9: hosts[0].jobs: no job named `nightly`; known: `demo`, `arches`", l + 3),
+            format!("fleet.toml:{}:20: hosts[0].quarantine_after: must be a positive number, got 0", l + 4),
+        ]
+    );
+    let src = with("vcpus = 4\n", "vcpus = 4\ntimezone = \"Europe/Berlin\"\n");
+    let l = line_of(&src, "timezone = \"Europe/Berlin\"\n");
+    assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:12: hosts[0].timezone: `timezone` without `windows`")]);
+}
+
+#[test]
+fn emulation_boot_factors_name_known_arches() {
+    let fleet = parse(GOOD, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.daemon.emulation_boot_factor.get(&Arch::S390x), Some(&2.0));
+    let src = with("aarch64 = 2.0, s390x = 2.0", "m68k = 2.0");
+    let l = line_of(&src, "m68k");
+    let e = errors(&src);
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with(&format!("fleet.toml:{l}:34: daemon.emulation_boot_factor.m68k: unknown arch `m68k`; expected one of")),
+        "{}",
+        e[0]
+    );
+    let src = with("aarch64 = 2.0, s390x = 2.0", "aarch64 = 0.5");
+    assert_eq!(errors(&src).len(), 1);
 }

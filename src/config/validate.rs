@@ -22,11 +22,13 @@ pub(super) struct Validator<'a> {
 
 impl<'a> Validator<'a> {
     pub(super) fn new(src: &'a str, file: &'a Path) -> Self {
-        let base_dir = file
+        let parent = file
             .parent()
             .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+            .unwrap_or(Path::new("."));
+        // Absolute, because libvirt opens some of these paths (console logs,
+        // kernels) from its own working directory.
+        let base_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
         Validator { src, file, base_dir, errors: Vec::new() }
     }
 
@@ -122,6 +124,8 @@ impl<'a> Validator<'a> {
             .enumerate()
             .map(|(i, j)| self.job(i, j, &mut seen, &image_names, &user_names))
             .collect();
+        let job_names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+        self.check_allow_lists(&raw.hosts, &image_names, &job_names);
         let mut seen = HashSet::new();
         let mut recorders: Vec<Recorder> =
             raw.recorders.iter().enumerate().map(|(i, r)| self.recorder(i, r, &mut seen)).collect();
@@ -172,7 +176,32 @@ impl<'a> Validator<'a> {
             reconcile_interval: self.duration(&d.reconcile_interval, "daemon.reconcile_interval", Duration::from_secs(30)),
             max_hold: self.duration(&d.max_hold, "daemon.max_hold", Duration::from_secs(24 * 3600)),
             launch_retries,
+            public_reads: d.public_reads.unwrap_or(false),
+            emulation_boot_factor: self.boot_factors(&d.emulation_boot_factor),
         }
+    }
+
+    fn boot_factors(&mut self, raw: &BTreeMap<String, S<f64>>) -> BTreeMap<Arch, f64> {
+        let mut out = BTreeMap::new();
+        for (arch, factor) in raw {
+            let known: Vec<String> = Arch::ALL.iter().map(|a| format!("`{a}`")).collect();
+            match Arch::parse(arch) {
+                None => self.error(
+                    Some(factor.span()),
+                    format!("daemon.emulation_boot_factor.{arch}"),
+                    format!("unknown arch `{arch}`; expected one of {}", known.join(", ")),
+                ),
+                Some(_) if !(1.0..=100.0).contains(factor.get_ref()) => self.error(
+                    Some(factor.span()),
+                    format!("daemon.emulation_boot_factor.{arch}"),
+                    format!("must be between 1 and 100, got {}", factor.get_ref()),
+                ),
+                Some(a) => {
+                    out.insert(a, *factor.get_ref());
+                }
+            }
+        }
+        out
     }
 
     fn host(&mut self, i: usize, raw: &S<RawHost>, seen: &mut HashSet<String>) -> Host {
@@ -209,7 +238,69 @@ impl<'a> Validator<'a> {
             memory_mib: self.positive(&h.memory_mib, &format!("{p}.memory_mib"), 1u64),
             vcpus: self.positive(&h.vcpus, &format!("{p}.vcpus"), 1u32),
         };
-        Host { name, uri, accelerator, address, capacity, network: h.network.as_ref().map(|n| n.get_ref().clone()) }
+        let limits = self.limits(&p, h);
+        Host { name, uri, accelerator, address, capacity, network: h.network.as_ref().map(|n| n.get_ref().clone()), limits }
+    }
+
+    /// Donor limits; the allow-lists are checked against images and jobs in
+    /// [`Validator::check_allow_lists`], once those are known.
+    fn limits(&mut self, p: &str, h: &RawHost) -> DonorLimits {
+        let mut windows = Vec::new();
+        for (k, w) in h.windows.iter().enumerate() {
+            match Window::parse(w.get_ref()) {
+                Ok(w) => windows.push(w),
+                Err(e) => self.error(Some(w.span()), format!("{p}.windows[{k}]"), e),
+            }
+        }
+        let timezone = match &h.timezone {
+            None => chrono_tz::UTC,
+            Some(t) => t.get_ref().parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+                self.error(
+                    Some(t.span()),
+                    format!("{p}.timezone"),
+                    format!("unknown time zone `{}`; expected an IANA name like \"Europe/Berlin\"", t.get_ref()),
+                );
+                chrono_tz::UTC
+            }),
+        };
+        if h.timezone.is_some() && h.windows.is_empty() {
+            let span = h.timezone.as_ref().map(|t| t.span());
+            self.error(span, format!("{p}.timezone"), "`timezone` without `windows`");
+        }
+        if h.hard_stop && h.windows.is_empty() {
+            self.error(None, format!("{p}.hard_stop"), "`hard_stop` without `windows`");
+        }
+        let quarantine_after = match &h.quarantine_after {
+            None => 3,
+            Some(v) => self.positive(v, &format!("{p}.quarantine_after"), 3u32),
+        };
+        let list = |l: &Option<Vec<S<String>>>| l.as_ref().map(|v| v.iter().map(|s| s.get_ref().clone()).collect());
+        DonorLimits {
+            windows,
+            timezone,
+            hard_stop: h.hard_stop,
+            jobs: list(&h.jobs),
+            images: list(&h.images),
+            quarantine_after,
+            notify_command: h.notify_command.as_ref().map(|c| c.get_ref().clone()),
+        }
+    }
+
+    fn check_allow_lists(&mut self, raw: &[S<RawHost>], image_names: &[&str], job_names: &[&str]) {
+        for (i, h) in raw.iter().enumerate() {
+            let h = h.get_ref();
+            for (key, list, names, what) in [("images", &h.images, image_names, "image"), ("jobs", &h.jobs, job_names, "job")] {
+                for v in list.iter().flatten() {
+                    if !names.contains(&v.get_ref().as_str()) {
+                        self.error(
+                            Some(v.span()),
+                            format!("hosts[{i}].{key}"),
+                            format!("no {what} named `{}`; known: {}", v.get_ref(), known(names)),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn image(&mut self, i: usize, raw: &S<RawImage>, seen: &mut HashSet<String>) -> Image {

@@ -159,6 +159,9 @@ impl Daemon {
         tokio::spawn(report_hosts(vms.clone(), hosts_tx, shutdown_rx.clone()));
         let mut api = ApiState::new(fleet.clone(), store.clone(), runs.clone(), hosts_rx);
         api.access = Some(access);
+        api.vms = Some(vms.clone());
+        tokio::spawn(check_hosts(fleet.clone()));
+        api.public_reads = fleet.daemon.public_reads;
         let app = crate::api::app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
         let addr = options.listen.unwrap_or(fleet.daemon.listen);
         let listener = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
@@ -197,6 +200,32 @@ impl Daemon {
 /// Every recorder a result is queued for, the embedded one included.
 fn forwarder_names(fleet: &Fleet) -> Vec<String> {
     fleet.recorders.iter().map(|r| r.name.clone()).collect()
+}
+
+/// `paddock host check` on every configured host, logged: an operator sees at
+/// start what a host lacks (no passt, a missing image, the wrong accelerator).
+async fn check_hosts(fleet: Arc<Fleet>) {
+    use crate::hosts::check::{self, Level};
+    let images = fleet.images.clone();
+    let Ok(files) = tokio::task::spawn_blocking(move || check::local_files(&images)).await else { return };
+    for host in &fleet.hosts {
+        let uri = host.uri.clone();
+        let probe = tokio::task::spawn_blocking(move || crate::libvirt::probe(&uri)).await;
+        let probe = match probe {
+            Ok(p) => p.map_err(|e| crate::libvirt::error_chain(&e)),
+            Err(e) => Err(e.to_string()),
+        };
+        let lines = check::assess(&host.uri, probe.as_ref().map_err(Clone::clone), Some(host), &fleet.images, &files);
+        for l in &lines {
+            let fix = l.fix.as_deref().unwrap_or("");
+            match l.level {
+                Level::Ok => tracing::debug!(host = %host.name, topic = %l.topic, "{}", l.text),
+                Level::Warn => tracing::warn!(host = %host.name, topic = %l.topic, fix, "{}", l.text),
+                Level::Fail => tracing::error!(host = %host.name, topic = %l.topic, fix, "{}", l.text),
+            }
+        }
+        info!(host = %host.name, verdict = %check::verdict(&lines), "host check");
+    }
 }
 
 /// Feeds the API's view of host health from the VM manager, every two seconds.

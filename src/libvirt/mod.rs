@@ -10,6 +10,8 @@
 
 pub mod domain_xml;
 mod facts;
+pub mod probe;
+pub mod storage;
 
 use std::sync::Once;
 use std::sync::mpsc;
@@ -22,6 +24,7 @@ use virt::domain::Domain;
 
 pub use domain_xml::{DiskSpec, DomainSpec, Mark, PADDOCK_NS};
 pub use facts::{HostFacts, check_host};
+pub use probe::{Emulator, HostProbe, Pool, Volume, probe};
 
 /// How often an idle actor checks that its connection is alive (and retries a dead one).
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
@@ -50,6 +53,8 @@ pub enum LibvirtError {
     Lookup { host: String, name: String, source: virt::error::Error },
     #[error("listing domains on host {host}")]
     List { host: String, source: virt::error::Error },
+    #[error("reading host details over {uri}")]
+    Probe { uri: String, source: virt::error::Error },
     #[error("the actor thread of host {host} has stopped")]
     ActorGone { host: String },
 }

@@ -37,7 +37,36 @@ pub fn router(rec: Recorder) -> Router {
         .route("/xmlrpc/{token}", post(xmlrpc_with_token))
         .merge(web::routes())
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(rec.clone(), private_reads))
         .with_state(rec)
+}
+
+/// With `private_reads`, every request must carry a submit token: `Authorization:
+/// Bearer`, `?token=` (pages and feeds opened in a browser or a feed reader), or
+/// pony-build's `/xmlrpc/<token>`. Submissions check their token again in their
+/// handlers, so this layer only ever refuses, never grants.
+async fn private_reads(
+    State(rec): State<Recorder>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !rec.config().private_reads {
+        return next.run(req).await;
+    }
+    let path = req.uri().path();
+    let from_query = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+        .map(str::to_string);
+    let presented = bearer(req.headers())
+        .map(str::to_string)
+        .or(from_query)
+        .or_else(|| path.strip_prefix("/xmlrpc/").map(str::to_string));
+    match presented {
+        Some(t) if rec.authenticate(&t).is_some() => next.run(req).await,
+        _ => ApiError::Unauthorized.into_response(),
+    }
 }
 
 /// Errors a handler can end in. Each maps to exactly one status below.

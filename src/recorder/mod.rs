@@ -35,6 +35,9 @@ pub struct RecorderConfig {
     pub body_limit: usize,
     /// Path prefix the router is mounted under (e.g. `/recorder`), for links in pages and feeds.
     pub base_path: String,
+    /// Reads (JSON, pages, feeds, XML-RPC) need a submit token too. Off by default:
+    /// pony-build's results were public.
+    pub private_reads: bool,
 }
 
 impl Default for RecorderConfig {
@@ -47,6 +50,7 @@ impl Default for RecorderConfig {
             max_build_allowance: Duration::from_secs(4 * 3600),
             body_limit: 16 * 1024 * 1024,
             base_path: String::new(),
+            private_reads: false,
         }
     }
 }

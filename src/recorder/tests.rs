@@ -167,6 +167,33 @@ async fn rest_ingest_is_idempotent_and_queryable() {
 }
 
 #[tokio::test]
+async fn private_reads_need_a_token_on_every_protocol() {
+    let config = RecorderConfig {
+        tokens: vec![SubmitToken { name: "lab1".into(), secret: "hunter2".into() }],
+        private_reads: true,
+        ..RecorderConfig::default()
+    };
+    let e = env(config).await;
+    let ok = post(&e.app, "/api/v1/results", result("alpha", &[], true).to_string(), Some("hunter2")).await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+    for uri in ["/api/v1/packages", "/", "/packages/widget", "/feeds/all.atom", "/api/v1/results/1"] {
+        assert_eq!(get(&e.app, uri).await.status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert_eq!(get(&e.app, &format!("{uri}?token=nope")).await.status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert_eq!(get(&e.app, &format!("{uri}?token=hunter2")).await.status, StatusCode::OK, "{uri}");
+    }
+    let with_bearer = send(
+        &e.app,
+        Request::get("/api/v1/packages").header(header::AUTHORIZATION, "Bearer hunter2").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(with_bearer.status, StatusCode::OK);
+    let call = "<?xml version='1.0'?><methodCall><methodName>get_results</methodName><params><param><value><string>1</string></value></param></params></methodCall>";
+    assert_eq!(xmlrpc(&e.app, "/xmlrpc", call).await.status, StatusCode::UNAUTHORIZED);
+    let good = xmlrpc(&e.app, "/xmlrpc/hunter2", call).await;
+    assert!(!is_fault(&good.body) && good.body.contains("alpha"), "{}", good.body);
+}
+
+#[tokio::test]
 async fn tokens_guard_submission_but_not_reads() {
     let config = RecorderConfig {
         tokens: vec![SubmitToken { name: "lab1".into(), secret: "hunter2".into() }],

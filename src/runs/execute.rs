@@ -131,6 +131,7 @@ impl Executor {
         // Provisioning: the VM manager places, defines, starts and waits for SSH.
         let request = LaunchRequest {
             run_id: row.id.clone(),
+            job: Some(row.job.clone()),
             image: image.clone(),
             authorized_keys: vec![key.public_line()],
             ca_key: if image.trusts_fleet_ca { self.config.ca_public_line.clone() } else { None },

@@ -8,6 +8,7 @@
 
 mod events;
 mod grants;
+mod hosts;
 mod listing;
 mod outbox;
 mod runs;
@@ -22,6 +23,7 @@ use rusqlite_migration::{M, Migrations};
 
 pub use events::Event;
 pub use grants::{AuditEntry, CertRecord, GrantRow};
+pub use hosts::{HostPeriod, HostVolume};
 pub use listing::{AccessRow, AuditRow};
 pub use outbox::OutboxEntry;
 pub use runs::{RunEnd, RunFilter, RunRow, RunUpdate};
@@ -33,6 +35,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("migrations/001_initial.sql")),
         M::up(include_str!("migrations/002_access.sql")),
         M::up(include_str!("migrations/003_grants.sql")),
+        M::up(include_str!("migrations/004_hosts.sql")),
     ])
 });
 
@@ -40,7 +43,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
 pub fn latest_version() -> usize {
     MIGRATION_COUNT
 }
-const MIGRATION_COUNT: usize = 3;
+const MIGRATION_COUNT: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -144,7 +147,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         MIGRATIONS.validate().unwrap();
-        assert_eq!(MIGRATION_COUNT, 3);
+        assert_eq!(MIGRATION_COUNT, 4);
     }
 
     #[tokio::test]

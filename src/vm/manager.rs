@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::clock::Clock;
 use crate::config::{Boot, Fleet, Host, Image, PortRange};
+use crate::hosts::Block;
 use crate::libvirt::{self, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
 use crate::store::{Store, VmRow};
 
@@ -43,6 +45,10 @@ pub struct ManagerConfig {
     /// How long a host that failed a launch is passed over.
     pub host_cooldown: Duration,
     pub console_tail_lines: usize,
+    /// Reads the wall time for donors' availability windows (paused in tests).
+    pub clock: Clock,
+    /// Boot deadlines of guests whose arch the host emulates are multiplied by this.
+    pub emulation_boot_factor: std::collections::BTreeMap<crate::config::Arch, f64>,
 }
 
 impl ManagerConfig {
@@ -57,6 +63,8 @@ impl ManagerConfig {
             shutdown_timeout: Duration::from_secs(30),
             host_cooldown: Duration::from_secs(60),
             console_tail_lines: 40,
+            clock: Clock::system(),
+            emulation_boot_factor: fleet.daemon.emulation_boot_factor.clone(),
         }
     }
 }
@@ -64,6 +72,8 @@ impl ManagerConfig {
 #[derive(Debug, Clone)]
 pub struct LaunchRequest {
     pub run_id: String,
+    /// The job the run belongs to; `None` for VMs of access grants.
+    pub job: Option<String>,
     pub image: Image,
     /// `authorized_keys` lines handed to the guest.
     pub authorized_keys: Vec<String>,
@@ -92,6 +102,10 @@ pub struct HostSnapshot {
     /// Why the host is down, when it is.
     pub down_reason: Option<String>,
     pub cooling_down: bool,
+    /// Drained or quarantined.
+    pub blocked: Option<Block>,
+    /// Inside the donor's availability windows.
+    pub window_open: bool,
     pub capacity: crate::config::Capacity,
     pub used: Usage,
 }
@@ -124,6 +138,7 @@ enum Cmd {
     Release { name: String, reply: Reply<()> },
     Destroy { name: String, reply: Reply<()> },
     Snapshot { reply: oneshot::Sender<Snapshot> },
+    SetBlock { host: String, block: Option<Block>, reply: Reply<()> },
     ReconcileNow { reply: oneshot::Sender<ReconcileReport> },
     Running { name: String, reply: Reply<bool> },
     // Reports from spawned tasks.
@@ -163,10 +178,11 @@ impl VmManager {
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let store_for_hosts = store.clone();
         let mut owner = Owner {
             ports: PortAllocator::new(cfg.ssh_ports),
             cfg,
-            hosts: hosts.into_iter().zip(handles).map(|(config, handle)| HostSlot { config, handle, cooling_until: None }).collect(),
+            hosts: Vec::with_capacity(hosts.len()),
             vms: HashMap::new(),
             queue: Vec::new(),
             seq: 0,
@@ -174,6 +190,16 @@ impl VmManager {
             tx: tx.downgrade(),
             reconciling: false,
         };
+        let store = store_for_hosts;
+        let blocks = store.host_blocks().await?;
+        for (config, handle) in hosts.into_iter().zip(handles) {
+            let block = blocks.iter().find(|(n, _)| *n == config.name).map(|(_, b)| b.clone());
+            if let Some(b) = &block {
+                info!(host = %config.name, kind = b.kind(), reason = %b.reason(), "host is blocked from before the restart");
+            }
+            let consecutive_failures = store.host_health(&config.name).await?.consecutive_failures;
+            owner.hosts.push(HostSlot { config, handle, cooling_until: None, block, consecutive_failures, last_up: None });
+        }
         owner.adopt().await?;
         let report = owner.reconcile_pass().await;
         owner.finish_reconcile(&report).await;
@@ -208,6 +234,12 @@ impl VmManager {
         self.ask(|reply| Cmd::Destroy { name: name.into(), reply }).await?
     }
 
+    /// Drains or quarantines a host (no new VMs there; running ones finish),
+    /// or with `None` lets it take VMs again. The caller persists the block.
+    pub async fn set_block(&self, host: &str, block: Option<Block>) -> Result<(), VmError> {
+        self.ask(|reply| Cmd::SetBlock { host: host.into(), block, reply }).await?
+    }
+
     pub async fn snapshot(&self) -> Result<Snapshot, VmError> {
         self.ask(|reply| Cmd::Snapshot { reply }).await
     }
@@ -228,6 +260,11 @@ struct HostSlot {
     config: Host,
     handle: HostHandle,
     cooling_until: Option<Instant>,
+    block: Option<Block>,
+    /// Failed launches since the last good one (from the store at start).
+    consecutive_failures: u32,
+    /// Up or down as last recorded; `None` before the first look.
+    last_up: Option<bool>,
 }
 
 struct Vm {
@@ -258,6 +295,8 @@ struct Pending {
     tried: HashSet<usize>,
     seq: u64,
     last_failure: Option<AttemptFailure>,
+    /// Hosts meant for this job that could not take it were reported once.
+    missed_reported: bool,
 }
 
 struct Owner {
@@ -299,7 +338,7 @@ impl Owner {
         match cmd {
             Cmd::Launch { req, reply } => {
                 self.seq += 1;
-                self.queue.push(Pending { req, reply, attempts: 0, tried: HashSet::new(), seq: self.seq, last_failure: None });
+                self.queue.push(Pending { req, reply, attempts: 0, tried: HashSet::new(), seq: self.seq, last_failure: None, missed_reported: false });
                 self.pump().await;
             }
             Cmd::Hold { name, until, reply } => {
@@ -336,6 +375,22 @@ impl Owner {
                 }
             },
             Cmd::Snapshot { reply } => drop(reply.send(self.snapshot())),
+            Cmd::SetBlock { host, block, reply } => {
+                let r = match self.hosts.iter_mut().find(|h| h.config.name == host) {
+                    None => Err(VmError::UnknownHost { host }),
+                    Some(slot) => {
+                        if block.is_none() {
+                            // A resumed host starts with a clean slate.
+                            slot.consecutive_failures = 0;
+                            slot.cooling_until = None;
+                        }
+                        slot.block = block;
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(r);
+                self.pump().await;
+            }
             Cmd::ReconcileNow { reply } => self.spawn_reconcile(Some(reply)),
             Cmd::Running { name, reply } => match self.vms.get(&name) {
                 None => drop(reply.send(Err(VmError::NotFound { name }))),
@@ -367,6 +422,8 @@ impl Owner {
     }
 
     async fn on_tick(&mut self) {
+        self.watch_hosts().await;
+        self.hard_stops().await;
         let now = Utc::now();
         let expired: Vec<String> = self
             .vms
@@ -381,6 +438,123 @@ impl Owner {
         if !self.queue.is_empty() {
             self.pump().await;
         }
+    }
+
+    /// Records up/down periods; a host going down is an event and a notification.
+    async fn watch_hosts(&mut self) {
+        for i in 0..self.hosts.len() {
+            let status = self.hosts[i].handle.status();
+            let (up, reason) = match &status {
+                HostStatus::Connecting => continue,
+                HostStatus::Up(_) => (true, None),
+                HostStatus::Down { reason, .. } => (false, Some(reason.clone())),
+            };
+            if self.hosts[i].last_up == Some(up) {
+                continue;
+            }
+            let name = self.hosts[i].config.name.clone();
+            let was = self.hosts[i].last_up.replace(up);
+            let _ = self.store.record_host_state(&name, up, reason.as_deref()).await;
+            if !up {
+                let reason = reason.unwrap_or_default();
+                let _ = self.store.record_event("host_down", &name, &reason).await;
+                notify(&self.hosts[i].config, "down", &reason);
+            } else if was == Some(false) {
+                let _ = self.store.record_event("host_up", &name, "").await;
+            }
+        }
+    }
+
+    /// Outside every window of a `hard_stop` host, its VMs are stopped.
+    async fn hard_stops(&mut self) {
+        let wall = self.cfg.clock.now();
+        let closed: HashSet<usize> = self
+            .hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.config.limits.hard_stop && !h.config.limits.open_at(wall))
+            .map(|(i, _)| i)
+            .collect();
+        if closed.is_empty() {
+            return;
+        }
+        let names: Vec<String> = self
+            .vms
+            .values()
+            .filter(|vm| closed.contains(&vm.host) && vm.state.can_stop() && vm.state != VmState::Stopping)
+            .map(|vm| vm.name.clone())
+            .collect();
+        for name in names {
+            let host = self.hosts[self.vms[&name].host].config.name.clone();
+            warn!(vm = %name, %host, "the donor's window closed (hard_stop): stopping the VM");
+            let _ = self.store.record_event("window_hard_stop", &name, &format!("host {host}")).await;
+            self.teardown(&name).await;
+        }
+    }
+
+    /// A queued run of a job that names hosts meant for it (their `jobs`
+    /// allow-list lists it) but none of them can take it now: said once.
+    async fn report_missed_job(&mut self, pending: &mut Pending) {
+        let Some(job) = pending.req.job.clone() else { return };
+        if pending.missed_reported {
+            return;
+        }
+        let wall = self.cfg.clock.now();
+        let mut missed = Vec::new();
+        for slot in &self.hosts {
+            let meant = slot.config.limits.jobs.as_ref().is_some_and(|l| l.contains(&job));
+            if !meant {
+                continue;
+            }
+            let why = match (&slot.block, slot.handle.status().is_up(), slot.config.limits.open_at(wall)) {
+                (Some(b), _, _) => format!("{}: {}", b.kind(), b.reason()),
+                (None, false, _) => "down".to_string(),
+                (None, true, false) => "outside its availability windows".to_string(),
+                (None, true, true) => continue,
+            };
+            missed.push((slot.config.name.clone(), why));
+        }
+        if missed.is_empty() {
+            return;
+        }
+        pending.missed_reported = true;
+        for (host, why) in missed {
+            warn!(%host, %job, run_id = %pending.req.run_id, %why, "a host meant for this job cannot run it");
+            let detail = format!("job {job} (run {}): {why}", pending.req.run_id);
+            let _ = self.store.record_event("host_missed_job", &host, &detail).await;
+        }
+    }
+
+    /// Counts a launch on host `i` and quarantines the host when its failures
+    /// in a row reach the donor's `quarantine_after`.
+    async fn count_launch(&mut self, i: usize, vm: &str, result: Result<Duration, &str>) {
+        let name = self.hosts[i].config.name.clone();
+        let (ok, boot_ms, error) = match result {
+            Ok(d) => (true, Some(d.as_millis() as u64), None),
+            Err(e) => (false, None, Some(e)),
+        };
+        if let Err(e) = self.store.record_launch(&name, vm, ok, boot_ms, error).await {
+            warn!(host = %name, error = %error_chain(&e), "could not record a launch");
+        }
+        let slot = &mut self.hosts[i];
+        if ok {
+            slot.consecutive_failures = 0;
+            return;
+        }
+        slot.consecutive_failures += 1;
+        let limit = slot.config.limits.quarantine_after;
+        if slot.consecutive_failures < limit || slot.block.is_some() {
+            return;
+        }
+        let reason = format!("{} launches in a row failed; last: {}", slot.consecutive_failures, error.unwrap_or_default());
+        let block = Block::Quarantined { reason: reason.clone(), at: Utc::now() };
+        slot.block = Some(block.clone());
+        warn!(host = %name, %reason, "host quarantined until an admin resumes it");
+        if let Err(e) = self.store.set_host_block(&name, Some(block), None).await {
+            warn!(host = %name, error = %error_chain(&e), "could not persist a quarantine");
+        }
+        let _ = self.store.record_event("host_quarantined", &name, &reason).await;
+        notify(&self.hosts[i].config, "quarantined", &reason);
     }
 
     /// Changes a VM's state if the guard allows it, and persists the row.
@@ -428,8 +602,10 @@ impl Owner {
         used
     }
 
-    fn views(&self, image: &Image, tried: &HashSet<usize>, used: &[Usage]) -> Vec<HostView> {
+    fn views(&self, req: &LaunchRequest, tried: &HashSet<usize>, used: &[Usage]) -> Vec<HostView> {
+        let image = &req.image;
         let now = Instant::now();
+        let wall = self.cfg.clock.now();
         self.hosts
             .iter()
             .enumerate()
@@ -441,16 +617,31 @@ impl Owner {
                 };
                 HostView {
                     capacity: slot.config.capacity,
-                    available: status.is_up() && slot.cooling_until.is_none_or(|t| t <= now),
+                    available: status.is_up()
+                        && slot.cooling_until.is_none_or(|t| t <= now)
+                        && slot.block.is_none()
+                        && slot.config.limits.open_at(wall),
                     runs_arch,
                     used: used[i],
                     tried: tried.contains(&i),
+                    allowed: slot.config.limits.allows_image(&image.name) && slot.config.limits.allows_job(req.job.as_deref()),
                 }
             })
             .collect()
     }
 
     /// Places queued launches, highest priority first, FIFO within a priority.
+    /// `image.boot_timeout`, times the configured factor for its arch when host
+    /// `i` is of another arch (so emulates it: an emulated guest boots slower).
+    fn boot_timeout(&self, i: usize, image: &Image) -> Duration {
+        let native = match self.hosts[i].handle.status() {
+            HostStatus::Up(facts) => facts.arch == image.arch.as_str(),
+            HostStatus::Connecting | HostStatus::Down { .. } => false,
+        };
+        let factor = if native { 1.0 } else { self.cfg.emulation_boot_factor.get(&image.arch).copied().unwrap_or(1.0) };
+        image.boot_timeout.mul_f64(factor)
+    }
+
     /// A port for a VM on host `i`. On a host whose forwards are bound on this
     /// machine, a port something else already holds (another program, or a VM
     /// a different paddock left behind) is skipped rather than failing the launch.
@@ -466,13 +657,17 @@ impl Owner {
         let queue = std::mem::take(&mut self.queue);
         for pending in queue {
             let used = self.usage();
-            let views = self.views(&pending.req.image, &pending.tried, &used);
+            let views = self.views(&pending.req, &pending.tried, &used);
             match placement::place(&pending.req.image, &views) {
                 Placement::Host(i) => match self.allocate_port(i) {
                     Some(port) => self.start_attempt(pending, i, port).await,
                     None => self.queue.push(pending),
                 },
-                Placement::Wait => self.queue.push(pending),
+                Placement::Wait => {
+                    let mut pending = pending;
+                    self.report_missed_job(&mut pending).await;
+                    self.queue.push(pending)
+                }
                 Placement::Never => {
                     let image = &pending.req.image;
                     let err = VmError::NoHost { image: image.name.clone(), arch: image.arch.to_string() };
@@ -523,6 +718,7 @@ impl Owner {
             ca_key: pending.req.ca_key.clone(),
             readiness: self.cfg.readiness,
             tail_lines: self.cfg.console_tail_lines,
+            boot_timeout: self.boot_timeout(host, &pending.req.image),
             tx,
         };
         info!(vm = %name, run_id = %vm.run_id, host = %self.hosts[host].config.name, port, attempt = pending.attempts, "placing VM");
@@ -549,6 +745,8 @@ impl Owner {
                     boot_time: booted.boot_time,
                 };
                 info!(vm = %name, host = %ready.host, boot_ms = booted.boot_time.as_millis() as u64, "VM ready");
+                let host = vm.host;
+                self.count_launch(host, &name, Ok(booted.boot_time)).await;
                 self.transition(&name, VmState::Ready).await;
                 if pending.reply.send(Ok(ready)).is_err() {
                     // The caller went away: nobody will use or release this VM.
@@ -563,6 +761,7 @@ impl Owner {
                 warn!(vm = %name, host = %self.hosts[host].config.name, error = %failure.error, "launch attempt failed");
                 self.hosts[host].cooling_until = Some(Instant::now() + self.cfg.host_cooldown);
                 let _ = self.store.record_event("launch_failed", &name, &failure.error).await;
+                self.count_launch(host, &name, Err(&failure.error)).await;
                 self.transition(&name, VmState::Failed).await;
                 self.teardown(&name).await;
                 if pending.attempts >= self.cfg.launch_retries {
@@ -746,6 +945,8 @@ impl Owner {
                         _ => None,
                     },
                     cooling_down: slot.cooling_until.is_some_and(|t| t > now),
+                    blocked: slot.block.clone(),
+                    window_open: slot.config.limits.open_at(self.cfg.clock.now()),
                     capacity: slot.config.capacity,
                     used,
                 }
@@ -792,6 +993,34 @@ fn placeholder_image() -> Image {
     }
 }
 
+/// Runs the host's `notify_command` (through `sh -c`) with `PADDOCK_HOST`,
+/// `PADDOCK_HOST_URI`, `PADDOCK_EVENT` and `PADDOCK_REASON` set; never waits for it.
+fn notify(host: &Host, event: &str, reason: &str) {
+    let Some(cmd) = host.limits.notify_command.clone() else { return };
+    let mut c = tokio::process::Command::new("sh");
+    c.arg("-c")
+        .arg(&cmd)
+        .env("PADDOCK_HOST", &host.name)
+        .env("PADDOCK_HOST_URI", &host.uri)
+        .env("PADDOCK_EVENT", event)
+        .env("PADDOCK_REASON", reason)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(false);
+    let name = host.name.clone();
+    match c.spawn() {
+        Ok(mut child) => {
+            tokio::spawn(async move {
+                match child.wait().await {
+                    Ok(st) if st.success() => {}
+                    Ok(st) => warn!(host = %name, status = %st, "notify_command failed"),
+                    Err(e) => warn!(host = %name, error = %e, "notify_command failed"),
+                }
+            });
+        }
+        Err(e) => warn!(host = %name, error = %e, "could not run notify_command"),
+    }
+}
+
 fn short(instance: &str) -> &str {
     &instance[..instance.len().min(8)]
 }
@@ -802,6 +1031,8 @@ fn random_id() -> String {
 
 /// One launch attempt on one host, run as its own task.
 struct Attempt {
+    /// The image's boot timeout, scaled when the host emulates a foreign arch.
+    boot_timeout: Duration,
     name: String,
     host: Host,
     handle: HostHandle,
@@ -865,7 +1096,7 @@ impl Attempt {
         let started = Instant::now();
         self.handle.start(&self.name).await.map_err(|e| error_chain(&e))?;
         self.progress(VmState::Booting);
-        let deadline = started + self.image.boot_timeout;
+        let deadline = started + self.boot_timeout;
         match self.readiness {
             Readiness::DomainRunning => {
                 if self.handle.is_active(&self.name).await.map_err(|e| error_chain(&e))? != Some(true) {
@@ -886,7 +1117,7 @@ impl Attempt {
                     Err(WaitError::Timeout) => {
                         return Err(format!(
                             "no SSH banner from {} on {addr} within {:?}",
-                            self.name, self.image.boot_timeout
+                            self.name, self.boot_timeout
                         ));
                     }
                     Err(WaitError::Stopped) => return Err(format!("domain {} stopped while booting", self.name)),

@@ -22,6 +22,8 @@ pub enum VmError {
     /// An infrastructure failure: the run never got a usable VM.
     #[error("launching image {image} failed after {attempts} attempt(s): {error}")]
     LaunchFailed { image: String, attempts: u32, error: String, console_tail: String },
+    #[error("no host named {host}")]
+    UnknownHost { host: String },
     #[error("no VM named {name}")]
     NotFound { name: String },
     #[error("VM {name} is {state}")]

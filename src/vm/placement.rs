@@ -1,5 +1,7 @@
 //! Choosing a host for a VM: arch match and room (VM count, memory, vCPUs);
-//! down or cooling hosts are skipped. Pure functions over a view of the hosts.
+//! down, cooling, drained, quarantined and closed (outside the donor's
+//! windows) hosts are skipped; hosts whose donor disallows the job or image
+//! never count. Pure functions over a view of the hosts.
 
 use crate::config::{Capacity, Image};
 
@@ -38,6 +40,8 @@ pub struct HostView {
     pub used: Usage,
     /// A previous attempt of this request failed there.
     pub tried: bool,
+    /// The donor allows this request's job and image there (a lasting no).
+    pub allowed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,14 +57,15 @@ pub enum Placement {
 /// untried ones first, then the most free memory (spreading load); ties go to
 /// the host listed first in the config.
 pub fn place(image: &Image, hosts: &[HostView]) -> Placement {
-    let could_ever = hosts.iter().any(|h| h.runs_arch != Some(false) && Usage::default().fits(image, &h.capacity));
+    let could_ever =
+        hosts.iter().any(|h| h.allowed && h.runs_arch != Some(false) && Usage::default().fits(image, &h.capacity));
     if !could_ever {
         return Placement::Never;
     }
     hosts
         .iter()
         .enumerate()
-        .filter(|(_, h)| h.available && h.runs_arch == Some(true) && h.used.fits(image, &h.capacity))
+        .filter(|(_, h)| h.available && h.allowed && h.runs_arch == Some(true) && h.used.fits(image, &h.capacity))
         .min_by_key(|(i, h)| (h.tried, std::cmp::Reverse(h.capacity.memory_mib - h.used.memory_mib), *i))
         .map_or(Placement::Wait, |(i, _)| Placement::Host(i))
 }
@@ -84,6 +89,7 @@ mod tests {
             runs_arch: Some(true),
             used: Usage::default(),
             tried: false,
+            allowed: true,
         }
     }
 
@@ -119,5 +125,14 @@ mod tests {
         assert_eq!(place(&img(512, 1), &[down.clone(), tried.clone(), small]), Placement::Host(2));
         assert_eq!(place(&img(512, 1), &[down.clone(), tried]), Placement::Host(1));
         assert_eq!(place(&img(512, 1), &[down]), Placement::Wait);
+    }
+
+    #[test]
+    fn hosts_whose_donor_disallows_the_job_or_image_are_never_used() {
+        let mut no = view(4, 8192, 4);
+        no.allowed = false;
+        let yes = view(4, 1024, 4);
+        assert_eq!(place(&img(512, 1), &[no.clone(), yes]), Placement::Host(1));
+        assert_eq!(place(&img(512, 1), &[no]), Placement::Never);
     }
 }

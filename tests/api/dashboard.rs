@@ -68,6 +68,8 @@ async fn dashboard_in_chromium() {
     let l = lab(false).await;
     let url = serve(l.state.clone()).await;
     let profile = l.dir.path().join("chromium");
+    let drained = paddock::hosts::Block::Drained { reason: "rack power work".into(), by: "root".into(), at: chrono::Utc::now() };
+    l.store.set_host_block("rack-2", Some(drained), None).await.unwrap();
 
     // Without a token: the sign-in page, not the fleet.
     let dom = chromium(&profile.join("anon"), &format!("{url}/"), None).await;
@@ -78,6 +80,7 @@ async fn dashboard_in_chromium() {
     let dom = chromium(&profile.join("a"), &format!("{url}/?token={}", l.bob), None).await;
     runner.await.unwrap();
     assert!(dom.contains("id=\"hosts\""), "{dom}");
+    assert!(dom.contains("drained by root: rack power work"), "the drain reason is shown: {dom}");
     // The grid: failing jobs first, then passing ones newest first.
     let order: Vec<&str> = dom.split("data-job=\"").skip(1).map(|s| &s[..s.find('"').unwrap()]).collect();
     assert_eq!(order, ["nightly", "docs", "demo"], "grid rows");

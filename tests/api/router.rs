@@ -395,3 +395,62 @@ async fn openapi_document_matches_the_router() {
         assert!(doc["components"]["schemas"].get(name).is_some(), "missing schema {name}");
     }
 }
+
+#[tokio::test]
+async fn drain_and_resume_are_admin_only_audited_and_shown_in_hosts() {
+    let l = lab(false).await;
+    let s = &l.state;
+    let body = r#"{"reason":"swapping a disk"}"#;
+    // A maintainer may not drain; an unknown host is 404; a drain needs a reason.
+    let (st, b) = json(s, Method::POST, "/api/v1/hosts/rack-2/drain", Some(&l.alice), Some(body)).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "forbidden", "needs an admin");
+    let (st, b) = json(s, Method::POST, "/api/v1/hosts/nope/drain", Some(&l.admin), Some(body)).await;
+    assert_error(st, &b, StatusCode::NOT_FOUND, "not_found", "no host named `nope`; known: local, rack-2");
+    let (st, b) = json(s, Method::POST, "/api/v1/hosts/rack-2/drain", Some(&l.admin), Some("{}")).await;
+    assert_error(st, &b, StatusCode::BAD_REQUEST, "bad_request", "needs a `reason`");
+    let (st, b) = json(s, Method::POST, "/api/v1/hosts/rack-2/resume", Some(&l.admin), Some("{}")).await;
+    assert_error(st, &b, StatusCode::CONFLICT, "conflict", "neither drained nor quarantined");
+
+    let (st, b) = json(s, Method::POST, "/api/v1/hosts/rack-2/drain", Some(&l.admin), Some(body)).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(b["blocked"]["kind"], "drained");
+    assert_eq!(b["blocked"]["reason"], "swapping a disk");
+    assert_eq!(b["blocked"]["by"], "root");
+    let (_, hosts) = json(s, Method::GET, "/api/v1/hosts", Some(&l.bob), None).await;
+    let rack = hosts.as_array().unwrap().iter().find(|h| h["name"] == "rack-2").unwrap();
+    assert_eq!(rack["blocked"]["reason"], "swapping a disk");
+    assert!(hosts.as_array().unwrap().iter().find(|h| h["name"] == "local").unwrap()["blocked"].is_null());
+    let audit = l.store.audit_entries(10).await.unwrap();
+    assert_eq!((audit[0].action.as_str(), audit[0].subject.as_str(), audit[0].detail.as_str()), ("host.drain", "rack-2", "swapping a disk"));
+
+    let (st, b) = json(s, Method::POST, "/api/v1/hosts/rack-2/resume", Some(&l.admin), None).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert!(b["blocked"].is_null());
+    let audit = l.store.audit_entries(10).await.unwrap();
+    assert_eq!(audit[0].action, "host.resume");
+    assert_eq!(audit[0].detail, "was drained: swapping a disk");
+    assert!(l.store.host_blocks().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn access_endpoints_need_a_token() {
+    let l = lab(false).await;
+    let s = &l.state;
+    let cases: &[(Method, &str, Option<&str>)] = &[
+        (Method::GET, "/api/v1/access", None),
+        (Method::POST, "/api/v1/access", Some(r#"{"image":"deb-x86_64","duration":"1h","reason":"x"}"#)),
+        (Method::GET, "/api/v1/access/ca", None),
+        (Method::GET, "/api/v1/access/g1", None),
+        (Method::POST, "/api/v1/access/g1/approve", None),
+        (Method::POST, "/api/v1/access/g1/deny", Some("{}")),
+        (Method::POST, "/api/v1/access/g1/extend", Some(r#"{"duration":"1h"}"#)),
+        (Method::POST, "/api/v1/access/g1/revoke", None),
+        (Method::GET, "/api/v1/audit", None),
+    ];
+    for (m, uri, body) in cases {
+        let (st, b) = json(s, m.clone(), uri, None, *body).await;
+        assert_error(st, &b, StatusCode::UNAUTHORIZED, "unauthenticated", "token");
+        let (st, b) = json(s, m.clone(), uri, Some("pdk_bad_token"), *body).await;
+        assert_error(st, &b, StatusCode::UNAUTHORIZED, "unauthenticated", "unknown or revoked");
+    }
+}

@@ -2,8 +2,11 @@
 //! `qemu:///system` (TCG) and runs jobs in it over SSH. Each test has its own
 //! state directory and its own port range, so nextest runs them concurrently.
 
+mod access;
+mod arch;
 mod crash;
 mod faults;
+mod ui;
 mod runs;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +41,12 @@ pub fn baked_host_key() -> String {
 /// A fleet for one test: one local TCG host, the bundled image (whose sshd must
 /// present `host_key`), and `jobs` (TOML).
 pub fn fleet(dir: &Path, ports: &str, host_key: &str, jobs: &str) -> Fleet {
+    fleet_with_keys(dir, ports, host_key, &[], jobs)
+}
+
+/// As [`fleet`], with SSH public keys for the user `alice`.
+pub fn fleet_with_keys(dir: &Path, ports: &str, host_key: &str, alice_keys: &[String], jobs: &str) -> Fleet {
+    let keys = alice_keys.iter().map(|k| format!("{:?}", k.trim())).collect::<Vec<_>>().join(", ");
     let out = repo().join("images/out/x86_64");
     let src = format!(
         r#"
@@ -74,6 +83,7 @@ host_key = "{host_key}"
 [[users]]
 name = "alice"
 role = "maintainer"
+ssh_keys = [{keys}]
 
 {jobs}
 "#,

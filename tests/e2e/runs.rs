@@ -22,11 +22,12 @@ async fn three_steps_second_fails_gives_the_right_result_and_no_vm_is_left() {
 [[jobs]]
 name = "three"
 images = ["tiny"]
+artifacts = ["/tmp/out/*.txt", "/tmp/missing-file"]
 env = { GREETING = "it's \"quoted\" $HOME" }
 [[jobs.steps]]
 name = "hello"
 type = "setup"
-command = "echo \"$GREETING\"; echo to-stderr >&2; printf '\\377\\376 not utf-8\\n'"
+command = "echo \"$GREETING\"; echo to-stderr >&2; printf '\\377\\376 not utf-8\\n'; mkdir -p /tmp/out; echo report > /tmp/out/a.txt; echo two > /tmp/out/b.txt"
 [[jobs.steps]]
 name = "fails"
 type = "build"
@@ -74,6 +75,12 @@ command = "echo should-not-run"
     assert!(!run_dir.join("step-03.stdout").exists());
     let log = String::from_utf8_lossy(&std::fs::read(run_dir.join("run.log")).unwrap()).into_owned();
     assert!(log.contains("==> step 2/3: fails\nbefore\n"), "{log}");
+
+    // Artifacts named by glob were fetched (a missing one is not an error).
+    let art = run_dir.join("artifacts");
+    assert_eq!(std::fs::read_to_string(art.join("tmp__out__a.txt")).unwrap(), "report\n");
+    assert_eq!(std::fs::read_to_string(art.join("tmp__out__b.txt")).unwrap(), "two\n");
+    assert_eq!(std::fs::read_dir(&art).unwrap().count(), 2);
 
     // The result reached the embedded recorder.
     let outbox = daemon.store.outbox_for_run(&row.id).await.unwrap();
@@ -195,6 +202,12 @@ command = "echo never"
         assert!(std::time::Instant::now() < deadline, "step never printed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A scheduled fire for the same job+image while this run is going is skipped, with the reason kept.
+    let fire = Trigger::Schedule { scheduled_at: chrono::Utc::now(), missed: false };
+    assert_eq!(daemon.runs.trigger("long", None, fire).await.unwrap(), Vec::<String>::new());
+    let skipped = daemon.store.events(Some("fire_skipped"), 10).await.unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].detail, "job `long` on `tiny` is still running; this fire is skipped");
     let asked = std::time::Instant::now();
     daemon.runs.cancel(&id, "alice").await.unwrap();
     let row = wait_for_run(&daemon, &id, Duration::from_secs(60), finished).await;
