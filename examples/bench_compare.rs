@@ -259,6 +259,7 @@ async fn control(n: u64) {
         address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         capacity: Capacity { max_vms: 50, memory_mib: 1 << 20, vcpus: 1024 },
         network: None,
+        limits: Default::default(),
     };
     let image = Image {
         name: "tiny".into(),
@@ -287,6 +288,8 @@ async fn control(n: u64) {
         shutdown_timeout: Duration::from_secs(5),
         host_cooldown: Duration::from_secs(60),
         console_tail_lines: 20,
+        clock: paddock::clock::Clock::system(),
+        emulation_boot_factor: Default::default(),
     };
     let mgr = VmManager::start(cfg, vec![host], store.clone()).await.unwrap();
     // 50 clients at once, each requesting and destroying VMs until `n` are done: the
@@ -302,7 +305,7 @@ async fn control(n: u64) {
                 if i >= n {
                     return;
                 }
-                let req = LaunchRequest { run_id: format!("run-{i}"), image: image.clone(), authorized_keys: vec![], ca_key: None, priority: 0 };
+                let req = LaunchRequest { run_id: format!("run-{i}"), job: None, image: image.clone(), authorized_keys: vec![], ca_key: None, priority: 0 };
                 let vm = mgr.launch(req).await.unwrap();
                 mgr.destroy(&vm.name).await.unwrap();
             }

@@ -171,6 +171,9 @@ command = "echo must-not-run"
     let tail = doc["extras"]["console_tail"].as_str().unwrap_or_else(|| panic!("no console tail in {doc}"));
     assert!(tail.contains("Kernel panic"), "{tail}");
     assert_eq!(daemon.store.events(Some("launch_failed"), 10).await.unwrap().len(), 2);
+    // The last attempt's domain is being destroyed as the run ends.
+    let prefix = format!("paddock-{}-", instance_id(dir.path()));
+    wait_for("the failed attempts' removal", Duration::from_secs(60), async || domains_named(&prefix).is_empty()).await;
     assert_nothing_left(dir.path());
     daemon.stop().await.unwrap();
 }
