@@ -178,13 +178,15 @@ struct BaselineRun {
 
 /// One `bench/baseline.sh PORT COMMAND`: time from spawn to the first byte on its stdout.
 fn baseline(port: u16, command: &str) -> BaselineRun {
+    let err_path = std::env::temp_dir().join(format!("bench-baseline-{port}.err"));
+    let err = std::fs::File::create(&err_path).unwrap();
     let t = Instant::now();
     let mut child = Command::new("bash")
         .arg(repo().join("bench/baseline.sh"))
         .arg(port.to_string())
         .arg(command)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(err)
         .spawn()
         .expect("run bench/baseline.sh");
     let mut stdout = child.stdout.take().unwrap();
@@ -206,7 +208,9 @@ fn baseline(port: u16, command: &str) -> BaselineRun {
         }
     }
     let status = child.wait().unwrap();
-    assert!(status.success(), "bench/baseline.sh failed: {status}");
+    let progress = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&err_path);
+    assert!(status.success(), "bench/baseline.sh {port} failed ({status}):\n{progress}");
     let keys = String::from_utf8_lossy(&tail)
         .lines()
         .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
