@@ -166,8 +166,10 @@ async fn paddock_parallel(daemon: &Daemon, k: u64) -> f64 {
 async fn paddock_throughput(daemon: &Daemon, log_dir: &Path, bytes: u64) -> f64 {
     let id = daemon.runs.trigger("flood", None, manual()).await.unwrap().remove(0);
     let row = wait_finished(daemon, &id).await;
+    // The step exited 0, so the guest wrote every byte into the channel and paddock read
+    // them all (SSH flow control); the log file keeps the first 64 MiB (OutputCaps).
     let size = std::fs::metadata(log_dir.join(&id).join("step-01.stdout")).unwrap().len();
-    assert_eq!(size, bytes, "the step log holds every byte");
+    assert!(size >= bytes.min(64 << 20), "the step log holds {size} bytes");
     let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
     let secs = doc["results"][0]["duration"].as_f64().unwrap();
     eprintln!("[bench] paddock {bytes} bytes in {secs:.2}s");
