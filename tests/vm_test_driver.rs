@@ -67,6 +67,7 @@ fn config(state_dir: &Path, instance: &str) -> ManagerConfig {
         clock: paddock::clock::Clock::system(),
         emulation_boot_factor: Default::default(),
         images: Vec::new(),
+        upload_retry: Duration::from_secs(30),
     }
 }
 

@@ -54,6 +54,8 @@ pub struct ManagerConfig {
     /// Images put into hosts' `image_pool`s from the start (others are put
     /// there on their first launch).
     pub images: Vec<Image>,
+    /// How long a failed upload into a host's pool waits before the next try.
+    pub upload_retry: Duration,
 }
 
 impl ManagerConfig {
@@ -71,6 +73,7 @@ impl ManagerConfig {
             clock: Clock::system(),
             emulation_boot_factor: fleet.daemon.emulation_boot_factor.clone(),
             images: fleet.images.clone(),
+            upload_retry: Duration::from_secs(30),
         }
     }
 }
@@ -345,8 +348,6 @@ struct PoolSlot {
 
 /// How often image files are checked for changes (size and mtime).
 const IMAGE_CHECK: Duration = Duration::from_secs(5);
-/// How long a failed upload waits before the next try.
-const UPLOAD_RETRY: Duration = Duration::from_secs(30);
 
 /// How often the owner re-checks cool-downs, expired holds and down hosts.
 const TICK: Duration = Duration::from_millis(500);
@@ -557,7 +558,7 @@ impl Owner {
                 let _ = self.store.record_event("image_upload_failed", &host_name, &format!("image {image}: {error}")).await;
                 let slot = self.pools.entry(key).or_default();
                 slot.busy = false;
-                slot.retry_at = Some(Instant::now() + UPLOAD_RETRY);
+                slot.retry_at = Some(Instant::now() + self.cfg.upload_retry);
             }
         }
     }
