@@ -65,7 +65,8 @@ impl Drop for Pool {
     }
 }
 
-/// Destroys and undefines domains of an instance on drop (a failed test leaves nothing).
+/// Destroys and undefines domains of an instance on drop (a failed test
+/// leaves nothing); domain names carry the instance id's first 8 characters.
 struct Domains(String);
 
 impl Drop for Domains {
@@ -183,7 +184,7 @@ async fn kernel_images_are_uploaded_into_the_pool_before_runs_are_placed_and_rep
     let key = std::fs::read_to_string(out.join("ssh_host_ed25519_key.pub")).unwrap();
     let pool_name = Pool::name_for("k");
     let instance = format!("pool{:05}", std::process::id() % 100000);
-    let _domains = Domains(format!("paddock-{instance}"));
+    let _domains = Domains(format!("paddock-{}", &instance[..8]));
 
     // The pool does not exist yet: uploads fail, and the launch waits rather than fails.
     let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
@@ -270,7 +271,7 @@ async fn disk_overlays_on_pool_hosts_are_qcow2_volumes_backed_by_the_uploaded_ba
     let img = image("disk-pooled", Boot::Disk { base: base.clone() }, HostKeyPolicy::Console);
     let pool = Pool::create(&Pool::name_for("d"), &dir.path().join("pool"));
     let instance = format!("pold{:05}", std::process::id() % 100000);
-    let _domains = Domains(format!("paddock-{instance}"));
+    let _domains = Domains(format!("paddock-{}", &instance[..8]));
     let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
     let cfg = config(&state, &instance, (23410, 23419), Readiness::DomainRunning, Vec::new());
     let mgr = VmManager::start(cfg, vec![pooled_host(&pool.name)], store.clone()).await.unwrap();
