@@ -276,6 +276,14 @@ async fn disk_overlays_on_pool_hosts_are_qcow2_volumes_backed_by_the_uploaded_ba
     let cfg = config(&state, &instance, (23410, 23419), Readiness::DomainRunning, Vec::new());
     let mgr = VmManager::start(cfg, vec![pooled_host(&pool.name)], store.clone()).await.unwrap();
 
+    // A stale version of this image's disk, and a volume of an image whose
+    // name merely extends this one's prefix (`disk-pooled-disk`).
+    let stale = "paddock-disk-pooled-disk-0000000000000000";
+    let other = "paddock-disk-pooled-disk-kernel-0123456789abcdef";
+    for v in [stale, other] {
+        let out = virsh(&["vol-create-as", &pool.name, v, "1M"]);
+        assert!(out.status.success(), "vol-create-as: {}", String::from_utf8_lossy(&out.stderr));
+    }
     let vm = mgr.launch(request("d1", &img, "ssh-ed25519 AAAA test")).await.unwrap_or_else(|e| panic!("{e}: {e:?}"));
     let base_vol = store.host_volumes("pooled").await.unwrap().into_iter().find(|v| v.role == "disk").unwrap();
     let overlay = pool.dir.join(format!("{}-overlay.qcow2", vm.name));
@@ -288,6 +296,9 @@ async fn disk_overlays_on_pool_hosts_are_qcow2_volumes_backed_by_the_uploaded_ba
     assert!(domain_xml(&vm.name).contains(overlay.to_str().unwrap()));
     assert!(!state.join("overlays").exists(), "a local overlay was made for a pool host");
 
+    wait_until("the stale version to be removed", Duration::from_secs(20), || async { !pool.dir.join(stale).exists() }).await;
+    assert!(pool.dir.join(other).exists(), "another image's volume was removed");
+
     mgr.destroy(&vm.name).await.unwrap();
-    assert_eq!(pool.files(), vec![base_vol.volume.clone()], "the overlay volume is removed with the VM");
+    assert_eq!(pool.files(), vec![base_vol.volume.clone(), other.to_string()], "the overlay volume is removed with the VM");
 }

@@ -83,13 +83,16 @@ pub fn put_volume(uri: &str, pool: &str, name: &str, file: &Path, sha256: &str) 
     Ok(Uploaded { path, sent, removed: Vec::new() })
 }
 
-/// Removes the volumes in `pool` whose names start with `prefix`, except those in `keep`.
+/// Removes the versions of a file in `pool`: volumes named `prefix` followed
+/// by a 16-digit hex hash, except those in `keep`. (The exact shape matters:
+/// image `a`'s prefix `paddock-a-disk-` also begins image `a-disk`'s names.)
 pub fn remove_volumes(uri: &str, pool: &str, prefix: &str, keep: &[String]) -> Result<Vec<String>, StorageError> {
     let (_conn, p) = open_pool(uri, pool)?;
     let mut removed = Vec::new();
     for old in p.list_all_volumes(0).unwrap_or_default() {
         let Ok(n) = old.name() else { continue };
-        if n.starts_with(prefix) && !keep.contains(&n) {
+        let version = n.strip_prefix(prefix).is_some_and(|rest| rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_hexdigit()));
+        if version && !keep.contains(&n) {
             old.delete(0).map_err(|source| StorageError::Delete { volume: n.clone(), source })?;
             removed.push(n);
         }

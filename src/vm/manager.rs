@@ -481,14 +481,14 @@ impl Owner {
     }
 
     /// Whether host `i` can boot `image` as it is now: always for hosts that
-    /// read files by path; for pool hosts, when the uploaded version's files
-    /// had the size and mtime the local files have now.
+    /// read files by path; for pool hosts, when the uploaded version was read
+    /// from the same files with the size and mtime they have now.
     fn image_present(&self, i: usize, image: &Image) -> bool {
         if self.hosts[i].config.image_pool.is_none() {
             return true;
         }
         let Some(current) = self.pools.get(&(i, image.name.clone())).and_then(|p| p.current.as_ref()) else { return false };
-        images::stamps(image).is_some_and(|s| s == current.stamps)
+        images::is_current(current, image)
     }
 
     /// Starts uploading `image` to every up pool host that may run it and
