@@ -178,7 +178,7 @@ async fn kernel_images_are_uploaded_into_the_pool_before_runs_are_placed_and_rep
     }
     let img = image(
         "tiny-pooled",
-        Boot::Kernel { kernel: files.join("vmlinuz"), initrd: files.join("initrd.img"), cmdline: "console=ttyS0 quiet".into() },
+        Boot::Kernel { kernel: files.join("vmlinuz"), initrd: files.join("initrd.img"), cmdline: "console=ttyS0 quiet no_timer_check panic=1".into() },
         HostKeyPolicy::File(out.join("ssh_host_ed25519_key.pub")),
     );
     let key = std::fs::read_to_string(out.join("ssh_host_ed25519_key.pub")).unwrap();
