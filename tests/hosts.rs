@@ -27,6 +27,7 @@ fn host(name: &str, uri: &str, memory_mib: u64) -> Host {
         address: IpAddr::V4(Ipv4Addr::LOCALHOST),
         capacity: Capacity { max_vms: 4, memory_mib, vcpus: 4 },
         network: None,
+        image_pool: None,
         limits: DonorLimits::default(),
     }
 }
@@ -75,6 +76,8 @@ fn config(state_dir: &Path, instance: &str, clock: Clock) -> ManagerConfig {
         console_tail_lines: 20,
         clock,
         emulation_boot_factor: Default::default(),
+        images: Vec::new(),
+        upload_retry: Duration::from_secs(30),
     }
 }
 

@@ -51,7 +51,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         boot: Boot::Kernel {
             kernel: out.join("vmlinuz"),
             initrd: out.join("initrd.img"),
-            cmdline: "console=ttyS0 quiet".into(),
+            cmdline: "console=ttyS0 quiet no_timer_check panic=1".into(),
         },
         memory_mib: 512,
         vcpus: 1,
@@ -72,6 +72,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         address: IpAddr::V4(Ipv4Addr::LOCALHOST),
         capacity: Capacity { max_vms: 2, memory_mib: 2048, vcpus: 2 },
         network: None,
+        image_pool: None,
         limits: Default::default(),
     };
     let port = free_port();
@@ -88,6 +89,8 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         console_tail_lines: 30,
         clock: paddock::clock::Clock::system(),
         emulation_boot_factor: Default::default(),
+        images: Vec::new(),
+        upload_retry: Duration::from_secs(30),
     };
     let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
     let mgr = VmManager::start(cfg, vec![host], store.clone()).await.unwrap();

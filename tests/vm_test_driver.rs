@@ -24,6 +24,7 @@ fn host(name: &str, uri: &str, max_vms: u32, memory_mib: u64, vcpus: u32) -> Hos
         address: IpAddr::V4(Ipv4Addr::LOCALHOST),
         capacity: Capacity { max_vms, memory_mib, vcpus },
         network: None,
+        image_pool: None,
         limits: Default::default(),
     }
 }
@@ -65,6 +66,8 @@ fn config(state_dir: &Path, instance: &str) -> ManagerConfig {
         console_tail_lines: 20,
         clock: paddock::clock::Clock::system(),
         emulation_boot_factor: Default::default(),
+        images: Vec::new(),
+        upload_retry: Duration::from_secs(30),
     }
 }
 

@@ -110,6 +110,10 @@ pub struct Host {
     /// A libvirt network to attach guests to instead of user-mode networking
     /// (labs only; never used in tests here).
     pub network: Option<String>,
+    /// A libvirt storage pool on the host: paddock uploads each image's files
+    /// into it over the libvirt connection and boots from those volumes.
+    /// `None`: the host reads image files by their paths (a local host).
+    pub image_pool: Option<String>,
     /// What the donor of this machine allows.
     pub limits: DonorLimits,
 }

@@ -65,6 +65,8 @@ pub struct RawHost {
     pub images: Option<Vec<S<String>>>,
     pub quarantine_after: Option<S<i64>>,
     pub notify_command: Option<S<String>>,
+    /// A libvirt storage pool on the host that paddock uploads image files into.
+    pub image_pool: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

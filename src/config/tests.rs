@@ -324,3 +324,15 @@ fn emulation_boot_factors_name_known_arches() {
     let src = with("aarch64 = 2.0, s390x = 2.0", "aarch64 = 0.5");
     assert_eq!(errors(&src).len(), 1);
 }
+
+#[test]
+fn image_pool_is_optional_and_must_be_a_pool_name() {
+    let fleet = parse(GOOD, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.hosts[0].image_pool, None, "by default a host reads image files by path");
+    let src = with("vcpus = 4\n", "vcpus = 4\nimage_pool = \"paddock-images\"\n");
+    let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.hosts[0].image_pool.as_deref(), Some("paddock-images"));
+    let src = with("vcpus = 4\n", "vcpus = 4\nimage_pool = \"/var/lib/x\"\n");
+    let l = line_of(&src, "image_pool");
+    assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:14: hosts[0].image_pool: `/var/lib/x` is not a storage pool name")]);
+}

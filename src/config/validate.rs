@@ -239,7 +239,14 @@ impl<'a> Validator<'a> {
             vcpus: self.positive(&h.vcpus, &format!("{p}.vcpus"), 1u32),
         };
         let limits = self.limits(&p, h);
-        Host { name, uri, accelerator, address, capacity, network: h.network.as_ref().map(|n| n.get_ref().clone()), limits }
+        let image_pool = h.image_pool.as_ref().map(|n| n.get_ref().trim().to_string());
+        if let (Some(raw), Some(pool)) = (&h.image_pool, &image_pool)
+            && (pool.is_empty() || pool.contains('/'))
+        {
+            self.error(Some(raw.span()), format!("{p}.image_pool"), format!("`{pool}` is not a storage pool name"));
+        }
+        let network = h.network.as_ref().map(|n| n.get_ref().clone());
+        Host { name, uri, accelerator, address, capacity, network, image_pool, limits }
     }
 
     /// Donor limits; the allow-lists are checked against images and jobs in

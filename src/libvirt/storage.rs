@@ -1,7 +1,8 @@
 //! Image files onto a host through libvirt's storage API: a volume is created
 //! in a pool, filled over a libvirt stream (so it works over `qemu+ssh://`
 //! with no other tooling), read back and checked against the file's SHA-256.
-//! Old versions (same prefix, other name) are removed.
+//! Old versions (same prefix, other name) are removed when asked, and disk
+//! overlays are created as qcow2 volumes backed by an uploaded base.
 //!
 //! Every call blocks and opens its own connection: run on a blocking thread.
 
@@ -10,6 +11,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use virt::connect::Connect;
+use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
@@ -44,10 +46,16 @@ pub struct Uploaded {
 /// Makes volume `name` in `pool` hold `file` (whose SHA-256 is `sha256`),
 /// verified by reading it back; removes other volumes starting with `prefix`.
 pub fn ensure_volume(uri: &str, pool: &str, name: &str, prefix: &str, file: &Path, sha256: &str) -> Result<Uploaded, StorageError> {
-    super::init_libvirt();
-    let conn = Connect::open(Some(uri)).map_err(|source| StorageError::Connect { uri: uri.into(), source })?;
-    let p = conn.lookup_storage_pool_by_name(pool).map_err(|source| StorageError::Pool { uri: uri.into(), pool: pool.into(), source })?;
-    let _ = p.refresh(0);
+    let mut up = put_volume(uri, pool, name, file, sha256)?;
+    up.removed = remove_volumes(uri, pool, prefix, &[name.to_string()])?;
+    Ok(up)
+}
+
+/// Makes volume `name` in `pool` hold `file` (whose SHA-256 is `sha256`),
+/// verified by reading it back. Other versions are left alone: VMs may still
+/// boot from them (see [`remove_volumes`]).
+pub fn put_volume(uri: &str, pool: &str, name: &str, file: &Path, sha256: &str) -> Result<Uploaded, StorageError> {
+    let (conn, p) = open_pool(uri, pool)?;
     let size = std::fs::metadata(file).map_err(|source| StorageError::File { path: file.display().to_string(), source })?.len();
     let mut sent = false;
     let vol = match p.lookup_storage_vol_by_name(name) {
@@ -71,16 +79,57 @@ pub fn ensure_volume(uri: &str, pool: &str, name: &str, prefix: &str, file: &Pat
             v
         }
     };
+    let path = vol.path().map_err(|source| StorageError::Stream { volume: name.into(), source })?;
+    Ok(Uploaded { path, sent, removed: Vec::new() })
+}
+
+/// Removes the versions of a file in `pool`: volumes named `prefix` followed
+/// by a 16-digit hex hash, except those in `keep`. (The exact shape matters:
+/// image `a`'s prefix `paddock-a-disk-` also begins image `a-disk`'s names.)
+pub fn remove_volumes(uri: &str, pool: &str, prefix: &str, keep: &[String]) -> Result<Vec<String>, StorageError> {
+    let (_conn, p) = open_pool(uri, pool)?;
     let mut removed = Vec::new();
     for old in p.list_all_volumes(0).unwrap_or_default() {
         let Ok(n) = old.name() else { continue };
-        if n.starts_with(prefix) && n != name {
+        let version = n.strip_prefix(prefix).is_some_and(|rest| rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_hexdigit()));
+        if version && !keep.contains(&n) {
             old.delete(0).map_err(|source| StorageError::Delete { volume: n.clone(), source })?;
             removed.push(n);
         }
     }
-    let path = vol.path().map_err(|source| StorageError::Stream { volume: name.into(), source })?;
-    Ok(Uploaded { path, sent, removed })
+    Ok(removed)
+}
+
+/// Creates a qcow2 volume `name` of `capacity` bytes (the base's virtual
+/// size) in `pool`, backed by the volume at `backing` (of format
+/// `backing_format`); returns its path on the host. The host's libvirt writes
+/// the file, so this works on remote hosts too.
+pub fn create_overlay(uri: &str, pool: &str, name: &str, backing: &str, backing_format: &str, capacity: u64) -> Result<String, StorageError> {
+    let (_conn, p) = open_pool(uri, pool)?;
+    let xml = format!(
+        "<volume><name>{name}</name><capacity unit='bytes'>{capacity}</capacity><target><format type='qcow2'/></target>\
+         <backingStore><path>{backing}</path><format type='{backing_format}'/></backingStore></volume>"
+    );
+    let v = StorageVol::create_xml(&p, &xml, 0).map_err(|source| StorageError::Create { pool: pool.into(), volume: name.into(), source })?;
+    v.path().map_err(|source| StorageError::Stream { volume: name.into(), source })
+}
+
+/// Deletes volume `name` from `pool`; a volume that is not there is fine.
+pub fn delete_volume(uri: &str, pool: &str, name: &str) -> Result<(), StorageError> {
+    let (_conn, p) = open_pool(uri, pool)?;
+    let _ = p.refresh(0);
+    match p.lookup_storage_vol_by_name(name) {
+        Ok(v) => v.delete(0).map_err(|source| StorageError::Delete { volume: name.into(), source }),
+        Err(_) => Ok(()),
+    }
+}
+
+fn open_pool(uri: &str, pool: &str) -> Result<(Connect, StoragePool), StorageError> {
+    super::init_libvirt();
+    let conn = Connect::open(Some(uri)).map_err(|source| StorageError::Connect { uri: uri.into(), source })?;
+    let p = conn.lookup_storage_pool_by_name(pool).map_err(|source| StorageError::Pool { uri: uri.into(), pool: pool.into(), source })?;
+    let _ = p.refresh(0);
+    Ok((conn, p))
 }
 
 fn send(conn: &Connect, v: &StorageVol, name: &str, file: &Path, size: u64) -> Result<(), StorageError> {

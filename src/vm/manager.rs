@@ -21,9 +21,11 @@ use crate::clock::Clock;
 use crate::config::{Boot, Fleet, Host, Image, PortRange};
 use crate::hosts::Block;
 use crate::libvirt::{self, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
-use crate::store::{Store, VmRow};
+use crate::libvirt::storage;
+use crate::store::{HostVolume, Store, VmRow};
 
 use super::placement::{self, HostView, Placement, Usage};
+use super::images::{self, PoolImage};
 use super::ports::PortAllocator;
 use super::readiness::{self, Readiness, WaitError};
 use super::reconcile::{self, LiveSet, ReconcileReport};
@@ -49,6 +51,11 @@ pub struct ManagerConfig {
     pub clock: Clock,
     /// Boot deadlines of guests whose arch the host emulates are multiplied by this.
     pub emulation_boot_factor: std::collections::BTreeMap<crate::config::Arch, f64>,
+    /// Images put into hosts' `image_pool`s from the start (others are put
+    /// there on their first launch).
+    pub images: Vec<Image>,
+    /// How long a failed upload into a host's pool waits before the next try.
+    pub upload_retry: Duration,
 }
 
 impl ManagerConfig {
@@ -65,6 +72,8 @@ impl ManagerConfig {
             console_tail_lines: 40,
             clock: Clock::system(),
             emulation_boot_factor: fleet.daemon.emulation_boot_factor.clone(),
+            images: fleet.images.clone(),
+            upload_retry: Duration::from_secs(30),
         }
     }
 }
@@ -146,6 +155,8 @@ enum Cmd {
     AttemptDone { name: String, result: Result<Booted, AttemptFailure> },
     TeardownDone { name: String, result: Result<(), String> },
     ReconcileDone { report: ReconcileReport, reply: Option<oneshot::Sender<ReconcileReport>> },
+    ImageUploaded { host: usize, image: String, result: Result<PoolImage, String> },
+    SweepDone { host: usize, image: String },
 }
 
 struct Booted {
@@ -189,6 +200,9 @@ impl VmManager {
             store,
             tx: tx.downgrade(),
             reconciling: false,
+            pools: HashMap::new(),
+            images: HashMap::new(),
+            last_image_check: Instant::now(),
         };
         let store = store_for_hosts;
         let blocks = store.host_blocks().await?;
@@ -203,6 +217,9 @@ impl VmManager {
         owner.adopt().await?;
         let report = owner.reconcile_pass().await;
         owner.finish_reconcile(&report).await;
+        for image in owner.cfg.images.clone() {
+            owner.distribute(&image);
+        }
         tokio::spawn(owner.run(rx));
         Ok(VmManager { tx })
     }
@@ -286,6 +303,11 @@ struct Vm {
     launch: Option<Pending>,
     /// Callers of `destroy` waiting for the teardown.
     waiters: Vec<Reply<()>>,
+    /// The pool volumes it boots from (hosts with an `image_pool`): kept
+    /// while it lives.
+    volumes: Vec<String>,
+    /// Its overlay, when that is a volume in the host's pool.
+    pool_overlay: Option<String>,
 }
 
 struct Pending {
@@ -311,7 +333,29 @@ struct Owner {
     /// task it spawned) is gone.
     tx: mpsc::WeakUnboundedSender<Cmd>,
     reconciling: bool,
+    /// Per host (index) and image name: what its `image_pool` holds.
+    pools: HashMap<(usize, String), PoolSlot>,
+    /// Images seen (config and launches), re-checked for changes on a timer.
+    images: HashMap<String, Image>,
+    last_image_check: Instant,
 }
+
+/// One image in one host's pool.
+#[derive(Default)]
+struct PoolSlot {
+    /// The version there, once uploaded.
+    current: Option<PoolImage>,
+    /// An upload or a removal of old versions is running: never both at once,
+    /// so a removal cannot take a volume an upload is writing.
+    busy: bool,
+    /// Old versions should be removed once `busy` clears.
+    sweep_wanted: bool,
+    /// After a failed upload, the next try waits until then.
+    retry_at: Option<Instant>,
+}
+
+/// How often image files are checked for changes (size and mtime).
+const IMAGE_CHECK: Duration = Duration::from_secs(5);
 
 /// How often the owner re-checks cool-downs, expired holds and down hosts.
 const TICK: Duration = Duration::from_millis(500);
@@ -411,6 +455,14 @@ impl Owner {
             }
             Cmd::AttemptDone { name, result } => self.attempt_done(name, result).await,
             Cmd::TeardownDone { name, result } => self.teardown_done(name, result).await,
+            Cmd::ImageUploaded { host, image, result } => self.image_uploaded(host, image, result).await,
+            Cmd::SweepDone { host, image } => {
+                let slot = self.pools.entry((host, image.clone())).or_default();
+                slot.busy = false;
+                if std::mem::take(&mut slot.sweep_wanted) {
+                    self.sweep(host, &image);
+                }
+            }
             Cmd::ReconcileDone { report, reply } => {
                 self.reconciling = false;
                 self.finish_reconcile(&report).await;
@@ -435,9 +487,133 @@ impl Owner {
             info!(vm = %name, "hold ended");
             self.teardown(&name).await;
         }
+        if self.last_image_check.elapsed() >= IMAGE_CHECK {
+            self.last_image_check = Instant::now();
+            let images: Vec<Image> = self.images.values().cloned().collect();
+            for image in images {
+                self.distribute(&image);
+            }
+        }
         if !self.queue.is_empty() {
             self.pump().await;
         }
+    }
+
+    /// Whether host `i` can boot `image` as it is now: always for hosts that
+    /// read files by path; for pool hosts, when the uploaded version was read
+    /// from the same files with the size and mtime they have now.
+    fn image_present(&self, i: usize, image: &Image) -> bool {
+        if self.hosts[i].config.image_pool.is_none() {
+            return true;
+        }
+        let Some(current) = self.pools.get(&(i, image.name.clone())).and_then(|p| p.current.as_ref()) else { return false };
+        images::is_current(current, image)
+    }
+
+    /// Starts uploading `image` to every up pool host that may run it and
+    /// lacks its current version.
+    fn distribute(&mut self, image: &Image) {
+        self.images.insert(image.name.clone(), image.clone());
+        let Some(tx) = self.tx.upgrade() else { return };
+        let now = Instant::now();
+        for i in 0..self.hosts.len() {
+            let config = &self.hosts[i].config;
+            let Some(pool) = config.image_pool.clone() else { continue };
+            if !config.limits.allows_image(&image.name) || !self.hosts[i].handle.status().is_up() || self.image_present(i, image) {
+                continue;
+            }
+            let (uri, host_name) = (config.uri.clone(), config.name.clone());
+            let slot = self.pools.entry((i, image.name.clone())).or_default();
+            if slot.busy || slot.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            slot.busy = true;
+            info!(host = %host_name, image = %image.name, %pool, "putting the image's current version into the host's pool");
+            let (img, tx) = (image.clone(), tx.clone());
+            tokio::spawn(async move {
+                let name = img.name.clone();
+                let result = tokio::task::spawn_blocking(move || images::upload(&uri, &pool, &img))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("upload task: {e}")));
+                let _ = tx.send(Cmd::ImageUploaded { host: i, image: name, result });
+            });
+        }
+    }
+
+    async fn image_uploaded(&mut self, host: usize, image: String, result: Result<PoolImage, String>) {
+        let host_name = self.hosts[host].config.name.clone();
+        let pool = self.hosts[host].config.image_pool.clone().unwrap_or_default();
+        let key = (host, image.clone());
+        match result {
+            Ok(version) => {
+                for f in &version.files {
+                    let row = HostVolume {
+                        host: host_name.clone(),
+                        image: image.clone(),
+                        role: f.role.into(),
+                        sha256: f.sha256.clone(),
+                        pool: pool.clone(),
+                        volume: f.volume.clone(),
+                        path: f.path.clone(),
+                    };
+                    if let Err(e) = self.store.put_host_volume(&row).await {
+                        warn!(host = %host_name, error = %error_chain(&e), "could not record an image volume");
+                    }
+                }
+                let sent: Vec<&str> = version.files.iter().filter(|f| f.sent).map(|f| f.volume.as_str()).collect();
+                if !sent.is_empty() {
+                    info!(host = %host_name, %image, volumes = %sent.join(", "), "image uploaded and verified");
+                    let _ = self.store.record_event("image_uploaded", &host_name, &format!("image {image}: {}", sent.join(", "))).await;
+                }
+                let slot = self.pools.entry(key).or_default();
+                slot.busy = false;
+                slot.retry_at = None;
+                slot.current = Some(version);
+                self.sweep(host, &image);
+                self.pump().await;
+            }
+            Err(error) => {
+                warn!(host = %host_name, %image, %error, "could not put the image into the host's pool; retrying later");
+                let _ = self.store.record_event("image_upload_failed", &host_name, &format!("image {image}: {error}")).await;
+                let slot = self.pools.entry(key).or_default();
+                slot.busy = false;
+                slot.retry_at = Some(Instant::now() + self.cfg.upload_retry);
+            }
+        }
+    }
+
+    /// Removes versions of `image` in host `host`'s pool other than the
+    /// current one and those live VMs there boot from.
+    fn sweep(&mut self, host: usize, image: &str) {
+        let Some(tx) = self.tx.upgrade() else { return };
+        let Some(pool) = self.hosts[host].config.image_pool.clone() else { return };
+        let mut keep: Vec<String> = self.vms.values().filter(|vm| vm.host == host).flat_map(|vm| vm.volumes.clone()).collect();
+        let slot = self.pools.entry((host, image.to_string())).or_default();
+        let Some(current) = &slot.current else { return };
+        if slot.busy {
+            slot.sweep_wanted = true;
+            return;
+        }
+        slot.busy = true;
+        keep.extend(current.volumes());
+        let prefixes: Vec<String> = current.files.iter().map(|f| f.prefix.clone()).collect();
+        let (uri, host_name, image) = (self.hosts[host].config.uri.clone(), self.hosts[host].config.name.clone(), image.to_string());
+        tokio::spawn(async move {
+            let (h, i) = (host_name.clone(), image.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                for prefix in prefixes {
+                    match storage::remove_volumes(&uri, &pool, &prefix, &keep) {
+                        Ok(removed) if !removed.is_empty() => {
+                            info!(host = %h, image = %i, removed = %removed.join(", "), "old image versions removed")
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(host = %h, image = %i, error = %error_chain(&e), "could not remove old image versions"),
+                    }
+                }
+            });
+            let _ = done.await;
+            let _ = tx.send(Cmd::SweepDone { host, image });
+        });
     }
 
     /// Records up/down periods; a host going down is an event and a notification.
@@ -625,6 +801,7 @@ impl Owner {
                     used: used[i],
                     tried: tried.contains(&i),
                     allowed: slot.config.limits.allows_image(&image.name) && slot.config.limits.allows_job(req.job.as_deref()),
+                    image_present: self.image_present(i, image),
                 }
             })
             .collect()
@@ -656,6 +833,8 @@ impl Owner {
         self.queue.sort_by_key(|p| (std::cmp::Reverse(p.req.priority), p.seq));
         let queue = std::mem::take(&mut self.queue);
         for pending in queue {
+            // A changed image file is noticed here at the latest: the launch waits for its upload.
+            self.distribute(&pending.req.image);
             let used = self.usage();
             let views = self.views(&pending.req, &pending.tried, &used);
             match placement::place(&pending.req.image, &views) {
@@ -683,10 +862,18 @@ impl Owner {
         pending.tried.insert(host);
         let name = format!("paddock-{}-{}", short(&self.cfg.instance_id), random_id());
         let image = pending.req.image.clone();
-        let overlay = match &image.boot {
-            Boot::Disk { .. } => Some(overlay::path_for(&self.cfg.state_dir, &name)),
-            Boot::Kernel { .. } => None,
+        let pool = self.hosts[host].config.image_pool.clone().and_then(|p| {
+            let version = self.pools.get(&(host, image.name.clone())).and_then(|s| s.current.clone())?;
+            Some((p, version))
+        });
+        let disk = matches!(image.boot, Boot::Disk { .. });
+        // On a pool host the overlay is a volume next to the base, so that the host's libvirt writes it.
+        let (overlay, pool_overlay) = match (&pool, disk) {
+            (_, false) => (None, None),
+            (None, true) => (Some(overlay::path_for(&self.cfg.state_dir, &name)), None),
+            (Some(_), true) => (None, Some(format!("{name}-overlay.qcow2"))),
         };
+        let volumes = pool.as_ref().map(|(_, v)| v.volumes()).unwrap_or_default();
         let console = self.cfg.state_dir.join("consoles").join(format!("{name}.log"));
         let vm = Vm {
             name: name.clone(),
@@ -704,8 +891,12 @@ impl Owner {
             error: None,
             launch: None,
             waiters: Vec::new(),
+            volumes,
+            pool_overlay: pool_overlay.clone(),
         };
         let job = Attempt {
+            pool,
+            pool_overlay,
             name: name.clone(),
             host: self.hosts[host].config.clone(),
             handle: self.hosts[host].handle.clone(),
@@ -790,8 +981,14 @@ impl Owner {
         let Some(tx) = self.tx.upgrade() else { return };
         self.transition(name, VmState::Stopping).await;
         let vm = &self.vms[name];
+        let host = &self.hosts[vm.host].config;
+        let pool_overlay = match (&host.image_pool, &vm.pool_overlay) {
+            (Some(pool), Some(vol)) => Some((host.uri.clone(), pool.clone(), vol.clone())),
+            _ => None,
+        };
         let job = Teardown {
             name: name.to_string(),
+            pool_overlay,
             handle: self.hosts[vm.host].handle.clone(),
             overlay: vm.overlay.clone(),
             console: vm.console.clone(),
@@ -807,6 +1004,11 @@ impl Owner {
                 self.transition(&name, VmState::Gone).await;
                 let Some(vm) = self.vms.remove(&name) else { return };
                 self.ports.release(vm.port);
+                // The versions it booted from may now be unused.
+                let current = self.pools.get(&(vm.host, vm.image.name.clone())).and_then(|s| s.current.as_ref());
+                if !vm.volumes.is_empty() && current.is_none_or(|c| c.volumes() != vm.volumes) {
+                    self.sweep(vm.host, &vm.image.name);
+                }
                 if let Err(e) = self.store.delete_vm(&name).await {
                     warn!(vm = %name, error = %error_chain(&e), "could not delete a VM row");
                 }
@@ -921,6 +1123,8 @@ impl Owner {
                     error: None,
                     launch: None,
                     waiters: Vec::new(),
+                    volumes: Vec::new(),
+                    pool_overlay: None,
                 },
             );
         }
@@ -1039,6 +1243,10 @@ struct Attempt {
     image: Image,
     port: u16,
     overlay: Option<PathBuf>,
+    /// The image's version in the host's pool, for hosts with an `image_pool`.
+    pool: Option<(String, PoolImage)>,
+    /// The overlay volume's name, for disk images on such hosts.
+    pool_overlay: Option<String>,
     console: PathBuf,
     mark: Mark,
     authorized_keys: Vec<String>,
@@ -1065,8 +1273,21 @@ impl Attempt {
         if let Some(parent) = self.console.parent() {
             std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
         }
-        let disk = match (&self.image.boot, &self.overlay) {
-            (Boot::Disk { base }, Some(ov)) => {
+        let image = match &self.pool {
+            Some((_, version)) => version.boot_image(&self.image),
+            None => self.image.clone(),
+        };
+        let disk = match (&image.boot, &self.overlay, &self.pool, &self.pool_overlay) {
+            (Boot::Disk { base }, _, Some((pool, version)), Some(vol)) => {
+                let (format, size) = version.disk.clone().ok_or("no base format recorded for the pool's disk")?;
+                let (uri, pool, vol, base) = (self.host.uri.clone(), pool.clone(), vol.clone(), base.display().to_string());
+                let path = tokio::task::spawn_blocking(move || storage::create_overlay(&uri, &pool, &vol, &base, &format, size))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| error_chain(&e))?;
+                Some(DiskSpec { path: path.into(), format: "qcow2".into() })
+            }
+            (Boot::Disk { base }, Some(ov), _, _) => {
                 let (base, ov2) = (base.clone(), ov.clone());
                 tokio::task::spawn_blocking(move || overlay::create(&base, &ov2))
                     .await
@@ -1078,7 +1299,7 @@ impl Attempt {
         };
         let xml = libvirt::domain_xml::render(&DomainSpec {
             name: &self.name,
-            image: &self.image,
+            image: &image,
             host: &self.host,
             domain_type: match self.handle.status() {
                 HostStatus::Up(facts) => facts.domain_type(self.host.accelerator),
@@ -1133,6 +1354,8 @@ impl Attempt {
 /// Shutting down and removing one VM, run as its own task.
 struct Teardown {
     name: String,
+    /// URI, pool and name of an overlay volume to delete.
+    pool_overlay: Option<(String, String, String)>,
     handle: HostHandle,
     overlay: Option<PathBuf>,
     console: PathBuf,
@@ -1164,6 +1387,12 @@ impl Teardown {
         h.undefine(&self.name).await.map_err(|e| error_chain(&e))?;
         if let Some(ov) = &self.overlay {
             overlay::remove(ov).map_err(|e| error_chain(&e))?;
+        }
+        if let Some((uri, pool, vol)) = self.pool_overlay.clone() {
+            tokio::task::spawn_blocking(move || storage::delete_volume(&uri, &pool, &vol))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| error_chain(&e))?;
         }
         remove_console(&self.console);
         Ok(())

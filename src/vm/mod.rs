@@ -2,6 +2,7 @@
 //! forwards, disposable overlays, boot readiness, reconciliation, and the
 //! `VmManager` that owns them all.
 
+pub mod images;
 mod manager;
 pub mod overlay;
 pub mod placement;

@@ -34,6 +34,11 @@ pub fn path_for(state_dir: &Path, name: &str) -> PathBuf {
 
 /// The format qemu-img detects for `base` (e.g. `raw`, `qcow2`).
 pub fn base_format(base: &Path) -> Result<String, OverlayError> {
+    Ok(base_info(base)?.0)
+}
+
+/// The format and virtual size (bytes) qemu-img reads from `base`.
+pub fn base_info(base: &Path) -> Result<(String, u64), OverlayError> {
     let out = Command::new("qemu-img")
         .args(["info", "--output=json", "-U"])
         .arg(base)
@@ -44,12 +49,15 @@ pub fn base_format(base: &Path) -> Result<String, OverlayError> {
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| OverlayError::Info { base: base.into(), stderr: e.to_string() })?;
-    v["format"]
+    let fmt = v["format"]
         .as_str()
         .map(str::to_string)
-        .ok_or_else(|| OverlayError::Info { base: base.into(), stderr: "no format in qemu-img info".into() })
+        .ok_or_else(|| OverlayError::Info { base: base.into(), stderr: "no format in qemu-img info".into() })?;
+    let size = v["virtual-size"]
+        .as_u64()
+        .ok_or_else(|| OverlayError::Info { base: base.into(), stderr: "no virtual-size in qemu-img info".into() })?;
+    Ok((fmt, size))
 }
-
 /// Creates a qcow2 overlay at `overlay` backed by `base`.
 pub fn create(base: &Path, overlay: &Path) -> Result<(), OverlayError> {
     if let Some(parent) = overlay.parent() {

@@ -1,7 +1,8 @@
 //! Choosing a host for a VM: arch match and room (VM count, memory, vCPUs);
 //! down, cooling, drained, quarantined and closed (outside the donor's
 //! windows) hosts are skipped; hosts whose donor disallows the job or image
-//! never count. Pure functions over a view of the hosts.
+//! never count; hosts that take images from a storage pool wait until the
+//! image's current version is there. Pure functions over a view of the hosts.
 
 use crate::config::{Capacity, Image};
 
@@ -42,6 +43,9 @@ pub struct HostView {
     pub tried: bool,
     /// The donor allows this request's job and image there (a lasting no).
     pub allowed: bool,
+    /// The image's current version is on the host (always true for hosts that
+    /// read image files by path). False means wait: an upload is under way.
+    pub image_present: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +69,7 @@ pub fn place(image: &Image, hosts: &[HostView]) -> Placement {
     hosts
         .iter()
         .enumerate()
-        .filter(|(_, h)| h.available && h.allowed && h.runs_arch == Some(true) && h.used.fits(image, &h.capacity))
+        .filter(|(_, h)| h.available && h.allowed && h.image_present && h.runs_arch == Some(true) && h.used.fits(image, &h.capacity))
         .min_by_key(|(i, h)| (h.tried, std::cmp::Reverse(h.capacity.memory_mib - h.used.memory_mib), *i))
         .map_or(Placement::Wait, |(i, _)| Placement::Host(i))
 }
@@ -90,6 +94,7 @@ mod tests {
             used: Usage::default(),
             tried: false,
             allowed: true,
+            image_present: true,
         }
     }
 
@@ -134,5 +139,16 @@ mod tests {
         let yes = view(4, 1024, 4);
         assert_eq!(place(&img(512, 1), &[no.clone(), yes]), Placement::Host(1));
         assert_eq!(place(&img(512, 1), &[no]), Placement::Never);
+    }
+
+    #[test]
+    fn hosts_without_the_current_image_version_mean_wait() {
+        let mut uploading = view(4, 8192, 4);
+        uploading.image_present = false;
+        let small = view(4, 1024, 4);
+        assert_eq!(place(&img(512, 1), &[uploading.clone(), small]), Placement::Host(1));
+        assert_eq!(place(&img(512, 1), &[uploading.clone()]), Placement::Wait);
+        uploading.image_present = true;
+        assert_eq!(place(&img(512, 1), &[uploading]), Placement::Host(0));
     }
 }

@@ -55,12 +55,9 @@ async fn poll<T>(what: &str, limit: Duration, mut probe: impl AsyncFnMut() -> Op
 /// Starts a daemon with a one-job demo, SIGKILLs it once the run's state
 /// satisfies `kill_when`, restarts it, and checks the aftermath.
 async fn kill_and_restart(ports: &str, kill_when: fn(&str) -> bool) {
-    ensure_guest_image();
-    let dir = tempfile::tempdir().unwrap();
-    fleet(
-        dir.path(),
+    kill_and_restart_job(
         ports,
-        &baked_host_key(),
+        kill_when,
         r#"
 [[jobs]]
 name = "long"
@@ -70,7 +67,14 @@ name = "wait"
 type = "build"
 command = "echo up; sleep 600"
 "#,
-    );
+    )
+    .await
+}
+
+async fn kill_and_restart_job(ports: &str, kill_when: fn(&str) -> bool, job: &str) {
+    ensure_guest_image();
+    let dir = tempfile::tempdir().unwrap();
+    fleet(dir.path(), ports, &baked_host_key(), job);
     let config = dir.path().join("fleet.toml");
     let first = Serve::start(&config, true);
     let _guard = DomainGuard::new(dir.path());
@@ -113,4 +117,24 @@ async fn sigkill_during_a_step_leaks_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_boot_leaks_nothing() {
     kill_and_restart("23160-23169", |s| s == "provisioning").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_collecting_the_result_leaks_nothing() {
+    // A 60 MB artifact keeps the run in its collecting phase long enough to be caught there.
+    kill_and_restart_job(
+        "23350-23359",
+        |s| s == "collecting",
+        r#"
+[[jobs]]
+name = "long"
+images = ["tiny"]
+artifacts = ["/tmp/big.bin"]
+[[jobs.steps]]
+name = "make-artifact"
+type = "build"
+command = "head -c 60000000 /dev/urandom > /tmp/big.bin && echo made"
+"#,
+    )
+    .await;
 }

@@ -72,7 +72,7 @@ os = "linux"
 arch = "x86_64"
 kernel = "{out}/vmlinuz"
 initrd = "{out}/initrd.img"
-cmdline = "console=ttyS0 quiet"
+cmdline = "console=ttyS0 quiet no_timer_check panic=1"
 memory_mib = 256
 vcpus = 1
 user = "root"

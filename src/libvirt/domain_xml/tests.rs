@@ -17,6 +17,7 @@ pub(crate) fn host(accelerator: Accelerator) -> Host {
         address: IpAddr::V4(Ipv4Addr::LOCALHOST),
         capacity: Capacity { max_vms: 4, memory_mib: 4096, vcpus: 4 },
         network: None,
+        image_pool: None,
         limits: Default::default(),
     }
 }
