@@ -103,7 +103,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn is_disk_full(e: &StoreError) -> bool {
-    matches!(e, StoreError::Query(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull)
+    matches!(e, StoreError::DiskFull { .. })
 }
 
 /// How far one run got before the disk filled.
@@ -145,7 +145,12 @@ async fn a_full_state_disk_fails_writes_clearly_and_leaves_an_intact_store() {
     let failure = failure.expect("the store never reported the full disk");
     let message = chain(&failure);
     assert!(is_disk_full(&failure), "not a disk-full error: {message}");
-    assert!(message.contains("disk is full"), "the error does not say the disk is full: {message}");
+    // The operator reads which file is on the full disk, and SQLite's own words after it.
+    assert!(
+        message.starts_with(&format!("the disk holding the store at {} is full", db.display())),
+        "unclear error: {message}"
+    );
+    assert!(message.contains("database or disk is full"), "SQLite's cause is lost: {message}");
     let finished: Vec<&str> =
         written.iter().filter_map(|w| if let Written::Finished(id) = w { Some(id.as_str()) } else { None }).collect();
     assert!(finished.len() >= 3, "the disk filled after only {} runs", finished.len());

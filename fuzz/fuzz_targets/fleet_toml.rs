@@ -26,9 +26,10 @@ fuzz_target!(|data: &[u8]| {
                 if let Some(c) = e.column {
                     assert!(c >= 1, "column 0: {e:?}");
                 }
-                // A syntax error (empty key path) always has a span from the TOML parser.
-                if e.path.is_empty() {
-                    assert!(e.line.is_some(), "syntax error without a line: {e:?}");
+                // A syntax error (empty key path) has a line, except too-deep nesting, the one
+                // error toml gives no span.
+                if e.path.is_empty() && e.line.is_none() {
+                    assert!(e.message.starts_with("nested too deeply"), "syntax error without a line: {e:?}");
                 }
                 assert!(!e.to_string().is_empty());
             }

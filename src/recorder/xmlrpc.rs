@@ -332,4 +332,32 @@ mod tests {
         );
         assert_eq!(from_json(&to_json(&v, "x").unwrap()), v);
     }
+
+    fn nested_call(depth: usize) -> String {
+        format!(
+            "<methodCall><methodName>add_results</methodName><params><param>{}<value><int>1</int></value>{}\
+             </param></params></methodCall>",
+            "<value><array><data>".repeat(depth),
+            "</data></array></value>".repeat(depth)
+        )
+    }
+
+    /// `to_json` and dxr's parser recurse per nesting level, and a 16 MiB body could nest 400,000
+    /// levels. dxr refuses deep nesting itself (somewhere below 100 levels); this keeps that
+    /// guarantee checked, on a stack as small as a tokio worker's.
+    #[test]
+    fn deep_nesting_is_refused_without_exhausting_a_worker_stack() {
+        let answers = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let shallow = decode_call(nested_call(10).as_bytes()).map(|c| to_json(&c.params[0], "p").is_ok());
+                let deep = decode_call(nested_call(300_000).as_bytes()).map(|_| ()).map_err(|f| f.code());
+                (shallow, deep)
+            })
+            .expect("spawning")
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(answers.0, Ok(true));
+        assert_eq!(answers.1, Err(PARSE_ERROR));
+    }
 }
