@@ -77,7 +77,7 @@ pub fn parse(src: &str, path: &Path) -> Result<Fleet, LoadError> {
         Err(e) => {
             let mut message = e.message().trim_end().to_string();
             // toml's one error without a span; alone, "recursion limit" tells an admin nothing.
-            // Found by the `fleet_toml` fuzz target.
+            // Found by feeding the `fleet_toml` fuzz target deeply nested inputs.
             if e.span().is_none() && message == "recursion limit" {
                 message = "nested too deeply: more levels of tables, arrays or dotted keys than the TOML \
                            parser accepts (recursion limit)"

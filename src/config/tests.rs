@@ -34,7 +34,7 @@ fn line_of(src: &str, needle: &str) -> usize {
     src[..src.find(needle).unwrap()].matches('\n').count() + 1
 }
 
-/// Found by the `fleet_toml` fuzz target: toml gives this error no span, and its bare message
+/// Found by feeding the `fleet_toml` fuzz target deep nesting: toml gives this error no span, and its bare message
 /// ("recursion limit") did not say what was wrong.
 #[test]
 fn too_deep_nesting_says_so() {
