@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup image build run test bench clean-state
+.PHONY: setup image build run test bench fuzz clean-state
 
 setup:
 	bash scripts/setup-host.sh
@@ -28,3 +28,8 @@ test: image build
 
 bench: image
 	bash bench/run.sh
+
+# Each fuzz target for FUZZ_SECONDS (60) on the stable toolchain; see fuzz/README.md.
+FUZZ_SECONDS ?= 60
+fuzz:
+	bash fuzz/run.sh $(FUZZ_SECONDS)

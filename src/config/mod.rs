@@ -75,7 +75,14 @@ pub fn parse(src: &str, path: &Path) -> Result<Fleet, LoadError> {
     let raw: raw::RawFleet = match toml::from_str(src) {
         Ok(r) => r,
         Err(e) => {
-            let message = e.message().trim_end().to_string();
+            let mut message = e.message().trim_end().to_string();
+            // toml's one error without a span; alone, "recursion limit" tells an admin nothing.
+            // Found by feeding the `fleet_toml` fuzz target deeply nested inputs.
+            if e.span().is_none() && message == "recursion limit" {
+                message = "nested too deeply: more levels of tables, arrays or dotted keys than the TOML \
+                           parser accepts (recursion limit)"
+                    .to_string();
+            }
             return Err(LoadError::Invalid(vec![ConfigError::at(path, src, e.span(), String::new(), message)]));
         }
     };

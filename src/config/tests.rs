@@ -34,6 +34,18 @@ fn line_of(src: &str, needle: &str) -> usize {
     src[..src.find(needle).unwrap()].matches('\n').count() + 1
 }
 
+/// Found by feeding the `fleet_toml` fuzz target deep nesting: toml gives this error no span, and its bare message
+/// ("recursion limit") did not say what was wrong.
+#[test]
+fn too_deep_nesting_says_so() {
+    let src = format!("[{}b]\n", "a.".repeat(100_000));
+    assert_eq!(
+        errors(&src),
+        ["fleet.toml: nested too deeply: more levels of tables, arrays or dotted keys than the TOML parser \
+          accepts (recursion limit)"]
+    );
+}
+
 #[test]
 fn syntax_error_names_line_and_column() {
     let src = with("max_vms = 4", "max_vms = = 4");

@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
-use super::model::{ClientInfo, ResultDoc, ResultKey};
+use super::model::{BagError, ClientInfo, ResultDoc, ResultKey};
 use super::store::{Filter, PackageHealth, StoredResult, Summary};
 use super::{Origin, Recorder, RecorderError, web, xmlrpc};
 
@@ -137,11 +137,12 @@ fn submitter(rec: &Recorder, presented: Option<&str>) -> Result<Option<String>, 
     presented.and_then(|p| rec.authenticate(p)).map(|s| Some(s.to_owned())).ok_or(ApiError::Unauthorized)
 }
 
-fn parse_json(body: &[u8]) -> Result<JsonValue, ApiError> {
+/// The body as JSON, or the message a client gets for a 400.
+fn parse_json(body: &[u8]) -> Result<JsonValue, String> {
     if let Err(e) = std::str::from_utf8(body) {
-        return Err(ApiError::BadRequest(format!("body is not UTF-8: {e}")));
+        return Err(format!("body is not UTF-8: {e}"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))
 }
 
 #[derive(Serialize)]
@@ -149,6 +150,42 @@ struct Submitted {
     result_key: String,
     auth_key: String,
     created: bool,
+}
+
+/// A `POST /api/v1/results` body, decoded and validated.
+#[derive(Debug)]
+pub struct Submission {
+    pub doc: ResultDoc,
+    pub idempotency_key: Option<String>,
+}
+
+/// Why a `POST /api/v1/results` body was refused before anything was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmissionError {
+    /// Not UTF-8, not JSON, not an object, or a top-level key of the wrong shape.
+    #[error("{0}")]
+    Malformed(String),
+    /// A well-formed body whose result does not validate.
+    #[error(transparent)]
+    Invalid(#[from] BagError),
+}
+
+/// The body parser of `POST /api/v1/results`, without the store or the token check.
+/// Public so the fuzz targets (`fuzz/`) drive exactly what the endpoint runs on untrusted bytes.
+pub fn decode_submission(body: &[u8]) -> Result<Submission, SubmissionError> {
+    let malformed = |m: &str| SubmissionError::Malformed(m.to_owned());
+    let JsonValue::Object(mut top) = parse_json(body).map_err(SubmissionError::Malformed)? else {
+        return Err(malformed("body must be a JSON object"));
+    };
+    let idempotency_key = match top.remove("idempotency_key") {
+        None | Some(JsonValue::Null) => None,
+        Some(JsonValue::String(k)) if !k.is_empty() && k.len() <= 256 => Some(k),
+        Some(_) => return Err(malformed("idempotency_key: expected a string of 1 to 256 bytes")),
+    };
+    let client_info = top.remove("client_info").ok_or_else(|| malformed("client_info: missing"))?;
+    let results = top.remove("results").ok_or_else(|| malformed("results: missing"))?;
+    let doc = ResultDoc::from_json(client_info, results, top.remove("extras"))?;
+    Ok(Submission { doc, idempotency_key })
 }
 
 async fn submit(
@@ -159,17 +196,10 @@ async fn submit(
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     let submitter = submitter(&rec, bearer(&headers))?;
     let body = body.map_err(ApiError::Body)?;
-    let JsonValue::Object(mut top) = parse_json(&body)? else {
-        return Err(ApiError::BadRequest("body must be a JSON object".into()));
-    };
-    let idempotency_key = match top.remove("idempotency_key") {
-        None | Some(JsonValue::Null) => None,
-        Some(JsonValue::String(k)) if !k.is_empty() && k.len() <= 256 => Some(k),
-        Some(_) => return Err(ApiError::BadRequest("idempotency_key: expected a string of 1 to 256 bytes".into())),
-    };
-    let client_info = top.remove("client_info").ok_or_else(|| ApiError::BadRequest("client_info: missing".into()))?;
-    let results = top.remove("results").ok_or_else(|| ApiError::BadRequest("results: missing".into()))?;
-    let doc = ResultDoc::from_json(client_info, results, top.remove("extras")).map_err(RecorderError::from)?;
+    let Submission { doc, idempotency_key } = decode_submission(&body).map_err(|e| match e {
+        SubmissionError::Malformed(m) => ApiError::BadRequest(m),
+        SubmissionError::Invalid(bag) => ApiError::Recorder(RecorderError::from(bag)),
+    })?;
     let done = rec.ingest_from(doc, idempotency_key, Origin { client_ip: client_ip(&ext), submitter }).await?;
     let status = if done.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(Submitted { result_key: done.key.to_string(), auth_key: done.auth_key, created: done.created })))
@@ -188,7 +218,7 @@ async fn build_request(
     submitter(&rec, bearer(&headers))?;
     let body = body.map_err(ApiError::Body)?;
     let req: BuildRequestBody =
-        serde_json::from_value(parse_json(&body)?).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        serde_json::from_value(parse_json(&body).map_err(ApiError::BadRequest)?).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let tagset = ClientInfo::tagset_from_json(req.client_info).map_err(RecorderError::from)?;
     rec.request_build(tagset).await?;
     Ok(StatusCode::ACCEPTED)

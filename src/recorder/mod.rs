@@ -3,11 +3,11 @@
 //! HTML pages and Atom feeds. Embeddable (`router`) or standalone (`paddock recorder`).
 
 mod auth;
-mod http;
+pub mod http;
 mod model;
 mod store;
 mod web;
-mod xmlrpc;
+pub mod xmlrpc;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

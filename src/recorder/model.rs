@@ -339,4 +339,17 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.to_string(), "results[1].status: expected integer, got string");
     }
+
+    /// Found by the `rest_result` fuzz target: without serde_json's `float_roundtrip`, a long
+    /// number parsed to a float one ULP off, so what the store kept (and later read back) was not
+    /// the value the client sent, and a second save changed it again.
+    #[test]
+    fn numbers_survive_the_stored_text_unchanged() {
+        let sent = format!(r#"{{"package": "p", "arch": "a", "host": "h", "success": true, "k": 9{}1, "d": 0.1}}"#, "9".repeat(87));
+        let ci = ClientInfo::from_json(serde_json::from_str(&sent).unwrap()).unwrap();
+        let stored = serde_json::to_string(&ci.to_json()).unwrap();
+        let read_back = ClientInfo::from_json(serde_json::from_str(&stored).unwrap()).unwrap();
+        assert_eq!(read_back, ci);
+        assert_eq!(ci.extra["k"].as_f64(), Some(1e89));
+    }
 }

@@ -33,17 +33,11 @@ pub(super) struct Caller {
 /// HTTP 400 (nothing was dispatched); method-level faults come back with 200 as XML-RPC
 /// requires, so standard clients raise them as `Fault`.
 pub(super) async fn handle(rec: &Recorder, caller: Caller, body: &[u8]) -> (StatusCode, String) {
-    let text = match std::str::from_utf8(body) {
-        Ok(t) => t,
-        Err(e) => return (StatusCode::BAD_REQUEST, fault_xml(PARSE_ERROR, &format!("request is not UTF-8: {e}"))),
-    };
-    if let Some(reason) = refuse_markup(text) {
-        return (StatusCode::BAD_REQUEST, fault_xml(PARSE_ERROR, reason));
-    }
-    // dxr's parse error repeats the whole body; say what was wrong without echoing it.
-    let call = match MethodCall::from_xml(text) {
+    let call = match decode_call(body) {
         Ok(c) => c,
-        Err(_) => return (StatusCode::BAD_REQUEST, fault_xml(PARSE_ERROR, "malformed XML-RPC method call")),
+        Err(fault) => {
+            return (StatusCode::BAD_REQUEST, fault_xml(fault.code(), fault.string()));
+        }
     };
     let answer = dispatch(rec, &caller, &call.name, &call.params).await;
     let xml = match answer {
@@ -57,6 +51,26 @@ pub(super) async fn handle(rec: &Recorder, caller: Caller, body: &[u8]) -> (Stat
             (StatusCode::INTERNAL_SERVER_ERROR, fault_xml(SERVER_ERROR, "internal error"))
         }
     }
+}
+
+/// Turn a request body into a method call, refusing non-UTF-8 text and DTDs; the fault says why.
+/// Public so the fuzz targets (`fuzz/`) drive exactly what the endpoint runs on untrusted bytes.
+pub fn decode_call(body: &[u8]) -> Result<MethodCall<'_>, Fault> {
+    let text = std::str::from_utf8(body).map_err(|e| fault(PARSE_ERROR, format!("request is not UTF-8: {e}")))?;
+    if let Some(reason) = refuse_markup(text) {
+        return Err(fault(PARSE_ERROR, reason));
+    }
+    // dxr's parse error repeats the whole body; say what was wrong without echoing it.
+    MethodCall::from_xml(text).map_err(|_| fault(PARSE_ERROR, "malformed XML-RPC method call"))
+}
+
+/// `add_results(client_info, results[, extras])`'s parameters → a validated result, as the
+/// endpoint builds it once arity and token are checked. Public for the fuzz targets.
+pub fn decode_add_results(params: &[Value]) -> Result<ResultDoc, Fault> {
+    let client_info = to_json(params.first().unwrap_or(&Value::Nil), "client_info")?;
+    let results = to_json(params.get(1).unwrap_or(&Value::Nil), "results")?;
+    let extras = params.get(2).map(|v| to_json(v, "extras")).transpose()?;
+    ResultDoc::from_json(client_info, results, extras).map_err(|e| fault(INVALID_PARAMS, e.to_string()))
 }
 
 /// XML-RPC has no use for a DTD; refusing one up front closes entity-expansion attacks
@@ -118,9 +132,7 @@ async fn dispatch(rec: &Recorder, caller: &Caller, method: &str, params: &[Value
         "add_results" => {
             arity(method, params, 2, 3, "client_info, results[, extras]")?;
             require_token(rec, caller)?;
-            let extras = params.get(2).map(|v| to_json(v, "extras")).transpose()?;
-            let doc = ResultDoc::from_json(to_json(&params[0], "client_info")?, to_json(&params[1], "results")?, extras)
-                .map_err(|e| fault(INVALID_PARAMS, e.to_string()))?;
+            let doc = decode_add_results(params)?;
             let origin = Origin { client_ip: caller.client_ip.clone(), submitter: caller.submitter.clone() };
             let done = rec.ingest_from(doc, None, origin).await.map_err(recorder_fault)?;
             Ok(Value::Array(vec![Value::String(done.key.to_string()), Value::String(done.auth_key)]))
@@ -319,5 +331,33 @@ mod tests {
             .collect(),
         );
         assert_eq!(from_json(&to_json(&v, "x").unwrap()), v);
+    }
+
+    fn nested_call(depth: usize) -> String {
+        format!(
+            "<methodCall><methodName>add_results</methodName><params><param>{}<value><int>1</int></value>{}\
+             </param></params></methodCall>",
+            "<value><array><data>".repeat(depth),
+            "</data></array></value>".repeat(depth)
+        )
+    }
+
+    /// `to_json` and dxr's parser recurse per nesting level, and a 16 MiB body could nest 400,000
+    /// levels. dxr refuses deep nesting itself (somewhere below 100 levels); this keeps that
+    /// guarantee checked, on a stack as small as a tokio worker's.
+    #[test]
+    fn deep_nesting_is_refused_without_exhausting_a_worker_stack() {
+        let answers = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let shallow = decode_call(nested_call(10).as_bytes()).map(|c| to_json(&c.params[0], "p").is_ok());
+                let deep = decode_call(nested_call(300_000).as_bytes()).map(|_| ()).map_err(|f| f.code());
+                (shallow, deep)
+            })
+            .expect("spawning")
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(answers.0, Ok(true));
+        assert_eq!(answers.1, Err(PARSE_ERROR));
     }
 }

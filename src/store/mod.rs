@@ -57,6 +57,9 @@ pub enum StoreError {
     TooNew { path: PathBuf, found: i64, known: usize },
     #[error("migrating the store at {}", path.display())]
     Migrate { path: PathBuf, source: rusqlite_migration::Error },
+    /// Split out of `Query` so an operator reads which file system to free, not an SQLite code.
+    #[error("the disk holding the store at {} is full", path.display())]
+    DiskFull { path: PathBuf, source: rusqlite::Error },
     #[error("store query failed")]
     Query(#[from] rusqlite::Error),
     #[error("the store's connection is closed")]
@@ -106,7 +109,12 @@ impl Store {
         F: FnOnce(&mut rusqlite::Connection) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        Ok(self.conn.call(f).await?)
+        self.conn.call(f).await.map_err(|e| match StoreError::from(e) {
+            StoreError::Query(source) if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) => {
+                StoreError::DiskFull { path: self.path.clone(), source }
+            }
+            other => other,
+        })
     }
 
     /// The schema version recorded in the file.
