@@ -293,6 +293,7 @@ async fn control(n: u64) {
         capacity: Capacity { max_vms: 50, memory_mib: 1 << 20, vcpus: 1024 },
         network: None,
         limits: Default::default(),
+        image_pool: None,
     };
     let image = Image {
         name: "tiny".into(),
@@ -323,6 +324,8 @@ async fn control(n: u64) {
         console_tail_lines: 20,
         clock: paddock::clock::Clock::system(),
         emulation_boot_factor: Default::default(),
+        images: Vec::new(),
+        upload_retry: Duration::from_secs(30),
     };
     let mgr = VmManager::start(cfg, vec![host], store.clone()).await.unwrap();
     // 50 clients at once, each requesting and destroying VMs until `n` are done: the
