@@ -150,7 +150,7 @@ command = "echo must-not-run"
 "#,
         &[
             ("reconcile_interval = \"5s\"", "reconcile_interval = \"5s\"\nlaunch_retries = 2"),
-            ("cmdline = \"console=ttyS0 quiet\"", "cmdline = \"console=ttyS0 rdinit=/no/such/init\""),
+            ("cmdline = \"console=ttyS0 quiet no_timer_check panic=1\"", "cmdline = \"console=ttyS0 rdinit=/no/such/init\""),
             ("boot_timeout = \"3m\"", "boot_timeout = \"25s\""),
         ],
     );
