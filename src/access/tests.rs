@@ -309,3 +309,70 @@ async fn a_failed_launch_fails_the_grant() {
     let g = &access.list(&[GrantState::Failed]).await.unwrap()[0];
     assert_eq!(g.detail.as_deref(), Some("launching VM vm-".to_string() + &g.id + ": no host has room").as_deref());
 }
+
+/// 403 with the reason, over HTTP, for each access endpoint class a role may not use.
+#[tokio::test]
+async fn http_forbids_what_a_role_may_not_do() {
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use tower::ServiceExt;
+
+    let e = env().await;
+    let access = e.start().await;
+    let executor = Arc::new(crate::runs::Executor::new(
+        e.fleet.clone(),
+        e.store.clone(),
+        crate::runs::ExecutorConfig::new(e.path.with_extension("logs"), vec![]),
+        crate::outbox::Waker::default(),
+    ));
+    let (_coordinator, runs) = crate::runs::Coordinator::new(e.fleet.clone(), e.store.clone(), executor);
+    let (_tx, hosts) = tokio::sync::watch::channel(Vec::new());
+    let mut state = crate::api::ApiState::new(e.fleet.clone(), e.store.clone(), runs, hosts);
+    state.access = Some(access);
+    let state = Arc::new(state);
+    let token = |u: &'static str| {
+        let store = e.store.clone();
+        async move { store.create_token(u).await.unwrap().token }
+    };
+    let (vic, otto, mia) = (token("vic").await, token("otto").await, token("mia").await);
+    let call = |method: Method, uri: String, tok: String, body: &'static str| {
+        let state = state.clone();
+        async move {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("authorization", format!("Bearer {tok}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let resp = crate::api::router(state).oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+            (status, serde_json::from_slice::<serde_json::Value>(&bytes).unwrap())
+        }
+    };
+    // A viewer may not ask for access at all.
+    let (st, b) =
+        call(Method::POST, "/api/v1/access".into(), vic, r#"{"image":"tiny","duration":"1h","reason":"look"}"#).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
+    assert!(b["detail"].as_str().unwrap().contains("vic"), "{b}");
+    // A maintainer's longer request waits for an admin ...
+    let (st, b) =
+        call(Method::POST, "/api/v1/access".into(), mia.clone(), r#"{"image":"tiny","duration":"3h","reason":"long"}"#).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{b}");
+    let id = b["id"].as_str().unwrap().to_string();
+    // ... and another maintainer may not approve or deny it.
+    for verb in ["approve", "deny"] {
+        let (st, b) = call(Method::POST, format!("/api/v1/access/{id}/{verb}"), otto.clone(), "{}").await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{verb}: {b}");
+        assert!(b["detail"].as_str().unwrap().contains("not an admin"), "{b}");
+    }
+    // Nor may the requester approve their own.
+    let (st, _) = call(Method::POST, format!("/api/v1/access/{id}/approve"), mia, "{}").await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // An admin may.
+    let ada = token("ada").await;
+    let (st, b) = call(Method::POST, format!("/api/v1/access/{id}/approve"), ada, "{}").await;
+    assert!(st.is_success(), "{st}: {b}");
+    assert_ne!(b["state"], "pending", "{b}");
+}
