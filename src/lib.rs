@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dashboard;
+pub mod error;
 pub mod hosts;
 pub mod libvirt;
 pub mod outbox;

@@ -20,6 +20,7 @@ use super::ca::{CertSpec, FleetCa, cert_line};
 use super::keys::{end_sessions_ops, install_ops, removal_ops};
 use super::policy::{self, Decision, Subject};
 use super::{AccessError, Endpoint, Grant, GrantAnswer, GrantState, IssuedCert, Machines, Placed, Target, ssh_command};
+pub(crate) use crate::error::chain;
 use crate::clock::Clock;
 use crate::config::Fleet;
 use crate::runs::RunState;
@@ -846,14 +847,3 @@ async fn clean(
     Ok(notes)
 }
 
-/// An error and its sources on one line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}

@@ -36,6 +36,7 @@ pub(crate) use fleet::{hosts_of as fleet_hosts, status_of as fleet_status, vms_o
 pub(crate) use logs::read_tail as read_log_tail;
 pub(crate) use runs::{run_out, steps_of};
 
+pub(crate) use crate::error::chain;
 use crate::config::Fleet;
 use crate::runs::RunsHandle;
 use crate::store::Store;
@@ -164,15 +165,3 @@ async fn openapi() -> impl axum::response::IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
-
-/// An error and its sources on one line, for the log.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}

@@ -428,14 +428,4 @@ fn list(conn: &Connect, host: &str) -> Result<Vec<DomainInfo>, LibvirtError> {
     Ok(out)
 }
 
-/// The error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
-}
+pub use crate::error::chain as error_chain;

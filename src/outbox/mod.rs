@@ -19,6 +19,7 @@ use rand::Rng;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
+use crate::error::chain as error_chain;
 use crate::clock::Clock;
 use crate::store::Store;
 
@@ -162,17 +163,6 @@ impl Lane {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// Seconds since the oldest undelivered entry was queued (0 when none), for metrics.
