@@ -7,27 +7,37 @@ use std::time::Duration;
 
 use super::*;
 
-fn ssh_login(port: u16, key: &Path, cert: &Path) -> std::process::Output {
-    Command::new("ssh")
-        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+/// The system `ssh` client logging in as root with alice's key and certificate.
+fn ssh(port: u16, key: &Path, cert: &Path, command: &str) -> Command {
+    let mut c = Command::new("ssh");
+    c.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
         .args(["-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"])
         .arg("-o")
         .arg(format!("CertificateFile={}", cert.display()))
         .arg("-i")
         .arg(key)
-        .args(["-p", &port.to_string(), "root@127.0.0.1", "echo logged-in-as-$(id -un)"])
-        .output()
-        .expect("run ssh")
+        .args(["-p", &port.to_string(), "root@127.0.0.1", command]);
+    c
+}
+
+fn ssh_login(port: u16, key: &Path, cert: &Path) -> std::process::Output {
+    ssh(port, key, cert, "echo logged-in-as-$(id -un)").output().expect("run ssh")
+}
+
+/// A fresh ed25519 key for alice in `dir`: its path and its public line.
+fn alice_key(dir: &Path) -> (std::path::PathBuf, String) {
+    let key = dir.join("alice");
+    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "alice", "-f"]).arg(&key).status().unwrap();
+    assert!(st.success());
+    let public = std::fs::read_to_string(dir.join("alice.pub")).unwrap();
+    (key, public)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_granted_certificate_logs_in_until_the_grant_is_revoked() {
     ensure_guest_image();
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("alice");
-    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "alice", "-f"]).arg(&key).status().unwrap();
-    assert!(st.success());
-    let public = std::fs::read_to_string(dir.path().join("alice.pub")).unwrap();
+    let (key, public) = alice_key(dir.path());
     let fleet = fleet_with_keys(
         dir.path(),
         "23180-23189",
@@ -108,10 +118,7 @@ command = "true"
 async fn access_to_a_held_run_ends_open_sessions_when_the_grant_expires() {
     ensure_guest_image();
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("alice");
-    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "alice", "-f"]).arg(&key).status().unwrap();
-    assert!(st.success());
-    let public = std::fs::read_to_string(dir.path().join("alice.pub")).unwrap();
+    let (key, public) = alice_key(dir.path());
     let fleet = fleet_with_keys(
         dir.path(),
         "23190-23199",
@@ -156,28 +163,11 @@ command = "echo only-here > /tmp/evidence; exit 1"
     std::fs::write(&cert, format!("{}\n", body["certificates"][0]["certificate"].as_str().unwrap())).unwrap();
 
     // The maintainer logs in to the very VM where the build failed and looks.
-    let out = Command::new("ssh")
-        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-        .args(["-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "-o"])
-        .arg(format!("CertificateFile={}", cert.display()))
-        .arg("-i")
-        .arg(&key)
-        .args(["-p", &port.to_string(), "root@127.0.0.1", "cat /tmp/evidence"])
-        .output()
-        .unwrap();
+    let out = ssh(port, &key, &cert, "cat /tmp/evidence").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "only-here\n", "{}", String::from_utf8_lossy(&out.stderr));
 
     // A session left open ...
-    let mut session = Command::new("ssh")
-        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-        .args(["-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "-o"])
-        .arg(format!("CertificateFile={}", cert.display()))
-        .arg("-i")
-        .arg(&key)
-        .args(["-p", &port.to_string(), "root@127.0.0.1", "echo open; sleep 600"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut session = ssh(port, &key, &cert, "echo open; sleep 600").stdout(std::process::Stdio::piped()).spawn().unwrap();
     let mut first = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(session.stdout.as_mut().unwrap()), &mut first).unwrap();
     assert_eq!(first, "open\n");
