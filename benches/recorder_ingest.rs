@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use dxr::{MethodCall, Value};
-use paddock::recorder::{self, Recorder, RecorderConfig};
+use paddock::recorder::{self, Recorder, RecorderConfig, SubmitToken};
 use serde_json::json;
 
 const STEPS: usize = 10;
@@ -68,7 +68,7 @@ async fn post_all(client: &reqwest::Client, url: String, content_type: &'static 
         let (client, url, queue) = (client.clone(), url.clone(), queue.clone());
         tasks.push(tokio::spawn(async move {
             while let Some(body) = queue.lock().await.pop() {
-                let r = client.post(&url).header("content-type", content_type).body(body).send().await.unwrap();
+                let r = client.post(&url).header("content-type", content_type).bearer_auth(TOKEN).body(body).send().await.unwrap();
                 assert!(r.status().is_success(), "{}", r.status());
                 let text = r.text().await.unwrap();
                 assert!(!text.contains("<fault>"), "{text}");
@@ -80,6 +80,9 @@ async fn post_all(client: &reqwest::Client, url: String, content_type: &'static 
     }
     n as f64 / start.elapsed().as_secs_f64()
 }
+
+/// Every submission needs a credential.
+const TOKEN: &str = "bench-secret";
 
 type Queue = std::sync::Arc<tokio::sync::Mutex<Vec<String>>>;
 
@@ -178,7 +181,8 @@ async fn main() {
     let n: usize = std::env::var("RECORDER_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bench.db");
-    let rec = Recorder::open(&db, RecorderConfig::default()).await.unwrap();
+    let tokens = vec![SubmitToken { name: "bench".into(), secret: TOKEN.into() }];
+    let rec = Recorder::open(&db, RecorderConfig { tokens, ..RecorderConfig::default() }).await.unwrap();
     let addr = serve(rec.clone()).await;
     let client = reqwest::Client::new();
 

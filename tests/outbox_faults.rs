@@ -82,7 +82,7 @@ async fn finished_run(store: &Store, id: &str, n: usize, recorder: &str) {
 
 fn recorder_rows(db: &Path) -> Vec<String> {
     let c = rusqlite::Connection::open(db).unwrap();
-    let mut s = c.prepare("SELECT idempotency_key FROM results ORDER BY id").unwrap();
+    let mut s = c.prepare("SELECT key FROM submission_keys ORDER BY result_id").unwrap();
     s.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap).collect()
 }
 

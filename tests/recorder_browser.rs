@@ -62,11 +62,11 @@ fn result(host: &str, success: bool, seq: u32) -> String {
 
 #[test]
 fn package_grid_shows_the_failing_platform_first() {
-    let mut rec = RecorderProcess::start(&[]);
+    let mut rec = RecorderProcess::start(&["--token", "seed=s3cret"]);
     // The failing platform reports first (oldest), so only "failures first" can put it first.
     let mut failing_key = String::new();
     for (seq, (host, ok)) in [("rpi-broken", false), ("ampere-1", true), ("graviton-2", true)].into_iter().enumerate() {
-        let (status, body) = http_post_json(&rec.addr, "/api/v1/results", &result(host, ok, seq as u32));
+        let (status, body) = http_post_json(&rec.addr, "/api/v1/results", Some("s3cret"), &result(host, ok, seq as u32));
         assert_eq!(status, 201, "{body}");
         if !ok {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -16,8 +16,9 @@ pub struct RecorderArgs {
     /// The recorder's SQLite database (created if absent).
     #[arg(long)]
     db: PathBuf,
-    /// A submitter allowed to post results, as NAME=SECRET. Repeatable; none means open submission.
-    #[arg(long = "token", value_parser = parse_token)]
+    /// A submitter allowed to post results, as NAME=SECRET. Repeatable; at least one is needed:
+    /// there is no anonymous submission.
+    #[arg(long = "token", value_parser = parse_token, required = true)]
     tokens: Vec<SubmitToken>,
     /// Reads need a token too (Bearer, `?token=`, or `/xmlrpc/<token>`).
     #[arg(long, requires = "tokens")]

@@ -2,6 +2,7 @@
 //! forwarder, embedded recorder and HTTP server together, and shuts them down
 //! in order.
 
+mod recorder_auth;
 mod state_dir;
 
 use std::net::SocketAddr;
@@ -89,7 +90,14 @@ impl Daemon {
             .map_err(DaemonError::HttpClient)?;
         let recorder = Recorder::open(
             &dirs.recorder_db_path(),
-            RecorderConfig { base_path: "/recorder".into(), ..RecorderConfig::default() },
+            RecorderConfig {
+                base_path: "/recorder".into(),
+                // Submissions need a daemon API token (maintainer or admin); the daemon's own
+                // results go in-process (`Destination::Embedded`), never over HTTP.
+                authenticator: Some(Arc::new(recorder_auth::ApiTokens { store: store.clone(), fleet: fleet.clone() })),
+                private_reads: !fleet.daemon.public_reads,
+                ..RecorderConfig::default()
+            },
         )
         .await
         .map_err(DaemonError::Recorder)?;

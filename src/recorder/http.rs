@@ -3,13 +3,13 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use axum::body::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
@@ -20,9 +20,11 @@ use super::{Origin, Recorder, RecorderError, web, xmlrpc};
 /// Everything the recorder serves, with its state applied, ready to `merge` into a bigger app
 /// (or `nest` under a prefix, with `RecorderConfig::base_path` set to that prefix).
 ///
-/// Submission auth, when tokens are configured: REST callers send `Authorization: Bearer
-/// <secret>`; XML-RPC callers post to `/xmlrpc/<secret>` (any pony-build client can be pointed at
-/// that URL unchanged) or send the same Bearer header. Everything else is public.
+/// Submission auth, always: REST callers send `Authorization: Bearer <secret>`; XML-RPC callers
+/// post to `/xmlrpc/<secret>` (any pony-build client can be pointed at that URL unchanged) or send
+/// the same Bearer header. A submission's credential and Content-Type (`application/json` for
+/// REST, `text/xml` for XML-RPC) are checked before its body is read. Reads are public unless
+/// `private_reads` is set.
 pub fn router(rec: Recorder) -> Router {
     let limit = rec.config().body_limit;
     Router::new()
@@ -37,14 +39,51 @@ pub fn router(rec: Recorder) -> Router {
         .route("/xmlrpc/{token}", post(xmlrpc_with_token))
         .merge(web::routes())
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(rec.clone(), private_reads))
+        .layer(axum::middleware::from_fn_with_state(
+            rec.clone(),
+            private_reads,
+        ))
         .with_state(rec)
 }
 
-/// With `private_reads`, every request must carry a submit token: `Authorization:
-/// Bearer`, `?token=` (pages and feeds opened in a browser or a feed reader), or
-/// pony-build's `/xmlrpc/<token>`. Submissions check their token again in their
-/// handlers, so this layer only ever refuses, never grants.
+/// The cookie the daemon's dashboard keeps its API token in; pages under the daemon's
+/// `/recorder` read it too (GET only), so a signed-in browser sees them with private reads.
+const DASHBOARD_COOKIE: &str = "paddock_token";
+
+/// The credential a request presents, in order: `Authorization: Bearer`, `?token=` (pages and
+/// feeds opened in a browser or a feed reader), pony-build's `/xmlrpc/<token>`, and for GET the
+/// dashboard's cookie.
+fn presented_credential(req: &axum::extract::Request) -> Option<String> {
+    if let Some(b) = bearer(req.headers()) {
+        return Some(b.to_owned());
+    }
+    let from_query = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+    if let Some(t) = from_query {
+        return Some(t.to_owned());
+    }
+    if let Some(t) = req.uri().path().strip_prefix("/xmlrpc/") {
+        return Some(t.to_owned());
+    }
+    if req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD {
+        return req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == DASHBOARD_COOKIE)
+            .map(|(_, v)| v.to_owned());
+    }
+    None
+}
+
+/// With `private_reads`, every request must carry a credential the recorder knows (see
+/// [`presented_credential`]). Submissions check theirs again in their handlers, so this layer
+/// only ever refuses, never grants.
 async fn private_reads(
     State(rec): State<Recorder>,
     req: axum::extract::Request,
@@ -53,18 +92,8 @@ async fn private_reads(
     if !rec.config().private_reads {
         return next.run(req).await;
     }
-    let path = req.uri().path();
-    let from_query = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
-        .map(str::to_string);
-    let presented = bearer(req.headers())
-        .map(str::to_string)
-        .or(from_query)
-        .or_else(|| path.strip_prefix("/xmlrpc/").map(str::to_string));
-    match presented {
-        Some(t) if rec.authenticate(&t).is_some() => next.run(req).await,
+    match presented_credential(&req) {
+        Some(t) if rec.authenticate(&t).await.is_some() => next.run(req).await,
         _ => ApiError::Unauthorized.into_response(),
     }
 }
@@ -74,8 +103,15 @@ async fn private_reads(
 pub(super) enum ApiError {
     BadRequest(String),
     Unauthorized,
+    /// A known caller that may only read tried to submit.
+    Forbidden(String),
     NotFound(String),
-    Body(BytesRejection),
+    /// The body's Content-Type is not the one this endpoint reads.
+    UnsupportedMediaType(String),
+    /// The body is longer than `body_limit` (the limit, in bytes).
+    TooLarge(usize),
+    /// The body could not be read (the client went away or sent a broken chunk).
+    Body(String),
     Recorder(RecorderError),
 }
 
@@ -90,21 +126,21 @@ struct ErrorBody {
     error: String,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, message) = match self {
+impl ApiError {
+    fn status_and_message(self) -> (StatusCode, String) {
+        match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
-            ApiError::Unauthorized => {
-                let mut r = (
-                    StatusCode::UNAUTHORIZED,
-                    Json(ErrorBody { error: "a valid submission token is required (Authorization: Bearer)".into() }),
-                )
-                    .into_response();
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return r;
-            }
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "a valid credential is required (Authorization: Bearer, ?token= or /xmlrpc/<token>)".into(),
+            ),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            ApiError::Body(rejection) => (rejection.status(), rejection.body_text()),
+            ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
+            ApiError::TooLarge(limit) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {limit} bytes"))
+            }
+            ApiError::Body(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::Recorder(RecorderError::Invalid(bag)) => (StatusCode::BAD_REQUEST, bag.to_string()),
             ApiError::Recorder(
                 e @ (RecorderError::Open { .. }
@@ -115,26 +151,86 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = ?e, "recorder request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
             }
-        };
-        (status, Json(ErrorBody { error: message })).into_response()
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let unauthorized = matches!(self, ApiError::Unauthorized);
+        let (status, message) = self.status_and_message();
+        let mut r = (status, Json(ErrorBody { error: message })).into_response();
+        if unauthorized {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
     }
 }
 
 fn client_ip(ext: &Extensions) -> Option<String> {
-    ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string())
+    ext.get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
-/// The submitter a request speaks for, or `Unauthorized` when tokens are configured and the
-/// request has none that matches. With no tokens configured, anyone submits anonymously.
-fn submitter(rec: &Recorder, presented: Option<&str>) -> Result<Option<String>, ApiError> {
-    if !rec.requires_token() {
-        return Ok(None);
+/// The submitter a request speaks for: `Unauthorized` without a credential the recorder knows,
+/// `Forbidden` for one that may only read. There is no anonymous submission.
+async fn submitter(rec: &Recorder, presented: Option<&str>) -> Result<String, ApiError> {
+    let Some(secret) = presented else {
+        return Err(ApiError::Unauthorized);
+    };
+    match rec.authenticate(secret).await {
+        Some(p) if p.may_submit => Ok(p.name),
+        Some(p) => Err(ApiError::Forbidden(format!(
+            "`{}` may read results but not submit them",
+            p.name
+        ))),
+        None => Err(ApiError::Unauthorized),
     }
-    presented.and_then(|p| rec.authenticate(p)).map(|s| Some(s.to_owned())).ok_or(ApiError::Unauthorized)
+}
+
+/// Refuses a body whose Content-Type is not `want` (parameters such as `charset` allowed).
+fn require_content_type(headers: &HeaderMap, want: &str) -> Result<(), ApiError> {
+    let got = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = got.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case(want) {
+        Ok(())
+    } else if got.is_empty() {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type must be {want}; none was sent"
+        )))
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type must be {want}, not {got:?}"
+        )))
+    }
+}
+
+/// Reads a body of at most `limit` bytes, once its sender and type have been accepted.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::TooLarge(limit))
+        }
+        Err(e) => Err(ApiError::Body(format!("cannot read the request body: {e}"))),
+    }
 }
 
 /// The body as JSON, or the message a client gets for a 400.
@@ -180,29 +276,76 @@ pub fn decode_submission(body: &[u8]) -> Result<Submission, SubmissionError> {
     let idempotency_key = match top.remove("idempotency_key") {
         None | Some(JsonValue::Null) => None,
         Some(JsonValue::String(k)) if !k.is_empty() && k.len() <= 256 => Some(k),
-        Some(_) => return Err(malformed("idempotency_key: expected a string of 1 to 256 bytes")),
+        Some(_) => {
+            return Err(malformed(
+                "idempotency_key: expected a string of 1 to 256 bytes",
+            ));
+        }
     };
-    let client_info = top.remove("client_info").ok_or_else(|| malformed("client_info: missing"))?;
-    let results = top.remove("results").ok_or_else(|| malformed("results: missing"))?;
+    let client_info = top
+        .remove("client_info")
+        .ok_or_else(|| malformed("client_info: missing"))?;
+    let results = top
+        .remove("results")
+        .ok_or_else(|| malformed("results: missing"))?;
     let doc = ResultDoc::from_json(client_info, results, top.remove("extras"))?;
-    Ok(Submission { doc, idempotency_key })
+    Ok(Submission {
+        doc,
+        idempotency_key,
+    })
 }
 
 async fn submit(
     State(rec): State<Recorder>,
     headers: HeaderMap,
     ext: Extensions,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
-    let submitter = submitter(&rec, bearer(&headers))?;
-    let body = body.map_err(ApiError::Body)?;
-    let Submission { doc, idempotency_key } = decode_submission(&body).map_err(|e| match e {
+    let submitter = submitter(&rec, bearer(&headers)).await?;
+    require_content_type(&headers, "application/json")?;
+    let body = read_body(body, rec.config().body_limit).await?;
+    let Submission {
+        doc,
+        idempotency_key,
+    } = decode_submission(&body).map_err(|e| match e {
         SubmissionError::Malformed(m) => ApiError::BadRequest(m),
         SubmissionError::Invalid(bag) => ApiError::Recorder(RecorderError::from(bag)),
     })?;
-    let done = rec.ingest_from(doc, idempotency_key, Origin { client_ip: client_ip(&ext), submitter }).await?;
-    let status = if done.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(Submitted { result_key: done.key.to_string(), auth_key: done.auth_key, created: done.created })))
+    // The forwarder of another paddock sends the run id as a header as well as in the body.
+    let idempotency_key = match idempotency_key {
+        Some(k) => Some(k),
+        None => idempotency_header(&headers)?,
+    };
+    let origin = Origin {
+        client_ip: client_ip(&ext),
+        submitter: Some(submitter),
+    };
+    let done = rec.ingest_from(doc, idempotency_key, origin).await?;
+    let status = if done.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(Submitted {
+            result_key: done.key.to_string(),
+            auth_key: done.auth_key,
+            created: done.created,
+        }),
+    ))
+}
+
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 256 => Ok(Some(k.to_owned())),
+            _ => Err(ApiError::BadRequest(
+                "Idempotency-Key: expected text of 1 to 256 bytes".into(),
+            )),
+        },
+    }
 }
 
 #[derive(Deserialize)]
@@ -213,12 +356,14 @@ struct BuildRequestBody {
 async fn build_request(
     State(rec): State<Recorder>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<StatusCode, ApiError> {
-    submitter(&rec, bearer(&headers))?;
-    let body = body.map_err(ApiError::Body)?;
+    submitter(&rec, bearer(&headers)).await?;
+    require_content_type(&headers, "application/json")?;
+    let body = read_body(body, rec.config().body_limit).await?;
     let req: BuildRequestBody =
-        serde_json::from_value(parse_json(&body).map_err(ApiError::BadRequest)?).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        serde_json::from_value(parse_json(&body).map_err(ApiError::BadRequest)?)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let tagset = ClientInfo::tagset_from_json(req.client_info).map_err(RecorderError::from)?;
     rec.request_build(tagset).await?;
     Ok(StatusCode::ACCEPTED)
@@ -228,42 +373,66 @@ async fn xmlrpc_plain(
     State(rec): State<Recorder>,
     headers: HeaderMap,
     ext: Extensions,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    xmlrpc_common(rec, bearer(&headers).map(str::to_owned), &ext, body).await
+    let token = bearer(&headers).map(str::to_owned);
+    xmlrpc_common(rec, token, &headers, &ext, body).await
 }
 
 async fn xmlrpc_with_token(
     State(rec): State<Recorder>,
     Path(token): Path<String>,
+    headers: HeaderMap,
     ext: Extensions,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    xmlrpc_common(rec, Some(token), &ext, body).await
+    xmlrpc_common(rec, Some(token), &headers, &ext, body).await
 }
 
 async fn xmlrpc_common(
     rec: Recorder,
     token: Option<String>,
+    headers: &HeaderMap,
     ext: &Extensions,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let xml = |status: StatusCode, body: String| {
-        (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"))], body).into_response()
-    };
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => return xml(rejection.status(), xmlrpc::fault_xml(-32700, &rejection.body_text())),
+        (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"))],
+            body,
+        )
+            .into_response()
     };
     // A wrong token is refused here even for reads: the caller clearly meant to authenticate.
     let submitter = match token.as_deref() {
         None => None,
-        Some(t) => match rec.authenticate(t) {
-            Some(s) => Some(s.to_owned()),
-            None => return xml(StatusCode::OK, xmlrpc::fault_xml(xmlrpc::UNAUTHORIZED, "unknown submission token")),
+        Some(t) => match rec.authenticate(t).await {
+            Some(p) if p.may_submit => Some(p.name),
+            Some(_) => None,
+            None => {
+                return xml(
+                    StatusCode::OK,
+                    xmlrpc::fault_xml(xmlrpc::UNAUTHORIZED, "unknown submission token"),
+                );
+            }
         },
     };
-    let caller = xmlrpc::Caller { client_ip: client_ip(ext), submitter };
+    if let Err(e) = require_content_type(headers, "text/xml") {
+        let (status, message) = e.status_and_message();
+        return xml(status, xmlrpc::fault_xml(xmlrpc::PARSE_ERROR, &message));
+    }
+    let body = match read_body(body, rec.config().body_limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            let (status, message) = e.status_and_message();
+            return xml(status, xmlrpc::fault_xml(xmlrpc::PARSE_ERROR, &message));
+        }
+    };
+    let caller = xmlrpc::Caller {
+        client_ip: client_ip(ext),
+        submitter,
+    };
     let (status, body) = xmlrpc::handle(&rec, caller, &body).await;
     xml(status, body)
 }
@@ -311,12 +480,23 @@ struct PackageJson {
 
 impl From<PackageHealth> for PackageJson {
     fn from(p: PackageHealth) -> Self {
-        PackageJson { package: p.package, platforms: p.platforms, failing: p.failing, latest_at: p.latest_at }
+        PackageJson {
+            package: p.package,
+            platforms: p.platforms,
+            failing: p.failing,
+            latest_at: p.latest_at,
+        }
     }
 }
 
 async fn packages_json(State(rec): State<Recorder>) -> Result<Json<Vec<PackageJson>>, ApiError> {
-    Ok(Json(rec.packages().await?.into_iter().map(PackageJson::from).collect()))
+    Ok(Json(
+        rec.packages()
+            .await?
+            .into_iter()
+            .map(PackageJson::from)
+            .collect(),
+    ))
 }
 
 #[derive(Serialize)]
@@ -325,12 +505,20 @@ struct TagsetsJson {
     tagsets: Vec<SummaryJson>,
 }
 
-async fn tagsets_json(State(rec): State<Recorder>, Path(package): Path<String>) -> Result<Json<TagsetsJson>, ApiError> {
+async fn tagsets_json(
+    State(rec): State<Recorder>,
+    Path(package): Path<String>,
+) -> Result<Json<TagsetsJson>, ApiError> {
     let latest = rec.latest_per_tagset(&package).await?;
     if latest.is_empty() {
-        return Err(ApiError::NotFound(format!("no results for package {package:?}")));
+        return Err(ApiError::NotFound(format!(
+            "no results for package {package:?}"
+        )));
     }
-    Ok(Json(TagsetsJson { package, tagsets: latest.iter().map(SummaryJson::from).collect() }))
+    Ok(Json(TagsetsJson {
+        package,
+        tagsets: latest.iter().map(SummaryJson::from).collect(),
+    }))
 }
 
 #[derive(Serialize)]
@@ -363,10 +551,14 @@ impl From<StoredResult> for ResultJson {
 }
 
 pub(super) fn parse_key(s: &str) -> Result<ResultKey, ApiError> {
-    s.parse().map_err(|_| ApiError::BadRequest(format!("{s:?} is not a result key")))
+    s.parse()
+        .map_err(|_| ApiError::BadRequest(format!("{s:?} is not a result key")))
 }
 
-async fn result_json(State(rec): State<Recorder>, Path(key): Path<String>) -> Result<Json<ResultJson>, ApiError> {
+async fn result_json(
+    State(rec): State<Recorder>,
+    Path(key): Path<String>,
+) -> Result<Json<ResultJson>, ApiError> {
     let key = parse_key(&key)?;
     match rec.get(key).await? {
         Some(r) => Ok(Json(r.into())),
@@ -435,7 +627,11 @@ fn parse_time(name: &str, s: &str) -> Result<f64, ApiError> {
     }
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_micros() as f64 / 1e6)
-        .map_err(|e| ApiError::BadRequest(format!("{name}: {s:?} is neither unix seconds nor RFC 3339: {e}")))
+        .map_err(|e| {
+            ApiError::BadRequest(format!(
+                "{name}: {s:?} is neither unix seconds nor RFC 3339: {e}"
+            ))
+        })
 }
 
 async fn search(
@@ -450,17 +646,33 @@ async fn search(
         host: q.host,
         tag: q.tag,
         success: q.success,
-        since: q.since.as_deref().map(|s| parse_time("since", s)).transpose()?,
-        until: q.until.as_deref().map(|s| parse_time("until", s)).transpose()?,
+        since: q
+            .since
+            .as_deref()
+            .map(|s| parse_time("since", s))
+            .transpose()?,
+        until: q
+            .until
+            .as_deref()
+            .map(|s| parse_time("until", s))
+            .transpose()?,
         before: q.before.as_deref().map(parse_key).transpose()?,
         limit,
     };
     let results = rec.search(filter).await?;
-    let next_before =
-        if results.len() == limit as usize { results.last().map(|r| r.key.to_string()) } else { None };
-    Ok(Json(SearchJson { results: results.iter().map(SummaryJson::from).collect(), next_before }))
+    let next_before = if results.len() == limit as usize {
+        results.last().map(|r| r.key.to_string())
+    } else {
+        None
+    };
+    Ok(Json(SearchJson {
+        results: results.iter().map(SummaryJson::from).collect(),
+        next_before,
+    }))
 }
 
 async fn missing_json(State(rec): State<Recorder>) -> Result<Json<Vec<SummaryJson>>, ApiError> {
-    Ok(Json(rec.missing().await?.iter().map(SummaryJson::from).collect()))
+    Ok(Json(
+        rec.missing().await?.iter().map(SummaryJson::from).collect(),
+    ))
 }

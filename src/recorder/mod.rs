@@ -13,16 +13,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use auth::SubmitToken;
+pub use auth::{Authenticator, Principal, SubmitToken};
 pub use http::router;
 pub use model::{Bag, BagError, ClientInfo, ResultDoc, ResultKey, Step, Tagset};
 pub use store::{Filter, PackageHealth, Receipt, StoredResult, Summary};
 
 /// How a recorder behaves; defaults follow pony-build where it had one.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RecorderConfig {
-    /// Submitters and their secrets. Empty means anyone may submit (pony-build's behaviour).
+    /// Submitters and their secrets. Every submission needs one of these (or a caller
+    /// `authenticator` accepts): with neither, nothing can be submitted over HTTP.
     pub tokens: Vec<SubmitToken>,
+    /// Credentials of the embedding program (the daemon's API tokens), checked after `tokens`.
+    pub authenticator: Option<Arc<dyn Authenticator>>,
     /// A platform's last result older than this makes `check_should_build` say yes.
     pub stale_after: Duration,
     /// A platform silent longer than this is listed under "expected results missing".
@@ -35,15 +38,33 @@ pub struct RecorderConfig {
     pub body_limit: usize,
     /// Path prefix the router is mounted under (e.g. `/recorder`), for links in pages and feeds.
     pub base_path: String,
-    /// Reads (JSON, pages, feeds, XML-RPC) need a submit token too. Off by default:
+    /// Reads (JSON, pages, feeds, XML-RPC) need a credential too. Off by default:
     /// pony-build's results were public.
     pub private_reads: bool,
+}
+
+impl std::fmt::Debug for RecorderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecorderConfig")
+            .field("tokens", &self.tokens)
+            .field(
+                "authenticator",
+                &self.authenticator.as_ref().map(|_| "<external>"),
+            )
+            .field("stale_after", &self.stale_after)
+            .field("missing_after", &self.missing_after)
+            .field("body_limit", &self.body_limit)
+            .field("base_path", &self.base_path)
+            .field("private_reads", &self.private_reads)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for RecorderConfig {
     fn default() -> Self {
         RecorderConfig {
             tokens: Vec::new(),
+            authenticator: None,
             stale_after: Duration::from_secs(24 * 3600),
             missing_after: Duration::from_secs(48 * 3600),
             default_build_allowance: Duration::from_secs(3600),
@@ -58,13 +79,22 @@ impl Default for RecorderConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum RecorderError {
     #[error("opening recorder database {path}")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("migrating recorder database {path}")]
-    Migrate { path: PathBuf, source: rusqlite_migration::Error },
+    Migrate {
+        path: PathBuf,
+        source: rusqlite_migration::Error,
+    },
     #[error("invalid result")]
     Invalid(#[from] BagError),
     #[error("recorder database failed while {op}")]
-    Database { op: &'static str, source: rusqlite::Error },
+    Database {
+        op: &'static str,
+        source: rusqlite::Error,
+    },
     #[error("recorder database connection closed while {op}")]
     Closed { op: &'static str },
 }
@@ -83,6 +113,8 @@ pub struct Ingested {
 #[derive(Debug, Clone, Default)]
 pub struct Origin {
     pub client_ip: Option<String>,
+    /// The authenticated submitter; `None` only for the embedding program's in-process path.
+    /// Idempotency keys are scoped to it, so no submitter can pre-empt another's key.
     pub submitter: Option<String>,
 }
 
@@ -104,10 +136,15 @@ struct Inner {
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
-fn db_err(op: &'static str) -> impl FnOnce(tokio_rusqlite::Error<rusqlite::Error>) -> RecorderError {
+fn db_err(
+    op: &'static str,
+) -> impl FnOnce(tokio_rusqlite::Error<rusqlite::Error>) -> RecorderError {
     move |e| match e {
         tokio_rusqlite::Error::Error(source) => RecorderError::Database { op, source },
         _ => RecorderError::Closed { op },
@@ -118,8 +155,13 @@ impl Recorder {
     /// Open (creating if needed) the database at `db_path` and bring its schema up to date.
     pub async fn open(db_path: &Path, config: RecorderConfig) -> Result<Recorder, RecorderError> {
         let path = db_path.to_owned();
-        let open_err = |source| RecorderError::Open { path: path.clone(), source };
-        let writer = tokio_rusqlite::Connection::open(&path).await.map_err(open_err)?;
+        let open_err = |source| RecorderError::Open {
+            path: path.clone(),
+            source,
+        };
+        let writer = tokio_rusqlite::Connection::open(&path)
+            .await
+            .map_err(open_err)?;
         let migrated = writer
             .call(|conn| {
                 conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -135,7 +177,9 @@ impl Recorder {
             Err(tokio_rusqlite::Error::Error(source)) => return Err(open_err(source)),
             Err(_) => return Err(RecorderError::Closed { op: "opening" }),
         }
-        let reader = tokio_rusqlite::Connection::open(&path).await.map_err(open_err)?;
+        let reader = tokio_rusqlite::Connection::open(&path)
+            .await
+            .map_err(open_err)?;
         reader
             .call(|conn| {
                 conn.busy_timeout(Duration::from_secs(5))?;
@@ -147,17 +191,31 @@ impl Recorder {
                 _ => RecorderError::Closed { op: "opening" },
             })?;
         let tokens = auth::TokenSet::new(&config.tokens);
-        Ok(Recorder { inner: Arc::new(Inner { writer, reader, config, tokens }) })
+        Ok(Recorder {
+            inner: Arc::new(Inner {
+                writer,
+                reader,
+                config,
+                tokens,
+            }),
+        })
     }
 
     pub fn config(&self) -> &RecorderConfig {
         &self.inner.config
     }
 
-    /// Store a result in-process (the daemon's path). The same idempotency key twice stores
-    /// one result and returns its key both times.
-    pub async fn ingest(&self, doc: ResultDoc, idempotency_key: Option<String>) -> Result<ResultKey, RecorderError> {
-        self.ingest_from(doc, idempotency_key, Origin::default()).await.map(|i| i.key)
+    /// Store a result in-process (the daemon's path, no HTTP and no credential). The same
+    /// idempotency key twice stores one result and returns its key both times; keys of this path
+    /// live in their own scope, apart from every HTTP submitter's.
+    pub async fn ingest(
+        &self,
+        doc: ResultDoc,
+        idempotency_key: Option<String>,
+    ) -> Result<ResultKey, RecorderError> {
+        self.ingest_from(doc, idempotency_key, Origin::default())
+            .await
+            .map(|i| i.key)
     }
 
     /// Store a result whole or not at all, in one transaction.
@@ -190,11 +248,16 @@ impl Recorder {
         if inserted.created {
             tracing::info!(key = %inserted.key, "recorded a result");
         }
-        Ok(Ingested { key: inserted.key, auth_key: inserted.auth_key, created: inserted.created })
+        Ok(Ingested {
+            key: inserted.key,
+            auth_key: inserted.auth_key,
+            created: inserted.created,
+        })
     }
 
     pub async fn get(&self, key: ResultKey) -> Result<Option<StoredResult>, RecorderError> {
-        self.read("reading a result", move |c| store::get(c, key)).await
+        self.read("reading a result", move |c| store::get(c, key))
+            .await
     }
 
     pub async fn packages(&self) -> Result<Vec<PackageHealth>, RecorderError> {
@@ -204,20 +267,30 @@ impl Recorder {
     /// Latest result of each platform of `package`, failures first, then newest first.
     pub async fn latest_per_tagset(&self, package: &str) -> Result<Vec<Summary>, RecorderError> {
         let p = package.to_owned();
-        self.read("listing a package's platforms", move |c| store::latest_per_tagset(c, &p)).await
+        self.read("listing a package's platforms", move |c| {
+            store::latest_per_tagset(c, &p)
+        })
+        .await
     }
 
     pub async fn history(&self, tagset_id: i64, limit: u32) -> Result<Vec<Summary>, RecorderError> {
-        self.read("reading a platform's history", move |c| store::history(c, tagset_id, limit)).await
+        self.read("reading a platform's history", move |c| {
+            store::history(c, tagset_id, limit)
+        })
+        .await
     }
 
     pub async fn search(&self, filter: Filter) -> Result<Vec<Summary>, RecorderError> {
-        self.read("searching results", move |c| store::search(c, &filter)).await
+        self.read("searching results", move |c| store::search(c, &filter))
+            .await
     }
 
     pub async fn tagsets_for_package(&self, package: &str) -> Result<Vec<Tagset>, RecorderError> {
         let p = package.to_owned();
-        self.read("listing tagsets", move |c| store::tagsets_for_package(c, &p)).await
+        self.read("listing tagsets", move |c| {
+            store::tagsets_for_package(c, &p)
+        })
+        .await
     }
 
     pub async fn last_result_for_tagset(
@@ -226,17 +299,23 @@ impl Recorder {
         tagset: Tagset,
     ) -> Result<Option<StoredResult>, RecorderError> {
         let p = package.to_owned();
-        self.read("reading a tagset's last result", move |c| match store::latest_for_tagset(c, &p, &tagset)? {
-            Some(key) => store::get(c, key),
-            None => Ok(None),
-        })
+        self.read(
+            "reading a tagset's last result",
+            move |c| match store::latest_for_tagset(c, &p, &tagset)? {
+                Some(key) => store::get(c, key),
+                None => Ok(None),
+            },
+        )
         .await
     }
 
     /// Platforms that reported before but have been silent longer than `missing_after`.
     pub async fn missing(&self) -> Result<Vec<Summary>, RecorderError> {
         let cutoff = now() - self.inner.config.missing_after.as_secs_f64();
-        self.read("listing silent platforms", move |c| store::silent_since(c, cutoff)).await
+        self.read("listing silent platforms", move |c| {
+            store::silent_since(c, cutoff)
+        })
+        .await
     }
 
     /// pony-build's `check_should_build`; see `store::check_should_build` for the rules.
@@ -281,14 +360,24 @@ impl Recorder {
         self.read("counting rows", store::row_counts).await
     }
 
-    /// The submitter a presented secret belongs to; `None` if it matches no token.
-    pub fn authenticate(&self, secret: &str) -> Option<&str> {
-        self.inner.tokens.check(secret)
+    /// The caller a presented secret belongs to: a configured token (always allowed to submit)
+    /// or whoever the embedding program's authenticator says; `None` if neither knows it.
+    pub async fn authenticate(&self, secret: &str) -> Option<Principal> {
+        if let Some(name) = self.inner.tokens.check(secret) {
+            return Some(Principal {
+                name: name.to_owned(),
+                may_submit: true,
+            });
+        }
+        match &self.inner.config.authenticator {
+            Some(a) => a.authenticate(secret).await,
+            None => None,
+        }
     }
 
-    /// Whether submissions need a token at all.
-    pub fn requires_token(&self) -> bool {
-        !self.inner.tokens.is_empty()
+    /// Whether anyone at all can submit over HTTP (a token or an authenticator is configured).
+    pub fn accepts_submissions(&self) -> bool {
+        !self.inner.tokens.is_empty() || self.inner.config.authenticator.is_some()
     }
 
     async fn read<T, F>(&self, op: &'static str, f: F) -> Result<T, RecorderError>
@@ -296,7 +385,11 @@ impl Recorder {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.inner.reader.call(move |c| f(c)).await.map_err(db_err(op))
+        self.inner
+            .reader
+            .call(move |c| f(c))
+            .await
+            .map_err(db_err(op))
     }
 }
 

@@ -16,7 +16,7 @@ use super::{Origin, Recorder, RecorderError, StoredResult};
 
 // Fault codes from the "specification for fault code interoperability", which Python and
 // most XML-RPC libraries know; 401 is ours, for a missing or wrong submission token.
-const PARSE_ERROR: i32 = -32700;
+pub(super) const PARSE_ERROR: i32 = -32700;
 const UNKNOWN_METHOD: i32 = -32601;
 const INVALID_PARAMS: i32 = -32602;
 const SERVER_ERROR: i32 = -32500;
@@ -36,7 +36,10 @@ pub(super) async fn handle(rec: &Recorder, caller: Caller, body: &[u8]) -> (Stat
     let call = match decode_call(body) {
         Ok(c) => c,
         Err(fault) => {
-            return (StatusCode::BAD_REQUEST, fault_xml(fault.code(), fault.string()));
+            return (
+                StatusCode::BAD_REQUEST,
+                fault_xml(fault.code(), fault.string()),
+            );
         }
     };
     let answer = dispatch(rec, &caller, &call.name, &call.params).await;
@@ -48,7 +51,10 @@ pub(super) async fn handle(rec: &Recorder, caller: Caller, body: &[u8]) -> (Stat
         Ok(x) => (StatusCode::OK, x),
         Err(e) => {
             tracing::error!(error = %e, "serialising an XML-RPC response");
-            (StatusCode::INTERNAL_SERVER_ERROR, fault_xml(SERVER_ERROR, "internal error"))
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                fault_xml(SERVER_ERROR, "internal error"),
+            )
         }
     }
 }
@@ -56,7 +62,8 @@ pub(super) async fn handle(rec: &Recorder, caller: Caller, body: &[u8]) -> (Stat
 /// Turn a request body into a method call, refusing non-UTF-8 text and DTDs; the fault says why.
 /// Public so the fuzz targets (`fuzz/`) drive exactly what the endpoint runs on untrusted bytes.
 pub fn decode_call(body: &[u8]) -> Result<MethodCall<'_>, Fault> {
-    let text = std::str::from_utf8(body).map_err(|e| fault(PARSE_ERROR, format!("request is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|e| fault(PARSE_ERROR, format!("request is not UTF-8: {e}")))?;
     if let Some(reason) = refuse_markup(text) {
         return Err(fault(PARSE_ERROR, reason));
     }
@@ -70,7 +77,8 @@ pub fn decode_add_results(params: &[Value]) -> Result<ResultDoc, Fault> {
     let client_info = to_json(params.first().unwrap_or(&Value::Nil), "client_info")?;
     let results = to_json(params.get(1).unwrap_or(&Value::Nil), "results")?;
     let extras = params.get(2).map(|v| to_json(v, "extras")).transpose()?;
-    ResultDoc::from_json(client_info, results, extras).map_err(|e| fault(INVALID_PARAMS, e.to_string()))
+    ResultDoc::from_json(client_info, results, extras)
+        .map_err(|e| fault(INVALID_PARAMS, e.to_string()))
 }
 
 /// XML-RPC has no use for a DTD; refusing one up front closes entity-expansion attacks
@@ -78,7 +86,9 @@ pub fn decode_add_results(params: &[Value]) -> Result<ResultDoc, Fault> {
 /// but an unexpanded reference should be a clear refusal, not a parse failure deep inside).
 fn refuse_markup(text: &str) -> Option<&'static str> {
     let upper_has = |needle: &str| {
-        text.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+        text.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
     };
     if upper_has("<!DOCTYPE") || upper_has("<!ENTITY") {
         return Some("DOCTYPE and ENTITY declarations are not allowed");
@@ -87,9 +97,13 @@ fn refuse_markup(text: &str) -> Option<&'static str> {
 }
 
 pub(super) fn fault_xml(code: i32, message: &str) -> String {
-    FaultResponse { fault: Fault::new(code, message.to_owned()) }
-        .to_xml()
-        .unwrap_or_else(|_| String::from("<?xml version=\"1.0\"?><methodResponse><fault/></methodResponse>"))
+    FaultResponse {
+        fault: Fault::new(code, message.to_owned()),
+    }
+    .to_xml()
+    .unwrap_or_else(|_| {
+        String::from("<?xml version=\"1.0\"?><methodResponse><fault/></methodResponse>")
+    })
 }
 
 fn fault(code: i32, message: impl Into<String>) -> Fault {
@@ -122,20 +136,40 @@ fn crate_error_chain(e: &dyn std::error::Error) -> String {
 
 fn arity(method: &str, params: &[Value], min: usize, max: usize, names: &str) -> Result<(), Fault> {
     if params.len() < min || params.len() > max {
-        return Err(fault(INVALID_PARAMS, format!("{method}({names}) called with {} parameter(s)", params.len())));
+        return Err(fault(
+            INVALID_PARAMS,
+            format!(
+                "{method}({names}) called with {} parameter(s)",
+                params.len()
+            ),
+        ));
     }
     Ok(())
 }
 
-async fn dispatch(rec: &Recorder, caller: &Caller, method: &str, params: &[Value]) -> Result<Value, Fault> {
+async fn dispatch(
+    rec: &Recorder,
+    caller: &Caller,
+    method: &str,
+    params: &[Value],
+) -> Result<Value, Fault> {
     match method {
         "add_results" => {
             arity(method, params, 2, 3, "client_info, results[, extras]")?;
-            require_token(rec, caller)?;
+            require_token(caller)?;
             let doc = decode_add_results(params)?;
-            let origin = Origin { client_ip: caller.client_ip.clone(), submitter: caller.submitter.clone() };
-            let done = rec.ingest_from(doc, None, origin).await.map_err(recorder_fault)?;
-            Ok(Value::Array(vec![Value::String(done.key.to_string()), Value::String(done.auth_key)]))
+            let origin = Origin {
+                client_ip: caller.client_ip.clone(),
+                submitter: caller.submitter.clone(),
+            };
+            let done = rec
+                .ingest_from(doc, None, origin)
+                .await
+                .map_err(recorder_fault)?;
+            Ok(Value::Array(vec![
+                Value::String(done.key.to_string()),
+                Value::String(done.auth_key),
+            ]))
         }
         "get_results" => {
             arity(method, params, 1, 1, "result_key")?;
@@ -146,7 +180,13 @@ async fn dispatch(rec: &Recorder, caller: &Caller, method: &str, params: &[Value
             }
         }
         "check_should_build" => {
-            arity(method, params, 1, 3, "client_info[, reserve_build[, build_allowance]]")?;
+            arity(
+                method,
+                params,
+                1,
+                3,
+                "client_info[, reserve_build[, build_allowance]]",
+            )?;
             let tagset = ClientInfo::tagset_from_json(to_json(&params[0], "client_info")?)
                 .map_err(|e| fault(INVALID_PARAMS, e.to_string()))?;
             let reserve = match params.get(1) {
@@ -160,24 +200,34 @@ async fn dispatch(rec: &Recorder, caller: &Caller, method: &str, params: &[Value
                 Some(Value::Integer(i)) => f64::from(*i),
                 Some(Value::Long(i)) => *i as f64,
                 Some(Value::Double(d)) if d.is_finite() => *d,
-                Some(other) => return Err(wrong_type("build_allowance", "number of seconds", other)),
+                Some(other) => {
+                    return Err(wrong_type("build_allowance", "number of seconds", other));
+                }
             };
             // Reserving changes what other clients are told, so it is a write like a submission.
             if reserve {
-                require_token(rec, caller)?;
+                require_token(caller)?;
             }
             let (flag, reason) = rec
                 .check_should_build(tagset, reserve, Duration::from_secs_f64(allowance.max(0.0)))
                 .await
                 .map_err(recorder_fault)?;
-            Ok(Value::Array(vec![Value::Boolean(flag), Value::String(reason)]))
+            Ok(Value::Array(vec![
+                Value::Boolean(flag),
+                Value::String(reason),
+            ]))
         }
         "get_tagsets_for_package" => {
             arity(method, params, 1, 1, "package")?;
             let package = string_param(&params[0], "package")?;
-            let sets = rec.tagsets_for_package(&package).await.map_err(recorder_fault)?;
+            let sets = rec
+                .tagsets_for_package(&package)
+                .await
+                .map_err(recorder_fault)?;
             Ok(Value::Array(
-                sets.iter().map(|t| Value::Array(t.tags().iter().cloned().map(Value::String).collect())).collect(),
+                sets.iter()
+                    .map(|t| Value::Array(t.tags().iter().cloned().map(Value::String).collect()))
+                    .collect(),
             ))
         }
         "get_last_result_for_tagset" => {
@@ -191,7 +241,11 @@ async fn dispatch(rec: &Recorder, caller: &Caller, method: &str, params: &[Value
                 .enumerate()
                 .map(|(i, v)| string_param(v, &format!("tagset[{i}]")))
                 .collect::<Result<Vec<_>, _>>()?;
-            match rec.last_result_for_tagset(&package, Tagset::from_tags(tags)).await.map_err(recorder_fault)? {
+            match rec
+                .last_result_for_tagset(&package, Tagset::from_tags(tags))
+                .await
+                .map_err(recorder_fault)?
+            {
                 Some(r) => Ok(triple(&r)),
                 // pony-build answers 0 when the tagset has no result.
                 None => Ok(Value::Integer(0)),
@@ -201,15 +255,21 @@ async fn dispatch(rec: &Recorder, caller: &Caller, method: &str, params: &[Value
     }
 }
 
-fn require_token(rec: &Recorder, caller: &Caller) -> Result<(), Fault> {
-    if rec.requires_token() && caller.submitter.is_none() {
-        return Err(fault(UNAUTHORIZED, "a valid submission token is required: call /xmlrpc/<token>"));
+fn require_token(caller: &Caller) -> Result<(), Fault> {
+    if caller.submitter.is_none() {
+        return Err(fault(
+            UNAUTHORIZED,
+            "a valid submission token is required: call /xmlrpc/<token>",
+        ));
     }
     Ok(())
 }
 
 fn wrong_type(path: &str, expected: &str, got: &Value) -> Fault {
-    fault(INVALID_PARAMS, format!("{path}: expected {expected}, got {}", kind(got)))
+    fault(
+        INVALID_PARAMS,
+        format!("{path}: expected {expected}, got {}", kind(got)),
+    )
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -238,7 +298,9 @@ fn string_param(v: &Value, path: &str) -> Result<String, Fault> {
 /// pony-build keys are strings of integers; accept either form.
 fn key_param(v: &Value) -> Result<ResultKey, Fault> {
     match v {
-        Value::String(s) => s.parse().map_err(|_| fault(INVALID_PARAMS, format!("result_key: {s:?} is not a key"))),
+        Value::String(s) => s
+            .parse()
+            .map_err(|_| fault(INVALID_PARAMS, format!("result_key: {s:?} is not a key"))),
         Value::Integer(i) => Ok(ResultKey(i64::from(*i))),
         Value::Long(i) => Ok(ResultKey(*i)),
         other => Err(wrong_type("result_key", "string", other)),
@@ -249,7 +311,10 @@ fn key_param(v: &Value) -> Result<ResultKey, Fault> {
 fn triple(r: &StoredResult) -> Value {
     let mut receipt = std::collections::BTreeMap::new();
     receipt.insert("time".to_owned(), Value::Double(r.receipt.time));
-    receipt.insert("result_key".to_owned(), Value::String(r.receipt.key.to_string()));
+    receipt.insert(
+        "result_key".to_owned(),
+        Value::String(r.receipt.key.to_string()),
+    );
     if let Some(ip) = &r.receipt.client_ip {
         receipt.insert("client_ip".to_owned(), Value::String(ip.clone()));
     }
@@ -261,9 +326,18 @@ fn triple(r: &StoredResult) -> Value {
         && !r.doc.extras.is_empty()
     {
         // XML-RPC's triple has no slot for extras; they ride along in client_info.
-        m.insert("__extras".to_owned(), from_json(&Json::Object(r.doc.extras.clone())));
+        m.insert(
+            "__extras".to_owned(),
+            from_json(&Json::Object(r.doc.extras.clone())),
+        );
     }
-    let steps = Value::Array(r.doc.steps.iter().map(|s| from_json(&s.to_json())).collect());
+    let steps = Value::Array(
+        r.doc
+            .steps
+            .iter()
+            .map(|s| from_json(&s.to_json()))
+            .collect(),
+    );
     Value::Array(vec![Value::Struct(receipt), ci, steps])
 }
 
@@ -287,7 +361,11 @@ fn to_json(v: &Value, path: &str) -> Result<Json, Fault> {
             Json::Object(out)
         }
         Value::Array(items) => Json::Array(
-            items.iter().enumerate().map(|(i, v)| to_json(v, &format!("{path}[{i}]"))).collect::<Result<_, _>>()?,
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| to_json(v, &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
         ),
         Value::Nil => Json::Null,
         other => return Err(wrong_type(path, "a known XML-RPC type", other)),
@@ -300,12 +378,16 @@ fn from_json(v: &Json) -> Value {
         Json::Null => Value::Nil,
         Json::Bool(b) => Value::Boolean(*b),
         Json::Number(n) => match n.as_i64() {
-            Some(i) => i32::try_from(i).map(Value::Integer).unwrap_or(Value::Long(i)),
+            Some(i) => i32::try_from(i)
+                .map(Value::Integer)
+                .unwrap_or(Value::Long(i)),
             None => Value::Double(n.as_f64().unwrap_or(0.0)),
         },
         Json::String(s) => Value::String(s.clone()),
         Json::Array(items) => Value::Array(items.iter().map(from_json).collect()),
-        Json::Object(m) => Value::Struct(m.iter().map(|(k, v)| (k.clone(), from_json(v))).collect()),
+        Json::Object(m) => {
+            Value::Struct(m.iter().map(|(k, v)| (k.clone(), from_json(v))).collect())
+        }
     }
 }
 
@@ -315,7 +397,10 @@ mod tests {
 
     #[test]
     fn doctype_is_refused_case_insensitively() {
-        assert!(refuse_markup("<?xml version='1.0'?><!doctype x [<!ENTITY a 'b'>]><methodCall/>").is_some());
+        assert!(
+            refuse_markup("<?xml version='1.0'?><!doctype x [<!ENTITY a 'b'>]><methodCall/>")
+                .is_some()
+        );
         assert!(refuse_markup("<methodCall><methodName>x</methodName></methodCall>").is_none());
     }
 
@@ -325,7 +410,10 @@ mod tests {
             [
                 ("a".to_owned(), Value::Integer(3)),
                 ("big".to_owned(), Value::Long(1 << 40)),
-                ("l".to_owned(), Value::Array(vec![Value::Boolean(true), Value::Nil, Value::Double(1.5)])),
+                (
+                    "l".to_owned(),
+                    Value::Array(vec![Value::Boolean(true), Value::Nil, Value::Double(1.5)]),
+                ),
             ]
             .into_iter()
             .collect(),
@@ -350,8 +438,11 @@ mod tests {
         let answers = std::thread::Builder::new()
             .stack_size(2 << 20)
             .spawn(|| {
-                let shallow = decode_call(nested_call(10).as_bytes()).map(|c| to_json(&c.params[0], "p").is_ok());
-                let deep = decode_call(nested_call(300_000).as_bytes()).map(|_| ()).map_err(|f| f.code());
+                let shallow = decode_call(nested_call(10).as_bytes())
+                    .map(|c| to_json(&c.params[0], "p").is_ok());
+                let deep = decode_call(nested_call(300_000).as_bytes())
+                    .map(|_| ())
+                    .map_err(|f| f.code());
                 (shallow, deep)
             })
             .expect("spawning")

@@ -103,7 +103,7 @@ async fn kill_and_restart_job(ports: &str, kill_when: fn(&str) -> bool, job: &st
     })
     .await;
     let rec = rusqlite::Connection::open(dir.path().join("state/recorder.db")).unwrap();
-    let n: i64 = rec.query_row("SELECT count(*) FROM results WHERE idempotency_key = ?1", [&run.id], |r| r.get(0)).unwrap();
+    let n: i64 = rec.query_row("SELECT count(*) FROM submission_keys WHERE key = ?1", [&run.id], |r| r.get(0)).unwrap();
     assert_eq!(n, 1);
     // The reaping was recorded.
     assert!(!store.events(None, 50).await.unwrap().is_empty());

@@ -277,7 +277,7 @@ token = "s3cret"
     .await;
     let db = rusqlite::Connection::open(rec.db_path()).unwrap();
     let keys: Vec<String> = db
-        .prepare("SELECT idempotency_key FROM results")
+        .prepare("SELECT key FROM submission_keys")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
