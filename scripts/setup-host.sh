@@ -108,6 +108,20 @@ start_daemons() {
     fi
 }
 
+# libvirt 11.3 starts passt itself with no way to add options; the fence wrapper, ahead of
+# /usr/bin in libvirtd's PATH, turns off passt's gateway mapping for paddock's guests (see the
+# script). A hypervisor host of a real lab needs the same file.
+install_passt_fence() {
+    local src
+    src="$(dirname "$0")/passt-fence.sh"
+    if cmp -s "$src" /usr/local/bin/passt; then
+        log "passt fence already installed"
+        return
+    fi
+    install -m 0755 "$src" /usr/local/bin/passt
+    log "installed the passt fence as /usr/local/bin/passt"
+}
+
 need_root
 add_backports
 add_foreign_architectures
@@ -118,5 +132,6 @@ if ! compgen -G '/var/lib/apt/lists/*bookworm-backports*Packages*' >/dev/null ||
     apt_update_once
 fi
 install_packages
+install_passt_fence
 start_daemons
 log "host ready"

@@ -2,7 +2,12 @@
 
 use std::time::Duration;
 
-/// Parses `1h30m`-style durations. A bare number is refused: units are always written.
+/// The longest duration anything accepts (a year and a day): every later `DateTime + Duration`
+/// then stays far inside chrono's range, so no duration a user sends can overflow a time.
+pub const MAX: Duration = Duration::from_secs(366 * 86_400);
+
+/// Parses `1h30m`-style durations, at most [`MAX`]. A bare number is refused: units are always
+/// written.
 pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
@@ -29,7 +34,8 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         total = n
             .checked_mul(unit)
             .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("`{s}`: too long"))?;
+            .filter(|t| *t <= MAX.as_secs())
+            .ok_or_else(|| format!("`{s}`: longer than the limit of {}", format(MAX)))?;
         digits.clear();
     }
     if !digits.is_empty() {
@@ -77,6 +83,10 @@ mod tests {
         assert!(parse("h").unwrap_err().contains("no number"));
         assert!(parse("0s").unwrap_err().contains("longer than zero"));
         assert!(parse("").is_err());
+        assert!(parse("100000000d").unwrap_err().contains("longer than the limit of 366d"));
+        assert!(parse("99999999999999999999s").unwrap_err().contains("too large"));
+        assert!(parse("366d1s").is_err());
+        assert_eq!(parse("366d").unwrap(), MAX);
     }
 
     #[test]

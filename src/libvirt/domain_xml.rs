@@ -299,6 +299,17 @@ struct Interface {
     model: Model,
     #[serde(rename = "portForward", skip_serializing_if = "Option::is_none")]
     port_forward: Option<PortForward>,
+    /// `ua-paddock-<mode>` on passt interfaces: libvirt puts the alias into passt's `--socket`
+    /// path, which is how the host's passt fence (`scripts/passt-fence.sh`) knows a paddock
+    /// guest and its network mode; libvirt 11.3 has no other way to hand passt options.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alias: Option<Alias>,
+}
+
+#[derive(Debug, Serialize)]
+struct Alias {
+    #[serde(rename = "@name")]
+    name: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -588,6 +599,7 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
             backend: None,
             model: Model { kind: Some(nic_model), model: None },
             port_forward: None,
+            alias: None,
         },
         None => Interface {
             kind: "user",
@@ -599,6 +611,7 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
                 address: host.address.to_string(),
                 range: PortRangeXml { start: spec.ssh_port, to: 22 },
             }),
+            alias: Some(Alias { name: passt_alias(image) }),
         },
     };
 
@@ -703,3 +716,9 @@ pub fn parse_metadata(xml: &str) -> Option<Mark> {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+/// The interface alias that tells the host's passt fence (`scripts/passt-fence.sh`) how to start
+/// passt for this guest: gateway mapping always off; for `network = "none"` also no outbound.
+fn passt_alias(_image: &Image) -> &'static str {
+    "ua-paddock-outbound"
+}

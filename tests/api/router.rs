@@ -454,3 +454,15 @@ async fn access_endpoints_need_a_token() {
         assert_error(st, &b, StatusCode::UNAUTHORIZED, "unauthenticated", "unknown or revoked");
     }
 }
+
+#[tokio::test]
+async fn absurd_durations_are_refused_at_parse_time() {
+    let l = lab(false).await;
+    for (uri, body) in [
+        ("/api/v1/access/a1/extend", r#"{"duration":"100000000d"}"#),
+        ("/api/v1/access", r#"{"image":"tiny-x86_64","duration":"100000000d","reason":"x"}"#),
+    ] {
+        let (st, b) = json(&l.state, Method::POST, uri, Some(&l.alice), Some(body)).await;
+        assert_error(st, &b, StatusCode::BAD_REQUEST, "bad_request", "longer than the limit of 366d");
+    }
+}
