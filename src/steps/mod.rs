@@ -174,6 +174,8 @@ pub enum StepsError {
     Upload { step: usize, source: SshError },
     #[error("cannot start step {step}")]
     Start { step: usize, source: SshError },
+    #[error("the guest did not run the kill of step {step} within {waited:?}")]
+    KillTimedOut { step: usize, waited: std::time::Duration },
     #[error("cannot kill step {step} in the guest")]
     Kill { step: usize, source: SshError },
     #[error("the guest never said how step {step} (`{command}`) ended")]
@@ -204,7 +206,7 @@ pub fn log_path(log_dir: &Path, index: usize, stream: Stream) -> PathBuf {
 
 /// What goes over the wire for one step.
 enum Wire {
-    Posix { command: String },
+    Posix(posix::PosixStep),
     Windows(windows::WindowsStep),
 }
 
@@ -308,7 +310,7 @@ async fn run_one(
     };
 
     let wire = match config.shell {
-        Shell::Sh => Wire::Posix { command: posix::step_command(&step.command, env) },
+        Shell::Sh => Wire::Posix(posix::step_command(&step.command, env)),
         shell => match windows::windows_step(shell, index, &step.command, env) {
             Ok(w) => Wire::Windows(w),
             Err(source) => {
@@ -317,8 +319,8 @@ async fn run_one(
             }
         },
     };
-    let command = match &wire {
-        Wire::Posix { command } => command.clone(),
+    let (command, stdin) = match &wire {
+        Wire::Posix(p) => (p.command.clone(), p.stdin.clone()),
         Wire::Windows(w) => {
             for upload in &w.uploads {
                 if let Err(source) = session.upload(&upload.path, &upload.bytes).await {
@@ -326,7 +328,7 @@ async fn run_one(
                     return fail(result, err.to_string(), err);
                 }
             }
-            w.command.clone()
+            (w.command.clone(), Vec::new())
         }
     };
 
@@ -350,7 +352,7 @@ async fn run_one(
         log_error: None,
     };
 
-    let mut process = match session.exec(&command, Vec::new()).await {
+    let mut process = match session.exec(&command, stdin).await {
         Ok(p) => p,
         Err(source) => {
             let err = StepsError::Start { step: index, source };
@@ -359,7 +361,7 @@ async fn run_one(
     };
 
     // POSIX steps print their process group id as the first stdout line; it is not output.
-    let mut pgid_line: Option<Vec<u8>> = matches!(wire, Wire::Posix { .. }).then(Vec::new);
+    let mut pgid_line: Option<Vec<u8>> = matches!(wire, Wire::Posix(_)).then(Vec::new);
     let mut pgid: Option<u32> = None;
     let step_deadline = t0 + step.timeout;
     let mut stopped: Option<Stopped> = None;
@@ -413,18 +415,25 @@ async fn run_one(
         stopped = Some(why);
         give_up_at = Instant::now() + config.kill_wait;
         let kill = match (&wire, pgid) {
-            (Wire::Posix { .. }, Some(pgid)) => Some(posix::kill_command(pgid)),
+            (Wire::Posix(_), Some(pgid)) => Some(posix::kill_command(pgid)),
             // The shell has not even printed its PID: closing the channel makes sshd hang up
             // on it, which is all that can be done.
-            (Wire::Posix { .. }, None) => None,
+            (Wire::Posix(_), None) => None,
             (Wire::Windows(w), _) => Some(w.kill_command.clone()),
         };
         match kill {
-            Some(kill) => {
-                if let Err(source) = session.exec_collect(&kill, Vec::new()).await {
+            // The kill runs within the step's own give-up timer: a guest that never answers
+            // it cannot keep the step (and the run) waiting.
+            Some(kill) => match tokio::time::timeout_at(give_up_at, session.exec_collect(&kill, Vec::new())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(source)) => {
                     error.get_or_insert(StepsError::Kill { step: index, source });
                 }
-            }
+                Err(_) => {
+                    error.get_or_insert(StepsError::KillTimedOut { step: index, waited: config.kill_wait });
+                    process.close().await;
+                }
+            },
             None => process.close().await,
         }
     };

@@ -38,23 +38,37 @@ pub fn valid_env_name(name: &str) -> bool {
 /// keeps that PID for the step's own `sh`, and everything the script starts inherits the
 /// group. On timeout [`kill_command`] kills the whole group.
 ///
+/// The env travels on the command's stdin (`export ...`, read by `eval "$(cat)"`), never in the
+/// command line: an error that quotes the command, the guest's process list and sshd's logs never
+/// show an env value. The step itself then reads end-of-file on stdin, as before.
+///
 /// Env names must be valid (checked by the caller); values and the script may hold any bytes
 /// but NUL.
-pub fn step_command(script: &str, env: &BTreeMap<String, String>) -> String {
-    let mut cmd = String::from("echo $$ && ");
+pub fn step_command(script: &str, env: &BTreeMap<String, String>) -> PosixStep {
+    let mut command = String::from("echo $$ && ");
+    let mut stdin = Vec::new();
     if !env.is_empty() {
-        cmd.push_str("export");
+        let mut exports = String::from("export");
         for (name, value) in env {
-            cmd.push(' ');
-            cmd.push_str(name);
-            cmd.push('=');
-            cmd.push_str(&quote(value));
+            exports.push(' ');
+            exports.push_str(name);
+            exports.push('=');
+            exports.push_str(&quote(value));
         }
-        cmd.push_str(" && ");
+        exports.push('\n');
+        stdin = exports.into_bytes();
+        command.push_str("eval \"$(cat)\" && ");
     }
-    cmd.push_str("exec sh -c ");
-    cmd.push_str(&quote(script));
-    cmd
+    command.push_str("exec sh -c ");
+    command.push_str(&quote(script));
+    PosixStep { command, stdin }
+}
+
+/// What [`step_command`] sends: the command line, and the env on its stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PosixStep {
+    pub command: String,
+    pub stdin: Vec<u8>,
 }
 
 /// Kills the process group `pgid` and its leader.
@@ -73,7 +87,21 @@ mod tests {
     use std::process::Command;
 
     fn sh_output(cmd: &str) -> Vec<u8> {
-        let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+        sh_output_with(cmd, &[])
+    }
+
+    fn sh_output_with(cmd: &str, stdin: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run sh");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "sh failed on {cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
         out.stdout
     }
@@ -98,11 +126,12 @@ mod tests {
     #[test]
     fn step_command_shape() {
         let env = BTreeMap::from([("A".to_owned(), "x y".to_owned()), ("B".to_owned(), "it's".to_owned())]);
-        assert_eq!(
-            step_command("make -j2 && echo ok", &env),
-            "echo $$ && export A='x y' B='it'\\''s' && exec sh -c 'make -j2 && echo ok'"
-        );
-        assert_eq!(step_command("true", &BTreeMap::new()), "echo $$ && exec sh -c 'true'");
+        let step = step_command("make -j2 && echo ok", &env);
+        assert_eq!(step.command, "echo $$ && eval \"$(cat)\" && exec sh -c 'make -j2 && echo ok'");
+        assert_eq!(step.stdin, b"export A='x y' B='it'\\''s'\n");
+        assert!(!step.command.contains("x y"), "no env value in the command line");
+        let bare = step_command("true", &BTreeMap::new());
+        assert_eq!((bare.command.as_str(), bare.stdin.len()), ("echo $$ && exec sh -c 'true'", 0));
     }
 
     /// Strings without NUL (which no argv can carry), biased towards shell metacharacters.
@@ -132,7 +161,8 @@ mod tests {
             // cross two levels of quoting (login shell, then `sh -c`).
             let env = BTreeMap::from([("PADDOCK_V".to_owned(), value.clone())]);
             let script = format!("printf '%s\\0' \"$PADDOCK_V\" {}", quote(&script_arg));
-            let out = sh_output(&step_command(&script, &env));
+            let step = step_command(&script, &env);
+            let out = sh_output_with(&step.command, &step.stdin);
             let nl = out.iter().position(|b| *b == b'\n').expect("pid line");
             let rest = &out[nl + 1..];
             let mut expected = value.into_bytes();
