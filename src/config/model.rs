@@ -412,11 +412,22 @@ pub struct Job {
     pub schedule: Option<Schedule>,
     pub steps: Vec<Step>,
     pub stop_if_failure: bool,
+    /// Every env value, secrets resolved (read at load).
     pub env: BTreeMap<String, String>,
+    /// Names in `env` whose values came from a file or the daemon's environment: masked as
+    /// `***` in every log, reason, result and page.
+    pub secret_env: std::collections::BTreeSet<String>,
     pub tags: Vec<String>,
     pub hold_on_failure: Option<Duration>,
     pub maintainers: Vec<String>,
     pub artifacts: Vec<String>,
+}
+
+impl Job {
+    /// The values to mask wherever this job's output or reasons go.
+    pub fn secret_values(&self) -> impl Iterator<Item = &str> {
+        self.secret_env.iter().filter_map(|k| self.env.get(k)).map(String::as_str)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

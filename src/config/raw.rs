@@ -105,7 +105,7 @@ pub struct RawJob {
     pub steps: Vec<S<RawStep>>,
     pub stop_if_failure: Option<bool>,
     #[serde(default)]
-    pub env: BTreeMap<String, S<String>>,
+    pub env: BTreeMap<String, S<RawEnvValue>>,
     #[serde(default)]
     pub tags: Vec<S<String>>,
     pub hold_on_failure: Option<S<String>>,
@@ -113,6 +113,22 @@ pub struct RawJob {
     pub maintainers: Vec<S<String>>,
     #[serde(default)]
     pub artifacts: Vec<S<String>>,
+}
+
+/// An env value: text, or a secret read from a file (`{ from_file = "PATH" }`) or from the
+/// daemon's own environment (`{ from_env = "NAME" }`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawEnvValue {
+    Plain(String),
+    Secret(RawSecret),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    pub from_file: Option<String>,
+    pub from_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -348,3 +348,29 @@ fn image_pool_is_optional_and_must_be_a_pool_name() {
     let l = line_of(&src, "image_pool");
     assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:14: hosts[0].image_pool: `/var/lib/x` is not a storage pool name")]);
 }
+
+#[test]
+fn secret_env_values_come_from_a_file_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tok"), "s3cret\n").unwrap();
+    let src = with(
+        "env = { GREETING = \"hello from paddock\" }",
+        "env = { GREETING = \"hello from paddock\", TOKEN = { from_file = \"tok\" }, HOME_DIR = { from_env = \"HOME\" } }",
+    );
+    let fleet = parse(&src, &dir.path().join("fleet.toml")).unwrap();
+    let job = &fleet.jobs[0];
+    assert_eq!(job.env["TOKEN"], "s3cret", "one trailing newline is dropped");
+    assert_eq!(job.env["HOME_DIR"], std::env::var("HOME").unwrap());
+    assert_eq!(job.secret_env.iter().collect::<Vec<_>>(), ["HOME_DIR", "TOKEN"]);
+    assert!(!job.secret_env.contains("GREETING"));
+
+    let src = with(
+        "env = { GREETING = \"hello from paddock\" }",
+        "env = { TOKEN = { from_file = \"/nonexistent/pdkt-tok\" }, K = { from_env = \"PDKT_NOT_SET_ANYWHERE\" } }",
+    );
+    let l = line_of(&src, "env = { TOKEN");
+    let e = errors(&src);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].starts_with(&format!("fleet.toml:{l}:17: jobs[0].env.TOKEN: cannot read /nonexistent/pdkt-tok")), "{e:?}");
+    assert!(e[1].starts_with(&format!("fleet.toml:{l}:62: jobs[0].env.K: the daemon's environment has no variable `PDKT_NOT_SET_ANYWHERE`")), "{e:?}");
+}

@@ -41,6 +41,34 @@ impl<'a> Validator<'a> {
         if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
     }
 
+    /// A secret env value: a file's contents (one trailing newline dropped) or a variable of
+    /// the daemon's environment. The error never quotes the value.
+    fn secret(&self, s: &RawSecret) -> Result<String, String> {
+        const MAX_SECRET: u64 = 64 * 1024;
+        match (&s.from_file, &s.from_env) {
+            (Some(f), None) => {
+                let path = self.path(f);
+                let len = std::fs::metadata(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
+                if len > MAX_SECRET {
+                    return Err(format!("{} is {len} bytes; a secret is at most {MAX_SECRET}", path.display()));
+                }
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+                if text.is_empty() {
+                    return Err(format!("{} is empty", path.display()));
+                }
+                Ok(text.to_owned())
+            }
+            (None, Some(name)) => match std::env::var(name) {
+                Ok(v) if !v.is_empty() => Ok(v),
+                Ok(_) => Err(format!("the daemon's environment variable `{name}` is empty")),
+                Err(_) => Err(format!("the daemon's environment has no variable `{name}` (or it is not UTF-8)")),
+            },
+            _ => Err("give exactly one of `from_file` and `from_env`".to_owned()),
+        }
+    }
+
     fn duration(&mut self, v: &Option<S<String>>, path: &str, default: Duration) -> Duration {
         match v {
             None => default,
@@ -466,6 +494,7 @@ impl<'a> Validator<'a> {
             .map(|(k, s)| self.step(&format!("{p}.steps[{k}]"), s, &mut step_names))
             .collect();
         let mut env = BTreeMap::new();
+        let mut secret_env = std::collections::BTreeSet::new();
         for (k, v) in &j.env {
             let valid = !k.is_empty()
                 && !k.starts_with(|c: char| c.is_ascii_digit())
@@ -473,7 +502,20 @@ impl<'a> Validator<'a> {
             if !valid {
                 self.error(Some(v.span()), format!("{p}.env"), format!("`{k}` is not a valid environment variable name"));
             }
-            env.insert(k.clone(), v.get_ref().clone());
+            let value = match v.get_ref() {
+                RawEnvValue::Plain(s) => s.clone(),
+                RawEnvValue::Secret(secret) => {
+                    secret_env.insert(k.clone());
+                    match self.secret(secret) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            self.error(Some(v.span()), format!("{p}.env.{k}"), e);
+                            String::new()
+                        }
+                    }
+                }
+            };
+            env.insert(k.clone(), value);
         }
         for m in &j.maintainers {
             if !user_names.contains(&m.get_ref().as_str()) {
@@ -497,6 +539,7 @@ impl<'a> Validator<'a> {
             schedule,
             steps,
             stop_if_failure: j.stop_if_failure.unwrap_or(true),
+            secret_env,
             env,
             tags: j.tags.iter().map(|t| t.get_ref().clone()).collect(),
             hold_on_failure,

@@ -78,6 +78,10 @@ impl Daemon {
     /// Starts everything and returns once the HTTP server is listening.
     pub async fn start(fleet: Fleet, options: ServeOptions) -> Result<Daemon, DaemonError> {
         let fleet = Arc::new(fleet);
+        // Whatever the daemon writes from now on (store, logs, keys) is its own: 0600 / 0700.
+        // libvirt and QEMU write overlays and consoles themselves, under their own umask.
+        // SAFETY: umask only sets the process's file creation mask; it cannot fail.
+        unsafe { libc::umask(0o077) };
         let dirs = StateDir::prepare(&fleet.daemon.state_dir)?;
         let store = Store::open(&dirs.db_path()).await?;
         info!(state_dir = %dirs.root().display(), instance = %dirs.instance_id(), "paddock starting");

@@ -9,6 +9,59 @@ pub enum StateDirError {
     Create { path: PathBuf, source: std::io::Error },
     #[error("cannot read or write the instance id at {}", path.display())]
     InstanceId { path: PathBuf, source: std::io::Error },
+    #[error("cannot restrict the permissions of {}", path.display())]
+    Permissions { path: PathBuf, source: std::io::Error },
+}
+
+/// Folders QEMU (another user) must pass through to reach the files libvirt hands it: the state
+/// directory itself, overlays and consoles are 0711 (enter, not list). Everything else is the
+/// daemon's alone: folders 0700, files 0600.
+const TRAVERSED: [&str; 3] = ["", "overlays", "consoles"];
+
+/// Restricts what a previous version (or a hand) left readable: folders to 0700 (0711 for
+/// [`TRAVERSED`]), files the daemon owns to 0600. Files in overlays and consoles belong to
+/// libvirt and keep their modes.
+fn restrict(root: &Path) -> Result<(), StateDirError> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|source| StateDirError::Permissions { path: path.to_owned(), source })
+    };
+    fn walk(dir: &Path, visit: &mut dyn FnMut(&Path, bool) -> Result<(), StateDirError>) -> Result<(), StateDirError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| StateDirError::Permissions { path: dir.to_owned(), source })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                visit(&path, true)?;
+                walk(&path, visit)?;
+            } else if kind.is_file() {
+                visit(&path, false)?;
+            }
+        }
+        Ok(())
+    }
+    set(root, 0o711)?;
+    for sub in ["overlays", "consoles"] {
+        set(&root.join(sub), 0o711)?;
+    }
+    let entries = std::fs::read_dir(root).map_err(|source| StateDirError::Permissions { path: root.to_owned(), source })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if TRAVERSED.iter().any(|t| !t.is_empty() && name == *t) {
+            continue;
+        }
+        match entry.file_type() {
+            Ok(k) if k.is_dir() => {
+                set(&path, 0o700)?;
+                walk(&path, &mut |p, is_dir| set(p, if is_dir { 0o700 } else { 0o600 }))?;
+            }
+            Ok(k) if k.is_file() => set(&path, 0o600)?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -18,7 +71,8 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Creates the layout if missing and loads (or creates) the instance id.
+    /// Creates the layout if missing, loads (or creates) the instance id, and restricts every
+    /// mode (see [`restrict`]).
     pub fn prepare(root: &Path) -> Result<StateDir, StateDirError> {
         for sub in ["", "keys", "overlays", "logs", "consoles"] {
             let p = root.join(sub);
@@ -35,6 +89,7 @@ impl StateDir {
                 id
             }
         };
+        restrict(root)?;
         Ok(StateDir { root: root.to_path_buf(), instance_id })
     }
 
@@ -77,5 +132,31 @@ mod tests {
         assert_eq!(a.instance_id(), b.instance_id());
         assert_eq!(a.instance_id().len(), 8);
         assert!(a.overlays().is_dir() && a.logs().is_dir() && a.keys().is_dir());
+    }
+
+    #[test]
+    fn modes_left_open_are_restricted_at_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("state");
+        for d in ["keys", "logs/run-1", "overlays", "consoles"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in ["paddock.db", "recorder.db-wal", "logs/run-1/run.log", "keys/id_ed25519", "overlays/vm.qcow2"] {
+            std::fs::write(root.join(f), "x").unwrap();
+        }
+        let open = |p: &str, m: u32| std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(m)).unwrap();
+        for (p, m) in [("", 0o755), ("keys", 0o755), ("logs", 0o755), ("logs/run-1", 0o777), ("paddock.db", 0o644),
+                       ("recorder.db-wal", 0o666), ("logs/run-1/run.log", 0o644), ("keys/id_ed25519", 0o644), ("overlays/vm.qcow2", 0o644)] {
+            open(p, m);
+        }
+        StateDir::prepare(&root).unwrap();
+        let mode = |p: &str| std::fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o777;
+        for (p, want) in [("", 0o711), ("overlays", 0o711), ("consoles", 0o711), ("keys", 0o700), ("logs", 0o700),
+                          ("logs/run-1", 0o700), ("paddock.db", 0o600), ("recorder.db-wal", 0o600),
+                          ("logs/run-1/run.log", 0o600), ("keys/id_ed25519", 0o600), ("instance-id", 0o600),
+                          ("overlays/vm.qcow2", 0o644)] {
+            assert_eq!(mode(p), want, "{p}: {:o}", mode(p));
+        }
     }
 }

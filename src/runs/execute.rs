@@ -6,6 +6,7 @@
 //! the VM is torn down (or put on hold), so a finished run never owns a VM
 //! that is still being cleaned.
 
+use crate::steps::mask::Secrets;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -264,7 +265,8 @@ impl Executor {
         });
         let step_seen = progress_tx.subscribe();
         let mut io = StepIo { log_dir: run_dir.to_path_buf(), live: live.clone(), cancel: cancel.clone(), progress: Some(progress_tx) };
-        let config = StepsConfig::new(image.shell, job.stop_if_failure);
+        let mut config = StepsConfig::new(image.shell, job.stop_if_failure);
+        config.secrets = Secrets::new(job.secret_values());
         // The steps race a watch on the domain: a VM destroyed behind paddock's back
         // (or crashed) ends the run within a poll period, not after the step's timeout.
         let vms = self.vms.clone().expect("on_vm runs only with a VM manager");
@@ -384,6 +386,13 @@ impl Executor {
         let (Some(job), Some(image)) = (self.fleet.job(&row.job), self.fleet.image(&row.image)) else {
             return Err(StoreError::Corrupt(format!("run `{}` names a job or image no longer in fleet.toml", row.id)));
         };
+        // Step output was masked as it arrived; reasons and the console tail are masked here,
+        // the one place every run ends, and the document once more as a whole.
+        let secrets = Secrets::new(job.secret_values());
+        let reason = reason.map(|r| secrets.mask_str(r));
+        let reason = reason.as_deref();
+        let console_tail = console_tail.map(|c| secrets.mask_str(c));
+        let console_tail = console_tail.as_deref();
         let finished_at = Utc::now();
         let doc = result::document(&ResultInput {
             run_id: &row.id,
@@ -407,7 +416,7 @@ impl Executor {
                 state: state.as_db(),
                 outcome: outcome.as_str().into(),
                 reason: reason.map(str::to_string),
-                result_json: doc.to_string(),
+                result_json: secrets.mask_str(&doc.to_string()),
                 finished_at,
                 recorders: self.config.recorders.clone(),
             })

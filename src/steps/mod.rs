@@ -9,6 +9,7 @@
 //! smaller [`OutputCaps::result_bytes`].
 
 pub mod capture;
+pub mod mask;
 pub mod posix;
 pub mod windows;
 
@@ -59,11 +60,19 @@ pub struct StepsConfig {
     /// After a kill, how long to wait for the guest to report the step's end before giving up
     /// on its channel.
     pub kill_wait: Duration,
+    /// Values masked as `***` in every byte of output before it is logged, kept or streamed.
+    pub secrets: mask::Secrets,
 }
 
 impl StepsConfig {
     pub fn new(shell: Shell, stop_if_failure: bool) -> StepsConfig {
-        StepsConfig { shell, stop_if_failure, caps: OutputCaps::default(), kill_wait: Duration::from_secs(10) }
+        StepsConfig {
+            shell,
+            stop_if_failure,
+            caps: OutputCaps::default(),
+            kill_wait: Duration::from_secs(10),
+            secrets: mask::Secrets::default(),
+        }
     }
 }
 
@@ -262,6 +271,7 @@ struct Sink<'a> {
     index: usize,
     logs: [LogFile; 2],
     captures: [Capture; 2],
+    masks: [mask::StreamMask; 2],
     live: &'a broadcast::Sender<OutputChunk>,
     log_error: Option<StepsError>,
 }
@@ -272,6 +282,24 @@ impl Sink<'_> {
             Stream::Stdout => 0,
             Stream::Stderr => 1,
         };
+        let data = Bytes::from(self.masks[i].push(&data));
+        self.write(i, stream, data);
+    }
+
+    /// The end of both streams: what a mask held back is written now.
+    fn flush(&mut self) {
+        for (i, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
+            let rest = self.masks[i].finish();
+            if !rest.is_empty() {
+                self.write(i, stream, Bytes::from(rest));
+            }
+        }
+    }
+
+    fn write(&mut self, i: usize, stream: Stream, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
         if self.log_error.is_none()
             && let Err(source) = self.logs[i].write(&data)
         {
@@ -348,6 +376,7 @@ async fn run_one(
         index,
         logs,
         captures: [Capture::new(config.caps.result_bytes), Capture::new(config.caps.result_bytes)],
+        masks: [mask::StreamMask::new(config.secrets.clone()), mask::StreamMask::new(config.secrets.clone())],
         live: &io.live,
         log_error: None,
     };
@@ -439,6 +468,7 @@ async fn run_one(
     };
 
     result.duration = t0.elapsed();
+    sink.flush();
     let Sink { logs, captures, log_error, .. } = sink;
     let [out_log, err_log] = logs;
     for log in [out_log, err_log] {

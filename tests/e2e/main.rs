@@ -8,6 +8,7 @@ mod crash;
 mod faults;
 mod ui;
 mod runs;
+mod trust;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
