@@ -52,18 +52,70 @@ pub async fn tail(
         return Err(ApiError::BadRequest(format!("tail={n}: at most {MAX_TAIL} lines")));
     }
     let row = find(&s, &id).await?;
-    let bytes = match row.log_path.clone() {
-        // No log yet (the run has not reached its first step): an empty log.
-        None => Vec::new(),
-        Some(p) => {
-            let path = PathBuf::from(&p);
-            tokio::task::spawn_blocking(move || read_tail(&path, q.tail))
-                .await
-                .map_err(|e| ApiError::Log { path: p.clone(), source: std::io::Error::other(e) })?
-                .map_err(|source| ApiError::Log { path: p, source })?
+    let headers = [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    // No log yet (the run has not reached its first step): an empty log.
+    let Some(p) = row.log_path.clone() else { return Ok((headers, axum::body::Body::empty())) };
+    let path = PathBuf::from(&p);
+    let log_err = |source| ApiError::Log { path: p.clone(), source };
+    let opened = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(std::fs::File, u64)>> {
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let len = f.metadata()?.len();
+        let start = match q.tail {
+            Some(n) => tail_offset(&mut f, len, n)?,
+            None => 0,
+        };
+        f.seek(SeekFrom::Start(start))?;
+        Ok(Some((f, len - start)))
+    })
+    .await
+    .map_err(|e| log_err(std::io::Error::other(e)))?
+    .map_err(log_err)?;
+    let Some((file, len)) = opened else { return Ok((headers, axum::body::Body::empty())) };
+    // Streamed in chunks: memory stays flat however long the log or its last line is. Bytes the
+    // runner appends meanwhile are not sent; the length is fixed when the request is answered.
+    use tokio::io::AsyncReadExt;
+    let reader = tokio::fs::File::from_std(file).take(len);
+    Ok((headers, axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, 64 * 1024))))
+}
+
+/// Where the last `n` lines of a file of `len` bytes start. Reads backwards in blocks and looks
+/// at each byte once, so the cost is the size of the tail (plus one block), however long its
+/// lines are.
+fn tail_offset(f: &mut std::fs::File, len: u64, n: usize) -> std::io::Result<u64> {
+    const BLOCK: u64 = 64 * 1024;
+    if n == 0 {
+        return Ok(len);
+    }
+    let mut pos = len;
+    let mut seen = 0usize;
+    let mut block = vec![0u8; BLOCK as usize];
+    // A newline ending the file ends the last line; it does not start another.
+    let mut skip_last = true;
+    while pos > 0 {
+        let start = pos.saturating_sub(BLOCK);
+        let buf = &mut block[..(pos - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(buf)?;
+        for (i, b) in buf.iter().enumerate().rev() {
+            if *b != b'\n' {
+                skip_last = false;
+                continue;
+            }
+            if std::mem::take(&mut skip_last) {
+                continue;
+            }
+            seen += 1;
+            if seen == n {
+                return Ok(start + i as u64 + 1);
+            }
         }
-    };
-    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes))
+        pos = start;
+    }
+    Ok(0)
 }
 
 /// The last `n` lines of the file (all of it for `None`); a missing file is empty.
@@ -73,38 +125,15 @@ pub(crate) fn read_tail(path: &FsPath, n: Option<usize>) -> std::io::Result<Vec<
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let Some(n) = n else {
-        let mut all = Vec::new();
-        f.read_to_end(&mut all)?;
-        return Ok(all);
-    };
     let len = f.metadata()?.len();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut pos = len;
-    const BLOCK: u64 = 64 * 1024;
-    loop {
-        // A newline ending the file ends the last line; it does not start another.
-        let body = if buf.last() == Some(&b'\n') { &buf[..buf.len() - 1] } else { &buf[..] };
-        let mut seen = 0;
-        for (i, b) in body.iter().enumerate().rev() {
-            if *b == b'\n' {
-                seen += 1;
-                if seen == n {
-                    return Ok(buf[i + 1..].to_vec());
-                }
-            }
-        }
-        if pos == 0 {
-            return Ok(if n == 0 { Vec::new() } else { buf });
-        }
-        let start = pos.saturating_sub(BLOCK);
-        let mut block = vec![0u8; (pos - start) as usize];
-        f.seek(SeekFrom::Start(start))?;
-        f.read_exact(&mut block)?;
-        block.extend_from_slice(&buf);
-        buf = block;
-        pos = start;
-    }
+    let start = match n {
+        Some(n) => tail_offset(&mut f, len, n)?,
+        None => 0,
+    };
+    f.seek(SeekFrom::Start(start))?;
+    let mut out = Vec::new();
+    f.read_to_end(&mut out)?;
+    Ok(out)
 }
 
 pub async fn follow(

@@ -5,6 +5,7 @@
 //! key path, and all errors are reported at once rather than the first alone.
 
 pub mod duration;
+mod size;
 mod model;
 mod raw;
 mod validate;

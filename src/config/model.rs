@@ -23,6 +23,37 @@ pub struct Fleet {
     pub users: Vec<User>,
     pub recorders: Vec<Recorder>,
     pub access: AccessPolicy,
+    pub limits: Limits,
+}
+
+/// `[limits]`, with defaults for every key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A run's combined `run.log`; past it the log says where it was cut and by how much.
+    pub run_log_bytes: u64,
+    /// Each step's `step-NN.stdout`/`.stderr` (head and tail kept).
+    pub step_log_bytes: u64,
+    /// Each step's stdout and stderr in the result document (head and tail kept).
+    pub step_output_bytes: usize,
+    /// A recorder submission's body, either protocol.
+    pub result_body_bytes: usize,
+    /// Steps in one result.
+    pub result_steps: usize,
+    /// Tags in one result's `client_info`.
+    pub result_tags: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            run_log_bytes: 64 << 20,
+            step_log_bytes: 64 << 20,
+            step_output_bytes: 1 << 20,
+            result_body_bytes: 16 << 20,
+            result_steps: 1000,
+            result_tags: 100,
+        }
+    }
 }
 
 impl Fleet {

@@ -27,6 +27,19 @@ pub struct RawFleet {
     #[serde(default)]
     pub recorders: Vec<S<RawRecorder>>,
     pub access: Option<S<RawAccess>>,
+    pub limits: Option<S<RawLimits>>,
+}
+
+/// `[limits]`: how much a run, a guest or a recorder client may make paddock keep.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub run_log: Option<S<String>>,
+    pub step_log: Option<S<String>>,
+    pub step_output: Option<S<String>>,
+    pub result_body: Option<S<String>>,
+    pub result_steps: Option<S<i64>>,
+    pub result_tags: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

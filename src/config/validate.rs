@@ -161,6 +161,7 @@ impl<'a> Validator<'a> {
             recorders.push(Recorder { name: "embedded".into(), target: RecorderTarget::Embedded });
         }
         let access = self.access(raw.access.as_ref());
+        let limits = self.fleet_limits(raw.limits.as_ref());
         Fleet {
             source: self.file.to_path_buf(),
             daemon,
@@ -170,6 +171,39 @@ impl<'a> Validator<'a> {
             users,
             recorders,
             access,
+            limits,
+        }
+    }
+
+    fn fleet_limits(&mut self, raw: Option<&S<RawLimits>>) -> Limits {
+        let d = Limits::default();
+        let Some(raw) = raw else { return d };
+        let l = raw.get_ref();
+        let mut size = |v: &Option<S<String>>, key: &str, default: u64| match v {
+            None => default,
+            Some(s) => match super::size::parse(s.get_ref()) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.error(Some(s.span()), format!("limits.{key}"), e);
+                    default
+                }
+            },
+        };
+        let run_log_bytes = size(&l.run_log, "run_log", d.run_log_bytes);
+        let step_log_bytes = size(&l.step_log, "step_log", d.step_log_bytes);
+        let step_output_bytes = size(&l.step_output, "step_output", d.step_output_bytes as u64);
+        let result_body_bytes = size(&l.result_body, "result_body", d.result_body_bytes as u64);
+        let mut count = |v: &Option<S<i64>>, key: &str, default: usize| match v {
+            None => default,
+            Some(n) => self.positive(n, &format!("limits.{key}"), default),
+        };
+        Limits {
+            run_log_bytes,
+            step_log_bytes,
+            step_output_bytes: usize::try_from(step_output_bytes).unwrap_or(usize::MAX),
+            result_body_bytes: usize::try_from(result_body_bytes).unwrap_or(usize::MAX),
+            result_steps: count(&l.result_steps, "result_steps", d.result_steps),
+            result_tags: count(&l.result_tags, "result_tags", d.result_tags),
         }
     }
 

@@ -100,6 +100,9 @@ impl Daemon {
                 // results go in-process (`Destination::Embedded`), never over HTTP.
                 authenticator: Some(Arc::new(recorder_auth::ApiTokens { store: store.clone(), fleet: fleet.clone() })),
                 private_reads: !fleet.daemon.public_reads,
+                body_limit: fleet.limits.result_body_bytes,
+                max_steps: fleet.limits.result_steps,
+                max_tags: fleet.limits.result_tags,
                 ..RecorderConfig::default()
             },
         )
@@ -139,6 +142,9 @@ impl Daemon {
         let ca = FleetCa::load_or_create(dirs.root()).map_err(DaemonError::Ca)?;
         let mut executor_config = ExecutorConfig::new(dirs.logs(), recorder_names);
         executor_config.ca_public_line = Some(ca.public_line());
+        executor_config.output_caps =
+            crate::steps::OutputCaps { result_bytes: fleet.limits.step_output_bytes, log_bytes: fleet.limits.step_log_bytes };
+        executor_config.run_log_bytes = fleet.limits.run_log_bytes;
         let executor = Arc::new(
             Executor::new(fleet.clone(), store.clone(), executor_config, waker)
                 .with_vms(vms.clone(), Arc::new(client_key.clone())),

@@ -142,6 +142,7 @@ impl ApiError {
             }
             ApiError::Body(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::Recorder(RecorderError::Invalid(bag)) => (StatusCode::BAD_REQUEST, bag.to_string()),
+            ApiError::Recorder(e @ RecorderError::OverLimit { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
             ApiError::Recorder(
                 e @ (RecorderError::Open { .. }
                 | RecorderError::Migrate { .. }

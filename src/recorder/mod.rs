@@ -36,6 +36,10 @@ pub struct RecorderConfig {
     pub max_build_allowance: Duration,
     /// Largest request body accepted, for either protocol.
     pub body_limit: usize,
+    /// Most steps one result may have.
+    pub max_steps: usize,
+    /// Most tags one result's `client_info` may have.
+    pub max_tags: usize,
     /// Path prefix the router is mounted under (e.g. `/recorder`), for links in pages and feeds.
     pub base_path: String,
     /// Reads (JSON, pages, feeds, XML-RPC) need a credential too. Off by default:
@@ -54,6 +58,8 @@ impl std::fmt::Debug for RecorderConfig {
             .field("stale_after", &self.stale_after)
             .field("missing_after", &self.missing_after)
             .field("body_limit", &self.body_limit)
+            .field("max_steps", &self.max_steps)
+            .field("max_tags", &self.max_tags)
             .field("base_path", &self.base_path)
             .field("private_reads", &self.private_reads)
             .finish_non_exhaustive()
@@ -70,6 +76,8 @@ impl Default for RecorderConfig {
             default_build_allowance: Duration::from_secs(3600),
             max_build_allowance: Duration::from_secs(4 * 3600),
             body_limit: 16 * 1024 * 1024,
+            max_steps: 1000,
+            max_tags: 100,
             base_path: String::new(),
             private_reads: false,
         }
@@ -97,6 +105,9 @@ pub enum RecorderError {
     },
     #[error("recorder database connection closed while {op}")]
     Closed { op: &'static str },
+    /// A result over one of the recorder's limits; nothing was stored.
+    #[error("{what}: {got} is more than the limit of {limit}")]
+    OverLimit { what: &'static str, got: usize, limit: usize },
 }
 
 /// What an ingest did.
@@ -225,6 +236,14 @@ impl Recorder {
         idempotency_key: Option<String>,
         origin: Origin,
     ) -> Result<Ingested, RecorderError> {
+        let c = &self.inner.config;
+        if doc.steps.len() > c.max_steps {
+            return Err(RecorderError::OverLimit { what: "results (steps)", got: doc.steps.len(), limit: c.max_steps });
+        }
+        let tags = doc.client_info.tags.len();
+        if tags > c.max_tags {
+            return Err(RecorderError::OverLimit { what: "client_info.tags", got: tags, limit: c.max_tags });
+        }
         let auth_key = auth::random_hex(16);
         let at = now();
         let inserted = self

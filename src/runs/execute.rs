@@ -38,6 +38,10 @@ pub struct ExecutorConfig {
     /// How many artifact files a run keeps at most.
     pub artifact_max_files: usize,
     pub ssh: SshConfig,
+    /// Per step and stream: in the log files and in the result.
+    pub output_caps: steps::OutputCaps,
+    /// The run's combined `run.log`.
+    pub run_log_bytes: u64,
 }
 
 impl ExecutorConfig {
@@ -49,6 +53,8 @@ impl ExecutorConfig {
             artifact_cap: 64 << 20,
             artifact_max_files: 100,
             ssh: SshConfig::default(),
+            output_caps: steps::OutputCaps::default(),
+            run_log_bytes: crate::config::Limits::default().run_log_bytes,
         }
     }
 }
@@ -251,7 +257,12 @@ impl Executor {
 
         let (live, _) = broadcast::channel(1024);
         self.live.lock().expect("live map").insert(row.id.clone(), live.clone());
-        let writer = tokio::spawn(write_run_log(self.log_path(&row.id), job.steps.clone(), live.subscribe()));
+        let writer = tokio::spawn(write_run_log(
+            self.log_path(&row.id),
+            job.steps.clone(),
+            self.config.run_log_bytes,
+            live.subscribe(),
+        ));
         let (progress_tx, mut progress_rx) = watch::channel(0usize);
         let store = self.store.clone();
         let run_id = row.id.clone();
@@ -266,6 +277,7 @@ impl Executor {
         let step_seen = progress_tx.subscribe();
         let mut io = StepIo { log_dir: run_dir.to_path_buf(), live: live.clone(), cancel: cancel.clone(), progress: Some(progress_tx) };
         let mut config = StepsConfig::new(image.shell, job.stop_if_failure);
+        config.caps = self.config.output_caps;
         config.secrets = Secrets::new(job.secret_values());
         // The steps race a watch on the domain: a VM destroyed behind paddock's back
         // (or crashed) ends the run within a poll period, not after the step's timeout.
@@ -532,23 +544,45 @@ fn step_records(report: &StepsReport) -> Vec<StepRecord> {
         .collect()
 }
 
-/// Appends every chunk of live output to the run's log, with a header per step.
-async fn write_run_log(path: PathBuf, steps: Vec<crate::config::Step>, mut rx: broadcast::Receiver<OutputChunk>) {
+/// Appends every chunk of live output to the run's log, with a header per step, up to `cap`
+/// bytes of output. At the cap the log says so; at the end it says how much was left out (the
+/// per-step files keep each stream's head and tail).
+async fn write_run_log(path: PathBuf, steps: Vec<crate::config::Step>, cap: u64, mut rx: broadcast::Receiver<OutputChunk>) {
     let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await else {
         warn!(path = %path.display(), "cannot open the run log");
         return;
     };
     let mut current = 0usize;
+    let mut written = 0u64;
+    let mut dropped = 0u64;
     loop {
         match rx.recv().await {
             Ok(chunk) => {
+                if dropped > 0 {
+                    dropped += chunk.data.len() as u64;
+                    continue;
+                }
                 if chunk.step != current {
                     current = chunk.step;
                     let name = steps.get(current - 1).map(|s| s.name.as_str()).unwrap_or("?");
                     let header = format!("\n==> step {current}/{}: {name}\n", steps.len());
                     let _ = file.write_all(header.as_bytes()).await;
                 }
-                let _ = file.write_all(&chunk.data).await;
+                let room = cap.saturating_sub(written);
+                let len = chunk.data.len() as u64;
+                if len <= room {
+                    let _ = file.write_all(&chunk.data).await;
+                    written += len;
+                    continue;
+                }
+                let _ = file.write_all(&chunk.data[..room as usize]).await;
+                written += room;
+                dropped = len - room;
+                let note = format!(
+                    "\n[paddock: run log cut here, at the limit of {cap} bytes (limits.run_log) during step {current}; \
+                     step-{current:02}.stdout/.stderr keep each stream's head and tail]\n"
+                );
+                let _ = file.write_all(note.as_bytes()).await;
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 let note = format!("\n[paddock: {n} chunks of live output not shown here; see step-NN.stdout/stderr]\n");
@@ -556,6 +590,10 @@ async fn write_run_log(path: PathBuf, steps: Vec<crate::config::Step>, mut rx: b
             }
             Err(broadcast::error::RecvError::Closed) => break,
         }
+    }
+    if dropped > 0 {
+        let note = format!("[paddock: {dropped} bytes of output after the cut are not in this log]\n");
+        let _ = file.write_all(note.as_bytes()).await;
     }
     let _ = file.flush().await;
 }
