@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use chrono::TimeZone;
 use paddock::clock::Clock;
 use paddock::config::{Accelerator, Arch, Boot, Capacity, DonorLimits, Host, HostKeyPolicy, Image, Os, PortRange, Shell, Window};
-use paddock::hosts::check::{self, Level, Verdict};
 use paddock::hosts::Block;
+use paddock::hosts::check::{self, Level, Verdict};
 use paddock::store::Store;
 use paddock::vm::{LaunchRequest, ManagerConfig, Readiness, VmManager};
 
@@ -82,7 +82,14 @@ fn config(state_dir: &Path, instance: &str, clock: Clock) -> ManagerConfig {
 }
 
 fn request(run: &str, job: Option<&str>, image: &Image) -> LaunchRequest {
-    LaunchRequest { run_id: run.into(), job: job.map(str::to_string), image: image.clone(), authorized_keys: vec![], ca_key: None, priority: 0 }
+    LaunchRequest {
+        run_id: run.into(),
+        job: job.map(str::to_string),
+        image: image.clone(),
+        authorized_keys: vec![],
+        ca_key: None,
+        priority: 0,
+    }
 }
 
 async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut probe: F)
@@ -153,14 +160,8 @@ fn host_check_on_test_hosts_that_lack_things() {
     let text = check::render(&uri, &lines);
     println!("{text}");
     assert_eq!(find(&lines, "capacity", Level::Warn).text, "memory_mib = 4096 but the host has 2048 MiB");
-    assert_eq!(
-        find(&lines, "image arm", Level::Warn).text,
-        "aarch64 guests cannot run here with `test`; it will not be placed here"
-    );
-    assert_eq!(
-        find(&lines, "image huge", Level::Warn).text,
-        "needs 8192 MiB and 1 vCPUs; the host has room for 4096 MiB and 4 vCPUs"
-    );
+    assert_eq!(find(&lines, "image arm", Level::Warn).text, "aarch64 guests cannot run here with `test`; it will not be placed here");
+    assert_eq!(find(&lines, "image huge", Level::Warn).text, "needs 8192 MiB and 1 vCPUs; the host has room for 4096 MiB and 4 vCPUs");
     assert_eq!(find(&lines, "image missing", Level::Fail).text, "kernel /nonexistent/vmlinuz is missing on this machine");
     assert!(lines.iter().any(|l| l.topic == "image good" && l.level == Level::Ok));
     assert_eq!(check::verdict(&lines), Verdict::NotReady);

@@ -178,7 +178,11 @@ async fn kernel_images_are_uploaded_into_the_pool_before_runs_are_placed_and_rep
     }
     let img = image(
         "tiny-pooled",
-        Boot::Kernel { kernel: files.join("vmlinuz"), initrd: files.join("initrd.img"), cmdline: "console=ttyS0 quiet no_timer_check panic=1".into() },
+        Boot::Kernel {
+            kernel: files.join("vmlinuz"),
+            initrd: files.join("initrd.img"),
+            cmdline: "console=ttyS0 quiet no_timer_check panic=1".into(),
+        },
         HostKeyPolicy::File(out.join("ssh_host_ed25519_key.pub")),
     );
     let key = std::fs::read_to_string(out.join("ssh_host_ed25519_key.pub")).unwrap();
@@ -216,7 +220,10 @@ async fn kernel_images_are_uploaded_into_the_pool_before_runs_are_placed_and_rep
     let xml = domain_xml(&vm1.name);
     for v in &volumes {
         assert!(Path::new(&v.path).starts_with(&pool.dir), "{}", v.path);
-        assert_eq!(std::fs::read(&v.path).unwrap(), std::fs::read(files.join(if v.role == "kernel" { "vmlinuz" } else { "initrd.img" })).unwrap());
+        assert_eq!(
+            std::fs::read(&v.path).unwrap(),
+            std::fs::read(files.join(if v.role == "kernel" { "vmlinuz" } else { "initrd.img" })).unwrap()
+        );
         assert!(xml.contains(&format!(">{}<", v.path)), "the domain does not boot from {}: {xml}", v.path);
     }
     assert!(!xml.contains(files.to_str().unwrap()), "the domain still names the local files: {xml}");

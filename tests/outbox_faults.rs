@@ -119,10 +119,7 @@ async fn recorder_down_while_50_runs_finish_then_each_is_delivered_once() {
     assert!(head.last_error.as_deref().unwrap().contains("cannot reach"), "{:?}", head.last_error);
 
     let rec = RecorderProcess::start_on(&format!("127.0.0.1:{port}"), &["--token", "lab=s3cret"]);
-    wait_until("all 50 delivered", Duration::from_secs(60), || async {
-        store.outbox_pending().await.unwrap().is_empty()
-    })
-    .await;
+    wait_until("all 50 delivered", Duration::from_secs(60), || async { store.outbox_pending().await.unwrap().is_empty() }).await;
     let rows = recorder_rows(&rec.db_path());
     // Exactly once each, and in the order the runs finished.
     assert_eq!(rows, ids);
@@ -196,10 +193,8 @@ async fn a_result_queued_before_a_sigkill_is_delivered_after_restart() {
     finished_run(&store, "run-crash", 0, "central").await;
     let daemon = DaemonProcess::start(&config);
     // Wait until that daemon has tried (and failed) at least once, then kill it hard.
-    wait_until("a failed attempt", Duration::from_secs(30), || async {
-        store.outbox_for_run("run-crash").await.unwrap()[0].attempts >= 1
-    })
-    .await;
+    wait_until("a failed attempt", Duration::from_secs(30), || async { store.outbox_for_run("run-crash").await.unwrap()[0].attempts >= 1 })
+        .await;
     daemon.sigkill();
     assert!(store.outbox_for_run("run-crash").await.unwrap()[0].delivered_at.is_none());
 
@@ -235,8 +230,7 @@ async fn results_reach_a_pony_build_xmlrpc_endpoint() {
         finished_run(&store, &format!("pb-{n}"), n, "pony").await;
     }
     waker.wake();
-    wait_until("delivery over XML-RPC", Duration::from_secs(30), || async { store.outbox_pending().await.unwrap().is_empty() })
-        .await;
+    wait_until("delivery over XML-RPC", Duration::from_secs(30), || async { store.outbox_pending().await.unwrap().is_empty() }).await;
     // pony-build answers (result_key, auth_key); the key is kept.
     for n in 0..3 {
         let e = &store.outbox_for_run(&format!("pb-{n}")).await.unwrap()[0];

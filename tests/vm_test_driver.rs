@@ -96,10 +96,7 @@ async fn store(dir: &Path) -> Store {
 async fn places_by_capacity_queues_when_full_and_proceeds_after_a_destroy() {
     let dir = tempfile::tempdir().unwrap();
     let st = store(dir.path()).await;
-    let hosts = vec![
-        host("small", &fixture("host-small.xml"), 1, 1024, 1),
-        host("big", &fixture("host-big.xml"), 3, 4096, 4),
-    ];
+    let hosts = vec![host("small", &fixture("host-small.xml"), 1, 1024, 1), host("big", &fixture("host-big.xml"), 3, 4096, 4)];
     let mgr = VmManager::start(config(dir.path(), "aaaa1111"), hosts, st.clone()).await.unwrap();
     let img = image("tiny", Arch::X86_64, 512, kernel());
 
@@ -267,7 +264,9 @@ async fn reconciliation_reaps_200_orphans_and_never_touches_other_domains() {
                 )
             })
             .unwrap_or_default();
-        format!("<domain type='test'><name>{name}</name>{meta}<memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>")
+        format!(
+            "<domain type='test'><name>{name}</name>{meta}<memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>"
+        )
     };
 
     let t = Instant::now();
@@ -342,10 +341,7 @@ async fn reconciliation_reaps_200_orphans_and_never_touches_other_domains() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_go_to_hosts_of_their_arch() {
     let dir = tempfile::tempdir().unwrap();
-    let hosts = vec![
-        host("x86", &fixture("host-big.xml"), 4, 8192, 4),
-        host("arm", &fixture("host-arm.xml"), 2, 2048, 2),
-    ];
+    let hosts = vec![host("x86", &fixture("host-big.xml"), 4, 8192, 4), host("arm", &fixture("host-arm.xml"), 2, 2048, 2)];
     let mgr = VmManager::start(config(dir.path(), "abab0000"), hosts, store(dir.path()).await).await.unwrap();
     let arm = mgr.launch(request("a", &image("tiny-arm", Arch::Aarch64, 512, kernel()))).await.unwrap();
     let x86 = mgr.launch(request("x", &image("tiny", Arch::X86_64, 512, kernel()))).await.unwrap();

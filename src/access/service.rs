@@ -20,9 +20,9 @@ use super::ca::{CertSpec, FleetCa, cert_line};
 use super::keys::{end_sessions_ops, install_ops, removal_ops};
 use super::policy::{self, Decision, Subject};
 use super::{AccessError, Endpoint, Grant, GrantAnswer, GrantState, IssuedCert, Machines, Placed, Target, ssh_command};
-pub(crate) use crate::error::chain;
 use crate::clock::Clock;
 use crate::config::Fleet;
+pub(crate) use crate::error::chain;
 use crate::runs::RunState;
 use crate::store::{AuditEntry, CertRecord, Store};
 
@@ -298,9 +298,7 @@ impl Owner {
         let run = match &target {
             Target::Image(i) if fleet.image(i).is_none() => return Err(AccessError::UnknownImage(i.clone())),
             Target::Image(_) => None,
-            Target::Run(r) => Some(
-                self.store.run(r).await?.ok_or_else(|| AccessError::UnknownRun(r.clone()))?,
-            ),
+            Target::Run(r) => Some(self.store.run(r).await?.ok_or_else(|| AccessError::UnknownRun(r.clone()))?),
         };
         let decision = policy::decide(&fleet, user, &self.subject_of(&target, run.as_ref()), duration);
         if user.ssh_keys.is_empty() && !matches!(decision, Decision::Refuse(_)) {
@@ -329,7 +327,12 @@ impl Owner {
         match decision {
             Decision::Refuse(why) => {
                 // A refused request leaves no grant, but the attempt is on record.
-                let entry = AuditEntry { actor: by.into(), action: "request_refused".into(), subject: g.subject_text(), detail: format!("{what}; {why}") };
+                let entry = AuditEntry {
+                    actor: by.into(),
+                    action: "request_refused".into(),
+                    subject: g.subject_text(),
+                    detail: format!("{what}; {why}"),
+                };
                 self.store.audit(&entry.actor, &entry.action, &entry.subject, &entry.detail).await?;
                 Err(AccessError::Forbidden(why))
             }
@@ -505,12 +508,7 @@ impl Owner {
                     valid_before: before,
                 })
                 .map_err(|source| AccessError::Certificate { id: g.id.clone(), source })?;
-            out.push(IssuedCert {
-                serial,
-                key_fingerprint: fp,
-                key: key.to_openssh().unwrap_or_default(),
-                certificate: cert_line(&cert),
-            });
+            out.push(IssuedCert { serial, key_fingerprint: fp, key: key.to_openssh().unwrap_or_default(), certificate: cert_line(&cert) });
         }
         Ok(out)
     }
@@ -623,7 +621,8 @@ impl Owner {
             }
         };
         self.cleaning.insert(g.id.clone(), ());
-        let (fleet, store, machines, tx, now) = (self.fleet.clone(), self.store.clone(), self.machines.clone(), self.tx.clone(), self.now());
+        let (fleet, store, machines, tx, now) =
+            (self.fleet.clone(), self.store.clone(), self.machines.clone(), self.tx.clone(), self.now());
         tokio::spawn(async move {
             let result = clean(&fleet, &store, &*machines, &g, others, now).await;
             let _ = tx.send(Cmd::Cleaned { id: g.id.clone(), result });
@@ -727,7 +726,14 @@ async fn image_of(fleet: &Fleet, store: &Store, g: &Grant) -> Result<crate::conf
 }
 
 /// Gets a VM for `g` and, for images without the CA, installs the user's keys.
-async fn prepare(fleet: &Fleet, machines: &dyn Machines, store: &Store, g: &Grant, ca_line: &str, others_end: Option<DateTime<Utc>>) -> Prepared {
+async fn prepare(
+    fleet: &Fleet,
+    machines: &dyn Machines,
+    store: &Store,
+    g: &Grant,
+    ca_line: &str,
+    others_end: Option<DateTime<Utc>>,
+) -> Prepared {
     let mut p = Prepared { placed: None, vm_owned: false, run_hold_until: None, keys_installed: false, error: None };
     let image = match image_of(fleet, store, g).await {
         Ok(i) => i,
@@ -765,10 +771,8 @@ async fn prepare(fleet: &Fleet, machines: &dyn Machines, store: &Store, g: &Gran
         }
     }
     if !image.trusts_fleet_ca {
-        let keys: Vec<String> = fleet
-            .user(&g.user)
-            .map(|u| u.ssh_keys.iter().filter_map(|k| k.to_openssh().ok()).collect())
-            .unwrap_or_default();
+        let keys: Vec<String> =
+            fleet.user(&g.user).map(|u| u.ssh_keys.iter().filter_map(|k| k.to_openssh().ok()).collect()).unwrap_or_default();
         let vm = p.placed.as_ref().map(|pl| pl.name.clone()).unwrap_or_default();
         // Marked before the attempt: a half-done install is removed at the end too.
         p.keys_installed = true;
@@ -813,10 +817,7 @@ async fn clean(
     if g.keys_installed && !g.vm_owned {
         // On a VM that goes away anyway the keys go with it.
         let image = image_of(fleet, store, g).await.map_err(|e| chain(&e))?;
-        machines
-            .run_ops(vm, &image, removal_ops(image.os, &g.id, &g.user))
-            .await
-            .map_err(|e| e.to_string())?;
+        machines.run_ops(vm, &image, removal_ops(image.os, &g.id, &g.user)).await.map_err(|e| e.to_string())?;
         notes.push(format!("keys removed from {vm}"));
     }
     if g.vm_owned {
@@ -846,4 +847,3 @@ async fn clean(
     }
     Ok(notes)
 }
-

@@ -14,9 +14,7 @@ use crate::access::{Access, AccessError, Grant, GrantAnswer, GrantState, Target}
 impl From<AccessError> for ApiError {
     fn from(e: AccessError) -> Self {
         match e {
-            AccessError::UnknownImage(_) | AccessError::UnknownRun(_) | AccessError::UnknownGrant(_) => {
-                ApiError::NotFound(e.to_string())
-            }
+            AccessError::UnknownImage(_) | AccessError::UnknownRun(_) | AccessError::UnknownGrant(_) => ApiError::NotFound(e.to_string()),
             AccessError::UnknownUser(_) | AccessError::Forbidden(_) => ApiError::Forbidden(e.to_string()),
             AccessError::Invalid(_) => ApiError::BadRequest(e.to_string()),
             AccessError::WrongState { .. } => ApiError::Conflict(e.to_string()),

@@ -40,9 +40,7 @@ pub enum ApiError {
 impl From<RunsError> for ApiError {
     fn from(e: RunsError) -> Self {
         match e {
-            RunsError::UnknownJob { .. } | RunsError::UnknownImage { .. } | RunsError::UnknownRun(_) => {
-                ApiError::NotFound(e.to_string())
-            }
+            RunsError::UnknownJob { .. } | RunsError::UnknownImage { .. } | RunsError::UnknownRun(_) => ApiError::NotFound(e.to_string()),
             RunsError::NotCancellable { .. } => ApiError::Conflict(e.to_string()),
             RunsError::Store(s) => ApiError::Store(s),
             RunsError::Stopped => ApiError::CoordinatorStopped,

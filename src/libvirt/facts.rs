@@ -111,10 +111,7 @@ fn parse_capabilities(xml: &str) -> (String, BTreeMap<String, Vec<String>>) {
 pub fn check_host(host: &Host, facts: &HostFacts, images: &[Image]) -> Vec<String> {
     let mut out = Vec::new();
     if host.capacity.memory_mib > facts.memory_mib {
-        out.push(format!(
-            "host {}: memory_mib = {} but libvirt reports {} MiB",
-            host.name, host.capacity.memory_mib, facts.memory_mib
-        ));
+        out.push(format!("host {}: memory_mib = {} but libvirt reports {} MiB", host.name, host.capacity.memory_mib, facts.memory_mib));
     }
     if host.capacity.vcpus > facts.cpus {
         out.push(format!("host {}: vcpus = {} but libvirt reports {} CPUs", host.name, host.capacity.vcpus, facts.cpus));

@@ -3,13 +3,13 @@
 
 use std::net::SocketAddr;
 
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use axum::body::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
@@ -45,24 +45,13 @@ pub fn router(rec: Recorder) -> Router {
 /// Bearer`, `?token=` (pages and feeds opened in a browser or a feed reader), or
 /// pony-build's `/xmlrpc/<token>`. Submissions check their token again in their
 /// handlers, so this layer only ever refuses, never grants.
-async fn private_reads(
-    State(rec): State<Recorder>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+async fn private_reads(State(rec): State<Recorder>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if !rec.config().private_reads {
         return next.run(req).await;
     }
     let path = req.uri().path();
-    let from_query = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
-        .map(str::to_string);
-    let presented = bearer(req.headers())
-        .map(str::to_string)
-        .or(from_query)
-        .or_else(|| path.strip_prefix("/xmlrpc/").map(str::to_string));
+    let from_query = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token="))).map(str::to_string);
+    let presented = bearer(req.headers()).map(str::to_string).or(from_query).or_else(|| path.strip_prefix("/xmlrpc/").map(str::to_string));
     match presented {
         Some(t) if rec.authenticate(&t).is_some() => next.run(req).await,
         _ => ApiError::Unauthorized.into_response(),
@@ -224,12 +213,7 @@ async fn build_request(
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn xmlrpc_plain(
-    State(rec): State<Recorder>,
-    headers: HeaderMap,
-    ext: Extensions,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn xmlrpc_plain(State(rec): State<Recorder>, headers: HeaderMap, ext: Extensions, body: Result<Bytes, BytesRejection>) -> Response {
     xmlrpc_common(rec, bearer(&headers).map(str::to_owned), &ext, body).await
 }
 
@@ -242,15 +226,9 @@ async fn xmlrpc_with_token(
     xmlrpc_common(rec, Some(token), &ext, body).await
 }
 
-async fn xmlrpc_common(
-    rec: Recorder,
-    token: Option<String>,
-    ext: &Extensions,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let xml = |status: StatusCode, body: String| {
-        (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"))], body).into_response()
-    };
+async fn xmlrpc_common(rec: Recorder, token: Option<String>, ext: &Extensions, body: Result<Bytes, BytesRejection>) -> Response {
+    let xml =
+        |status: StatusCode, body: String| (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"))], body).into_response();
     let body = match body {
         Ok(b) => b,
         Err(rejection) => return xml(rejection.status(), xmlrpc::fault_xml(-32700, &rejection.body_text())),
@@ -456,8 +434,7 @@ async fn search(
         limit,
     };
     let results = rec.search(filter).await?;
-    let next_before =
-        if results.len() == limit as usize { results.last().map(|r| r.key.to_string()) } else { None };
+    let next_before = if results.len() == limit as usize { results.last().map(|r| r.key.to_string()) } else { None };
     Ok(Json(SearchJson { results: results.iter().map(SummaryJson::from).collect(), next_before }))
 }
 

@@ -31,9 +31,7 @@ pub(super) fn rfc3339(t: f64) -> String {
 }
 
 fn human_time(t: f64) -> String {
-    chrono::DateTime::from_timestamp_micros((t * 1e6) as i64)
-        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_default()
+    chrono::DateTime::from_timestamp_micros((t * 1e6) as i64).map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default()
 }
 
 fn human_duration(d: Option<f64>) -> String {
@@ -255,15 +253,10 @@ async fn feed_all(State(rec): State<Recorder>, headers: HeaderMap) -> Result<Res
 }
 
 async fn feed_failures(State(rec): State<Recorder>, headers: HeaderMap) -> Result<Response, ApiError> {
-    feed(&rec, &headers, "failures", "/feeds/failures.atom", Filter { success: Some(false), ..Filter::default() })
-        .await
+    feed(&rec, &headers, "failures", "/feeds/failures.atom", Filter { success: Some(false), ..Filter::default() }).await
 }
 
-async fn feed_package(
-    State(rec): State<Recorder>,
-    headers: HeaderMap,
-    Path(package): Path<String>,
-) -> Result<Response, ApiError> {
+async fn feed_package(State(rec): State<Recorder>, headers: HeaderMap, Path(package): Path<String>) -> Result<Response, ApiError> {
     let path = format!("/feeds/packages/{}", urlencode(&package));
     let title = format!("package {package}");
     feed(&rec, &headers, &title, &path, Filter { package: Some(package), ..Filter::default() }).await
@@ -301,10 +294,7 @@ async fn feed(rec: &Recorder, headers: &HeaderMap, title: &str, path: &str, filt
         entries,
     };
     match feed.render() {
-        Ok(body) => {
-            Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/atom+xml; charset=utf-8"))], body)
-                .into_response())
-        }
+        Ok(body) => Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/atom+xml; charset=utf-8"))], body).into_response()),
         Err(e) => {
             tracing::error!(error = %e, "rendering a feed");
             Ok((StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response())

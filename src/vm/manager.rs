@@ -20,12 +20,12 @@ use tracing::{info, warn};
 use crate::clock::Clock;
 use crate::config::{Boot, Fleet, Host, Image, PortRange};
 use crate::hosts::Block;
-use crate::libvirt::{self, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
 use crate::libvirt::storage;
+use crate::libvirt::{self, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
 use crate::store::{HostVolume, Store, VmRow};
 
-use super::placement::{self, HostView, Placement, Usage};
 use super::images::{self, PoolImage};
+use super::placement::{self, HostView, Placement, Usage};
 use super::ports::PortAllocator;
 use super::readiness::{self, Readiness, WaitError};
 use super::reconcile::{self, LiveSet, ReconcileReport};
@@ -382,7 +382,15 @@ impl Owner {
         match cmd {
             Cmd::Launch { req, reply } => {
                 self.seq += 1;
-                self.queue.push(Pending { req, reply, attempts: 0, tried: HashSet::new(), seq: self.seq, last_failure: None, missed_reported: false });
+                self.queue.push(Pending {
+                    req,
+                    reply,
+                    attempts: 0,
+                    tried: HashSet::new(),
+                    seq: self.seq,
+                    last_failure: None,
+                    missed_reported: false,
+                });
                 self.pump().await;
             }
             Cmd::Hold { name, until, reply } => {
@@ -1051,8 +1059,7 @@ impl Owner {
         let Some(tx) = self.tx.upgrade() else { return };
         self.reconciling = true;
         let handles: Vec<HostHandle> = self.hosts.iter().map(|h| h.handle.clone()).collect();
-        let (instance, live, dir, store) =
-            (self.cfg.instance_id.clone(), self.live_set(), self.cfg.state_dir.clone(), self.store.clone());
+        let (instance, live, dir, store) = (self.cfg.instance_id.clone(), self.live_set(), self.cfg.state_dir.clone(), self.store.clone());
         tokio::spawn(async move {
             let report = reconcile::reconcile(&handles, &instance, &live, &dir, &store).await;
             let _ = tx.send(Cmd::ReconcileDone { report, reply });
@@ -1095,8 +1102,7 @@ impl Owner {
             }
             let host = row.host.as_deref().and_then(|h| self.hosts.iter().position(|s| s.config.name == h));
             let held = row.hold_until.is_some_and(|t| t > now);
-            let (Some(host), Some(port), true, Some(VmState::Ready)) = (host, row.ssh_port, held, VmState::parse(&row.state))
-            else {
+            let (Some(host), Some(port), true, Some(VmState::Ready)) = (host, row.ssh_port, held, VmState::parse(&row.state)) else {
                 continue;
             };
             if self.hosts[host].handle.is_active(&row.name).await.ok().flatten() != Some(true) {
@@ -1258,10 +1264,10 @@ struct Attempt {
 
 impl Attempt {
     async fn run(self) {
-        let result = self.boot().await.map_err(|error| AttemptFailure {
-            error,
-            console_tail: readiness::console_tail(&self.console, self.tail_lines),
-        });
+        let result = self
+            .boot()
+            .await
+            .map_err(|error| AttemptFailure { error, console_tail: readiness::console_tail(&self.console, self.tail_lines) });
         let _ = self.tx.send(Cmd::AttemptDone { name: self.name.clone(), result });
     }
 
@@ -1336,10 +1342,7 @@ impl Attempt {
                 match readiness::wait_for_banner(addr, deadline, poll, running).await {
                     Ok(_) => {}
                     Err(WaitError::Timeout) => {
-                        return Err(format!(
-                            "no SSH banner from {} on {addr} within {:?}",
-                            self.name, self.boot_timeout
-                        ));
+                        return Err(format!("no SSH banner from {} on {addr} within {:?}", self.name, self.boot_timeout));
                     }
                     Err(WaitError::Stopped) => return Err(format!("domain {} stopped while booting", self.name)),
                 }

@@ -276,13 +276,8 @@ token = "s3cret"
     })
     .await;
     let db = rusqlite::Connection::open(rec.db_path()).unwrap();
-    let keys: Vec<String> = db
-        .prepare("SELECT idempotency_key FROM results")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let keys: Vec<String> =
+        db.prepare("SELECT idempotency_key FROM results").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
     assert_eq!(keys, vec![id.clone()], "delivered exactly once");
     assert_nothing_left(dir.path());
     daemon.stop().await.unwrap();

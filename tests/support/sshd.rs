@@ -94,7 +94,6 @@ impl Sshd {
     }
 }
 
-
 /// The server's files, made before it runs (so a client can know its keys in advance).
 pub struct Prepared {
     pub dir: tempfile::TempDir,
@@ -153,7 +152,6 @@ impl Prepared {
         }
         Some(Sshd { child, port, dir, host_key: host.public_key().clone(), client, ca })
     }
-
 }
 
 impl Drop for Sshd {
