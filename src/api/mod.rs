@@ -154,11 +154,6 @@ pub fn router(state: Shared) -> Router {
     r.layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024)).with_state(state)
 }
 
-/// The API and the dashboard together: what the daemon serves.
-pub fn app(state: Shared) -> Router {
-    router(state.clone()).merge(crate::dashboard::router(state))
-}
-
 const OPENAPI: &str = include_str!("openapi.json");
 
 async fn openapi() -> impl axum::response::IntoResponse {

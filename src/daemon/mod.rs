@@ -27,6 +27,13 @@ use crate::vm::{ManagerConfig, VmManager};
 
 pub use state_dir::{StateDir, StateDirError};
 
+/// The API and the dashboard together: what the daemon serves (the recorder is
+/// nested under `/recorder` beside them). Composed here so that `api` and
+/// `dashboard` depend one way: the dashboard on the API.
+pub fn app(state: crate::api::Shared) -> axum::Router {
+    crate::api::router(state.clone()).merge(crate::dashboard::router(state))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("preparing the state directory")]
@@ -151,7 +158,7 @@ impl Daemon {
         api.vms = Some(vms.clone());
         tokio::spawn(check_hosts(fleet.clone()));
         api.public_reads = fleet.daemon.public_reads;
-        let app = crate::api::app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
+        let app = app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
         let addr = options.listen.unwrap_or(fleet.daemon.listen);
         let listener = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| DaemonError::Listen { addr, source })?;

@@ -15,15 +15,16 @@ use serde_json::Value as JsonValue;
 
 use super::model::{BagError, ClientInfo, ResultDoc, ResultKey};
 use super::store::{Filter, PackageHealth, StoredResult, Summary};
-use super::{Origin, Recorder, RecorderError, web, xmlrpc};
+use super::{Origin, Recorder, RecorderError, xmlrpc};
 
-/// Everything the recorder serves, with its state applied, ready to `merge` into a bigger app
-/// (or `nest` under a prefix, with `RecorderConfig::base_path` set to that prefix).
+/// The REST and XML-RPC routes plus `pages` (the HTML pages and feeds of `web.rs`, passed
+/// in so that this file does not depend on `web.rs`, which uses its errors), with its state
+/// applied; see `recorder::router`.
 ///
 /// Submission auth, when tokens are configured: REST callers send `Authorization: Bearer
 /// <secret>`; XML-RPC callers post to `/xmlrpc/<secret>` (any pony-build client can be pointed at
 /// that URL unchanged) or send the same Bearer header. Everything else is public.
-pub fn router(rec: Recorder) -> Router {
+pub(super) fn router(rec: Recorder, pages: Router<Recorder>) -> Router {
     let limit = rec.config().body_limit;
     Router::new()
         .route("/api/v1/results", post(submit).get(search))
@@ -35,7 +36,7 @@ pub fn router(rec: Recorder) -> Router {
         .route("/api/v1/build-requests", post(build_request))
         .route("/xmlrpc", post(xmlrpc_plain))
         .route("/xmlrpc/{token}", post(xmlrpc_with_token))
-        .merge(web::routes())
+        .merge(pages)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(rec.clone(), private_reads))
         .with_state(rec)
@@ -267,7 +268,7 @@ impl From<&Summary> for SummaryJson {
         SummaryJson {
             key: s.key.to_string(),
             time: s.time,
-            time_rfc3339: web::rfc3339(s.time),
+            time_rfc3339: rfc3339(s.time),
             package: s.package.clone(),
             arch: s.arch.clone(),
             host: s.host.clone(),
@@ -329,7 +330,7 @@ impl From<StoredResult> for ResultJson {
         ResultJson {
             key: r.receipt.key.to_string(),
             time: r.receipt.time,
-            time_rfc3339: web::rfc3339(r.receipt.time),
+            time_rfc3339: rfc3339(r.receipt.time),
             client_ip: r.receipt.client_ip,
             submitter: r.receipt.submitter,
             tagset: r.tagset.tags().to_vec(),
@@ -440,4 +441,11 @@ async fn search(
 
 async fn missing_json(State(rec): State<Recorder>) -> Result<Json<Vec<SummaryJson>>, ApiError> {
     Ok(Json(rec.missing().await?.iter().map(SummaryJson::from).collect()))
+}
+
+/// A recorder timestamp (seconds since the epoch) as RFC 3339, for JSON and Atom feeds.
+pub(super) fn rfc3339(t: f64) -> String {
+    chrono::DateTime::from_timestamp_micros((t * 1e6) as i64)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }

@@ -14,9 +14,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use auth::SubmitToken;
-pub use http::router;
 pub use model::{Bag, BagError, ClientInfo, ResultDoc, ResultKey, Step, Tagset};
 pub use store::{Filter, PackageHealth, Receipt, StoredResult, Summary};
+
+/// Everything the recorder serves, with its state applied, ready to `merge` into a bigger app
+/// (or `nest` under a prefix, with `RecorderConfig::base_path` set to that prefix): the REST and
+/// XML-RPC routes of `http.rs` and the pages and feeds of `web.rs`.
+pub fn router(rec: Recorder) -> axum::Router {
+    http::router(rec, web::routes())
+}
 
 /// How a recorder behaves; defaults follow pony-build where it had one.
 #[derive(Debug, Clone)]

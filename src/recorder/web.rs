@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::http::{ApiError, parse_key};
+use super::http::{ApiError, parse_key, rfc3339};
 use super::store::{StoredResult, Summary};
 use super::{Filter, Recorder};
 
@@ -22,12 +22,6 @@ pub(super) fn routes() -> Router<Recorder> {
         .route("/feeds/all.atom", get(feed_all))
         .route("/feeds/failures.atom", get(feed_failures))
         .route("/feeds/packages/{package}", get(feed_package))
-}
-
-pub(super) fn rfc3339(t: f64) -> String {
-    chrono::DateTime::from_timestamp_micros((t * 1e6) as i64)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
 }
 
 fn human_time(t: f64) -> String {

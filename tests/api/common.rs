@@ -193,7 +193,7 @@ pub async fn serve(state: Shared) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(listener, paddock::api::app(state)).await.unwrap();
+        axum::serve(listener, paddock::daemon::app(state)).await.unwrap();
     });
     format!("http://{addr}")
 }
