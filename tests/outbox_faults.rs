@@ -34,8 +34,8 @@ where
 fn result_doc(run_id: &str, n: usize) -> String {
     serde_json::json!({
         "client_info": {"package": "demo", "arch": "x86_64", "host": format!("vm-{n}"),
-                        "tags": ["linux", "x86_64"], "success": n % 3 != 0, "duration": 1.5},
-        "results": [{"name": "build", "type": "build", "command": "make", "status": if n % 3 == 0 {2} else {0},
+                        "tags": ["linux", "x86_64"], "success": !n.is_multiple_of(3), "duration": 1.5},
+        "results": [{"name": "build", "type": "build", "command": "make", "status": if n.is_multiple_of(3) {2} else {0},
                      "output": "x".repeat(1000), "errout": "", "duration": 1.0}],
         "extras": {"run_id": run_id},
         "idempotency_key": run_id,

@@ -30,7 +30,8 @@ pub enum ApiError {
     AccessStopped,
     /// Preparing a grant (its VM, keys, certificates) failed.
     #[error("the grant could not be prepared")]
-    Grant(#[source] crate::access::AccessError),
+    /// Boxed: an access error is large and `ApiError` is returned everywhere.
+    Grant(#[source] Box<crate::access::AccessError>),
     #[error("the store failed")]
     Store(#[from] StoreError),
     #[error("cannot read the log {path}")]

@@ -96,7 +96,7 @@ pub struct RunPage {
 }
 
 fn pct(used: u64, cap: u64) -> u64 {
-    if cap == 0 { 0 } else { (used * 100 / cap).min(100) }
+    (used * 100).checked_div(cap).map_or(0, |p| p.min(100))
 }
 
 /// "42s", "7m", "3h 5m", "2d 4h": short enough for a table cell.

@@ -25,8 +25,9 @@ pub enum VmError {
     LaunchFailed {
         image: String,
         attempts: u32,
+        /// Boxed, so that `VmError` stays small.
         #[source]
-        error: LaunchError,
+        error: Box<LaunchError>,
         console_tail: String,
     },
     #[error("no host named {host}")]

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use paddock::runs::Trigger;
 
 #[path = "../recorder_support/mod.rs"]
-#[allow(dead_code)]
 mod recorder_support;
 
 use super::*;

@@ -18,7 +18,7 @@ use super::{AUTO, audit, human};
 /// What became of a new request.
 pub(super) enum Requested {
     /// Waiting for an admin: answered at once.
-    Pending(GrantAnswer),
+    Pending(Box<GrantAnswer>),
     /// Approved; answered when the grant is active.
     Preparing(String),
 }
@@ -92,7 +92,7 @@ impl Owner {
                 g.detail = Some(format!("waiting for an admin: {why}"));
                 self.store.insert_grant(&g.to_row(), audit(by, "request", &g, format!("{what}; {why}"))).await?;
                 info!(grant = %g.id, user = %by, "access request waits for an admin");
-                Ok(Requested::Pending(GrantAnswer { grant: g, certificates: Vec::new(), ssh_command: None }))
+                Ok(Requested::Pending(Box::new(GrantAnswer { grant: g, certificates: Vec::new(), ssh_command: None })))
             }
             Decision::Approve => {
                 self.store.insert_grant(&g.to_row(), audit(by, "request", &g, what)).await?;

@@ -75,7 +75,7 @@ impl Owner {
                 match self.request(&by, target, duration, &reason).await {
                     // Auto-approved: the answer comes when the grant is active.
                     Ok(Requested::Preparing(id)) => self.waiters.entry(id).or_default().push(reply),
-                    Ok(Requested::Pending(answer)) => drop(reply.send(Ok(answer))),
+                    Ok(Requested::Pending(answer)) => drop(reply.send(Ok(*answer))),
                     Err(e) => drop(reply.send(Err(e))),
                 }
             }

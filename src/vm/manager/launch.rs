@@ -212,7 +212,7 @@ impl Owner {
         tokio::spawn(job.run());
     }
 
-    pub(super) async fn attempt_done(&mut self, name: String, result: Result<Booted, AttemptFailure>) {
+    pub(super) async fn attempt_done(&mut self, name: String, result: Result<Booted, Box<AttemptFailure>>) {
         let Some(vm) = self.vms.get_mut(&name) else { return };
         let stopping = vm.state == VmState::Stopping;
         let Some(mut pending) = vm.launch.take() else { return };
@@ -252,11 +252,11 @@ impl Owner {
                     let _ = pending.reply.send(Err(VmError::LaunchFailed {
                         image: pending.req.image.name.clone(),
                         attempts: pending.attempts,
-                        error: failure.error,
+                        error: Box::new(failure.error),
                         console_tail: failure.console_tail,
                     }));
                 } else {
-                    pending.last_failure = Some(failure);
+                    pending.last_failure = Some(*failure);
                     self.queue.push(pending);
                     self.pump().await;
                 }
@@ -301,7 +301,7 @@ impl Attempt {
         let result = self
             .boot()
             .await
-            .map_err(|error| AttemptFailure { error, console_tail: readiness::console_tail(&self.console, self.tail_lines) });
+            .map_err(|error| Box::new(AttemptFailure { error, console_tail: readiness::console_tail(&self.console, self.tail_lines) }));
         let _ = self.tx.send(Cmd::AttemptDone { name: self.name.clone(), result });
     }
 

@@ -156,21 +156,66 @@ pub struct Snapshot {
 type Reply<T> = oneshot::Sender<Result<T, VmError>>;
 
 enum Cmd {
-    Launch { req: LaunchRequest, reply: Reply<ReadyVm> },
-    Hold { name: String, until: DateTime<Utc>, reply: Reply<()> },
-    Release { name: String, reply: Reply<()> },
-    Destroy { name: String, reply: Reply<()> },
-    Snapshot { reply: oneshot::Sender<Snapshot> },
-    SetBlock { host: String, block: Option<Block>, reply: Reply<()> },
-    ReconcileNow { reply: oneshot::Sender<ReconcileReport> },
-    Running { name: String, reply: Reply<bool> },
+    Launch {
+        /// Boxed: a request carries a whole `Image`.
+        req: Box<LaunchRequest>,
+        reply: Reply<ReadyVm>,
+    },
+    Hold {
+        name: String,
+        until: DateTime<Utc>,
+        reply: Reply<()>,
+    },
+    Release {
+        name: String,
+        reply: Reply<()>,
+    },
+    Destroy {
+        name: String,
+        reply: Reply<()>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Snapshot>,
+    },
+    SetBlock {
+        host: String,
+        block: Option<Block>,
+        reply: Reply<()>,
+    },
+    ReconcileNow {
+        reply: oneshot::Sender<ReconcileReport>,
+    },
+    Running {
+        name: String,
+        reply: Reply<bool>,
+    },
     // Reports from spawned tasks.
-    Progress { name: String, state: VmState },
-    AttemptDone { name: String, result: Result<Booted, AttemptFailure> },
-    TeardownDone { name: String, result: Result<(), String> },
-    ReconcileDone { report: ReconcileReport, reply: Option<oneshot::Sender<ReconcileReport>> },
-    ImageUploaded { host: usize, image: String, result: Result<PoolImage, String> },
-    SweepDone { host: usize, image: String },
+    Progress {
+        name: String,
+        state: VmState,
+    },
+    /// Boxed: a failure carries a libvirt error and is much larger than the other commands.
+    AttemptDone {
+        name: String,
+        result: Result<Booted, Box<AttemptFailure>>,
+    },
+    TeardownDone {
+        name: String,
+        result: Result<(), String>,
+    },
+    ReconcileDone {
+        report: ReconcileReport,
+        reply: Option<oneshot::Sender<ReconcileReport>>,
+    },
+    ImageUploaded {
+        host: usize,
+        image: String,
+        result: Result<PoolImage, String>,
+    },
+    SweepDone {
+        host: usize,
+        image: String,
+    },
 }
 
 /// A handle to the manager; cheap to clone. The owner task ends when every handle is dropped.
@@ -237,7 +282,7 @@ impl VmManager {
     /// Boots a VM for `req` and returns when its SSH answers. Waits in the
     /// queue while no host has room.
     pub async fn launch(&self, req: LaunchRequest) -> Result<ReadyVm, VmError> {
-        self.ask(|reply| Cmd::Launch { req, reply }).await?
+        self.ask(|reply| Cmd::Launch { req: Box::new(req), reply }).await?
     }
 
     /// Keeps a ready VM past its release until `until`.

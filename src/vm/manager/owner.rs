@@ -113,7 +113,7 @@ impl Owner {
             Cmd::Launch { req, reply } => {
                 self.seq += 1;
                 self.queue.push(Pending {
-                    req,
+                    req: *req,
                     reply,
                     attempts: 0,
                     tried: HashSet::new(),
