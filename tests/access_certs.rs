@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use paddock::access::{CertSpec, FleetCa, ca::cert_line};
 use ssh_key::{LineEnding, PrivateKey};
-use support::sshd::{Prepared, Sshd, free_port, random_key};
+use support::free_port;
+use support::sshd::{Prepared, Sshd, random_key};
 
 fn write_private(path: &Path, key: &PrivateKey) {
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).unwrap();

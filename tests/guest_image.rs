@@ -2,54 +2,25 @@
 //! image with `images/build-guest.sh`, boots it on `qemu:///system` through
 //! `bench/baseline.sh`, and logs in with the real OpenSSH client by key and by certificate.
 
+mod support;
+
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use support::virsh::domains_named;
+use support::{free_port, repo, run, value};
+
 /// Generous for TCG on a shared 2-core machine; a boot normally takes 3 to 7 s.
 const BOOT_DEADLINE_S: u32 = 120;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn image_dir() -> PathBuf {
     repo().join("images/out/x86_64")
 }
 
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Builds the image (a no-op when it is current; the script serialises parallel callers).
 fn build_guest() -> Output {
     run(Command::new(repo().join("images/build-guest.sh")).arg("x86_64"))
-}
-
-/// A port that was free a moment ago; passt binds it when the domain starts.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
-}
-
-/// The `key=value` line `key` printed by baseline.sh.
-fn value<'a>(stdout: &'a str, key: &str) -> &'a str {
-    let prefix = format!("{key}=");
-    stdout.lines().find_map(|l| l.strip_prefix(prefix.as_str())).unwrap_or_else(|| panic!("no `{key}=` line in:\n{stdout}"))
-}
-
-fn domains_named(prefix: &str) -> Vec<String> {
-    let out = run(Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]));
-    String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|n| n.starts_with(prefix)).map(str::to_owned).collect()
 }
 
 /// Runs baseline.sh on a fresh port and checks what every boot must satisfy: login within

@@ -2,34 +2,19 @@
 //! a recorder that is down while results pile up, and a daemon killed with
 //! SIGKILL before it could deliver.
 
-mod recorder_support;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use paddock::clock::Clock;
 use paddock::outbox::{Backoff, Destination, Forwarder};
 use paddock::store::{RunEnd, RunRow, Store};
-use recorder_support::RecorderProcess;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !probe().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+use support::recorder::RecorderProcess;
+use support::{free_port, wait_until};
 
 fn result_doc(run_id: &str, n: usize) -> String {
     serde_json::json!({

@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use paddock::config::{Shell, Step, StepKind};
 use paddock::ssh::{self, ClientKey, ExitStatus, HostKeyCheck, Session, SshConfig, SshError, Stream, Target, connect, connect_with_retry};
 use paddock::steps::{self, OutputCaps, OutputChunk, StepIo, StepOutcome, StepsConfig, StepsReport, run_steps};
-use support::sshd::{Prepared, Sshd, free_port, random_key};
+use support::sshd::{Prepared, Sshd, random_key};
+use support::{free_port, wait_until};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
@@ -57,19 +58,6 @@ async fn run_with_env(
 fn no_cancel() -> watch::Receiver<bool> {
     // Keeping the sender alive would be the same; a dropped one must mean "never cancelled".
     watch::channel(false).1
-}
-
-/// Polls `probe` until it holds or the deadline passes.
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !probe().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Whether a process whose command line contains `needle` runs in the guest (checked over SSH).

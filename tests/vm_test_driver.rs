@@ -2,14 +2,18 @@
 //! different capacities (placement, queuing, down hosts), and `test:///default`
 //! for reconciliation at scale and after a daemon restart.
 
+mod support;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use paddock::config::{Accelerator, Arch, Boot, Capacity, Host, HostKeyPolicy, Image, Os, PortRange, Shell};
+use paddock::config::{Accelerator, Arch, Boot, Capacity, Host, Image, PortRange};
 use paddock::libvirt::{HostHandle, HostStatus};
 use paddock::store::Store;
 use paddock::vm::{LaunchRequest, ManagerConfig, Readiness, VmError, VmManager, VmState};
+use support::fixtures::image;
+use support::wait_until;
 
 fn fixture(name: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
@@ -26,26 +30,6 @@ fn host(name: &str, uri: &str, max_vms: u32, memory_mib: u64, vcpus: u32) -> Hos
         network: None,
         image_pool: None,
         limits: Default::default(),
-    }
-}
-
-fn image(name: &str, arch: Arch, memory_mib: u64, boot: Boot) -> Image {
-    Image {
-        name: name.into(),
-        os: Os::Linux,
-        arch,
-        boot,
-        memory_mib,
-        vcpus: 1,
-        user: "root".into(),
-        shell: Shell::Sh,
-        host_key: HostKeyPolicy::Console,
-        trusts_fleet_ca: false,
-        boot_timeout: Duration::from_secs(10),
-        nic_model: None,
-        tpm: false,
-        smc_key: None,
-        firmware: None,
     }
 }
 
@@ -73,19 +57,6 @@ fn config(state_dir: &Path, instance: &str) -> ManagerConfig {
 
 fn request(run: &str, image: &Image) -> LaunchRequest {
     LaunchRequest { run_id: run.into(), job: None, image: image.clone(), authorized_keys: vec![], ca_key: None, priority: 0 }
-}
-
-/// Polls `probe` until it holds or `deadline` passes.
-async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = Instant::now() + deadline;
-    while !probe().await {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn store(dir: &Path) -> Store {
