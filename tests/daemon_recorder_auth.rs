@@ -95,28 +95,13 @@ fn paddock() -> Command {
 }
 
 fn token(fleet: &Path, user: &str) -> String {
-    let out = paddock()
-        .args(["token", "-c"])
-        .arg(fleet)
-        .args(["create", user])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = paddock().args(["token", "-c"]).arg(fleet).args(["create", user]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 fn serve(fleet: &Path) -> Serve {
-    let mut child = paddock()
-        .args(["serve", "-c"])
-        .arg(fleet)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = paddock().args(["serve", "-c"]).arg(fleet).args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -126,9 +111,7 @@ fn serve(fleet: &Path) -> Serve {
             }
         }
     });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("paddock serve did not print its address");
+    let url = rx.recv_timeout(Duration::from_secs(60)).expect("paddock serve did not print its address");
     Serve { child, url }
 }
 
@@ -157,27 +140,15 @@ except xmlrpc.client.Fault as f:
 except xmlrpc.client.ProtocolError as e:
     print("http", e.errcode)
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, url])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("python3").args(["-c", script, url]).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 fn recorder_rows(db: &Path) -> (i64, i64) {
-    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
-    let results = c
-        .query_row("SELECT count(*) FROM results", [], |r| r.get(0))
-        .unwrap();
-    let steps = c
-        .query_row("SELECT count(*) FROM steps", [], |r| r.get(0))
-        .unwrap();
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let results = c.query_row("SELECT count(*) FROM results", [], |r| r.get(0)).unwrap();
+    let steps = c.query_row("SELECT count(*) FROM steps", [], |r| r.get(0)).unwrap();
     (results, steps)
 }
 
@@ -190,11 +161,7 @@ async fn embedded_recorder_needs_credentials_scopes_keys_and_gets_each_run_once(
     std::fs::create_dir_all(dir.path().join("k")).unwrap();
     std::fs::write(dir.path().join("k/vmlinuz"), b"not a kernel").unwrap();
     std::fs::write(dir.path().join("k/initrd.img"), b"not an initrd").unwrap();
-    let (root, alice, bob) = (
-        token(&fleet, "root"),
-        token(&fleet, "alice"),
-        token(&fleet, "bob"),
-    );
+    let (root, alice, bob) = (token(&fleet, "root"), token(&fleet, "alice"), token(&fleet, "bob"));
     let daemon = serve(&fleet);
     let base = format!("{}/recorder", daemon.url);
     let db = dir.path().join("state/recorder.db");
@@ -208,74 +175,25 @@ async fn embedded_recorder_needs_credentials_scopes_keys_and_gets_each_run_once(
     };
 
     // Anonymous submissions, REST and XML-RPC, are refused and store nothing.
-    assert_eq!(
-        post(None, &result_doc("h", true, None))
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        post(Some("pdk_nope_nope"), &result_doc("h", true, None))
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(post(None, &result_doc("h", true, None)).await.unwrap().status(), 401);
+    assert_eq!(post(Some("pdk_nope_nope"), &result_doc("h", true, None)).await.unwrap().status(), 401);
     assert_eq!(python_add_results(&format!("{base}/xmlrpc")), "http 401");
-    assert_eq!(
-        python_add_results(&format!("{base}/xmlrpc/pdk_nope_nope")),
-        "http 401"
-    );
+    assert_eq!(python_add_results(&format!("{base}/xmlrpc/pdk_nope_nope")), "http 401");
     // A viewer may read but not submit, on either protocol.
-    assert_eq!(
-        post(Some(&bob), &result_doc("h", true, None))
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
-    assert_eq!(
-        python_add_results(&format!("{base}/xmlrpc/{bob}")),
-        "fault 401"
-    );
+    assert_eq!(post(Some(&bob), &result_doc("h", true, None)).await.unwrap().status(), 403);
+    assert_eq!(python_add_results(&format!("{base}/xmlrpc/{bob}")), "fault 401");
     assert_eq!(recorder_rows(&db), (0, 0));
     // pony-build's URL form works with a maintainer's token.
     assert!(python_add_results(&format!("{base}/xmlrpc/{alice}")).starts_with("stored ['1', "));
 
     // Another submitter's key does not touch a result: root's stays as root sent it.
-    let r = post(Some(&root), &result_doc("root-host", false, Some("k-1")))
-        .await
-        .unwrap();
+    let r = post(Some(&root), &result_doc("root-host", false, Some("k-1"))).await.unwrap();
     assert_eq!(r.status(), 201);
-    let root_key = r.json::<Value>().await.unwrap()["result_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let a = post(Some(&alice), &result_doc("alice-host", true, Some("k-1")))
-        .await
-        .unwrap();
-    assert_eq!(
-        a.status(),
-        201,
-        "alice's result is her own, not a replay of root's"
-    );
-    let got: Value = http
-        .get(format!("{base}/api/v1/results/{root_key}"))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        (
-            got["submitter"].as_str(),
-            got["client_info"]["host"].as_str()
-        ),
-        (Some("root"), Some("root-host"))
-    );
+    let root_key = r.json::<Value>().await.unwrap()["result_key"].as_str().unwrap().to_owned();
+    let a = post(Some(&alice), &result_doc("alice-host", true, Some("k-1"))).await.unwrap();
+    assert_eq!(a.status(), 201, "alice's result is her own, not a replay of root's");
+    let got: Value = http.get(format!("{base}/api/v1/results/{root_key}")).bearer_auth(&bob).send().await.unwrap().json().await.unwrap();
+    assert_eq!((got["submitter"].as_str(), got["client_info"]["host"].as_str()), (Some("root"), Some("root-host")));
     assert_eq!(got["client_info"]["success"], false);
 
     // Every read needs a credential: JSON, pages, feeds and XML-RPC.
@@ -296,86 +214,38 @@ async fn embedded_recorder_needs_credentials_scopes_keys_and_gets_each_run_once(
     ] {
         let anon = http.get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(anon.status(), 401, "{path}");
-        let bad = http
-            .get(format!("{base}{path}?token=pdk_nope_nope"))
-            .send()
-            .await
-            .unwrap();
+        let bad = http.get(format!("{base}{path}?token=pdk_nope_nope")).send().await.unwrap();
         assert_eq!(bad.status(), 401, "{path}");
-        let viewer = http
-            .get(format!("{base}{path}"))
-            .bearer_auth(&bob)
-            .send()
-            .await
-            .unwrap();
+        let viewer = http.get(format!("{base}{path}")).bearer_auth(&bob).send().await.unwrap();
         assert_eq!(viewer.status(), 200, "{path}");
-        let by_cookie = http
-            .get(format!("{base}{path}"))
-            .header("cookie", format!("paddock_token={bob}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            by_cookie.status(),
-            200,
-            "{path} with the dashboard's cookie"
-        );
+        let by_cookie = http.get(format!("{base}{path}")).header("cookie", format!("paddock_token={bob}")).send().await.unwrap();
+        assert_eq!(by_cookie.status(), 200, "{path} with the dashboard's cookie");
     }
     let read_call = "<?xml version='1.0'?><methodCall><methodName>get_results</methodName><params><param><value><string>1</string></value></param></params></methodCall>";
-    let xr = http
-        .post(format!("{base}/xmlrpc"))
-        .header("content-type", "text/xml")
-        .body(read_call)
-        .send()
-        .await
-        .unwrap();
+    let xr = http.post(format!("{base}/xmlrpc")).header("content-type", "text/xml").body(read_call).send().await.unwrap();
     assert_eq!(xr.status(), 401);
 
     // The daemon's own run reaches its recorder exactly once, in-process (no client address).
-    let t = http
-        .post(format!("{}/api/v1/runs", daemon.url))
-        .bearer_auth(&alice)
-        .json(&json!({"job": "pdkt-job"}))
-        .send()
-        .await
-        .unwrap();
+    let t = http.post(format!("{}/api/v1/runs", daemon.url)).bearer_auth(&alice).json(&json!({"job": "pdkt-job"})).send().await.unwrap();
     assert!(t.status().is_success(), "{}", t.text().await.unwrap());
     let t: Value = t.json().await.unwrap();
-    let run_id = t["runs"][0]
-        .as_str()
-        .unwrap_or_else(|| panic!("{t}"))
-        .to_owned();
+    let run_id = t["runs"][0].as_str().unwrap_or_else(|| panic!("{t}")).to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let detail: Value = http
-            .get(format!("{}/api/v1/runs/{run_id}", daemon.url))
-            .bearer_auth(&bob)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let detail: Value =
+            http.get(format!("{}/api/v1/runs/{run_id}", daemon.url)).bearer_auth(&bob).send().await.unwrap().json().await.unwrap();
         let outbox = &detail["outbox"];
-        let delivered = outbox
-            .as_array()
-            .is_some_and(|o| o.len() == 1 && !o[0]["delivered_at"].is_null());
+        let delivered = outbox.as_array().is_some_and(|o| o.len() == 1 && !o[0]["delivered_at"].is_null());
         if delivered {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the run's result was not delivered: {detail}"
-        );
+        assert!(Instant::now() < deadline, "the run's result was not delivered: {detail}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // alice now tries the run id as her own key: it is a new result of hers, not the daemon's.
-    let replay = post(Some(&alice), &result_doc("h", true, Some(&run_id)))
-        .await
-        .unwrap();
+    let replay = post(Some(&alice), &result_doc("h", true, Some(&run_id))).await.unwrap();
     assert_eq!(replay.status(), 201);
-    let c = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
+    let c = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let (n, ip, who, package): (i64, Option<String>, Option<String>, String) = c
         .query_row(
             "SELECT count(*), r.client_ip, r.submitter, r.package FROM submission_keys k JOIN results r ON r.id = k.result_id
@@ -384,14 +254,6 @@ async fn embedded_recorder_needs_credentials_scopes_keys_and_gets_each_run_once(
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .unwrap();
-    assert_eq!(
-        (n, ip, who, package.as_str()),
-        (1, None, None, "pdkt-job"),
-        "one in-process delivery of the run"
-    );
-    assert_eq!(
-        recorder_rows(&db).0,
-        5,
-        "alice's XML-RPC result, root's, alice's, the run's, alice's replay"
-    );
+    assert_eq!((n, ip, who, package.as_str()), (1, None, None, "pdkt-job"), "one in-process delivery of the run");
+    assert_eq!(recorder_rows(&db).0, 5, "alice's XML-RPC result, root's, alice's, the run's, alice's replay");
 }

@@ -5,9 +5,9 @@
 //! key path, and all errors are reported at once rather than the first alone.
 
 pub mod duration;
-mod size;
 mod model;
 mod raw;
+mod size;
 mod validate;
 
 use std::fmt;
@@ -47,11 +47,7 @@ impl fmt::Display for ConfigError {
         if let (Some(l), Some(c)) = (self.line, self.column) {
             write!(f, ":{l}:{c}")?;
         }
-        if self.path.is_empty() {
-            write!(f, ": {}", self.message)
-        } else {
-            write!(f, ": {}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { write!(f, ": {}", self.message) } else { write!(f, ": {}: {}", self.path, self.message) }
     }
 }
 

@@ -16,10 +16,7 @@ pub struct ApiTokens {
 }
 
 impl Authenticator for ApiTokens {
-    fn authenticate<'a>(
-        &'a self,
-        secret: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Option<Principal>> + Send + 'a>> {
+    fn authenticate<'a>(&'a self, secret: &'a str) -> Pin<Box<dyn Future<Output = Option<Principal>> + Send + 'a>> {
         Box::pin(async move {
             let user = match self.store.token_user(secret).await {
                 Ok(u) => u?,
@@ -29,10 +26,7 @@ impl Authenticator for ApiTokens {
                 }
             };
             let u = self.fleet.user(&user)?;
-            Some(Principal {
-                name: u.name.clone(),
-                may_submit: u.role >= Role::Maintainer,
-            })
+            Some(Principal { name: u.name.clone(), may_submit: u.role >= Role::Maintainer })
         })
     }
 }

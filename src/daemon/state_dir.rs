@@ -146,16 +146,35 @@ mod tests {
             std::fs::write(root.join(f), "x").unwrap();
         }
         let open = |p: &str, m: u32| std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(m)).unwrap();
-        for (p, m) in [("", 0o755), ("keys", 0o755), ("logs", 0o755), ("logs/run-1", 0o777), ("paddock.db", 0o644),
-                       ("recorder.db-wal", 0o666), ("logs/run-1/run.log", 0o644), ("keys/id_ed25519", 0o644), ("overlays/vm.qcow2", 0o644)] {
+        for (p, m) in [
+            ("", 0o755),
+            ("keys", 0o755),
+            ("logs", 0o755),
+            ("logs/run-1", 0o777),
+            ("paddock.db", 0o644),
+            ("recorder.db-wal", 0o666),
+            ("logs/run-1/run.log", 0o644),
+            ("keys/id_ed25519", 0o644),
+            ("overlays/vm.qcow2", 0o644),
+        ] {
             open(p, m);
         }
         StateDir::prepare(&root).unwrap();
         let mode = |p: &str| std::fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o777;
-        for (p, want) in [("", 0o711), ("overlays", 0o711), ("consoles", 0o711), ("keys", 0o700), ("logs", 0o700),
-                          ("logs/run-1", 0o700), ("paddock.db", 0o600), ("recorder.db-wal", 0o600),
-                          ("logs/run-1/run.log", 0o600), ("keys/id_ed25519", 0o600), ("instance-id", 0o600),
-                          ("overlays/vm.qcow2", 0o644)] {
+        for (p, want) in [
+            ("", 0o711),
+            ("overlays", 0o711),
+            ("consoles", 0o711),
+            ("keys", 0o700),
+            ("logs", 0o700),
+            ("logs/run-1", 0o700),
+            ("paddock.db", 0o600),
+            ("recorder.db-wal", 0o600),
+            ("logs/run-1/run.log", 0o600),
+            ("keys/id_ed25519", 0o600),
+            ("instance-id", 0o600),
+            ("overlays/vm.qcow2", 0o644),
+        ] {
             assert_eq!(mode(p), want, "{p}: {:o}", mode(p));
         }
     }

@@ -19,10 +19,7 @@ pub struct Principal {
 /// Resolves a presented secret to a caller. The daemon implements it over its own API tokens so
 /// the embedded recorder accepts exactly the credentials the rest of the daemon does.
 pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate<'a>(
-        &'a self,
-        secret: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Option<Principal>> + Send + 'a>>;
+    fn authenticate<'a>(&'a self, secret: &'a str) -> Pin<Box<dyn Future<Output = Option<Principal>> + Send + 'a>>;
 }
 
 /// A submitter's name and secret, as configured (`--token NAME=SECRET`).
@@ -34,10 +31,7 @@ pub struct SubmitToken {
 
 impl std::fmt::Debug for SubmitToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SubmitToken")
-            .field("name", &self.name)
-            .field("secret", &"<redacted>")
-            .finish()
+        f.debug_struct("SubmitToken").field("name", &self.name).field("secret", &"<redacted>").finish()
     }
 }
 
@@ -51,12 +45,7 @@ fn digest(secret: &str) -> [u8; 32] {
 
 impl TokenSet {
     pub(super) fn new(tokens: &[SubmitToken]) -> TokenSet {
-        TokenSet {
-            digests: tokens
-                .iter()
-                .map(|t| (t.name.clone(), digest(&t.secret)))
-                .collect(),
-        }
+        TokenSet { digests: tokens.iter().map(|t| (t.name.clone(), digest(&t.secret))).collect() }
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -69,10 +58,7 @@ impl TokenSet {
         let d = digest(presented);
         let mut found = None;
         for (name, want) in &self.digests {
-            let diff = want
-                .iter()
-                .zip(d.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            let diff = want.iter().zip(d.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
             if diff == 0 {
                 found = Some(name.as_str());
             }
@@ -95,14 +81,8 @@ mod tests {
     #[test]
     fn finds_the_right_submitter() {
         let set = TokenSet::new(&[
-            SubmitToken {
-                name: "lab1".into(),
-                secret: "s3cret".into(),
-            },
-            SubmitToken {
-                name: "lab2".into(),
-                secret: "other".into(),
-            },
+            SubmitToken { name: "lab1".into(), secret: "s3cret".into() },
+            SubmitToken { name: "lab2".into(), secret: "other".into() },
         ]);
         assert_eq!(set.check("other"), Some("lab2"));
         assert_eq!(set.check("s3cre"), None);

@@ -15,17 +15,18 @@ use serde_json::Value as JsonValue;
 
 use super::model::{BagError, ClientInfo, ResultDoc, ResultKey};
 use super::store::{Filter, PackageHealth, StoredResult, Summary};
-use super::{Origin, Recorder, RecorderError, web, xmlrpc};
+use super::{Origin, Recorder, RecorderError, xmlrpc};
 
-/// Everything the recorder serves, with its state applied, ready to `merge` into a bigger app
-/// (or `nest` under a prefix, with `RecorderConfig::base_path` set to that prefix).
+/// The REST and XML-RPC routes plus `pages` (the HTML pages and feeds of `web.rs`, passed
+/// in so that this file does not depend on `web.rs`, which uses its errors), with its state
+/// applied; see `recorder::router`.
 ///
 /// Submission auth, always: REST callers send `Authorization: Bearer <secret>`; XML-RPC callers
 /// post to `/xmlrpc/<secret>` (any pony-build client can be pointed at that URL unchanged) or send
 /// the same Bearer header. A submission's credential and Content-Type (`application/json` for
 /// REST, `text/xml` for XML-RPC) are checked before its body is read. Reads are public unless
 /// `private_reads` is set.
-pub fn router(rec: Recorder) -> Router {
+pub(super) fn router(rec: Recorder, pages: Router<Recorder>) -> Router {
     let limit = rec.config().body_limit;
     Router::new()
         .route("/api/v1/results", post(submit).get(search))
@@ -37,12 +38,9 @@ pub fn router(rec: Recorder) -> Router {
         .route("/api/v1/build-requests", post(build_request))
         .route("/xmlrpc", post(xmlrpc_plain))
         .route("/xmlrpc/{token}", post(xmlrpc_with_token))
-        .merge(web::routes())
+        .merge(pages)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(
-            rec.clone(),
-            private_reads,
-        ))
+        .layer(axum::middleware::from_fn_with_state(rec.clone(), private_reads))
         .with_state(rec)
 }
 
@@ -57,10 +55,7 @@ fn presented_credential(req: &axum::extract::Request) -> Option<String> {
     if let Some(b) = bearer(req.headers()) {
         return Some(b.to_owned());
     }
-    let from_query = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+    let from_query = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
     if let Some(t) = from_query {
         return Some(t.to_owned());
     }
@@ -84,11 +79,7 @@ fn presented_credential(req: &axum::extract::Request) -> Option<String> {
 /// With `private_reads`, every request must carry a credential the recorder knows (see
 /// [`presented_credential`]). Submissions check theirs again in their handlers, so this layer
 /// only ever refuses, never grants.
-async fn private_reads(
-    State(rec): State<Recorder>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+async fn private_reads(State(rec): State<Recorder>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if !rec.config().private_reads {
         return next.run(req).await;
     }
@@ -130,16 +121,13 @@ impl ApiError {
     fn status_and_message(self) -> (StatusCode, String) {
         match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
-            ApiError::Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                "a valid credential is required (Authorization: Bearer, ?token= or /xmlrpc/<token>)".into(),
-            ),
+            ApiError::Unauthorized => {
+                (StatusCode::UNAUTHORIZED, "a valid credential is required (Authorization: Bearer, ?token= or /xmlrpc/<token>)".into())
+            }
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
-            ApiError::TooLarge(limit) => {
-                (StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {limit} bytes"))
-            }
+            ApiError::TooLarge(limit) => (StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {limit} bytes")),
             ApiError::Body(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::Recorder(RecorderError::Invalid(bag)) => (StatusCode::BAD_REQUEST, bag.to_string()),
             ApiError::Recorder(e @ RecorderError::OverLimit { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
@@ -162,25 +150,18 @@ impl IntoResponse for ApiError {
         let (status, message) = self.status_and_message();
         let mut r = (status, Json(ErrorBody { error: message })).into_response();
         if unauthorized {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         r
     }
 }
 
 fn client_ip(ext: &Extensions) -> Option<String> {
-    ext.get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+    ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
 /// The submitter a request speaks for: `Unauthorized` without a credential the recorder knows,
@@ -191,31 +172,21 @@ async fn submitter(rec: &Recorder, presented: Option<&str>) -> Result<String, Ap
     };
     match rec.authenticate(secret).await {
         Some(p) if p.may_submit => Ok(p.name),
-        Some(p) => Err(ApiError::Forbidden(format!(
-            "`{}` may read results but not submit them",
-            p.name
-        ))),
+        Some(p) => Err(ApiError::Forbidden(format!("`{}` may read results but not submit them", p.name))),
         None => Err(ApiError::Unauthorized),
     }
 }
 
 /// Refuses a body whose Content-Type is not `want` (parameters such as `charset` allowed).
 fn require_content_type(headers: &HeaderMap, want: &str) -> Result<(), ApiError> {
-    let got = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let got = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = got.split(';').next().unwrap_or("").trim();
     if essence.eq_ignore_ascii_case(want) {
         Ok(())
     } else if got.is_empty() {
-        Err(ApiError::UnsupportedMediaType(format!(
-            "Content-Type must be {want}; none was sent"
-        )))
+        Err(ApiError::UnsupportedMediaType(format!("Content-Type must be {want}; none was sent")))
     } else {
-        Err(ApiError::UnsupportedMediaType(format!(
-            "Content-Type must be {want}, not {got:?}"
-        )))
+        Err(ApiError::UnsupportedMediaType(format!("Content-Type must be {want}, not {got:?}")))
     }
 }
 
@@ -224,12 +195,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::TooLarge(limit))
-        }
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::TooLarge(limit)),
         Err(e) => Err(ApiError::Body(format!("cannot read the request body: {e}"))),
     }
 }
@@ -278,22 +244,13 @@ pub fn decode_submission(body: &[u8]) -> Result<Submission, SubmissionError> {
         None | Some(JsonValue::Null) => None,
         Some(JsonValue::String(k)) if !k.is_empty() && k.len() <= 256 => Some(k),
         Some(_) => {
-            return Err(malformed(
-                "idempotency_key: expected a string of 1 to 256 bytes",
-            ));
+            return Err(malformed("idempotency_key: expected a string of 1 to 256 bytes"));
         }
     };
-    let client_info = top
-        .remove("client_info")
-        .ok_or_else(|| malformed("client_info: missing"))?;
-    let results = top
-        .remove("results")
-        .ok_or_else(|| malformed("results: missing"))?;
+    let client_info = top.remove("client_info").ok_or_else(|| malformed("client_info: missing"))?;
+    let results = top.remove("results").ok_or_else(|| malformed("results: missing"))?;
     let doc = ResultDoc::from_json(client_info, results, top.remove("extras"))?;
-    Ok(Submission {
-        doc,
-        idempotency_key,
-    })
+    Ok(Submission { doc, idempotency_key })
 }
 
 async fn submit(
@@ -305,10 +262,7 @@ async fn submit(
     let submitter = submitter(&rec, bearer(&headers)).await?;
     require_content_type(&headers, "application/json")?;
     let body = read_body(body, rec.config().body_limit).await?;
-    let Submission {
-        doc,
-        idempotency_key,
-    } = decode_submission(&body).map_err(|e| match e {
+    let Submission { doc, idempotency_key } = decode_submission(&body).map_err(|e| match e {
         SubmissionError::Malformed(m) => ApiError::BadRequest(m),
         SubmissionError::Invalid(bag) => ApiError::Recorder(RecorderError::from(bag)),
     })?;
@@ -317,24 +271,10 @@ async fn submit(
         Some(k) => Some(k),
         None => idempotency_header(&headers)?,
     };
-    let origin = Origin {
-        client_ip: client_ip(&ext),
-        submitter: Some(submitter),
-    };
+    let origin = Origin { client_ip: client_ip(&ext), submitter: Some(submitter) };
     let done = rec.ingest_from(doc, idempotency_key, origin).await?;
-    let status = if done.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        Json(Submitted {
-            result_key: done.key.to_string(),
-            auth_key: done.auth_key,
-            created: done.created,
-        }),
-    ))
+    let status = if done.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(Submitted { result_key: done.key.to_string(), auth_key: done.auth_key, created: done.created })))
 }
 
 fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -342,9 +282,7 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         None => Ok(None),
         Some(v) => match v.to_str() {
             Ok(k) if !k.is_empty() && k.len() <= 256 => Ok(Some(k.to_owned())),
-            _ => Err(ApiError::BadRequest(
-                "Idempotency-Key: expected text of 1 to 256 bytes".into(),
-            )),
+            _ => Err(ApiError::BadRequest("Idempotency-Key: expected text of 1 to 256 bytes".into())),
         },
     }
 }
@@ -354,28 +292,18 @@ struct BuildRequestBody {
     client_info: JsonValue,
 }
 
-async fn build_request(
-    State(rec): State<Recorder>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<StatusCode, ApiError> {
+async fn build_request(State(rec): State<Recorder>, headers: HeaderMap, body: Body) -> Result<StatusCode, ApiError> {
     submitter(&rec, bearer(&headers)).await?;
     require_content_type(&headers, "application/json")?;
     let body = read_body(body, rec.config().body_limit).await?;
     let req: BuildRequestBody =
-        serde_json::from_value(parse_json(&body).map_err(ApiError::BadRequest)?)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        serde_json::from_value(parse_json(&body).map_err(ApiError::BadRequest)?).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let tagset = ClientInfo::tagset_from_json(req.client_info).map_err(RecorderError::from)?;
     rec.request_build(tagset).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn xmlrpc_plain(
-    State(rec): State<Recorder>,
-    headers: HeaderMap,
-    ext: Extensions,
-    body: Body,
-) -> Response {
+async fn xmlrpc_plain(State(rec): State<Recorder>, headers: HeaderMap, ext: Extensions, body: Body) -> Response {
     let token = bearer(&headers).map(str::to_owned);
     xmlrpc_common(rec, token, &headers, &ext, body).await
 }
@@ -390,21 +318,9 @@ async fn xmlrpc_with_token(
     xmlrpc_common(rec, Some(token), &headers, &ext, body).await
 }
 
-async fn xmlrpc_common(
-    rec: Recorder,
-    token: Option<String>,
-    headers: &HeaderMap,
-    ext: &Extensions,
-    body: Body,
-) -> Response {
-    let xml = |status: StatusCode, body: String| {
-        (
-            status,
-            [(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"))],
-            body,
-        )
-            .into_response()
-    };
+async fn xmlrpc_common(rec: Recorder, token: Option<String>, headers: &HeaderMap, ext: &Extensions, body: Body) -> Response {
+    let xml =
+        |status: StatusCode, body: String| (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"))], body).into_response();
     // A wrong token is refused here even for reads: the caller clearly meant to authenticate.
     let submitter = match token.as_deref() {
         None => None,
@@ -412,10 +328,7 @@ async fn xmlrpc_common(
             Some(p) if p.may_submit => Some(p.name),
             Some(_) => None,
             None => {
-                return xml(
-                    StatusCode::OK,
-                    xmlrpc::fault_xml(xmlrpc::UNAUTHORIZED, "unknown submission token"),
-                );
+                return xml(StatusCode::OK, xmlrpc::fault_xml(xmlrpc::UNAUTHORIZED, "unknown submission token"));
             }
         },
     };
@@ -430,10 +343,7 @@ async fn xmlrpc_common(
             return xml(status, xmlrpc::fault_xml(xmlrpc::PARSE_ERROR, &message));
         }
     };
-    let caller = xmlrpc::Caller {
-        client_ip: client_ip(ext),
-        submitter,
-    };
+    let caller = xmlrpc::Caller { client_ip: client_ip(ext), submitter };
     let (status, body) = xmlrpc::handle(&rec, caller, &body).await;
     xml(status, body)
 }
@@ -459,7 +369,7 @@ impl From<&Summary> for SummaryJson {
         SummaryJson {
             key: s.key.to_string(),
             time: s.time,
-            time_rfc3339: web::rfc3339(s.time),
+            time_rfc3339: rfc3339(s.time),
             package: s.package.clone(),
             arch: s.arch.clone(),
             host: s.host.clone(),
@@ -481,23 +391,12 @@ struct PackageJson {
 
 impl From<PackageHealth> for PackageJson {
     fn from(p: PackageHealth) -> Self {
-        PackageJson {
-            package: p.package,
-            platforms: p.platforms,
-            failing: p.failing,
-            latest_at: p.latest_at,
-        }
+        PackageJson { package: p.package, platforms: p.platforms, failing: p.failing, latest_at: p.latest_at }
     }
 }
 
 async fn packages_json(State(rec): State<Recorder>) -> Result<Json<Vec<PackageJson>>, ApiError> {
-    Ok(Json(
-        rec.packages()
-            .await?
-            .into_iter()
-            .map(PackageJson::from)
-            .collect(),
-    ))
+    Ok(Json(rec.packages().await?.into_iter().map(PackageJson::from).collect()))
 }
 
 #[derive(Serialize)]
@@ -506,20 +405,12 @@ struct TagsetsJson {
     tagsets: Vec<SummaryJson>,
 }
 
-async fn tagsets_json(
-    State(rec): State<Recorder>,
-    Path(package): Path<String>,
-) -> Result<Json<TagsetsJson>, ApiError> {
+async fn tagsets_json(State(rec): State<Recorder>, Path(package): Path<String>) -> Result<Json<TagsetsJson>, ApiError> {
     let latest = rec.latest_per_tagset(&package).await?;
     if latest.is_empty() {
-        return Err(ApiError::NotFound(format!(
-            "no results for package {package:?}"
-        )));
+        return Err(ApiError::NotFound(format!("no results for package {package:?}")));
     }
-    Ok(Json(TagsetsJson {
-        package,
-        tagsets: latest.iter().map(SummaryJson::from).collect(),
-    }))
+    Ok(Json(TagsetsJson { package, tagsets: latest.iter().map(SummaryJson::from).collect() }))
 }
 
 #[derive(Serialize)]
@@ -540,7 +431,7 @@ impl From<StoredResult> for ResultJson {
         ResultJson {
             key: r.receipt.key.to_string(),
             time: r.receipt.time,
-            time_rfc3339: web::rfc3339(r.receipt.time),
+            time_rfc3339: rfc3339(r.receipt.time),
             client_ip: r.receipt.client_ip,
             submitter: r.receipt.submitter,
             tagset: r.tagset.tags().to_vec(),
@@ -552,14 +443,10 @@ impl From<StoredResult> for ResultJson {
 }
 
 pub(super) fn parse_key(s: &str) -> Result<ResultKey, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::BadRequest(format!("{s:?} is not a result key")))
+    s.parse().map_err(|_| ApiError::BadRequest(format!("{s:?} is not a result key")))
 }
 
-async fn result_json(
-    State(rec): State<Recorder>,
-    Path(key): Path<String>,
-) -> Result<Json<ResultJson>, ApiError> {
+async fn result_json(State(rec): State<Recorder>, Path(key): Path<String>) -> Result<Json<ResultJson>, ApiError> {
     let key = parse_key(&key)?;
     match rec.get(key).await? {
         Some(r) => Ok(Json(r.into())),
@@ -628,11 +515,7 @@ fn parse_time(name: &str, s: &str) -> Result<f64, ApiError> {
     }
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_micros() as f64 / 1e6)
-        .map_err(|e| {
-            ApiError::BadRequest(format!(
-                "{name}: {s:?} is neither unix seconds nor RFC 3339: {e}"
-            ))
-        })
+        .map_err(|e| ApiError::BadRequest(format!("{name}: {s:?} is neither unix seconds nor RFC 3339: {e}")))
 }
 
 async fn search(
@@ -647,33 +530,23 @@ async fn search(
         host: q.host,
         tag: q.tag,
         success: q.success,
-        since: q
-            .since
-            .as_deref()
-            .map(|s| parse_time("since", s))
-            .transpose()?,
-        until: q
-            .until
-            .as_deref()
-            .map(|s| parse_time("until", s))
-            .transpose()?,
+        since: q.since.as_deref().map(|s| parse_time("since", s)).transpose()?,
+        until: q.until.as_deref().map(|s| parse_time("until", s)).transpose()?,
         before: q.before.as_deref().map(parse_key).transpose()?,
         limit,
     };
     let results = rec.search(filter).await?;
-    let next_before = if results.len() == limit as usize {
-        results.last().map(|r| r.key.to_string())
-    } else {
-        None
-    };
-    Ok(Json(SearchJson {
-        results: results.iter().map(SummaryJson::from).collect(),
-        next_before,
-    }))
+    let next_before = if results.len() == limit as usize { results.last().map(|r| r.key.to_string()) } else { None };
+    Ok(Json(SearchJson { results: results.iter().map(SummaryJson::from).collect(), next_before }))
 }
 
 async fn missing_json(State(rec): State<Recorder>) -> Result<Json<Vec<SummaryJson>>, ApiError> {
-    Ok(Json(
-        rec.missing().await?.iter().map(SummaryJson::from).collect(),
-    ))
+    Ok(Json(rec.missing().await?.iter().map(SummaryJson::from).collect()))
+}
+
+/// A recorder timestamp (seconds since the epoch) as RFC 3339, for JSON and Atom feeds.
+pub(super) fn rfc3339(t: f64) -> String {
+    chrono::DateTime::from_timestamp_micros((t * 1e6) as i64)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }

@@ -14,9 +14,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use auth::{Authenticator, Principal, SubmitToken};
-pub use http::router;
 pub use model::{Bag, BagError, ClientInfo, ResultDoc, ResultKey, Step, Tagset};
 pub use store::{Filter, PackageHealth, Receipt, StoredResult, Summary};
+
+/// Everything the recorder serves, with its state applied, ready to `merge` into a bigger app
+/// (or `nest` under a prefix, with `RecorderConfig::base_path` set to that prefix): the REST and
+/// XML-RPC routes of `http.rs` and the pages and feeds of `web.rs`.
+pub fn router(rec: Recorder) -> axum::Router {
+    http::router(rec, web::routes())
+}
 
 /// How a recorder behaves; defaults follow pony-build where it had one.
 #[derive(Clone)]
@@ -51,10 +57,7 @@ impl std::fmt::Debug for RecorderConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecorderConfig")
             .field("tokens", &self.tokens)
-            .field(
-                "authenticator",
-                &self.authenticator.as_ref().map(|_| "<external>"),
-            )
+            .field("authenticator", &self.authenticator.as_ref().map(|_| "<external>"))
             .field("stale_after", &self.stale_after)
             .field("missing_after", &self.missing_after)
             .field("body_limit", &self.body_limit)
@@ -87,22 +90,13 @@ impl Default for RecorderConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum RecorderError {
     #[error("opening recorder database {path}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Open { path: PathBuf, source: rusqlite::Error },
     #[error("migrating recorder database {path}")]
-    Migrate {
-        path: PathBuf,
-        source: rusqlite_migration::Error,
-    },
+    Migrate { path: PathBuf, source: rusqlite_migration::Error },
     #[error("invalid result")]
     Invalid(#[from] BagError),
     #[error("recorder database failed while {op}")]
-    Database {
-        op: &'static str,
-        source: rusqlite::Error,
-    },
+    Database { op: &'static str, source: rusqlite::Error },
     #[error("recorder database connection closed while {op}")]
     Closed { op: &'static str },
     /// A result over one of the recorder's limits; nothing was stored.
@@ -147,15 +141,10 @@ struct Inner {
 }
 
 fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-fn db_err(
-    op: &'static str,
-) -> impl FnOnce(tokio_rusqlite::Error<rusqlite::Error>) -> RecorderError {
+fn db_err(op: &'static str) -> impl FnOnce(tokio_rusqlite::Error<rusqlite::Error>) -> RecorderError {
     move |e| match e {
         tokio_rusqlite::Error::Error(source) => RecorderError::Database { op, source },
         _ => RecorderError::Closed { op },
@@ -166,13 +155,8 @@ impl Recorder {
     /// Open (creating if needed) the database at `db_path` and bring its schema up to date.
     pub async fn open(db_path: &Path, config: RecorderConfig) -> Result<Recorder, RecorderError> {
         let path = db_path.to_owned();
-        let open_err = |source| RecorderError::Open {
-            path: path.clone(),
-            source,
-        };
-        let writer = tokio_rusqlite::Connection::open(&path)
-            .await
-            .map_err(open_err)?;
+        let open_err = |source| RecorderError::Open { path: path.clone(), source };
+        let writer = tokio_rusqlite::Connection::open(&path).await.map_err(open_err)?;
         let migrated = writer
             .call(|conn| {
                 conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -188,9 +172,7 @@ impl Recorder {
             Err(tokio_rusqlite::Error::Error(source)) => return Err(open_err(source)),
             Err(_) => return Err(RecorderError::Closed { op: "opening" }),
         }
-        let reader = tokio_rusqlite::Connection::open(&path)
-            .await
-            .map_err(open_err)?;
+        let reader = tokio_rusqlite::Connection::open(&path).await.map_err(open_err)?;
         reader
             .call(|conn| {
                 conn.busy_timeout(Duration::from_secs(5))?;
@@ -202,14 +184,7 @@ impl Recorder {
                 _ => RecorderError::Closed { op: "opening" },
             })?;
         let tokens = auth::TokenSet::new(&config.tokens);
-        Ok(Recorder {
-            inner: Arc::new(Inner {
-                writer,
-                reader,
-                config,
-                tokens,
-            }),
-        })
+        Ok(Recorder { inner: Arc::new(Inner { writer, reader, config, tokens }) })
     }
 
     pub fn config(&self) -> &RecorderConfig {
@@ -219,23 +194,12 @@ impl Recorder {
     /// Store a result in-process (the daemon's path, no HTTP and no credential). The same
     /// idempotency key twice stores one result and returns its key both times; keys of this path
     /// live in their own scope, apart from every HTTP submitter's.
-    pub async fn ingest(
-        &self,
-        doc: ResultDoc,
-        idempotency_key: Option<String>,
-    ) -> Result<ResultKey, RecorderError> {
-        self.ingest_from(doc, idempotency_key, Origin::default())
-            .await
-            .map(|i| i.key)
+    pub async fn ingest(&self, doc: ResultDoc, idempotency_key: Option<String>) -> Result<ResultKey, RecorderError> {
+        self.ingest_from(doc, idempotency_key, Origin::default()).await.map(|i| i.key)
     }
 
     /// Store a result whole or not at all, in one transaction.
-    pub async fn ingest_from(
-        &self,
-        doc: ResultDoc,
-        idempotency_key: Option<String>,
-        origin: Origin,
-    ) -> Result<Ingested, RecorderError> {
+    pub async fn ingest_from(&self, doc: ResultDoc, idempotency_key: Option<String>, origin: Origin) -> Result<Ingested, RecorderError> {
         let c = &self.inner.config;
         if doc.steps.len() > c.max_steps {
             return Err(RecorderError::OverLimit { what: "results (steps)", got: doc.steps.len(), limit: c.max_steps });
@@ -267,16 +231,11 @@ impl Recorder {
         if inserted.created {
             tracing::info!(key = %inserted.key, "recorded a result");
         }
-        Ok(Ingested {
-            key: inserted.key,
-            auth_key: inserted.auth_key,
-            created: inserted.created,
-        })
+        Ok(Ingested { key: inserted.key, auth_key: inserted.auth_key, created: inserted.created })
     }
 
     pub async fn get(&self, key: ResultKey) -> Result<Option<StoredResult>, RecorderError> {
-        self.read("reading a result", move |c| store::get(c, key))
-            .await
+        self.read("reading a result", move |c| store::get(c, key)).await
     }
 
     pub async fn packages(&self) -> Result<Vec<PackageHealth>, RecorderError> {
@@ -286,64 +245,39 @@ impl Recorder {
     /// Latest result of each platform of `package`, failures first, then newest first.
     pub async fn latest_per_tagset(&self, package: &str) -> Result<Vec<Summary>, RecorderError> {
         let p = package.to_owned();
-        self.read("listing a package's platforms", move |c| {
-            store::latest_per_tagset(c, &p)
-        })
-        .await
+        self.read("listing a package's platforms", move |c| store::latest_per_tagset(c, &p)).await
     }
 
     pub async fn history(&self, tagset_id: i64, limit: u32) -> Result<Vec<Summary>, RecorderError> {
-        self.read("reading a platform's history", move |c| {
-            store::history(c, tagset_id, limit)
-        })
-        .await
+        self.read("reading a platform's history", move |c| store::history(c, tagset_id, limit)).await
     }
 
     pub async fn search(&self, filter: Filter) -> Result<Vec<Summary>, RecorderError> {
-        self.read("searching results", move |c| store::search(c, &filter))
-            .await
+        self.read("searching results", move |c| store::search(c, &filter)).await
     }
 
     pub async fn tagsets_for_package(&self, package: &str) -> Result<Vec<Tagset>, RecorderError> {
         let p = package.to_owned();
-        self.read("listing tagsets", move |c| {
-            store::tagsets_for_package(c, &p)
-        })
-        .await
+        self.read("listing tagsets", move |c| store::tagsets_for_package(c, &p)).await
     }
 
-    pub async fn last_result_for_tagset(
-        &self,
-        package: &str,
-        tagset: Tagset,
-    ) -> Result<Option<StoredResult>, RecorderError> {
+    pub async fn last_result_for_tagset(&self, package: &str, tagset: Tagset) -> Result<Option<StoredResult>, RecorderError> {
         let p = package.to_owned();
-        self.read(
-            "reading a tagset's last result",
-            move |c| match store::latest_for_tagset(c, &p, &tagset)? {
-                Some(key) => store::get(c, key),
-                None => Ok(None),
-            },
-        )
+        self.read("reading a tagset's last result", move |c| match store::latest_for_tagset(c, &p, &tagset)? {
+            Some(key) => store::get(c, key),
+            None => Ok(None),
+        })
         .await
     }
 
     /// Platforms that reported before but have been silent longer than `missing_after`.
     pub async fn missing(&self) -> Result<Vec<Summary>, RecorderError> {
         let cutoff = now() - self.inner.config.missing_after.as_secs_f64();
-        self.read("listing silent platforms", move |c| {
-            store::silent_since(c, cutoff)
-        })
-        .await
+        self.read("listing silent platforms", move |c| store::silent_since(c, cutoff)).await
     }
 
     /// pony-build's `check_should_build`; see `store::check_should_build` for the rules.
-    pub async fn check_should_build(
-        &self,
-        tagset: Tagset,
-        reserve: bool,
-        allowance: Duration,
-    ) -> Result<(bool, String), RecorderError> {
+    pub async fn check_should_build(&self, tagset: Tagset, reserve: bool, allowance: Duration) -> Result<(bool, String), RecorderError> {
         let c = &self.inner.config;
         let policy = store::BuildPolicy {
             stale_after: c.stale_after.as_secs_f64(),
@@ -367,11 +301,7 @@ impl Recorder {
     /// Force the next `check_should_build` for this platform to say yes.
     pub async fn request_build(&self, tagset: Tagset) -> Result<(), RecorderError> {
         let at = now();
-        self.inner
-            .writer
-            .call(move |c| store::request_build(c, &tagset, at))
-            .await
-            .map_err(db_err("requesting a build"))
+        self.inner.writer.call(move |c| store::request_build(c, &tagset, at)).await.map_err(db_err("requesting a build"))
     }
 
     /// Rows in results, steps, result_tags, tagsets: for tests that check nothing was stored.
@@ -383,10 +313,7 @@ impl Recorder {
     /// or whoever the embedding program's authenticator says; `None` if neither knows it.
     pub async fn authenticate(&self, secret: &str) -> Option<Principal> {
         if let Some(name) = self.inner.tokens.check(secret) {
-            return Some(Principal {
-                name: name.to_owned(),
-                may_submit: true,
-            });
+            return Some(Principal { name: name.to_owned(), may_submit: true });
         }
         match &self.inner.config.authenticator {
             Some(a) => a.authenticate(secret).await,
@@ -404,11 +331,7 @@ impl Recorder {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.inner
-            .reader
-            .call(move |c| f(c))
-            .await
-            .map_err(db_err(op))
+        self.inner.reader.call(move |c| f(c)).await.map_err(db_err(op))
     }
 }
 

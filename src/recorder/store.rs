@@ -176,11 +176,7 @@ pub struct BuildPolicy {
     pub max_allowance: f64,
 }
 
-pub fn insert(
-    tx: &Transaction<'_>,
-    doc: &ResultDoc,
-    sub: &Submission<'_>,
-) -> rusqlite::Result<Inserted> {
+pub fn insert(tx: &Transaction<'_>, doc: &ResultDoc, sub: &Submission<'_>) -> rusqlite::Result<Inserted> {
     let scope = sub.submitter.unwrap_or("");
     if let Some(k) = sub.idempotency_key {
         let known: Option<(i64, String)> = tx
@@ -192,11 +188,7 @@ pub fn insert(
             )
             .optional()?;
         if let Some((id, auth_key)) = known {
-            return Ok(Inserted {
-                key: ResultKey(id),
-                auth_key,
-                created: false,
-            });
+            return Ok(Inserted { key: ResultKey(id), auth_key, created: false });
         }
     }
     let ci = &doc.client_info;
@@ -207,11 +199,8 @@ pub fn insert(
          ON CONFLICT (package, tagset) DO NOTHING",
         params![ci.package, tagset, sub.now],
     )?;
-    let tagset_id: i64 = tx.query_row(
-        "SELECT id FROM tagsets WHERE package = ?1 AND tagset = ?2",
-        params![ci.package, tagset],
-        |r| r.get(0),
-    )?;
+    let tagset_id: i64 =
+        tx.query_row("SELECT id FROM tagsets WHERE package = ?1 AND tagset = ?2", params![ci.package, tagset], |r| r.get(0))?;
     tx.execute(
         "INSERT INTO results (auth_key, received_at, client_ip, submitter, package, arch, host,
                               tagset_id, success, duration, client_info, extras)
@@ -233,10 +222,7 @@ pub fn insert(
     )?;
     let id = tx.last_insert_rowid();
     if let Some(k) = sub.idempotency_key {
-        tx.execute(
-            "INSERT INTO submission_keys (scope, key, result_id) VALUES (?1, ?2, ?3)",
-            params![scope, k, id],
-        )?;
+        tx.execute("INSERT INTO submission_keys (scope, key, result_id) VALUES (?1, ?2, ?3)", params![scope, k, id])?;
     }
     {
         let mut step = tx.prepare_cached(
@@ -257,23 +243,15 @@ pub fn insert(
                 serde_json::Value::Object(s.extra.clone()).to_string(),
             ])?;
         }
-        let mut tag = tx
-            .prepare_cached("INSERT OR IGNORE INTO result_tags (tag, result_id) VALUES (?1, ?2)")?;
+        let mut tag = tx.prepare_cached("INSERT OR IGNORE INTO result_tags (tag, result_id) VALUES (?1, ?2)")?;
         for t in &ci.tags {
             tag.execute(params![t, id])?;
         }
     }
-    tx.execute(
-        "UPDATE tagsets SET latest_id = ?1, latest_at = ?2 WHERE id = ?3 AND latest_id < ?1",
-        params![id, sub.now, tagset_id],
-    )?;
+    tx.execute("UPDATE tagsets SET latest_id = ?1, latest_at = ?2 WHERE id = ?3 AND latest_id < ?1", params![id, sub.now, tagset_id])?;
     // A result ends the reservation its check_should_build made.
     tx.execute("DELETE FROM reservations WHERE tagset = ?1", [&tagset])?;
-    Ok(Inserted {
-        key: ResultKey(id),
-        auth_key: sub.auth_key.to_owned(),
-        created: true,
-    })
+    Ok(Inserted { key: ResultKey(id), auth_key: sub.auth_key.to_owned(), created: true })
 }
 
 fn parse_bag(s: &str) -> Bag {
@@ -326,29 +304,14 @@ pub fn get(conn: &Connection, key: ResultKey) -> rusqlite::Result<Option<StoredR
     let client_info = ClientInfo::from_json(serde_json::from_str(&ci).unwrap_or_default())
         .unwrap_or_else(|_| fallback_client_info(&Tagset::from_canonical(&tagset)));
     Ok(Some(StoredResult {
-        receipt: Receipt {
-            key,
-            time,
-            client_ip,
-            submitter,
-        },
-        doc: ResultDoc {
-            client_info,
-            steps,
-            extras: parse_bag(&extras),
-        },
+        receipt: Receipt { key, time, client_ip, submitter },
+        doc: ResultDoc { client_info, steps, extras: parse_bag(&extras) },
         tagset: Tagset::from_canonical(&tagset),
     }))
 }
 
 fn fallback_client_info(ts: &Tagset) -> ClientInfo {
-    let find = |p: &str| {
-        ts.tags()
-            .iter()
-            .find_map(|t| t.strip_prefix(p))
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let find = |p: &str| ts.tags().iter().find_map(|t| t.strip_prefix(p)).unwrap_or_default().to_owned();
     ClientInfo {
         package: find("__package="),
         arch: find("__arch="),
@@ -360,8 +323,7 @@ fn fallback_client_info(ts: &Tagset) -> ClientInfo {
     }
 }
 
-const SUMMARY_COLUMNS: &str =
-    "r.id, r.received_at, r.package, r.arch, r.host, r.tagset_id, t.tagset, r.success, r.duration";
+const SUMMARY_COLUMNS: &str = "r.id, r.received_at, r.package, r.arch, r.host, r.tagset_id, t.tagset, r.success, r.duration";
 
 fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Summary> {
     Ok(Summary {
@@ -383,15 +345,8 @@ pub fn packages(conn: &Connection) -> rusqlite::Result<Vec<PackageHealth>> {
          FROM tagsets t JOIN results r ON r.id = t.latest_id
          GROUP BY t.package ORDER BY t.package",
     )?;
-    stmt.query_map([], |r| {
-        Ok(PackageHealth {
-            package: r.get(0)?,
-            platforms: r.get(1)?,
-            failing: r.get(2)?,
-            latest_at: r.get(3)?,
-        })
-    })?
-    .collect()
+    stmt.query_map([], |r| Ok(PackageHealth { package: r.get(0)?, platforms: r.get(1)?, failing: r.get(2)?, latest_at: r.get(3)? }))?
+        .collect()
 }
 
 /// The latest result of every platform of a package, failures first, then newest first.
@@ -411,14 +366,11 @@ pub fn history(conn: &Connection, tagset_id: i64, limit: u32) -> rusqlite::Resul
          WHERE r.tagset_id = ?1 ORDER BY r.id DESC LIMIT ?2"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    stmt.query_map(params![tagset_id, limit], summary_row)?
-        .collect()
+    stmt.query_map(params![tagset_id, limit], summary_row)?.collect()
 }
 
 pub fn search(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<Summary>> {
-    let mut sql = format!(
-        "SELECT {SUMMARY_COLUMNS} FROM results r JOIN tagsets t ON t.id = r.tagset_id WHERE 1=1"
-    );
+    let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM results r JOIN tagsets t ON t.id = r.tagset_id WHERE 1=1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     let mut push = |clause: &str, v: rusqlite::types::Value, sql: &mut String| {
         args.push(v);
@@ -434,11 +386,7 @@ pub fn search(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<Summary>> {
         push(" AND r.host = ?", h.clone().into(), &mut sql);
     }
     if let Some(t) = &f.tag {
-        push(
-            " AND r.id IN (SELECT result_id FROM result_tags WHERE tag = ?)",
-            t.clone().into(),
-            &mut sql,
-        );
+        push(" AND r.id IN (SELECT result_id FROM result_tags WHERE tag = ?)", t.clone().into(), &mut sql);
     }
     if let Some(s) = f.success {
         push(" AND r.success = ?", i64::from(s).into(), &mut sql);
@@ -452,35 +400,20 @@ pub fn search(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<Summary>> {
     if let Some(k) = f.before {
         push(" AND r.id < ?", k.0.into(), &mut sql);
     }
-    push(
-        " ORDER BY r.id DESC LIMIT ?",
-        i64::from(f.limit).into(),
-        &mut sql,
-    );
+    push(" ORDER BY r.id DESC LIMIT ?", i64::from(f.limit).into(), &mut sql);
     let mut stmt = conn.prepare_cached(&sql)?;
-    stmt.query_map(rusqlite::params_from_iter(args), summary_row)?
-        .collect()
+    stmt.query_map(rusqlite::params_from_iter(args), summary_row)?.collect()
 }
 
 pub fn tagsets_for_package(conn: &Connection, package: &str) -> rusqlite::Result<Vec<Tagset>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT tagset FROM tagsets WHERE package = ?1 ORDER BY id")?;
-    stmt.query_map([package], |r| {
-        Ok(Tagset::from_canonical(&r.get::<_, String>(0)?))
-    })?
-    .collect()
+    let mut stmt = conn.prepare_cached("SELECT tagset FROM tagsets WHERE package = ?1 ORDER BY id")?;
+    stmt.query_map([package], |r| Ok(Tagset::from_canonical(&r.get::<_, String>(0)?)))?.collect()
 }
 
-pub fn latest_for_tagset(
-    conn: &Connection,
-    package: &str,
-    tagset: &Tagset,
-) -> rusqlite::Result<Option<ResultKey>> {
-    conn.query_row(
-        "SELECT latest_id FROM tagsets WHERE package = ?1 AND tagset = ?2",
-        params![package, tagset.canonical()],
-        |r| Ok(ResultKey(r.get(0)?)),
-    )
+pub fn latest_for_tagset(conn: &Connection, package: &str, tagset: &Tagset) -> rusqlite::Result<Option<ResultKey>> {
+    conn.query_row("SELECT latest_id FROM tagsets WHERE package = ?1 AND tagset = ?2", params![package, tagset.canonical()], |r| {
+        Ok(ResultKey(r.get(0)?))
+    })
     .optional()
 }
 
@@ -516,12 +449,7 @@ pub fn check_should_build(
     policy: BuildPolicy,
 ) -> rusqlite::Result<(bool, String)> {
     let canonical = tagset.canonical();
-    let package = tagset
-        .tags()
-        .iter()
-        .find_map(|t| t.strip_prefix("__package="))
-        .unwrap_or_default()
-        .to_owned();
+    let package = tagset.tags().iter().find_map(|t| t.strip_prefix("__package=")).unwrap_or_default().to_owned();
     let last: Option<(f64, bool, Option<f64>)> = tx
         .query_row(
             "SELECT r.received_at, r.success, r.duration FROM tagsets t JOIN results r ON r.id = t.latest_id
@@ -535,41 +463,25 @@ pub fn check_should_build(
     let decision = if forced {
         (true, "build requested".to_owned())
     } else if let Some((at, allowed)) = tx
-        .query_row(
-            "SELECT reserved_at, allowance FROM reservations WHERE tagset = ?1",
-            [&canonical],
-            |r| Ok((r.get::<_, f64>(0)?, r.get::<_, f64>(1)?)),
-        )
+        .query_row("SELECT reserved_at, allowance FROM reservations WHERE tagset = ?1", [&canonical], |r| {
+            Ok((r.get::<_, f64>(0)?, r.get::<_, f64>(1)?))
+        })
         .optional()?
         .filter(|(at, allowed)| now - at < *allowed)
     {
-        (
-            false,
-            format!(
-                "may be in build now (reserved {:.0}s ago for {allowed:.0}s)",
-                now - at
-            ),
-        )
+        (false, format!("may be in build now (reserved {:.0}s ago for {allowed:.0}s)", now - at))
     } else {
         match last {
             None => (true, "no build recorded for this tagset; build!".to_owned()),
-            Some((at, _, _)) if now - at >= policy.stale_after => (
-                true,
-                format!("last build was {:.0}s ago; do build!", now - at),
-            ),
+            Some((at, _, _)) if now - at >= policy.stale_after => (true, format!("last build was {:.0}s ago; do build!", now - at)),
             Some((_, false, _)) => (true, "last build was unsuccessful; go!".to_owned()),
             Some(_) => (false, "build up to date".to_owned()),
         }
     };
     if decision.0 && reserve {
-        let allowance = if allowance > 0.0 {
-            allowance
-        } else {
-            last.and_then(|(_, _, d)| d)
-                .filter(|d| *d > 0.0)
-                .unwrap_or(policy.default_allowance)
-        }
-        .min(policy.max_allowance);
+        let allowance =
+            if allowance > 0.0 { allowance } else { last.and_then(|(_, _, d)| d).filter(|d| *d > 0.0).unwrap_or(policy.default_allowance) }
+                .min(policy.max_allowance);
         tx.execute(
             "INSERT INTO reservations (tagset, reserved_at, allowance) VALUES (?1, ?2, ?3)
              ON CONFLICT (tagset) DO UPDATE SET reserved_at = excluded.reserved_at, allowance = excluded.allowance",
@@ -582,10 +494,7 @@ pub fn check_should_build(
 /// Row counts of every table holding submitted data; tests compare them around bad input.
 pub fn row_counts(conn: &Connection) -> rusqlite::Result<[i64; 4]> {
     let mut out = [0; 4];
-    for (i, table) in ["results", "steps", "result_tags", "tagsets"]
-        .iter()
-        .enumerate()
-    {
+    for (i, table) in ["results", "steps", "result_tags", "tagsets"].iter().enumerate() {
         out[i] = conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
     }
     Ok(out)
@@ -616,31 +525,15 @@ mod tests {
         add_as(conn, d, now, key, None)
     }
 
-    fn add_as(
-        conn: &mut Connection,
-        d: &ResultDoc,
-        now: f64,
-        key: Option<&str>,
-        who: Option<&str>,
-    ) -> Inserted {
+    fn add_as(conn: &mut Connection, d: &ResultDoc, now: f64, key: Option<&str>, who: Option<&str>) -> Inserted {
         let tx = conn.transaction().unwrap();
-        let sub = Submission {
-            idempotency_key: key,
-            auth_key: "a",
-            client_ip: None,
-            submitter: who,
-            now,
-        };
+        let sub = Submission { idempotency_key: key, auth_key: "a", client_ip: None, submitter: who, now };
         let out = insert(&tx, d, &sub).unwrap();
         tx.commit().unwrap();
         out
     }
 
-    const POLICY: BuildPolicy = BuildPolicy {
-        stale_after: 86_400.0,
-        default_allowance: 3600.0,
-        max_allowance: 14_400.0,
-    };
+    const POLICY: BuildPolicy = BuildPolicy { stale_after: 86_400.0, default_allowance: 3600.0, max_allowance: 14_400.0 };
 
     fn check(conn: &mut Connection, ts: &Tagset, reserve: bool, now: f64) -> (bool, String) {
         let tx = conn.transaction().unwrap();
@@ -656,27 +549,18 @@ mod tests {
         let ts = ok.tagset();
         assert!(check(&mut conn, &ts, false, 1000.0).0, "no result yet");
         add(&mut conn, &ok, 1000.0, None);
-        assert_eq!(
-            check(&mut conn, &ts, false, 1001.0),
-            (false, "build up to date".to_owned())
-        );
+        assert_eq!(check(&mut conn, &ts, false, 1001.0), (false, "build up to date".to_owned()));
         assert!(check(&mut conn, &ts, false, 1000.0 + 86_400.0).0, "stale");
         add(&mut conn, &doc("h", false), 2000.0, None);
         let (flag, reason) = check(&mut conn, &ts, true, 2001.0);
         assert!(flag && reason.contains("unsuccessful"), "{reason}");
         // Reserved for the last build's duration (30 s).
         assert!(!check(&mut conn, &ts, true, 2020.0).0);
-        assert!(
-            check(&mut conn, &ts, false, 2032.0).0,
-            "reservation expired"
-        );
+        assert!(check(&mut conn, &ts, false, 2032.0).0, "reservation expired");
         request_build(&conn, &ts, 2040.0).unwrap();
         add(&mut conn, &ok, 2050.0, None);
         assert_eq!(check(&mut conn, &ts, false, 2051.0).1, "build requested");
-        assert!(
-            !check(&mut conn, &ts, false, 2052.0).0,
-            "a request is used once"
-        );
+        assert!(!check(&mut conn, &ts, false, 2052.0).0, "a request is used once");
     }
 
     #[test]
@@ -693,27 +577,12 @@ mod tests {
     fn idempotency_keys_are_scoped_to_their_submitter() {
         let (_d, mut conn) = open();
         let daemon = add(&mut conn, &doc("h", false), 1.0, Some("run-1"));
-        let forged = add_as(
-            &mut conn,
-            &doc("h", true),
-            2.0,
-            Some("run-1"),
-            Some("mallory"),
-        );
-        let again = add_as(
-            &mut conn,
-            &doc("h", true),
-            3.0,
-            Some("run-1"),
-            Some("mallory"),
-        );
+        let forged = add_as(&mut conn, &doc("h", true), 2.0, Some("run-1"), Some("mallory"));
+        let again = add_as(&mut conn, &doc("h", true), 3.0, Some("run-1"), Some("mallory"));
         assert!(daemon.created && forged.created && !again.created);
         assert_ne!(daemon.key, forged.key);
         assert_eq!(forged.key, again.key);
-        assert_eq!(
-            add(&mut conn, &doc("h", false), 4.0, Some("run-1")).key,
-            daemon.key
-        );
+        assert_eq!(add(&mut conn, &doc("h", false), 4.0, Some("run-1")).key, daemon.key);
     }
 
     #[test]
@@ -723,35 +592,13 @@ mod tests {
         add(&mut conn, &doc("b", false), 2.0, None);
         add(&mut conn, &doc("c", true), 3.0, None);
         add(&mut conn, &doc("a", true), 4.0, None);
-        let hosts: Vec<_> = latest_per_tagset(&conn, "p")
-            .unwrap()
-            .into_iter()
-            .map(|s| s.host)
-            .collect();
+        let hosts: Vec<_> = latest_per_tagset(&conn, "p").unwrap().into_iter().map(|s| s.host).collect();
         assert_eq!(hosts, ["b", "a", "c"]);
-        let f = Filter {
-            success: Some(true),
-            limit: 2,
-            ..Filter::default()
-        };
+        let f = Filter { success: Some(true), limit: 2, ..Filter::default() };
         let page = search(&conn, &f).unwrap();
         assert_eq!(page.iter().map(|s| s.key.0).collect::<Vec<_>>(), [4, 3]);
-        let next = search(
-            &conn,
-            &Filter {
-                before: Some(page[1].key),
-                ..f
-            },
-        )
-        .unwrap();
+        let next = search(&conn, &Filter { before: Some(page[1].key), ..f }).unwrap();
         assert_eq!(next.iter().map(|s| s.key.0).collect::<Vec<_>>(), [1]);
-        assert_eq!(
-            silent_since(&conn, 2.5)
-                .unwrap()
-                .iter()
-                .map(|s| s.host.as_str())
-                .collect::<Vec<_>>(),
-            ["b"]
-        );
+        assert_eq!(silent_since(&conn, 2.5).unwrap().iter().map(|s| s.host.as_str()).collect::<Vec<_>>(), ["b"]);
     }
 }

@@ -20,10 +20,7 @@ struct Env {
 const TOKEN: &str = "hunter2";
 
 fn lab1() -> Vec<SubmitToken> {
-    vec![SubmitToken {
-        name: "lab1".into(),
-        secret: TOKEN.into(),
-    }]
+    vec![SubmitToken { name: "lab1".into(), secret: TOKEN.into() }]
 }
 
 async fn env(mut config: RecorderConfig) -> Env {
@@ -31,15 +28,9 @@ async fn env(mut config: RecorderConfig) -> Env {
         config.tokens = lab1();
     }
     let dir = tempfile::tempdir().unwrap();
-    let rec = Recorder::open(&dir.path().join("recorder.db"), config)
-        .await
-        .unwrap();
+    let rec = Recorder::open(&dir.path().join("recorder.db"), config).await.unwrap();
     let app = router(rec.clone());
-    Env {
-        _dir: dir,
-        rec,
-        app,
-    }
+    Env { _dir: dir, rec, app }
 }
 
 struct Reply {
@@ -57,17 +48,9 @@ impl Reply {
 async fn send(app: &Router, req: Request<Body>) -> Reply {
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
-    let content_type = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let content_type = resp.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
     let bytes = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    Reply {
-        status,
-        content_type,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
+    Reply { status, content_type, body: String::from_utf8_lossy(&bytes).into_owned() }
 }
 
 async fn get(app: &Router, uri: &str) -> Reply {
@@ -143,201 +126,87 @@ async fn rest_ingest_is_idempotent_and_queryable() {
     assert_eq!(first.json()["result_key"], again.json()["result_key"]);
     assert_eq!(e.rec.row_counts().await.unwrap(), [1, 2, 1, 1]);
 
-    post(
-        &e.app,
-        "/api/v1/results",
-        result("beta", &["py3"], false).to_string(),
-        Some(TOKEN),
-    )
-    .await;
-    post(
-        &e.app,
-        "/api/v1/results",
-        result("alpha", &["py3"], false).to_string(),
-        Some(TOKEN),
-    )
-    .await;
-    post(
-        &e.app,
-        "/api/v1/results",
-        result("alpha", &["py3"], true).to_string(),
-        Some(TOKEN),
-    )
-    .await;
+    post(&e.app, "/api/v1/results", result("beta", &["py3"], false).to_string(), Some(TOKEN)).await;
+    post(&e.app, "/api/v1/results", result("alpha", &["py3"], false).to_string(), Some(TOKEN)).await;
+    post(&e.app, "/api/v1/results", result("alpha", &["py3"], true).to_string(), Some(TOKEN)).await;
 
     let key = first.json()["result_key"].as_str().unwrap().to_owned();
     let r = get(&e.app, &format!("/api/v1/results/{key}")).await.json();
     assert_eq!(r["steps"][0]["command"], "./configure --fast");
-    assert_eq!(
-        r["steps"][1]["junit"]["passed"], 3,
-        "extra step keys are kept"
-    );
-    assert_eq!(
-        r["client_info"]["svn_rev"], "r42",
-        "extra client_info keys are kept"
-    );
+    assert_eq!(r["steps"][1]["junit"]["passed"], 3, "extra step keys are kept");
+    assert_eq!(r["client_info"]["svn_rev"], "r42", "extra client_info keys are kept");
     assert_eq!(r["extras"]["commit"], "abc123");
-    assert_eq!(
-        r["tagset"],
-        json!(["__arch=x86_64", "__host=alpha", "__package=widget", "py3"])
-    );
+    assert_eq!(r["tagset"], json!(["__arch=x86_64", "__host=alpha", "__package=widget", "py3"]));
 
     let pkgs = get(&e.app, "/api/v1/packages").await.json();
-    assert_eq!(
-        pkgs,
-        json!([{"package": "widget", "platforms": 2, "failing": 1, "latest_at": pkgs[0]["latest_at"]}])
-    );
+    assert_eq!(pkgs, json!([{"package": "widget", "platforms": 2, "failing": 1, "latest_at": pkgs[0]["latest_at"]}]));
 
     let ts = get(&e.app, "/api/v1/packages/widget/tagsets").await.json();
-    assert_eq!(
-        ts["tagsets"][0]["host"], "beta",
-        "the failing platform comes first"
-    );
+    assert_eq!(ts["tagsets"][0]["host"], "beta", "the failing platform comes first");
     assert_eq!(ts["tagsets"][1]["host"], "alpha");
-    assert_eq!(
-        ts["tagsets"][1]["success"], true,
-        "latest of alpha is the newest one"
-    );
+    assert_eq!(ts["tagsets"][1]["success"], true, "latest of alpha is the newest one");
 
     let id = ts["tagsets"][1]["tagset_id"].as_i64().unwrap();
-    let h = get(&e.app, &format!("/api/v1/tagsets/{id}/history?limit=10"))
-        .await
-        .json();
+    let h = get(&e.app, &format!("/api/v1/tagsets/{id}/history?limit=10")).await.json();
     assert_eq!(h["summary"], "2 of the last 3 succeeded");
 
     let failed = get(&e.app, "/api/v1/results?success=false").await.json();
     assert_eq!(failed["results"].as_array().unwrap().len(), 2);
-    let by_host = get(&e.app, "/api/v1/results?host=alpha&tag=py3&arch=x86_64")
-        .await
-        .json();
+    let by_host = get(&e.app, "/api/v1/results?host=alpha&tag=py3&arch=x86_64").await.json();
     assert_eq!(by_host["results"].as_array().unwrap().len(), 3);
-    assert!(
-        get(&e.app, "/api/v1/results?tag=nope").await.json()["results"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
-    let since_future = get(&e.app, "/api/v1/results?since=2999-01-01T00:00:00Z")
-        .await
-        .json();
+    assert!(get(&e.app, "/api/v1/results?tag=nope").await.json()["results"].as_array().unwrap().is_empty());
+    let since_future = get(&e.app, "/api/v1/results?since=2999-01-01T00:00:00Z").await.json();
     assert!(since_future["results"].as_array().unwrap().is_empty());
-    assert_eq!(
-        get(&e.app, "/api/v1/results?until=1000").await.json()["results"],
-        json!([])
-    );
+    assert_eq!(get(&e.app, "/api/v1/results?until=1000").await.json()["results"], json!([]));
 
     // Pagination walks every result exactly once, newest first.
     let mut seen = Vec::new();
     let mut uri = "/api/v1/results?limit=3".to_owned();
     loop {
         let page = get(&e.app, &uri).await.json();
-        seen.extend(
-            page["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["key"].as_str().unwrap().to_owned()),
-        );
+        seen.extend(page["results"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap().to_owned()));
         match page["next_before"].as_str() {
             Some(b) => uri = format!("/api/v1/results?limit=3&before={b}"),
             None => break,
         }
     }
     assert_eq!(seen, ["4", "3", "2", "1"]);
-    assert_eq!(
-        get(&e.app, "/api/v1/results/999").await.status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        get(&e.app, "/api/v1/results?since=yesterday").await.status,
-        StatusCode::BAD_REQUEST
-    );
+    assert_eq!(get(&e.app, "/api/v1/results/999").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(&e.app, "/api/v1/results?since=yesterday").await.status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
 async fn private_reads_need_a_token_on_every_protocol() {
     let config = RecorderConfig {
-        tokens: vec![SubmitToken {
-            name: "lab1".into(),
-            secret: "hunter2".into(),
-        }],
+        tokens: vec![SubmitToken { name: "lab1".into(), secret: "hunter2".into() }],
         private_reads: true,
         ..RecorderConfig::default()
     };
     let e = env(config).await;
-    let ok = post(
-        &e.app,
-        "/api/v1/results",
-        result("alpha", &[], true).to_string(),
-        Some("hunter2"),
-    )
-    .await;
+    let ok = post(&e.app, "/api/v1/results", result("alpha", &[], true).to_string(), Some("hunter2")).await;
     assert_eq!(ok.status, StatusCode::CREATED);
-    let anon_build = post(
-        &e.app,
-        "/api/v1/build-requests",
-        r#"{"client_info": {}}"#,
-        None,
-    )
-    .await;
+    let anon_build = post(&e.app, "/api/v1/build-requests", r#"{"client_info": {}}"#, None).await;
     assert_eq!(anon_build.status, StatusCode::UNAUTHORIZED);
-    for uri in [
-        "/api/v1/packages",
-        "/",
-        "/packages/widget",
-        "/feeds/all.atom",
-        "/api/v1/results/1",
-    ] {
-        assert_eq!(
-            get(&e.app, uri).await.status,
-            StatusCode::UNAUTHORIZED,
-            "{uri}"
-        );
-        assert_eq!(
-            get(&e.app, &format!("{uri}?token=nope")).await.status,
-            StatusCode::UNAUTHORIZED,
-            "{uri}"
-        );
-        assert_eq!(
-            get(&e.app, &format!("{uri}?token=hunter2")).await.status,
-            StatusCode::OK,
-            "{uri}"
-        );
+    for uri in ["/api/v1/packages", "/", "/packages/widget", "/feeds/all.atom", "/api/v1/results/1"] {
+        assert_eq!(get(&e.app, uri).await.status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert_eq!(get(&e.app, &format!("{uri}?token=nope")).await.status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert_eq!(get(&e.app, &format!("{uri}?token=hunter2")).await.status, StatusCode::OK, "{uri}");
     }
-    let with_bearer = send(
-        &e.app,
-        Request::get("/api/v1/packages")
-            .header(header::AUTHORIZATION, "Bearer hunter2")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let with_bearer =
+        send(&e.app, Request::get("/api/v1/packages").header(header::AUTHORIZATION, "Bearer hunter2").body(Body::empty()).unwrap()).await;
     assert_eq!(with_bearer.status, StatusCode::OK);
     let call = "<?xml version='1.0'?><methodCall><methodName>get_results</methodName><params><param><value><string>1</string></value></param></params></methodCall>";
-    assert_eq!(
-        xmlrpc(&e.app, "/xmlrpc", call).await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(xmlrpc(&e.app, "/xmlrpc", call).await.status, StatusCode::UNAUTHORIZED);
     let good = xmlrpc(&e.app, "/xmlrpc/hunter2", call).await;
-    assert!(
-        !is_fault(&good.body) && good.body.contains("alpha"),
-        "{}",
-        good.body
-    );
+    assert!(!is_fault(&good.body) && good.body.contains("alpha"), "{}", good.body);
 }
 
 #[tokio::test]
 async fn another_submitters_key_never_touches_a_result() {
     let config = RecorderConfig {
         tokens: vec![
-            SubmitToken {
-                name: "lab1".into(),
-                secret: TOKEN.into(),
-            },
-            SubmitToken {
-                name: "mallory".into(),
-                secret: "forger".into(),
-            },
+            SubmitToken { name: "lab1".into(), secret: TOKEN.into() },
+            SubmitToken { name: "mallory".into(), secret: "forger".into() },
         ],
         ..RecorderConfig::default()
     };
@@ -347,38 +216,13 @@ async fn another_submitters_key_never_touches_a_result() {
     let mut forged = result("alpha", &["py3"], true);
     forged["idempotency_key"] = json!("run-7");
     // The forger comes first, with the key the real submitter is about to use.
-    let f = post(
-        &e.app,
-        "/api/v1/results",
-        forged.to_string(),
-        Some("forger"),
-    )
-    .await;
+    let f = post(&e.app, "/api/v1/results", forged.to_string(), Some("forger")).await;
     assert_eq!(f.status, StatusCode::CREATED, "{}", f.body);
     let r = post(&e.app, "/api/v1/results", real.to_string(), Some(TOKEN)).await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "the real result is stored, not swallowed: {}",
-        r.body
-    );
+    assert_eq!(r.status, StatusCode::CREATED, "the real result is stored, not swallowed: {}", r.body);
     assert_ne!(f.json()["result_key"], r.json()["result_key"]);
-    let stored = get(
-        &e.app,
-        &format!(
-            "/api/v1/results/{}",
-            r.json()["result_key"].as_str().unwrap()
-        ),
-    )
-    .await
-    .json();
-    assert_eq!(
-        (
-            stored["submitter"].as_str(),
-            stored["client_info"]["success"].as_bool()
-        ),
-        (Some("lab1"), Some(false))
-    );
+    let stored = get(&e.app, &format!("/api/v1/results/{}", r.json()["result_key"].as_str().unwrap())).await.json();
+    assert_eq!((stored["submitter"].as_str(), stored["client_info"]["success"].as_bool()), (Some("lab1"), Some(false)));
     // The Idempotency-Key header scopes the same way (another paddock's forwarder sends it).
     let again = send(
         &e.app,
@@ -401,10 +245,7 @@ async fn another_submitters_key_never_touches_a_result() {
             .unwrap(),
     )
     .await;
-    assert_eq!(
-        (twice.status, twice.json()["result_key"].clone()),
-        (StatusCode::OK, again.json()["result_key"].clone())
-    );
+    assert_eq!((twice.status, twice.json()["result_key"].clone()), (StatusCode::OK, again.json()["result_key"].clone()));
     assert_eq!(e.rec.row_counts().await.unwrap()[0], 3);
 }
 
@@ -412,24 +253,13 @@ async fn another_submitters_key_never_touches_a_result() {
 async fn only_json_and_xml_bodies_are_read() {
     let e = env(RecorderConfig::default()).await;
     let body = result("alpha", &[], true).to_string();
-    for ct in [
-        "text/plain",
-        "application/x-www-form-urlencoded",
-        "application/jsonx",
-        "",
-    ] {
-        let mut b = Request::post("/api/v1/results")
-            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+    for ct in ["text/plain", "application/x-www-form-urlencoded", "application/jsonx", ""] {
+        let mut b = Request::post("/api/v1/results").header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
         if !ct.is_empty() {
             b = b.header(header::CONTENT_TYPE, ct);
         }
         let r = send(&e.app, b.body(Body::from(body.clone())).unwrap()).await;
-        assert_eq!(
-            r.status,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "{ct}: {}",
-            r.body
-        );
+        assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}: {}", r.body);
         assert!(r.body.contains("application/json"), "{}", r.body);
     }
     let call = xml_add_results("<boolean>1</boolean>", "<int>0</int>");
@@ -443,11 +273,7 @@ async fn only_json_and_xml_bodies_are_read() {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", r.body);
-    assert!(
-        is_fault(&r.body) && r.body.contains("text/xml"),
-        "{}",
-        r.body
-    );
+    assert!(is_fault(&r.body) && r.body.contains("text/xml"), "{}", r.body);
     assert_eq!(e.rec.row_counts().await.unwrap(), [0, 0, 0, 0]);
 }
 
@@ -455,46 +281,18 @@ async fn only_json_and_xml_bodies_are_read() {
 async fn tokens_guard_submission_but_not_reads() {
     let e = env(RecorderConfig::default()).await;
     let body = result("alpha", &[], true).to_string();
-    assert_eq!(
-        post(&e.app, "/api/v1/results", body.clone(), None)
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        post(&e.app, "/api/v1/results", body.clone(), Some("hunter3"))
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(post(&e.app, "/api/v1/results", body.clone(), None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(post(&e.app, "/api/v1/results", body.clone(), Some("hunter3")).await.status, StatusCode::UNAUTHORIZED);
     let ok = post(&e.app, "/api/v1/results", body, Some("hunter2")).await;
     assert_eq!(ok.status, StatusCode::CREATED);
     let key = ok.json()["result_key"].as_str().unwrap().to_owned();
-    assert_eq!(
-        get(&e.app, &format!("/api/v1/results/{key}")).await.json()["submitter"],
-        "lab1"
-    );
+    assert_eq!(get(&e.app, &format!("/api/v1/results/{key}")).await.json()["submitter"], "lab1");
 
-    let anon = xmlrpc(
-        &e.app,
-        "/xmlrpc",
-        xml_add_results("<boolean>1</boolean>", "<int>0</int>"),
-    )
-    .await;
+    let anon = xmlrpc(&e.app, "/xmlrpc", xml_add_results("<boolean>1</boolean>", "<int>0</int>")).await;
     assert!(anon.body.contains("<i4>401</i4>"), "{}", anon.body);
-    let wrong = xmlrpc(
-        &e.app,
-        "/xmlrpc/nope",
-        xml_add_results("<boolean>1</boolean>", "<int>0</int>"),
-    )
-    .await;
+    let wrong = xmlrpc(&e.app, "/xmlrpc/nope", xml_add_results("<boolean>1</boolean>", "<int>0</int>")).await;
     assert!(is_fault(&wrong.body));
-    let good = xmlrpc(
-        &e.app,
-        "/xmlrpc/hunter2",
-        xml_add_results("<boolean>1</boolean>", "<int>0</int>"),
-    )
-    .await;
+    let good = xmlrpc(&e.app, "/xmlrpc/hunter2", xml_add_results("<boolean>1</boolean>", "<int>0</int>")).await;
     assert!(!is_fault(&good.body), "{}", good.body);
     assert_eq!(e.rec.row_counts().await.unwrap()[0], 2);
     // Reads stay public on both protocols.
@@ -504,33 +302,16 @@ async fn tokens_guard_submission_but_not_reads() {
         "<?xml version='1.0'?><methodCall><methodName>get_results</methodName><params><param><value><string>1</string></value></param></params></methodCall>",
     )
     .await;
-    assert!(
-        !is_fault(&read.body) && read.body.contains("alpha"),
-        "{}",
-        read.body
-    );
+    assert!(!is_fault(&read.body) && read.body.contains("alpha"), "{}", read.body);
     assert_eq!(get(&e.app, "/api/v1/packages").await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn malformed_input_is_refused_and_stores_nothing() {
-    let config = RecorderConfig {
-        body_limit: 1024 * 1024,
-        ..RecorderConfig::default()
-    };
+    let config = RecorderConfig { body_limit: 1024 * 1024, ..RecorderConfig::default() };
     let e = env(config).await;
     // One good result first, so "unchanged" is measured against a non-empty database.
-    assert_eq!(
-        post(
-            &e.app,
-            "/api/v1/results",
-            result("seed", &[], true).to_string(),
-            Some(TOKEN)
-        )
-        .await
-        .status,
-        StatusCode::CREATED
-    );
+    assert_eq!(post(&e.app, "/api/v1/results", result("seed", &[], true).to_string(), Some(TOKEN)).await.status, StatusCode::CREATED);
     let before = e.rec.row_counts().await.unwrap();
 
     let good_xml = xml_add_results("<boolean>1</boolean>", "<int>0</int>");
@@ -543,19 +324,13 @@ async fn malformed_input_is_refused_and_stores_nothing() {
     let mut bad_utf8_json = result("u", &[], true).to_string().into_bytes();
     bad_utf8_json.splice(20..20, [0xc3, 0x28]);
     let huge_json = format!("{{\"client_info\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
-    let huge_xml = format!(
-        "<?xml version='1.0'?><methodCall><methodName>{}</methodName></methodCall>",
-        "x".repeat(2 * 1024 * 1024)
-    );
+    let huge_xml = format!("<?xml version='1.0'?><methodCall><methodName>{}</methodName></methodCall>", "x".repeat(2 * 1024 * 1024));
     let mut wrong_step = result("w", &[], true);
     wrong_step["results"][1]["status"] = json!("two");
     let mut wrong_tags = result("w", &[], true);
     wrong_tags["client_info"]["tags"] = json!("py3");
     let mut missing_host = result("w", &[], true);
-    missing_host["client_info"]
-        .as_object_mut()
-        .unwrap()
-        .remove("host");
+    missing_host["client_info"].as_object_mut().unwrap().remove("host");
 
     enum Proto {
         Json,
@@ -586,27 +361,15 @@ async fn malformed_input_is_refused_and_stores_nothing() {
         let reply = match proto {
             Proto::Xml => {
                 let r = xmlrpc(&e.app, "/xmlrpc/hunter2", body).await;
-                assert!(
-                    is_fault(&r.body),
-                    "{what}: XML-RPC callers get a fault, got {}",
-                    r.body
-                );
+                assert!(is_fault(&r.body), "{what}: XML-RPC callers get a fault, got {}", r.body);
                 assert!(r.content_type.starts_with("text/xml"), "{what}");
                 r
             }
             Proto::Json => post(&e.app, "/api/v1/results", body, Some(TOKEN)).await,
         };
         assert_eq!(reply.status, status, "{what}: {}", reply.body);
-        assert!(
-            reply.body.contains(text),
-            "{what}: {text:?} not in {}",
-            reply.body
-        );
-        assert_eq!(
-            e.rec.row_counts().await.unwrap(),
-            before,
-            "{what} stored something"
-        );
+        assert!(reply.body.contains(text), "{what}: {text:?} not in {}", reply.body);
+        assert_eq!(e.rec.row_counts().await.unwrap(), before, "{what} stored something");
     }
     // The good call still works afterwards, and adds exactly one result.
     let ok = xmlrpc(&e.app, "/xmlrpc/hunter2", good_xml).await;
@@ -616,80 +379,33 @@ async fn malformed_input_is_refused_and_stores_nothing() {
 
 #[tokio::test]
 async fn pages_and_feeds_render() {
-    let config = RecorderConfig {
-        missing_after: Duration::ZERO,
-        ..RecorderConfig::default()
-    };
+    let config = RecorderConfig { missing_after: Duration::ZERO, ..RecorderConfig::default() };
     let e = env(config).await;
-    post(
-        &e.app,
-        "/api/v1/results",
-        result("alpha", &["py3"], true).to_string(),
-        Some(TOKEN),
-    )
-    .await;
-    post(
-        &e.app,
-        "/api/v1/results",
-        result("beta", &["py3"], false).to_string(),
-        Some(TOKEN),
-    )
-    .await;
-    post(
-        &e.app,
-        "/api/v1/results",
-        result("gamma", &[], true).to_string(),
-        Some(TOKEN),
-    )
-    .await;
+    post(&e.app, "/api/v1/results", result("alpha", &["py3"], true).to_string(), Some(TOKEN)).await;
+    post(&e.app, "/api/v1/results", result("beta", &["py3"], false).to_string(), Some(TOKEN)).await;
+    post(&e.app, "/api/v1/results", result("gamma", &[], true).to_string(), Some(TOKEN)).await;
 
     let index = get(&e.app, "/").await;
     assert!(index.content_type.starts_with("text/html"));
-    assert!(
-        index.body.contains(r#"href="/packages/widget""#) && index.body.contains("1 failing"),
-        "{}",
-        index.body
-    );
+    assert!(index.body.contains(r#"href="/packages/widget""#) && index.body.contains("1 failing"), "{}", index.body);
 
     let page = get(&e.app, "/packages/widget").await.body;
-    let order: Vec<usize> = [
-        "data-host=\"beta\"",
-        "data-host=\"gamma\"",
-        "data-host=\"alpha\"",
-    ]
-    .iter()
-    .map(|h| page.find(h).unwrap_or_else(|| panic!("{h} missing")))
-    .collect();
-    assert!(
-        order.is_sorted(),
-        "failures first, then newest first: {order:?}"
-    );
+    let order: Vec<usize> = ["data-host=\"beta\"", "data-host=\"gamma\"", "data-host=\"alpha\""]
+        .iter()
+        .map(|h| page.find(h).unwrap_or_else(|| panic!("{h} missing")))
+        .collect();
+    assert!(order.is_sorted(), "failures first, then newest first: {order:?}");
     assert!(page.contains(r#"href="/results/2""#));
 
     let res = get(&e.app, "/results/2").await.body;
     assert!(res.contains("make check") && res.contains("FAIL: t_widget") && res.contains("FAILED"));
-    assert!(
-        res.contains("<details><summary>output (500 bytes)"),
-        "100 lines of output are folded"
-    );
-    assert!(
-        res.contains("<pre>checking...\nok\n</pre>"),
-        "short output is shown inline"
-    );
-    assert_eq!(
-        get(&e.app, "/results/77").await.status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        get(&e.app, "/packages/nothing").await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert!(res.contains("<details><summary>output (500 bytes)"), "100 lines of output are folded");
+    assert!(res.contains("<pre>checking...\nok\n</pre>"), "short output is shown inline");
+    assert_eq!(get(&e.app, "/results/77").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(&e.app, "/packages/nothing").await.status, StatusCode::NOT_FOUND);
 
     let missing = get(&e.app, "/missing").await.body;
-    assert!(
-        missing.contains("alpha") && missing.contains("gamma"),
-        "with a zero age every platform is silent"
-    );
+    assert!(missing.contains("alpha") && missing.contains("gamma"), "with a zero age every platform is silent");
 
     let all = get(&e.app, "/feeds/all.atom").await;
     assert!(all.content_type.starts_with("application/atom+xml"));
@@ -697,12 +413,5 @@ async fn pages_and_feeds_render() {
     let failures = get(&e.app, "/feeds/failures.atom").await.body;
     assert_eq!(failures.matches("<entry>").count(), 1);
     assert!(failures.contains("widget FAILED on beta"));
-    assert_eq!(
-        get(&e.app, "/feeds/packages/widget")
-            .await
-            .body
-            .matches("<entry>")
-            .count(),
-        3
-    );
+    assert_eq!(get(&e.app, "/feeds/packages/widget").await.body.matches("<entry>").count(), 3);
 }

@@ -36,10 +36,7 @@ pub(super) async fn handle(rec: &Recorder, caller: Caller, body: &[u8]) -> (Stat
     let call = match decode_call(body) {
         Ok(c) => c,
         Err(fault) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                fault_xml(fault.code(), fault.string()),
-            );
+            return (StatusCode::BAD_REQUEST, fault_xml(fault.code(), fault.string()));
         }
     };
     let answer = dispatch(rec, &caller, &call.name, &call.params).await;
@@ -51,10 +48,7 @@ pub(super) async fn handle(rec: &Recorder, caller: Caller, body: &[u8]) -> (Stat
         Ok(x) => (StatusCode::OK, x),
         Err(e) => {
             tracing::error!(error = %e, "serialising an XML-RPC response");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                fault_xml(SERVER_ERROR, "internal error"),
-            )
+            (StatusCode::INTERNAL_SERVER_ERROR, fault_xml(SERVER_ERROR, "internal error"))
         }
     }
 }
@@ -62,8 +56,7 @@ pub(super) async fn handle(rec: &Recorder, caller: Caller, body: &[u8]) -> (Stat
 /// Turn a request body into a method call, refusing non-UTF-8 text and DTDs; the fault says why.
 /// Public so the fuzz targets (`fuzz/`) drive exactly what the endpoint runs on untrusted bytes.
 pub fn decode_call(body: &[u8]) -> Result<MethodCall<'_>, Fault> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| fault(PARSE_ERROR, format!("request is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(body).map_err(|e| fault(PARSE_ERROR, format!("request is not UTF-8: {e}")))?;
     if let Some(reason) = refuse_markup(text) {
         return Err(fault(PARSE_ERROR, reason));
     }
@@ -77,19 +70,14 @@ pub fn decode_add_results(params: &[Value]) -> Result<ResultDoc, Fault> {
     let client_info = to_json(params.first().unwrap_or(&Value::Nil), "client_info")?;
     let results = to_json(params.get(1).unwrap_or(&Value::Nil), "results")?;
     let extras = params.get(2).map(|v| to_json(v, "extras")).transpose()?;
-    ResultDoc::from_json(client_info, results, extras)
-        .map_err(|e| fault(INVALID_PARAMS, e.to_string()))
+    ResultDoc::from_json(client_info, results, extras).map_err(|e| fault(INVALID_PARAMS, e.to_string()))
 }
 
 /// XML-RPC has no use for a DTD; refusing one up front closes entity-expansion attacks
 /// whatever the parser would have done with them (quick-xml does not expand custom entities,
 /// but an unexpanded reference should be a clear refusal, not a parse failure deep inside).
 fn refuse_markup(text: &str) -> Option<&'static str> {
-    let upper_has = |needle: &str| {
-        text.as_bytes()
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
-    };
+    let upper_has = |needle: &str| text.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()));
     if upper_has("<!DOCTYPE") || upper_has("<!ENTITY") {
         return Some("DOCTYPE and ENTITY declarations are not allowed");
     }
@@ -97,13 +85,9 @@ fn refuse_markup(text: &str) -> Option<&'static str> {
 }
 
 pub(super) fn fault_xml(code: i32, message: &str) -> String {
-    FaultResponse {
-        fault: Fault::new(code, message.to_owned()),
-    }
-    .to_xml()
-    .unwrap_or_else(|_| {
-        String::from("<?xml version=\"1.0\"?><methodResponse><fault/></methodResponse>")
-    })
+    FaultResponse { fault: Fault::new(code, message.to_owned()) }
+        .to_xml()
+        .unwrap_or_else(|_| String::from("<?xml version=\"1.0\"?><methodResponse><fault/></methodResponse>"))
 }
 
 fn fault(code: i32, message: impl Into<String>) -> Fault {
@@ -114,10 +98,7 @@ fn recorder_fault(e: RecorderError) -> Fault {
     match e {
         RecorderError::Invalid(bag) => fault(INVALID_PARAMS, bag.to_string()),
         e @ RecorderError::OverLimit { .. } => fault(INVALID_PARAMS, e.to_string()),
-        RecorderError::Open { .. }
-        | RecorderError::Migrate { .. }
-        | RecorderError::Database { .. }
-        | RecorderError::Closed { .. } => {
+        RecorderError::Open { .. } | RecorderError::Migrate { .. } | RecorderError::Database { .. } | RecorderError::Closed { .. } => {
             tracing::error!(error = %crate_error_chain(&e), "XML-RPC call failed");
             fault(SERVER_ERROR, "internal error")
         }
@@ -137,40 +118,20 @@ fn crate_error_chain(e: &dyn std::error::Error) -> String {
 
 fn arity(method: &str, params: &[Value], min: usize, max: usize, names: &str) -> Result<(), Fault> {
     if params.len() < min || params.len() > max {
-        return Err(fault(
-            INVALID_PARAMS,
-            format!(
-                "{method}({names}) called with {} parameter(s)",
-                params.len()
-            ),
-        ));
+        return Err(fault(INVALID_PARAMS, format!("{method}({names}) called with {} parameter(s)", params.len())));
     }
     Ok(())
 }
 
-async fn dispatch(
-    rec: &Recorder,
-    caller: &Caller,
-    method: &str,
-    params: &[Value],
-) -> Result<Value, Fault> {
+async fn dispatch(rec: &Recorder, caller: &Caller, method: &str, params: &[Value]) -> Result<Value, Fault> {
     match method {
         "add_results" => {
             arity(method, params, 2, 3, "client_info, results[, extras]")?;
             require_token(caller)?;
             let doc = decode_add_results(params)?;
-            let origin = Origin {
-                client_ip: caller.client_ip.clone(),
-                submitter: caller.submitter.clone(),
-            };
-            let done = rec
-                .ingest_from(doc, None, origin)
-                .await
-                .map_err(recorder_fault)?;
-            Ok(Value::Array(vec![
-                Value::String(done.key.to_string()),
-                Value::String(done.auth_key),
-            ]))
+            let origin = Origin { client_ip: caller.client_ip.clone(), submitter: caller.submitter.clone() };
+            let done = rec.ingest_from(doc, None, origin).await.map_err(recorder_fault)?;
+            Ok(Value::Array(vec![Value::String(done.key.to_string()), Value::String(done.auth_key)]))
         }
         "get_results" => {
             arity(method, params, 1, 1, "result_key")?;
@@ -181,15 +142,9 @@ async fn dispatch(
             }
         }
         "check_should_build" => {
-            arity(
-                method,
-                params,
-                1,
-                3,
-                "client_info[, reserve_build[, build_allowance]]",
-            )?;
-            let tagset = ClientInfo::tagset_from_json(to_json(&params[0], "client_info")?)
-                .map_err(|e| fault(INVALID_PARAMS, e.to_string()))?;
+            arity(method, params, 1, 3, "client_info[, reserve_build[, build_allowance]]")?;
+            let tagset =
+                ClientInfo::tagset_from_json(to_json(&params[0], "client_info")?).map_err(|e| fault(INVALID_PARAMS, e.to_string()))?;
             let reserve = match params.get(1) {
                 None => true,
                 Some(Value::Boolean(b)) => *b,
@@ -209,27 +164,15 @@ async fn dispatch(
             if reserve {
                 require_token(caller)?;
             }
-            let (flag, reason) = rec
-                .check_should_build(tagset, reserve, Duration::from_secs_f64(allowance.max(0.0)))
-                .await
-                .map_err(recorder_fault)?;
-            Ok(Value::Array(vec![
-                Value::Boolean(flag),
-                Value::String(reason),
-            ]))
+            let (flag, reason) =
+                rec.check_should_build(tagset, reserve, Duration::from_secs_f64(allowance.max(0.0))).await.map_err(recorder_fault)?;
+            Ok(Value::Array(vec![Value::Boolean(flag), Value::String(reason)]))
         }
         "get_tagsets_for_package" => {
             arity(method, params, 1, 1, "package")?;
             let package = string_param(&params[0], "package")?;
-            let sets = rec
-                .tagsets_for_package(&package)
-                .await
-                .map_err(recorder_fault)?;
-            Ok(Value::Array(
-                sets.iter()
-                    .map(|t| Value::Array(t.tags().iter().cloned().map(Value::String).collect()))
-                    .collect(),
-            ))
+            let sets = rec.tagsets_for_package(&package).await.map_err(recorder_fault)?;
+            Ok(Value::Array(sets.iter().map(|t| Value::Array(t.tags().iter().cloned().map(Value::String).collect())).collect()))
         }
         "get_last_result_for_tagset" => {
             arity(method, params, 2, 2, "package, tagset")?;
@@ -237,16 +180,8 @@ async fn dispatch(
             let Value::Array(items) = &params[1] else {
                 return Err(wrong_type("tagset", "array", &params[1]));
             };
-            let tags = items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| string_param(v, &format!("tagset[{i}]")))
-                .collect::<Result<Vec<_>, _>>()?;
-            match rec
-                .last_result_for_tagset(&package, Tagset::from_tags(tags))
-                .await
-                .map_err(recorder_fault)?
-            {
+            let tags = items.iter().enumerate().map(|(i, v)| string_param(v, &format!("tagset[{i}]"))).collect::<Result<Vec<_>, _>>()?;
+            match rec.last_result_for_tagset(&package, Tagset::from_tags(tags)).await.map_err(recorder_fault)? {
                 Some(r) => Ok(triple(&r)),
                 // pony-build answers 0 when the tagset has no result.
                 None => Ok(Value::Integer(0)),
@@ -258,19 +193,13 @@ async fn dispatch(
 
 fn require_token(caller: &Caller) -> Result<(), Fault> {
     if caller.submitter.is_none() {
-        return Err(fault(
-            UNAUTHORIZED,
-            "a valid submission token is required: call /xmlrpc/<token>",
-        ));
+        return Err(fault(UNAUTHORIZED, "a valid submission token is required: call /xmlrpc/<token>"));
     }
     Ok(())
 }
 
 fn wrong_type(path: &str, expected: &str, got: &Value) -> Fault {
-    fault(
-        INVALID_PARAMS,
-        format!("{path}: expected {expected}, got {}", kind(got)),
-    )
+    fault(INVALID_PARAMS, format!("{path}: expected {expected}, got {}", kind(got)))
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -299,9 +228,7 @@ fn string_param(v: &Value, path: &str) -> Result<String, Fault> {
 /// pony-build keys are strings of integers; accept either form.
 fn key_param(v: &Value) -> Result<ResultKey, Fault> {
     match v {
-        Value::String(s) => s
-            .parse()
-            .map_err(|_| fault(INVALID_PARAMS, format!("result_key: {s:?} is not a key"))),
+        Value::String(s) => s.parse().map_err(|_| fault(INVALID_PARAMS, format!("result_key: {s:?} is not a key"))),
         Value::Integer(i) => Ok(ResultKey(i64::from(*i))),
         Value::Long(i) => Ok(ResultKey(*i)),
         other => Err(wrong_type("result_key", "string", other)),
@@ -312,10 +239,7 @@ fn key_param(v: &Value) -> Result<ResultKey, Fault> {
 fn triple(r: &StoredResult) -> Value {
     let mut receipt = std::collections::BTreeMap::new();
     receipt.insert("time".to_owned(), Value::Double(r.receipt.time));
-    receipt.insert(
-        "result_key".to_owned(),
-        Value::String(r.receipt.key.to_string()),
-    );
+    receipt.insert("result_key".to_owned(), Value::String(r.receipt.key.to_string()));
     if let Some(ip) = &r.receipt.client_ip {
         receipt.insert("client_ip".to_owned(), Value::String(ip.clone()));
     }
@@ -327,18 +251,9 @@ fn triple(r: &StoredResult) -> Value {
         && !r.doc.extras.is_empty()
     {
         // XML-RPC's triple has no slot for extras; they ride along in client_info.
-        m.insert(
-            "__extras".to_owned(),
-            from_json(&Json::Object(r.doc.extras.clone())),
-        );
+        m.insert("__extras".to_owned(), from_json(&Json::Object(r.doc.extras.clone())));
     }
-    let steps = Value::Array(
-        r.doc
-            .steps
-            .iter()
-            .map(|s| from_json(&s.to_json()))
-            .collect(),
-    );
+    let steps = Value::Array(r.doc.steps.iter().map(|s| from_json(&s.to_json())).collect());
     Value::Array(vec![Value::Struct(receipt), ci, steps])
 }
 
@@ -349,9 +264,9 @@ fn to_json(v: &Value, path: &str) -> Result<Json, Fault> {
         Value::Long(i) => Json::from(*i),
         Value::Boolean(b) => Json::Bool(*b),
         Value::String(s) => Json::String(s.clone()),
-        Value::Double(d) => serde_json::Number::from_f64(*d)
-            .map(Json::Number)
-            .ok_or_else(|| fault(INVALID_PARAMS, format!("{path}: non-finite double")))?,
+        Value::Double(d) => {
+            serde_json::Number::from_f64(*d).map(Json::Number).ok_or_else(|| fault(INVALID_PARAMS, format!("{path}: non-finite double")))?
+        }
         Value::DateTime(dt) => Json::String(dt.to_string()),
         Value::Base64(b) => Json::String(String::from_utf8_lossy(b).into_owned()),
         Value::Struct(m) => {
@@ -361,13 +276,9 @@ fn to_json(v: &Value, path: &str) -> Result<Json, Fault> {
             }
             Json::Object(out)
         }
-        Value::Array(items) => Json::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| to_json(v, &format!("{path}[{i}]")))
-                .collect::<Result<_, _>>()?,
-        ),
+        Value::Array(items) => {
+            Json::Array(items.iter().enumerate().map(|(i, v)| to_json(v, &format!("{path}[{i}]"))).collect::<Result<_, _>>()?)
+        }
         Value::Nil => Json::Null,
         other => return Err(wrong_type(path, "a known XML-RPC type", other)),
     })
@@ -379,16 +290,12 @@ fn from_json(v: &Json) -> Value {
         Json::Null => Value::Nil,
         Json::Bool(b) => Value::Boolean(*b),
         Json::Number(n) => match n.as_i64() {
-            Some(i) => i32::try_from(i)
-                .map(Value::Integer)
-                .unwrap_or(Value::Long(i)),
+            Some(i) => i32::try_from(i).map(Value::Integer).unwrap_or(Value::Long(i)),
             None => Value::Double(n.as_f64().unwrap_or(0.0)),
         },
         Json::String(s) => Value::String(s.clone()),
         Json::Array(items) => Value::Array(items.iter().map(from_json).collect()),
-        Json::Object(m) => {
-            Value::Struct(m.iter().map(|(k, v)| (k.clone(), from_json(v))).collect())
-        }
+        Json::Object(m) => Value::Struct(m.iter().map(|(k, v)| (k.clone(), from_json(v))).collect()),
     }
 }
 
@@ -398,10 +305,7 @@ mod tests {
 
     #[test]
     fn doctype_is_refused_case_insensitively() {
-        assert!(
-            refuse_markup("<?xml version='1.0'?><!doctype x [<!ENTITY a 'b'>]><methodCall/>")
-                .is_some()
-        );
+        assert!(refuse_markup("<?xml version='1.0'?><!doctype x [<!ENTITY a 'b'>]><methodCall/>").is_some());
         assert!(refuse_markup("<methodCall><methodName>x</methodName></methodCall>").is_none());
     }
 
@@ -411,10 +315,7 @@ mod tests {
             [
                 ("a".to_owned(), Value::Integer(3)),
                 ("big".to_owned(), Value::Long(1 << 40)),
-                (
-                    "l".to_owned(),
-                    Value::Array(vec![Value::Boolean(true), Value::Nil, Value::Double(1.5)]),
-                ),
+                ("l".to_owned(), Value::Array(vec![Value::Boolean(true), Value::Nil, Value::Double(1.5)])),
             ]
             .into_iter()
             .collect(),
@@ -439,11 +340,8 @@ mod tests {
         let answers = std::thread::Builder::new()
             .stack_size(2 << 20)
             .spawn(|| {
-                let shallow = decode_call(nested_call(10).as_bytes())
-                    .map(|c| to_json(&c.params[0], "p").is_ok());
-                let deep = decode_call(nested_call(300_000).as_bytes())
-                    .map(|_| ())
-                    .map_err(|f| f.code());
+                let shallow = decode_call(nested_call(10).as_bytes()).map(|c| to_json(&c.params[0], "p").is_ok());
+                let deep = decode_call(nested_call(300_000).as_bytes()).map(|_| ()).map_err(|f| f.code());
                 (shallow, deep)
             })
             .expect("spawning")

@@ -16,8 +16,7 @@ pub struct Secrets {
 
 impl Secrets {
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Secrets {
-        let mut values: Vec<Vec<u8>> =
-            values.into_iter().filter(|v| !v.is_empty()).map(|v| v.as_bytes().to_vec()).collect();
+        let mut values: Vec<Vec<u8>> = values.into_iter().filter(|v| !v.is_empty()).map(|v| v.as_bytes().to_vec()).collect();
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         values.dedup();
         let mut starts = vec![false; 256];

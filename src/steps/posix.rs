@@ -26,8 +26,7 @@ pub fn quote(s: &str) -> String {
 /// Whether `name` can be exported by a POSIX shell.
 pub fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
-        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic()) && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
 /// The command line for one step.
@@ -75,9 +74,7 @@ pub struct PosixStep {
 ///
 /// dash and bash need `--` before a negative PID, busybox's kill rejects `--`: try both.
 pub fn kill_command(pgid: u32) -> String {
-    format!(
-        "kill -s KILL -- -{pgid} 2>/dev/null || kill -s KILL -{pgid} 2>/dev/null || kill -s KILL {pgid} 2>/dev/null; true"
-    )
+    format!("kill -s KILL -- -{pgid} 2>/dev/null || kill -s KILL -{pgid} 2>/dev/null || kill -s KILL {pgid} 2>/dev/null; true")
 }
 
 #[cfg(test)]

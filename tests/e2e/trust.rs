@@ -159,9 +159,5 @@ step_output = "256KiB"
 
 fn walk_size(p: &std::path::Path) -> u64 {
     let Ok(md) = std::fs::symlink_metadata(p) else { return 0 };
-    if md.is_dir() {
-        std::fs::read_dir(p).unwrap().map(|e| walk_size(&e.unwrap().path())).sum()
-    } else {
-        md.len()
-    }
+    if md.is_dir() { std::fs::read_dir(p).unwrap().map(|e| walk_size(&e.unwrap().path())).sum() } else { md.len() }
 }

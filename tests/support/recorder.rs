@@ -1,13 +1,13 @@
-//! Shared by the recorder's integration tests: start the real `paddock recorder` binary on a
-//! free port, learn its address from stdout, and stop it with SIGTERM.
-
-#![allow(dead_code)]
+//! The real `paddock recorder` binary for tests: started on a free port, its address learnt
+//! from stdout, stopped with SIGTERM; and a plain-socket JSON POST to seed it.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::wait_with_deadline;
 
 pub struct RecorderProcess {
     pub child: Child,
@@ -84,30 +84,13 @@ impl Drop for RecorderProcess {
     }
 }
 
-pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-pub fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// A minimal HTTP/1.1 POST over a plain socket, so tests seed the recorder without a client
 /// crate; `token` goes in `Authorization: Bearer`.
 pub fn http_post_json(addr: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     write!(
         s,
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
