@@ -311,6 +311,7 @@ async fn control(n: u64) {
         tpm: false,
         smc_key: None,
         firmware: None,
+        network: paddock::config::GuestNetwork::Outbound,
     };
     let cfg = ManagerConfig {
         instance_id: "bench000".into(),

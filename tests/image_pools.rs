@@ -123,6 +123,7 @@ fn image(name: &str, boot: Boot, host_key: HostKeyPolicy) -> Image {
         tpm: false,
         smc_key: None,
         firmware: None,
+        network: paddock::config::GuestNetwork::Outbound,
     }
 }
 

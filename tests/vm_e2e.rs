@@ -47,6 +47,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         tpm: false,
         smc_key: None,
         firmware: None,
+        network: paddock::config::GuestNetwork::Outbound,
     };
     let host = Host {
         name: "local".into(),

@@ -374,6 +374,19 @@ pub struct Image {
     pub tpm: bool,
     pub smc_key: Option<String>,
     pub firmware: Option<PathBuf>,
+    /// What the guest may reach besides its SSH forward.
+    pub network: GuestNetwork,
+}
+
+/// What a guest on user-mode networking (passt) may reach. Neither mode reaches the host's
+/// loopback (passt's gateway mapping is off for every paddock guest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestNetwork {
+    /// Connections out to other hosts, as passt forwards them from the hypervisor.
+    Outbound,
+    /// No connection leaves the hypervisor: passt binds its outbound sockets to loopback and
+    /// the guest has no IPv6. DNS through a resolver on the host itself is not blocked.
+    None,
 }
 
 #[derive(Debug, Clone)]

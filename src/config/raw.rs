@@ -105,6 +105,8 @@ pub struct RawImage {
     pub tpm: bool,
     pub smc_key: Option<S<String>>,
     pub firmware: Option<S<String>>,
+    /// `"outbound"` (default) or `"none"`; see `GuestNetwork`.
+    pub network: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -401,6 +401,12 @@ impl<'a> Validator<'a> {
             tpm: m.tpm,
             smc_key: m.smc_key.as_ref().map(|s| s.get_ref().clone()),
             firmware: m.firmware.as_ref().map(|s| self.path(s.get_ref())),
+            network: match &m.network {
+                None => GuestNetwork::Outbound,
+                Some(n) => self
+                    .one_of(n, &format!("{p}.network"), &[("outbound", GuestNetwork::Outbound), ("none", GuestNetwork::None)])
+                    .unwrap_or(GuestNetwork::Outbound),
+            },
         }
     }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::config::{Accelerator, Arch, Boot, Host, Image, Os};
+use crate::config::{Accelerator, Arch, Boot, GuestNetwork, Host, Image, Os};
 
 /// The XML namespace of paddock's ownership mark in `<metadata>`.
 pub const PADDOCK_NS: &str = "https://paddock.dev/xmlns/vm/1";
@@ -707,6 +707,9 @@ pub(crate) mod tests;
 
 /// The interface alias that tells the host's passt fence (`scripts/passt-fence.sh`) how to start
 /// passt for this guest: gateway mapping always off; for `network = "none"` also no outbound.
-fn passt_alias(_image: &Image) -> &'static str {
-    "ua-paddock-outbound"
+fn passt_alias(image: &Image) -> &'static str {
+    match image.network {
+        GuestNetwork::Outbound => "ua-paddock-outbound",
+        GuestNetwork::None => "ua-paddock-none",
+    }
 }

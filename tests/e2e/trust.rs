@@ -161,3 +161,81 @@ fn walk_size(p: &std::path::Path) -> u64 {
     let Ok(md) = std::fs::symlink_metadata(p) else { return 0 };
     if md.is_dir() { std::fs::read_dir(p).unwrap().map(|e| walk_size(&e.unwrap().path())).sum() } else { md.len() }
 }
+
+/// The passt processes serving `vm`, with their command lines. libvirt names passt's socket
+/// after the domain's short name: its id and the first 20 characters of its name.
+fn passt_of(vm: &str) -> Vec<String> {
+    let short = &vm[..vm.len().min(20)];
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("passt") && cmd.contains(&format!("-{short}")) {
+            out.push(cmd);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_reaches_neither_the_daemon_nor_another_guests_forward_through_the_gateway() {
+    ensure_guest_image();
+    let dir = tempfile::tempdir().unwrap();
+    // Stands in for another guest's SSH forward: passt binds those on the host's 127.0.0.1 too.
+    let other = std::net::TcpListener::bind("127.0.0.1:24445").unwrap();
+    other.set_nonblocking(true).unwrap();
+    // The probe goes to the gateway address, which passt maps to the host's loopback unless the
+    // fence turns that off. `network = "none"` keeps the refused attempt on this machine: the
+    // kernel refuses a loopback-bound socket's connection to any other address, so no packet
+    // leaves, whatever the outcome.
+    let probe = r#"GW=$(ip route | awk '/default/ {print $3}'); echo "gateway $GW"; for p in DAEMON OTHER; do if echo x | timeout 5 nc $GW $p > /tmp/reply 2>&1; then echo "REACHED $p: $(head -c 200 /tmp/reply)"; else echo "no connection to $p"; fi; done"#;
+    let mut fleet = fleet(
+        dir.path(),
+        "24440-24444",
+        &baked_host_key(),
+        r#"
+[[jobs]]
+name = "probe"
+images = ["tiny"]
+[[jobs.steps]]
+name = "probe-the-host"
+type = "test"
+command = "PROBE"
+"#,
+    );
+    fleet.images[0].network = paddock::config::GuestNetwork::None;
+    // The daemon listens on a port of this test's range, so the step can name it.
+    const DAEMON_PORT: u16 = 24446;
+    fleet.jobs[0].steps[0].command = probe.replace("DAEMON", &DAEMON_PORT.to_string()).replace("OTHER", "24445");
+    let listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], DAEMON_PORT)));
+    let daemon = paddock::daemon::Daemon::start(fleet, paddock::daemon::ServeOptions { listen, demo: false }).await.unwrap();
+    let _guard = DomainGuard::new(dir.path());
+    let ids = daemon.runs.trigger("probe", None, Trigger::Manual { by: "alice".into() }).await.unwrap();
+    let prefix = format!("paddock-{}-", instance_id(dir.path()));
+    let mut passt_lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let row = loop {
+        let row = daemon.store.run(&ids[0]).await.unwrap().unwrap();
+        if finished(&row) {
+            break row;
+        }
+        for vm in domains_named(&prefix) {
+            passt_lines.extend(passt_of(&vm));
+        }
+        assert!(std::time::Instant::now() < deadline, "run stuck in {}", row.state);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
+    let out = doc["results"][0]["output"].as_str().unwrap().to_owned();
+    assert!(out.contains("gateway "), "{out}");
+    let port = daemon.addr.port();
+    assert!(out.contains(&format!("no connection to {port}")), "the guest reached the daemon: {out}");
+    assert!(out.contains("no connection to 24445"), "the guest reached another forward: {out}");
+    assert!(!out.contains("REACHED"), "{out}");
+    assert!(matches!(other.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "a connection arrived");
+    assert!(
+        passt_lines.iter().any(|l| l.contains("--no-map-gw") && l.contains("--outbound 127.0.0.1")),
+        "passt did not run fenced: {passt_lines:?}"
+    );
+    daemon.stop().await.unwrap();
+}

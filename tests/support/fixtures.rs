@@ -22,5 +22,6 @@ pub fn image(name: &str, arch: Arch, memory_mib: u64, boot: Boot) -> Image {
         tpm: false,
         smc_key: None,
         firmware: None,
+        network: paddock::config::GuestNetwork::Outbound,
     }
 }

@@ -39,6 +39,7 @@ pub(crate) fn image(name: &str, os: Os, arch: Arch, boot: Boot) -> Image {
         tpm: false,
         smc_key: None,
         firmware: None,
+        network: crate::config::GuestNetwork::Outbound,
     }
 }
 

@@ -133,5 +133,6 @@ fn placeholder_image() -> Image {
         tpm: false,
         smc_key: None,
         firmware: None,
+        network: crate::config::GuestNetwork::Outbound,
     }
 }
