@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use ca::{CaError, CertSpec, FleetCa};
-pub use service::{Access, AccessConfig};
+pub use service::{Access, AccessConfig, OwnerHealth};
 pub use state::GrantState;
 
 use crate::config::Image;

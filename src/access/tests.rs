@@ -385,3 +385,30 @@ async fn http_forbids_what_a_role_may_not_do() {
     assert!(st.is_success(), "{st}: {b}");
     assert_ne!(b["state"], "pending", "{b}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_absurd_extension_is_refused_and_a_panicking_owner_is_restarted_with_grants_still_expiring() {
+    let e = env().await;
+    let access = e.start().await;
+    let a = access.request("mia", Target::Image("tiny".into()), mins(30), "debug").await.unwrap();
+    let id = a.grant.id.clone();
+    // 100000000 days overflows any time: refused (the API refuses it earlier, at parse time).
+    let absurd = Duration::from_secs(100_000_000 * 86_400);
+    assert!(matches!(access.extend("mia", &id, absurd).await, Err(AccessError::Invalid(_))));
+    assert_eq!(access.health().restarts, 0);
+
+    // A bug in the owner (injected on purpose): it is started again from the store.
+    access.inject_owner_panic();
+    let b = access.request("mia", Target::Image("tiny".into()), mins(10), "after the crash").await.unwrap();
+    assert_eq!(b.grant.state, GrantState::Active, "the restarted owner serves requests");
+    let h = access.health();
+    assert_eq!(h.restarts, 1);
+    assert!(h.last_failure.as_deref().is_some_and(|w| w.contains("injected on purpose")), "{h:?}");
+    // Grants from before and after the crash still end on time, and revoke still works.
+    e.wait_state(&access, &b.grant.id, GrantState::Expired).await;
+    let g = e.wait_state(&access, &id, GrantState::Expired).await;
+    let destroyed = e.machines.when(&format!("destroy vm-{id}")).unwrap();
+    assert!(destroyed >= g.ends_at.unwrap() && destroyed - g.ends_at.unwrap() < chrono::Duration::seconds(5));
+    let c = access.request("mia", Target::Image("tiny".into()), mins(10), "revoke me").await.unwrap();
+    assert_eq!(access.revoke("mia", &c.grant.id).await.unwrap().state, GrantState::Revoked);
+}

@@ -73,10 +73,34 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     b.map(|Json(v)| v).map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
+/// A refused access decision gets an audit line (`refused: why`), as a refused run trigger does;
+/// decisions that happen are audited by the access service with the grant's own transition.
+async fn audited<T>(s: &Shared, actor: &Actor, action: &str, subject: &str, res: Result<T, ApiError>) -> Result<T, ApiError> {
+    if let Err(e) = &res
+        && let Err(err) = s.store.audit(&actor.user, action, subject, &format!("refused: {e}")).await
+    {
+        tracing::error!(error = %super::chain(&err), action, subject, "could not write the audit trail");
+    }
+    res
+}
+
 /// 201 with certificates when approved at once, 202 when it waits for an admin.
 pub async fn request(
     State(s): State<Shared>,
     actor: Actor,
+    b: Result<Json<AccessRequestIn>, JsonRejection>,
+) -> Result<(StatusCode, Json<GrantOut>), ApiError> {
+    let subject = match &b {
+        Ok(Json(r)) => r.image.clone().or_else(|| r.run.clone()).unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let res = request_checked(&s, &actor, b).await;
+    audited(&s, &actor, "access.request", &subject, res).await
+}
+
+async fn request_checked(
+    s: &Shared,
+    actor: &Actor,
     b: Result<Json<AccessRequestIn>, JsonRejection>,
 ) -> Result<(StatusCode, Json<GrantOut>), ApiError> {
     let req = body(b)?;
@@ -86,7 +110,7 @@ pub async fn request(
         _ => return Err(ApiError::BadRequest("give exactly one of `image` and `run`".into())),
     };
     let d = duration(&req.duration)?;
-    let a = service(&s)?.request(&actor.user, target, d, &req.reason).await?;
+    let a = service(s)?.request(&actor.user, target, d, &req.reason).await?;
     let status = if a.grant.state == GrantState::Pending { StatusCode::ACCEPTED } else { StatusCode::CREATED };
     Ok((status, Json(answer_out(a))))
 }
@@ -105,7 +129,8 @@ pub async fn detail(State(s): State<Shared>, r: Reader, Path(id): Path<String>) 
 }
 
 pub async fn approve(State(s): State<Shared>, actor: Actor, Path(id): Path<String>) -> Result<Json<GrantOut>, ApiError> {
-    Ok(Json(answer_out(service(&s)?.approve(&actor.user, &id).await?)))
+    let res = async { Ok(Json(answer_out(service(&s)?.approve(&actor.user, &id).await?))) }.await;
+    audited(&s, &actor, "access.approve", &id, res).await
 }
 
 pub async fn deny(
@@ -116,7 +141,8 @@ pub async fn deny(
 ) -> Result<Json<GrantOut>, ApiError> {
     // The body is optional: a bare POST denies without a reason.
     let reason = b.map(|Json(d)| d.reason).unwrap_or_default();
-    Ok(Json(grant_out(&service(&s)?.deny(&actor.user, &id, &reason).await?)))
+    let res = async { Ok(Json(grant_out(&service(&s)?.deny(&actor.user, &id, &reason).await?))) }.await;
+    audited(&s, &actor, "access.deny", &id, res).await
 }
 
 pub async fn extend(
@@ -125,12 +151,17 @@ pub async fn extend(
     Path(id): Path<String>,
     b: Result<Json<ExtendIn>, JsonRejection>,
 ) -> Result<Json<GrantOut>, ApiError> {
-    let d = duration(&body(b)?.duration)?;
-    Ok(Json(answer_out(service(&s)?.extend(&actor.user, &id, d).await?)))
+    let res = async {
+        let d = duration(&body(b)?.duration)?;
+        Ok(Json(answer_out(service(&s)?.extend(&actor.user, &id, d).await?)))
+    }
+    .await;
+    audited(&s, &actor, "access.extend", &id, res).await
 }
 
 pub async fn revoke(State(s): State<Shared>, actor: Actor, Path(id): Path<String>) -> Result<Json<GrantOut>, ApiError> {
-    Ok(Json(grant_out(&service(&s)?.revoke(&actor.user, &id).await?)))
+    let res = async { Ok(Json(grant_out(&service(&s)?.revoke(&actor.user, &id).await?))) }.await;
+    audited(&s, &actor, "access.revoke", &id, res).await
 }
 
 pub async fn ca(State(s): State<Shared>, _r: Reader) -> Result<Json<CaOut>, ApiError> {

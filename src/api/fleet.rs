@@ -24,10 +24,17 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
     let hosts = s.hosts.borrow().clone();
     let up = hosts.iter().filter(|h| h.up).count();
+    // An owner that failed and was started again is reported (it serves again).
+    let owners = match s.access.as_ref().map(|a| a.health()) {
+        Some(h) if h.restarts > 0 => {
+            format!("access owner restarted {} time(s); last failure: {}\n", h.restarts, h.last_failure.as_deref().unwrap_or("unknown"))
+        }
+        _ => String::new(),
+    };
     if up > 0 {
-        (StatusCode::OK, format!("ready: {up} of {} hosts up\n", s.fleet.hosts.len()))
+        (StatusCode::OK, format!("ready: {up} of {} hosts up\n{owners}", s.fleet.hosts.len()))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: no host reachable ({} configured)\n", s.fleet.hosts.len()))
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: no host reachable ({} configured)\n{owners}", s.fleet.hosts.len()))
     }
 }
 

@@ -45,14 +45,34 @@ async fn tell_manager(s: &Shared, name: &str, block: Option<Block>) {
     }
 }
 
+/// A refused drain or resume is audited like a refused run trigger; a done one writes its audit
+/// line together with the block, in one transaction.
+async fn audit_refusal<T>(s: &Shared, actor: &Actor, action: &str, host: &str, res: &Result<T, ApiError>) {
+    if let Err(e) = res
+        && let Err(err) = s.store.audit(&actor.user, action, host, &format!("refused: {e}")).await
+    {
+        tracing::error!(error = %super::chain(&err), action, host, "could not write the audit trail");
+    }
+}
+
 pub async fn drain(
     State(s): State<Shared>,
     actor: Actor,
     Path(name): Path<String>,
-    Json(body): Json<HostBlockIn>,
+    body: Result<Json<HostBlockIn>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<HostOut>, ApiError> {
-    admin(&actor, "draining")?;
-    known(&s, &name)?;
+    let res = match body {
+        Ok(Json(body)) => drain_checked(&s, &actor, &name, body).await,
+        Err(e) => Err(ApiError::BadRequest(e.body_text())),
+    };
+    audit_refusal(&s, &actor, "host.drain", &name, &res).await;
+    res
+}
+
+async fn drain_checked(s: &Shared, actor: &Actor, name: &str, body: HostBlockIn) -> Result<Json<HostOut>, ApiError> {
+    let (s, name) = (s, name.to_owned());
+    admin(actor, "draining")?;
+    known(s, &name)?;
     let reason = body.reason.map(|r| r.trim().to_string()).filter(|r| !r.is_empty());
     let Some(reason) = reason else {
         return Err(ApiError::BadRequest("a drain needs a `reason` (shown on the dashboard)".into()));
@@ -61,8 +81,8 @@ pub async fn drain(
     let audit = AuditEntry { actor: actor.user.clone(), action: "host.drain".into(), subject: name.clone(), detail: reason };
     s.store.set_host_block(&name, Some(block.clone()), Some(audit)).await?;
     tracing::info!(host = %name, by = %actor.user, reason = %block.reason(), "host drained");
-    tell_manager(&s, &name, Some(block)).await;
-    answer(&s, &name).await
+    tell_manager(s, &name, Some(block)).await;
+    answer(s, &name).await
 }
 
 pub async fn resume(
@@ -71,8 +91,15 @@ pub async fn resume(
     Path(name): Path<String>,
     body: Option<Json<HostBlockIn>>,
 ) -> Result<Json<HostOut>, ApiError> {
-    admin(&actor, "resuming")?;
-    known(&s, &name)?;
+    let res = resume_checked(&s, &actor, &name, body).await;
+    audit_refusal(&s, &actor, "host.resume", &name, &res).await;
+    res
+}
+
+async fn resume_checked(s: &Shared, actor: &Actor, name: &str, body: Option<Json<HostBlockIn>>) -> Result<Json<HostOut>, ApiError> {
+    let (s, name) = (s, name.to_owned());
+    admin(actor, "resuming")?;
+    known(s, &name)?;
     let was = s.store.host_blocks().await?.into_iter().find(|(n, _)| *n == name).map(|(_, b)| b);
     let Some(was) = was else {
         return Err(ApiError::Conflict(format!("host `{name}` is neither drained nor quarantined")));
@@ -82,6 +109,6 @@ pub async fn resume(
     let audit = AuditEntry { actor: actor.user.clone(), action: "host.resume".into(), subject: name.clone(), detail };
     s.store.set_host_block(&name, None, Some(audit)).await?;
     tracing::info!(host = %name, by = %actor.user, "host resumed");
-    tell_manager(&s, &name, None).await;
-    answer(&s, &name).await
+    tell_manager(s, &name, None).await;
+    answer(s, &name).await
 }

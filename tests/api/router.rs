@@ -421,6 +421,25 @@ async fn drain_and_resume_are_admin_only_audited_and_shown_in_hosts() {
     assert_error(st, &b, StatusCode::BAD_REQUEST, "bad_request", "needs a `reason`");
     let (st, b) = json(s, Method::POST, "/api/v1/hosts/rack-2/resume", Some(&l.admin), Some("{}")).await;
     assert_error(st, &b, StatusCode::CONFLICT, "conflict", "neither drained nor quarantined");
+    // Every refusal has its audit line, newest first.
+    let refused: Vec<(String, String, String, String)> = l
+        .store
+        .audit_entries(4)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.actor, a.action, a.subject, a.detail.split(':').next().unwrap_or("").to_owned()))
+        .collect();
+    let r = |actor: &str, action: &str, subject: &str| (actor.to_owned(), action.to_owned(), subject.to_owned(), "refused".to_owned());
+    assert_eq!(
+        refused,
+        [
+            r("root", "host.resume", "rack-2"),
+            r("root", "host.drain", "rack-2"),
+            r("root", "host.drain", "nope"),
+            r("alice", "host.drain", "rack-2")
+        ]
+    );
 
     let (st, b) = json(s, Method::POST, "/api/v1/hosts/rack-2/drain", Some(&l.admin), Some(body)).await;
     assert_eq!(st, StatusCode::OK, "{b}");
@@ -479,4 +498,9 @@ async fn absurd_durations_are_refused_at_parse_time() {
         let (st, b) = json(&l.state, Method::POST, uri, Some(&l.alice), Some(body)).await;
         assert_error(st, &b, StatusCode::BAD_REQUEST, "bad_request", "longer than the limit of 366d");
     }
+    // Both refusals are audited.
+    let audit = l.store.audit_entries(2).await.unwrap();
+    let got: Vec<(&str, &str, &str)> = audit.iter().map(|a| (a.actor.as_str(), a.action.as_str(), a.subject.as_str())).collect();
+    assert_eq!(got, [("alice", "access.request", "tiny-x86_64"), ("alice", "access.extend", "a1")]);
+    assert!(audit.iter().all(|a| a.detail.starts_with("refused: ") && a.detail.contains("366d")), "{audit:?}");
 }

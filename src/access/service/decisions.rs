@@ -13,7 +13,7 @@ use crate::store::AuditEntry;
 
 use super::owner::Owner;
 use super::preparation::image_of;
-use super::{AUTO, audit, human};
+use super::{AUTO, audit, human, later};
 
 /// What became of a new request.
 pub(super) enum Requested {
@@ -163,8 +163,8 @@ impl Owner {
             )));
         };
         let (start, end) = (g.starts_at.unwrap_or(g.created_at), g.ends_at.unwrap_or(g.created_at));
-        let cap_end = start + chrono::Duration::from_std(cap).unwrap_or(chrono::Duration::MAX);
-        let want = end + chrono::Duration::from_std(extra).unwrap_or(chrono::Duration::MAX);
+        let cap_end = later(start, cap)?;
+        let want = later(end, extra)?;
         let new_end = want.min(cap_end);
         if new_end <= end {
             return Err(AccessError::Forbidden(format!("grant {id} is already at its longest ({}) for `{by}`", human(cap))));

@@ -56,13 +56,54 @@ const SYSTEM: &str = "paddock";
 const AUTO: &str = "policy";
 
 enum Cmd {
-    Request { by: String, target: Target, duration: Duration, reason: String, reply: Reply<GrantAnswer> },
-    Approve { by: String, id: String, reply: Reply<GrantAnswer> },
-    Deny { by: String, id: String, reason: String, reply: Reply<Grant> },
-    Extend { by: String, id: String, extra: Duration, reply: Reply<GrantAnswer> },
-    Revoke { by: String, id: String, reply: Reply<Grant> },
-    Prepared { id: String, outcome: Prepared },
-    Cleaned { id: String, result: Result<Vec<String>, String> },
+    Request {
+        by: String,
+        target: Target,
+        duration: Duration,
+        reason: String,
+        reply: Reply<GrantAnswer>,
+    },
+    Approve {
+        by: String,
+        id: String,
+        reply: Reply<GrantAnswer>,
+    },
+    Deny {
+        by: String,
+        id: String,
+        reason: String,
+        reply: Reply<Grant>,
+    },
+    Extend {
+        by: String,
+        id: String,
+        extra: Duration,
+        reply: Reply<GrantAnswer>,
+    },
+    Revoke {
+        by: String,
+        id: String,
+        reply: Reply<Grant>,
+    },
+    Prepared {
+        id: String,
+        outcome: Prepared,
+    },
+    Cleaned {
+        id: String,
+        result: Result<Vec<String>, String>,
+    },
+    /// Fault injection for the supervisor's test: the owner panics as a bug would.
+    InjectPanic,
+}
+
+/// How the access owner has fared since the daemon started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnerHealth {
+    /// Times the owner failed (panicked) and was started again from the store.
+    pub restarts: u64,
+    /// Why it last failed.
+    pub last_failure: Option<String>,
 }
 
 /// A handle to the access service; cheap to clone.
@@ -71,6 +112,7 @@ pub struct Access {
     tx: mpsc::UnboundedSender<Cmd>,
     store: Store,
     ca: FleetCa,
+    health: Arc<std::sync::Mutex<OwnerHealth>>,
 }
 
 impl Access {
@@ -84,20 +126,36 @@ impl Access {
         cfg: AccessConfig,
     ) -> Result<Access, AccessError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut owner = Owner {
-            fleet,
-            store: store.clone(),
-            ca: ca.clone(),
-            machines,
-            cfg,
-            waiters: HashMap::new(),
-            cleaning: HashMap::new(),
-            tx: tx.clone(),
-            retry_at: None,
+        let make = {
+            let (store, ca, tx) = (store.clone(), ca.clone(), tx.clone());
+            move || Owner {
+                fleet: fleet.clone(),
+                store: store.clone(),
+                ca: ca.clone(),
+                machines: machines.clone(),
+                cfg,
+                waiters: HashMap::new(),
+                cleaning: HashMap::new(),
+                tx: tx.clone(),
+                retry_at: None,
+            }
         };
+        let mut owner = make();
         owner.recover().await?;
-        tokio::spawn(owner.run(rx));
-        Ok(Access { tx, store, ca })
+        let health = Arc::new(std::sync::Mutex::new(OwnerHealth::default()));
+        tokio::spawn(supervise(owner, make, rx, health.clone()));
+        Ok(Access { tx, store, ca, health })
+    }
+
+    /// How the owner has fared: restarts after failures, and the last failure.
+    pub fn health(&self) -> OwnerHealth {
+        self.health.lock().expect("health lock").clone()
+    }
+
+    /// Fault injection: makes the owner task panic, as a bug in it would. The supervisor's
+    /// test calls it; no endpoint does.
+    pub fn inject_owner_panic(&self) {
+        let _ = self.tx.send(Cmd::InjectPanic);
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, AccessError> {
@@ -152,8 +210,71 @@ impl Access {
     }
 }
 
+/// Runs the owner; when it panics, starts a new one from the store (grants whose end passed are
+/// ended, clean-ups re-armed, as at start) on the same command channel, and records it. Only the
+/// command in hand when it failed is lost: its caller gets `Stopped`.
+///
+/// Implementation note: the receiver sits behind a mutex that each owner holds while it runs; a
+/// panic unwinds the owner's task and releases the lock, so the receiver (and every queued
+/// command) survives for the next owner.
+async fn supervise(
+    first: Owner,
+    make: impl Fn() -> Owner + Send + 'static,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    health: Arc<std::sync::Mutex<OwnerHealth>>,
+) {
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut next = Some(first);
+    loop {
+        let owner = match next.take() {
+            Some(o) => o,
+            None => {
+                let mut o = make();
+                if let Err(e) = o.recover().await {
+                    tracing::error!(error = %crate::error::chain(&e), "the restarted access owner cannot read the store; trying again in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                o
+            }
+        };
+        let rx = rx.clone();
+        let ran = tokio::spawn(async move {
+            let mut rx = rx.lock().await;
+            owner.run(&mut rx).await;
+        })
+        .await;
+        match ran {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                let why = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                tracing::error!(reason = %why, "the access owner failed; starting it again from the store");
+                metrics::counter!("paddock_owner_restarts_total", "owner" => "access").increment(1);
+                let mut h = health.lock().expect("health lock");
+                h.restarts += 1;
+                h.last_failure = Some(why);
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 pub(super) fn audit(actor: &str, action: &str, g: &Grant, detail: impl Into<String>) -> AuditEntry {
     AuditEntry { actor: actor.into(), action: action.into(), subject: g.id.clone(), detail: detail.into() }
+}
+
+/// `t + d`, or `Invalid` when that is past what a time can hold: no duration a user sends can
+/// make the owner panic (durations are also capped where they are parsed).
+pub(super) fn later(t: chrono::DateTime<chrono::Utc>, d: Duration) -> Result<chrono::DateTime<chrono::Utc>, AccessError> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .ok_or_else(|| AccessError::Invalid(format!("a duration of {} s is too long", d.as_secs())))
 }
 
 pub(super) fn human(d: Duration) -> String {

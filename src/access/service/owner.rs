@@ -32,7 +32,9 @@ pub(super) struct Owner {
 }
 
 impl Owner {
-    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    /// Serves commands until every handle is gone. The receiver is borrowed: if this owner
+    /// panics, the supervisor keeps it and starts a new owner on it (`service::supervise`).
+    pub(super) async fn run(mut self, rx: &mut mpsc::UnboundedReceiver<Cmd>) {
         loop {
             let wake = match self.next_wake().await {
                 Ok(w) => w,
@@ -88,6 +90,7 @@ impl Owner {
             Cmd::Revoke { by, id, reply } => drop(reply.send(self.revoke(&by, &id).await)),
             Cmd::Prepared { id, outcome } => self.prepared(&id, outcome).await,
             Cmd::Cleaned { id, result } => self.cleaned(&id, result).await,
+            Cmd::InjectPanic => panic!("access owner: a panic injected on purpose (Access::inject_owner_panic)"),
         }
     }
 

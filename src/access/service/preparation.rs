@@ -32,7 +32,7 @@ impl Owner {
         let now = self.now();
         g.decided_by = Some(by.into());
         g.starts_at = Some(now);
-        g.ends_at = Some(now + chrono::Duration::from_std(g.duration).unwrap_or(chrono::Duration::MAX));
+        g.ends_at = Some(super::later(now, g.duration)?);
         g.detail = None;
         let how = if by == AUTO { "approved by policy" } else { "approved" };
         let entry = audit(by, "approve", &g, format!("{how}; ends {}", g.ends_at.unwrap().to_rfc3339()));
