@@ -6,6 +6,7 @@ mod access;
 mod arch;
 mod crash;
 mod faults;
+mod reload;
 mod ui;
 mod runs;
 
