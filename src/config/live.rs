@@ -110,3 +110,48 @@ impl JobChanges {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn fleet(edit: impl Fn(String) -> String) -> Fleet {
+        crate::config::parse(&edit(include_str!("../../fleet.toml").to_string()), Path::new("fleet.toml")).unwrap()
+    }
+
+    #[test]
+    fn only_jobs_may_change_without_a_restart() {
+        let old = fleet(|s| s);
+        assert_eq!(restart_only_changes(&old, &fleet(|s| s.replace("# paddock fleet", "# a comment edit"))), Vec::<&str>::new());
+        let new = fleet(|s| s.replacen("max_vms = 4", "max_vms = 5", 1).replacen("max_grant = \"24h\"", "max_grant = \"12h\"", 1));
+        assert_eq!(restart_only_changes(&old, &new), ["[[hosts]]", "[access]"]);
+        let new = fleet(|s| s.replacen("memory_mib = 512", "memory_mib = 768", 1).replacen("role = \"admin\"", "role = \"viewer\"", 1));
+        assert_eq!(restart_only_changes(&old, &new), ["[[images]]", "[[users]]"]);
+        let new = fleet(|s| s.replacen("max_hold = \"24h\"", "max_hold = \"2h\"", 1));
+        assert_eq!(restart_only_changes(&old, &new), ["[daemon]"]);
+    }
+
+    #[test]
+    fn job_changes_name_added_removed_and_changed_jobs() {
+        let old = fleet(|s| s);
+        let same = JobChanges::between(&old, &fleet(|s| s));
+        assert!(same.is_empty(), "{same:?}");
+        let new =
+            fleet(|s| s.replacen("name = \"arches\"", "name = \"arches2\"", 1).replacen("command = \"uname -a", "command = \"uname -r", 1));
+        let c = JobChanges::between(&old, &new);
+        assert_eq!((c.added, c.removed, c.changed), (vec!["arches2".to_string()], vec!["arches".to_string()], vec!["demo".to_string()]));
+    }
+
+    #[test]
+    fn readers_see_a_replaced_fleet_and_keep_what_they_took() {
+        let (updater, live) = live(Arc::new(fleet(|s| s)));
+        let taken = live.current();
+        updater.replace(Arc::new(fleet(|s| s.replacen("name = \"arches\"", "name = \"arches2\"", 1))));
+        assert!(live.current().job("arches2").is_some());
+        assert!(taken.job("arches").is_some() && taken.job("arches2").is_none());
+        let fixed = LiveFleet::from(taken.clone());
+        assert!(fixed.current().job("arches").is_some());
+    }
+}
