@@ -108,3 +108,6 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod reference_tests;
