@@ -15,42 +15,42 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
 const LISTEN: &str = "127.0.0.1:24700";
 
 /// Runs `cmd` to its end, killed after `limit`.
 fn run(cmd: &mut Command, limit: Duration) -> Output {
     let what = format!("{cmd:?}");
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut o = Vec::new();
-        out.read_to_end(&mut o).ok();
-        o
-    });
-    let ereader = std::thread::spawn(move || {
-        let mut e = Vec::new();
-        err.read_to_end(&mut e).ok();
-        e
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+    // Read both pipes while waiting, so a chatty command cannot fill one and stall.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            r.read_to_end(&mut buf).ok();
+            buf
+        })
     };
-    Output { status, stdout: reader.join().unwrap(), stderr: ereader.join().unwrap() }
+    let (stdout, stderr) = (drain(Box::new(child.stdout.take().unwrap())), drain(Box::new(child.stderr.take().unwrap())));
+    let Some(status) = support::wait_with_deadline(&mut child, limit) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not finish within {limit:?}");
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
 
 fn ok(cmd: &mut Command, limit: Duration) -> String {
     let what = format!("{cmd:?}");
     let out = run(cmd, limit);
-    assert!(out.status.success(), "{what}: {}\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -124,8 +124,8 @@ fn id(flag: &str, name: &str) -> u32 {
     ok(Command::new("id").args([flag, name]), Duration::from_secs(10)).trim().parse().unwrap()
 }
 
-#[test]
-fn the_deb_installs_runs_as_its_user_and_removes_as_debian_policy_says() {
+#[tokio::test]
+async fn the_deb_installs_runs_as_its_user_and_removes_as_debian_policy_says() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "dpkg -i needs root (make test runs as root)");
     if package_status().is_none() {
         assert!(!user_exists("paddock"), "a user `paddock` exists that no paddock package made; not touching it");
@@ -137,7 +137,7 @@ fn the_deb_installs_runs_as_its_user_and_removes_as_debian_policy_says() {
 
     // Build.
     let out = tempfile::tempdir().unwrap();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = support::repo();
     let deb = ok(
         Command::new("bash").arg(repo.join("scripts/build-deb.sh")).arg(env!("CARGO_BIN_EXE_paddock")).arg(out.path()),
         Duration::from_secs(300),
@@ -204,14 +204,7 @@ fn the_deb_installs_runs_as_its_user_and_removes_as_debian_policy_says() {
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), format!("paddock listening on http://{LISTEN}"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let answer = loop {
-        match healthz() {
-            Some(a) => break a,
-            None => assert!(Instant::now() < deadline, "no answer on /healthz"),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let answer = support::wait_for("an answer on /healthz", Duration::from_secs(30), async || healthz()).await;
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"), "{answer}");
     drop(serve);
     let db = Path::new("/var/lib/paddock/paddock.db");

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use paddock::store::Store;
 
@@ -56,23 +56,18 @@ impl Drop for LoggedServe {
     }
 }
 
-fn wait_until<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Waits until the log holds `count` lines containing `needle`; returns the log.
-fn wait_for_log(log: &Path, needle: &str, count: usize) -> String {
-    wait_until(&format!("{count}× {needle:?} in the daemon log"), Duration::from_secs(20), || {
+async fn wait_for_log(log: &Path, needle: &str, count: usize) -> String {
+    wait_for(&format!("{count}× {needle:?} in the daemon log"), Duration::from_secs(20), async || {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         (text.matches(needle).count() >= count).then_some(text)
     })
+    .await
+}
+
+/// The first run in the store that `want` accepts, once there is one.
+async fn run_where(what: &str, limit: Duration, store: &Store, want: impl Fn(&RunRow) -> bool) -> RunRow {
+    wait_for(what, limit, async || store.runs(Default::default()).await.ok()?.into_iter().find(|r| want(r))).await
 }
 
 const LONG_JOB: &str = r#"
@@ -109,7 +104,7 @@ async fn sighup_applies_a_good_fleet_and_keeps_the_old_one_on_error_while_a_run_
     let serve = LoggedServe::start(&config, &log);
     let _guard = DomainGuard::new(dir.path());
     let store = Store::open(&dir.path().join("state/paddock.db")).await.unwrap();
-    let run = poll_store("the demo run's step to run", Duration::from_secs(240), &store, |r| r.state.starts_with("running:")).await;
+    let run = run_where("the demo run's step to run", Duration::from_secs(240), &store, |r| r.state.starts_with("running:")).await;
     assert_eq!(serve.jobs(), vec!["long"]);
 
     // 1. A broken file: the located error is logged and the old jobs stay.
@@ -118,41 +113,30 @@ async fn sighup_applies_a_good_fleet_and_keeps_the_old_one_on_error_while_a_run_
     serve.hup();
     let line = broken[..broken.find("[\"win7\"]").unwrap()].matches('\n').count() + 1;
     let located = format!("{}:{line}:11: jobs[1].images: no image named `win7`; known: `tiny`", config.display());
-    let text = wait_for_log(&log, "fleet file not reloaded: keeping the running configuration", 1);
+    let text = wait_for_log(&log, "fleet file not reloaded: keeping the running configuration", 1).await;
     assert!(text.contains(&located), "expected {located:?} in the log:\n{text}");
     assert_eq!(serve.jobs(), vec!["long"]);
 
     // 2. A valid file that changes a host: only a restart applies that, so nothing changes.
     std::fs::write(&config, format!("{good}{NEW_JOB}").replacen("max_vms = 4", "max_vms = 3", 1)).unwrap();
     serve.hup();
-    let text = wait_for_log(&log, "fleet file not reloaded: keeping the running configuration", 2);
+    let text = wait_for_log(&log, "fleet file not reloaded: keeping the running configuration", 2).await;
     assert!(text.contains("[[hosts]] changed in"), "{text}");
     assert_eq!(serve.jobs(), vec!["long"]);
 
     // 3. A good file: the new job is listed without a restart.
     std::fs::write(&config, format!("{good}{NEW_JOB}")).unwrap();
     serve.hup();
-    wait_until("`nightly` in `paddock jobs`", Duration::from_secs(20), || (serve.jobs() == ["long", "nightly"]).then_some(()));
-    let text = wait_for_log(&log, "fleet file reloaded", 1);
+    wait_until("`nightly` in `paddock jobs`", Duration::from_secs(20), async || serve.jobs() == ["long", "nightly"]).await;
+    let text = wait_for_log(&log, "fleet file reloaded", 1).await;
     assert!(text.contains(r#"added=["nightly"]"#), "{text}");
     assert!(text.contains(r#"scheduled=["nightly"]"#), "{text}");
 
     // The run was running through all three reloads, and ends as it would have.
     let now = store.run(&run.id).await.unwrap().unwrap();
     assert!(now.state.starts_with("running:"), "the run left its step during the reloads: {}", now.state);
-    let end = poll_store("the run to finish", Duration::from_secs(120), &store, |r| r.id == run.id && finished(r)).await;
+    let end = run_where("the run to finish", Duration::from_secs(120), &store, |r| r.id == run.id && finished(r)).await;
     assert_eq!((end.state.as_str(), end.outcome.as_deref()), ("done", Some("success")), "{end:?}");
     let run_log = std::fs::read_to_string(dir.path().join("state/logs").join(&run.id).join("run.log")).unwrap();
     assert!(run_log.contains("finished"), "{run_log}");
-}
-
-async fn poll_store(what: &str, limit: Duration, store: &Store, want: impl Fn(&RunRow) -> bool) -> RunRow {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(r) = store.runs(Default::default()).await.ok().and_then(|rs| rs.into_iter().find(|r| want(r))) {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
