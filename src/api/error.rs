@@ -24,6 +24,9 @@ pub enum ApiError {
     /// The request is well-formed but the thing is in the wrong state for it.
     #[error("{0}")]
     Conflict(String),
+    /// A limit on concurrent use (the text names it) is reached; try again later.
+    #[error("{0}")]
+    TooMany(String),
     #[error("the run coordinator is not running")]
     CoordinatorStopped,
     #[error("the access service is not running")]
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many"),
             ApiError::CoordinatorStopped | ApiError::AccessStopped => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Grant(_) => (StatusCode::BAD_GATEWAY, "grant_failed"),
             ApiError::Store(_) | ApiError::Log { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -144,8 +144,11 @@ pub async fn follow(
 ) -> Result<impl IntoResponse, ApiError> {
     let row = find(&s, &id).await?;
     let offset = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let Some(guard) = FollowGuard::try_new(&s.follows, s.max_follows) else {
+        return Err(ApiError::TooMany(format!("{} live log streams are open, the limit; close one or try again later", s.max_follows)));
+    };
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(16);
-    tokio::spawn(follow_task(s, row, offset, tx));
+    tokio::spawn(follow_task(s, row, offset, tx, guard));
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
 }
 
@@ -168,9 +171,8 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
 /// Implementation note: the follow runs in its own task feeding a small
 /// channel, so a slow client applies back-pressure to the reads and a client
 /// that goes away ends the task at its next send.
-async fn follow_task(s: Shared, first: RunRow, mut offset: u64, tx: mpsc::Sender<Result<Event, Infallible>>) {
+async fn follow_task(s: Shared, first: RunRow, mut offset: u64, tx: mpsc::Sender<Result<Event, Infallible>>, _live: FollowGuard) {
     let id = first.id.clone();
-    let _live = FollowGuard::new(&s.follows);
     let mut last_state: Option<String> = None;
     // Bytes of a UTF-8 sequence split across reads, held for the next event.
     let mut carry: Vec<u8> = Vec::new();
@@ -227,9 +229,11 @@ async fn follow_task(s: Shared, first: RunRow, mut offset: u64, tx: mpsc::Sender
 struct FollowGuard(std::sync::Arc<std::sync::atomic::AtomicUsize>);
 
 impl FollowGuard {
-    fn new(n: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> FollowGuard {
-        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        FollowGuard(n.clone())
+    /// Counts one more follow, unless `max` are already streaming.
+    fn try_new(n: &std::sync::Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<FollowGuard> {
+        use std::sync::atomic::Ordering::SeqCst;
+        n.fetch_update(SeqCst, SeqCst, |c| (c < max).then_some(c + 1)).ok()?;
+        Some(FollowGuard(n.clone()))
     }
 }
 

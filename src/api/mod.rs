@@ -66,6 +66,8 @@ pub struct ApiState {
     pub metrics: PrometheusHandle,
     /// Log follows streaming right now (exported as a gauge; tests wait on it).
     pub follows: Arc<std::sync::atomic::AtomicUsize>,
+    /// The most log follows streaming at once; one more answers 429 naming the limit.
+    pub max_follows: usize,
     /// The access service; `None` answers access calls with 503.
     pub access: Option<crate::access::Access>,
     /// The VM manager, told about drains and resumes; `None` only records them.
@@ -85,6 +87,7 @@ impl ApiState {
             follow_poll: Duration::from_millis(250),
             metrics: metrics::install(),
             follows: Arc::default(),
+            max_follows: 200,
             access: None,
             vms: None,
         }

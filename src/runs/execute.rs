@@ -42,6 +42,9 @@ pub struct ExecutorConfig {
     pub output_caps: steps::OutputCaps,
     /// The run's combined `run.log`.
     pub run_log_bytes: u64,
+    /// Each SSH operation of artifact collection (the listing, each file's download) gives up
+    /// after this: a guest that stops answering cannot keep the run from ending.
+    pub artifact_op_timeout: std::time::Duration,
 }
 
 impl ExecutorConfig {
@@ -55,6 +58,7 @@ impl ExecutorConfig {
             ssh: SshConfig::default(),
             output_caps: steps::OutputCaps::default(),
             run_log_bytes: crate::config::Limits::default().run_log_bytes,
+            artifact_op_timeout: std::time::Duration::from_secs(120),
         }
     }
 }
@@ -332,15 +336,21 @@ impl Executor {
         // Let the guest's shell expand the globs; one path per line.
         let patterns: Vec<String> = job.artifacts.iter().map(|p| glob_word(p)).collect();
         let list = format!("for f in {}; do [ -f \"$f\" ] && echo \"$f\"; done; true", patterns.join(" "));
-        let (out, _err, _status) = session.exec_collect(&list, Vec::new()).await.map_err(|e| error_chain(&e))?;
+        let limit = self.config.artifact_op_timeout;
+        let (out, _err, _status) = tokio::time::timeout(limit, session.exec_collect(&list, Vec::new()))
+            .await
+            .map_err(|_| format!("listing the artifacts did not finish within {limit:?}"))?
+            .map_err(|e| error_chain(&e))?;
         let files: Vec<String> = String::from_utf8_lossy(&out).lines().map(str::to_string).collect();
         for remote in files.iter().take(self.config.artifact_max_files) {
-            match session.download(remote, self.config.artifact_cap).await {
-                Ok(bytes) => {
+            match tokio::time::timeout(limit, session.download(remote, self.config.artifact_cap)).await {
+                Ok(Ok(bytes)) => {
                     let local = dir.join(remote.trim_start_matches('/').replace('/', "__"));
                     tokio::fs::write(&local, bytes).await.map_err(|e| e.to_string())?;
                 }
-                Err(e) => warn!(file = %remote, error = %error_chain(&e), "artifact not fetched"),
+                Ok(Err(e)) => warn!(file = %remote, error = %error_chain(&e), "artifact not fetched"),
+                // The session is stuck; the rest would wait as long.
+                Err(_) => return Err(format!("downloading {remote} did not finish within {limit:?}")),
             }
         }
         Ok(())

@@ -504,3 +504,30 @@ async fn absurd_durations_are_refused_at_parse_time() {
     assert_eq!(got, [("alice", "access.request", "tiny-x86_64"), ("alice", "access.extend", "a1")]);
     assert!(audit.iter().all(|a| a.detail.starts_with("refused: ") && a.detail.contains("366d")), "{audit:?}");
 }
+
+#[tokio::test]
+async fn live_log_streams_are_capped_with_a_429_naming_the_limit() {
+    let mut l = lab(true).await;
+    std::sync::Arc::get_mut(&mut l.state).expect("one owner of the state").max_follows = 1;
+    let url = crate::common::serve(l.state.clone()).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let follow = format!("{url}/api/v1/runs/{}/log/follow", l.running);
+    let first = http.get(&follow).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let follows = l.state.follows.clone();
+    wait_for("the first follow", std::time::Duration::from_secs(10), async || {
+        (follows.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    let second = http.get(&follow).send().await.unwrap();
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = second.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("1 live log streams are open, the limit"), "{body}");
+    drop(first);
+    wait_for("the first follow to end", std::time::Duration::from_secs(10), async || {
+        (follows.load(std::sync::atomic::Ordering::SeqCst) == 0).then_some(())
+    })
+    .await;
+    assert_eq!(http.get(&follow).send().await.unwrap().status(), StatusCode::OK);
+}
