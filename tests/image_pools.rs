@@ -134,6 +134,7 @@ fn request(run: &str, image: &Image, key: &str) -> LaunchRequest {
         authorized_keys: vec![key.trim().to_string()],
         ca_key: None,
         priority: 0,
+        progress: None,
     }
 }
 

@@ -56,7 +56,15 @@ fn config(state_dir: &Path, instance: &str) -> ManagerConfig {
 }
 
 fn request(run: &str, image: &Image) -> LaunchRequest {
-    LaunchRequest { run_id: run.into(), job: None, image: image.clone(), authorized_keys: vec![], ca_key: None, priority: 0 }
+    LaunchRequest {
+        run_id: run.into(),
+        job: None,
+        image: image.clone(),
+        authorized_keys: vec![],
+        ca_key: None,
+        priority: 0,
+        progress: None,
+    }
 }
 
 async fn store(dir: &Path) -> Store {

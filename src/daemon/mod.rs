@@ -84,6 +84,8 @@ impl Daemon {
     /// Starts everything and returns once the HTTP server is listening.
     pub async fn start(fleet: Fleet, options: ServeOptions) -> Result<Daemon, DaemonError> {
         let fleet = Arc::new(fleet);
+        // Before anything records a metric (recovery, the VM manager's start).
+        crate::metrics::install();
         let dirs = StateDir::prepare(&fleet.daemon.state_dir)?;
         let store = Store::open(&dirs.db_path()).await?;
         info!(state_dir = %dirs.root().display(), instance = %dirs.instance_id(), "paddock starting");

@@ -67,6 +67,7 @@ pub async fn reconcile(hosts: &[HostHandle], instance: &str, live: &LiveSet, sta
             match removed {
                 Ok(()) => {
                     info!(host = host.name(), vm = %d.name, run_id = %mark.run_id, "reaped an orphaned domain");
+                    crate::metrics::leaked_domain_reaped(host.name());
                     let detail = format!("host {}, run {}, created {}", host.name(), mark.run_id, mark.created_at);
                     if let Err(e) = store.record_event("reaped_domain", &d.name, &detail).await {
                         report.errors.push(error_chain(&e));
