@@ -247,8 +247,10 @@ command = "echo only-here > /tmp/evidence; exit 1"
     std::fs::write(&cert, format!("{}\n", body["certificates"][0]["certificate"].as_str().unwrap())).unwrap();
 
     // Past the run's own hold (and a few of the manager's 0.5 s ticks) ...
-    wait_until("the run's own hold to pass", Duration::from_secs(120), async || chrono::Utc::now() > hold_end + chrono::Duration::seconds(3))
-        .await;
+    wait_until("the run's own hold to pass", Duration::from_secs(120), async || {
+        chrono::Utc::now() > hold_end + chrono::Duration::seconds(3)
+    })
+    .await;
     // ... the VM is still there, still answers, and the run is still held.
     assert_eq!(domains_named(&vm), vec![vm.clone()], "the grant's VM went at the run's hold end");
     let out = ssh(port, &key, &cert, "cat /tmp/evidence").output().unwrap();

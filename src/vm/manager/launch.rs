@@ -171,7 +171,7 @@ impl Owner {
         let (overlay, pool_overlay) = match (&pool, disk) {
             (_, false) => (None, None),
             (None, true) => (Some(overlay::path_for(&self.cfg.state_dir, &name)), None),
-            (Some(_), true) => (None, Some(format!("{name}-overlay.qcow2"))),
+            (Some(_), true) => (None, Some(format!("{name}{}", storage::OVERLAY_SUFFIX))),
         };
         let volumes = pool.as_ref().map(|(_, v)| v.volumes()).unwrap_or_default();
         let console = self.cfg.state_dir.join("consoles").join(format!("{name}.log"));
