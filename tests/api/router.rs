@@ -232,6 +232,10 @@ async fn reads_show_the_fleet_as_the_store_has_it() {
     assert_eq!(ev[0]["subject"], "paddock-old-9");
     let (_, acc) = json(s, Method::GET, "/api/v1/access?state=active", t, None).await;
     assert_eq!(acc[0]["vm_name"], "paddock-t-2");
+    for state in paddock::runs::RunState::KINDS {
+        let (st, body) = json(s, Method::GET, &format!("/api/v1/runs?state={}", state.kind_name()), t, None).await;
+        assert_eq!(st, StatusCode::OK, "state={}: {body}", state.kind_name());
+    }
     // Every state a grant can be in is a filter the API accepts (`failed` once was not).
     for state in paddock::access::GrantState::ALL {
         let (st, body) = json(s, Method::GET, &format!("/api/v1/access?state={}", state.as_str()), t, None).await;
