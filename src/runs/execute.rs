@@ -18,7 +18,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::result::{self, ResultInput, StepRecord};
 use super::state::{Outcome, RunState};
 use super::transition::{self, TransitionError, transition};
-use crate::config::{Fleet, HostKeyPolicy, Image, Job};
+use crate::config::{Fleet, HostKeyPolicy, Image, Job, LiveFleet};
 use crate::error::chain as error_chain;
 use crate::outbox::Waker;
 use crate::ssh::{self, ClientKey, HostKeyCheck, SshConfig, Target};
@@ -55,7 +55,7 @@ impl ExecutorConfig {
 
 /// What a run needs besides its own row: shared by every run.
 pub struct Executor {
-    fleet: Arc<Fleet>,
+    fleet: LiveFleet,
     store: Store,
     config: ExecutorConfig,
     waker: Waker,
@@ -75,8 +75,8 @@ struct Abort {
 impl Executor {
     /// An executor that can record and recover runs but not boot VMs (for
     /// tools that only read or repair the store).
-    pub fn new(fleet: Arc<Fleet>, store: Store, config: ExecutorConfig, waker: Waker) -> Executor {
-        Executor { fleet, store, config, waker, vms: None, key: None, live: Default::default() }
+    pub fn new(fleet: impl Into<LiveFleet>, store: Store, config: ExecutorConfig, waker: Waker) -> Executor {
+        Executor { fleet: fleet.into(), store, config, waker, vms: None, key: None, live: Default::default() }
     }
 
     /// An executor that runs builds: VMs from `vms`, logged into with `key`.
@@ -115,16 +115,18 @@ impl Executor {
     async fn execute_inner(&self, mut row: RunRow, mut cancel: watch::Receiver<bool>) -> Result<(), TransitionError> {
         // The coordinator inserted the run as queued; `state` is what the store holds.
         let mut state = RunState::Queued;
-        let (Some(job), Some(image)) = (self.fleet.job(&row.job).cloned(), self.fleet.image(&row.image).cloned()) else {
-            return self.fail_without_vm(&row, state, "job or image no longer in fleet.toml").await;
+        // The run keeps this fleet to its end: a reload meanwhile changes later runs only.
+        let fleet = self.fleet.current();
+        let (Some(job), Some(image)) = (fleet.job(&row.job).cloned(), fleet.image(&row.image).cloned()) else {
+            return self.fail_without_vm(&fleet, &row, state, "job or image no longer in fleet.toml").await;
         };
         let (Some(vms), Some(key)) = (self.vms.clone(), self.key.clone()) else {
-            return self.fail_without_vm(&row, state, "this daemon has no VM manager").await;
+            return self.fail_without_vm(&fleet, &row, state, "this daemon has no VM manager").await;
         };
         let run_dir = self.run_dir(&row.id);
         if let Err(e) = tokio::fs::create_dir_all(&run_dir).await {
             let reason = format!("cannot create the run's log folder {}: {e}", run_dir.display());
-            return self.fail_without_vm(&row, state, &reason).await;
+            return self.fail_without_vm(&fleet, &row, state, &reason).await;
         }
 
         // Queued until the VM manager places it, then provisioning and booting
@@ -162,7 +164,9 @@ impl Executor {
                     _ => (Outcome::Infrastructure, message, None),
                 };
                 let to = if outcome == Outcome::Cancelled { RunState::Cancelled } else { RunState::Failed };
-                return self.finish(&row, state, to, outcome, Some(&reason), &[], row.vm_name.clone().as_deref(), tail.as_deref()).await;
+                return self
+                    .finish(&fleet, &row, state, to, outcome, Some(&reason), &[], row.vm_name.clone().as_deref(), tail.as_deref())
+                    .await;
             }
         };
         info!(vm = %vm.name, host = %vm.host, boot_s = vm.boot_time.as_secs_f64(), "VM ready");
@@ -190,7 +194,7 @@ impl Executor {
 
         // Teardown or hold, then the run's end.
         let hold = match (outcome, job.hold_on_failure) {
-            (Outcome::BuildFailure, Some(h)) => Some(h.min(self.fleet.daemon.max_hold)),
+            (Outcome::BuildFailure, Some(h)) => Some(h.min(fleet.daemon.max_hold)),
             _ => None,
         };
         let final_state = match outcome {
@@ -203,8 +207,9 @@ impl Executor {
             match vms.hold(&vm.name, until).await {
                 Ok(()) => {
                     info!(vm = %vm.name, until = %until, "failed run's VM held for debugging");
-                    let ended =
-                        self.finish(&row, state, RunState::Held, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref()).await;
+                    let ended = self
+                        .finish(&fleet, &row, state, RunState::Held, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref())
+                        .await;
                     // From here the VM manager owns the VM's end: it goes when the
                     // latest of this hold and any grant on it has passed, and the
                     // coordinator then ends the held run (`VmManager::subscribe_ended`).
@@ -219,7 +224,7 @@ impl Executor {
         if let Err(e) = vms.destroy(&vm.name).await {
             warn!(vm = %vm.name, error = %e, "teardown failed; reconciliation will retry");
         }
-        self.finish(&row, state, final_state, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref()).await
+        self.finish(&fleet, &row, state, final_state, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref()).await
     }
 
     /// Follows the VM manager's report of a launch into the run's state.
@@ -402,8 +407,8 @@ impl Executor {
     }
 
     /// Ends a run that has no VM (any more) as failed, from `from`.
-    async fn fail_without_vm(&self, row: &RunRow, from: RunState, reason: &str) -> Result<(), TransitionError> {
-        self.finish(row, from, RunState::Failed, Outcome::Infrastructure, Some(reason), &[], row.vm_name.as_deref(), None).await
+    async fn fail_without_vm(&self, fleet: &Fleet, row: &RunRow, from: RunState, reason: &str) -> Result<(), TransitionError> {
+        self.finish(fleet, row, from, RunState::Failed, Outcome::Infrastructure, Some(reason), &[], row.vm_name.as_deref(), None).await
     }
 
     /// Writes the run's end and its outbox entries in one transaction, then
@@ -411,6 +416,7 @@ impl Executor {
     #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
+        fleet: &Fleet,
         row: &RunRow,
         from: RunState,
         to: RunState,
@@ -422,7 +428,7 @@ impl Executor {
     ) -> Result<(), TransitionError> {
         // A job or image removed from fleet.toml since the run began still gets
         // its end written: the document then names only what the row knows.
-        let (job, image) = (self.fleet.job(&row.job), self.fleet.image(&row.image));
+        let (job, image) = (fleet.job(&row.job), fleet.image(&row.image));
         let finished_at = Utc::now();
         let doc = result::document(&ResultInput {
             run_id: &row.id,
@@ -465,7 +471,7 @@ impl Executor {
 pub async fn finish_without_vm(executor: &Executor, row: &RunRow, outcome: Outcome, reason: &str) -> Result<(), TransitionError> {
     let from = RunState::from_db(&row.state).ok_or_else(|| TransitionError::Unknown { id: row.id.clone(), state: row.state.clone() })?;
     let to = if outcome == Outcome::Cancelled { RunState::Cancelled } else { RunState::Failed };
-    executor.finish(row, from, to, outcome, Some(reason), &[], row.vm_name.as_deref(), None).await
+    executor.finish(&executor.fleet.current(), row, from, to, outcome, Some(reason), &[], row.vm_name.as_deref(), None).await
 }
 
 /// The state after `state` on the way to step `started` (1-based; 0 before

@@ -9,6 +9,7 @@ mod access;
 mod arch;
 mod crash;
 mod faults;
+mod reload;
 mod runs;
 mod ui;
 
