@@ -152,7 +152,18 @@ impl Executor {
         // Dropping the launch withdraws it: a cancelled run never boots a VM.
         drop(launch);
         while let Ok(stage) = stages.try_recv() {
-            state = self.on_stage(&mut row, state, stage).await?;
+            match self.on_stage(&mut row, state, stage).await {
+                Ok(s) => state = s,
+                Err(e) => {
+                    // The run cannot be recorded: its VM must not outlive it unowned.
+                    if let Ok(vm) = &launched
+                        && let Err(d) = vms.destroy(&vm.name).await
+                    {
+                        warn!(vm = %vm.name, error = %d, "teardown failed; reconciliation will retry");
+                    }
+                    return Err(e);
+                }
+            }
         }
         let vm = match launched {
             Ok(vm) => vm,
