@@ -93,6 +93,8 @@ impl Daemon {
         // libvirt and QEMU write overlays and consoles themselves, under their own umask.
         // SAFETY: umask only sets the process's file creation mask; it cannot fail.
         unsafe { libc::umask(0o077) };
+        // Before anything records a metric (recovery, the VM manager's start).
+        crate::metrics::install();
         // Parts that follow reloads read `live`; parts built from sections only a
         // restart changes (hosts, images, users, recorders, access) keep `fleet`.
         let (updater, live) = crate::config::live(fleet.clone());
