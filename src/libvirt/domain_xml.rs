@@ -338,20 +338,14 @@ struct PortRangeXml {
     to: u16,
 }
 
+/// A serial port or console. Always a `pty` with no path: the daemon reads it
+/// over the libvirt connection (`virDomainOpenConsole`), so the XML names no
+/// file of any machine and the same XML works on remote hosts.
 #[derive(Debug, Serialize)]
 struct CharDev {
     #[serde(rename = "@type")]
     kind: &'static str,
-    source: CharSource,
     target: CharTarget,
-}
-
-#[derive(Debug, Serialize)]
-struct CharSource {
-    #[serde(rename = "@path")]
-    path: String,
-    #[serde(rename = "@append")]
-    append: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -602,15 +596,11 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
         },
     };
 
-    let console_file = |target: CharTarget| CharDev {
-        kind: "file",
-        source: CharSource { path: spec.console_path.display().to_string(), append: "off" },
-        target,
-    };
+    let pty = |target: CharTarget| CharDev { kind: "pty", target };
     // s390x has no serial port; its console is SCLP.
     let (serials, consoles) = match arch {
-        Arch::S390x => (vec![], vec![console_file(CharTarget { kind: Some("sclp"), port: 0 })]),
-        _ => (vec![console_file(CharTarget { kind: None, port: 0 })], vec![]),
+        Arch::S390x => (vec![], vec![pty(CharTarget { kind: Some("sclp"), port: 0 })]),
+        _ => (vec![pty(CharTarget { kind: None, port: 0 })], vec![]),
     };
 
     let (controllers, inputs) = match os {

@@ -1,1 +1,2 @@
+pub mod donor;
 pub mod sshd;
