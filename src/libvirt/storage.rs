@@ -4,7 +4,9 @@
 //! Old versions (same prefix, other name) are removed when asked, and disk
 //! overlays are created as qcow2 volumes backed by an uploaded base.
 //!
-//! Every call blocks and opens its own connection: run on a blocking thread.
+//! Every call blocks and opens its own connection: run on a blocking thread,
+//! through [`with_deadline`] so that a frozen host costs its caller at most a
+//! deadline (the blocking thread itself is left to finish when the host answers).
 
 use std::io::Read;
 use std::path::Path;
@@ -31,6 +33,59 @@ pub enum StorageError {
     Mismatch { volume: String, found: String, want: String },
     #[error("deleting volume {volume}")]
     Delete { volume: String, source: virt::error::Error },
+    #[error("listing the volumes of pool {pool} on {uri}")]
+    List { uri: String, pool: String, source: virt::error::Error },
+    #[error("{what} got no answer within {after:?}")]
+    Timeout { what: String, after: std::time::Duration },
+    #[error("{what}: the blocking task failed: {reason}")]
+    Task { what: String, reason: String },
+}
+
+/// Runs blocking storage work `f` on a blocking thread with a deadline.
+pub async fn with_deadline<T: Send + 'static>(
+    what: impl Into<String>,
+    after: std::time::Duration,
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    let what = what.into();
+    match tokio::time::timeout(after, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(StorageError::Task { what, reason: e.to_string() }),
+        Err(_) => Err(StorageError::Timeout { what, after }),
+    }
+}
+
+/// A volume in a pool, with its file's modification time when libvirt reports one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeEntry {
+    pub name: String,
+    pub modified: Option<std::time::SystemTime>,
+}
+
+/// Every volume of `pool`, with modification times (from the volume XML's
+/// `<timestamps><mtime>`, which directory pools report).
+pub fn list_volumes(uri: &str, pool: &str) -> Result<Vec<VolumeEntry>, StorageError> {
+    let (_conn, p) = open_pool(uri, pool)?;
+    let vols = p.list_all_volumes(0).map_err(|source| StorageError::List { uri: uri.into(), pool: pool.into(), source })?;
+    let mut out = Vec::with_capacity(vols.len());
+    for v in vols {
+        // A volume deleted between listing and reading is skipped.
+        let Ok(name) = v.name() else { continue };
+        let modified = v.xml_desc(0).ok().and_then(|xml| mtime(&xml));
+        out.push(VolumeEntry { name, modified });
+    }
+    Ok(out)
+}
+
+/// `<target><timestamps><mtime>SECONDS.NANOS</mtime>` of a volume's XML.
+fn mtime(xml: &str) -> Option<std::time::SystemTime> {
+    let start = xml.find("<mtime>")? + "<mtime>".len();
+    let end = start + xml[start..].find("</mtime>")?;
+    let text = xml[start..end].trim();
+    let (secs, nanos) = text.split_once('.').unwrap_or((text, "0"));
+    let secs: u64 = secs.parse().ok()?;
+    let nanos: u32 = format!("{nanos:0<9}").get(..9)?.parse().ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
 }
 
 /// Where a file ended up on the host.
@@ -167,4 +222,18 @@ fn read_sha(conn: &Connect, v: &StorageVol, name: &str, size: u64) -> Result<Str
     }
     stream.finish().map_err(err)?;
     Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_mtime_is_read_from_the_timestamps() {
+        let xml = "<volume><target><timestamps><atime>1.5</atime><mtime>1700000000.25</mtime></timestamps></target></volume>";
+        let t = mtime(xml).unwrap();
+        assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap(), std::time::Duration::new(1_700_000_000, 250_000_000));
+        assert_eq!(mtime("<volume><mtime>7</mtime></volume>"), Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(7)));
+        assert_eq!(mtime("<volume/>"), None);
+    }
 }

@@ -94,7 +94,8 @@ impl Donor {
     /// Makes user `user` (`pdkdonorN`) with an sshd on a free port of `ports` and a pool.
     pub fn start(user: &str, ports: std::ops::RangeInclusive<u16>) -> Donor {
         remove_user(user);
-        let out = run("useradd", &["-m", "-s", "/bin/sh", user]);
+        // In group kvm like the system daemon's QEMU, so the capability cache below stays valid.
+        let out = run("useradd", &["-m", "-s", "/bin/sh", "-G", "kvm", user]);
         assert!(out.status.success(), "useradd {user}: {}", String::from_utf8_lossy(&out.stderr));
         // A locked `!` password makes sshd refuse the user with UsePAM no; `*` allows keys.
         let out = run("usermod", &["-p", "*", user]);
@@ -114,6 +115,14 @@ impl Donor {
         std::fs::set_permissions(&ssh_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::set_permissions(ssh_dir.join("authorized_keys"), std::fs::Permissions::from_mode(0o600)).unwrap();
         let owner = format!("{user}:{user}");
+        // A new user's session daemon probes every installed QEMU before its first answer (~40 s
+        // on two busy cores); the system daemon's cache of the same binaries is valid for it too.
+        let cache = home.join(".cache/libvirt/qemu/capabilities");
+        std::fs::create_dir_all(&cache).unwrap();
+        for e in std::fs::read_dir("/var/cache/libvirt/qemu/capabilities").into_iter().flatten().flatten() {
+            let _ = std::fs::copy(e.path(), cache.join(e.file_name()));
+        }
+        assert!(run("chown", &["-R", &owner, home.join(".cache").to_str().unwrap()]).status.success());
         assert!(run("chown", &["-R", &owner, ssh_dir.to_str().unwrap()]).status.success());
 
         let mut donor = Donor {
