@@ -50,4 +50,3 @@ async fn a_frozen_donor_libvirtd_goes_down_within_the_deadline_and_comes_back() 
     }
     assert!(host.list().await.unwrap().is_empty());
 }
-

@@ -51,10 +51,7 @@ pub fn install_ops(os: Os, grant_id: &str, user: &str, keys: &[String]) -> Vec<K
             let mut stdin = lines.join("\n").into_bytes();
             stdin.push(b'\n');
             // umask first: sshd's StrictModes refuses a group- or world-writable file.
-            vec![KeyOp::Exec {
-                command: "umask 077 && mkdir -p \"$HOME/.ssh\" && cat >> \"$HOME/.ssh/authorized_keys\"".into(),
-                stdin,
-            }]
+            vec![KeyOp::Exec { command: "umask 077 && mkdir -p \"$HOME/.ssh\" && cat >> \"$HOME/.ssh/authorized_keys\"".into(), stdin }]
         }
     }
 }
@@ -103,7 +100,9 @@ fn windows_script(grant_id: &str, user: &str, add: &[String], verb: &str) -> Vec
     let mut s = String::from("\u{feff}$ErrorActionPreference = 'Stop'\n");
     s.push_str(&format!("$f = '{WINDOWS_ADMIN_KEYS}'\n"));
     s.push_str("$keep = @()\n");
-    s.push_str(&format!("if (Test-Path -LiteralPath $f) {{ $keep = @(Get-Content -LiteralPath $f | Where-Object {{ -not $_.EndsWith(' {m}') }}) }}\n"));
+    s.push_str(&format!(
+        "if (Test-Path -LiteralPath $f) {{ $keep = @(Get-Content -LiteralPath $f | Where-Object {{ -not $_.EndsWith(' {m}') }}) }}\n"
+    ));
     s.push_str("$add = @(\n");
     for l in add {
         // Key lines are base64 and a marker of [A-Za-z0-9:_-]: no quote can occur.
@@ -246,10 +245,7 @@ sleep 0.3
 ps -eo args"#,
             command.replace('\'', "'\\''")
         );
-        let out = std::process::Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "bash", "-c", &script])
-            .output()
-            .unwrap();
+        let out = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "bash", "-c", &script]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let ps = String::from_utf8_lossy(&out.stdout);
         assert!(!ps.contains("sshd: root"), "sessions not ended:\n{ps}");

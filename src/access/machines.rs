@@ -29,7 +29,8 @@ impl VmMachines {
     async fn addr(&self, vm: &str) -> Result<(SocketAddr, Option<String>), MachineError> {
         let row = self.store.vm(vm).await.map_err(|e| err("finding", vm, e))?.ok_or_else(|| err("finding", vm, "unknown VM"))?;
         let port = row.ssh_port.ok_or_else(|| err("finding", vm, "no SSH port"))?;
-        let host = row.host.as_deref().and_then(|h| self.fleet.host(h)).ok_or_else(|| err("finding", vm, "its host is not in fleet.toml"))?;
+        let host =
+            row.host.as_deref().and_then(|h| self.fleet.host(h)).ok_or_else(|| err("finding", vm, "its host is not in fleet.toml"))?;
         Ok((SocketAddr::new(host.address, port), row.console_path))
     }
 
@@ -47,7 +48,13 @@ impl VmMachines {
 }
 
 impl Machines for VmMachines {
-    fn launch<'a>(&'a self, grant_id: &'a str, image: &'a Image, ca_line: &'a str, until: DateTime<Utc>) -> BoxFuture<'a, Result<Placed, MachineError>> {
+    fn launch<'a>(
+        &'a self,
+        grant_id: &'a str,
+        image: &'a Image,
+        ca_line: &'a str,
+        until: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Placed, MachineError>> {
         Box::pin(async move {
             let vm = format!("for grant {grant_id}");
             let req = LaunchRequest {
@@ -58,7 +65,7 @@ impl Machines for VmMachines {
                 ca_key: image.trusts_fleet_ca.then(|| ca_line.to_string()),
                 priority: 0,
             };
-            let ready = self.vms.launch(req).await.map_err(|e| err("launching a VM", &vm, e))?;
+            let ready = self.vms.launch(req).await.map_err(|e| err("launching a VM", &vm, crate::error::chain(&e)))?;
             // Held and released: the manager keeps it across a daemon restart and
             // removes it at the grant's end even if nothing else does.
             self.vms.hold(&ready.name, until).await.map_err(|e| err("holding", &ready.name, e))?;
@@ -101,9 +108,14 @@ impl Machines for VmMachines {
                     match op {
                         KeyOp::Upload { path, bytes } => session.upload(&path, &bytes).await.map_err(|e| err("uploading to", vm, e))?,
                         KeyOp::Exec { command, stdin } => {
-                            let (_, stderr, status) = session.exec_collect(&command, stdin).await.map_err(|e| err("running a command in", vm, e))?;
+                            let (_, stderr, status) =
+                                session.exec_collect(&command, stdin).await.map_err(|e| err("running a command in", vm, e))?;
                             if !status.success() {
-                                return Err(err("changing keys in", vm, format!("{status:?}: {}", String::from_utf8_lossy(&stderr).trim())));
+                                return Err(err(
+                                    "changing keys in",
+                                    vm,
+                                    format!("{status:?}: {}", String::from_utf8_lossy(&stderr).trim()),
+                                ));
                             }
                         }
                     }

@@ -110,8 +110,8 @@ impl Grant {
             (None, Some(run)) => Target::Run(run),
             _ => return Err(StoreError::Corrupt(format!("grant {} names neither one image nor one run", r.id))),
         };
-        let state = GrantState::parse(&r.state)
-            .ok_or_else(|| StoreError::Corrupt(format!("grant {} has unknown state `{}`", r.id, r.state)))?;
+        let state =
+            GrantState::parse(&r.state).ok_or_else(|| StoreError::Corrupt(format!("grant {} has unknown state `{}`", r.id, r.state)))?;
         let endpoint = match (r.ssh_host, r.ssh_port, r.login_user) {
             (Some(host), Some(port), Some(user)) => Some(Endpoint { host, port, user }),
             _ => None,
@@ -171,7 +171,13 @@ pub fn ssh_command(e: &Endpoint, with_cert: bool) -> String {
 pub trait Machines: Send + Sync + 'static {
     /// Boots a fresh VM of `image` for grant `grant_id`, trusting `ca_line`
     /// when the image trusts the fleet CA, kept at most `until`; returns when its SSH answers.
-    fn launch<'a>(&'a self, grant_id: &'a str, image: &'a Image, ca_line: &'a str, until: DateTime<Utc>) -> BoxFuture<'a, Result<Placed, MachineError>>;
+    fn launch<'a>(
+        &'a self,
+        grant_id: &'a str,
+        image: &'a Image,
+        ca_line: &'a str,
+        until: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Placed, MachineError>>;
     /// Where an existing VM (a held run's) is reached.
     fn locate<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<Placed, MachineError>>;
     /// Keeps a released VM until `until` (may shorten an earlier hold).

@@ -14,13 +14,11 @@ use crate::access::{Access, AccessError, Grant, GrantAnswer, GrantState, Target}
 impl From<AccessError> for ApiError {
     fn from(e: AccessError) -> Self {
         match e {
-            AccessError::UnknownImage(_) | AccessError::UnknownRun(_) | AccessError::UnknownGrant(_) => {
-                ApiError::NotFound(e.to_string())
-            }
+            AccessError::UnknownImage(_) | AccessError::UnknownRun(_) | AccessError::UnknownGrant(_) => ApiError::NotFound(e.to_string()),
             AccessError::UnknownUser(_) | AccessError::Forbidden(_) => ApiError::Forbidden(e.to_string()),
             AccessError::Invalid(_) => ApiError::BadRequest(e.to_string()),
             AccessError::WrongState { .. } => ApiError::Conflict(e.to_string()),
-            AccessError::Provision { .. } | AccessError::Certificate { .. } => ApiError::Grant(e),
+            AccessError::Provision { .. } | AccessError::Certificate { .. } => ApiError::Grant(Box::new(e)),
             AccessError::Store(s) => ApiError::Store(s),
             AccessError::Stopped => ApiError::AccessStopped,
         }

@@ -56,12 +56,7 @@ pub async fn metrics(State(s): State<Shared>, _r: Reader) -> Result<impl IntoRes
         queued: states.iter().filter(|s| **s == Some(RunState::Queued)).count(),
         in_flight: states.iter().filter(|s| s.is_some_and(|s| s.is_active() && s != RunState::Queued)).count(),
         vms: by_host_state.into_iter().map(|((h, st), n)| (h, st, n)).collect(),
-        hosts_up: s
-            .fleet
-            .hosts
-            .iter()
-            .map(|h| (h.name.clone(), statuses.iter().any(|st| st.name == h.name && st.up)))
-            .collect(),
+        hosts_up: s.fleet.hosts.iter().map(|h| (h.name.clone(), statuses.iter().any(|st| st.name == h.name && st.up))).collect(),
         outbox: outbox.into_iter().map(|(r, (n, age))| (r, n, age)).collect(),
         log_follows: s.follows.load(std::sync::atomic::Ordering::SeqCst),
     });
@@ -143,11 +138,8 @@ fn host_out(fleet: &Fleet, h: &crate::config::Host, vms: &[VmRow], st: Option<&s
             used.vcpus += u64::from(i.vcpus);
         }
     }
-    let capacity = CapacityOut {
-        vms: u64::from(h.capacity.max_vms),
-        memory_mib: h.capacity.memory_mib,
-        vcpus: u64::from(h.capacity.vcpus),
-    };
+    let capacity =
+        CapacityOut { vms: u64::from(h.capacity.max_vms), memory_mib: h.capacity.memory_mib, vcpus: u64::from(h.capacity.vcpus) };
     HostOut {
         name: h.name.clone(),
         uri: h.uri.clone(),

@@ -143,7 +143,13 @@ fn show_grant(remote: &Remote, g: &GrantOut, out: &Path) -> Result<ExitCode> {
         print_json(g)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{} {} for {} ({})", g.id, g.state, g.user, g.image.clone().or(g.run_id.clone().map(|r| format!("run {r}"))).unwrap_or_default());
+    println!(
+        "{} {} for {} ({})",
+        g.id,
+        g.state,
+        g.user,
+        g.image.clone().or(g.run_id.clone().map(|r| format!("run {r}"))).unwrap_or_default()
+    );
     if let Some(d) = &g.detail {
         println!("  {d}");
     }
@@ -177,7 +183,9 @@ pub fn audit(remote: &Remote, limit: usize) -> Result<ExitCode> {
         }
         let rows: Vec<Vec<String>> = rows
             .iter()
-            .map(|a| vec![a.at.format("%Y-%m-%d %H:%M:%S").to_string(), a.actor.clone(), a.action.clone(), a.subject.clone(), a.detail.clone()])
+            .map(|a| {
+                vec![a.at.format("%Y-%m-%d %H:%M:%S").to_string(), a.actor.clone(), a.action.clone(), a.subject.clone(), a.detail.clone()]
+            })
             .collect();
         table(&["at (UTC)", "actor", "action", "subject", "detail"], &rows);
         Ok(ExitCode::SUCCESS)

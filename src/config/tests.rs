@@ -91,10 +91,7 @@ fn unknown_image_in_job_lists_known_ones() {
 fn unknown_maintainer() {
     let src = with("maintainers = [\"alice\"]", "maintainers = [\"bob\"]");
     let l = line_of(&src, "[\"bob\"]");
-    assert_eq!(
-        errors(&src),
-        vec![format!("fleet.toml:{l}:16: jobs[0].maintainers: no user named `bob`; known: `alice`, `root-admin`")]
-    );
+    assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:16: jobs[0].maintainers: no user named `bob`; known: `alice`, `root-admin`")]);
 }
 
 #[test]
@@ -103,11 +100,7 @@ fn bad_cron_expression() {
     let l = line_of(&src, "0 25");
     let e = errors(&src);
     assert_eq!(e.len(), 1);
-    assert!(
-        e[0].starts_with(&format!("fleet.toml:{l}:12: jobs[0].schedule: bad cron expression `0 25 * * *`: ")),
-        "{}",
-        e[0]
-    );
+    assert!(e[0].starts_with(&format!("fleet.toml:{l}:12: jobs[0].schedule: bad cron expression `0 25 * * *`: ")), "{}", e[0]);
 }
 
 #[test]
@@ -128,16 +121,11 @@ fn bad_durations() {
     let l = line_of(&src, "\"90\"");
     assert_eq!(
         errors(&src),
-        vec![format!(
-            "fleet.toml:{l}:11: jobs[0].steps[0].timeout: `90`: number without a unit; write e.g. \"90s\" or \"90m\""
-        )]
+        vec![format!("fleet.toml:{l}:11: jobs[0].steps[0].timeout: `90`: number without a unit; write e.g. \"90s\" or \"90m\"")]
     );
     let src = with("max_hold = \"24h\"", "max_hold = \"2y\"");
     let l = line_of(&src, "\"2y\"");
-    assert_eq!(
-        errors(&src),
-        vec![format!("fleet.toml:{l}:12: daemon.max_hold: `2y`: unknown unit `y`; expected s, m, h or d")]
-    );
+    assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:12: daemon.max_hold: `2y`: unknown unit `y`; expected s, m, h or d")]);
 }
 
 #[test]
@@ -146,11 +134,7 @@ fn bad_ssh_key() {
     let l = line_of(&src, "AAAAXX");
     let e = errors(&src);
     assert_eq!(e.len(), 1);
-    assert!(
-        e[0].starts_with(&format!("fleet.toml:{l}:13: users[0].ssh_keys[0]: not an OpenSSH public key (")),
-        "{}",
-        e[0]
-    );
+    assert!(e[0].starts_with(&format!("fleet.toml:{l}:13: users[0].ssh_keys[0]: not an OpenSSH public key (")), "{}", e[0]);
 }
 
 #[test]
@@ -170,10 +154,7 @@ fn bad_port_ranges() {
 fn bad_enum_values() {
     let src = with("accelerator = \"tcg\"", "accelerator = \"hvf\"");
     let l = line_of(&src, "\"hvf\"");
-    assert_eq!(
-        errors(&src),
-        vec![format!("fleet.toml:{l}:15: hosts[0].accelerator: `hvf` is not allowed; expected one of `kvm`, `tcg`")]
-    );
+    assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:15: hosts[0].accelerator: `hvf` is not allowed; expected one of `kvm`, `tcg`")]);
     let src = with("arch = \"x86_64\"", "arch = \"m68k\"");
     let l = line_of(&src, "\"m68k\"");
     assert_eq!(
@@ -194,10 +175,7 @@ fn duplicate_names() {
 #[test]
 fn unsupported_schema_version() {
     let src = with("version = 1", "version = 2");
-    assert_eq!(
-        errors(&src),
-        vec!["fleet.toml:3:11: version: schema version 2 is not supported; this paddock reads version 1".to_string()]
-    );
+    assert_eq!(errors(&src), vec!["fleet.toml:3:11: version: schema version 2 is not supported; this paddock reads version 1".to_string()]);
 }
 
 #[test]
@@ -307,9 +285,16 @@ fn bad_donor_limits() {
     assert_eq!(
         errors(&src),
         vec![
-            format!("fleet.toml:{l}:12: hosts[0].windows[0]: `Mon-Fry 20:00-07:00` is not a window like \"Mon-Fri 20:00-07:00\": unknown day in `Mon-Fry`"),
-            format!("fleet.toml:{l}:35: hosts[0].windows[1]: `daily 25:00-07:00` is not a window like \"Mon-Fri 20:00-07:00\": `25:00` is not HH:MM"),
-            format!("fleet.toml:{}:12: hosts[0].timezone: unknown time zone `Mars/Olympus`; expected an IANA name like \"Europe/Berlin\"", l + 1),
+            format!(
+                "fleet.toml:{l}:12: hosts[0].windows[0]: `Mon-Fry 20:00-07:00` is not a window like \"Mon-Fri 20:00-07:00\": unknown day in `Mon-Fry`"
+            ),
+            format!(
+                "fleet.toml:{l}:35: hosts[0].windows[1]: `daily 25:00-07:00` is not a window like \"Mon-Fri 20:00-07:00\": `25:00` is not HH:MM"
+            ),
+            format!(
+                "fleet.toml:{}:12: hosts[0].timezone: unknown time zone `Mars/Olympus`; expected an IANA name like \"Europe/Berlin\"",
+                l + 1
+            ),
             format!("fleet.toml:{}:11: hosts[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`", l + 2),
             format!("fleet.toml:{}:9: hosts[0].jobs: no job named `nightly`; known: `demo`, `arches`", l + 3),
             format!("fleet.toml:{}:20: hosts[0].quarantine_after: must be a positive number, got 0", l + 4),

@@ -22,10 +22,7 @@ pub(super) struct Validator<'a> {
 
 impl<'a> Validator<'a> {
     pub(super) fn new(src: &'a str, file: &'a Path) -> Self {
-        let parent = file
-            .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
-            .unwrap_or(Path::new("."));
+        let parent = file.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
         // Absolute, because libvirt opens some of these paths (console logs,
         // kernels) from its own working directory.
         let base_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
@@ -70,11 +67,7 @@ impl<'a> Validator<'a> {
             Some((_, t)) => Some(*t),
             None => {
                 let known: Vec<String> = choices.iter().map(|(n, _)| format!("`{n}`")).collect();
-                self.error(
-                    Some(v.span()),
-                    path,
-                    format!("`{}` is not allowed; expected one of {}", v.get_ref(), known.join(", ")),
-                );
+                self.error(Some(v.span()), path, format!("`{}` is not allowed; expected one of {}", v.get_ref(), known.join(", ")));
                 None
             }
         }
@@ -82,15 +75,9 @@ impl<'a> Validator<'a> {
 
     fn name(&mut self, v: &S<String>, path: &str, seen: &mut HashSet<String>, what: &str) -> String {
         let name = v.get_ref().clone();
-        let valid = !name.is_empty()
-            && name.len() <= 48
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        let valid = !name.is_empty() && name.len() <= 48 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !valid {
-            self.error(
-                Some(v.span()),
-                path,
-                format!("`{name}` is not a valid {what} name; use 1-48 of a-z, A-Z, 0-9, `-`, `_`, `.`"),
-            );
+            self.error(Some(v.span()), path, format!("`{name}` is not a valid {what} name; use 1-48 of a-z, A-Z, 0-9, `-`, `_`, `.`"));
         } else if !seen.insert(name.clone()) {
             self.error(Some(v.span()), path, format!("duplicate {what} name `{name}`"));
         }
@@ -118,31 +105,16 @@ impl<'a> Validator<'a> {
         let image_names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
         let user_names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
         let mut seen = HashSet::new();
-        let jobs: Vec<Job> = raw
-            .jobs
-            .iter()
-            .enumerate()
-            .map(|(i, j)| self.job(i, j, &mut seen, &image_names, &user_names))
-            .collect();
+        let jobs: Vec<Job> = raw.jobs.iter().enumerate().map(|(i, j)| self.job(i, j, &mut seen, &image_names, &user_names)).collect();
         let job_names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
         self.check_allow_lists(&raw.hosts, &image_names, &job_names);
         let mut seen = HashSet::new();
-        let mut recorders: Vec<Recorder> =
-            raw.recorders.iter().enumerate().map(|(i, r)| self.recorder(i, r, &mut seen)).collect();
+        let mut recorders: Vec<Recorder> = raw.recorders.iter().enumerate().map(|(i, r)| self.recorder(i, r, &mut seen)).collect();
         if raw.recorders.is_empty() {
             recorders.push(Recorder { name: "embedded".into(), target: RecorderTarget::Embedded });
         }
         let access = self.access(raw.access.as_ref());
-        Fleet {
-            source: self.file.to_path_buf(),
-            daemon,
-            hosts,
-            images,
-            jobs,
-            users,
-            recorders,
-            access,
-        }
+        Fleet { source: self.file.to_path_buf(), daemon, hosts, images, jobs, users, recorders, access }
     }
 
     fn daemon(&mut self, raw: &S<RawDaemon>) -> Daemon {
@@ -209,9 +181,7 @@ impl<'a> Validator<'a> {
         let p = format!("hosts[{i}]");
         let name = self.name(&h.name, &format!("{p}.name"), seen, "host");
         let uri = h.uri.get_ref().clone();
-        let scheme_ok = ["qemu:///", "qemu+ssh://", "qemu+tcp://", "qemu+tls://", "test:///"]
-            .iter()
-            .any(|s| uri.starts_with(s));
+        let scheme_ok = ["qemu:///", "qemu+ssh://", "qemu+tcp://", "qemu+tls://", "test:///"].iter().any(|s| uri.starts_with(s));
         if !scheme_ok {
             self.error(
                 Some(h.uri.span()),
@@ -225,11 +195,7 @@ impl<'a> Validator<'a> {
         let address = match h.address.get_ref().parse::<IpAddr>() {
             Ok(a) => a,
             Err(_) => {
-                self.error(
-                    Some(h.address.span()),
-                    format!("{p}.address"),
-                    format!("`{}` is not an IP address", h.address.get_ref()),
-                );
+                self.error(Some(h.address.span()), format!("{p}.address"), format!("`{}` is not an IP address", h.address.get_ref()));
                 IpAddr::from([127, 0, 0, 1])
             }
         };
@@ -402,14 +368,7 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn job(
-        &mut self,
-        i: usize,
-        raw: &S<RawJob>,
-        seen: &mut HashSet<String>,
-        image_names: &[&str],
-        user_names: &[&str],
-    ) -> Job {
+    fn job(&mut self, i: usize, raw: &S<RawJob>, seen: &mut HashSet<String>, image_names: &[&str], user_names: &[&str]) -> Job {
         let j = raw.get_ref();
         let p = format!("jobs[{i}]");
         let name = self.name(&j.name, &format!("{p}.name"), seen, "job");
@@ -459,17 +418,11 @@ impl<'a> Validator<'a> {
             self.error(Some(raw.span()), format!("{p}.steps"), "a job needs at least one step");
         }
         let mut step_names = HashSet::new();
-        let steps = j
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(k, s)| self.step(&format!("{p}.steps[{k}]"), s, &mut step_names))
-            .collect();
+        let steps = j.steps.iter().enumerate().map(|(k, s)| self.step(&format!("{p}.steps[{k}]"), s, &mut step_names)).collect();
         let mut env = BTreeMap::new();
         for (k, v) in &j.env {
-            let valid = !k.is_empty()
-                && !k.starts_with(|c: char| c.is_ascii_digit())
-                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let valid =
+                !k.is_empty() && !k.starts_with(|c: char| c.is_ascii_digit()) && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 self.error(Some(v.span()), format!("{p}.env"), format!("`{k}` is not a valid environment variable name"));
             }
@@ -534,11 +487,7 @@ impl<'a> Validator<'a> {
         for (k, key) in u.ssh_keys.iter().enumerate() {
             match ssh_key::PublicKey::from_openssh(key.get_ref().trim()) {
                 Ok(pk) => ssh_keys.push(pk),
-                Err(e) => self.error(
-                    Some(key.span()),
-                    format!("{p}.ssh_keys[{k}]"),
-                    format!("not an OpenSSH public key ({e})"),
-                ),
+                Err(e) => self.error(Some(key.span()), format!("{p}.ssh_keys[{k}]"), format!("not an OpenSSH public key ({e})")),
             }
         }
         User { name, role, ssh_keys }
@@ -554,11 +503,8 @@ impl<'a> Validator<'a> {
             Paddock,
             PonyBuild,
         }
-        let kind = self.one_of(
-            &r.kind,
-            &format!("{p}.kind"),
-            &[("embedded", K::Embedded), ("paddock", K::Paddock), ("pony-build", K::PonyBuild)],
-        );
+        let kind =
+            self.one_of(&r.kind, &format!("{p}.kind"), &[("embedded", K::Embedded), ("paddock", K::Paddock), ("pony-build", K::PonyBuild)]);
         let url = |v: &mut Self| -> String {
             match &r.url {
                 None => {
@@ -581,10 +527,7 @@ impl<'a> Validator<'a> {
                 }
                 RecorderTarget::Embedded
             }
-            Some(K::Paddock) => RecorderTarget::Paddock {
-                url: url(self),
-                token: r.token.as_ref().map(|t| t.get_ref().clone()),
-            },
+            Some(K::Paddock) => RecorderTarget::Paddock { url: url(self), token: r.token.as_ref().map(|t| t.get_ref().clone()) },
             Some(K::PonyBuild) => RecorderTarget::PonyBuild { url: url(self) },
         };
         Recorder { name, target }
@@ -604,11 +547,7 @@ impl<'a> Validator<'a> {
 }
 
 fn known(names: &[&str]) -> String {
-    if names.is_empty() {
-        "(none)".to_string()
-    } else {
-        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-    }
+    if names.is_empty() { "(none)".to_string() } else { names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ") }
 }
 
 fn parse_port_range(s: &str) -> Result<PortRange, String> {

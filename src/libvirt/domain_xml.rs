@@ -482,9 +482,7 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
         Boot::Disk { .. } => (None, None, None),
     };
     let loader = match (&image.firmware, uefi) {
-        (Some(path), _) => {
-            Some(Loader { readonly: "yes", kind: "pflash", path: path.display().to_string() })
-        }
+        (Some(path), _) => Some(Loader { readonly: "yes", kind: "pflash", path: path.display().to_string() }),
         (None, _) => None,
     };
     let os_xml = OsXml {
@@ -502,7 +500,7 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
     let features = x86.then(|| Features {
         acpi: Some(Empty {}),
         apic: Some(Empty {}),
-        hyperv: (os == Os::Windows).then(|| HyperV {
+        hyperv: (os == Os::Windows).then_some(HyperV {
             mode: "custom",
             relaxed: ON,
             vapic: ON,
@@ -518,18 +516,14 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
     let cpu = match (host.accelerator, arch, os) {
         (Accelerator::Kvm, _, _) => Some(Cpu { mode: "host-passthrough", check: Some("none"), model: None }),
         // macOS checks for a CPU it knows; Penryn is the long-standing choice.
-        (Accelerator::Tcg, Arch::X86_64, Os::Macos) => Some(Cpu {
-            mode: "custom",
-            check: Some("none"),
-            model: Some(CpuModel { fallback: "allow", name: "Penryn" }),
-        }),
+        (Accelerator::Tcg, Arch::X86_64, Os::Macos) => {
+            Some(Cpu { mode: "custom", check: Some("none"), model: Some(CpuModel { fallback: "allow", name: "Penryn" }) })
+        }
         // Under TCG, `max` on aarch64 emulates costly extensions (pointer authentication):
         // a Cortex-A57 boots the bundled guest about a third faster.
-        (Accelerator::Tcg, Arch::Aarch64, _) => Some(Cpu {
-            mode: "custom",
-            check: Some("none"),
-            model: Some(CpuModel { fallback: "forbid", name: "cortex-a57" }),
-        }),
+        (Accelerator::Tcg, Arch::Aarch64, _) => {
+            Some(Cpu { mode: "custom", check: Some("none"), model: Some(CpuModel { fallback: "forbid", name: "cortex-a57" }) })
+        }
         // pseries already defaults to a 64-bit POWER CPU; QEMU's ppc64 has no `max` CPU.
         (Accelerator::Tcg, Arch::X86_64 | Arch::Ppc64le, _) => None,
         // QEMU's default CPUs for these machines are old or 32-bit; take everything TCG can emulate.
@@ -649,14 +643,8 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
             serials,
             consoles,
             inputs,
-            tpm: image.tpm.then_some(Tpm {
-                model: "tpm-crb",
-                backend: TpmBackend { kind: "emulator", version: "2.0" },
-            }),
-            rng: (os == Os::Linux).then_some(Rng {
-                model: "virtio",
-                backend: RngBackend { model: "random", path: "/dev/urandom" },
-            }),
+            tpm: image.tpm.then_some(Tpm { model: "tpm-crb", backend: TpmBackend { kind: "emulator", version: "2.0" } }),
+            rng: (os == Os::Linux).then_some(Rng { model: "virtio", backend: RngBackend { model: "random", path: "/dev/urandom" } }),
             memballoon: Model { kind: None, model: Some("none") },
         },
         qemu_commandline,

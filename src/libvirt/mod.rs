@@ -100,7 +100,10 @@ pub enum HostStatus {
     Connecting,
     Up(HostFacts),
     /// The connection failed or was lost; it is being re-opened with backoff.
-    Down { reason: String, since: chrono::DateTime<chrono::Utc> },
+    Down {
+        reason: String,
+        since: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 impl HostStatus {
@@ -120,15 +123,37 @@ pub struct DomainInfo {
 type Reply<T> = oneshot::Sender<Result<T, LibvirtError>>;
 
 enum Command {
-    Define { xml: String, name: String, reply: Reply<()> },
+    Define {
+        xml: String,
+        name: String,
+        reply: Reply<()>,
+    },
     /// With a console sink the domain starts paused, its console is attached, then it resumes.
-    Start { name: String, console: Option<ConsoleSink>, reply: Reply<()> },
-    Shutdown { name: String, reply: Reply<()> },
-    Destroy { name: String, reply: Reply<()> },
-    Undefine { name: String, reply: Reply<()> },
+    Start {
+        name: String,
+        console: Option<ConsoleSink>,
+        reply: Reply<()>,
+    },
+    Shutdown {
+        name: String,
+        reply: Reply<()>,
+    },
+    Destroy {
+        name: String,
+        reply: Reply<()>,
+    },
+    Undefine {
+        name: String,
+        reply: Reply<()>,
+    },
     /// `Ok(None)` when no such domain exists.
-    IsActive { name: String, reply: Reply<Option<bool>> },
-    List { reply: Reply<Vec<DomainInfo>> },
+    IsActive {
+        name: String,
+        reply: Reply<Option<bool>>,
+    },
+    List {
+        reply: Reply<Vec<DomainInfo>>,
+    },
 }
 
 impl Command {
@@ -496,9 +521,7 @@ impl Actor {
         let host = self.name.clone();
         let failed = match cmd {
             Command::Define { xml, name, reply } => {
-                let r = conn.define_domain_xml(&xml)
-                    .map(drop)
-                    .map_err(|source| LibvirtError::Define { host, name, source });
+                let r = conn.define_domain_xml(&xml).map(drop).map_err(|source| LibvirtError::Define { host, name, source });
                 send(reply, r)
             }
             Command::Start { name, console, reply } => {
@@ -563,11 +586,7 @@ fn send<T>(reply: Reply<T>, r: Result<T, LibvirtError>) -> bool {
 }
 
 fn lookup(conn: &Connect, host: &str, name: &str) -> Result<Domain, LibvirtError> {
-    conn.lookup_domain_by_name(name).map_err(|source| LibvirtError::Lookup {
-        host: host.to_string(),
-        name: name.to_string(),
-        source,
-    })
+    conn.lookup_domain_by_name(name).map_err(|source| LibvirtError::Lookup { host: host.to_string(), name: name.to_string(), source })
 }
 
 fn undefine(d: &Domain) -> Result<(), virt::error::Error> {

@@ -17,8 +17,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::result::{self, ResultInput, StepRecord};
 use super::state::{Outcome, RunState};
-use crate::error::chain as error_chain;
 use crate::config::{Fleet, HostKeyPolicy, Image, Job};
+use crate::error::chain as error_chain;
 use crate::outbox::Waker;
 use crate::ssh::{self, ClientKey, HostKeyCheck, SshConfig, Target};
 use crate::steps::{self, OutputChunk, StepIo, StepOutcome, StepsConfig, StepsReport};
@@ -146,7 +146,7 @@ impl Executor {
         let vm = match launched {
             Ok(vm) => vm,
             Err(e) => {
-                let message = e.to_string();
+                let message = crate::error::chain(&e);
                 let (outcome, reason, tail) = match e {
                     VmError::Cancelled { .. } => (Outcome::Cancelled, "cancelled while waiting for a VM".to_string(), None),
                     VmError::LaunchFailed { console_tail, .. } => (Outcome::Infrastructure, message, Some(console_tail)),
@@ -204,8 +204,7 @@ impl Executor {
             match vms.hold(&vm.name, until).await {
                 Ok(()) => {
                     info!(vm = %vm.name, until = %until, "failed run's VM held for debugging");
-                    self.finish(&row, RunState::Held, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref())
-                        .await?;
+                    self.finish(&row, RunState::Held, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref()).await?;
                     self.arm_hold_end(row.id.clone(), vm.name.clone(), until);
                     return Ok(());
                 }
@@ -486,10 +485,9 @@ fn host_key(image: &Image, vm: &ReadyVm) -> Result<ssh_key::PublicKey, String> {
             ssh_key::PublicKey::from_openssh(text.trim())
                 .map_err(|e| format!("host key {} of image {} is not an SSH public key: {e}", path.display(), image.name))
         }
-        HostKeyPolicy::Console => vm
-            .host_key_from_console
-            .clone()
-            .ok_or_else(|| format!("VM {} did not print its host key on the console", vm.name)),
+        HostKeyPolicy::Console => {
+            vm.host_key_from_console.clone().ok_or_else(|| format!("VM {} did not print its host key on the console", vm.name))
+        }
     }
 }
 
@@ -566,4 +564,3 @@ fn glob_word(pattern: &str) -> String {
     }
     out
 }
-

@@ -88,10 +88,7 @@ impl Store {
     pub async fn vm(&self, name: &str) -> Result<Option<VmRow>> {
         let name = name.to_string();
         self.call(move |c| {
-            c.query_row(&format!("SELECT {COLS} FROM vms WHERE name = ?1"), [name], from_row)
-                .optional()?
-                .map(finish)
-                .transpose()
+            c.query_row(&format!("SELECT {COLS} FROM vms WHERE name = ?1"), [name], from_row).optional()?.map(finish).transpose()
         })
         .await
     }

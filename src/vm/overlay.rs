@@ -47,8 +47,8 @@ pub fn base_info(base: &Path) -> Result<(String, u64), OverlayError> {
     if !out.status.success() {
         return Err(OverlayError::Info { base: base.into(), stderr: String::from_utf8_lossy(&out.stderr).trim().into() });
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| OverlayError::Info { base: base.into(), stderr: e.to_string() })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| OverlayError::Info { base: base.into(), stderr: e.to_string() })?;
     let fmt = v["format"]
         .as_str()
         .map(str::to_string)

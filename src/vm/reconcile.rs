@@ -61,7 +61,13 @@ pub async fn reconcile(hosts: &[HostHandle], instance: &str, live: &LiveSet, sta
 }
 
 /// [`reconcile`], plus the per-VM volumes (overlays, seeds) in hosts' pools.
-pub async fn reconcile_hosts(hosts: &[HostToReconcile], instance: &str, live: &LiveSet, state_dir: &Path, store: &Store) -> ReconcileReport {
+pub async fn reconcile_hosts(
+    hosts: &[HostToReconcile],
+    instance: &str,
+    live: &LiveSet,
+    state_dir: &Path,
+    store: &Store,
+) -> ReconcileReport {
     let mut report = ReconcileReport::default();
     let mut tasks = tokio::task::JoinSet::new();
     for host in hosts.iter().cloned() {

@@ -141,10 +141,9 @@ async fn seed(store: &Store, log: &std::path::Path) -> (String, String, String) 
     store.insert_run(&row("r-queued", "nightly", "deb-s390x", "queued", 1)).await.unwrap();
 
     let now = Utc::now();
-    for (name, run, image, state, host, mins) in [
-        ("paddock-t-1", "r-running", "tiny-x86_64", "running", "local", 3),
-        ("paddock-t-2", "r-held", "deb-aarch64", "held", "local", 60),
-    ] {
+    for (name, run, image, state, host, mins) in
+        [("paddock-t-1", "r-running", "tiny-x86_64", "running", "local", 3), ("paddock-t-2", "r-held", "deb-aarch64", "held", "local", 60)]
+    {
         store
             .put_vm(&VmRow {
                 name: name.into(),
@@ -170,26 +169,11 @@ async fn seed(store: &Store, log: &std::path::Path) -> (String, String, String) 
         "INSERT INTO access_requests (id, user, image, run_id, duration_s, reason, state, decided_by, created_at,
                                       starts_at, ends_at, vm_name)
          VALUES ('a1', 'alice', 'deb-aarch64', 'r-held', 3600, 'debug t7 on arm', 'active', 'auto', ?1, ?1, ?2, 'paddock-t-2')",
-        rusqlite::params![
-            (now - Duration::minutes(5)).to_rfc3339(),
-            (now + Duration::minutes(55)).to_rfc3339()
-        ],
+        rusqlite::params![(now - Duration::minutes(5)).to_rfc3339(), (now + Duration::minutes(55)).to_rfc3339()],
     )
     .unwrap();
     store.record_event("reaped_domain", "paddock-old-9", "no run owned it").await.unwrap();
     ("r-running".into(), "r-held".into(), "r-nightly-arm".into())
-}
-
-/// Polls `probe` every 20 ms until it returns `Some`, or panics at the deadline.
-pub async fn wait_until<T>(what: &str, secs: u64, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 /// Serves the whole app (API + dashboard) on 127.0.0.1, port 0; returns the base URL.
@@ -197,7 +181,7 @@ pub async fn serve(state: Shared) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(listener, paddock::api::app(state)).await.unwrap();
+        axum::serve(listener, paddock::daemon::app(state)).await.unwrap();
     });
     format!("http://{addr}")
 }

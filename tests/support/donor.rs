@@ -153,7 +153,8 @@ impl Donor {
         // libvirt's ssh transport runs `ssh`, which would record the donor's key in root's
         // ~/.ssh/known_hosts: a wrapper (the URI's `command`) keeps it in the test's own dir.
         let wrapper = donor.dir.path().join("ssh");
-        std::fs::write(&wrapper, format!("#!/bin/sh\nexec ssh -o UserKnownHostsFile={}/known_hosts \"$@\"\n", donor.dir.path().display())).unwrap();
+        std::fs::write(&wrapper, format!("#!/bin/sh\nexec ssh -o UserKnownHostsFile={}/known_hosts \"$@\"\n", donor.dir.path().display()))
+            .unwrap();
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o700)).unwrap();
         donor.uri = format!(
             "qemu+ssh://{user}@127.0.0.1:{}/session?keyfile={}&no_verify=1&command={}",

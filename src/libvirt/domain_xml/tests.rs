@@ -78,11 +78,7 @@ pub(crate) fn profiles() -> Vec<Image> {
 }
 
 pub(crate) fn mark() -> Mark {
-    Mark {
-        run_id: "run-0001".into(),
-        instance: "0123abcd".into(),
-        created_at: Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
-    }
+    Mark { run_id: "run-0001".into(), instance: "0123abcd".into(), created_at: Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() }
 }
 
 pub(crate) fn render_profile(image: &Image, host: &Host, name: &str, dir: &Path) -> String {
@@ -175,7 +171,12 @@ async fn every_profile_validates_and_defines_on_qemu_system() {
         std::fs::write(&file, &xml).unwrap();
         let out = std::process::Command::new("virt-xml-validate").arg(&file).arg("domain").output().unwrap();
         if !out.status.success() {
-            failures.push(format!("{}: virt-xml-validate: {}{}", image.name, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+            failures.push(format!(
+                "{}: virt-xml-validate: {}{}",
+                image.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         match conn.define(&name, xml).await {
             Ok(()) => defined.push(name),
