@@ -4,7 +4,7 @@
 //! Only serialisation lives here: paddock never needs to read a whole domain
 //! back, only its `<paddock:vm>` metadata (see `parse_metadata`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -29,8 +29,6 @@ pub struct DomainSpec<'a> {
     /// The writable disk the guest boots from: an overlay over the image's base.
     /// `None` for kernel+initrd images.
     pub disk: Option<DiskSpec>,
-    /// Where the guest's serial console is written.
-    pub console_path: &'a Path,
     /// Lines for the guest's `authorized_keys`, handed over on the kernel command line.
     pub authorized_keys: &'a [String],
     /// The fleet CA's public key line, handed over on the kernel command line.

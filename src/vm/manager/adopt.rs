@@ -11,8 +11,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::{Boot, Image};
-use crate::libvirt::HostHandle;
-use crate::vm::reconcile::{self, LiveSet, ReconcileReport};
+use crate::vm::reconcile::{self, HostToReconcile, LiveSet, ReconcileReport};
 use crate::vm::{VmError, VmState};
 
 use super::Cmd;
@@ -23,9 +22,15 @@ impl Owner {
         LiveSet { names: self.vms.keys().cloned().collect(), taken_at: Utc::now() }
     }
 
+    /// The hosts to reconcile, with the pools whose per-VM volumes are checked too.
+    fn reconcile_targets(&self) -> Vec<HostToReconcile> {
+        let pool = |c: &crate::config::Host| c.image_pool.clone().map(|p| (c.uri.clone(), p));
+        self.hosts.iter().map(|h| HostToReconcile { handle: h.handle.clone(), pool: pool(&h.config) }).collect()
+    }
+
     pub(super) async fn reconcile_pass(&self) -> ReconcileReport {
-        let handles: Vec<HostHandle> = self.hosts.iter().map(|h| h.handle.clone()).collect();
-        reconcile::reconcile(&handles, &self.cfg.instance_id, &self.live_set(), &self.cfg.state_dir, &self.store).await
+        let hosts = self.reconcile_targets();
+        reconcile::reconcile_hosts(&hosts, &self.cfg.instance_id, &self.live_set(), &self.cfg.state_dir, &self.store).await
     }
 
     pub(super) fn spawn_reconcile(&mut self, reply: Option<oneshot::Sender<ReconcileReport>>) {
@@ -34,10 +39,10 @@ impl Owner {
         }
         let Some(tx) = self.tx.upgrade() else { return };
         self.reconciling = true;
-        let handles: Vec<HostHandle> = self.hosts.iter().map(|h| h.handle.clone()).collect();
+        let hosts = self.reconcile_targets();
         let (instance, live, dir, store) = (self.cfg.instance_id.clone(), self.live_set(), self.cfg.state_dir.clone(), self.store.clone());
         tokio::spawn(async move {
-            let report = reconcile::reconcile(&handles, &instance, &live, &dir, &store).await;
+            let report = reconcile::reconcile_hosts(&hosts, &instance, &live, &dir, &store).await;
             let _ = tx.send(Cmd::ReconcileDone { report, reply });
         });
     }

@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::config::{Boot, Host, Image};
+use crate::config::{Boot, Host, HostKeyPolicy, Image};
 use crate::libvirt::storage;
-use crate::libvirt::{self, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
+use crate::libvirt::{self, ConsoleSink, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
 use crate::vm::images::PoolImage;
 use crate::vm::placement::{self, HostView, Placement, Usage};
 use crate::vm::readiness::{self, Readiness, WaitError};
@@ -21,6 +21,9 @@ use crate::vm::{VmError, VmState, overlay};
 
 use super::owner::{Owner, Pending, Vm};
 use super::{Cmd, LaunchRequest, ReadyVm};
+
+/// How long a console key may trail the SSH banner (see `Attempt::boot`).
+const CONSOLE_LAG: Duration = Duration::from_secs(5);
 
 pub(super) struct Booted {
     pub(super) boot_time: Duration,
@@ -323,10 +326,12 @@ impl Attempt {
                     version.disk.clone().ok_or_else(|| LaunchError::NoBaseFormat { image: self.image.name.clone(), pool: pool.clone() })?;
                 let (uri, pool, vol, base) = (self.host.uri.clone(), pool.clone(), vol.clone(), base.display().to_string());
                 let uri2 = uri.clone();
-                let path = tokio::task::spawn_blocking(move || storage::create_overlay(&uri2, &pool, &vol, &base, &format, size))
-                    .await
-                    .map_err(|source| LaunchError::Task { vm: self.name.clone(), step: "overlay volume", source })?
-                    .map_err(|source| LaunchError::PoolOverlay { vm: self.name.clone(), uri, source })?;
+                let what = format!("creating overlay volume {vol} on host {}", self.host.name);
+                let path = storage::with_deadline(what, self.handle.options().call_timeout, move || {
+                    storage::create_overlay(&uri2, &pool, &vol, &base, &format, size)
+                })
+                .await
+                .map_err(|source| LaunchError::PoolOverlay { vm: self.name.clone(), uri, source })?;
                 Some(DiskSpec { path: path.into(), format: "qcow2".into() })
             }
             (Boot::Disk { base }, Some(ov), _, _) => {
@@ -339,25 +344,31 @@ impl Attempt {
             }
             _ => None,
         };
+        let domain_type = match self.handle.status() {
+            HostStatus::Up(facts) => facts.domain_type(self.host.accelerator),
+            HostStatus::Connecting | HostStatus::Down { .. } => self.host.accelerator.domain_type(),
+        };
         let xml = libvirt::domain_xml::render(&DomainSpec {
             name: &self.name,
             image: &image,
             host: &self.host,
-            domain_type: match self.handle.status() {
-                HostStatus::Up(facts) => facts.domain_type(self.host.accelerator),
-                HostStatus::Connecting | HostStatus::Down { .. } => self.host.accelerator.domain_type(),
-            },
+            domain_type,
             mark: &self.mark,
             ssh_port: self.port,
             disk,
-            console_path: &self.console,
             authorized_keys: &self.authorized_keys,
             ca_key: self.ca_key.as_deref(),
         });
         self.handle.define(&self.name, xml).await.map_err(LaunchError::Define)?;
         self.progress(VmState::Defined);
         let started = Instant::now();
-        self.handle.start(&self.name).await.map_err(LaunchError::Start)?;
+        // The console comes back over the libvirt connection into the daemon's own file, on
+        // remote hosts as on local ones; libvirt's test driver has no consoles.
+        match domain_type {
+            "test" => self.handle.start(&self.name).await,
+            _ => self.handle.start_with_console(&self.name, ConsoleSink::new(&self.console)).await,
+        }
+        .map_err(LaunchError::Start)?;
         self.progress(VmState::Booting);
         let deadline = started + self.boot_timeout;
         match self.readiness {
@@ -385,7 +396,17 @@ impl Attempt {
             }
         }
         let boot_time = started.elapsed();
-        let host_key = readiness::host_key_from_console(&String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()));
+        let read_key = || readiness::host_key_from_console(&String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()));
+        let mut host_key = read_key();
+        // The console crosses the connection on its own stream: the key printed before sshd
+        // listened may land in the file just after the banner was seen.
+        if host_key.is_none() && self.image.host_key == HostKeyPolicy::Console && domain_type != "test" {
+            let wait = Instant::now() + CONSOLE_LAG;
+            while host_key.is_none() && Instant::now() < wait {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                host_key = read_key();
+            }
+        }
         Ok(Booted { boot_time, host_key })
     }
 }
