@@ -27,10 +27,10 @@ const SSHD_PORTS: std::ops::RangeInclusive<u16> = 24200..=24249;
 async fn a_frozen_donor_libvirtd_goes_down_within_the_deadline_and_comes_back() {
     let donor = Donor::start("pdkdonor1", SSHD_PORTS);
     let options = HostOptions { call_timeout: Duration::from_secs(3), connect_timeout: Duration::from_secs(60) };
-    let host = HostHandle::spawn_with("donor", &donor.uri, options);
-    let status = host.wait_connected().await;
+    let handle = HostHandle::spawn_with("donor", &donor.uri, options);
+    let status = handle.wait_connected().await;
     assert!(matches!(status, HostStatus::Up(_)), "donor not up: {status:?}\nsshd log:\n{}", donor.sshd_log());
-    assert!(host.list().await.unwrap().is_empty(), "a new donor has no domains");
+    assert!(handle.list().await.unwrap().is_empty(), "a new donor has no domains");
     assert!(!donor.libvirtd_pids().is_empty(), "the donor's session libvirtd runs as its own user");
     let system = std::fs::read_to_string("/proc/self/status").unwrap();
     assert!(system.contains("Uid:\t0"), "tests run as root, the donor's daemon does not");
@@ -38,24 +38,71 @@ async fn a_frozen_donor_libvirtd_goes_down_within_the_deadline_and_comes_back() 
     let frozen = donor.signal_libvirtd(libc::SIGSTOP);
     assert!(!frozen.is_empty());
     let t = Instant::now();
-    let err = host.list().await.expect_err("a frozen daemon answers nothing");
+    let err = handle.list().await.expect_err("a frozen daemon answers nothing");
     let waited = t.elapsed();
     assert!(matches!(err, LibvirtError::Timeout { .. }), "{err:?}");
     assert!(waited < Duration::from_secs(6), "the call took {waited:?}, past its 3 s deadline");
-    let HostStatus::Down { reason, .. } = host.status() else { panic!("host not down: {:?}", host.status()) };
+    let HostStatus::Down { reason, .. } = handle.status() else { panic!("host not down: {:?}", handle.status()) };
     assert!(reason.contains("list") && reason.contains("donor"), "{reason}");
     // While down, calls fail at once rather than queueing behind the stuck thread.
     let t = Instant::now();
-    assert!(matches!(host.is_active("x").await, Err(LibvirtError::Down { .. })));
+    assert!(matches!(handle.is_active("x").await, Err(LibvirtError::Down { .. })));
     assert!(t.elapsed() < Duration::from_millis(500), "a call to a down host waited {:?}", t.elapsed());
+
+    // Meanwhile a daemon (re)starts: the frozen host costs it one connect deadline, no more,
+    // and runs still start on the other host.
+    let (dir, img, client) = (open_dir(), tiny_image(), client_key());
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let instance = format!("pdks{:04x}feedface", std::process::id() % 0xffff);
+    let _local = LocalDomains(format!("paddock-{}", &instance[..8]));
+    let mut cfg = manager_config(&state, &instance, vec![img.clone()]);
+    cfg.ssh_ports = PortRange { first: 24320, last: 24329 };
+    cfg.libvirt = HostOptions { call_timeout: Duration::from_secs(3), connect_timeout: Duration::from_secs(5) };
+    let hosts = vec![host("local", "qemu:///system", None), host("donor", &donor.uri, Some(support::donor::POOL))];
+    let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
+    let t = Instant::now();
+    let mgr = VmManager::start(cfg, hosts, store).await.unwrap();
+    let started_in = t.elapsed();
+    assert!(started_in < Duration::from_secs(20), "start took {started_in:?} with a frozen host");
+    let snap = mgr.snapshot().await.unwrap();
+    let frozen_host = snap.hosts.iter().find(|h| h.name == "donor").unwrap();
+    assert!(!frozen_host.up, "the frozen donor is not up");
+    assert!(frozen_host.down_reason.as_deref().is_some_and(|r| r.contains("no answer")), "{:?}", frozen_host.down_reason);
+    let vm = mgr.launch(request("r-frozen", &img, &client)).await.unwrap();
+    assert_eq!(vm.host, "local");
+    mgr.destroy(&vm.name).await.unwrap();
+    drop(mgr);
 
     donor.signal_libvirtd(libc::SIGCONT);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !host.status().is_up() {
-        assert!(Instant::now() < deadline, "donor did not come back: {:?}", host.status());
+    while !handle.status().is_up() {
+        assert!(Instant::now() < deadline, "donor did not come back: {:?}", handle.status());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(host.list().await.unwrap().is_empty());
+    assert!(handle.list().await.unwrap().is_empty());
+}
+
+/// The bundled guest, its host key learnt from the console.
+fn tiny_image() -> Image {
+    let out = support::guest::guest();
+    let mut img = support::fixtures::image(
+        "tiny",
+        Arch::X86_64,
+        256,
+        Boot::Kernel {
+            kernel: out.join("vmlinuz"),
+            initrd: out.join("initrd.img"),
+            cmdline: "console=ttyS0 quiet no_timer_check panic=1".into(),
+        },
+    );
+    img.boot_timeout = Duration::from_secs(240);
+    img
+}
+
+fn client_key() -> String {
+    support::sshd::random_key().public_key().to_openssh().unwrap()
 }
 
 fn open_dir() -> tempfile::TempDir {
@@ -122,22 +169,12 @@ async fn runs_spread_over_two_real_hosts_and_a_dead_daemons_leftovers_on_the_don
     let donor = Donor::start("pdkdonor2", SSHD_PORTS);
     let out = support::guest::guest();
     let guest_key = std::fs::read_to_string(out.join("ssh_host_ed25519_key.pub")).unwrap();
-    let client = support::sshd::random_key().public_key().to_openssh().unwrap();
+    let client = client_key();
     let dir = open_dir();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut img = support::fixtures::image(
-        "tiny",
-        Arch::X86_64,
-        256,
-        Boot::Kernel {
-            kernel: out.join("vmlinuz"),
-            initrd: out.join("initrd.img"),
-            cmdline: "console=ttyS0 quiet no_timer_check panic=1".into(),
-        },
-    );
-    img.boot_timeout = Duration::from_secs(240);
+    let img = tiny_image();
     let instance = format!("pdkr{:04x}feedface", std::process::id() % 0xffff);
     let short = format!("paddock-{}", &instance[..8]);
     let _local = LocalDomains(short.clone());

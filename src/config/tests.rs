@@ -333,3 +333,21 @@ fn image_pool_is_optional_and_must_be_a_pool_name() {
     let l = line_of(&src, "image_pool");
     assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:14: hosts[0].image_pool: `/var/lib/x` is not a storage pool name")]);
 }
+
+#[test]
+fn libvirt_deadlines_default_and_parse() {
+    let fleet = parse(GOOD, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.daemon.libvirt_timeout, crate::libvirt::DEFAULT_CALL_TIMEOUT);
+    assert_eq!(fleet.daemon.libvirt_connect_timeout, crate::libvirt::DEFAULT_CONNECT_TIMEOUT);
+    let src =
+        with("ssh_ports = \"22200-22299\"", "ssh_ports = \"22200-22299\"\nlibvirt_timeout = \"5s\"\nlibvirt_connect_timeout = \"20s\"");
+    let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.daemon.libvirt_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(fleet.daemon.libvirt_connect_timeout, std::time::Duration::from_secs(20));
+    let src = with("ssh_ports = \"22200-22299\"", "ssh_ports = \"22200-22299\"\nlibvirt_timeout = \"5\"");
+    let l = line_of(&src, "\"5\"");
+    assert_eq!(
+        errors(&src),
+        vec![format!("fleet.toml:{l}:19: daemon.libvirt_timeout: `5`: number without a unit; write e.g. \"5s\" or \"5m\"")]
+    );
+}

@@ -4,10 +4,10 @@
 //! remote host as for a local one. The domain XML names no file: its serial
 //! port is a `pty` on whichever host runs it.
 //!
-//! Implementation note: a console stream is read with blocking `recv` calls,
-//! so each console gets its own small thread, which ends when the stream does
-//! (the guest stopped, the connection closed). The domain is started paused and
-//! resumed only once the stream is open, so no byte of the boot is missed.
+//! Implementation note: a console stream is non-blocking and read from
+//! libvirt's default event loop (see [`watch`]); it ends when the guest stops
+//! or the connection closes. The domain is started paused and resumed only once
+//! the stream is open, so no byte of the boot is missed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,16 +35,18 @@ impl ConsoleSink {
     }
 }
 
-/// Starts `dom` paused, attaches its console to a copier thread writing into
+/// Starts `dom` paused, attaches its console to a copier writing into
 /// `sink`, then resumes it. On any failure the domain is left stopped.
 pub(super) fn start_with_console(conn: &Connect, dom: &Domain, sink: &ConsoleSink) -> Result<(), virt::error::Error> {
     dom.create_with_flags(virt::sys::VIR_DOMAIN_START_PAUSED)?;
     let attach = || -> Result<(), virt::error::Error> {
-        let stream = Stream::new(conn, 0)?;
+        let stream = Stream::new(conn, virt::sys::VIR_STREAM_NONBLOCK)?;
         // FORCE: a console left open by an earlier connection (a daemon that
         // died) is taken over rather than refused.
         dom.open_console(None, &stream, virt::sys::VIR_DOMAIN_CONSOLE_FORCE)?;
-        spawn_copier(dom.name().unwrap_or_default(), stream, sink.clone());
+        if let Some(file) = open(&sink.path) {
+            watch(stream, Copy { file, kept: 0, max: sink.max_bytes, cut: false })?;
+        }
         dom.resume()
     };
     attach().inspect_err(|_| {
@@ -52,44 +54,94 @@ pub(super) fn start_with_console(conn: &Connect, dom: &Domain, sink: &ConsoleSin
     })
 }
 
-fn spawn_copier(name: String, stream: Stream, sink: ConsoleSink) {
-    let spawned = std::thread::Builder::new().name(format!("console-{name}")).spawn(move || copy(stream, &sink));
-    if let Err(e) = spawned {
-        tracing::warn!(vm = %name, error = %e, "could not start a console reader");
+/// Where one console's bytes go.
+struct Copy {
+    file: std::fs::File,
+    kept: u64,
+    max: u64,
+    cut: bool,
+}
+
+impl Copy {
+    fn write(&mut self, chunk: &[u8]) {
+        if self.cut {
+            return;
+        }
+        let take = chunk.len().min(self.max.saturating_sub(self.kept) as usize);
+        if self.file.write_all(&chunk[..take]).is_err() {
+            self.cut = true;
+            return;
+        }
+        self.kept += take as u64;
+        if take < chunk.len() {
+            self.cut = true;
+            let _ = write!(self.file, "\n[paddock: console cut at {} bytes; later output dropped]\n", self.max);
+        }
     }
 }
 
-fn copy(stream: Stream, sink: &ConsoleSink) {
-    let Some(mut file) = open(&sink.path) else {
-        return;
-    };
-    let mut kept: u64 = 0;
-    let mut cut = false;
-    let mut buf = vec![0u8; 16 << 10];
-    loop {
-        match stream.recv(&mut buf) {
-            Ok(n) if n > 0 => {
-                let chunk = &buf[..n as usize];
-                if cut {
-                    continue;
-                }
-                let room = sink.max_bytes.saturating_sub(kept) as usize;
-                let take = chunk.len().min(room);
-                if file.write_all(&chunk[..take]).is_err() {
+/// The state a stream callback owns: the stream itself (taken out when it ends) and the copy.
+struct Watch {
+    stream: Option<Stream>,
+    copy: Copy,
+}
+
+/// Copies `stream` into `copy` from libvirt's event loop: a blocking `recv`
+/// on its own thread was seen to deliver console bytes in bursts tens of
+/// seconds apart, stalling guests whose kernels wait on their serial port.
+///
+/// Implementation note: the callback is registered through `virt::sys`
+/// directly, with a free function of our own, so that the stream can be
+/// released from inside its own callback once it ends (as `virsh console`
+/// does); the `virt` crate's callback wrapper would need the stream to outlive it.
+fn watch(stream: Stream, copy: Copy) -> Result<(), virt::error::Error> {
+    let ptr = unsafe { stream.as_ptr() };
+    let opaque = Box::into_raw(Box::new(Watch { stream: Some(stream), copy })) as *mut std::os::raw::c_void;
+    let events = (virt::sys::VIR_STREAM_EVENT_READABLE | virt::sys::VIR_STREAM_EVENT_ERROR | virt::sys::VIR_STREAM_EVENT_HANGUP) as i32;
+    let r = unsafe { virt::sys::virStreamEventAddCallback(ptr, events, Some(on_event), opaque, Some(on_free)) };
+    if r < 0 {
+        // Not registered: libvirt did not take the opaque, so it is ours to free.
+        unsafe { on_free(opaque) };
+        return Err(virt::error::Error::last_error());
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn on_event(st: virt::sys::virStreamPtr, events: std::os::raw::c_int, opaque: *mut std::os::raw::c_void) {
+    // SAFETY: `opaque` is the `Watch` registered with this callback; libvirt
+    // frees it (through `on_free`) only when the callback is removed below.
+    let w = unsafe { &mut *(opaque as *mut Watch) };
+    let mut ended = events & (virt::sys::VIR_STREAM_EVENT_ERROR | virt::sys::VIR_STREAM_EVENT_HANGUP) as i32 != 0;
+    if events & virt::sys::VIR_STREAM_EVENT_READABLE as i32 != 0 {
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            let n = unsafe { virt::sys::virStreamRecv(st, buf.as_mut_ptr() as *mut std::os::raw::c_char, buf.len()) };
+            match n {
+                n if n > 0 => w.copy.write(&buf[..n as usize]),
+                // Nothing more for now (non-blocking stream).
+                -2 => break,
+                // 0: the guest is gone; -1: the connection is.
+                _ => {
+                    ended = true;
                     break;
                 }
-                kept += take as u64;
-                if take < chunk.len() {
-                    cut = true;
-                    let _ = write!(file, "\n[paddock: console cut at {} bytes; later output dropped]\n", sink.max_bytes);
-                }
             }
-            // 0: the guest is gone (end of stream); an error: the connection is.
-            _ => break,
         }
     }
-    // Ending a stream whose peer is gone may fail; nothing is left to do then.
-    let _ = stream.abort();
+    if ended {
+        let stream = w.stream.take();
+        // Frees `w` (on_free); nothing of it is touched after this.
+        unsafe { virt::sys::virStreamEventRemoveCallback(st) };
+        if let Some(stream) = stream {
+            // Ending a stream whose peer is gone may fail; nothing is left to do then.
+            let _ = stream.abort();
+        }
+    }
+}
+
+unsafe extern "C" fn on_free(opaque: *mut std::os::raw::c_void) {
+    // SAFETY: made by `Box::into_raw` in `watch`, freed once.
+    drop(unsafe { Box::from_raw(opaque as *mut Watch) });
 }
 
 fn open(path: &Path) -> Option<std::fs::File> {

@@ -90,7 +90,10 @@ impl ManagerConfig {
             emulation_boot_factor: fleet.daemon.emulation_boot_factor.clone(),
             images: fleet.images.clone(),
             upload_retry: Duration::from_secs(30),
-            libvirt: libvirt::HostOptions::default(),
+            libvirt: libvirt::HostOptions {
+                call_timeout: fleet.daemon.libvirt_timeout,
+                connect_timeout: fleet.daemon.libvirt_connect_timeout,
+            },
         }
     }
 }
