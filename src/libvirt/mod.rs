@@ -33,7 +33,7 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 
 pub use console::ConsoleSink;
-pub use domain_xml::{DiskSpec, DomainSpec, Mark, PADDOCK_NS};
+pub use domain_xml::{ConsoleXml, DiskSpec, DomainSpec, Mark, PADDOCK_NS};
 pub use facts::{HostFacts, check_host};
 pub use probe::{Emulator, HostProbe, Pool, Volume, probe};
 

@@ -9,6 +9,7 @@ mod access;
 mod arch;
 mod crash;
 mod faults;
+mod remote;
 mod runs;
 mod ui;
 

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::config::{Boot, Host, HostKeyPolicy, Image};
 use crate::libvirt::storage;
-use crate::libvirt::{self, ConsoleSink, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
+use crate::libvirt::{self, ConsoleSink, ConsoleXml, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
 use crate::vm::images::PoolImage;
 use crate::vm::placement::{self, HostView, Placement, Usage};
 use crate::vm::readiness::{self, Readiness, WaitError};
@@ -348,6 +348,10 @@ impl Attempt {
             HostStatus::Up(facts) => facts.domain_type(self.host.accelerator),
             HostStatus::Connecting | HostStatus::Down { .. } => self.host.accelerator.domain_type(),
         };
+        // A pool host may be another machine: its console is a pty read over the connection.
+        // A host without one shares the daemon's filesystem and gets a file, which QEMU
+        // writes without back-pressure. libvirt's test driver has no consoles.
+        let remote_console = self.host.image_pool.is_some() && domain_type != "test";
         let xml = libvirt::domain_xml::render(&DomainSpec {
             name: &self.name,
             image: &image,
@@ -356,17 +360,18 @@ impl Attempt {
             mark: &self.mark,
             ssh_port: self.port,
             disk,
+            console: if remote_console { ConsoleXml::Pty } else { ConsoleXml::File(&self.console) },
             authorized_keys: &self.authorized_keys,
             ca_key: self.ca_key.as_deref(),
         });
         self.handle.define(&self.name, xml).await.map_err(LaunchError::Define)?;
         self.progress(VmState::Defined);
         let started = Instant::now();
-        // The console comes back over the libvirt connection into the daemon's own file, on
-        // remote hosts as on local ones; libvirt's test driver has no consoles.
-        match domain_type {
-            "test" => self.handle.start(&self.name).await,
-            _ => self.handle.start_with_console(&self.name, ConsoleSink::new(&self.console)).await,
+        // Either way the console ends up in the daemon's own file, which readiness, host-key
+        // learning and console tails read.
+        match remote_console {
+            true => self.handle.start_with_console(&self.name, ConsoleSink::new(&self.console)).await,
+            false => self.handle.start(&self.name).await,
         }
         .map_err(LaunchError::Start)?;
         self.progress(VmState::Booting);
@@ -400,7 +405,7 @@ impl Attempt {
         let mut host_key = read_key();
         // The console crosses the connection on its own stream: the key printed before sshd
         // listened may land in the file just after the banner was seen.
-        if host_key.is_none() && self.image.host_key == HostKeyPolicy::Console && domain_type != "test" {
+        if host_key.is_none() && self.image.host_key == HostKeyPolicy::Console && remote_console {
             let wait = Instant::now() + CONSOLE_LAG;
             while host_key.is_none() && Instant::now() < wait {
                 tokio::time::sleep(Duration::from_millis(50)).await;
