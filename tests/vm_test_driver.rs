@@ -170,7 +170,10 @@ async fn a_down_host_is_skipped_and_an_arch_nobody_runs_fails_at_once() {
     let only_ok = vec![host("ok", &fixture("host-small.xml"), 2, 2048, 2)];
     let mgr2 = VmManager::start(config(dir2.path(), "cccc4444"), only_ok, store(dir2.path()).await).await.unwrap();
     match mgr2.launch(request("r3", &arm)).await {
-        Err(VmError::NoHost { arch, .. }) => assert_eq!(arch, "aarch64"),
+        Err(VmError::NoHost { arch, why, .. }) => {
+            assert_eq!(arch, "aarch64");
+            assert_eq!(why, "no host runs arch aarch64", "the run says which constraint no host meets");
+        }
         other => panic!("expected NoHost, got {other:?}"),
     }
     mgr.destroy(&vm.name).await.unwrap();

@@ -144,7 +144,8 @@ impl Owner {
                 }
                 Placement::Never => {
                     let image = &pending.req.image;
-                    let err = VmError::NoHost { image: image.name.clone(), arch: image.arch.to_string() };
+                    let why = placement::never_reason(image, &views);
+                    let err = VmError::NoHost { image: image.name.clone(), arch: image.arch.to_string(), why };
                     let _ = pending.reply.send(Err(err));
                 }
             }
