@@ -1,7 +1,7 @@
 //! Launching: placing queued requests on hosts, and one launch attempt on one
 //! host (overlay, define, start, readiness) run as its own task.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +21,10 @@ use crate::vm::{VmError, VmState, overlay};
 
 use super::owner::{Owner, Pending, Vm};
 use super::{Cmd, LaunchRequest, ReadyVm};
+
+/// A queued launch's place: priority (higher first), its rank among its job's
+/// queued launches, when its job was last served, arrival.
+type QueueKey = (std::cmp::Reverse<i32>, u64, u64, u64);
 
 /// How long a console key may trail the SSH banner (see `Attempt::boot`).
 const CONSOLE_LAG: Duration = Duration::from_secs(5);
@@ -122,11 +126,28 @@ impl Owner {
         self.ports.allocate_where(|port| !local || std::net::TcpListener::bind((addr, port)).is_ok())
     }
 
-    /// Places queued launches, highest priority first, FIFO within a priority.
-    /// A launch that cannot be placed does not hold back those behind it that can.
+    /// Places queued launches, highest priority first; within a priority round
+    /// robin between jobs (each job's n-th queued launch comes after every other
+    /// job's (n-1)-th, and among equals the job served least recently goes
+    /// first), so one job's long matrix never holds another job's single run
+    /// back for its whole length; FIFO within a job. A launch that
+    /// cannot be placed does not hold back those behind it that can.
     pub(super) async fn pump(&mut self) {
-        self.queue.sort_by_key(|p| (std::cmp::Reverse(p.req.priority), p.seq));
-        let queue = std::mem::take(&mut self.queue);
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.sort_by_key(|p| p.seq);
+        let mut rank: HashMap<(i32, Option<String>), u64> = HashMap::new();
+        let mut keyed: Vec<(QueueKey, Pending)> = queue
+            .into_iter()
+            .map(|p| {
+                let r = rank.entry((p.req.priority, p.req.job.clone())).or_insert(0);
+                let served = self.last_served.get(&p.req.job).copied().unwrap_or(0);
+                let key = (std::cmp::Reverse(p.req.priority), *r, served, p.seq);
+                *r += 1;
+                (key, p)
+            })
+            .collect();
+        keyed.sort_by_key(|(k, _)| *k);
+        let queue: Vec<Pending> = keyed.into_iter().map(|(_, p)| p).collect();
         for pending in queue {
             // A changed image file is noticed here at the latest: the launch waits for its upload.
             self.distribute(&pending.req.image);
@@ -134,7 +155,11 @@ impl Owner {
             let views = self.views(&pending.req, &pending.tried, &used);
             match placement::place(&pending.req.image, &views) {
                 Placement::Host(i) => match self.allocate_port(i) {
-                    Some(port) => self.start_attempt(pending, i, port).await,
+                    Some(port) => {
+                        self.placements += 1;
+                        self.last_served.insert(pending.req.job.clone(), self.placements);
+                        self.start_attempt(pending, i, port).await
+                    }
                     None => self.queue.push(pending),
                 },
                 Placement::Wait => {

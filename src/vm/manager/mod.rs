@@ -263,6 +263,8 @@ impl VmManager {
             pools: HashMap::new(),
             images: HashMap::new(),
             last_image_check: Instant::now(),
+            last_served: HashMap::new(),
+            placements: 0,
         };
         let store = store_for_hosts;
         let blocks = store.host_blocks().await?;
