@@ -10,6 +10,7 @@ mod arch;
 mod crash;
 mod faults;
 mod remote;
+mod reload;
 mod runs;
 mod ui;
 
