@@ -9,8 +9,8 @@ mod access;
 mod arch;
 mod crash;
 mod faults;
-mod remote;
 mod reload;
+mod remote;
 mod runs;
 mod ui;
 
