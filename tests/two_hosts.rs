@@ -144,7 +144,15 @@ fn manager_config(state: &Path, instance: &str, images: Vec<Image>) -> ManagerCo
 }
 
 fn request(run: &str, image: &Image, key: &str) -> LaunchRequest {
-    LaunchRequest { run_id: run.into(), job: None, image: image.clone(), authorized_keys: vec![key.to_string()], ca_key: None, priority: 0 }
+    LaunchRequest {
+        run_id: run.into(),
+        job: None,
+        image: image.clone(),
+        authorized_keys: vec![key.to_string()],
+        ca_key: None,
+        progress: None,
+        priority: 0,
+    }
 }
 
 /// Destroys this instance's domains on the system host on drop (a failed test leaves nothing there).

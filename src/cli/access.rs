@@ -124,7 +124,7 @@ pub fn run(remote: &Remote, cmd: &AccessCommand) -> Result<ExitCode> {
             }
             AccessCommand::Ca => {
                 let ca: CaOut = c.get("/api/v1/access/ca").await?;
-                println!("{}", ca.public_key);
+                outln!("{}", ca.public_key);
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -143,7 +143,7 @@ fn show_grant(remote: &Remote, g: &GrantOut, out: &Path) -> Result<ExitCode> {
         print_json(g)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{} {} for {} ({})",
         g.id,
         g.state,
@@ -151,21 +151,21 @@ fn show_grant(remote: &Remote, g: &GrantOut, out: &Path) -> Result<ExitCode> {
         g.image.clone().or(g.run_id.clone().map(|r| format!("run {r}"))).unwrap_or_default()
     );
     if let Some(d) = &g.detail {
-        println!("  {d}");
+        outln!("  {d}");
     }
     if let Some(t) = g.ends_at {
-        println!("  ends {} ({})", t.format("%Y-%m-%d %H:%M:%S UTC"), ago(t));
+        outln!("  ends {} ({})", t.format("%Y-%m-%d %H:%M:%S UTC"), ago(t));
     }
     for (c, f) in g.certificates.iter().zip(&files) {
-        println!("  certificate serial {} for key {}: {}", c.serial, c.key_fingerprint, f.display());
+        outln!("  certificate serial {} for key {}: {}", c.serial, c.key_fingerprint, f.display());
     }
     if let Some(cmd) = &g.ssh_command {
         let cmd = match files.first() {
             Some(f) => cmd.replace("CERT", &f.display().to_string()),
             None => cmd.clone(),
         };
-        println!("  {cmd}");
-        println!("  (KEY is your private key, e.g. ~/.ssh/id_ed25519)");
+        outln!("  {cmd}");
+        outln!("  (KEY is your private key, e.g. ~/.ssh/id_ed25519)");
     }
     if g.state == "failed" {
         bail!("grant {} failed", g.id);

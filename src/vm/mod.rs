@@ -11,7 +11,9 @@ pub mod readiness;
 pub mod reconcile;
 mod state;
 
-pub use manager::{HostSnapshot, LaunchError, LaunchRequest, ManagerConfig, ReadyVm, Snapshot, VmManager, VmSnapshot};
+pub use manager::{
+    HostSnapshot, LaunchError, LaunchRequest, LaunchStage, ManagerConfig, ReadyVm, Snapshot, VmEnded, VmManager, VmSnapshot,
+};
 pub use readiness::Readiness;
 pub use reconcile::{LiveSet, ReconcileReport, reconcile};
 pub use state::VmState;

@@ -1,9 +1,6 @@
-//! Reconciliation: finding this daemon's domains, overlays and per-VM pool
-//! volumes that no live VM owns and removing them. **Domains without this
-//! instance's paddock mark are never touched; in a pool only volumes named for
-//! one of this instance's VMs (`paddock-<instance8>-<8 hex>-…`) are.** Hosts
-//! are visited in parallel, so a host that is down or slow to answer (every
-//! call has a deadline) delays no other host's clean-up.
+//! Reconciliation: finding this daemon's domains and overlays that no live VM
+//! owns and removing them. **Domains without this instance's paddock mark are
+//! never touched.**
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -12,8 +9,7 @@ use std::time::SystemTime;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use crate::libvirt::storage;
-use crate::libvirt::{HostHandle, error_chain};
+use crate::libvirt::{HostHandle, error_chain, storage};
 use crate::store::Store;
 
 use super::overlay;
@@ -24,7 +20,7 @@ pub struct ReconcileReport {
     /// `(host, domain)` pairs destroyed and undefined.
     pub domains_removed: Vec<(String, String)>,
     pub overlays_removed: Vec<PathBuf>,
-    /// `(host, volume)` pairs deleted from hosts' image pools (overlays, seeds).
+    /// `(host, volume)` overlay volumes removed from hosts' image pools.
     pub volumes_removed: Vec<(String, String)>,
     /// Domains seen that are not paddock's (or another instance's); left alone.
     pub foreign_domains: usize,
@@ -41,49 +37,47 @@ pub struct LiveSet {
     pub taken_at: DateTime<Utc>,
 }
 
-/// One host to reconcile: its actor and, for hosts with an `image_pool`, the
-/// URI and pool whose per-VM volumes are checked too.
-#[derive(Clone)]
-pub struct HostToReconcile {
-    pub handle: HostHandle,
-    pub pool: Option<(String, String)>,
-}
-
-/// How long listing or deleting a pool's volumes may take in one pass.
-const POOL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// Removes every domain on `hosts` marked with `instance` and not in `live`,
 /// their overlays, and overlay files in `state_dir` that no live VM owns.
 /// Each removal is logged and recorded as an event.
 pub async fn reconcile(hosts: &[HostHandle], instance: &str, live: &LiveSet, state_dir: &Path, store: &Store) -> ReconcileReport {
-    let hosts: Vec<HostToReconcile> = hosts.iter().map(|h| HostToReconcile { handle: h.clone(), pool: None }).collect();
-    reconcile_hosts(&hosts, instance, live, state_dir, store).await
-}
-
-/// [`reconcile`], plus the per-VM volumes (overlays, seeds) in hosts' pools.
-pub async fn reconcile_hosts(
-    hosts: &[HostToReconcile],
-    instance: &str,
-    live: &LiveSet,
-    state_dir: &Path,
-    store: &Store,
-) -> ReconcileReport {
     let mut report = ReconcileReport::default();
-    let mut tasks = tokio::task::JoinSet::new();
-    for host in hosts.iter().cloned() {
-        let (instance, live, store) = (instance.to_string(), live.clone(), store.clone());
-        tasks.spawn(async move { reconcile_host(host, &instance, &live, &store).await });
-    }
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(part) => {
-                report.domains_removed.extend(part.domains_removed);
-                report.volumes_removed.extend(part.volumes_removed);
-                report.foreign_domains += part.foreign_domains;
-                report.hosts_skipped.extend(part.hosts_skipped);
-                report.errors.extend(part.errors);
+    for host in hosts {
+        let domains = match host.list().await {
+            Ok(d) => d,
+            Err(e) => {
+                report.hosts_skipped.push(host.name().to_string());
+                warn!(host = host.name(), error = %error_chain(&e), "reconciliation skipped a host");
+                continue;
             }
-            Err(e) => report.errors.push(format!("a reconciliation task failed: {e}")),
+        };
+        for d in domains {
+            let Some(mark) = d.mark.filter(|m| m.instance == instance) else {
+                report.foreign_domains += 1;
+                continue;
+            };
+            if live.names.contains(&d.name) || mark.created_at > live.taken_at {
+                continue;
+            }
+            let removed = async {
+                if d.active {
+                    host.destroy(&d.name).await?;
+                }
+                host.undefine(&d.name).await
+            }
+            .await;
+            match removed {
+                Ok(()) => {
+                    info!(host = host.name(), vm = %d.name, run_id = %mark.run_id, "reaped an orphaned domain");
+                    crate::metrics::leaked_domain_reaped(host.name());
+                    let detail = format!("host {}, run {}, created {}", host.name(), mark.run_id, mark.created_at);
+                    if let Err(e) = store.record_event("reaped_domain", &d.name, &detail).await {
+                        report.errors.push(error_chain(&e));
+                    }
+                    report.domains_removed.push((host.name().to_string(), d.name.clone()));
+                }
+                Err(e) => report.errors.push(error_chain(&e)),
+            }
         }
     }
     let cutoff = SystemTime::from(live.taken_at);
@@ -112,127 +106,65 @@ pub async fn reconcile_hosts(
     report
 }
 
-async fn reconcile_host(host: HostToReconcile, instance: &str, live: &LiveSet, store: &Store) -> ReconcileReport {
-    let mut report = ReconcileReport::default();
-    let HostToReconcile { handle: host, pool } = host;
-    let domains = match host.list().await {
-        Ok(d) => d,
-        Err(e) => {
-            report.hosts_skipped.push(host.name().to_string());
-            warn!(host = host.name(), error = %error_chain(&e), "reconciliation skipped a host");
-            return report;
-        }
-    };
-    let mut present = HashSet::new();
-    for d in domains {
-        present.insert(d.name.clone());
-        let Some(mark) = d.mark.filter(|m| m.instance == instance) else {
-            report.foreign_domains += 1;
-            continue;
-        };
-        if live.names.contains(&d.name) || mark.created_at > live.taken_at {
-            continue;
-        }
-        let removed = async {
-            if d.active {
-                host.destroy(&d.name).await?;
-            }
-            host.undefine(&d.name).await
-        }
-        .await;
-        match removed {
-            Ok(()) => {
-                present.remove(&d.name);
-                info!(host = host.name(), vm = %d.name, run_id = %mark.run_id, "reaped an orphaned domain");
-                let detail = format!("host {}, run {}, created {}", host.name(), mark.run_id, mark.created_at);
-                if let Err(e) = store.record_event("reaped_domain", &d.name, &detail).await {
-                    report.errors.push(error_chain(&e));
-                }
-                report.domains_removed.push((host.name().to_string(), d.name.clone()));
-            }
-            Err(e) => report.errors.push(error_chain(&e)),
-        }
-    }
-    if let Some((uri, pool)) = pool {
-        reap_pool_volumes(&host, &uri, &pool, instance, live, &present, store, &mut report).await;
-    }
-    report
+/// A host with an `image_pool`, whose overlay volumes a pass looks at.
+#[derive(Debug, Clone)]
+pub struct PoolHost {
+    pub name: String,
+    pub uri: String,
+    pub pool: String,
 }
 
-/// The VM a pool volume belongs to: `paddock-<instance8>-<8 hex>` when the
-/// volume is named `<that>-<suffix>` and is not an image version (those end
-/// in 16 hex digits and are the image manager's).
-pub fn volume_owner<'a>(volume: &'a str, instance: &str) -> Option<&'a str> {
-    let short = &instance[..instance.len().min(8)];
-    let rest = volume.strip_prefix("paddock-")?.strip_prefix(short)?.strip_prefix('-')?;
-    let (id, suffix) = rest.split_at_checked(8)?;
-    let suffix = suffix.strip_prefix('-')?;
-    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
-    if !hex(id) || suffix.is_empty() || (suffix.len() >= 16 && hex(&suffix[suffix.len() - 16..])) {
-        return None;
-    }
-    Some(&volume[.."paddock-".len() + short.len() + 1 + 8])
-}
+/// How long one host's pool listing or one removal may take.
+const POOL_CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-#[allow(clippy::too_many_arguments)]
-async fn reap_pool_volumes(
-    host: &HostHandle,
-    uri: &str,
-    pool: &str,
-    instance: &str,
-    live: &LiveSet,
-    present: &HashSet<String>,
-    store: &Store,
-    report: &mut ReconcileReport,
-) {
-    let (u, p) = (uri.to_string(), pool.to_string());
-    let what = format!("listing pool {pool} on host {}", host.name());
-    let volumes = match storage::with_deadline(what, POOL_DEADLINE, move || storage::list_volumes(&u, &p)).await {
-        Ok(v) => v,
-        Err(e) => {
-            report.errors.push(error_chain(&e));
-            return;
-        }
-    };
+/// Removes overlay volumes (`<vm>-overlay.qcow2`) of this instance's VMs
+/// (names starting `vm_prefix`) from hosts' image pools when no live VM owns
+/// them and they were last changed before the pass began. A volume whose pool
+/// reports no timestamps is left alone: it might belong to a launch under way.
+/// Hosts the domain pass skipped (down) are skipped here too.
+pub async fn reconcile_pool_overlays(pools: &[PoolHost], vm_prefix: &str, live: &LiveSet, store: &Store, report: &mut ReconcileReport) {
     let cutoff = SystemTime::from(live.taken_at);
-    for v in volumes {
-        let Some(owner) = volume_owner(&v.name, instance) else { continue };
-        // A volume newer than the pass may belong to a launch under way; an
-        // unknown time is treated the same way (left for a later pass).
-        let young = v.modified.is_none_or(|t| t > cutoff);
-        if live.names.contains(owner) || present.contains(owner) || young {
-            continue;
-        }
-        let (u, p, n) = (uri.to_string(), pool.to_string(), v.name.clone());
-        let what = format!("deleting volume {} on host {}", v.name, host.name());
-        match storage::with_deadline(what, POOL_DEADLINE, move || storage::delete_volume(&u, &p, &n)).await {
-            Ok(()) => {
-                info!(host = host.name(), volume = %v.name, "removed an orphaned pool volume");
-                let detail = format!("host {}, pool {pool}", host.name());
-                if let Err(e) = store.record_event("reaped_volume", &v.name, &detail).await {
-                    report.errors.push(error_chain(&e));
-                }
-                report.volumes_removed.push((host.name().to_string(), v.name));
+    for host in pools.iter().filter(|h| !report.hosts_skipped.contains(&h.name)) {
+        let (uri, pool, prefix) = (host.uri.clone(), host.pool.clone(), vm_prefix.to_string());
+        let listed =
+            tokio::time::timeout(POOL_CALL_LIMIT, tokio::task::spawn_blocking(move || storage::overlay_volumes(&uri, &pool, &prefix)))
+                .await;
+        let volumes = match listed {
+            Ok(Ok(Ok(v))) => v,
+            Ok(Ok(Err(e))) => {
+                report.errors.push(format!("listing pool {} on host {}: {}", host.pool, host.name, error_chain(&e)));
+                continue;
             }
-            Err(e) => report.errors.push(error_chain(&e)),
+            Ok(Err(e)) => {
+                report.errors.push(format!("listing pool {} on host {}: {e}", host.pool, host.name));
+                continue;
+            }
+            Err(_) => {
+                report.errors.push(format!("listing pool {} on host {}: no answer within {POOL_CALL_LIMIT:?}", host.pool, host.name));
+                continue;
+            }
+        };
+        for v in volumes {
+            if live.names.contains(&v.vm) || v.modified.is_none_or(|t| t > cutoff) {
+                continue;
+            }
+            let (uri, pool, volume) = (host.uri.clone(), host.pool.clone(), v.volume.clone());
+            let removed =
+                tokio::time::timeout(POOL_CALL_LIMIT, tokio::task::spawn_blocking(move || storage::delete_volume(&uri, &pool, &volume)))
+                    .await;
+            match removed {
+                Ok(Ok(Ok(()))) => {
+                    info!(host = %host.name, pool = %host.pool, volume = %v.volume, "removed an orphaned overlay volume");
+                    let detail = format!("host {}, pool {}, volume {}", host.name, host.pool, v.volume);
+                    if let Err(e) = store.record_event("reaped_overlay", &v.vm, &detail).await {
+                        report.errors.push(error_chain(&e));
+                    }
+                    report.volumes_removed.push((host.name.clone(), v.volume));
+                }
+                Ok(Ok(Err(e))) => report.errors.push(error_chain(&e)),
+                Ok(Err(e)) => report.errors.push(format!("removing {}: {e}", v.volume)),
+                Err(_) => report.errors.push(format!("removing {}: no answer within {POOL_CALL_LIMIT:?}", v.volume)),
+            }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::volume_owner;
-
-    #[test]
-    fn only_volumes_named_for_this_instances_vms_have_an_owner() {
-        let inst = "0123abcdeeee";
-        assert_eq!(volume_owner("paddock-0123abcd-deadbeef-overlay.qcow2", inst), Some("paddock-0123abcd-deadbeef"));
-        assert_eq!(volume_owner("paddock-0123abcd-deadbeef-seed.iso", inst), Some("paddock-0123abcd-deadbeef"));
-        // Another instance's, an image version, odd shapes.
-        assert_eq!(volume_owner("paddock-99999999-deadbeef-overlay.qcow2", inst), None);
-        assert_eq!(volume_owner("paddock-0123abcd-deadbeef-disk-0123456789abcdef", inst), None);
-        assert_eq!(volume_owner("paddock-0123abcd-deadbee-overlay.qcow2", inst), None);
-        assert_eq!(volume_owner("paddock-0123abcd-deadbeef", inst), None);
-        assert_eq!(volume_owner("paddock-tiny-kernel-0123456789abcdef", inst), None);
     }
 }
