@@ -327,6 +327,7 @@ async fn control(n: u64) {
         emulation_boot_factor: Default::default(),
         images: Vec::new(),
         upload_retry: Duration::from_secs(30),
+        libvirt: Default::default(),
     };
     let mgr = VmManager::start(cfg, vec![host], store.clone()).await.unwrap();
     // 50 clients at once, each requesting and destroying VMs until `n` are done: the

@@ -62,6 +62,7 @@ fn config(state_dir: &Path, instance: &str, clock: Clock) -> ManagerConfig {
         emulation_boot_factor: Default::default(),
         images: Vec::new(),
         upload_retry: Duration::from_secs(30),
+        libvirt: Default::default(),
     }
 }
 

@@ -103,6 +103,7 @@ fn config(state: &Path, instance: &str, ports: (u16, u16), readiness: Readiness,
         emulation_boot_factor: Default::default(),
         images,
         upload_retry: Duration::from_millis(300),
+        libvirt: Default::default(),
     }
 }
 

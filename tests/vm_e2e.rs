@@ -75,6 +75,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         emulation_boot_factor: Default::default(),
         images: Vec::new(),
         upload_retry: Duration::from_secs(30),
+        libvirt: Default::default(),
     };
     let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
     let mgr = VmManager::start(cfg, vec![host], store.clone()).await.unwrap();

@@ -52,6 +52,7 @@ fn config(state_dir: &Path, instance: &str) -> ManagerConfig {
         emulation_boot_factor: Default::default(),
         images: Vec::new(),
         upload_retry: Duration::from_secs(30),
+        libvirt: Default::default(),
     }
 }
 
@@ -152,6 +153,41 @@ async fn higher_priority_goes_first_and_fifo_within_a_priority() {
     assert_eq!(order, vec!["high", "low-1", "low-2"]);
 }
 
+/// One job's 8-image matrix queued first does not hold back another job's single run: with one
+/// slot, the single run is placed right after the matrix's first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_is_fair_between_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = vec![host("one", &fixture("host-medium.xml"), 1, 2048, 2)];
+    let mgr = VmManager::start(config(dir.path(), "bbbb3333"), hosts, store(dir.path()).await).await.unwrap();
+    let img = image("tiny", Arch::X86_64, 256, kernel());
+    let first = mgr.launch(request("hold-the-slot", &img)).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let runs: Vec<(String, &str)> = (0..8).map(|i| (format!("matrix-{i}"), "matrix")).chain([("single".to_string(), "single")]).collect();
+    for (n, (run, job)) in runs.iter().enumerate() {
+        let (m, img, tx) = (mgr.clone(), img.clone(), tx.clone());
+        let mut req = request(run, &img);
+        req.job = Some(job.to_string());
+        let run = run.clone();
+        tokio::spawn(async move {
+            let vm = m.launch(req).await.unwrap();
+            tx.send(run).unwrap();
+            m.destroy(&vm.name).await.unwrap();
+        });
+        wait_until("queueing", Duration::from_secs(5), || async { mgr.snapshot().await.unwrap().queued == n + 1 }).await;
+    }
+    mgr.destroy(&first.name).await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..runs.len() {
+        order.push(tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap());
+    }
+    assert_eq!(order[..3], ["matrix-0", "single", "matrix-1"], "{order:?}");
+    assert_eq!(
+        order.iter().filter(|r| r.starts_with("matrix-")).cloned().collect::<Vec<_>>(),
+        (0..8).map(|i| format!("matrix-{i}")).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_host_is_skipped_and_an_arch_nobody_runs_fails_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -177,7 +213,10 @@ async fn a_down_host_is_skipped_and_an_arch_nobody_runs_fails_at_once() {
     let only_ok = vec![host("ok", &fixture("host-small.xml"), 2, 2048, 2)];
     let mgr2 = VmManager::start(config(dir2.path(), "cccc4444"), only_ok, store(dir2.path()).await).await.unwrap();
     match mgr2.launch(request("r3", &arm)).await {
-        Err(VmError::NoHost { arch, .. }) => assert_eq!(arch, "aarch64"),
+        Err(VmError::NoHost { arch, why, .. }) => {
+            assert_eq!(arch, "aarch64");
+            assert_eq!(why, "no host runs arch aarch64", "the run says which constraint no host meets");
+        }
         other => panic!("expected NoHost, got {other:?}"),
     }
     mgr.destroy(&vm.name).await.unwrap();

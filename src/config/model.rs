@@ -82,6 +82,10 @@ pub struct Daemon {
     pub max_hold: Duration,
     /// How many hosts a launch is tried on before the run fails as infrastructure.
     pub launch_retries: u32,
+    /// The deadline of one libvirt call; a host whose call misses it is marked down.
+    pub libvirt_timeout: Duration,
+    /// The deadline of opening a host's connection (a remote one may start a daemon first).
+    pub libvirt_connect_timeout: Duration,
     /// Whether the API, dashboard and metrics may be read without a token.
     pub public_reads: bool,
     /// How much longer than `boot_timeout` a guest of this arch gets on a host

@@ -51,6 +51,8 @@ pub struct RawDaemon {
     pub reconcile_interval: Option<S<String>>,
     pub max_hold: Option<S<String>>,
     pub launch_retries: Option<S<i64>>,
+    pub libvirt_timeout: Option<S<String>>,
+    pub libvirt_connect_timeout: Option<S<String>>,
     pub public_reads: Option<bool>,
     #[serde(default)]
     pub emulation_boot_factor: BTreeMap<String, S<f64>>,

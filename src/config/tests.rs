@@ -362,3 +362,21 @@ fn secret_env_values_come_from_a_file_or_the_environment() {
         "{e:?}"
     );
 }
+
+#[test]
+fn libvirt_deadlines_default_and_parse() {
+    let fleet = parse(GOOD, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.daemon.libvirt_timeout, crate::libvirt::DEFAULT_CALL_TIMEOUT);
+    assert_eq!(fleet.daemon.libvirt_connect_timeout, crate::libvirt::DEFAULT_CONNECT_TIMEOUT);
+    let src =
+        with("ssh_ports = \"22200-22299\"", "ssh_ports = \"22200-22299\"\nlibvirt_timeout = \"5s\"\nlibvirt_connect_timeout = \"20s\"");
+    let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.daemon.libvirt_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(fleet.daemon.libvirt_connect_timeout, std::time::Duration::from_secs(20));
+    let src = with("ssh_ports = \"22200-22299\"", "ssh_ports = \"22200-22299\"\nlibvirt_timeout = \"5\"");
+    let l = line_of(&src, "\"5\"");
+    assert_eq!(
+        errors(&src),
+        vec![format!("fleet.toml:{l}:19: daemon.libvirt_timeout: `5`: number without a unit; write e.g. \"5s\" or \"5m\"")]
+    );
+}

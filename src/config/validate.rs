@@ -208,6 +208,12 @@ impl<'a> Validator<'a> {
             reconcile_interval: self.duration(&d.reconcile_interval, "daemon.reconcile_interval", Duration::from_secs(30)),
             max_hold: self.duration(&d.max_hold, "daemon.max_hold", Duration::from_secs(24 * 3600)),
             launch_retries,
+            libvirt_timeout: self.duration(&d.libvirt_timeout, "daemon.libvirt_timeout", crate::libvirt::DEFAULT_CALL_TIMEOUT),
+            libvirt_connect_timeout: self.duration(
+                &d.libvirt_connect_timeout,
+                "daemon.libvirt_connect_timeout",
+                crate::libvirt::DEFAULT_CONNECT_TIMEOUT,
+            ),
             public_reads: d.public_reads.unwrap_or(false),
             emulation_boot_factor: self.boot_factors(&d.emulation_boot_factor),
         }

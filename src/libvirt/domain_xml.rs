@@ -4,7 +4,7 @@
 //! Only serialisation lives here: paddock never needs to read a whole domain
 //! back, only its `<paddock:vm>` metadata (see `parse_metadata`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -29,12 +29,24 @@ pub struct DomainSpec<'a> {
     /// The writable disk the guest boots from: an overlay over the image's base.
     /// `None` for kernel+initrd images.
     pub disk: Option<DiskSpec>,
-    /// Where the guest's serial console is written.
-    pub console_path: &'a Path,
+    /// Where the guest's serial console goes.
+    pub console: ConsoleXml<'a>,
     /// Lines for the guest's `authorized_keys`, handed over on the kernel command line.
     pub authorized_keys: &'a [String],
     /// The fleet CA's public key line, handed over on the kernel command line.
     pub ca_key: Option<&'a str>,
+}
+
+/// A VM's serial console in its XML.
+#[derive(Debug, Clone, Copy)]
+pub enum ConsoleXml<'a> {
+    /// A `pty` with no path, read over the libvirt connection (`HostHandle::start_with_console`):
+    /// for hosts that are (or may be) another machine, whose XML names no file of the daemon's.
+    Pty,
+    /// A file on the host that the daemon reads directly: only for a host that shares the
+    /// daemon's filesystem (no `image_pool`). QEMU writes it without back-pressure, so a chatty
+    /// console never slows the guest.
+    File(&'a std::path::Path),
 }
 
 #[derive(Debug, Clone)]
@@ -349,11 +361,13 @@ struct PortRangeXml {
     to: u16,
 }
 
+/// A serial port or console: a `pty` (read over the libvirt connection) or a file.
 #[derive(Debug, Serialize)]
 struct CharDev {
     #[serde(rename = "@type")]
     kind: &'static str,
-    source: CharSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<CharSource>,
     target: CharTarget,
 }
 
@@ -609,15 +623,16 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
         },
     };
 
-    let console_file = |target: CharTarget| CharDev {
-        kind: "file",
-        source: CharSource { path: spec.console_path.display().to_string(), append: "off" },
-        target,
+    let chardev = |target: CharTarget| match spec.console {
+        ConsoleXml::Pty => CharDev { kind: "pty", source: None, target },
+        ConsoleXml::File(path) => {
+            CharDev { kind: "file", source: Some(CharSource { path: path.display().to_string(), append: "off" }), target }
+        }
     };
     // s390x has no serial port; its console is SCLP.
     let (serials, consoles) = match arch {
-        Arch::S390x => (vec![], vec![console_file(CharTarget { kind: Some("sclp"), port: 0 })]),
-        _ => (vec![console_file(CharTarget { kind: None, port: 0 })], vec![]),
+        Arch::S390x => (vec![], vec![chardev(CharTarget { kind: Some("sclp"), port: 0 })]),
+        _ => (vec![chardev(CharTarget { kind: None, port: 0 })], vec![]),
     };
 
     let (controllers, inputs) = match os {

@@ -7,14 +7,24 @@
 //! with oneshot reply channels. The thread also watches its connection (every
 //! [`HEALTH_INTERVAL`]): a dead connection makes the host `Down` and is
 //! re-opened with exponential backoff. This is the only module that calls `virt`.
+//!
+//! Every call has a deadline ([`HostOptions::call_timeout`]). A call that gets
+//! no answer in time marks the host `Down` with the reason and replaces its
+//! actor: the stuck thread is abandoned (it drops whatever it still had queued
+//! once its call returns, since it is no longer the current generation) and a
+//! fresh one reconnects. While a host is down, calls fail at once instead of
+//! queueing behind a stuck thread, so a frozen libvirtd costs each caller at
+//! most one deadline and never blocks other hosts.
 
+pub mod console;
 pub mod domain_xml;
 mod facts;
 pub mod probe;
 pub mod storage;
 
-use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
@@ -22,7 +32,8 @@ use tracing::{info, warn};
 use virt::connect::Connect;
 use virt::domain::Domain;
 
-pub use domain_xml::{DiskSpec, DomainSpec, Mark, PADDOCK_NS};
+pub use console::ConsoleSink;
+pub use domain_xml::{ConsoleXml, DiskSpec, DomainSpec, Mark, PADDOCK_NS};
 pub use facts::{HostFacts, check_host};
 pub use probe::{Emulator, HostProbe, Pool, Volume, probe};
 
@@ -30,6 +41,27 @@ pub use probe::{Emulator, HostProbe, Pool, Volume, probe};
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The default deadline of one libvirt call (see [`HostOptions`]).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default deadline of opening a connection: the first one to a remote
+/// host may start its session daemon over SSH.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Settings of one host's actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostOptions {
+    /// How long one call (or the first connection) may take before the host
+    /// is marked down and its actor replaced.
+    pub call_timeout: Duration,
+    /// How long the first connection may take (see [`HostHandle::wait_connected`]).
+    pub connect_timeout: Duration,
+}
+
+impl Default for HostOptions {
+    fn default() -> HostOptions {
+        HostOptions { call_timeout: DEFAULT_CALL_TIMEOUT, connect_timeout: DEFAULT_CONNECT_TIMEOUT }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LibvirtError {
@@ -57,6 +89,8 @@ pub enum LibvirtError {
     Probe { uri: String, source: virt::error::Error },
     #[error("the actor thread of host {host} has stopped")]
     ActorGone { host: String },
+    #[error("libvirt call `{call}` on host {host} got no answer within {after:?}")]
+    Timeout { host: String, call: &'static str, after: Duration },
 }
 
 /// Whether a host's connection is usable.
@@ -94,8 +128,10 @@ enum Command {
         name: String,
         reply: Reply<()>,
     },
+    /// With a console sink the domain starts paused, its console is attached, then it resumes.
     Start {
         name: String,
+        console: Option<ConsoleSink>,
         reply: Reply<()>,
     },
     Shutdown {
@@ -120,14 +156,51 @@ enum Command {
     },
 }
 
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Define { .. } => "define",
+            Command::Start { .. } => "start",
+            Command::Shutdown { .. } => "shutdown",
+            Command::Destroy { .. } => "destroy",
+            Command::Undefine { .. } => "undefine",
+            Command::IsActive { .. } => "is_active",
+            Command::List { .. } => "list",
+        }
+    }
+
+    /// Answers the command with `err` without running it.
+    fn refuse(self, err: LibvirtError) {
+        match self {
+            Command::Define { reply, .. }
+            | Command::Start { reply, .. }
+            | Command::Shutdown { reply, .. }
+            | Command::Destroy { reply, .. }
+            | Command::Undefine { reply, .. } => drop(reply.send(Err(err))),
+            Command::IsActive { reply, .. } => drop(reply.send(Err(err))),
+            Command::List { reply } => drop(reply.send(Err(err))),
+        }
+    }
+}
+
 /// A handle to one host's actor; cheap to clone. The actor stops when the
 /// last handle is dropped.
 #[derive(Clone)]
 pub struct HostHandle {
     name: String,
     uri: String,
-    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
     status: watch::Receiver<HostStatus>,
+}
+
+/// What the handles of one host share: the current actor's channel and generation.
+struct Shared {
+    options: HostOptions,
+    /// The current actor's command channel (replaced with the actor).
+    tx: Mutex<mpsc::Sender<Command>>,
+    /// The current actor's generation; an actor whose number differs is abandoned.
+    generation: Arc<AtomicU64>,
+    status: Arc<watch::Sender<HostStatus>>,
 }
 
 static EVENT_LOOP: Once = Once::new();
@@ -157,19 +230,36 @@ impl HostHandle {
     /// Starts the actor thread for host `name` at `uri`. It connects in the
     /// background; watch [`HostHandle::status`] or call [`HostHandle::wait_connected`].
     pub fn spawn(name: &str, uri: &str) -> HostHandle {
+        HostHandle::spawn_with(name, uri, HostOptions::default())
+    }
+
+    /// [`HostHandle::spawn`] with explicit options.
+    pub fn spawn_with(name: &str, uri: &str, options: HostOptions) -> HostHandle {
         init_libvirt();
-        let (tx, rx) = mpsc::channel();
         let (status_tx, status) = watch::channel(HostStatus::Connecting);
-        let actor = Actor {
-            name: name.to_string(),
-            uri: uri.to_string(),
-            conn: None,
-            status: status_tx,
-            backoff: BACKOFF_FIRST,
-            next_attempt: Instant::now(),
-        };
-        std::thread::Builder::new().name(format!("libvirt-{name}")).spawn(move || actor.run(rx)).expect("spawning a libvirt host thread");
-        HostHandle { name: name.to_string(), uri: uri.to_string(), tx, status }
+        let status_tx = Arc::new(status_tx);
+        let generation = Arc::new(AtomicU64::new(0));
+        let tx = spawn_actor(name, uri, 0, &generation, &status_tx, Duration::ZERO);
+        let shared = Arc::new(Shared { options, tx: Mutex::new(tx), generation, status: status_tx });
+        HostHandle { name: name.to_string(), uri: uri.to_string(), shared, status }
+    }
+
+    pub fn options(&self) -> HostOptions {
+        self.shared.options
+    }
+
+    /// Marks the host down with `reason` and replaces the actor of generation
+    /// `stuck` (if it is still the current one) with a fresh one.
+    fn replace_actor(&self, stuck: u64, reason: String) {
+        let mut tx = self.shared.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if self.shared.generation.load(Ordering::SeqCst) != stuck {
+            return;
+        }
+        let next = stuck + 1;
+        self.shared.generation.store(next, Ordering::SeqCst);
+        warn!(host = %self.name, uri = %self.uri, %reason, "host down; replacing its libvirt actor");
+        self.shared.status.send_replace(HostStatus::Down { reason, since: chrono::Utc::now() });
+        *tx = spawn_actor(&self.name, &self.uri, next, &self.shared.generation, &self.shared.status, BACKOFF_FIRST);
     }
 
     pub fn name(&self) -> &str {
@@ -188,26 +278,66 @@ impl HostHandle {
         self.status.clone()
     }
 
-    /// Waits until the first connection attempt has finished (either way) and returns the status.
+    /// Waits until the first connection attempt has finished (either way) and
+    /// returns the status. A connection that takes longer than the connect
+    /// timeout counts as failed: the host is marked down and its actor replaced.
     pub async fn wait_connected(&self) -> HostStatus {
         let mut rx = self.status.clone();
-        let status = rx.wait_for(|s| !matches!(s, HostStatus::Connecting)).await.map(|s| s.clone());
-        status.unwrap_or(HostStatus::Down { reason: "actor stopped".into(), since: chrono::Utc::now() })
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        let after = self.shared.options.connect_timeout;
+        let waited = tokio::time::timeout(after, rx.wait_for(|s| !matches!(s, HostStatus::Connecting))).await;
+        match waited {
+            Ok(Ok(s)) => s.clone(),
+            Ok(Err(_)) => HostStatus::Down { reason: "actor stopped".into(), since: chrono::Utc::now() },
+            Err(_) => {
+                self.replace_actor(generation, format!("connecting to {} got no answer within {after:?}", self.uri));
+                self.status()
+            }
+        }
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LibvirtError> {
+        // A down host answers at once: its actor may be stuck in a call (or
+        // reconnecting to a frozen daemon), and queueing behind it would only
+        // turn every caller's wait into a deadline.
+        if let HostStatus::Down { reason, .. } = &*self.status.borrow() {
+            return Err(LibvirtError::Down { host: self.name.clone(), reason: reason.clone() });
+        }
         let (reply, rx) = oneshot::channel();
+        let cmd = make(reply);
+        let call = cmd.name();
         let gone = || LibvirtError::ActorGone { host: self.name.clone() };
-        self.tx.send(make(reply)).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        let generation = {
+            let tx = self.shared.tx.lock().unwrap_or_else(|e| e.into_inner());
+            tx.send(cmd).map_err(|_| gone())?;
+            self.shared.generation.load(Ordering::SeqCst)
+        };
+        let after = self.shared.options.call_timeout;
+        match tokio::time::timeout(after, rx).await {
+            Ok(answer) => answer.map_err(|_| gone())?,
+            Err(_) => {
+                let err = LibvirtError::Timeout { host: self.name.clone(), call, after };
+                self.replace_actor(generation, err.to_string());
+                Err(err)
+            }
+        }
     }
 
     pub async fn define(&self, name: &str, xml: String) -> Result<(), LibvirtError> {
         self.call(|reply| Command::Define { xml, name: name.to_string(), reply }).await
     }
 
+    /// Starts a defined domain without reading its console (libvirt's
+    /// `test:///` driver has none).
     pub async fn start(&self, name: &str) -> Result<(), LibvirtError> {
-        self.call(|reply| Command::Start { name: name.to_string(), reply }).await
+        self.call(|reply| Command::Start { name: name.to_string(), console: None, reply }).await
+    }
+
+    /// Starts a defined domain with its console copied into `sink` over this
+    /// connection, from the first byte (the domain starts paused until the
+    /// console is attached).
+    pub async fn start_with_console(&self, name: &str, sink: ConsoleSink) -> Result<(), LibvirtError> {
+        self.call(|reply| Command::Start { name: name.to_string(), console: Some(sink), reply }).await
     }
 
     /// Asks the guest to power off (ACPI); returns at once.
@@ -236,11 +366,37 @@ impl HostHandle {
     }
 }
 
+fn spawn_actor(
+    name: &str,
+    uri: &str,
+    generation: u64,
+    current: &Arc<AtomicU64>,
+    status: &Arc<watch::Sender<HostStatus>>,
+    first_delay: Duration,
+) -> mpsc::Sender<Command> {
+    let (tx, rx) = mpsc::channel();
+    let actor = Actor {
+        name: name.to_string(),
+        uri: uri.to_string(),
+        conn: None,
+        status: status.clone(),
+        generation,
+        current: current.clone(),
+        backoff: BACKOFF_FIRST,
+        next_attempt: Instant::now() + first_delay,
+    };
+    std::thread::Builder::new().name(format!("libvirt-{name}")).spawn(move || actor.run(rx)).expect("spawning a libvirt host thread");
+    tx
+}
+
 struct Actor {
     name: String,
     uri: String,
     conn: Option<Connect>,
-    status: watch::Sender<HostStatus>,
+    status: Arc<watch::Sender<HostStatus>>,
+    /// This actor's number; it serves only while `current` holds it.
+    generation: u64,
+    current: Arc<AtomicU64>,
     backoff: Duration,
     next_attempt: Instant,
 }
@@ -255,9 +411,16 @@ fn is_not_running(e: &virt::error::Error) -> bool {
 
 impl Actor {
     fn run(mut self, rx: mpsc::Receiver<Command>) {
-        self.try_connect();
+        self.ensure_connected();
         loop {
+            if self.abandoned() {
+                break;
+            }
             match rx.recv_timeout(HEALTH_INTERVAL) {
+                Ok(cmd) if self.abandoned() => {
+                    cmd.refuse(LibvirtError::ActorGone { host: self.name.clone() });
+                    break;
+                }
                 Ok(cmd) => {
                     self.ensure_connected();
                     self.handle(cmd);
@@ -266,7 +429,20 @@ impl Actor {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        // Dropping `conn` closes it.
+        // Dropping `rx` answers whatever is still queued with `ActorGone`;
+        // dropping `conn` closes it.
+    }
+
+    /// Whether a newer actor has replaced this one (after a call of ours timed out).
+    fn abandoned(&self) -> bool {
+        self.current.load(Ordering::SeqCst) != self.generation
+    }
+
+    /// Publishes a status, unless this actor was replaced.
+    fn publish(&self, status: HostStatus) {
+        if !self.abandoned() {
+            self.status.send_replace(status);
+        }
     }
 
     fn try_connect(&mut self) {
@@ -280,7 +456,7 @@ impl Actor {
                         info!(host = %self.name, uri = %self.uri, arch = %facts.arch, "host connected");
                         self.conn = Some(conn);
                         self.backoff = BACKOFF_FIRST;
-                        self.status.send_replace(HostStatus::Up(facts));
+                        self.publish(HostStatus::Up(facts));
                     }
                     Err(source) => self.mark_down(LibvirtError::Facts { host: self.name.clone(), source }.to_string()),
                 }
@@ -295,12 +471,12 @@ impl Actor {
     fn mark_down(&mut self, reason: String) {
         self.conn = None;
         let was_down = matches!(*self.status.borrow(), HostStatus::Down { .. });
-        if !was_down {
+        if !was_down && !self.abandoned() {
             warn!(host = %self.name, uri = %self.uri, %reason, "host down");
         }
         self.next_attempt = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        self.status.send_replace(HostStatus::Down { reason, since: chrono::Utc::now() });
+        self.publish(HostStatus::Down { reason, since: chrono::Utc::now() });
     }
 
     fn ensure_connected(&mut self) {
@@ -339,16 +515,7 @@ impl Actor {
 
     fn handle(&mut self, cmd: Command) {
         let Some(conn) = self.conn.clone() else {
-            let err = self.down_error();
-            match cmd {
-                Command::Define { reply, .. }
-                | Command::Start { reply, .. }
-                | Command::Shutdown { reply, .. }
-                | Command::Destroy { reply, .. }
-                | Command::Undefine { reply, .. } => drop(reply.send(Err(err))),
-                Command::IsActive { reply, .. } => drop(reply.send(Err(err))),
-                Command::List { reply } => drop(reply.send(Err(err))),
-            }
+            cmd.refuse(self.down_error());
             return;
         };
         let host = self.name.clone();
@@ -357,9 +524,14 @@ impl Actor {
                 let r = conn.define_domain_xml(&xml).map(drop).map_err(|source| LibvirtError::Define { host, name, source });
                 send(reply, r)
             }
-            Command::Start { name, reply } => {
-                let r = lookup(&conn, &host, &name)
-                    .and_then(|d| d.create().map(drop).map_err(|source| LibvirtError::Start { host, name, source }));
+            Command::Start { name, console, reply } => {
+                let r = lookup(&conn, &host, &name).and_then(|d| {
+                    let started = match &console {
+                        Some(sink) => console::start_with_console(&conn, &d, sink),
+                        None => d.create().map(drop),
+                    };
+                    started.map_err(|source| LibvirtError::Start { host, name, source })
+                });
                 send(reply, r)
             }
             Command::Shutdown { name, reply } => {

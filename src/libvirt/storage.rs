@@ -4,7 +4,9 @@
 //! Old versions (same prefix, other name) are removed when asked, and disk
 //! overlays are created as qcow2 volumes backed by an uploaded base.
 //!
-//! Every call blocks and opens its own connection: run on a blocking thread.
+//! Every call blocks and opens its own connection: run on a blocking thread,
+//! through [`with_deadline`] so that a frozen host costs its caller at most a
+//! deadline (the blocking thread itself is left to finish when the host answers).
 
 use std::io::Read;
 use std::path::Path;
@@ -31,6 +33,24 @@ pub enum StorageError {
     Mismatch { volume: String, found: String, want: String },
     #[error("deleting volume {volume}")]
     Delete { volume: String, source: virt::error::Error },
+    #[error("{what} got no answer within {after:?}")]
+    Timeout { what: String, after: std::time::Duration },
+    #[error("{what}: the blocking task failed: {reason}")]
+    Task { what: String, reason: String },
+}
+
+/// Runs blocking storage work `f` on a blocking thread with a deadline.
+pub async fn with_deadline<T: Send + 'static>(
+    what: impl Into<String>,
+    after: std::time::Duration,
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    let what = what.into();
+    match tokio::time::timeout(after, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(StorageError::Task { what, reason: e.to_string() }),
+        Err(_) => Err(StorageError::Timeout { what, after }),
+    }
 }
 
 /// Where a file ended up on the host.

@@ -340,12 +340,27 @@ impl Executor {
         };
         // The session may notice first (the forward closes as QEMU dies, before libvirt
         // has marked the domain inactive); either way, say why.
-        let gone = match &ran {
-            Err(()) => true,
-            Ok(report) => report.infrastructure.is_some() && vm_stopped_within(&vms, &vm.name, VM_SETTLE).await,
+        let fate = match &ran {
+            Err(()) => Fate::Stopped,
+            Ok(report) if report.infrastructure.is_some() => vm_fate_within(&vms, &vm.name, VM_SETTLE).await,
+            Ok(_) => Fate::Running,
         };
-        let report = match ran {
-            Ok(report) if !gone => report,
+        let report = match (ran, fate) {
+            (Ok(report), Fate::Running) => report,
+            // The session died and the VM's host cannot be asked: the host is lost, not (only) the VM.
+            (Ok(_), Fate::Unknown(why)) => {
+                let k = *step_seen.borrow();
+                let step = job.steps.get(k.saturating_sub(1)).map(|s| s.name.as_str()).unwrap_or("?");
+                drop(live);
+                self.live.lock().expect("live map").remove(&row.id);
+                let _ = writer.await;
+                metrics::counter!("paddock_vm_lost_total").increment(1);
+                return Err(Abort {
+                    outcome: Outcome::Infrastructure,
+                    reason: format!("VM {} lost during step {k} `{step}`: host {} does not answer ({why})", vm.name, vm.host),
+                    console_tail: Some(crate::vm::readiness::console_tail(&vm.console_path, 40)),
+                });
+            }
             _ => {
                 let k = *step_seen.borrow();
                 let step = job.steps.get(k.saturating_sub(1)).map(|s| s.name.as_str()).unwrap_or("?");
@@ -540,15 +555,28 @@ async fn vm_stopped(vms: &VmManager, name: &str) {
 /// How long a lost session waits for libvirt to confirm that the domain stopped.
 const VM_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Whether libvirt says, within `limit`, that the VM's domain is not running.
-async fn vm_stopped_within(vms: &VmManager, name: &str, limit: std::time::Duration) -> bool {
+/// What libvirt says of a VM whose session died.
+enum Fate {
+    Stopped,
+    Running,
+    /// Its host did not answer (the last error).
+    Unknown(String),
+}
+
+/// Whether libvirt says, within `limit`, that the VM's domain is not running;
+/// `Unknown` when its host never answered in that time.
+async fn vm_fate_within(vms: &VmManager, name: &str, limit: std::time::Duration) -> Fate {
     let deadline = tokio::time::Instant::now() + limit;
+    let mut answered = false;
+    let mut last = String::new();
     loop {
-        if let Ok(false) = vms.is_running(name).await {
-            return true;
+        match vms.is_running(name).await {
+            Ok(false) => return Fate::Stopped,
+            Ok(true) => answered = true,
+            Err(e) => last = crate::error::chain(&e),
         }
         if tokio::time::Instant::now() >= deadline {
-            return false;
+            return if answered { Fate::Running } else { Fate::Unknown(last) };
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }

@@ -20,8 +20,8 @@ pub use state::VmState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("no configured host can run image {image} ({arch}, its memory and vCPUs)")]
-    NoHost { image: String, arch: String },
+    #[error("no configured host can ever run image {image} ({arch}): {why}")]
+    NoHost { image: String, arch: String, why: String },
     /// An infrastructure failure: the run never got a usable VM.
     #[error("launching image {image} failed after {attempts} attempt(s)")]
     LaunchFailed {

@@ -71,6 +71,40 @@ pub fn place(image: &Image, hosts: &[HostView]) -> Placement {
         .map_or(Placement::Wait, |(i, _)| Placement::Host(i))
 }
 
+/// Which constraint no host meets, for a request placement answered `Never`
+/// for: said to the run instead of letting it wait for a host that can never take it.
+pub fn never_reason(image: &Image, hosts: &[HostView]) -> String {
+    if hosts.is_empty() {
+        return "no hosts are configured".into();
+    }
+    let allowed: Vec<&HostView> = hosts.iter().filter(|h| h.allowed).collect();
+    if allowed.is_empty() {
+        return "no host's donor allows this job and image".into();
+    }
+    let arch: Vec<&&HostView> = allowed.iter().filter(|h| h.runs_arch != Some(false)).collect();
+    if arch.is_empty() {
+        return format!("no host runs arch {}", image.arch);
+    }
+    let vms = arch.iter().any(|h| h.capacity.max_vms > 0);
+    let memory = arch.iter().map(|h| h.capacity.memory_mib).max().unwrap_or(0);
+    let vcpus = arch.iter().map(|h| h.capacity.vcpus).max().unwrap_or(0);
+    let mut short = Vec::new();
+    if !vms {
+        short.push("every host that runs its arch has max_vms = 0".to_string());
+    }
+    if image.memory_mib > memory {
+        short.push(format!("it needs {} MiB of memory, the most any host of its arch offers is {memory} MiB", image.memory_mib));
+    }
+    if image.vcpus > vcpus {
+        short.push(format!("it needs {} vCPUs, the most any host of its arch offers is {vcpus}", image.vcpus));
+    }
+    if short.is_empty() {
+        // Each constraint is met by some host, but not all by one.
+        short.push("no single host of its arch has both its memory and its vCPUs".into());
+    }
+    short.join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +181,26 @@ mod tests {
         assert_eq!(place(&img(512, 1), &[uploading.clone()]), Placement::Wait);
         uploading.image_present = true;
         assert_eq!(place(&img(512, 1), &[uploading]), Placement::Host(0));
+    }
+
+    #[test]
+    fn never_says_which_constraint_no_host_meets() {
+        let host = |mem, cpus, arch: Option<bool>, allowed| HostView {
+            capacity: Capacity { max_vms: 2, memory_mib: mem, vcpus: cpus },
+            available: true,
+            runs_arch: arch,
+            used: Usage::default(),
+            tried: false,
+            allowed,
+            image_present: true,
+        };
+        let big = img(8192, 2);
+        let hosts = [host(4096, 4, Some(true), true), host(2048, 8, None, true)];
+        assert_eq!(place(&big, &hosts), Placement::Never);
+        assert_eq!(never_reason(&big, &hosts), "it needs 8192 MiB of memory, the most any host of its arch offers is 4096 MiB");
+        assert_eq!(never_reason(&img(512, 16), &hosts), "it needs 16 vCPUs, the most any host of its arch offers is 8");
+        assert_eq!(never_reason(&img(4096, 8), &hosts), "no single host of its arch has both its memory and its vCPUs");
+        assert_eq!(never_reason(&img(512, 1), &[host(4096, 4, Some(false), true)]), "no host runs arch x86_64");
+        assert_eq!(never_reason(&img(512, 1), &[host(4096, 4, Some(true), false)]), "no host's donor allows this job and image");
     }
 }

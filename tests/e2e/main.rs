@@ -10,6 +10,7 @@ mod arch;
 mod crash;
 mod faults;
 mod reload;
+mod remote;
 mod runs;
 mod trust;
 mod ui;

@@ -83,11 +83,14 @@ pub(crate) fn mark() -> Mark {
 }
 
 pub(crate) fn render_profile(image: &Image, host: &Host, name: &str, dir: &Path) -> String {
+    render_with_console(image, host, name, dir, ConsoleXml::Pty)
+}
+
+pub(crate) fn render_with_console(image: &Image, host: &Host, name: &str, dir: &Path, console: ConsoleXml<'_>) -> String {
     let disk = match &image.boot {
         Boot::Disk { .. } => Some(DiskSpec { path: dir.join(format!("overlays/{name}.qcow2")), format: "qcow2".into() }),
         Boot::Kernel { .. } => None,
     };
-    let console = dir.join(format!("consoles/{name}.log"));
     let keys = vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA/XDHqQ4zGgrAo2cLdmgWGXXbEazbp/V20Cd7HR/aap paddock".to_string()];
     let mark = mark();
     render(&DomainSpec {
@@ -98,7 +101,7 @@ pub(crate) fn render_profile(image: &Image, host: &Host, name: &str, dir: &Path)
         mark: &mark,
         ssh_port: 22200,
         disk,
-        console_path: &console,
+        console,
         authorized_keys: &keys,
         ca_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ0d2Z0aGlzaXNhZmFrZWNha2V5Zm9ydGVzdHNvbmx5 ca"),
     })
@@ -111,6 +114,28 @@ fn every_profile_snapshot() {
         let xml = render_profile(&image, &tcg, &format!("paddock-0123abcd-{}", image.name), Path::new("/state"));
         insta::assert_snapshot!(image.name.clone(), xml);
     }
+}
+
+/// Remote first: the XML of a VM on a pool host names no file of the daemon's machine. Its
+/// console is a `pty` read over the connection, its disks are paths the pool reported.
+#[test]
+fn no_profile_names_a_console_file() {
+    for image in profiles() {
+        let xml = render_profile(&image, &host(Accelerator::Tcg), "paddock-0123abcd-pty", Path::new("/daemon-state"));
+        assert!(!xml.contains("consoles") && !xml.contains(".log"), "{xml}");
+        let ptys = xml.matches("<serial type=\"pty\">").count() + xml.matches("<console type=\"pty\">").count();
+        assert_eq!(ptys, 1, "{xml}");
+        assert!(!xml.contains("type=\"file\">\n      <target"), "{xml}");
+    }
+}
+
+/// A host without a pool shares the daemon's filesystem: its console may be a file QEMU writes.
+#[test]
+fn a_local_host_may_write_the_console_to_a_file() {
+    let image = &profiles()[0];
+    let xml =
+        render_with_console(image, &host(Accelerator::Tcg), "paddock-0123abcd-f", Path::new("/s"), ConsoleXml::File(Path::new("/s/c.log")));
+    assert!(xml.contains("<serial type=\"file\">") && xml.contains("<source path=\"/s/c.log\" append=\"off\"/>"), "{xml}");
 }
 
 #[test]

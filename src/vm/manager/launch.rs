@@ -1,7 +1,7 @@
 //! Launching: placing queued requests on hosts, and one launch attempt on one
 //! host (overlay, define, start, readiness) run as its own task.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::config::{Boot, Host, Image};
+use crate::config::{Boot, Host, HostKeyPolicy, Image};
 use crate::libvirt::storage;
-use crate::libvirt::{self, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
+use crate::libvirt::{self, ConsoleSink, ConsoleXml, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
 use crate::vm::images::PoolImage;
 use crate::vm::placement::{self, HostView, Placement, Usage};
 use crate::vm::readiness::{self, Readiness, WaitError};
@@ -21,6 +21,13 @@ use crate::vm::{VmError, VmState, overlay};
 
 use super::owner::{Owner, Pending, Vm};
 use super::{Cmd, LaunchRequest, ReadyVm};
+
+/// A queued launch's place: priority (higher first), its rank among its job's
+/// queued launches, when its job was last served, arrival.
+type QueueKey = (std::cmp::Reverse<i32>, u64, u64, u64);
+
+/// How long a console key may trail the SSH banner (see `Attempt::boot`).
+const CONSOLE_LAG: Duration = Duration::from_secs(5);
 
 pub(super) struct Booted {
     pub(super) boot_time: Duration,
@@ -119,11 +126,28 @@ impl Owner {
         self.ports.allocate_where(|port| !local || std::net::TcpListener::bind((addr, port)).is_ok())
     }
 
-    /// Places queued launches, highest priority first, FIFO within a priority.
-    /// A launch that cannot be placed does not hold back those behind it that can.
+    /// Places queued launches, highest priority first; within a priority round
+    /// robin between jobs (each job's n-th queued launch comes after every other
+    /// job's (n-1)-th, and among equals the job served least recently goes
+    /// first), so one job's long matrix never holds another job's single run
+    /// back for its whole length; FIFO within a job. A launch that
+    /// cannot be placed does not hold back those behind it that can.
     pub(super) async fn pump(&mut self) {
-        self.queue.sort_by_key(|p| (std::cmp::Reverse(p.req.priority), p.seq));
-        let queue = std::mem::take(&mut self.queue);
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.sort_by_key(|p| p.seq);
+        let mut rank: HashMap<(i32, Option<String>), u64> = HashMap::new();
+        let mut keyed: Vec<(QueueKey, Pending)> = queue
+            .into_iter()
+            .map(|p| {
+                let r = rank.entry((p.req.priority, p.req.job.clone())).or_insert(0);
+                let served = self.last_served.get(&p.req.job).copied().unwrap_or(0);
+                let key = (std::cmp::Reverse(p.req.priority), *r, served, p.seq);
+                *r += 1;
+                (key, p)
+            })
+            .collect();
+        keyed.sort_by_key(|(k, _)| *k);
+        let queue: Vec<Pending> = keyed.into_iter().map(|(_, p)| p).collect();
         for pending in queue {
             // The caller went away (a cancelled run): nothing may boot for it.
             if pending.reply.is_closed() {
@@ -136,7 +160,11 @@ impl Owner {
             let views = self.views(&pending.req, &pending.tried, &used);
             match placement::place(&pending.req.image, &views) {
                 Placement::Host(i) => match self.allocate_port(i) {
-                    Some(port) => self.start_attempt(pending, i, port).await,
+                    Some(port) => {
+                        self.placements += 1;
+                        self.last_served.insert(pending.req.job.clone(), self.placements);
+                        self.start_attempt(pending, i, port).await
+                    }
                     None => self.queue.push(pending),
                 },
                 Placement::Wait => {
@@ -146,7 +174,8 @@ impl Owner {
                 }
                 Placement::Never => {
                     let image = &pending.req.image;
-                    let err = VmError::NoHost { image: image.name.clone(), arch: image.arch.to_string() };
+                    let why = placement::never_reason(image, &views);
+                    let err = VmError::NoHost { image: image.name.clone(), arch: image.arch.to_string(), why };
                     let _ = pending.reply.send(Err(err));
                 }
             }
@@ -334,10 +363,12 @@ impl Attempt {
                     version.disk.clone().ok_or_else(|| LaunchError::NoBaseFormat { image: self.image.name.clone(), pool: pool.clone() })?;
                 let (uri, pool, vol, base) = (self.host.uri.clone(), pool.clone(), vol.clone(), base.display().to_string());
                 let uri2 = uri.clone();
-                let path = tokio::task::spawn_blocking(move || storage::create_overlay(&uri2, &pool, &vol, &base, &format, size))
-                    .await
-                    .map_err(|source| LaunchError::Task { vm: self.name.clone(), step: "overlay volume", source })?
-                    .map_err(|source| LaunchError::PoolOverlay { vm: self.name.clone(), uri, source })?;
+                let what = format!("creating overlay volume {vol} on host {}", self.host.name);
+                let path = storage::with_deadline(what, self.handle.options().call_timeout, move || {
+                    storage::create_overlay(&uri2, &pool, &vol, &base, &format, size)
+                })
+                .await
+                .map_err(|source| LaunchError::PoolOverlay { vm: self.name.clone(), uri, source })?;
                 Some(DiskSpec { path: path.into(), format: "qcow2".into() })
             }
             (Boot::Disk { base }, Some(ov), _, _) => {
@@ -350,25 +381,36 @@ impl Attempt {
             }
             _ => None,
         };
+        let domain_type = match self.handle.status() {
+            HostStatus::Up(facts) => facts.domain_type(self.host.accelerator),
+            HostStatus::Connecting | HostStatus::Down { .. } => self.host.accelerator.domain_type(),
+        };
+        // A pool host may be another machine: its console is a pty read over the connection.
+        // A host without one shares the daemon's filesystem and gets a file, which QEMU
+        // writes without back-pressure. libvirt's test driver has no consoles.
+        let remote_console = self.host.image_pool.is_some() && domain_type != "test";
         let xml = libvirt::domain_xml::render(&DomainSpec {
             name: &self.name,
             image: &image,
             host: &self.host,
-            domain_type: match self.handle.status() {
-                HostStatus::Up(facts) => facts.domain_type(self.host.accelerator),
-                HostStatus::Connecting | HostStatus::Down { .. } => self.host.accelerator.domain_type(),
-            },
+            domain_type,
             mark: &self.mark,
             ssh_port: self.port,
             disk,
-            console_path: &self.console,
+            console: if remote_console { ConsoleXml::Pty } else { ConsoleXml::File(&self.console) },
             authorized_keys: &self.authorized_keys,
             ca_key: self.ca_key.as_deref(),
         });
         self.handle.define(&self.name, xml).await.map_err(LaunchError::Define)?;
         self.progress(VmState::Defined);
         let started = Instant::now();
-        self.handle.start(&self.name).await.map_err(LaunchError::Start)?;
+        // Either way the console ends up in the daemon's own file, which readiness, host-key
+        // learning and console tails read.
+        match remote_console {
+            true => self.handle.start_with_console(&self.name, ConsoleSink::new(&self.console)).await,
+            false => self.handle.start(&self.name).await,
+        }
+        .map_err(LaunchError::Start)?;
         self.progress(VmState::Booting);
         let deadline = started + self.boot_timeout;
         match self.readiness {
@@ -396,7 +438,17 @@ impl Attempt {
             }
         }
         let boot_time = started.elapsed();
-        let host_key = readiness::host_key_from_console(&String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()));
+        let read_key = || readiness::host_key_from_console(&String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()));
+        let mut host_key = read_key();
+        // The console crosses the connection on its own stream: the key printed before sshd
+        // listened may land in the file just after the banner was seen.
+        if host_key.is_none() && self.image.host_key == HostKeyPolicy::Console && remote_console {
+            let wait = Instant::now() + CONSOLE_LAG;
+            while host_key.is_none() && Instant::now() < wait {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                host_key = read_key();
+            }
+        }
         Ok(Booted { boot_time, host_key })
     }
 }

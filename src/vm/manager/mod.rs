@@ -70,6 +70,8 @@ pub struct ManagerConfig {
     pub images: Vec<Image>,
     /// How long a failed upload into a host's pool waits before the next try.
     pub upload_retry: Duration,
+    /// Deadlines of every host's libvirt calls.
+    pub libvirt: libvirt::HostOptions,
 }
 
 impl ManagerConfig {
@@ -88,6 +90,10 @@ impl ManagerConfig {
             emulation_boot_factor: fleet.daemon.emulation_boot_factor.clone(),
             images: fleet.images.clone(),
             upload_retry: Duration::from_secs(30),
+            libvirt: libvirt::HostOptions {
+                call_timeout: fleet.daemon.libvirt_timeout,
+                connect_timeout: fleet.daemon.libvirt_connect_timeout,
+            },
         }
     }
 }
@@ -253,14 +259,19 @@ impl VmManager {
     /// everything else of this instance (the start-up reconciliation) and
     /// starts the owner task.
     pub async fn start(cfg: ManagerConfig, hosts: Vec<Host>, store: Store) -> Result<VmManager, VmError> {
-        let handles: Vec<HostHandle> = hosts.iter().map(|h| HostHandle::spawn(&h.name, &h.uri)).collect();
-        for (h, handle) in hosts.iter().zip(&handles) {
-            if let HostStatus::Up(facts) = handle.wait_connected().await {
-                for w in libvirt::check_host(h, &facts, &[]) {
-                    warn!(host = %h.name, "{w}");
+        let handles: Vec<HostHandle> = hosts.iter().map(|h| HostHandle::spawn_with(&h.name, &h.uri, cfg.libvirt)).collect();
+        // All hosts at once: one that does not answer costs its connect deadline, not everyone's.
+        let mut connecting = tokio::task::JoinSet::new();
+        for (h, handle) in hosts.iter().cloned().zip(handles.iter().cloned()) {
+            connecting.spawn(async move {
+                if let HostStatus::Up(facts) = handle.wait_connected().await {
+                    for w in libvirt::check_host(&h, &facts, &[]) {
+                        warn!(host = %h.name, "{w}");
+                    }
                 }
-            }
+            });
         }
+        while connecting.join_next().await.is_some() {}
         let (tx, rx) = mpsc::unbounded_channel();
         let (ended, _) = broadcast::channel(256);
         let store_for_hosts = store.clone();
@@ -277,6 +288,8 @@ impl VmManager {
             pools: HashMap::new(),
             images: HashMap::new(),
             last_image_check: Instant::now(),
+            last_served: HashMap::new(),
+            placements: 0,
             ended: ended.clone(),
         };
         let store = store_for_hosts;

@@ -96,6 +96,10 @@ pub(super) struct Owner {
     /// Images seen (config and launches), re-checked for changes on a timer.
     pub(super) images: HashMap<String, Image>,
     pub(super) last_image_check: Instant,
+    /// When each job last got a launch placed (a count of placements): the queue
+    /// serves the least recently served job first.
+    pub(super) last_served: HashMap<Option<String>, u64>,
+    pub(super) placements: u64,
     /// Told about every VM that goes.
     pub(super) ended: tokio::sync::broadcast::Sender<super::VmEnded>,
 }

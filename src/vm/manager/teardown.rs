@@ -120,9 +120,9 @@ impl Teardown {
             overlay::remove(ov).map_err(|e| error_chain(&e))?;
         }
         if let Some((uri, pool, vol)) = self.pool_overlay.clone() {
-            tokio::task::spawn_blocking(move || storage::delete_volume(&uri, &pool, &vol))
+            let what = format!("deleting volume {vol} on host {}", h.name());
+            storage::with_deadline(what, h.options().call_timeout, move || storage::delete_volume(&uri, &pool, &vol))
                 .await
-                .map_err(|e| e.to_string())?
                 .map_err(|e| error_chain(&e))?;
         }
         remove_console(&self.console);
