@@ -29,12 +29,18 @@ impl VmMachines {
     async fn addr(&self, vm: &str) -> Result<(SocketAddr, Option<String>), MachineError> {
         let row = self.store.vm(vm).await.map_err(|e| err("finding", vm, e))?.ok_or_else(|| err("finding", vm, "unknown VM"))?;
         let port = row.ssh_port.ok_or_else(|| err("finding", vm, "no SSH port"))?;
-        let host = row.host.as_deref().and_then(|h| self.fleet.host(h)).ok_or_else(|| err("finding", vm, "its host is not in fleet.toml"))?;
+        let host =
+            row.host.as_deref().and_then(|h| self.fleet.host(h)).ok_or_else(|| err("finding", vm, "its host is not in fleet.toml"))?;
         Ok((SocketAddr::new(host.address, port), row.console_path))
     }
 
-    fn host_key(image: &Image, console: Option<&str>, vm: &str) -> Result<ssh_key::PublicKey, MachineError> {
+    async fn host_key(&self, image: &Image, console: Option<&str>, vm: &str) -> Result<ssh_key::PublicKey, MachineError> {
         match &image.host_key {
+            HostKeyPolicy::PerVm => {
+                let line = self.store.vm_host_key(vm).await.map_err(|e| err("reading the host key of", vm, e))?;
+                let line = line.ok_or_else(|| err("reading the host key of", vm, "no host key pinned for it"))?;
+                ssh_key::PublicKey::from_openssh(&line).map_err(|e| err("reading the host key of", vm, e))
+            }
             HostKeyPolicy::Pinned(k) => Ok(k.clone()),
             HostKeyPolicy::File(p) => ssh_key::PublicKey::read_openssh_file(p).map_err(|e| err("reading the host key of", vm, e)),
             HostKeyPolicy::Console => {
@@ -47,7 +53,13 @@ impl VmMachines {
 }
 
 impl Machines for VmMachines {
-    fn launch<'a>(&'a self, grant_id: &'a str, image: &'a Image, ca_line: &'a str, until: DateTime<Utc>) -> BoxFuture<'a, Result<Placed, MachineError>> {
+    fn launch<'a>(
+        &'a self,
+        grant_id: &'a str,
+        image: &'a Image,
+        ca_line: &'a str,
+        until: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Placed, MachineError>> {
         Box::pin(async move {
             let vm = format!("for grant {grant_id}");
             let req = LaunchRequest {
@@ -91,7 +103,7 @@ impl Machines for VmMachines {
     fn run_ops<'a>(&'a self, vm: &'a str, image: &'a Image, ops: Vec<KeyOp>) -> BoxFuture<'a, Result<(), MachineError>> {
         Box::pin(async move {
             let (addr, console) = self.addr(vm).await?;
-            let key = Self::host_key(image, console.as_deref(), vm)?;
+            let key = self.host_key(image, console.as_deref(), vm).await?;
             let target = ssh::Target { addr, user: image.user.clone() };
             let session = ssh::connect(&target, &self.client.auth(), &HostKeyCheck::exact(key), &SshConfig::default())
                 .await
@@ -101,9 +113,14 @@ impl Machines for VmMachines {
                     match op {
                         KeyOp::Upload { path, bytes } => session.upload(&path, &bytes).await.map_err(|e| err("uploading to", vm, e))?,
                         KeyOp::Exec { command, stdin } => {
-                            let (_, stderr, status) = session.exec_collect(&command, stdin).await.map_err(|e| err("running a command in", vm, e))?;
+                            let (_, stderr, status) =
+                                session.exec_collect(&command, stdin).await.map_err(|e| err("running a command in", vm, e))?;
                             if !status.success() {
-                                return Err(err("changing keys in", vm, format!("{status:?}: {}", String::from_utf8_lossy(&stderr).trim())));
+                                return Err(err(
+                                    "changing keys in",
+                                    vm,
+                                    format!("{status:?}: {}", String::from_utf8_lossy(&stderr).trim()),
+                                ));
                             }
                         }
                     }

@@ -214,7 +214,9 @@ impl Window {
             for part in days_s.split(',') {
                 match part.split_once('-') {
                     Some((a, b)) => {
-                        let (Some(a), Some(b)) = (day(a), day(b)) else { return Err(bad(&format!("unknown day in `{part}`"))) };
+                        let (Some(a), Some(b)) = (day(a), day(b)) else {
+                            return Err(bad(&format!("unknown day in `{part}`")));
+                        };
                         let mut d = a;
                         loop {
                             days[d] = true;
@@ -324,6 +326,10 @@ pub enum HostKeyPolicy {
     /// The key the guest prints on its serial console at boot, between
     /// `PADDOCK-HOSTKEY-BEGIN` and `PADDOCK-HOSTKEY-END`.
     Console,
+    /// A key paddock generates for each VM and pins before boot, handed to the guest
+    /// with the VM's identity (`identity = "cloud-init"` in `fleet.toml`: a NoCloud seed
+    /// on a disk image). No two VMs share it.
+    PerVm,
 }
 
 #[derive(Debug, Clone)]
@@ -356,10 +362,7 @@ impl Schedule {
     /// The first fire strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = after.with_timezone(&self.tz);
-        self.cron
-            .find_next_occurrence(&local, false)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
+        self.cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
     }
 
     /// The next `n` fires after `after`.
@@ -417,6 +420,21 @@ pub struct Job {
     pub hold_on_failure: Option<Duration>,
     pub maintainers: Vec<String>,
     pub artifacts: Vec<String>,
+    /// Host files or folders uploaded into the guest before the first step.
+    pub inputs: Vec<Input>,
+}
+
+/// A host file or folder a job uploads into its guest over SFTP before the first step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// Absolute, on the daemon's machine (a relative `path` is resolved against the
+    /// config file's folder).
+    pub path: PathBuf,
+    /// Where it lands in the guest (absolute, `/`-separated): a file is written there,
+    /// a folder's contents go below it.
+    pub dest: String,
+    /// The most bytes the input may hold in all; a bigger one fails the run before upload.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -83,7 +83,9 @@ fn unknown_image_in_job_lists_known_ones() {
     let l = line_of(&src, "\"win7\"");
     assert_eq!(
         errors(&src),
-        vec![format!("fleet.toml:{l}:26: jobs[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`")]
+        vec![format!(
+            "fleet.toml:{l}:26: jobs[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`, `debian-12`"
+        )]
     );
 }
 
@@ -91,10 +93,7 @@ fn unknown_image_in_job_lists_known_ones() {
 fn unknown_maintainer() {
     let src = with("maintainers = [\"alice\"]", "maintainers = [\"bob\"]");
     let l = line_of(&src, "[\"bob\"]");
-    assert_eq!(
-        errors(&src),
-        vec![format!("fleet.toml:{l}:16: jobs[0].maintainers: no user named `bob`; known: `alice`, `root-admin`")]
-    );
+    assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:16: jobs[0].maintainers: no user named `bob`; known: `alice`, `root-admin`")]);
 }
 
 #[test]
@@ -103,11 +102,7 @@ fn bad_cron_expression() {
     let l = line_of(&src, "0 25");
     let e = errors(&src);
     assert_eq!(e.len(), 1);
-    assert!(
-        e[0].starts_with(&format!("fleet.toml:{l}:12: jobs[0].schedule: bad cron expression `0 25 * * *`: ")),
-        "{}",
-        e[0]
-    );
+    assert!(e[0].starts_with(&format!("fleet.toml:{l}:12: jobs[0].schedule: bad cron expression `0 25 * * *`: ")), "{}", e[0]);
 }
 
 #[test]
@@ -128,16 +123,11 @@ fn bad_durations() {
     let l = line_of(&src, "\"90\"");
     assert_eq!(
         errors(&src),
-        vec![format!(
-            "fleet.toml:{l}:11: jobs[0].steps[0].timeout: `90`: number without a unit; write e.g. \"90s\" or \"90m\""
-        )]
+        vec![format!("fleet.toml:{l}:11: jobs[0].steps[0].timeout: `90`: number without a unit; write e.g. \"90s\" or \"90m\"")]
     );
     let src = with("max_hold = \"24h\"", "max_hold = \"2y\"");
     let l = line_of(&src, "\"2y\"");
-    assert_eq!(
-        errors(&src),
-        vec![format!("fleet.toml:{l}:12: daemon.max_hold: `2y`: unknown unit `y`; expected s, m, h or d")]
-    );
+    assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:12: daemon.max_hold: `2y`: unknown unit `y`; expected s, m, h or d")]);
 }
 
 #[test]
@@ -146,11 +136,7 @@ fn bad_ssh_key() {
     let l = line_of(&src, "AAAAXX");
     let e = errors(&src);
     assert_eq!(e.len(), 1);
-    assert!(
-        e[0].starts_with(&format!("fleet.toml:{l}:13: users[0].ssh_keys[0]: not an OpenSSH public key (")),
-        "{}",
-        e[0]
-    );
+    assert!(e[0].starts_with(&format!("fleet.toml:{l}:13: users[0].ssh_keys[0]: not an OpenSSH public key (")), "{}", e[0]);
 }
 
 #[test]
@@ -170,10 +156,7 @@ fn bad_port_ranges() {
 fn bad_enum_values() {
     let src = with("accelerator = \"tcg\"", "accelerator = \"hvf\"");
     let l = line_of(&src, "\"hvf\"");
-    assert_eq!(
-        errors(&src),
-        vec![format!("fleet.toml:{l}:15: hosts[0].accelerator: `hvf` is not allowed; expected one of `kvm`, `tcg`")]
-    );
+    assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:15: hosts[0].accelerator: `hvf` is not allowed; expected one of `kvm`, `tcg`")]);
     let src = with("arch = \"x86_64\"", "arch = \"m68k\"");
     let l = line_of(&src, "\"m68k\"");
     assert_eq!(
@@ -194,10 +177,7 @@ fn duplicate_names() {
 #[test]
 fn unsupported_schema_version() {
     let src = with("version = 1", "version = 2");
-    assert_eq!(
-        errors(&src),
-        vec!["fleet.toml:3:11: version: schema version 2 is not supported; this paddock reads version 1".to_string()]
-    );
+    assert_eq!(errors(&src), vec!["fleet.toml:3:11: version: schema version 2 is not supported; this paddock reads version 1".to_string()]);
 }
 
 #[test]
@@ -236,7 +216,9 @@ fn relative_paths_resolve_against_the_file() {
     let fleet = parse(GOOD, Path::new("/etc/paddock/fleet.toml")).unwrap();
     assert_eq!(fleet.daemon.state_dir, Path::new("/etc/paddock/state"));
     match &fleet.images[0].boot {
-        Boot::Kernel { kernel, .. } => assert_eq!(kernel, Path::new("/etc/paddock/images/out/x86_64/vmlinuz")),
+        Boot::Kernel { kernel, .. } => {
+            assert_eq!(kernel, Path::new("/etc/paddock/images/out/x86_64/vmlinuz"))
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -307,11 +289,21 @@ fn bad_donor_limits() {
     assert_eq!(
         errors(&src),
         vec![
-            format!("fleet.toml:{l}:12: hosts[0].windows[0]: `Mon-Fry 20:00-07:00` is not a window like \"Mon-Fri 20:00-07:00\": unknown day in `Mon-Fry`"),
-            format!("fleet.toml:{l}:35: hosts[0].windows[1]: `daily 25:00-07:00` is not a window like \"Mon-Fri 20:00-07:00\": `25:00` is not HH:MM"),
-            format!("fleet.toml:{}:12: hosts[0].timezone: unknown time zone `Mars/Olympus`; expected an IANA name like \"Europe/Berlin\"", l + 1),
-            format!("fleet.toml:{}:11: hosts[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`", l + 2),
-            format!("fleet.toml:{}:9: hosts[0].jobs: no job named `nightly`; known: `demo`, `arches`", l + 3),
+            format!(
+                "fleet.toml:{l}:12: hosts[0].windows[0]: `Mon-Fry 20:00-07:00` is not a window like \"Mon-Fri 20:00-07:00\": unknown day in `Mon-Fry`"
+            ),
+            format!(
+                "fleet.toml:{l}:35: hosts[0].windows[1]: `daily 25:00-07:00` is not a window like \"Mon-Fri 20:00-07:00\": `25:00` is not HH:MM"
+            ),
+            format!(
+                "fleet.toml:{}:12: hosts[0].timezone: unknown time zone `Mars/Olympus`; expected an IANA name like \"Europe/Berlin\"",
+                l + 1
+            ),
+            format!(
+                "fleet.toml:{}:11: hosts[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`, `debian-12`",
+                l + 2
+            ),
+            format!("fleet.toml:{}:9: hosts[0].jobs: no job named `nightly`; known: `demo`, `arches`, `debian-build`", l + 3),
             format!("fleet.toml:{}:20: hosts[0].quarantine_after: must be a positive number, got 0", l + 4),
         ]
     );
@@ -347,4 +339,61 @@ fn image_pool_is_optional_and_must_be_a_pool_name() {
     let src = with("vcpus = 4\n", "vcpus = 4\nimage_pool = \"/var/lib/x\"\n");
     let l = line_of(&src, "image_pool");
     assert_eq!(errors(&src), vec![format!("fleet.toml:{l}:14: hosts[0].image_pool: `/var/lib/x` is not a storage pool name")]);
+}
+
+#[test]
+fn repo_fleet_has_debian_12_with_a_per_vm_identity_and_debian_build_with_inputs() {
+    let fleet = parse(GOOD, Path::new("fleet.toml")).unwrap();
+    let img = fleet.image("debian-12").unwrap();
+    assert_eq!(img.host_key, HostKeyPolicy::PerVm);
+    assert!(matches!(&img.boot, Boot::Disk { base } if base.ends_with("images/out/debian-12/disk.qcow2")));
+    let job = fleet.job("debian-build").unwrap();
+    assert_eq!(job.images, ["debian-12"]);
+    assert_eq!(job.inputs.len(), 1);
+    assert!(job.inputs[0].path.is_absolute() && job.inputs[0].path.ends_with("examples/wordcount"));
+    assert_eq!(job.inputs[0].dest, "/root/wordcount");
+    assert_eq!(job.inputs[0].max_bytes, 1 << 20);
+}
+
+#[test]
+fn identity_rules() {
+    // cloud-init and a host key together: the key would be ignored, so it is an error.
+    let src = with("identity = \"cloud-init\"", "identity = \"cloud-init\"\nhost_key = \"console\"");
+    let l = line_of(&src, "host_key = \"console\"");
+    assert_eq!(
+        errors(&src),
+        [format!("fleet.toml:{l}:12: images[3].host_key: a cloud-init image gets a host key generated for each VM; remove `host_key`")]
+    );
+    let src = with("identity = \"cloud-init\"", "identity = \"magic\"");
+    let l = line_of(&src, "identity = \"magic\"");
+    assert_eq!(errors(&src), [format!("fleet.toml:{l}:12: images[3].identity: `magic` is not allowed; expected one of `cloud-init`")]);
+    // Neither: say what is missing.
+    let src = with("identity = \"cloud-init\"\n", "");
+    let e = errors(&src);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].contains("images[3].host_key: missing `host_key`"), "{e:?}");
+    // cloud-init on a kernel image.
+    let src = with("host_key = \"file:images/out/x86_64/ssh_host_ed25519_key.pub\"", "identity = \"cloud-init\"");
+    let e = errors(&src);
+    assert!(e.len() == 1 && e[0].contains("images[0].identity: `identity = \"cloud-init\"` needs a `disk` image"), "{e:?}");
+}
+
+#[test]
+fn input_rules() {
+    let src = with(
+        "inputs = [{ path = \"examples/wordcount\", dest = \"/root/wordcount\", max_size = \"1M\" }]",
+        "inputs = [{ path = \"examples/nope\", dest = \"root/../x\", max_size = \"lots\" }]",
+    );
+    let l = line_of(&src, "examples/nope");
+    let e = errors(&src);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].starts_with(&format!("fleet.toml:{l}:")), "{e:?}");
+    assert!(e[0].contains("jobs[2].inputs[0].dest: `root/../x` is not an absolute guest path"), "{e:?}");
+    assert!(e[1].contains("jobs[2].inputs[0].max_size: `lots` is not a size"), "{e:?}");
+    let src = with("max_size = \"1M\"", "max_size = \"2G\", extra = 1");
+    assert!(errors(&src)[0].contains("unknown field `extra`"));
+    assert_eq!(validate::parse_size("16M"), Some(16 << 20));
+    assert_eq!(validate::parse_size("512k"), Some(512 << 10));
+    assert_eq!(validate::parse_size("100"), Some(100));
+    assert_eq!(validate::parse_size("1X"), None);
 }

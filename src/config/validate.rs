@@ -12,6 +12,19 @@ use super::{ConfigError, duration, model::*};
 
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_INPUT_CAP: u64 = 16 << 20;
+
+/// `"16M"`, `"512K"`, `"1G"` (binary units) or a plain byte count.
+pub(super) fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 10),
+        (i, 'M' | 'm') => (&s[..i], 20),
+        (i, 'G' | 'g') => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
+}
 
 pub(super) struct Validator<'a> {
     src: &'a str,
@@ -22,10 +35,7 @@ pub(super) struct Validator<'a> {
 
 impl<'a> Validator<'a> {
     pub(super) fn new(src: &'a str, file: &'a Path) -> Self {
-        let parent = file
-            .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
-            .unwrap_or(Path::new("."));
+        let parent = file.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
         // Absolute, because libvirt opens some of these paths (console logs,
         // kernels) from its own working directory.
         let base_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
@@ -70,11 +80,7 @@ impl<'a> Validator<'a> {
             Some((_, t)) => Some(*t),
             None => {
                 let known: Vec<String> = choices.iter().map(|(n, _)| format!("`{n}`")).collect();
-                self.error(
-                    Some(v.span()),
-                    path,
-                    format!("`{}` is not allowed; expected one of {}", v.get_ref(), known.join(", ")),
-                );
+                self.error(Some(v.span()), path, format!("`{}` is not allowed; expected one of {}", v.get_ref(), known.join(", ")));
                 None
             }
         }
@@ -82,15 +88,9 @@ impl<'a> Validator<'a> {
 
     fn name(&mut self, v: &S<String>, path: &str, seen: &mut HashSet<String>, what: &str) -> String {
         let name = v.get_ref().clone();
-        let valid = !name.is_empty()
-            && name.len() <= 48
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        let valid = !name.is_empty() && name.len() <= 48 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !valid {
-            self.error(
-                Some(v.span()),
-                path,
-                format!("`{name}` is not a valid {what} name; use 1-48 of a-z, A-Z, 0-9, `-`, `_`, `.`"),
-            );
+            self.error(Some(v.span()), path, format!("`{name}` is not a valid {what} name; use 1-48 of a-z, A-Z, 0-9, `-`, `_`, `.`"));
         } else if !seen.insert(name.clone()) {
             self.error(Some(v.span()), path, format!("duplicate {what} name `{name}`"));
         }
@@ -118,31 +118,16 @@ impl<'a> Validator<'a> {
         let image_names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
         let user_names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
         let mut seen = HashSet::new();
-        let jobs: Vec<Job> = raw
-            .jobs
-            .iter()
-            .enumerate()
-            .map(|(i, j)| self.job(i, j, &mut seen, &image_names, &user_names))
-            .collect();
+        let jobs: Vec<Job> = raw.jobs.iter().enumerate().map(|(i, j)| self.job(i, j, &mut seen, &image_names, &user_names)).collect();
         let job_names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
         self.check_allow_lists(&raw.hosts, &image_names, &job_names);
         let mut seen = HashSet::new();
-        let mut recorders: Vec<Recorder> =
-            raw.recorders.iter().enumerate().map(|(i, r)| self.recorder(i, r, &mut seen)).collect();
+        let mut recorders: Vec<Recorder> = raw.recorders.iter().enumerate().map(|(i, r)| self.recorder(i, r, &mut seen)).collect();
         if raw.recorders.is_empty() {
             recorders.push(Recorder { name: "embedded".into(), target: RecorderTarget::Embedded });
         }
         let access = self.access(raw.access.as_ref());
-        Fleet {
-            source: self.file.to_path_buf(),
-            daemon,
-            hosts,
-            images,
-            jobs,
-            users,
-            recorders,
-            access,
-        }
+        Fleet { source: self.file.to_path_buf(), daemon, hosts, images, jobs, users, recorders, access }
     }
 
     fn daemon(&mut self, raw: &S<RawDaemon>) -> Daemon {
@@ -209,9 +194,7 @@ impl<'a> Validator<'a> {
         let p = format!("hosts[{i}]");
         let name = self.name(&h.name, &format!("{p}.name"), seen, "host");
         let uri = h.uri.get_ref().clone();
-        let scheme_ok = ["qemu:///", "qemu+ssh://", "qemu+tcp://", "qemu+tls://", "test:///"]
-            .iter()
-            .any(|s| uri.starts_with(s));
+        let scheme_ok = ["qemu:///", "qemu+ssh://", "qemu+tcp://", "qemu+tls://", "test:///"].iter().any(|s| uri.starts_with(s));
         if !scheme_ok {
             self.error(
                 Some(h.uri.span()),
@@ -225,11 +208,7 @@ impl<'a> Validator<'a> {
         let address = match h.address.get_ref().parse::<IpAddr>() {
             Ok(a) => a,
             Err(_) => {
-                self.error(
-                    Some(h.address.span()),
-                    format!("{p}.address"),
-                    format!("`{}` is not an IP address", h.address.get_ref()),
-                );
+                self.error(Some(h.address.span()), format!("{p}.address"), format!("`{}` is not an IP address", h.address.get_ref()));
                 IpAddr::from([127, 0, 0, 1])
             }
         };
@@ -358,7 +337,36 @@ impl<'a> Validator<'a> {
             let span = m.shell.as_ref().map(|s| s.span());
             self.error(span, format!("{p}.shell"), "a windows image runs steps with `powershell` or `cmd`");
         }
-        let host_key = self.host_key(&m.host_key, &format!("{p}.host_key"));
+        let host_key = match (&m.identity, &m.host_key) {
+            (None, Some(k)) => self.host_key(k, &format!("{p}.host_key")),
+            (None, None) => {
+                self.error(
+                    Some(raw.span()),
+                    format!("{p}.host_key"),
+                    "missing `host_key` (\"console\", \"file:PATH\" or a key), or `identity = \"cloud-init\"` for a per-VM key",
+                );
+                HostKeyPolicy::Console
+            }
+            (Some(id), host_key) => {
+                if self.one_of(id, &format!("{p}.identity"), &[("cloud-init", ())]).is_some() {
+                    if m.disk.is_none() {
+                        self.error(
+                            Some(id.span()),
+                            format!("{p}.identity"),
+                            "`identity = \"cloud-init\"` needs a `disk` image (cloud-init runs from the image's own system)",
+                        );
+                    }
+                    if let Some(k) = host_key {
+                        self.error(
+                            Some(k.span()),
+                            format!("{p}.host_key"),
+                            "a cloud-init image gets a host key generated for each VM; remove `host_key`",
+                        );
+                    }
+                }
+                HostKeyPolicy::PerVm
+            }
+        };
         Image {
             name,
             os,
@@ -402,14 +410,7 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn job(
-        &mut self,
-        i: usize,
-        raw: &S<RawJob>,
-        seen: &mut HashSet<String>,
-        image_names: &[&str],
-        user_names: &[&str],
-    ) -> Job {
+    fn job(&mut self, i: usize, raw: &S<RawJob>, seen: &mut HashSet<String>, image_names: &[&str], user_names: &[&str]) -> Job {
         let j = raw.get_ref();
         let p = format!("jobs[{i}]");
         let name = self.name(&j.name, &format!("{p}.name"), seen, "job");
@@ -459,17 +460,11 @@ impl<'a> Validator<'a> {
             self.error(Some(raw.span()), format!("{p}.steps"), "a job needs at least one step");
         }
         let mut step_names = HashSet::new();
-        let steps = j
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(k, s)| self.step(&format!("{p}.steps[{k}]"), s, &mut step_names))
-            .collect();
+        let steps = j.steps.iter().enumerate().map(|(k, s)| self.step(&format!("{p}.steps[{k}]"), s, &mut step_names)).collect();
         let mut env = BTreeMap::new();
         for (k, v) in &j.env {
-            let valid = !k.is_empty()
-                && !k.starts_with(|c: char| c.is_ascii_digit())
-                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let valid =
+                !k.is_empty() && !k.starts_with(|c: char| c.is_ascii_digit()) && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 self.error(Some(v.span()), format!("{p}.env"), format!("`{k}` is not a valid environment variable name"));
             }
@@ -502,7 +497,39 @@ impl<'a> Validator<'a> {
             hold_on_failure,
             maintainers: j.maintainers.iter().map(|m| m.get_ref().clone()).collect(),
             artifacts: j.artifacts.iter().map(|a| a.get_ref().clone()).collect(),
+            inputs: j.inputs.iter().enumerate().map(|(k, inp)| self.input(&format!("{p}.inputs[{k}]"), inp)).collect(),
         }
+    }
+
+    /// An input's path is not checked here (like image files, it may be made after
+    /// `paddock check`); `paddock check` lists missing ones and the run names it.
+    fn input(&mut self, p: &str, raw: &S<RawInput>) -> Input {
+        let i = raw.get_ref();
+        let path = self.path(i.path.get_ref());
+        let dest = i.dest.get_ref().trim_end_matches('/').to_string();
+        let absolute = dest.starts_with('/') || (dest.len() >= 3 && dest.as_bytes()[1] == b':' && dest.as_bytes()[2] == b'/');
+        if !absolute || dest.split('/').any(|c| c == "..") || dest.contains('\\') {
+            self.error(
+                Some(i.dest.span()),
+                format!("{p}.dest"),
+                format!("`{}` is not an absolute guest path without `..` (like \"/root/src\" or \"C:/src\")", i.dest.get_ref()),
+            );
+        }
+        let max_bytes = match &i.max_size {
+            None => DEFAULT_INPUT_CAP,
+            Some(s) => match parse_size(s.get_ref()) {
+                Some(n) if n > 0 => n,
+                _ => {
+                    self.error(
+                        Some(s.span()),
+                        format!("{p}.max_size"),
+                        format!("`{}` is not a size like \"16M\", \"512K\" or \"1G\"", s.get_ref()),
+                    );
+                    DEFAULT_INPUT_CAP
+                }
+            },
+        };
+        Input { path, dest, max_bytes }
     }
 
     fn step(&mut self, p: &str, raw: &S<RawStep>, seen: &mut HashSet<String>) -> Step {
@@ -534,11 +561,7 @@ impl<'a> Validator<'a> {
         for (k, key) in u.ssh_keys.iter().enumerate() {
             match ssh_key::PublicKey::from_openssh(key.get_ref().trim()) {
                 Ok(pk) => ssh_keys.push(pk),
-                Err(e) => self.error(
-                    Some(key.span()),
-                    format!("{p}.ssh_keys[{k}]"),
-                    format!("not an OpenSSH public key ({e})"),
-                ),
+                Err(e) => self.error(Some(key.span()), format!("{p}.ssh_keys[{k}]"), format!("not an OpenSSH public key ({e})")),
             }
         }
         User { name, role, ssh_keys }
@@ -554,11 +577,8 @@ impl<'a> Validator<'a> {
             Paddock,
             PonyBuild,
         }
-        let kind = self.one_of(
-            &r.kind,
-            &format!("{p}.kind"),
-            &[("embedded", K::Embedded), ("paddock", K::Paddock), ("pony-build", K::PonyBuild)],
-        );
+        let kind =
+            self.one_of(&r.kind, &format!("{p}.kind"), &[("embedded", K::Embedded), ("paddock", K::Paddock), ("pony-build", K::PonyBuild)]);
         let url = |v: &mut Self| -> String {
             match &r.url {
                 None => {
@@ -581,10 +601,7 @@ impl<'a> Validator<'a> {
                 }
                 RecorderTarget::Embedded
             }
-            Some(K::Paddock) => RecorderTarget::Paddock {
-                url: url(self),
-                token: r.token.as_ref().map(|t| t.get_ref().clone()),
-            },
+            Some(K::Paddock) => RecorderTarget::Paddock { url: url(self), token: r.token.as_ref().map(|t| t.get_ref().clone()) },
             Some(K::PonyBuild) => RecorderTarget::PonyBuild { url: url(self) },
         };
         Recorder { name, target }
@@ -604,11 +621,7 @@ impl<'a> Validator<'a> {
 }
 
 fn known(names: &[&str]) -> String {
-    if names.is_empty() {
-        "(none)".to_string()
-    } else {
-        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-    }
+    if names.is_empty() { "(none)".to_string() } else { names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ") }
 }
 
 fn parse_port_range(s: &str) -> Result<PortRange, String> {

@@ -60,6 +60,8 @@ struct Domain {
     #[serde(rename = "@xmlns:qemu", skip_serializing_if = "Option::is_none")]
     xmlns_qemu: Option<&'static str>,
     name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    genid: Option<Empty>,
     metadata: Metadata,
     memory: Memory,
     vcpu: u32,
@@ -238,6 +240,8 @@ struct Devices {
     serials: Vec<CharDev>,
     #[serde(rename = "console", skip_serializing_if = "Vec::is_empty")]
     consoles: Vec<CharDev>,
+    #[serde(rename = "channel", skip_serializing_if = "Option::is_none")]
+    agent: Option<Channel>,
     #[serde(rename = "input", skip_serializing_if = "Vec::is_empty")]
     inputs: Vec<Input>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -256,6 +260,24 @@ struct Disk {
     driver: DiskDriver,
     source: DiskSource,
     target: DiskTarget,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    readonly: Option<Empty>,
+}
+
+/// The QEMU guest agent's virtio-serial port (libvirt picks the socket path).
+#[derive(Debug, Serialize)]
+struct Channel {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    target: ChannelTarget,
+}
+
+#[derive(Debug, Serialize)]
+struct ChannelTarget {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@name")]
+    name: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -461,7 +483,14 @@ fn base64(data: &[u8]) -> String {
 
 /// Renders the domain XML for `spec` following its image's OS profile.
 pub fn render(spec: &DomainSpec<'_>) -> String {
-    let domain = build(spec);
+    render_seeded(spec, None)
+}
+
+/// As [`render`], with the VM's cloud-init NoCloud seed (`vm::seed`) attached read-only.
+/// A seeded VM also gets the guest-agent channel and a VM generation ID (`<genid/>`),
+/// which warm starts build on.
+pub fn render_seeded(spec: &DomainSpec<'_>, seed: Option<&Path>) -> String {
+    let domain = build(spec, seed);
     let mut out = String::new();
     let mut ser = quick_xml::se::Serializer::new(&mut out);
     ser.indent(' ', 2);
@@ -471,7 +500,7 @@ pub fn render(spec: &DomainSpec<'_>) -> String {
     out
 }
 
-fn build(spec: &DomainSpec<'_>) -> Domain {
+fn build(spec: &DomainSpec<'_>, seed: Option<&Path>) -> Domain {
     let image = spec.image;
     let host = spec.host;
     let arch = image.arch;
@@ -488,9 +517,7 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
         Boot::Disk { .. } => (None, None, None),
     };
     let loader = match (&image.firmware, uefi) {
-        (Some(path), _) => {
-            Some(Loader { readonly: "yes", kind: "pflash", path: path.display().to_string() })
-        }
+        (Some(path), _) => Some(Loader { readonly: "yes", kind: "pflash", path: path.display().to_string() }),
         (None, _) => None,
     };
     let os_xml = OsXml {
@@ -524,18 +551,14 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
     let cpu = match (host.accelerator, arch, os) {
         (Accelerator::Kvm, _, _) => Some(Cpu { mode: "host-passthrough", check: Some("none"), model: None }),
         // macOS checks for a CPU it knows; Penryn is the long-standing choice.
-        (Accelerator::Tcg, Arch::X86_64, Os::Macos) => Some(Cpu {
-            mode: "custom",
-            check: Some("none"),
-            model: Some(CpuModel { fallback: "allow", name: "Penryn" }),
-        }),
+        (Accelerator::Tcg, Arch::X86_64, Os::Macos) => {
+            Some(Cpu { mode: "custom", check: Some("none"), model: Some(CpuModel { fallback: "allow", name: "Penryn" }) })
+        }
         // Under TCG, `max` on aarch64 emulates costly extensions (pointer authentication):
         // a Cortex-A57 boots the bundled guest about a third faster.
-        (Accelerator::Tcg, Arch::Aarch64, _) => Some(Cpu {
-            mode: "custom",
-            check: Some("none"),
-            model: Some(CpuModel { fallback: "forbid", name: "cortex-a57" }),
-        }),
+        (Accelerator::Tcg, Arch::Aarch64, _) => {
+            Some(Cpu { mode: "custom", check: Some("none"), model: Some(CpuModel { fallback: "forbid", name: "cortex-a57" }) })
+        }
         // pseries already defaults to a 64-bit POWER CPU; QEMU's ppc64 has no `max` CPU.
         (Accelerator::Tcg, Arch::X86_64 | Arch::Ppc64le, _) => None,
         // QEMU's default CPUs for these machines are old or 32-bit; take everything TCG can emulate.
@@ -561,7 +584,7 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
         Os::Linux => ("vda", "virtio"),
         Os::Windows | Os::Macos => ("sda", "sata"),
     };
-    let disks = spec
+    let mut disks: Vec<Disk> = spec
         .disk
         .iter()
         .map(|d| Disk {
@@ -570,8 +593,25 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
             driver: DiskDriver { name: "qemu", format: d.format.clone() },
             source: DiskSource { file: d.path.display().to_string() },
             target: DiskTarget { dev: disk_bus.0, bus: disk_bus.1 },
+            readonly: None,
         })
         .collect();
+    // The seed: a read-only virtio disk on Linux (cloud-init finds it by its `cidata`
+    // label), a SATA CD-ROM where the guest has no virtio drivers (cloudbase-init).
+    if let Some(seed) = seed {
+        let (device, dev, bus) = match os {
+            Os::Linux => ("disk", "vdb", "virtio"),
+            Os::Windows | Os::Macos => ("cdrom", "sdb", "sata"),
+        };
+        disks.push(Disk {
+            kind: "file",
+            device,
+            driver: DiskDriver { name: "qemu", format: "raw".into() },
+            source: DiskSource { file: seed.display().to_string() },
+            target: DiskTarget { dev, bus },
+            readonly: Some(Empty {}),
+        });
+    }
 
     let nic_model = image.nic_model.clone().unwrap_or_else(|| {
         match os {
@@ -634,6 +674,7 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
         kind: spec.domain_type,
         xmlns_qemu: qemu_commandline.as_ref().map(|_| QEMU_NS),
         name: spec.name.to_string(),
+        genid: seed.map(|_| Empty {}),
         metadata: Metadata {
             vm: PaddockVm {
                 xmlns: PADDOCK_NS,
@@ -658,15 +699,10 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
             interface,
             serials,
             consoles,
+            agent: seed.map(|_| Channel { kind: "unix", target: ChannelTarget { kind: "virtio", name: "org.qemu.guest_agent.0" } }),
             inputs,
-            tpm: image.tpm.then_some(Tpm {
-                model: "tpm-crb",
-                backend: TpmBackend { kind: "emulator", version: "2.0" },
-            }),
-            rng: (os == Os::Linux).then_some(Rng {
-                model: "virtio",
-                backend: RngBackend { model: "random", path: "/dev/urandom" },
-            }),
+            tpm: image.tpm.then_some(Tpm { model: "tpm-crb", backend: TpmBackend { kind: "emulator", version: "2.0" } }),
+            rng: (os == Os::Linux).then_some(Rng { model: "virtio", backend: RngBackend { model: "random", path: "/dev/urandom" } }),
             memballoon: Model { kind: None, model: Some("none") },
         },
         qemu_commandline,

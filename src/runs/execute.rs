@@ -17,8 +17,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::result::{self, ResultInput, StepRecord};
 use super::state::{Outcome, RunState};
-use crate::error::chain as error_chain;
 use crate::config::{Fleet, HostKeyPolicy, Image, Job};
+use crate::error::chain as error_chain;
 use crate::outbox::Waker;
 use crate::ssh::{self, ClientKey, HostKeyCheck, SshConfig, Target};
 use crate::steps::{self, OutputChunk, StepIo, StepOutcome, StepsConfig, StepsReport};
@@ -204,12 +204,13 @@ impl Executor {
             match vms.hold(&vm.name, until).await {
                 Ok(()) => {
                     info!(vm = %vm.name, until = %until, "failed run's VM held for debugging");
-                    self.finish(&row, RunState::Held, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref())
-                        .await?;
+                    self.finish(&row, RunState::Held, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref()).await?;
                     self.arm_hold_end(row.id.clone(), vm.name.clone(), until);
                     return Ok(());
                 }
-                Err(e) => warn!(vm = %vm.name, error = %e, "could not hold the VM; tearing it down"),
+                Err(e) => {
+                    warn!(vm = %vm.name, error = %e, "could not hold the VM; tearing it down")
+                }
             }
         }
         if let Err(e) = vms.destroy(&vm.name).await {
@@ -247,6 +248,18 @@ impl Executor {
             })?,
             _ = cancelled(cancel) => return Err(Abort { outcome: Outcome::Cancelled, reason: "cancelled".into(), console_tail: None }),
         };
+
+        // Inputs go up before the first step; a missing or oversized one is the lab's
+        // problem, not the build's: an infrastructure failure naming it.
+        if !job.inputs.is_empty() {
+            match steps::inputs::upload(&session, &job.inputs).await {
+                Ok((files, bytes)) => info!(vm = %vm.name, files, bytes, "inputs uploaded"),
+                Err(e) => {
+                    session.disconnect().await;
+                    return Err(infra(format!("job `{}`: {}", job.name, error_chain(&e))));
+                }
+            }
+        }
 
         let (live, _) = broadcast::channel(1024);
         self.live.lock().expect("live map").insert(row.id.clone(), live.clone());
@@ -423,7 +436,9 @@ async fn release(store: &Store, vms: Option<&VmManager>, run_id: &str, vm_name: 
     if let Some(vms) = vms {
         match vms.destroy(vm_name).await {
             Ok(()) | Err(VmError::NotFound { .. }) => {}
-            Err(e) => warn!(vm = %vm_name, error = %e, "releasing a held VM failed; reconciliation will retry"),
+            Err(e) => {
+                warn!(vm = %vm_name, error = %e, "releasing a held VM failed; reconciliation will retry")
+            }
         }
     }
     if let Err(e) = store.set_run_state(run_id, &RunState::Failed.as_db()).await {
@@ -486,10 +501,10 @@ fn host_key(image: &Image, vm: &ReadyVm) -> Result<ssh_key::PublicKey, String> {
             ssh_key::PublicKey::from_openssh(text.trim())
                 .map_err(|e| format!("host key {} of image {} is not an SSH public key: {e}", path.display(), image.name))
         }
-        HostKeyPolicy::Console => vm
-            .host_key_from_console
-            .clone()
-            .ok_or_else(|| format!("VM {} did not print its host key on the console", vm.name)),
+        HostKeyPolicy::PerVm => Err(format!("VM {} has no pinned host key", vm.name)),
+        HostKeyPolicy::Console => {
+            vm.host_key_from_console.clone().ok_or_else(|| format!("VM {} did not print its host key on the console", vm.name))
+        }
     }
 }
 
@@ -566,4 +581,3 @@ fn glob_word(pattern: &str) -> String {
     }
     out
 }
-

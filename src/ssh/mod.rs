@@ -37,13 +37,7 @@ pub enum SshError {
     #[error("{user}@{addr} did not run `{command}`: {reason}")]
     Exec { addr: SocketAddr, user: String, command: String, reason: String },
     #[error("SFTP {op} of {path} on {user}@{addr} failed")]
-    Sftp {
-        addr: SocketAddr,
-        user: String,
-        op: &'static str,
-        path: String,
-        source: russh_sftp::client::error::Error,
-    },
+    Sftp { addr: SocketAddr, user: String, op: &'static str, path: String, source: russh_sftp::client::error::Error },
     #[error("{path} on {addr} is {size} bytes, more than the {cap}-byte cap")]
     TooLarge { addr: SocketAddr, path: String, size: u64, cap: u64 },
 }
@@ -93,11 +87,7 @@ pub struct SshConfig {
 
 impl Default for SshConfig {
     fn default() -> Self {
-        SshConfig {
-            keepalive_interval: Duration::from_secs(10),
-            keepalive_max: 3,
-            attempt_timeout: Duration::from_secs(20),
-        }
+        SshConfig { keepalive_interval: Duration::from_secs(10), keepalive_max: 3, attempt_timeout: Duration::from_secs(20) }
     }
 }
 
@@ -143,12 +133,7 @@ pub struct Session {
 }
 
 /// Connects once: TCP, handshake with the host key check, authentication.
-pub async fn connect(
-    target: &Target,
-    auth: &Auth,
-    host_key: &HostKeyCheck,
-    config: &SshConfig,
-) -> Result<Session, SshError> {
+pub async fn connect(target: &Target, auth: &Auth, host_key: &HostKeyCheck, config: &SshConfig) -> Result<Session, SshError> {
     let attempt = connect_once(target, auth, host_key, config);
     match tokio::time::timeout(config.attempt_timeout, attempt).await {
         Ok(result) => result,
@@ -156,16 +141,9 @@ pub async fn connect(
     }
 }
 
-async fn connect_once(
-    target: &Target,
-    auth: &Auth,
-    host_key: &HostKeyCheck,
-    config: &SshConfig,
-) -> Result<Session, SshError> {
+async fn connect_once(target: &Target, auth: &Auth, host_key: &HostKeyCheck, config: &SshConfig) -> Result<Session, SshError> {
     let addr = target.addr;
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|source| SshError::Connect { addr, source })?;
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|source| SshError::Connect { addr, source })?;
     // Build output arrives in small bursts; waiting to coalesce them only adds latency.
     let _ = stream.set_nodelay(true);
     let seen = Arc::new(Mutex::new(None));
@@ -175,11 +153,9 @@ async fn connect_once(
         Err(source) => {
             let seen = seen.lock().expect("seen-key lock").clone();
             return Err(match seen {
-                Some(seen) if seen.key_data() != host_key.expected.key_data() => SshError::HostKeyMismatch {
-                    addr,
-                    expected: fingerprint(&host_key.expected),
-                    seen: fingerprint(&seen),
-                },
+                Some(seen) if seen.key_data() != host_key.expected.key_data() => {
+                    SshError::HostKeyMismatch { addr, expected: fingerprint(&host_key.expected), seen: fingerprint(&seen) }
+                }
                 _ => SshError::Handshake { addr, source },
             });
         }
@@ -193,13 +169,9 @@ async fn connect_once(
                 .await
                 .map_err(|source| SshError::Auth { addr, user: user.clone(), method, source })?
                 .flatten();
-            handle
-                .authenticate_publickey(&user, PrivateKeyWithHashAlg::new(key.clone(), hash))
-                .await
+            handle.authenticate_publickey(&user, PrivateKeyWithHashAlg::new(key.clone(), hash)).await
         }
-        Auth::Certificate { key, cert } => {
-            handle.authenticate_openssh_cert(&user, key.clone(), (**cert).clone()).await
-        }
+        Auth::Certificate { key, cert } => handle.authenticate_openssh_cert(&user, key.clone(), (**cert).clone()).await,
     }
     .map_err(|source| SshError::Auth { addr, user: user.clone(), method, source })?;
     if !result.success() {
@@ -257,7 +229,10 @@ impl Stream {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitStatus {
     Code(u32),
-    Signal { name: String, core_dumped: bool },
+    Signal {
+        name: String,
+        core_dumped: bool,
+    },
     /// The channel closed without the server saying how the command ended.
     Unknown,
 }
@@ -298,7 +273,9 @@ impl RemoteProcess {
         }
         loop {
             match self.read.wait().await {
-                Some(ChannelMsg::Data { data }) => return Some(ExecEvent::Output(Stream::Stdout, data)),
+                Some(ChannelMsg::Data { data }) => {
+                    return Some(ExecEvent::Output(Stream::Stdout, data));
+                }
                 Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
                     return Some(ExecEvent::Output(Stream::Stderr, data));
                 }
@@ -374,21 +351,21 @@ impl Session {
             command: command.to_owned(),
             source,
         })?;
-        let exec_err = |reason: String| SshError::Exec {
-            addr: self.target.addr,
-            user: self.target.user.clone(),
-            command: command.to_owned(),
-            reason,
-        };
+        let exec_err =
+            |reason: String| SshError::Exec { addr: self.target.addr, user: self.target.user.clone(), command: command.to_owned(), reason };
         channel.exec(true, command.as_bytes()).await.map_err(|e| exec_err(e.to_string()))?;
         let (mut read, write) = channel.split();
         // The reply to the exec request comes before any output of the command.
         loop {
             match read.wait().await {
                 Some(ChannelMsg::Success) => break,
-                Some(ChannelMsg::Failure) => return Err(exec_err("the server refused the exec request".into())),
+                Some(ChannelMsg::Failure) => {
+                    return Err(exec_err("the server refused the exec request".into()));
+                }
                 Some(ChannelMsg::WindowAdjusted { .. }) => {}
-                Some(other) => return Err(exec_err(format!("unexpected {other:?} before the exec reply"))),
+                Some(other) => {
+                    return Err(exec_err(format!("unexpected {other:?} before the exec reply")));
+                }
                 None => return Err(exec_err("the channel closed before the exec reply".into())),
             }
         }
@@ -418,9 +395,13 @@ impl Session {
             command: "sftp subsystem".into(),
             source,
         })?;
-        russh_sftp::client::SftpSession::new(channel.into_stream())
-            .await
-            .map_err(|source| SshError::Sftp { addr, user, op, path: path.to_owned(), source })
+        russh_sftp::client::SftpSession::new(channel.into_stream()).await.map_err(|source| SshError::Sftp {
+            addr,
+            user,
+            op,
+            path: path.to_owned(),
+            source,
+        })
     }
 
     fn sftp_err(&self, op: &'static str, path: &str) -> impl FnOnce(russh_sftp::client::error::Error) -> SshError {
@@ -439,12 +420,30 @@ impl Session {
             sftp.create_dir(parent).await.map_err(self.sftp_err("mkdir", parent))?;
         }
         let mut file = sftp.create(path).await.map_err(self.sftp_err("create", path))?;
-        file.write_all(bytes)
-            .await
-            .map_err(|e| self.sftp_err("write", path)(russh_sftp::client::error::Error::IO(e.to_string())))?;
-        file.shutdown()
-            .await
-            .map_err(|e| self.sftp_err("close", path)(russh_sftp::client::error::Error::IO(e.to_string())))?;
+        file.write_all(bytes).await.map_err(|e| self.sftp_err("write", path)(russh_sftp::client::error::Error::IO(e.to_string())))?;
+        file.shutdown().await.map_err(|e| self.sftp_err("close", path)(russh_sftp::client::error::Error::IO(e.to_string())))?;
+        let _ = sftp.close().await;
+        Ok(())
+    }
+
+    /// Creates directory `path` on the guest over SFTP with every missing parent
+    /// (`mkdir -p`); an existing one is fine.
+    pub async fn create_dirs(&self, path: &str) -> Result<(), SshError> {
+        let sftp = self.sftp("mkdir", path).await?;
+        let mut at = String::new();
+        for (i, part) in path.split('/').enumerate() {
+            if i > 0 {
+                at.push('/');
+            }
+            at.push_str(part);
+            // `""` is the root of `/x`, `C:` the drive of `C:/x`: both exist.
+            if part.is_empty() || (i == 0 && part.ends_with(':')) {
+                continue;
+            }
+            if !sftp.try_exists(at.as_str()).await.map_err(self.sftp_err("stat", &at))? {
+                sftp.create_dir(at.as_str()).await.map_err(self.sftp_err("mkdir", &at))?;
+            }
+        }
         let _ = sftp.close().await;
         Ok(())
     }

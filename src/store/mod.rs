@@ -36,6 +36,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("migrations/002_access.sql")),
         M::up(include_str!("migrations/003_grants.sql")),
         M::up(include_str!("migrations/004_hosts.sql")),
+        M::up(include_str!("migrations/005_vm_identity.sql")),
     ])
 });
 
@@ -43,7 +44,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
 pub fn latest_version() -> usize {
     MIGRATION_COUNT
 }
-const MIGRATION_COUNT: usize = 4;
+const MIGRATION_COUNT: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -91,9 +92,7 @@ impl Store {
     /// A store written by a newer paddock is refused, never downgraded.
     pub async fn open(path: &Path) -> Result<Store> {
         let p = path.to_path_buf();
-        let conn = tokio_rusqlite::Connection::open(path)
-            .await
-            .map_err(|source| StoreError::Open { path: p.clone(), source })?;
+        let conn = tokio_rusqlite::Connection::open(path).await.map_err(|source| StoreError::Open { path: p.clone(), source })?;
         let pp = p.clone();
         conn.call(move |c| prepare(c, &pp)).await?;
         Ok(Store { conn, path: p })
@@ -132,9 +131,7 @@ fn prepare(c: &mut rusqlite::Connection, path: &Path) -> Result<()> {
     if found > MIGRATION_COUNT as i64 {
         return Err(StoreError::TooNew { path: path.to_path_buf(), found, known: MIGRATION_COUNT });
     }
-    MIGRATIONS
-        .to_latest(c)
-        .map_err(|source| StoreError::Migrate { path: path.to_path_buf(), source })
+    MIGRATIONS.to_latest(c).map_err(|source| StoreError::Migrate { path: path.to_path_buf(), source })
 }
 
 /// Timestamps are stored as RFC 3339 UTC text so that they sort and read well.
@@ -155,7 +152,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         MIGRATIONS.validate().unwrap();
-        assert_eq!(MIGRATION_COUNT, 4);
+        assert_eq!(MIGRATION_COUNT, 5);
     }
 
     #[tokio::test]
@@ -178,15 +175,10 @@ mod tests {
         // A store as the first schema left it, before any later migration.
         {
             let mut c = rusqlite::Connection::open(&path).unwrap();
-            Migrations::new(vec![
-        M::up(include_str!("migrations/001_initial.sql")),
-        M::up(include_str!("migrations/002_access.sql")),
-    ]).to_latest(&mut c).unwrap();
-            c.execute(
-                "INSERT INTO events (at, kind, subject, detail) VALUES ('2026-01-01T00:00:00Z', 'k', 's', 'd')",
-                [],
-            )
-            .unwrap();
+            Migrations::new(vec![M::up(include_str!("migrations/001_initial.sql")), M::up(include_str!("migrations/002_access.sql"))])
+                .to_latest(&mut c)
+                .unwrap();
+            c.execute("INSERT INTO events (at, kind, subject, detail) VALUES ('2026-01-01T00:00:00Z', 'k', 's', 'd')", []).unwrap();
         }
         let store = Store::open(&path).await.unwrap();
         assert_eq!(store.schema_version().await.unwrap(), MIGRATION_COUNT as i64);

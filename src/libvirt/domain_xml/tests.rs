@@ -69,6 +69,8 @@ pub(crate) fn profiles() -> Vec<Image> {
         image("tiny-x86_64", Os::Linux, Arch::X86_64, kernel_boot("x86_64")),
         image("debian-disk", Os::Linux, Arch::X86_64, disk_boot()),
         win,
+        seeded("debian-12", Os::Linux, Shell::Sh),
+        seeded("win11-cloudbase", Os::Windows, Shell::Powershell),
         mac,
         image("tiny-aarch64", Os::Linux, Arch::Aarch64, kernel_boot("aarch64")),
         s390,
@@ -77,12 +79,16 @@ pub(crate) fn profiles() -> Vec<Image> {
     ]
 }
 
+/// A disk image that takes its identity from a cloud-init (or cloudbase-init) seed.
+fn seeded(name: &str, os: Os, shell: Shell) -> Image {
+    let mut i = image(name, os, Arch::X86_64, disk_boot());
+    i.shell = shell;
+    i.host_key = HostKeyPolicy::PerVm;
+    i
+}
+
 pub(crate) fn mark() -> Mark {
-    Mark {
-        run_id: "run-0001".into(),
-        instance: "0123abcd".into(),
-        created_at: Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
-    }
+    Mark { run_id: "run-0001".into(), instance: "0123abcd".into(), created_at: Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() }
 }
 
 pub(crate) fn render_profile(image: &Image, host: &Host, name: &str, dir: &Path) -> String {
@@ -93,18 +99,22 @@ pub(crate) fn render_profile(image: &Image, host: &Host, name: &str, dir: &Path)
     let console = dir.join(format!("consoles/{name}.log"));
     let keys = vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA/XDHqQ4zGgrAo2cLdmgWGXXbEazbp/V20Cd7HR/aap paddock".to_string()];
     let mark = mark();
-    render(&DomainSpec {
-        name,
-        image,
-        host,
-        domain_type: host.accelerator.domain_type(),
-        mark: &mark,
-        ssh_port: 22200,
-        disk,
-        console_path: &console,
-        authorized_keys: &keys,
-        ca_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ0d2Z0aGlzaXNhZmFrZWNha2V5Zm9ydGVzdHNvbmx5 ca"),
-    })
+    let seed = (image.host_key == HostKeyPolicy::PerVm).then(|| crate::vm::seed::path_for(dir, name));
+    render_seeded(
+        &DomainSpec {
+            name,
+            image,
+            host,
+            domain_type: host.accelerator.domain_type(),
+            mark: &mark,
+            ssh_port: 22200,
+            disk,
+            console_path: &console,
+            authorized_keys: &keys,
+            ca_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ0d2Z0aGlzaXNhZmFrZWNha2V5Zm9ydGVzdHNvbmx5 ca"),
+        },
+        seed.as_deref(),
+    )
 }
 
 #[test]
@@ -175,7 +185,12 @@ async fn every_profile_validates_and_defines_on_qemu_system() {
         std::fs::write(&file, &xml).unwrap();
         let out = std::process::Command::new("virt-xml-validate").arg(&file).arg("domain").output().unwrap();
         if !out.status.success() {
-            failures.push(format!("{}: virt-xml-validate: {}{}", image.name, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+            failures.push(format!(
+                "{}: virt-xml-validate: {}{}",
+                image.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         match conn.define(&name, xml).await {
             Ok(()) => defined.push(name),
