@@ -110,8 +110,8 @@ impl Grant {
             (None, Some(run)) => Target::Run(run),
             _ => return Err(StoreError::Corrupt(format!("grant {} names neither one image nor one run", r.id))),
         };
-        let state = GrantState::parse(&r.state)
-            .ok_or_else(|| StoreError::Corrupt(format!("grant {} has unknown state `{}`", r.id, r.state)))?;
+        let state =
+            GrantState::parse(&r.state).ok_or_else(|| StoreError::Corrupt(format!("grant {} has unknown state `{}`", r.id, r.state)))?;
         let endpoint = match (r.ssh_host, r.ssh_port, r.login_user) {
             (Some(host), Some(port), Some(user)) => Some(Endpoint { host, port, user }),
             _ => None,
@@ -160,6 +160,19 @@ pub struct GrantAnswer {
     pub ssh_command: Option<String>,
 }
 
+/// One `known_hosts` line for a guest's forwarded SSH port: `[host]:port KEYTYPE BASE64`
+/// (the comment of the key line is dropped).
+pub fn known_hosts_line(host: &str, port: u16, key_line: &str) -> String {
+    let key: Vec<&str> = key_line.split_whitespace().take(2).collect();
+    format!("[{host}]:{port} {}", key.join(" "))
+}
+
+#[cfg(test)]
+#[test]
+fn known_hosts_line_drops_the_comment() {
+    assert_eq!(known_hosts_line("127.0.0.1", 22201, "ssh-ed25519 AAAAC3 paddock-x-1"), "[127.0.0.1]:22201 ssh-ed25519 AAAAC3");
+}
+
 /// The `ssh` command for an endpoint; `with_cert` adds the `CertificateFile` option.
 pub fn ssh_command(e: &Endpoint, with_cert: bool) -> String {
     let cert = if with_cert { " -o CertificateFile=CERT" } else { "" };
@@ -171,7 +184,13 @@ pub fn ssh_command(e: &Endpoint, with_cert: bool) -> String {
 pub trait Machines: Send + Sync + 'static {
     /// Boots a fresh VM of `image` for grant `grant_id`, trusting `ca_line`
     /// when the image trusts the fleet CA, kept at most `until`; returns when its SSH answers.
-    fn launch<'a>(&'a self, grant_id: &'a str, image: &'a Image, ca_line: &'a str, until: DateTime<Utc>) -> BoxFuture<'a, Result<Placed, MachineError>>;
+    fn launch<'a>(
+        &'a self,
+        grant_id: &'a str,
+        image: &'a Image,
+        ca_line: &'a str,
+        until: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Placed, MachineError>>;
     /// Where an existing VM (a held run's) is reached.
     fn locate<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<Placed, MachineError>>;
     /// Keeps a released VM until `until` (may shorten an earlier hold).

@@ -56,12 +56,7 @@ pub async fn metrics(State(s): State<Shared>, _r: Reader) -> Result<impl IntoRes
         queued: states.iter().filter(|s| **s == Some(RunState::Queued)).count(),
         in_flight: states.iter().filter(|s| s.is_some_and(|s| s.is_active() && s != RunState::Queued)).count(),
         vms: by_host_state.into_iter().map(|((h, st), n)| (h, st, n)).collect(),
-        hosts_up: s
-            .fleet
-            .hosts
-            .iter()
-            .map(|h| (h.name.clone(), statuses.iter().any(|st| st.name == h.name && st.up)))
-            .collect(),
+        hosts_up: s.fleet.hosts.iter().map(|h| (h.name.clone(), statuses.iter().any(|st| st.name == h.name && st.up))).collect(),
         outbox: outbox.into_iter().map(|(r, (n, age))| (r, n, age)).collect(),
         log_follows: s.follows.load(std::sync::atomic::Ordering::SeqCst),
     });
@@ -143,11 +138,8 @@ fn host_out(fleet: &Fleet, h: &crate::config::Host, vms: &[VmRow], st: Option<&s
             used.vcpus += u64::from(i.vcpus);
         }
     }
-    let capacity = CapacityOut {
-        vms: u64::from(h.capacity.max_vms),
-        memory_mib: h.capacity.memory_mib,
-        vcpus: u64::from(h.capacity.vcpus),
-    };
+    let capacity =
+        CapacityOut { vms: u64::from(h.capacity.max_vms), memory_mib: h.capacity.memory_mib, vcpus: u64::from(h.capacity.vcpus) };
     HostOut {
         name: h.name.clone(),
         uri: h.uri.clone(),
@@ -176,11 +168,14 @@ pub async fn vms(State(s): State<Shared>, _r: Reader) -> Result<Json<Vec<VmOut>>
 
 pub(crate) async fn vms_of(s: &Shared) -> Result<Vec<VmOut>, ApiError> {
     let now = Utc::now();
+    let mut keys = s.store.vm_host_keys().await?;
     Ok(s.store
         .vms()
         .await?
         .into_iter()
         .map(|v| VmOut {
+            host_key_sha256: keys.get(&v.name).and_then(|l| ssh_key::PublicKey::from_openssh(l).ok()).map(|k| crate::ssh::fingerprint(&k)),
+            host_key: keys.remove(&v.name),
             age_s: (now - v.created_at).num_seconds().max(0),
             name: v.name,
             host: v.host,

@@ -139,11 +139,26 @@ fn show_grant(remote: &Remote, g: &GrantOut, out: &Path) -> Result<ExitCode> {
         std::fs::write(&path, format!("{}\n", c.certificate)).with_context(|| format!("cannot write {}", path.display()))?;
         files.push(path);
     }
+    // The VM's pinned host key: ssh checks it instead of asking to trust a new one.
+    let known_hosts = match &g.known_hosts {
+        Some(line) => {
+            let path = out.join(format!("paddock-{}-known_hosts", g.id));
+            std::fs::write(&path, format!("{line}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
     if remote.json {
         print_json(g)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{} {} for {} ({})", g.id, g.state, g.user, g.image.clone().or(g.run_id.clone().map(|r| format!("run {r}"))).unwrap_or_default());
+    println!(
+        "{} {} for {} ({})",
+        g.id,
+        g.state,
+        g.user,
+        g.image.clone().or(g.run_id.clone().map(|r| format!("run {r}"))).unwrap_or_default()
+    );
     if let Some(d) = &g.detail {
         println!("  {d}");
     }
@@ -153,11 +168,17 @@ fn show_grant(remote: &Remote, g: &GrantOut, out: &Path) -> Result<ExitCode> {
     for (c, f) in g.certificates.iter().zip(&files) {
         println!("  certificate serial {} for key {}: {}", c.serial, c.key_fingerprint, f.display());
     }
+    if let (Some(line), Some(path)) = (&g.known_hosts, &known_hosts) {
+        println!("  known_hosts ({}): {line}", path.display());
+    }
     if let Some(cmd) = &g.ssh_command {
-        let cmd = match files.first() {
+        let mut cmd = match files.first() {
             Some(f) => cmd.replace("CERT", &f.display().to_string()),
             None => cmd.clone(),
         };
+        if let Some(path) = &known_hosts {
+            cmd = cmd.replacen("ssh ", &format!("ssh -o UserKnownHostsFile={} ", path.display()), 1);
+        }
         println!("  {cmd}");
         println!("  (KEY is your private key, e.g. ~/.ssh/id_ed25519)");
     }
@@ -177,7 +198,9 @@ pub fn audit(remote: &Remote, limit: usize) -> Result<ExitCode> {
         }
         let rows: Vec<Vec<String>> = rows
             .iter()
-            .map(|a| vec![a.at.format("%Y-%m-%d %H:%M:%S").to_string(), a.actor.clone(), a.action.clone(), a.subject.clone(), a.detail.clone()])
+            .map(|a| {
+                vec![a.at.format("%Y-%m-%d %H:%M:%S").to_string(), a.actor.clone(), a.action.clone(), a.subject.clone(), a.detail.clone()]
+            })
             .collect();
         table(&["at (UTC)", "actor", "action", "subject", "detail"], &rows);
         Ok(ExitCode::SUCCESS)

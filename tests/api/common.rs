@@ -141,10 +141,9 @@ async fn seed(store: &Store, log: &std::path::Path) -> (String, String, String) 
     store.insert_run(&row("r-queued", "nightly", "deb-s390x", "queued", 1)).await.unwrap();
 
     let now = Utc::now();
-    for (name, run, image, state, host, mins) in [
-        ("paddock-t-1", "r-running", "tiny-x86_64", "running", "local", 3),
-        ("paddock-t-2", "r-held", "deb-aarch64", "held", "local", 60),
-    ] {
+    for (name, run, image, state, host, mins) in
+        [("paddock-t-1", "r-running", "tiny-x86_64", "running", "local", 3), ("paddock-t-2", "r-held", "deb-aarch64", "held", "local", 60)]
+    {
         store
             .put_vm(&VmRow {
                 name: name.into(),
@@ -164,16 +163,15 @@ async fn seed(store: &Store, log: &std::path::Path) -> (String, String, String) 
             .await
             .unwrap();
     }
+    // paddock-t-2's image gives each VM its own host key, pinned before boot.
+    store.set_vm_host_key("paddock-t-2", HELD_VM_HOST_KEY).await.unwrap();
     // An active access grant, written as the access module will write it.
     let db = rusqlite::Connection::open(store.path()).unwrap();
     db.execute(
         "INSERT INTO access_requests (id, user, image, run_id, duration_s, reason, state, decided_by, created_at,
                                       starts_at, ends_at, vm_name)
          VALUES ('a1', 'alice', 'deb-aarch64', 'r-held', 3600, 'debug t7 on arm', 'active', 'auto', ?1, ?1, ?2, 'paddock-t-2')",
-        rusqlite::params![
-            (now - Duration::minutes(5)).to_rfc3339(),
-            (now + Duration::minutes(55)).to_rfc3339()
-        ],
+        rusqlite::params![(now - Duration::minutes(5)).to_rfc3339(), (now + Duration::minutes(55)).to_rfc3339()],
     )
     .unwrap();
     store.record_event("reaped_domain", "paddock-old-9", "no run owned it").await.unwrap();
@@ -201,3 +199,6 @@ pub async fn serve(state: Shared) -> String {
     });
     format!("http://{addr}")
 }
+
+/// The pinned host key of the lab's held VM `paddock-t-2`.
+pub const HELD_VM_HOST_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpKbGPinFIKvvVQexMuxfmVR3auvr57kkIe6mkURtIs paddock-t-2";

@@ -2,9 +2,9 @@
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use tokio_stream::StreamExt;
 use paddock::api::{HostStatus, Shared};
 use serde_json::Value;
+use tokio_stream::StreamExt;
 use tower::ServiceExt;
 
 use crate::common::{lab, wait_until};
@@ -78,7 +78,15 @@ async fn auth_matrix_per_role() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| format!("{} {} {} {}", a["actor"].as_str().unwrap(), a["action"].as_str().unwrap(), a["subject"].as_str().unwrap(), a["detail"].as_str().unwrap()))
+        .map(|a| {
+            format!(
+                "{} {} {} {}",
+                a["actor"].as_str().unwrap(),
+                a["action"].as_str().unwrap(),
+                a["subject"].as_str().unwrap(),
+                a["detail"].as_str().unwrap()
+            )
+        })
         .collect();
     // Six calls had a caller; the one without a token has nobody to name.
     assert_eq!(entries.len(), 6, "{entries:#?}");
@@ -106,8 +114,20 @@ async fn bad_input_is_a_4xx_with_the_reason() {
     let cases: &[(Method, &str, Option<&str>, StatusCode, &str)] = &[
         (Method::POST, "/api/v1/runs", Some("{\"job\": "), StatusCode::BAD_REQUEST, "EOF"),
         (Method::POST, "/api/v1/runs", Some("{\"image\": \"x\"}"), StatusCode::BAD_REQUEST, "missing field `job`"),
-        (Method::POST, "/api/v1/runs", Some("{\"job\": \"nope\"}"), StatusCode::NOT_FOUND, "no job named `nope`; known: demo, nightly, docs"),
-        (Method::POST, "/api/v1/runs", Some("{\"job\": \"demo\", \"image\": \"deb-s390x\"}"), StatusCode::NOT_FOUND, "does not run on image `deb-s390x`"),
+        (
+            Method::POST,
+            "/api/v1/runs",
+            Some("{\"job\": \"nope\"}"),
+            StatusCode::NOT_FOUND,
+            "no job named `nope`; known: demo, nightly, docs",
+        ),
+        (
+            Method::POST,
+            "/api/v1/runs",
+            Some("{\"job\": \"demo\", \"image\": \"deb-s390x\"}"),
+            StatusCode::NOT_FOUND,
+            "does not run on image `deb-s390x`",
+        ),
         (Method::GET, "/api/v1/runs?state=sleeping", None, StatusCode::BAD_REQUEST, "state=`sleeping`"),
         (Method::GET, "/api/v1/runs?since=yesterday", None, StatusCode::BAD_REQUEST, "not an RFC 3339 time"),
         (Method::GET, "/api/v1/runs?limit=0", None, StatusCode::BAD_REQUEST, "between 1 and 1000"),
@@ -127,10 +147,8 @@ async fn bad_input_is_a_4xx_with_the_reason() {
         assert_error(st, &b, *want, b["error"].as_str().unwrap_or("?"), has);
     }
     // No Content-Type on a JSON body.
-    let req = Request::post("/api/v1/runs")
-        .header("authorization", format!("Bearer {}", l.admin))
-        .body(Body::from(r#"{"job":"demo"}"#))
-        .unwrap();
+    let req =
+        Request::post("/api/v1/runs").header("authorization", format!("Bearer {}", l.admin)).body(Body::from(r#"{"job":"demo"}"#)).unwrap();
     let resp = paddock::api::router(s.clone()).oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }
@@ -152,6 +170,11 @@ async fn reads_show_the_fleet_as_the_store_has_it() {
     let (_, vms) = json(s, Method::GET, "/api/v1/vms", t, None).await;
     assert_eq!(vms.as_array().unwrap().len(), 2);
     assert!(vms[0]["age_s"].as_i64().unwrap() >= 59 * 60, "{vms}");
+    // The held VM shows the host key paddock pinned for it, and its fingerprint.
+    assert_eq!(vms[0]["name"], "paddock-t-2");
+    assert_eq!(vms[0]["host_key"], crate::common::HELD_VM_HOST_KEY);
+    assert_eq!(vms[0]["host_key_sha256"], "SHA256:z/fSv0Z0RZS+Lccbc6ZoOWwt/fbj1VFJGSBKQbo4icE");
+    assert_eq!(vms[1]["host_key"], Value::Null);
 
     let (_, jobs) = json(s, Method::GET, "/api/v1/jobs", t, None).await;
     let nightly = jobs.as_array().unwrap().iter().find(|j| j["name"] == "nightly").unwrap();
@@ -257,12 +280,8 @@ async fn probes_and_metrics() {
         assert!(m.lines().any(|l| l == line), "missing `{line}` in\n{m}");
     }
     assert!(m.contains("paddock_runs_finished_total{outcome=\"build-failure\"}"), "{m}");
-    let age: f64 = m
-        .lines()
-        .find_map(|l| l.strip_prefix("paddock_outbox_oldest_age_seconds{recorder=\"embedded\"} "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let age: f64 =
+        m.lines().find_map(|l| l.strip_prefix("paddock_outbox_oldest_age_seconds{recorder=\"embedded\"} ")).unwrap().parse().unwrap();
     // The oldest entry was finished 598 minutes ago.
     assert!((598.0 * 60.0 - 5.0..598.0 * 60.0 + 60.0).contains(&age), "{age}");
 }
@@ -279,10 +298,7 @@ async fn trigger_cancel_and_rerun_through_the_coordinator() {
     // infrastructure failure; wait for that, then a cancel is a conflict.
     let id = ids[0].clone();
     let st = &l.store;
-    wait_until("the run to finish", 10, async || {
-        st.run(&id).await.unwrap().filter(|r| r.finished_at.is_some())
-    })
-    .await;
+    wait_until("the run to finish", 10, async || st.run(&id).await.unwrap().filter(|r| r.finished_at.is_some())).await;
     let (code, b) = json(s, Method::GET, &format!("/api/v1/runs/{id}"), t, None).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!((b["trigger"].as_str(), b["requested_by"].as_str()), (Some("manual"), Some("root")));
@@ -341,10 +357,7 @@ async fn sse_follow_streams_the_log_until_the_run_ends() {
     let end = seen.find("event: end").unwrap();
     assert!(seen[..end].contains("== step 3: test\\nok\\n"), "{seen}");
     assert!(seen[end..].contains("\"outcome\":\"success\""), "{seen}");
-    let tail = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while let Some(Ok(_)) = body.next().await {}
-    })
-    .await;
+    let tail = tokio::time::timeout(std::time::Duration::from_secs(5), async { while let Some(Ok(_)) = body.next().await {} }).await;
     assert!(tail.is_ok(), "the stream should end after `end`");
 }
 
@@ -375,8 +388,7 @@ async fn openapi_document_matches_the_router() {
             documented.push((method.to_uppercase(), path.clone()));
         }
     }
-    let mut routed: Vec<(String, String)> =
-        paddock::api::route_table().into_iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    let mut routed: Vec<(String, String)> = paddock::api::route_table().into_iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
     documented.sort();
     routed.sort();
     assert_eq!(documented, routed, "the OpenAPI document and the router disagree");
@@ -421,7 +433,10 @@ async fn drain_and_resume_are_admin_only_audited_and_shown_in_hosts() {
     assert_eq!(rack["blocked"]["reason"], "swapping a disk");
     assert!(hosts.as_array().unwrap().iter().find(|h| h["name"] == "local").unwrap()["blocked"].is_null());
     let audit = l.store.audit_entries(10).await.unwrap();
-    assert_eq!((audit[0].action.as_str(), audit[0].subject.as_str(), audit[0].detail.as_str()), ("host.drain", "rack-2", "swapping a disk"));
+    assert_eq!(
+        (audit[0].action.as_str(), audit[0].subject.as_str(), audit[0].detail.as_str()),
+        ("host.drain", "rack-2", "swapping a disk")
+    );
 
     let (st, b) = json(s, Method::POST, "/api/v1/hosts/rack-2/resume", Some(&l.admin), None).await;
     assert_eq!(st, StatusCode::OK, "{b}");
