@@ -483,4 +483,8 @@ pub struct AccessPolicy {
     pub auto_approve_max: Duration,
     /// No grant, approved or extended, lasts longer than this.
     pub max_grant: Duration,
+    /// Certificates carry `permit-agent-forwarding`, `permit-X11-forwarding`,
+    /// `permit-port-forwarding` and `permit-user-rc` only when this is set; otherwise
+    /// only `permit-pty` (`[access] allow_forwarding`, default false).
+    pub allow_forwarding: bool,
 }

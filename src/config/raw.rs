@@ -164,4 +164,7 @@ pub struct RawRecorder {
 pub struct RawAccess {
     pub auto_approve_max: Option<S<String>>,
     pub max_grant: Option<S<String>>,
+    /// Whether certificates permit agent, X11 and port forwarding and `~/.ssh/rc`.
+    #[serde(default)]
+    pub allow_forwarding: bool,
 }

@@ -608,7 +608,7 @@ impl<'a> Validator<'a> {
     }
 
     fn access(&mut self, raw: Option<&S<RawAccess>>) -> AccessPolicy {
-        let none = RawAccess { auto_approve_max: None, max_grant: None };
+        let none = RawAccess { auto_approve_max: None, max_grant: None, allow_forwarding: false };
         let a = raw.map(|r| r.get_ref()).unwrap_or(&none);
         let auto_approve_max = self.duration(&a.auto_approve_max, "access.auto_approve_max", Duration::from_secs(4 * 3600));
         let max_grant = self.duration(&a.max_grant, "access.max_grant", Duration::from_secs(24 * 3600));
@@ -616,7 +616,7 @@ impl<'a> Validator<'a> {
             let span = a.auto_approve_max.as_ref().map(|s| s.span());
             self.error(span, "access.auto_approve_max", "longer than `access.max_grant`");
         }
-        AccessPolicy { auto_approve_max, max_grant }
+        AccessPolicy { auto_approve_max, max_grant, allow_forwarding: a.allow_forwarding }
     }
 }
 

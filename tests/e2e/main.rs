@@ -5,9 +5,10 @@
 mod access;
 mod arch;
 mod crash;
+mod debian;
 mod faults;
-mod ui;
 mod runs;
+mod ui;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -96,9 +97,7 @@ ssh_keys = [{keys}]
 }
 
 pub async fn start(fleet: Fleet) -> Daemon {
-    Daemon::start(fleet, ServeOptions { listen: Some("127.0.0.1:0".parse().unwrap()), demo: false })
-        .await
-        .expect("daemon starts")
+    Daemon::start(fleet, ServeOptions { listen: Some("127.0.0.1:0".parse().unwrap()), demo: false }).await.expect("daemon starts")
 }
 
 /// Polls the store until the run reaches a state satisfying `done`.
@@ -120,10 +119,7 @@ pub fn finished(row: &RunRow) -> bool {
 
 /// Names of libvirt domains on qemu:///system that start with `prefix`.
 pub fn domains_named(prefix: &str) -> Vec<String> {
-    let out = std::process::Command::new("virsh")
-        .args(["-c", "qemu:///system", "list", "--all", "--name"])
-        .output()
-        .expect("virsh list");
+    let out = std::process::Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]).output().expect("virsh list");
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(prefix)).map(str::to_string).collect()
 }
 
