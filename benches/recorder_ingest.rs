@@ -94,8 +94,15 @@ fn raw_inserts(path: &std::path::Path, docs: &[serde_json::Value], tagset_id: i6
         tx.execute(
             "INSERT INTO results (auth_key, received_at, package, arch, host, tagset_id, success, duration, client_info, extras)
              VALUES ('k', 1.0, ?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}')",
-            rusqlite::params![ci["package"].as_str(), ci["arch"].as_str(), ci["host"].as_str(), tagset_id,
-                              ci["success"].as_bool(), ci["duration"].as_f64(), ci.to_string()],
+            rusqlite::params![
+                ci["package"].as_str(),
+                ci["arch"].as_str(),
+                ci["host"].as_str(),
+                tagset_id,
+                ci["success"].as_bool(),
+                ci["duration"].as_f64(),
+                ci.to_string()
+            ],
         )
         .unwrap();
         let id = tx.last_insert_rowid();
@@ -107,9 +114,18 @@ fn raw_inserts(path: &std::path::Path, docs: &[serde_json::Value], tagset_id: i6
                 )
                 .unwrap();
             for (seq, s) in d["results"].as_array().unwrap().iter().enumerate() {
-                st.execute(rusqlite::params![id, seq as i64, s["name"].as_str(), s["type"].as_str(),
-                    s["command"].as_str(), s["status"].as_i64(), s["duration"].as_f64(), s["output"].as_str(), s["errout"].as_str()])
-                    .unwrap();
+                st.execute(rusqlite::params![
+                    id,
+                    seq as i64,
+                    s["name"].as_str(),
+                    s["type"].as_str(),
+                    s["command"].as_str(),
+                    s["status"].as_i64(),
+                    s["duration"].as_f64(),
+                    s["output"].as_str(),
+                    s["errout"].as_str()
+                ])
+                .unwrap();
             }
             tx.execute("INSERT INTO result_tags (tag, result_id) VALUES ('bench', ?1)", [id]).unwrap();
         }
@@ -126,11 +142,8 @@ fn fill(path: &std::path::Path) {
     let tx = conn.transaction().unwrap();
     for p in 0..PLATFORMS {
         let tagset = format!(r#"["__arch=x86_64","__host=p{p}","__package=page","nightly"]"#);
-        tx.execute(
-            "INSERT INTO tagsets (package, tagset, latest_id, first_at, latest_at) VALUES ('page', ?1, 0, 1.0, 1.0)",
-            [tagset],
-        )
-        .unwrap();
+        tx.execute("INSERT INTO tagsets (package, tagset, latest_id, first_at, latest_at) VALUES ('page', ?1, 0, 1.0, 1.0)", [tagset])
+            .unwrap();
     }
     let first_tagset: i64 = tx.query_row("SELECT min(id) FROM tagsets WHERE package = 'page'", [], |r| r.get(0)).unwrap();
     tx.commit().unwrap();

@@ -341,7 +341,14 @@ async fn control(n: u64) {
                 if i >= n {
                     return;
                 }
-                let req = LaunchRequest { run_id: format!("run-{i}"), job: None, image: image.clone(), authorized_keys: vec![], ca_key: None, priority: 0 };
+                let req = LaunchRequest {
+                    run_id: format!("run-{i}"),
+                    job: None,
+                    image: image.clone(),
+                    authorized_keys: vec![],
+                    ca_key: None,
+                    priority: 0,
+                };
                 let vm = mgr.launch(req).await.unwrap();
                 mgr.destroy(&vm.name).await.unwrap();
             }
@@ -360,7 +367,9 @@ async fn control(n: u64) {
     let t = Instant::now();
     for i in 0..n {
         let name = format!("bare-{i}");
-        let xml = format!("<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>");
+        let xml = format!(
+            "<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>"
+        );
         conn.define(&name, xml).await.unwrap();
         conn.start(&name).await.unwrap();
         conn.destroy(&name).await.unwrap();
@@ -435,8 +444,20 @@ async fn all(json_out: PathBuf, recorder_output: PathBuf) {
     let (rest, xml, raw) = recorder_figures(&recorder_output);
 
     let rows = [
-        Row { figure: "trigger -> first byte, cold boot (median)", unit: "s", paddock: median(p_cold.clone()), baseline: median(b_cold.clone()), baseline_is: "bench/baseline.sh" },
-        Row { figure: "runs at once, throughput", unit: "runs/min", paddock: p_par, baseline: b_par, baseline_is: "bench/baseline.sh x parallel" },
+        Row {
+            figure: "trigger -> first byte, cold boot (median)",
+            unit: "s",
+            paddock: median(p_cold.clone()),
+            baseline: median(b_cold.clone()),
+            baseline_is: "bench/baseline.sh",
+        },
+        Row {
+            figure: "runs at once, throughput",
+            unit: "runs/min",
+            paddock: p_par,
+            baseline: b_par,
+            baseline_is: "bench/baseline.sh x parallel",
+        },
         Row { figure: "step log throughput (guest)", unit: "MB/s", paddock: p_tp, baseline: b_tp, baseline_is: "ssh guest cmd > pipe" },
         Row { figure: "recorder ingest REST", unit: "results/s", paddock: rest, baseline: raw, baseline_is: "raw SQLite inserts" },
         Row { figure: "recorder ingest XML-RPC", unit: "results/s", paddock: xml, baseline: raw, baseline_is: "raw SQLite inserts" },
@@ -492,7 +513,8 @@ impl Drop for Cleanup {
         let Ok(out) = Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]).output() else { return };
         for name in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(&self.0)) {
             for verb in ["destroy", "undefine"] {
-                let _ = Command::new("virsh").args(["-c", "qemu:///system", verb, name]).stderr(Stdio::null()).stdout(Stdio::null()).status();
+                let _ =
+                    Command::new("virsh").args(["-c", "qemu:///system", verb, name]).stderr(Stdio::null()).stdout(Stdio::null()).status();
             }
         }
     }

@@ -24,9 +24,7 @@ fn mb_per_s(bytes: u64, d: Duration) -> f64 {
 #[tokio::main]
 async fn main() {
     let server = sshd::Sshd::start();
-    let session = connect(&server.target(), &server.client.auth(), &server.host_key_check(), &SshConfig::default())
-        .await
-        .expect("connect");
+    let session = connect(&server.target(), &server.client.auth(), &server.host_key_check(), &SshConfig::default()).await.expect("connect");
     let log_dir = tempfile::tempdir().unwrap();
     let (live, mut follower) = tokio::sync::broadcast::channel::<paddock::steps::OutputChunk>(1024);
     // A follower that reads everything, as a live log viewer would.
@@ -71,6 +69,10 @@ async fn main() {
     let openssh = t.elapsed();
     assert!(status.success());
 
-    println!("paddock exec+logging: {:.1} MB/s ({BYTES} bytes in {paddock:.2?}; first byte after {:?}; follower got {followed} bytes)", mb_per_s(BYTES, paddock), st.first_output.unwrap());
+    println!(
+        "paddock exec+logging: {:.1} MB/s ({BYTES} bytes in {paddock:.2?}; first byte after {:?}; follower got {followed} bytes)",
+        mb_per_s(BYTES, paddock),
+        st.first_output.unwrap()
+    );
     println!("ssh > /dev/null:      {:.1} MB/s ({BYTES} bytes in {openssh:.2?})", mb_per_s(BYTES, openssh));
 }

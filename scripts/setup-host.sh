@@ -111,6 +111,20 @@ start_daemons() {
     fi
 }
 
+# scripts/run-tests.sh runs `cargo fmt --check` and `cargo clippy` before the tests.
+rust_components() {
+    if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
+        return
+    fi
+    if command -v rustup >/dev/null 2>&1; then
+        log "adding the rustfmt and clippy components"
+        rustup component add rustfmt clippy
+    else
+        echo "cargo fmt / cargo clippy are missing and there is no rustup to add them" >&2
+        exit 1
+    fi
+}
+
 need_root
 add_backports
 add_foreign_architectures
@@ -122,4 +136,5 @@ if ! compgen -G '/var/lib/apt/lists/*bookworm-backports*Packages*' >/dev/null ||
 fi
 install_packages
 start_daemons
+rust_components
 log "host ready"

@@ -4,8 +4,8 @@
 
 mod support;
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use paddock::access::{CertSpec, FleetCa, ca::cert_line};
 use ssh_key::{LineEnding, PrivateKey};
-use support::sshd::{Prepared, Sshd, free_port, random_key};
+use support::free_port;
+use support::sshd::{Prepared, Sshd, random_key};
 
 fn write_private(path: &Path, key: &PrivateKey) {
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).unwrap();
@@ -41,9 +42,20 @@ fn login(sshd: &Sshd, key: &Path, cert: &Path) -> (bool, String, String) {
         .arg("-o")
         .arg(format!("CertificateFile={}", cert.display()))
         .args([
-            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
-            "root@127.0.0.1", "echo paddock-login-ok",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+            "root@127.0.0.1",
+            "echo paddock-login-ok",
         ])
         .stdin(Stdio::null())
         .output()
@@ -65,7 +77,14 @@ fn user() -> User {
     User { public: k.public_key().clone(), key, _dir: dir }
 }
 
-fn issue(ca: &FleetCa, u: &User, serial: u64, after: chrono::DateTime<Utc>, before: chrono::DateTime<Utc>, name: &str) -> std::path::PathBuf {
+fn issue(
+    ca: &FleetCa,
+    u: &User,
+    serial: u64,
+    after: chrono::DateTime<Utc>,
+    before: chrono::DateTime<Utc>,
+    name: &str,
+) -> std::path::PathBuf {
     let cert = ca
         .issue(&CertSpec {
             key: &u.public,

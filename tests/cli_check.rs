@@ -4,11 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn check(config: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .args(["check", "--config"])
-        .arg(config)
-        .output()
-        .expect("run paddock check")
+    Command::new(env!("CARGO_BIN_EXE_paddock")).args(["check", "--config"]).arg(config).output().expect("run paddock check")
 }
 
 #[test]

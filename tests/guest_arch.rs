@@ -3,10 +3,13 @@
 //! `qemu:///system` through `bench/baseline.sh --arch`, logs in over SSH on a 127.0.0.1
 //! passt forward and asks the guest for its machine name and byte order.
 
+mod support;
+
 use std::fs;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
+
+use support::virsh::domains_named;
+use support::{free_port, repo, run, value};
 
 /// Generous for emulated boots on a shared 2-core machine: alone, aarch64 reaches SSH in
 /// about 4 s and s390x in about 6 s; concurrent tests and builds can multiply that.
@@ -16,49 +19,6 @@ const BOOT_DEADLINE_S: u32 = 240;
 /// 111) and whose second is the zero byte od pads with: `000111` on a little-endian
 /// machine, `044400` on a big-endian one. Everything here is a busybox applet.
 const PROBE: &str = "uname -m; echo -n I | od -to2 | head -n1";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A port that was free a moment ago; passt binds it when the domain starts.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
-}
-
-/// The `key=value` line `key` printed by baseline.sh.
-fn value<'a>(stdout: &'a str, key: &str) -> &'a str {
-    let prefix = format!("{key}=");
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("no `{key}=` line in:\n{stdout}"))
-}
-
-fn domains_named(prefix: &str) -> Vec<String> {
-    let out = run(Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
-}
 
 /// What the probe printed, split into the machine name and the od word.
 struct Probe {
@@ -72,10 +32,7 @@ struct Probe {
 fn boot_and_probe(arch: &str) -> Probe {
     run(Command::new(repo().join("images/build-guest.sh")).arg(arch));
     let image = repo().join("images/out").join(arch);
-    let console = std::env::temp_dir().join(format!(
-        "paddock-guest-arch-{arch}-{}.log",
-        std::process::id()
-    ));
+    let console = std::env::temp_dir().join(format!("paddock-guest-arch-{arch}-{}.log", std::process::id()));
     let port = free_port();
     let out = run(Command::new(repo().join("bench/baseline.sh"))
         .args(["--arch", arch, "--timeout", &BOOT_DEADLINE_S.to_string()])
@@ -88,45 +45,25 @@ fn boot_and_probe(arch: &str) -> Probe {
     eprintln!("{arch}:\n{stdout}");
 
     assert_eq!(value(&stdout, "exit_status"), "0");
-    let boot: f64 = value(&stdout, "boot_to_ssh_s")
-        .parse()
-        .expect("boot_to_ssh_s is a number");
-    assert!(
-        boot > 0.0 && boot < f64::from(BOOT_DEADLINE_S),
-        "boot_to_ssh_s={boot}"
-    );
+    let boot: f64 = value(&stdout, "boot_to_ssh_s").parse().expect("boot_to_ssh_s is a number");
+    assert!(boot > 0.0 && boot < f64::from(BOOT_DEADLINE_S), "boot_to_ssh_s={boot}");
 
     // The markers reach the console file only if the kernel was told the right console
     // (ttyAMA0 on aarch64, the SCLP console ttysclp0 on s390x).
     let log = fs::read_to_string(&console).expect("console log copied out");
     fs::remove_file(&console).expect("remove the console log");
     let host_pub = fs::read_to_string(image.join("ssh_host_ed25519_key.pub")).unwrap();
-    let announced: Vec<&str> = log
-        .lines()
-        .skip_while(|l| l.trim() != "PADDOCK-HOSTKEY-BEGIN")
-        .skip(1)
-        .take_while(|l| l.trim() != "PADDOCK-HOSTKEY-END")
-        .collect();
-    assert_eq!(
-        announced,
-        vec![host_pub.trim()],
-        "host key on the {arch} console:\n{log}"
-    );
-    assert!(
-        log.lines().any(|l| l.trim() == "PADDOCK-READY"),
-        "no PADDOCK-READY on the {arch} console:\n{log}"
-    );
+    let announced: Vec<&str> =
+        log.lines().skip_while(|l| l.trim() != "PADDOCK-HOSTKEY-BEGIN").skip(1).take_while(|l| l.trim() != "PADDOCK-HOSTKEY-END").collect();
+    assert_eq!(announced, vec![host_pub.trim()], "host key on the {arch} console:\n{log}");
+    assert!(log.lines().any(|l| l.trim() == "PADDOCK-READY"), "no PADDOCK-READY on the {arch} console:\n{log}");
 
     let leftover = domains_named(&format!("baseline-{port}-"));
     assert!(leftover.is_empty(), "domains left behind: {leftover:?}");
 
     let mut lines = stdout.lines();
     let machine = lines.next().unwrap_or_default().trim().to_owned();
-    let word = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or_default()
-        .to_owned();
+    let word = lines.next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or_default().to_owned();
     Probe { machine, word }
 }
 

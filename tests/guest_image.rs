@@ -2,64 +2,25 @@
 //! image with `images/build-guest.sh`, boots it on `qemu:///system` through
 //! `bench/baseline.sh`, and logs in with the real OpenSSH client by key and by certificate.
 
+mod support;
+
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use support::virsh::domains_named;
+use support::{free_port, repo, run, value};
+
 /// Generous for TCG on a shared 2-core machine; a boot normally takes 3 to 7 s.
 const BOOT_DEADLINE_S: u32 = 120;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn image_dir() -> PathBuf {
     repo().join("images/out/x86_64")
 }
 
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Builds the image (a no-op when it is current; the script serialises parallel callers).
 fn build_guest() -> Output {
     run(Command::new(repo().join("images/build-guest.sh")).arg("x86_64"))
-}
-
-/// A port that was free a moment ago; passt binds it when the domain starts.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
-}
-
-/// The `key=value` line `key` printed by baseline.sh.
-fn value<'a>(stdout: &'a str, key: &str) -> &'a str {
-    let prefix = format!("{key}=");
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("no `{key}=` line in:\n{stdout}"))
-}
-
-fn domains_named(prefix: &str) -> Vec<String> {
-    let out = run(Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Runs baseline.sh on a fresh port and checks what every boot must satisfy: login within
@@ -81,13 +42,8 @@ fn boot_and_run(extra_args: &[&str], command: &str, console: &Path) -> String {
     eprintln!("{stdout}");
 
     assert_eq!(value(&stdout, "exit_status"), "0");
-    let boot: f64 = value(&stdout, "boot_to_ssh_s")
-        .parse()
-        .expect("boot_to_ssh_s is a number");
-    assert!(
-        boot > 0.0 && boot < f64::from(BOOT_DEADLINE_S),
-        "boot_to_ssh_s={boot}"
-    );
+    let boot: f64 = value(&stdout, "boot_to_ssh_s").parse().expect("boot_to_ssh_s is a number");
+    assert!(boot > 0.0 && boot < f64::from(BOOT_DEADLINE_S), "boot_to_ssh_s={boot}");
 
     let console = fs::read_to_string(console).expect("console log copied out");
     let host_pub = fs::read_to_string(image_dir().join("ssh_host_ed25519_key.pub")).unwrap();
@@ -97,15 +53,8 @@ fn boot_and_run(extra_args: &[&str], command: &str, console: &Path) -> String {
         .skip(1)
         .take_while(|l| l.trim() != "PADDOCK-HOSTKEY-END")
         .collect();
-    assert_eq!(
-        announced,
-        vec![host_pub.trim()],
-        "host key on the console:\n{console}"
-    );
-    assert!(
-        console.lines().any(|l| l.trim() == "PADDOCK-READY"),
-        "no PADDOCK-READY:\n{console}"
-    );
+    assert_eq!(announced, vec![host_pub.trim()], "host key on the console:\n{console}");
+    assert!(console.lines().any(|l| l.trim() == "PADDOCK-READY"), "no PADDOCK-READY:\n{console}");
 
     let leftover = domains_named(&format!("baseline-{port}-"));
     assert!(leftover.is_empty(), "domains left behind: {leftover:?}");
@@ -116,83 +65,36 @@ fn boot_and_run(extra_args: &[&str], command: &str, console: &Path) -> String {
 fn build_guest_is_idempotent() {
     build_guest();
     let dir = image_dir();
-    for f in [
-        "vmlinuz",
-        "initrd.img",
-        "ssh_host_ed25519_key",
-        "ssh_host_ed25519_key.pub",
-        "stamp",
-    ] {
-        let len = fs::metadata(dir.join(f))
-            .unwrap_or_else(|e| panic!("{f}: {e}"))
-            .len();
+    for f in ["vmlinuz", "initrd.img", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "stamp"] {
+        let len = fs::metadata(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")).len();
         assert!(len > 0, "{f} is empty");
     }
     let initrd = fs::metadata(dir.join("initrd.img")).unwrap();
-    assert!(
-        initrd.len() < 8 << 20,
-        "initrd is {} bytes; keep it small for TCG boots",
-        initrd.len()
-    );
+    assert!(initrd.len() < 8 << 20, "initrd is {} bytes; keep it small for TCG boots", initrd.len());
     let key_before = fs::read(dir.join("ssh_host_ed25519_key")).unwrap();
     let initrd_mtime = initrd.modified().unwrap();
 
     let again = build_guest();
     let stderr = String::from_utf8_lossy(&again.stderr);
-    assert!(
-        stderr.contains("up to date"),
-        "second run rebuilt:\n{stderr}"
-    );
-    assert_eq!(
-        fs::metadata(dir.join("initrd.img"))
-            .unwrap()
-            .modified()
-            .unwrap(),
-        initrd_mtime
-    );
-    assert_eq!(
-        fs::read(dir.join("ssh_host_ed25519_key")).unwrap(),
-        key_before,
-        "host key changed"
-    );
+    assert!(stderr.contains("up to date"), "second run rebuilt:\n{stderr}");
+    assert_eq!(fs::metadata(dir.join("initrd.img")).unwrap().modified().unwrap(), initrd_mtime);
+    assert_eq!(fs::read(dir.join("ssh_host_ed25519_key")).unwrap(), key_before, "host key changed");
 }
 
 #[test]
 fn baseline_boots_guest_and_runs_command() {
     let tmp = tempfile::tempdir().unwrap();
-    let stdout = boot_and_run(
-        &[],
-        "uname -m; cat /proc/cmdline",
-        &tmp.path().join("console.log"),
-    );
+    let stdout = boot_and_run(&[], "uname -m; cat /proc/cmdline", &tmp.path().join("console.log"));
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        lines.first().copied(),
-        Some("x86_64"),
-        "uname -m:\n{stdout}"
-    );
-    assert!(
-        lines.get(1).is_some_and(|l| l.contains("paddock.authkey=")),
-        "cmdline:\n{stdout}"
-    );
+    assert_eq!(lines.first().copied(), Some("x86_64"), "uname -m:\n{stdout}");
+    assert!(lines.get(1).is_some_and(|l| l.contains("paddock.authkey=")), "cmdline:\n{stdout}");
 }
 
 #[test]
 fn guest_sshd_trusts_ca_from_cmdline() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = tmp.path().join("ca");
-    run(Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "paddock-test-ca",
-            "-f",
-        ])
-        .arg(&ca));
+    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "paddock-test-ca", "-f"]).arg(&ca));
     let ca_pub = fs::read_to_string(tmp.path().join("ca.pub")).unwrap();
     let ca_body: Vec<&str> = ca_pub.split_whitespace().take(2).collect();
 
@@ -204,16 +106,8 @@ fn guest_sshd_trusts_ca_from_cmdline() {
         &tmp.path().join("console.log"),
     );
     let trusted = stdout.lines().next().unwrap_or_default();
-    assert_eq!(
-        trusted.split_whitespace().take(2).collect::<Vec<_>>(),
-        ca_body,
-        "{stdout}"
-    );
-    assert_eq!(
-        value(&stdout, "keys"),
-        "0",
-        "no authorized key may be installed:\n{stdout}"
-    );
+    assert_eq!(trusted.split_whitespace().take(2).collect::<Vec<_>>(), ca_body, "{stdout}");
+    assert_eq!(value(&stdout, "keys"), "0", "no authorized key may be installed:\n{stdout}");
 }
 
 #[test]
@@ -221,9 +115,7 @@ fn guest_sshd_refuses_certificate_from_other_ca() {
     build_guest();
     let tmp = tempfile::tempdir().unwrap();
     for name in ["ca", "rogue"] {
-        run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(tmp.path().join(name)));
+        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(tmp.path().join(name)));
     }
     let port = free_port();
     let out = Command::new(repo().join("bench/baseline.sh"))
@@ -240,8 +132,5 @@ fn guest_sshd_refuses_certificate_from_other_ca() {
     assert_eq!(out.status.code(), Some(3), "stderr:\n{stderr}");
     assert!(stderr.contains("Permission denied"), "stderr:\n{stderr}");
     let leftover = domains_named(&format!("baseline-{port}-"));
-    assert!(
-        leftover.is_empty(),
-        "domains left behind after a failure: {leftover:?}"
-    );
+    assert!(leftover.is_empty(), "domains left behind after a failure: {leftover:?}");
 }

@@ -2,17 +2,21 @@
 //! lack things; drain and resume, availability windows with hard_stop, and
 //! quarantine after failed launches, through the real VmManager.
 
+mod support;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::TimeZone;
 use paddock::clock::Clock;
-use paddock::config::{Accelerator, Arch, Boot, Capacity, DonorLimits, Host, HostKeyPolicy, Image, Os, PortRange, Shell, Window};
-use paddock::hosts::check::{self, Level, Verdict};
+use paddock::config::{Accelerator, Arch, Boot, Capacity, DonorLimits, Host, Image, PortRange, Window};
 use paddock::hosts::Block;
+use paddock::hosts::check::{self, Level, Verdict};
 use paddock::store::Store;
 use paddock::vm::{LaunchRequest, ManagerConfig, Readiness, VmManager};
+use support::fixtures::image;
+use support::wait_until;
 
 fn fixture(name: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
@@ -29,26 +33,6 @@ fn host(name: &str, uri: &str, memory_mib: u64) -> Host {
         network: None,
         image_pool: None,
         limits: DonorLimits::default(),
-    }
-}
-
-fn image(name: &str, arch: Arch, memory_mib: u64, boot: Boot) -> Image {
-    Image {
-        name: name.into(),
-        os: Os::Linux,
-        arch,
-        boot,
-        memory_mib,
-        vcpus: 1,
-        user: "root".into(),
-        shell: Shell::Sh,
-        host_key: HostKeyPolicy::Console,
-        trusts_fleet_ca: false,
-        boot_timeout: Duration::from_secs(10),
-        nic_model: None,
-        tpm: false,
-        smc_key: None,
-        firmware: None,
     }
 }
 
@@ -82,18 +66,13 @@ fn config(state_dir: &Path, instance: &str, clock: Clock) -> ManagerConfig {
 }
 
 fn request(run: &str, job: Option<&str>, image: &Image) -> LaunchRequest {
-    LaunchRequest { run_id: run.into(), job: job.map(str::to_string), image: image.clone(), authorized_keys: vec![], ca_key: None, priority: 0 }
-}
-
-async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = Instant::now() + deadline;
-    while !probe().await {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    LaunchRequest {
+        run_id: run.into(),
+        job: job.map(str::to_string),
+        image: image.clone(),
+        authorized_keys: vec![],
+        ca_key: None,
+        priority: 0,
     }
 }
 
@@ -153,14 +132,8 @@ fn host_check_on_test_hosts_that_lack_things() {
     let text = check::render(&uri, &lines);
     println!("{text}");
     assert_eq!(find(&lines, "capacity", Level::Warn).text, "memory_mib = 4096 but the host has 2048 MiB");
-    assert_eq!(
-        find(&lines, "image arm", Level::Warn).text,
-        "aarch64 guests cannot run here with `test`; it will not be placed here"
-    );
-    assert_eq!(
-        find(&lines, "image huge", Level::Warn).text,
-        "needs 8192 MiB and 1 vCPUs; the host has room for 4096 MiB and 4 vCPUs"
-    );
+    assert_eq!(find(&lines, "image arm", Level::Warn).text, "aarch64 guests cannot run here with `test`; it will not be placed here");
+    assert_eq!(find(&lines, "image huge", Level::Warn).text, "needs 8192 MiB and 1 vCPUs; the host has room for 4096 MiB and 4 vCPUs");
     assert_eq!(find(&lines, "image missing", Level::Fail).text, "kernel /nonexistent/vmlinuz is missing on this machine");
     assert!(lines.iter().any(|l| l.topic == "image good" && l.level == Level::Ok));
     assert_eq!(check::verdict(&lines), Verdict::NotReady);

@@ -6,31 +6,20 @@
 //! and its old version removed once the VM using it is gone. A disk image's
 //! overlay is a qcow2 volume in the pool backed by the uploaded base.
 
-use std::future::Future;
+mod support;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use paddock::config::{Accelerator, Arch, Boot, Capacity, Host, HostKeyPolicy, Image, Os, PortRange, Shell};
 use paddock::store::Store;
 use paddock::vm::{LaunchRequest, ManagerConfig, Readiness, VmManager};
-
-/// The bundled guest, built by `images/build-guest.sh` when it is missing.
-fn guest() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = root.join("images/out/x86_64");
-    if !out.join("initrd.img").exists() || !out.join("vmlinuz").exists() {
-        let st = Command::new(root.join("images/build-guest.sh")).current_dir(root).status().expect("running images/build-guest.sh");
-        assert!(st.success(), "images/build-guest.sh failed");
-    }
-    out
-}
-
-fn virsh(args: &[&str]) -> std::process::Output {
-    Command::new("virsh").arg("-c").arg("qemu:///system").args(args).output().unwrap()
-}
+use support::guest::guest;
+use support::virsh::virsh;
+use support::wait_until;
 
 /// A transient directory pool; destroyed (and so forgotten by libvirt) on drop.
 struct Pool {
@@ -77,17 +66,6 @@ impl Drop for Domains {
             let _ = virsh(&["undefine", n]);
         }
     }
-}
-
-async fn wait_until<F: Future<Output = bool>>(what: &str, within: Duration, mut f: impl FnMut() -> F) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// A directory qemu (an unprivileged user) can traverse.
@@ -178,7 +156,11 @@ async fn kernel_images_are_uploaded_into_the_pool_before_runs_are_placed_and_rep
     }
     let img = image(
         "tiny-pooled",
-        Boot::Kernel { kernel: files.join("vmlinuz"), initrd: files.join("initrd.img"), cmdline: "console=ttyS0 quiet no_timer_check panic=1".into() },
+        Boot::Kernel {
+            kernel: files.join("vmlinuz"),
+            initrd: files.join("initrd.img"),
+            cmdline: "console=ttyS0 quiet no_timer_check panic=1".into(),
+        },
         HostKeyPolicy::File(out.join("ssh_host_ed25519_key.pub")),
     );
     let key = std::fs::read_to_string(out.join("ssh_host_ed25519_key.pub")).unwrap();
@@ -216,7 +198,10 @@ async fn kernel_images_are_uploaded_into_the_pool_before_runs_are_placed_and_rep
     let xml = domain_xml(&vm1.name);
     for v in &volumes {
         assert!(Path::new(&v.path).starts_with(&pool.dir), "{}", v.path);
-        assert_eq!(std::fs::read(&v.path).unwrap(), std::fs::read(files.join(if v.role == "kernel" { "vmlinuz" } else { "initrd.img" })).unwrap());
+        assert_eq!(
+            std::fs::read(&v.path).unwrap(),
+            std::fs::read(files.join(if v.role == "kernel" { "vmlinuz" } else { "initrd.img" })).unwrap()
+        );
         assert!(xml.contains(&format!(">{}<", v.path)), "the domain does not boot from {}: {xml}", v.path);
     }
     assert!(!xml.contains(files.to_str().unwrap()), "the domain still names the local files: {xml}");

@@ -2,40 +2,25 @@
 //! a recorder that is down while results pile up, and a daemon killed with
 //! SIGKILL before it could deliver.
 
-mod recorder_support;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use paddock::clock::Clock;
 use paddock::outbox::{Backoff, Destination, Forwarder};
 use paddock::store::{RunEnd, RunRow, Store};
-use recorder_support::RecorderProcess;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !probe().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+use support::recorder::RecorderProcess;
+use support::{free_port, wait_until};
 
 fn result_doc(run_id: &str, n: usize) -> String {
     serde_json::json!({
         "client_info": {"package": "demo", "arch": "x86_64", "host": format!("vm-{n}"),
-                        "tags": ["linux", "x86_64"], "success": n % 3 != 0, "duration": 1.5},
-        "results": [{"name": "build", "type": "build", "command": "make", "status": if n % 3 == 0 {2} else {0},
+                        "tags": ["linux", "x86_64"], "success": !n.is_multiple_of(3), "duration": 1.5},
+        "results": [{"name": "build", "type": "build", "command": "make", "status": if n.is_multiple_of(3) {2} else {0},
                      "output": "x".repeat(1000), "errout": "", "duration": 1.0}],
         "extras": {"run_id": run_id},
         "idempotency_key": run_id,
@@ -119,10 +104,7 @@ async fn recorder_down_while_50_runs_finish_then_each_is_delivered_once() {
     assert!(head.last_error.as_deref().unwrap().contains("cannot reach"), "{:?}", head.last_error);
 
     let rec = RecorderProcess::start_on(&format!("127.0.0.1:{port}"), &["--token", "lab=s3cret"]);
-    wait_until("all 50 delivered", Duration::from_secs(60), || async {
-        store.outbox_pending().await.unwrap().is_empty()
-    })
-    .await;
+    wait_until("all 50 delivered", Duration::from_secs(60), || async { store.outbox_pending().await.unwrap().is_empty() }).await;
     let rows = recorder_rows(&rec.db_path());
     // Exactly once each, and in the order the runs finished.
     assert_eq!(rows, ids);
@@ -196,10 +178,8 @@ async fn a_result_queued_before_a_sigkill_is_delivered_after_restart() {
     finished_run(&store, "run-crash", 0, "central").await;
     let daemon = DaemonProcess::start(&config);
     // Wait until that daemon has tried (and failed) at least once, then kill it hard.
-    wait_until("a failed attempt", Duration::from_secs(30), || async {
-        store.outbox_for_run("run-crash").await.unwrap()[0].attempts >= 1
-    })
-    .await;
+    wait_until("a failed attempt", Duration::from_secs(30), || async { store.outbox_for_run("run-crash").await.unwrap()[0].attempts >= 1 })
+        .await;
     daemon.sigkill();
     assert!(store.outbox_for_run("run-crash").await.unwrap()[0].delivered_at.is_none());
 
@@ -235,8 +215,7 @@ async fn results_reach_a_pony_build_xmlrpc_endpoint() {
         finished_run(&store, &format!("pb-{n}"), n, "pony").await;
     }
     waker.wake();
-    wait_until("delivery over XML-RPC", Duration::from_secs(30), || async { store.outbox_pending().await.unwrap().is_empty() })
-        .await;
+    wait_until("delivery over XML-RPC", Duration::from_secs(30), || async { store.outbox_pending().await.unwrap().is_empty() }).await;
     // pony-build answers (result_key, auth_key); the key is kept.
     for n in 0..3 {
         let e = &store.outbox_for_run(&format!("pb-{n}")).await.unwrap()[0];

@@ -2,49 +2,12 @@
 //! binary) and checks the grid puts the failing platform first; keeps a screenshot in
 //! `test-artifacts/`.
 
-mod recorder_support;
+mod support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use recorder_support::{RecorderProcess, http_post_json, manifest_dir, wait_with_deadline};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// Run headless Chromium with a fresh profile; returns its stdout.
-fn chromium(profile: &Path, args: &[&str]) -> String {
-    let mut child = Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting chromium");
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut s).ok();
-        s
-    });
-    let status = wait_with_deadline(&mut child, Duration::from_secs(90));
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("chromium did not finish within 90 s: {args:?}");
-    }
-    reader.join().unwrap()
-}
+use support::chromium;
+use support::recorder::{RecorderProcess, http_post_json};
 
 fn result(host: &str, success: bool, seq: u32) -> String {
     serde_json::json!({
@@ -76,7 +39,7 @@ fn package_grid_shows_the_failing_platform_first() {
 
     let profile = tempfile::tempdir().unwrap();
     let page = format!("{}/packages/gadget", rec.url());
-    let dom = chromium(profile.path(), &["--dump-dom", &page]);
+    let dom = chromium::run(profile.path(), &["--dump-dom", &page], Duration::from_secs(90));
     let positions: Vec<usize> = ["data-host=\"rpi-broken\"", "data-host=\"graviton-2\"", "data-host=\"ampere-1\""]
         .iter()
         .map(|h| dom.find(h).unwrap_or_else(|| panic!("{h} not in the rendered DOM:\n{dom}")))
@@ -86,16 +49,15 @@ fn package_grid_shows_the_failing_platform_first() {
     assert!(first_cell.starts_with("<li class=\"cell fail\""), "{}", &first_cell[..80]);
     assert!(dom.contains(&format!("href=\"/results/{failing_key}\"")));
 
-    let result_dom = chromium(profile.path(), &["--dump-dom", &format!("{}/results/{failing_key}", rec.url())]);
+    let result_dom =
+        chromium::run(profile.path(), &["--dump-dom", &format!("{}/results/{failing_key}", rec.url())], Duration::from_secs(90));
     assert!(result_dom.contains("cargo test") && result_dom.contains("thread 'io' panicked"), "{result_dom}");
     assert!(result_dom.contains("<details><summary>output"), "long output is folded");
     assert!(result_dom.contains("id=\"verdict\">FAILED"));
 
-    let artifacts = manifest_dir().join("test-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let shot = artifacts.join("recorder-package-page.png");
+    let shot = support::artifacts().join("recorder-package-page.png");
     let _ = std::fs::remove_file(&shot);
-    chromium(profile.path(), &[&format!("--screenshot={}", shot.display()), "--window-size=1200,700", &page]);
+    chromium::run(profile.path(), &[&format!("--screenshot={}", shot.display()), "--window-size=1200,700", &page], Duration::from_secs(90));
     let png = std::fs::read(&shot).expect("chromium wrote no screenshot");
     assert!(png.len() > 1000 && png.starts_with(b"\x89PNG"), "screenshot is not a PNG");
 

@@ -1,16 +1,16 @@
 //! Drives every pony-build XML-RPC method of the real `paddock recorder` binary with Python's
 //! standard `xmlrpc.client` (not our code), then stops it with SIGTERM.
 
-mod recorder_support;
+mod support;
 
 use std::process::Command;
 
-use recorder_support::{RecorderProcess, manifest_dir};
+use support::recorder::RecorderProcess;
 
 #[test]
 fn python_xmlrpc_client_drives_every_method() {
     let rec = RecorderProcess::start(&["--token", "ci=s3cret"]);
-    let script = manifest_dir().join("tests/recorder/client.py");
+    let script = support::repo().join("tests/recorder/client.py");
     let out = Command::new("python3").arg(&script).arg(rec.url()).arg("s3cret").output().expect("running python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

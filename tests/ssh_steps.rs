@@ -7,11 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use paddock::config::{Shell, Step, StepKind};
-use paddock::ssh::{
-    self, ClientKey, ExitStatus, HostKeyCheck, Session, SshConfig, SshError, Stream, Target, connect, connect_with_retry,
-};
+use paddock::ssh::{self, ClientKey, ExitStatus, HostKeyCheck, Session, SshConfig, SshError, Stream, Target, connect, connect_with_retry};
 use paddock::steps::{self, OutputCaps, OutputChunk, StepIo, StepOutcome, StepsConfig, StepsReport, run_steps};
-use support::sshd::{Prepared, Sshd, free_port, random_key};
+use support::sshd::{Prepared, Sshd, random_key};
+use support::{free_port, wait_until};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
@@ -22,13 +21,7 @@ async fn session(sshd: &Sshd) -> Session {
 }
 
 fn step(name: &str, command: &str) -> Step {
-    Step {
-        name: name.into(),
-        kind: StepKind::Build,
-        command: command.into(),
-        timeout: Duration::from_secs(60),
-        ignore_failure: false,
-    }
+    Step { name: name.into(), kind: StepKind::Build, command: command.into(), timeout: Duration::from_secs(60), ignore_failure: false }
 }
 
 struct Run {
@@ -65,19 +58,6 @@ async fn run_with_env(
 fn no_cancel() -> watch::Receiver<bool> {
     // Keeping the sender alive would be the same; a dropped one must mean "never cancelled".
     watch::channel(false).1
-}
-
-/// Polls `probe` until it holds or the deadline passes.
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !probe().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Whether a process whose command line contains `needle` runs in the guest (checked over SSH).
@@ -255,12 +235,7 @@ async fn three_step_job_with_failing_second_step() {
     }
     assert!(!steps::log_path(run.log_dir.path(), 3, Stream::Stdout).exists());
     // Followers saw the same bytes, tagged with step and stream.
-    let followed: Vec<u8> = run
-        .chunks
-        .iter()
-        .filter(|c| c.step == 1 && c.stream == Stream::Stdout)
-        .flat_map(|c| c.data.to_vec())
-        .collect();
+    let followed: Vec<u8> = run.chunks.iter().filter(|c| c.step == 1 && c.stream == Stream::Stdout).flat_map(|c| c.data.to_vec()).collect();
     assert_eq!(followed, r.steps[0].stdout);
     assert!(run.chunks.iter().any(|c| c.step == 1 && c.stream == Stream::Stderr && &c.data[..] == b"one-err\n"));
 
@@ -331,20 +306,14 @@ async fn cancel_mid_step_kills_it_and_skips_the_rest() {
     };
     let started = Instant::now();
     let (env, config) = (BTreeMap::new(), StepsConfig::new(Shell::Sh, true));
-    let (run, ()) = tokio::join!(
-        run_with_env(&s, &steps, &env, &config, cancel_rx, Some(live)),
-        canceller
-    );
+    let (run, ()) = tokio::join!(run_with_env(&s, &steps, &env, &config, cancel_rx, Some(live)), canceller);
     assert!(started.elapsed() < Duration::from_secs(20));
     let r = &run.report;
     assert!(r.cancelled);
     assert!(!r.success());
     assert_eq!(r.steps[0].outcome, StepOutcome::Cancelled);
     assert_eq!(r.steps[1].outcome, StepOutcome::Skipped);
-    wait_until("the sleep to be gone", Duration::from_secs(5), || async {
-        !remote_process_running(&observer, "sleep 3181").await
-    })
-    .await;
+    wait_until("the sleep to be gone", Duration::from_secs(5), || async { !remote_process_running(&observer, "sleep 3181").await }).await;
 }
 
 #[tokio::test]
@@ -416,8 +385,7 @@ fn unix_now() -> u64 {
 
 fn user_cert(ca: &ssh_key::PrivateKey, key: &ssh_key::PublicKey, valid_after: u64, valid_before: u64) -> ssh_key::Certificate {
     let mut rng = ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng);
-    let mut b = ssh_key::certificate::Builder::new_with_random_nonce(&mut rng, key.key_data().clone(), valid_after, valid_before)
-        .unwrap();
+    let mut b = ssh_key::certificate::Builder::new_with_random_nonce(&mut rng, key.key_data().clone(), valid_after, valid_before).unwrap();
     b.serial(1).unwrap();
     b.key_id("paddock-test").unwrap();
     b.cert_type(ssh_key::certificate::CertType::User).unwrap();
@@ -454,11 +422,7 @@ async fn login_with_a_user_certificate_and_refusal_of_an_expired_one() {
 #[tokio::test]
 async fn keepalives_notice_a_frozen_server() {
     let sshd = Sshd::start();
-    let config = SshConfig {
-        keepalive_interval: Duration::from_millis(300),
-        keepalive_max: 2,
-        ..SshConfig::default()
-    };
+    let config = SshConfig { keepalive_interval: Duration::from_millis(300), keepalive_max: 2, ..SshConfig::default() };
     let s = connect(&sshd.target(), &sshd.client.auth(), &sshd.host_key_check(), &config).await.unwrap();
     assert!(s.exec_collect("true", Vec::new()).await.unwrap().2.success());
     let pids = sshd.connection_pids();

@@ -26,11 +26,7 @@ impl Tmpfs {
             .arg(dir.path())
             .output()
             .expect("running mount");
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs needs root (as `make test` runs): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "mounting a tmpfs needs root (as `make test` runs): {}", String::from_utf8_lossy(&out.stderr));
         Tmpfs { dir }
     }
 
@@ -146,13 +142,9 @@ async fn a_full_state_disk_fails_writes_clearly_and_leaves_an_intact_store() {
     let message = chain(&failure);
     assert!(is_disk_full(&failure), "not a disk-full error: {message}");
     // The operator reads which file is on the full disk, and SQLite's own words after it.
-    assert!(
-        message.starts_with(&format!("the disk holding the store at {} is full", db.display())),
-        "unclear error: {message}"
-    );
+    assert!(message.starts_with(&format!("the disk holding the store at {} is full", db.display())), "unclear error: {message}");
     assert!(message.contains("database or disk is full"), "SQLite's cause is lost: {message}");
-    let finished: Vec<&str> =
-        written.iter().filter_map(|w| if let Written::Finished(id) = w { Some(id.as_str()) } else { None }).collect();
+    let finished: Vec<&str> = written.iter().filter_map(|w| if let Written::Finished(id) = w { Some(id.as_str()) } else { None }).collect();
     assert!(finished.len() >= 3, "the disk filled after only {} runs", finished.len());
 
     // While full, reads still answer, and another write of twice the size fails the same clear

@@ -3,36 +3,19 @@
 //! torn down with nothing left; plus the boot-to-SSH time of the same guest
 //! started by hand with `virsh create` for comparison.
 
+mod support;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use paddock::config::{Accelerator, Arch, Boot, Capacity, Host, HostKeyPolicy, Image, Os, PortRange, Shell};
 use paddock::store::Store;
 use paddock::vm::{LaunchRequest, ManagerConfig, Readiness, VmManager};
-
-/// The bundled guest, built by `images/build-guest.sh` when it is missing.
-fn guest() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = root.join("images/out/x86_64");
-    if !out.join("initrd.img").exists() || !out.join("vmlinuz").exists() {
-        let st = Command::new(root.join("images/build-guest.sh")).current_dir(root).status().expect("running images/build-guest.sh");
-        assert!(st.success(), "images/build-guest.sh failed");
-    }
-    out
-}
-
-fn virsh_names() -> Vec<String> {
-    let out = Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
-}
-
-/// A port no one listens on now, outside the ranges other tests use.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use support::free_port;
+use support::guest::guest;
+use support::virsh::domains as virsh_names;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {

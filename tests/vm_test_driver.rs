@@ -2,14 +2,18 @@
 //! different capacities (placement, queuing, down hosts), and `test:///default`
 //! for reconciliation at scale and after a daemon restart.
 
+mod support;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use paddock::config::{Accelerator, Arch, Boot, Capacity, Host, HostKeyPolicy, Image, Os, PortRange, Shell};
+use paddock::config::{Accelerator, Arch, Boot, Capacity, Host, Image, PortRange};
 use paddock::libvirt::{HostHandle, HostStatus};
 use paddock::store::Store;
 use paddock::vm::{LaunchRequest, ManagerConfig, Readiness, VmError, VmManager, VmState};
+use support::fixtures::image;
+use support::wait_until;
 
 fn fixture(name: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
@@ -26,26 +30,6 @@ fn host(name: &str, uri: &str, max_vms: u32, memory_mib: u64, vcpus: u32) -> Hos
         network: None,
         image_pool: None,
         limits: Default::default(),
-    }
-}
-
-fn image(name: &str, arch: Arch, memory_mib: u64, boot: Boot) -> Image {
-    Image {
-        name: name.into(),
-        os: Os::Linux,
-        arch,
-        boot,
-        memory_mib,
-        vcpus: 1,
-        user: "root".into(),
-        shell: Shell::Sh,
-        host_key: HostKeyPolicy::Console,
-        trusts_fleet_ca: false,
-        boot_timeout: Duration::from_secs(10),
-        nic_model: None,
-        tpm: false,
-        smc_key: None,
-        firmware: None,
     }
 }
 
@@ -75,19 +59,6 @@ fn request(run: &str, image: &Image) -> LaunchRequest {
     LaunchRequest { run_id: run.into(), job: None, image: image.clone(), authorized_keys: vec![], ca_key: None, priority: 0 }
 }
 
-/// Polls `probe` until it holds or `deadline` passes.
-async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = Instant::now() + deadline;
-    while !probe().await {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn store(dir: &Path) -> Store {
     Store::open(&dir.join("paddock.db")).await.unwrap()
 }
@@ -96,10 +67,7 @@ async fn store(dir: &Path) -> Store {
 async fn places_by_capacity_queues_when_full_and_proceeds_after_a_destroy() {
     let dir = tempfile::tempdir().unwrap();
     let st = store(dir.path()).await;
-    let hosts = vec![
-        host("small", &fixture("host-small.xml"), 1, 1024, 1),
-        host("big", &fixture("host-big.xml"), 3, 4096, 4),
-    ];
+    let hosts = vec![host("small", &fixture("host-small.xml"), 1, 1024, 1), host("big", &fixture("host-big.xml"), 3, 4096, 4)];
     let mgr = VmManager::start(config(dir.path(), "aaaa1111"), hosts, st.clone()).await.unwrap();
     let img = image("tiny", Arch::X86_64, 512, kernel());
 
@@ -267,7 +235,9 @@ async fn reconciliation_reaps_200_orphans_and_never_touches_other_domains() {
                 )
             })
             .unwrap_or_default();
-        format!("<domain type='test'><name>{name}</name>{meta}<memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>")
+        format!(
+            "<domain type='test'><name>{name}</name>{meta}<memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>"
+        )
     };
 
     let t = Instant::now();
@@ -342,10 +312,7 @@ async fn reconciliation_reaps_200_orphans_and_never_touches_other_domains() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_go_to_hosts_of_their_arch() {
     let dir = tempfile::tempdir().unwrap();
-    let hosts = vec![
-        host("x86", &fixture("host-big.xml"), 4, 8192, 4),
-        host("arm", &fixture("host-arm.xml"), 2, 2048, 2),
-    ];
+    let hosts = vec![host("x86", &fixture("host-big.xml"), 4, 8192, 4), host("arm", &fixture("host-arm.xml"), 2, 2048, 2)];
     let mgr = VmManager::start(config(dir.path(), "abab0000"), hosts, store(dir.path()).await).await.unwrap();
     let arm = mgr.launch(request("a", &image("tiny-arm", Arch::Aarch64, 512, kernel()))).await.unwrap();
     let x86 = mgr.launch(request("x", &image("tiny", Arch::X86_64, 512, kernel()))).await.unwrap();

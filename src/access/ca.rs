@@ -87,9 +87,7 @@ impl FleetCa {
             .mode(0o600)
             .open(&path)
             .map_err(|source| CaError::Write { path: path.clone(), source })?;
-        file.write_all(pem.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|source| CaError::Write { path: path.clone(), source })?;
+        file.write_all(pem.as_bytes()).and_then(|()| file.sync_all()).map_err(|source| CaError::Write { path: path.clone(), source })?;
         let ca = FleetCa { key: Arc::new(key), path };
         let pub_path = ca.path.with_extension("pub");
         fs::write(&pub_path, format!("{}\n", ca.public_line())).map_err(|source| CaError::Write { path: pub_path, source })?;
@@ -99,11 +97,7 @@ impl FleetCa {
     /// Loads an existing CA key, refusing one others could read.
     pub fn load(path: &Path) -> Result<FleetCa, CaError> {
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(path)
-            .map_err(|source| CaError::Write { path: path.to_owned(), source })?
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = fs::metadata(path).map_err(|source| CaError::Write { path: path.to_owned(), source })?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(CaError::Permissions { path: path.to_owned(), mode });
         }

@@ -70,7 +70,7 @@ impl Machines for VmMachines {
                 ca_key: image.trusts_fleet_ca.then(|| ca_line.to_string()),
                 priority: 0,
             };
-            let ready = self.vms.launch(req).await.map_err(|e| err("launching a VM", &vm, e))?;
+            let ready = self.vms.launch(req).await.map_err(|e| err("launching a VM", &vm, crate::error::chain(&e)))?;
             // Held and released: the manager keeps it across a daemon restart and
             // removes it at the grant's end even if nothing else does.
             self.vms.hold(&ready.name, until).await.map_err(|e| err("holding", &ready.name, e))?;

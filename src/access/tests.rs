@@ -36,7 +36,13 @@ impl Recorder {
 }
 
 impl Machines for Recorder {
-    fn launch<'a>(&'a self, grant_id: &'a str, image: &'a Image, _ca: &'a str, _until: DateTime<Utc>) -> BoxFuture<'a, Result<Placed, MachineError>> {
+    fn launch<'a>(
+        &'a self,
+        grant_id: &'a str,
+        image: &'a Image,
+        _ca: &'a str,
+        _until: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Placed, MachineError>> {
         Box::pin(async move {
             self.note(format!("launch {} for {grant_id}", image.name));
             if self.fail_launch {
@@ -202,10 +208,7 @@ async fn longer_requests_wait_for_an_admin_who_approves_or_denies() {
     assert_eq!(e.trail(&b.grant.id).await, ["otto request", "ada deny"]);
 
     // Beyond max_grant nothing is recorded as a grant at all.
-    assert!(matches!(
-        access.request("ada", Target::Image("tiny".into()), mins(9 * 60), "x").await,
-        Err(AccessError::Forbidden(_))
-    ));
+    assert!(matches!(access.request("ada", Target::Image("tiny".into()), mins(9 * 60), "x").await, Err(AccessError::Forbidden(_))));
     assert!(matches!(access.request("vic", Target::Image("tiny".into()), mins(5), "x").await, Err(AccessError::Forbidden(_))));
 }
 
@@ -238,8 +241,16 @@ async fn extend_is_capped_and_revoke_ends_at_once() {
     assert_eq!(
         e.trail(&id).await,
         [
-            "mia request", "policy approve", "paddock active", "paddock certificate", "mia extend", "paddock certificate",
-            "ada extend", "paddock certificate", "mia revoke", "paddock cleanup"
+            "mia request",
+            "policy approve",
+            "paddock active",
+            "paddock certificate",
+            "mia extend",
+            "paddock certificate",
+            "ada extend",
+            "paddock certificate",
+            "mia revoke",
+            "paddock cleanup"
         ]
     );
 }
@@ -352,13 +363,11 @@ async fn http_forbids_what_a_role_may_not_do() {
         }
     };
     // A viewer may not ask for access at all.
-    let (st, b) =
-        call(Method::POST, "/api/v1/access".into(), vic, r#"{"image":"tiny","duration":"1h","reason":"look"}"#).await;
+    let (st, b) = call(Method::POST, "/api/v1/access".into(), vic, r#"{"image":"tiny","duration":"1h","reason":"look"}"#).await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
     assert!(b["detail"].as_str().unwrap().contains("vic"), "{b}");
     // A maintainer's longer request waits for an admin ...
-    let (st, b) =
-        call(Method::POST, "/api/v1/access".into(), mia.clone(), r#"{"image":"tiny","duration":"3h","reason":"long"}"#).await;
+    let (st, b) = call(Method::POST, "/api/v1/access".into(), mia.clone(), r#"{"image":"tiny","duration":"3h","reason":"long"}"#).await;
     assert_eq!(st, StatusCode::ACCEPTED, "{b}");
     let id = b["id"].as_str().unwrap().to_string();
     // ... and another maintainer may not approve or deny it.

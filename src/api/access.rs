@@ -18,7 +18,7 @@ impl From<AccessError> for ApiError {
             AccessError::UnknownUser(_) | AccessError::Forbidden(_) => ApiError::Forbidden(e.to_string()),
             AccessError::Invalid(_) => ApiError::BadRequest(e.to_string()),
             AccessError::WrongState { .. } => ApiError::Conflict(e.to_string()),
-            AccessError::Provision { .. } | AccessError::Certificate { .. } => ApiError::Grant(e),
+            AccessError::Provision { .. } | AccessError::Certificate { .. } => ApiError::Grant(Box::new(e)),
             AccessError::Store(s) => ApiError::Store(s),
             AccessError::Stopped => ApiError::AccessStopped,
         }

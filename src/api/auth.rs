@@ -27,7 +27,7 @@ impl Actor {
     pub fn may_run(&self, job: &Job) -> Result<(), ApiError> {
         match self.role {
             Role::Admin => Ok(()),
-            Role::Maintainer if job.maintainers.iter().any(|m| *m == self.user) => Ok(()),
+            Role::Maintainer if job.maintainers.contains(&self.user) => Ok(()),
             Role::Maintainer => Err(ApiError::Forbidden(format!(
                 "`{}` does not maintain job `{}` (its maintainers: {})",
                 self.user,

@@ -30,7 +30,8 @@ pub enum ApiError {
     AccessStopped,
     /// Preparing a grant (its VM, keys, certificates) failed.
     #[error("the grant could not be prepared")]
-    Grant(#[source] crate::access::AccessError),
+    /// Boxed: an access error is large and `ApiError` is returned everywhere.
+    Grant(#[source] Box<crate::access::AccessError>),
     #[error("the store failed")]
     Store(#[from] StoreError),
     #[error("cannot read the log {path}")]
@@ -40,9 +41,7 @@ pub enum ApiError {
 impl From<RunsError> for ApiError {
     fn from(e: RunsError) -> Self {
         match e {
-            RunsError::UnknownJob { .. } | RunsError::UnknownImage { .. } | RunsError::UnknownRun(_) => {
-                ApiError::NotFound(e.to_string())
-            }
+            RunsError::UnknownJob { .. } | RunsError::UnknownImage { .. } | RunsError::UnknownRun(_) => ApiError::NotFound(e.to_string()),
             RunsError::NotCancellable { .. } => ApiError::Conflict(e.to_string()),
             RunsError::Store(s) => ApiError::Store(s),
             RunsError::Stopped => ApiError::CoordinatorStopped,

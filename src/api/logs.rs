@@ -114,11 +114,7 @@ pub async fn follow(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let row = find(&s, &id).await?;
-    let offset = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let offset = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(16);
     tokio::spawn(follow_task(s, row, offset, tx));
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))

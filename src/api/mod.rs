@@ -36,8 +36,8 @@ pub(crate) use fleet::{hosts_of as fleet_hosts, status_of as fleet_status, vms_o
 pub(crate) use logs::read_tail as read_log_tail;
 pub(crate) use runs::{run_out, steps_of};
 
-pub(crate) use crate::error::chain;
 use crate::config::Fleet;
+pub(crate) use crate::error::chain;
 use crate::runs::RunsHandle;
 use crate::store::Store;
 
@@ -154,14 +154,8 @@ pub fn router(state: Shared) -> Router {
     r.layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024)).with_state(state)
 }
 
-/// The API and the dashboard together: what the daemon serves.
-pub fn app(state: Shared) -> Router {
-    router(state.clone()).merge(crate::dashboard::router(state))
-}
-
 const OPENAPI: &str = include_str!("openapi.json");
 
 async fn openapi() -> impl axum::response::IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
-

@@ -26,11 +26,7 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-pub async fn list(
-    State(s): State<Shared>,
-    _r: Reader,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Vec<RunOut>>, ApiError> {
+pub async fn list(State(s): State<Shared>, _r: Reader, q: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<Vec<RunOut>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if let Some(j) = &q.job
         && s.fleet.job(j).is_none()
@@ -183,11 +179,7 @@ pub async fn cancel(State(s): State<Shared>, actor: Actor, Path(id): Path<String
     Ok(Json(CancelOut { run: id, cancel_requested: true }))
 }
 
-pub async fn rerun(
-    State(s): State<Shared>,
-    actor: Actor,
-    Path(id): Path<String>,
-) -> Result<(StatusCode, Json<TriggerOut>), ApiError> {
+pub async fn rerun(State(s): State<Shared>, actor: Actor, Path(id): Path<String>) -> Result<(StatusCode, Json<TriggerOut>), ApiError> {
     let res = async {
         let row = find(&s, &id).await?;
         job_of(&s, &row).and_then(|j| actor.may_run(j))?;

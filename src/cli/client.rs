@@ -98,7 +98,15 @@ impl Client {
                 let (mut event, mut data) = ("message", String::new());
                 for line in text.lines() {
                     if let Some(v) = line.strip_prefix("event:") {
-                        event = if v.trim() == "log" { "log" } else if v.trim() == "state" { "state" } else if v.trim() == "end" { "end" } else { "other" };
+                        event = if v.trim() == "log" {
+                            "log"
+                        } else if v.trim() == "state" {
+                            "state"
+                        } else if v.trim() == "end" {
+                            "end"
+                        } else {
+                            "other"
+                        };
                     } else if let Some(v) = line.strip_prefix("data:") {
                         if !data.is_empty() {
                             data.push('\n');

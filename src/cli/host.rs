@@ -1,7 +1,7 @@
 //! `paddock host check URI` (onboarding a donated host), `paddock host drain
 //! NAME --reason` and `paddock host resume NAME` (over the daemon's API).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -50,7 +50,7 @@ pub fn run(cmd: &HostCommand) -> Result<ExitCode> {
     }
 }
 
-fn check_host(arg: &str, path: &PathBuf, json: bool) -> Result<ExitCode> {
+fn check_host(arg: &str, path: &Path, json: bool) -> Result<ExitCode> {
     // The fleet is optional: a host can be checked before any fleet.toml exists.
     let fleet: Option<Fleet> = if path.exists() { Some(config::load(path)?) } else { None };
     let host = fleet.as_ref().and_then(|f| f.hosts.iter().find(|h| h.uri == arg || h.name == arg));

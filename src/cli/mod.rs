@@ -9,14 +9,14 @@ mod hosts;
 mod jobs;
 mod logs;
 mod outbox;
+mod recorder;
+mod results;
 mod run;
 mod runs;
+mod serve;
 mod status;
 mod token;
 mod vms;
-mod serve;
-mod recorder;
-mod results;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -131,11 +131,7 @@ pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PADDOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).init();
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -17,14 +17,7 @@ pub fn run(remote: &Remote) -> Result<ExitCode> {
         let rows: Vec<Vec<String>> = entries
             .iter()
             .map(|e| {
-                vec![
-                    e.id.to_string(),
-                    e.run_id.clone(),
-                    e.recorder.clone(),
-                    ago(e.created_at),
-                    e.attempts.to_string(),
-                    opt(&e.last_error),
-                ]
+                vec![e.id.to_string(), e.run_id.clone(), e.recorder.clone(), ago(e.created_at), e.attempts.to_string(), opt(&e.last_error)]
             })
             .collect();
         table(&["id", "run", "recorder", "queued", "attempts", "last error"], &rows);

@@ -54,8 +54,7 @@ async fn serve(args: RecorderArgs) -> anyhow::Result<()> {
         ..RecorderConfig::default()
     };
     let rec = Recorder::open(&args.db, config).await?;
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     // Tests and scripts read this line to learn the port.
     println!("listening on {addr}");

@@ -25,8 +25,7 @@ pub fn run(config: &Path, cmd: &TokenCommand, json: bool) -> Result<ExitCode> {
     let fleet = paddock::config::load(config)?;
     let db = fleet.daemon.state_dir.join("paddock.db");
     block_on(async {
-        std::fs::create_dir_all(&fleet.daemon.state_dir)
-            .with_context(|| format!("cannot create {}", fleet.daemon.state_dir.display()))?;
+        std::fs::create_dir_all(&fleet.daemon.state_dir).with_context(|| format!("cannot create {}", fleet.daemon.state_dir.display()))?;
         let store = Store::open(&db).await?;
         match cmd {
             TokenCommand::Create { user } => {

@@ -26,10 +26,7 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             return Err(format!("`{s}`: unit `{c}` has no number before it"));
         }
         let n: u64 = digits.parse().map_err(|_| format!("`{s}`: number too large"))?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("`{s}`: too long"))?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(|| format!("`{s}`: too long"))?;
         digits.clear();
     }
     if !digits.is_empty() {

@@ -46,11 +46,7 @@ impl fmt::Display for ConfigError {
         if let (Some(l), Some(c)) = (self.line, self.column) {
             write!(f, ":{l}:{c}")?;
         }
-        if self.path.is_empty() {
-            write!(f, ": {}", self.message)
-        } else {
-            write!(f, ": {}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { write!(f, ": {}", self.message) } else { write!(f, ": {}: {}", self.path, self.message) }
     }
 }
 

@@ -27,6 +27,13 @@ use crate::vm::{ManagerConfig, VmManager};
 
 pub use state_dir::{StateDir, StateDirError};
 
+/// The API and the dashboard together: what the daemon serves (the recorder is
+/// nested under `/recorder` beside them). Composed here so that `api` and
+/// `dashboard` depend one way: the dashboard on the API.
+pub fn app(state: crate::api::Shared) -> axum::Router {
+    crate::api::router(state.clone()).merge(crate::dashboard::router(state))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("preparing the state directory")]
@@ -83,16 +90,11 @@ impl Daemon {
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         rustls::crypto::ring::default_provider().install_default().ok();
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(DaemonError::HttpClient)?;
-        let recorder = Recorder::open(
-            &dirs.recorder_db_path(),
-            RecorderConfig { base_path: "/recorder".into(), ..RecorderConfig::default() },
-        )
-        .await
-        .map_err(DaemonError::Recorder)?;
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().map_err(DaemonError::HttpClient)?;
+        let recorder =
+            Recorder::open(&dirs.recorder_db_path(), RecorderConfig { base_path: "/recorder".into(), ..RecorderConfig::default() })
+                .await
+                .map_err(DaemonError::Recorder)?;
         let destinations = fleet
             .recorders
             .iter()
@@ -102,9 +104,7 @@ impl Daemon {
                     crate::config::RecorderTarget::Paddock { url, token } => {
                         Destination::Paddock { client: http.clone(), url: url.clone(), token: token.clone() }
                     }
-                    crate::config::RecorderTarget::PonyBuild { url } => {
-                        Destination::PonyBuild { client: http.clone(), url: url.clone() }
-                    }
+                    crate::config::RecorderTarget::PonyBuild { url } => Destination::PonyBuild { client: http.clone(), url: url.clone() },
                 };
                 (r.name.clone(), dest)
             })
@@ -128,8 +128,7 @@ impl Daemon {
         let mut executor_config = ExecutorConfig::new(dirs.logs(), recorder_names);
         executor_config.ca_public_line = Some(ca.public_line());
         let executor = Arc::new(
-            Executor::new(fleet.clone(), store.clone(), executor_config, waker)
-                .with_vms(vms.clone(), Arc::new(client_key.clone())),
+            Executor::new(fleet.clone(), store.clone(), executor_config, waker).with_vms(vms.clone(), Arc::new(client_key.clone())),
         );
         let machines = VmMachines { vms: vms.clone(), store: store.clone(), fleet: fleet.clone(), client: client_key };
         let access = Access::start(fleet.clone(), store.clone(), ca, Arc::new(machines), AccessConfig::new(Clock::system()))
@@ -150,11 +149,8 @@ impl Daemon {
         }
 
         // Until the VM manager reports, hosts show as not yet known to be up.
-        let initial: Vec<HostStatus> = fleet
-            .hosts
-            .iter()
-            .map(|h| HostStatus { name: h.name.clone(), up: false, last_error: None, vms_running: 0 })
-            .collect();
+        let initial: Vec<HostStatus> =
+            fleet.hosts.iter().map(|h| HostStatus { name: h.name.clone(), up: false, last_error: None, vms_running: 0 }).collect();
         let (hosts_tx, hosts_rx) = watch::channel(initial);
         tokio::spawn(report_hosts(vms.clone(), hosts_tx, shutdown_rx.clone()));
         let mut api = ApiState::new(fleet.clone(), store.clone(), runs.clone(), hosts_rx);
@@ -162,7 +158,7 @@ impl Daemon {
         api.vms = Some(vms.clone());
         tokio::spawn(check_hosts(fleet.clone()));
         api.public_reads = fleet.daemon.public_reads;
-        let app = crate::api::app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
+        let app = app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
         let addr = options.listen.unwrap_or(fleet.daemon.listen);
         let listener = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| DaemonError::Listen { addr, source })?;

@@ -27,11 +27,7 @@ pub use view::{Dashboard, GridRow};
 struct Assets;
 
 pub fn router(state: Shared) -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route("/runs/{id}", get(run_page))
-        .route("/static/{file}", get(asset))
-        .with_state(state)
+    Router::new().route("/", get(index)).route("/runs/{id}", get(run_page)).route("/static/{file}", get(asset)).with_state(state)
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,4 +110,3 @@ async fn asset(Path(file): Path<String>) -> Response {
         None => (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
     }
 }
-

@@ -96,7 +96,7 @@ pub struct RunPage {
 }
 
 fn pct(used: u64, cap: u64) -> u64 {
-    if cap == 0 { 0 } else { (used * 100 / cap).min(100) }
+    (used * 100).checked_div(cap).map_or(0, |p| p.min(100))
 }
 
 /// "42s", "7m", "3h 5m", "2d 4h": short enough for a table cell.
@@ -156,20 +156,13 @@ pub async fn dashboard(s: &Shared, follow: Option<&str>) -> Result<Dashboard, Ap
         .collect();
     let unfinished = s.store.unfinished_runs().await?;
     let view = |r: &RunRow| RunView { run: crate::api::run_out(r), age: ago(r.created_at, now) };
-    let mut active: Vec<RunView> = unfinished
-        .iter()
-        .filter(|r| RunState::from_db(&r.state).is_some_and(|st| st.is_active()))
-        .map(view)
-        .collect();
+    let mut active: Vec<RunView> =
+        unfinished.iter().filter(|r| RunState::from_db(&r.state).is_some_and(|st| st.is_active())).map(view).collect();
     active.reverse(); // newest first
     let follow = match follow {
         Some(id) => s.store.run(id).await?.map(|r| crate::api::run_out(&r)),
         // The newest run that is past the queue has output worth watching.
-        None => active
-            .iter()
-            .find(|r| r.run.state != RunState::Queued.as_db())
-            .or(active.first())
-            .map(|r| r.run.clone()),
+        None => active.iter().find(|r| r.run.state != RunState::Queued.as_db()).or(active.first()).map(|r| r.run.clone()),
     };
 
     // The job x platform grid: one column per image any job uses, one row per job.
@@ -201,12 +194,8 @@ pub async fn dashboard(s: &Shared, follow: Option<&str>) -> Result<Dashboard, Ap
     rows.sort_by(|(a, ta), (b, tb)| b.failing.cmp(&a.failing).then(tb.cmp(ta)).then(a.job.cmp(&b.job)));
     let grid = rows.into_iter().map(|(r, _)| r).collect();
 
-    let mut fires: Vec<(DateTime<Utc>, &crate::config::Job)> = s
-        .fleet
-        .jobs
-        .iter()
-        .filter_map(|j| j.schedule.as_ref().and_then(|sc| sc.next_after(now)).map(|t| (t, j)))
-        .collect();
+    let mut fires: Vec<(DateTime<Utc>, &crate::config::Job)> =
+        s.fleet.jobs.iter().filter_map(|j| j.schedule.as_ref().and_then(|sc| sc.next_after(now)).map(|t| (t, j))).collect();
     fires.sort_by_key(|(t, j)| (*t, j.name.clone()));
     let upcoming = fires
         .into_iter()
@@ -288,10 +277,7 @@ pub async fn run_page(s: &Shared, id: &str) -> Result<RunPage, ApiError> {
     };
     let steps = crate::api::steps_of(&row);
     // A run whose log file is gone still has its steps' output in its result.
-    let log = if log.is_empty() {
-        steps.iter().map(|s| format!("== {} ({})\n{}{}", s.name, s.kind, s.output, s.errout)).collect()
-    } else {
-        log
-    };
+    let log =
+        if log.is_empty() { steps.iter().map(|s| format!("== {} ({})\n{}{}", s.name, s.kind, s.output, s.errout)).collect() } else { log };
     Ok(RunPage { steps, run: crate::api::run_out(&row), log, duration })
 }

@@ -106,7 +106,12 @@ pub fn assess(uri: &str, probe: Result<&HostProbe, String>, host: Option<&Host>,
 
     // Emulators and accelerators.
     if p.emulators.is_empty() {
-        out.push(line(Level::Fail, "emulators", "libvirt offers no guest emulator", Some("install qemu-system-<arch> (e.g. qemu-system-x86)".into())));
+        out.push(line(
+            Level::Fail,
+            "emulators",
+            "libvirt offers no guest emulator",
+            Some("install qemu-system-<arch> (e.g. qemu-system-x86)".into()),
+        ));
     } else {
         let mut by_arch: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for e in &p.emulators {
@@ -130,7 +135,12 @@ pub fn assess(uri: &str, probe: Result<&HostProbe, String>, host: Option<&Host>,
                 Accelerator::Kvm => "enable KVM on the host (/dev/kvm, kvm modules) or set accelerator = \"tcg\"".to_string(),
                 Accelerator::Tcg => "install QEMU's system emulators on the host".to_string(),
             };
-            out.push(line(Level::Fail, "accelerator", format!("configured `{want}` is not available (host offers: {})", accels.join(", ")), Some(fix)));
+            out.push(line(
+                Level::Fail,
+                "accelerator",
+                format!("configured `{want}` is not available (host offers: {})", accels.join(", ")),
+                Some(fix),
+            ));
         }
         if h.capacity.memory_mib > f.memory_mib {
             out.push(line(
@@ -236,7 +246,12 @@ pub fn assess(uri: &str, probe: Result<&HostProbe, String>, host: Option<&Host>,
             let want = volume_name(&file, &sha);
             if let Some(v) = p.volumes.iter().find(|v| v.name == want) {
                 if v.capacity == size {
-                    out.push(line(Level::Ok, &topic, format!("{} present as volume {}/{} (sha256 {})", file.role, v.pool, v.name, &sha[..12]), None));
+                    out.push(line(
+                        Level::Ok,
+                        &topic,
+                        format!("{} present as volume {}/{} (sha256 {})", file.role, v.pool, v.name, &sha[..12]),
+                        None,
+                    ));
                 } else {
                     out.push(line(
                         Level::Fail,
@@ -253,7 +268,10 @@ pub fn assess(uri: &str, probe: Result<&HostProbe, String>, host: Option<&Host>,
                     Level::Warn,
                     &topic,
                     if stale > 0 {
-                        format!("{} on the host is an old version ({stale} stale volume(s)); runs are not placed here until it is current", file.role)
+                        format!(
+                            "{} on the host is an old version ({stale} stale volume(s)); runs are not placed here until it is current",
+                            file.role
+                        )
                     } else {
                         format!("{} is not on the host yet; runs are not placed here until it is", file.role)
                     },
@@ -270,7 +288,10 @@ pub fn assess(uri: &str, probe: Result<&HostProbe, String>, host: Option<&Host>,
             Some("fix the arch or room problems above, or give the host images it can run".into()),
         ));
     }
-    if !local && let Some(best) = active.iter().map(|p| p.available).max() && best < need_bytes {
+    if !local
+        && let Some(best) = active.iter().map(|p| p.available).max()
+        && best < need_bytes
+    {
         out.push(line(
             Level::Warn,
             "storage",

@@ -535,7 +535,7 @@ fn build(spec: &DomainSpec<'_>, seed: Option<&Path>) -> Domain {
     let features = x86.then(|| Features {
         acpi: Some(Empty {}),
         apic: Some(Empty {}),
-        hyperv: (os == Os::Windows).then(|| HyperV {
+        hyperv: (os == Os::Windows).then_some(HyperV {
             mode: "custom",
             relaxed: ON,
             vapic: ON,

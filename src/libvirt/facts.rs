@@ -65,8 +65,7 @@ fn parse_capabilities(xml: &str) -> (String, BTreeMap<String, Vec<String>>) {
     let attr = |e: &quick_xml::events::BytesStart<'_>, key: &str| -> Option<String> {
         e.attributes().flatten().find(|a| a.key.as_ref() == key).map(|a| a.value.into_owned())
     };
-    loop {
-        let Ok(event) = reader.read_event() else { break };
+    while let Ok(event) = reader.read_event() {
         match event {
             Event::Start(e) => {
                 let name = e.local_name().as_ref().to_string();
@@ -86,17 +85,14 @@ fn parse_capabilities(xml: &str) -> (String, BTreeMap<String, Vec<String>>) {
                     }
                 }
             }
-            Event::Text(t) => {
-                if path.len() >= 3 && path[path.len() - 3..] == ["host", "cpu", "arch"] {
-                    host_arch = t.xml10_content().trim().to_string();
-                }
+            Event::Text(t) if path.len() >= 3 && path[path.len() - 3..] == ["host", "cpu", "arch"] => {
+                host_arch = t.xml10_content().trim().to_string();
             }
             Event::End(_) => {
-                if path.pop().is_some_and(|p| p == "arch") {
-                    // Leaving a guest's <arch> (or the host's): forget the guest arch.
-                    if path.last().is_some_and(|p| p == "guest") {
-                        guest_arch = None;
-                    }
+                let left_arch = path.pop().is_some_and(|p| p == "arch");
+                // Leaving a guest's <arch> (or the host's): forget the guest arch.
+                if left_arch && path.last().is_some_and(|p| p == "guest") {
+                    guest_arch = None;
                 }
             }
             Event::Eof => break,
@@ -111,10 +107,7 @@ fn parse_capabilities(xml: &str) -> (String, BTreeMap<String, Vec<String>>) {
 pub fn check_host(host: &Host, facts: &HostFacts, images: &[Image]) -> Vec<String> {
     let mut out = Vec::new();
     if host.capacity.memory_mib > facts.memory_mib {
-        out.push(format!(
-            "host {}: memory_mib = {} but libvirt reports {} MiB",
-            host.name, host.capacity.memory_mib, facts.memory_mib
-        ));
+        out.push(format!("host {}: memory_mib = {} but libvirt reports {} MiB", host.name, host.capacity.memory_mib, facts.memory_mib));
     }
     if host.capacity.vcpus > facts.cpus {
         out.push(format!("host {}: vcpus = {} but libvirt reports {} CPUs", host.name, host.capacity.vcpus, facts.cpus));

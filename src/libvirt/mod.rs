@@ -66,7 +66,10 @@ pub enum HostStatus {
     Connecting,
     Up(HostFacts),
     /// The connection failed or was lost; it is being re-opened with backoff.
-    Down { reason: String, since: chrono::DateTime<chrono::Utc> },
+    Down {
+        reason: String,
+        since: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 impl HostStatus {
@@ -86,14 +89,35 @@ pub struct DomainInfo {
 type Reply<T> = oneshot::Sender<Result<T, LibvirtError>>;
 
 enum Command {
-    Define { xml: String, name: String, reply: Reply<()> },
-    Start { name: String, reply: Reply<()> },
-    Shutdown { name: String, reply: Reply<()> },
-    Destroy { name: String, reply: Reply<()> },
-    Undefine { name: String, reply: Reply<()> },
+    Define {
+        xml: String,
+        name: String,
+        reply: Reply<()>,
+    },
+    Start {
+        name: String,
+        reply: Reply<()>,
+    },
+    Shutdown {
+        name: String,
+        reply: Reply<()>,
+    },
+    Destroy {
+        name: String,
+        reply: Reply<()>,
+    },
+    Undefine {
+        name: String,
+        reply: Reply<()>,
+    },
     /// `Ok(None)` when no such domain exists.
-    IsActive { name: String, reply: Reply<Option<bool>> },
-    List { reply: Reply<Vec<DomainInfo>> },
+    IsActive {
+        name: String,
+        reply: Reply<Option<bool>>,
+    },
+    List {
+        reply: Reply<Vec<DomainInfo>>,
+    },
 }
 
 /// A handle to one host's actor; cheap to clone. The actor stops when the
@@ -144,10 +168,7 @@ impl HostHandle {
             backoff: BACKOFF_FIRST,
             next_attempt: Instant::now(),
         };
-        std::thread::Builder::new()
-            .name(format!("libvirt-{name}"))
-            .spawn(move || actor.run(rx))
-            .expect("spawning a libvirt host thread");
+        std::thread::Builder::new().name(format!("libvirt-{name}")).spawn(move || actor.run(rx)).expect("spawning a libvirt host thread");
         HostHandle { name: name.to_string(), uri: uri.to_string(), tx, status }
     }
 
@@ -333,15 +354,12 @@ impl Actor {
         let host = self.name.clone();
         let failed = match cmd {
             Command::Define { xml, name, reply } => {
-                let r = conn.define_domain_xml(&xml)
-                    .map(drop)
-                    .map_err(|source| LibvirtError::Define { host, name, source });
+                let r = conn.define_domain_xml(&xml).map(drop).map_err(|source| LibvirtError::Define { host, name, source });
                 send(reply, r)
             }
             Command::Start { name, reply } => {
-                let r = lookup(&conn, &host, &name).and_then(|d| {
-                    d.create().map(drop).map_err(|source| LibvirtError::Start { host, name, source })
-                });
+                let r = lookup(&conn, &host, &name)
+                    .and_then(|d| d.create().map(drop).map_err(|source| LibvirtError::Start { host, name, source }));
                 send(reply, r)
             }
             Command::Shutdown { name, reply } => {
@@ -396,11 +414,7 @@ fn send<T>(reply: Reply<T>, r: Result<T, LibvirtError>) -> bool {
 }
 
 fn lookup(conn: &Connect, host: &str, name: &str) -> Result<Domain, LibvirtError> {
-    conn.lookup_domain_by_name(name).map_err(|source| LibvirtError::Lookup {
-        host: host.to_string(),
-        name: name.to_string(),
-        source,
-    })
+    conn.lookup_domain_by_name(name).map_err(|source| LibvirtError::Lookup { host: host.to_string(), name: name.to_string(), source })
 }
 
 fn undefine(d: &Domain) -> Result<(), virt::error::Error> {

@@ -67,8 +67,11 @@ pub fn put_volume(uri: &str, pool: &str, name: &str, file: &Path, sha256: &str) 
             let xml = format!(
                 "<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity><target><format type='raw'/></target></volume>"
             );
-            let v = StorageVol::create_xml(&p, &xml, 0)
-                .map_err(|source| StorageError::Create { pool: pool.into(), volume: name.into(), source })?;
+            let v = StorageVol::create_xml(&p, &xml, 0).map_err(|source| StorageError::Create {
+                pool: pool.into(),
+                volume: name.into(),
+                source,
+            })?;
             send(&conn, &v, name, file, size)?;
             let found = read_sha(&conn, &v, name, size)?;
             if found != sha256 {
@@ -104,13 +107,21 @@ pub fn remove_volumes(uri: &str, pool: &str, prefix: &str, keep: &[String]) -> R
 /// size) in `pool`, backed by the volume at `backing` (of format
 /// `backing_format`); returns its path on the host. The host's libvirt writes
 /// the file, so this works on remote hosts too.
-pub fn create_overlay(uri: &str, pool: &str, name: &str, backing: &str, backing_format: &str, capacity: u64) -> Result<String, StorageError> {
+pub fn create_overlay(
+    uri: &str,
+    pool: &str,
+    name: &str,
+    backing: &str,
+    backing_format: &str,
+    capacity: u64,
+) -> Result<String, StorageError> {
     let (_conn, p) = open_pool(uri, pool)?;
     let xml = format!(
         "<volume><name>{name}</name><capacity unit='bytes'>{capacity}</capacity><target><format type='qcow2'/></target>\
          <backingStore><path>{backing}</path><format type='{backing_format}'/></backingStore></volume>"
     );
-    let v = StorageVol::create_xml(&p, &xml, 0).map_err(|source| StorageError::Create { pool: pool.into(), volume: name.into(), source })?;
+    let v =
+        StorageVol::create_xml(&p, &xml, 0).map_err(|source| StorageError::Create { pool: pool.into(), volume: name.into(), source })?;
     v.path().map_err(|source| StorageError::Stream { volume: name.into(), source })
 }
 

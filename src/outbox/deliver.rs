@@ -46,10 +46,7 @@ impl Destination {
                 let extras = doc.get("extras").cloned();
                 let parsed = ResultDoc::from_json(field("client_info"), field("results"), extras)
                     .map_err(|e| DeliveryError::Invalid(e.to_string()))?;
-                let key = recorder
-                    .ingest(parsed, Some(run_id.to_string()))
-                    .await
-                    .map_err(DeliveryError::Embedded)?;
+                let key = recorder.ingest(parsed, Some(run_id.to_string())).await.map_err(DeliveryError::Embedded)?;
                 Ok(Some(key.to_string()))
             }
             Destination::Paddock { client, url, token } => {
@@ -73,9 +70,7 @@ impl Destination {
                 let client_info = json_to_xmlrpc(doc.get("client_info").unwrap_or(&serde_json::Value::Null));
                 let results = json_to_xmlrpc(doc.get("results").unwrap_or(&serde_json::Value::Null));
                 let call = MethodCall { name: "add_results".into(), params: vec![client_info, results] };
-                let xml = call
-                    .to_xml()
-                    .map_err(|e| DeliveryError::BadResponse { url: url.clone(), detail: e.to_string() })?;
+                let xml = call.to_xml().map_err(|e| DeliveryError::BadResponse { url: url.clone(), detail: e.to_string() })?;
                 let resp = client
                     .post(url)
                     .header("Content-Type", "text/xml")
@@ -95,8 +90,8 @@ impl Destination {
                         message: fault.fault.string().to_string(),
                     });
                 }
-                let response = MethodResponse::from_xml(&body)
-                    .map_err(|e| DeliveryError::BadResponse { url: url.clone(), detail: e.to_string() })?;
+                let response =
+                    MethodResponse::from_xml(&body).map_err(|e| DeliveryError::BadResponse { url: url.clone(), detail: e.to_string() })?;
                 // pony-build answers (result_key, auth_key).
                 let key = match response.value {
                     Value::Array(items) => items.into_iter().next().and_then(|v| match v {
@@ -138,9 +133,7 @@ pub fn json_to_xmlrpc(v: &serde_json::Value) -> Value {
         },
         serde_json::Value::String(s) => Value::String(s.clone()),
         serde_json::Value::Array(a) => Value::Array(a.iter().map(json_to_xmlrpc).collect()),
-        serde_json::Value::Object(o) => {
-            Value::Struct(o.iter().map(|(k, v)| (k.clone(), json_to_xmlrpc(v))).collect::<BTreeMap<_, _>>())
-        }
+        serde_json::Value::Object(o) => Value::Struct(o.iter().map(|(k, v)| (k.clone(), json_to_xmlrpc(v))).collect::<BTreeMap<_, _>>()),
     }
 }
 

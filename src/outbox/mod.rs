@@ -19,8 +19,8 @@ use rand::Rng;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
-use crate::error::chain as error_chain;
 use crate::clock::Clock;
+use crate::error::chain as error_chain;
 use crate::store::Store;
 
 pub use deliver::{DeliveryError, Destination};
@@ -87,14 +87,7 @@ impl Forwarder {
             .into_iter()
             .zip(self.notifies)
             .map(|((name, dest), notify)| {
-                let lane = Lane {
-                    name,
-                    dest,
-                    notify,
-                    store: self.store.clone(),
-                    backoff: self.backoff,
-                    clock: self.clock,
-                };
+                let lane = Lane { name, dest, notify, store: self.store.clone(), backoff: self.backoff, clock: self.clock };
                 tokio::spawn(lane.run(shutdown.clone()))
             })
             .collect()
@@ -168,10 +161,7 @@ impl Lane {
 /// Seconds since the oldest undelivered entry was queued (0 when none), for metrics.
 pub async fn oldest_pending_age(store: &Store) -> Duration {
     match store.outbox_pending().await {
-        Ok(p) => p
-            .first()
-            .map(|e| (Utc::now() - e.created_at).to_std().unwrap_or_default())
-            .unwrap_or_default(),
+        Ok(p) => p.first().map(|e| (Utc::now() - e.created_at).to_std().unwrap_or_default()).unwrap_or_default(),
         Err(_) => Duration::ZERO,
     }
 }

@@ -3,27 +3,28 @@
 
 use std::net::SocketAddr;
 
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use axum::body::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
 use super::model::{BagError, ClientInfo, ResultDoc, ResultKey};
 use super::store::{Filter, PackageHealth, StoredResult, Summary};
-use super::{Origin, Recorder, RecorderError, web, xmlrpc};
+use super::{Origin, Recorder, RecorderError, xmlrpc};
 
-/// Everything the recorder serves, with its state applied, ready to `merge` into a bigger app
-/// (or `nest` under a prefix, with `RecorderConfig::base_path` set to that prefix).
+/// The REST and XML-RPC routes plus `pages` (the HTML pages and feeds of `web.rs`, passed
+/// in so that this file does not depend on `web.rs`, which uses its errors), with its state
+/// applied; see `recorder::router`.
 ///
 /// Submission auth, when tokens are configured: REST callers send `Authorization: Bearer
 /// <secret>`; XML-RPC callers post to `/xmlrpc/<secret>` (any pony-build client can be pointed at
 /// that URL unchanged) or send the same Bearer header. Everything else is public.
-pub fn router(rec: Recorder) -> Router {
+pub(super) fn router(rec: Recorder, pages: Router<Recorder>) -> Router {
     let limit = rec.config().body_limit;
     Router::new()
         .route("/api/v1/results", post(submit).get(search))
@@ -35,7 +36,7 @@ pub fn router(rec: Recorder) -> Router {
         .route("/api/v1/build-requests", post(build_request))
         .route("/xmlrpc", post(xmlrpc_plain))
         .route("/xmlrpc/{token}", post(xmlrpc_with_token))
-        .merge(web::routes())
+        .merge(pages)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(rec.clone(), private_reads))
         .with_state(rec)
@@ -45,24 +46,13 @@ pub fn router(rec: Recorder) -> Router {
 /// Bearer`, `?token=` (pages and feeds opened in a browser or a feed reader), or
 /// pony-build's `/xmlrpc/<token>`. Submissions check their token again in their
 /// handlers, so this layer only ever refuses, never grants.
-async fn private_reads(
-    State(rec): State<Recorder>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+async fn private_reads(State(rec): State<Recorder>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if !rec.config().private_reads {
         return next.run(req).await;
     }
     let path = req.uri().path();
-    let from_query = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
-        .map(str::to_string);
-    let presented = bearer(req.headers())
-        .map(str::to_string)
-        .or(from_query)
-        .or_else(|| path.strip_prefix("/xmlrpc/").map(str::to_string));
+    let from_query = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token="))).map(str::to_string);
+    let presented = bearer(req.headers()).map(str::to_string).or(from_query).or_else(|| path.strip_prefix("/xmlrpc/").map(str::to_string));
     match presented {
         Some(t) if rec.authenticate(&t).is_some() => next.run(req).await,
         _ => ApiError::Unauthorized.into_response(),
@@ -224,12 +214,7 @@ async fn build_request(
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn xmlrpc_plain(
-    State(rec): State<Recorder>,
-    headers: HeaderMap,
-    ext: Extensions,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn xmlrpc_plain(State(rec): State<Recorder>, headers: HeaderMap, ext: Extensions, body: Result<Bytes, BytesRejection>) -> Response {
     xmlrpc_common(rec, bearer(&headers).map(str::to_owned), &ext, body).await
 }
 
@@ -242,15 +227,9 @@ async fn xmlrpc_with_token(
     xmlrpc_common(rec, Some(token), &ext, body).await
 }
 
-async fn xmlrpc_common(
-    rec: Recorder,
-    token: Option<String>,
-    ext: &Extensions,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let xml = |status: StatusCode, body: String| {
-        (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"))], body).into_response()
-    };
+async fn xmlrpc_common(rec: Recorder, token: Option<String>, ext: &Extensions, body: Result<Bytes, BytesRejection>) -> Response {
+    let xml =
+        |status: StatusCode, body: String| (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"))], body).into_response();
     let body = match body {
         Ok(b) => b,
         Err(rejection) => return xml(rejection.status(), xmlrpc::fault_xml(-32700, &rejection.body_text())),
@@ -289,7 +268,7 @@ impl From<&Summary> for SummaryJson {
         SummaryJson {
             key: s.key.to_string(),
             time: s.time,
-            time_rfc3339: web::rfc3339(s.time),
+            time_rfc3339: rfc3339(s.time),
             package: s.package.clone(),
             arch: s.arch.clone(),
             host: s.host.clone(),
@@ -351,7 +330,7 @@ impl From<StoredResult> for ResultJson {
         ResultJson {
             key: r.receipt.key.to_string(),
             time: r.receipt.time,
-            time_rfc3339: web::rfc3339(r.receipt.time),
+            time_rfc3339: rfc3339(r.receipt.time),
             client_ip: r.receipt.client_ip,
             submitter: r.receipt.submitter,
             tagset: r.tagset.tags().to_vec(),
@@ -456,11 +435,17 @@ async fn search(
         limit,
     };
     let results = rec.search(filter).await?;
-    let next_before =
-        if results.len() == limit as usize { results.last().map(|r| r.key.to_string()) } else { None };
+    let next_before = if results.len() == limit as usize { results.last().map(|r| r.key.to_string()) } else { None };
     Ok(Json(SearchJson { results: results.iter().map(SummaryJson::from).collect(), next_before }))
 }
 
 async fn missing_json(State(rec): State<Recorder>) -> Result<Json<Vec<SummaryJson>>, ApiError> {
     Ok(Json(rec.missing().await?.iter().map(SummaryJson::from).collect()))
+}
+
+/// A recorder timestamp (seconds since the epoch) as RFC 3339, for JSON and Atom feeds.
+pub(super) fn rfc3339(t: f64) -> String {
+    chrono::DateTime::from_timestamp_micros((t * 1e6) as i64)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }

@@ -14,9 +14,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use auth::SubmitToken;
-pub use http::router;
 pub use model::{Bag, BagError, ClientInfo, ResultDoc, ResultKey, Step, Tagset};
 pub use store::{Filter, PackageHealth, Receipt, StoredResult, Summary};
+
+/// Everything the recorder serves, with its state applied, ready to `merge` into a bigger app
+/// (or `nest` under a prefix, with `RecorderConfig::base_path` set to that prefix): the REST and
+/// XML-RPC routes of `http.rs` and the pages and feeds of `web.rs`.
+pub fn router(rec: Recorder) -> axum::Router {
+    http::router(rec, web::routes())
+}
 
 /// How a recorder behaves; defaults follow pony-build where it had one.
 #[derive(Debug, Clone)]
@@ -161,12 +167,7 @@ impl Recorder {
     }
 
     /// Store a result whole or not at all, in one transaction.
-    pub async fn ingest_from(
-        &self,
-        doc: ResultDoc,
-        idempotency_key: Option<String>,
-        origin: Origin,
-    ) -> Result<Ingested, RecorderError> {
+    pub async fn ingest_from(&self, doc: ResultDoc, idempotency_key: Option<String>, origin: Origin) -> Result<Ingested, RecorderError> {
         let auth_key = auth::random_hex(16);
         let at = now();
         let inserted = self
@@ -220,11 +221,7 @@ impl Recorder {
         self.read("listing tagsets", move |c| store::tagsets_for_package(c, &p)).await
     }
 
-    pub async fn last_result_for_tagset(
-        &self,
-        package: &str,
-        tagset: Tagset,
-    ) -> Result<Option<StoredResult>, RecorderError> {
+    pub async fn last_result_for_tagset(&self, package: &str, tagset: Tagset) -> Result<Option<StoredResult>, RecorderError> {
         let p = package.to_owned();
         self.read("reading a tagset's last result", move |c| match store::latest_for_tagset(c, &p, &tagset)? {
             Some(key) => store::get(c, key),
@@ -240,12 +237,7 @@ impl Recorder {
     }
 
     /// pony-build's `check_should_build`; see `store::check_should_build` for the rules.
-    pub async fn check_should_build(
-        &self,
-        tagset: Tagset,
-        reserve: bool,
-        allowance: Duration,
-    ) -> Result<(bool, String), RecorderError> {
+    pub async fn check_should_build(&self, tagset: Tagset, reserve: bool, allowance: Duration) -> Result<(bool, String), RecorderError> {
         let c = &self.inner.config;
         let policy = store::BuildPolicy {
             stale_after: c.stale_after.as_secs_f64(),
@@ -269,11 +261,7 @@ impl Recorder {
     /// Force the next `check_should_build` for this platform to say yes.
     pub async fn request_build(&self, tagset: Tagset) -> Result<(), RecorderError> {
         let at = now();
-        self.inner
-            .writer
-            .call(move |c| store::request_build(c, &tagset, at))
-            .await
-            .map_err(db_err("requesting a build"))
+        self.inner.writer.call(move |c| store::request_build(c, &tagset, at)).await.map_err(db_err("requesting a build"))
     }
 
     /// Rows in results, steps, result_tags, tagsets: for tests that check nothing was stored.

@@ -252,10 +252,9 @@ impl Step {
         };
         let status = match bag.remove("status") {
             None | Some(Json::Null) => return Err(BagError::Missing { path: format!("{p}.status") }),
-            Some(Json::Number(n)) => n.as_i64().ok_or_else(|| BagError::Invalid {
-                path: format!("{p}.status"),
-                reason: "must be an integer",
-            })?,
+            Some(Json::Number(n)) => {
+                n.as_i64().ok_or_else(|| BagError::Invalid { path: format!("{p}.status"), reason: "must be an integer" })?
+            }
             Some(other) => return Err(wrong(&format!("{p}.status"), "integer", &other)),
         };
         let output = take_opt_string(&mut bag, "output", &p)?;

@@ -161,11 +161,8 @@ pub struct BuildPolicy {
 
 pub fn insert(tx: &Transaction<'_>, doc: &ResultDoc, sub: &Submission<'_>) -> rusqlite::Result<Inserted> {
     if let Some(k) = sub.idempotency_key {
-        let known: Option<(i64, String)> = tx
-            .query_row("SELECT id, auth_key FROM results WHERE idempotency_key = ?1", [k], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
+        let known: Option<(i64, String)> =
+            tx.query_row("SELECT id, auth_key FROM results WHERE idempotency_key = ?1", [k], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
         if let Some((id, auth_key)) = known {
             return Ok(Inserted { key: ResultKey(id), auth_key, created: false });
         }
@@ -179,9 +176,7 @@ pub fn insert(tx: &Transaction<'_>, doc: &ResultDoc, sub: &Submission<'_>) -> ru
         params![ci.package, tagset, sub.now],
     )?;
     let tagset_id: i64 =
-        tx.query_row("SELECT id FROM tagsets WHERE package = ?1 AND tagset = ?2", params![ci.package, tagset], |r| {
-            r.get(0)
-        })?;
+        tx.query_row("SELECT id FROM tagsets WHERE package = ?1 AND tagset = ?2", params![ci.package, tagset], |r| r.get(0))?;
     tx.execute(
         "INSERT INTO results (idempotency_key, auth_key, received_at, client_ip, submitter, package, arch, host,
                               tagset_id, success, duration, client_info, extras)
@@ -227,10 +222,7 @@ pub fn insert(tx: &Transaction<'_>, doc: &ResultDoc, sub: &Submission<'_>) -> ru
             tag.execute(params![t, id])?;
         }
     }
-    tx.execute(
-        "UPDATE tagsets SET latest_id = ?1, latest_at = ?2 WHERE id = ?3 AND latest_id < ?1",
-        params![id, sub.now, tagset_id],
-    )?;
+    tx.execute("UPDATE tagsets SET latest_id = ?1, latest_at = ?2 WHERE id = ?3 AND latest_id < ?1", params![id, sub.now, tagset_id])?;
     // A result ends the reservation its check_should_build made.
     tx.execute("DELETE FROM reservations WHERE tagset = ?1", [&tagset])?;
     Ok(Inserted { key: ResultKey(id), auth_key: sub.auth_key.to_owned(), created: true })
@@ -305,8 +297,7 @@ fn fallback_client_info(ts: &Tagset) -> ClientInfo {
     }
 }
 
-const SUMMARY_COLUMNS: &str =
-    "r.id, r.received_at, r.package, r.arch, r.host, r.tagset_id, t.tagset, r.success, r.duration";
+const SUMMARY_COLUMNS: &str = "r.id, r.received_at, r.package, r.arch, r.host, r.tagset_id, t.tagset, r.success, r.duration";
 
 fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Summary> {
     Ok(Summary {
@@ -328,10 +319,8 @@ pub fn packages(conn: &Connection) -> rusqlite::Result<Vec<PackageHealth>> {
          FROM tagsets t JOIN results r ON r.id = t.latest_id
          GROUP BY t.package ORDER BY t.package",
     )?;
-    stmt.query_map([], |r| {
-        Ok(PackageHealth { package: r.get(0)?, platforms: r.get(1)?, failing: r.get(2)?, latest_at: r.get(3)? })
-    })?
-    .collect()
+    stmt.query_map([], |r| Ok(PackageHealth { package: r.get(0)?, platforms: r.get(1)?, failing: r.get(2)?, latest_at: r.get(3)? }))?
+        .collect()
 }
 
 /// The latest result of every platform of a package, failures first, then newest first.
@@ -396,11 +385,9 @@ pub fn tagsets_for_package(conn: &Connection, package: &str) -> rusqlite::Result
 }
 
 pub fn latest_for_tagset(conn: &Connection, package: &str, tagset: &Tagset) -> rusqlite::Result<Option<ResultKey>> {
-    conn.query_row(
-        "SELECT latest_id FROM tagsets WHERE package = ?1 AND tagset = ?2",
-        params![package, tagset.canonical()],
-        |r| Ok(ResultKey(r.get(0)?)),
-    )
+    conn.query_row("SELECT latest_id FROM tagsets WHERE package = ?1 AND tagset = ?2", params![package, tagset.canonical()], |r| {
+        Ok(ResultKey(r.get(0)?))
+    })
     .optional()
 }
 
@@ -460,20 +447,15 @@ pub fn check_should_build(
     } else {
         match last {
             None => (true, "no build recorded for this tagset; build!".to_owned()),
-            Some((at, _, _)) if now - at >= policy.stale_after => {
-                (true, format!("last build was {:.0}s ago; do build!", now - at))
-            }
+            Some((at, _, _)) if now - at >= policy.stale_after => (true, format!("last build was {:.0}s ago; do build!", now - at)),
             Some((_, false, _)) => (true, "last build was unsuccessful; go!".to_owned()),
             Some(_) => (false, "build up to date".to_owned()),
         }
     };
     if decision.0 && reserve {
-        let allowance = if allowance > 0.0 {
-            allowance
-        } else {
-            last.and_then(|(_, _, d)| d).filter(|d| *d > 0.0).unwrap_or(policy.default_allowance)
-        }
-        .min(policy.max_allowance);
+        let allowance =
+            if allowance > 0.0 { allowance } else { last.and_then(|(_, _, d)| d).filter(|d| *d > 0.0).unwrap_or(policy.default_allowance) }
+                .min(policy.max_allowance);
         tx.execute(
             "INSERT INTO reservations (tagset, reserved_at, allowance) VALUES (?1, ?2, ?3)
              ON CONFLICT (tagset) DO UPDATE SET reserved_at = excluded.reserved_at, allowance = excluded.allowance",

@@ -38,8 +38,7 @@ impl Reply {
 async fn send(app: &Router, req: Request<Body>) -> Reply {
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
-    let content_type =
-        resp.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let content_type = resp.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
     let bytes = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
     Reply { status, content_type, body: String::from_utf8_lossy(&bytes).into_owned() }
 }
@@ -181,11 +180,8 @@ async fn private_reads_need_a_token_on_every_protocol() {
         assert_eq!(get(&e.app, &format!("{uri}?token=nope")).await.status, StatusCode::UNAUTHORIZED, "{uri}");
         assert_eq!(get(&e.app, &format!("{uri}?token=hunter2")).await.status, StatusCode::OK, "{uri}");
     }
-    let with_bearer = send(
-        &e.app,
-        Request::get("/api/v1/packages").header(header::AUTHORIZATION, "Bearer hunter2").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let with_bearer =
+        send(&e.app, Request::get("/api/v1/packages").header(header::AUTHORIZATION, "Bearer hunter2").body(Body::empty()).unwrap()).await;
     assert_eq!(with_bearer.status, StatusCode::OK);
     let call = "<?xml version='1.0'?><methodCall><methodName>get_results</methodName><params><param><value><string>1</string></value></param></params></methodCall>";
     assert_eq!(xmlrpc(&e.app, "/xmlrpc", call).await.status, StatusCode::UNAUTHORIZED);
@@ -195,10 +191,8 @@ async fn private_reads_need_a_token_on_every_protocol() {
 
 #[tokio::test]
 async fn tokens_guard_submission_but_not_reads() {
-    let config = RecorderConfig {
-        tokens: vec![SubmitToken { name: "lab1".into(), secret: "hunter2".into() }],
-        ..RecorderConfig::default()
-    };
+    let config =
+        RecorderConfig { tokens: vec![SubmitToken { name: "lab1".into(), secret: "hunter2".into() }], ..RecorderConfig::default() };
     let e = env(config).await;
     let body = result("alpha", &[], true).to_string();
     assert_eq!(post(&e.app, "/api/v1/results", body.clone(), None).await.status, StatusCode::UNAUTHORIZED);

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::http::{ApiError, parse_key};
+use super::http::{ApiError, parse_key, rfc3339};
 use super::store::{StoredResult, Summary};
 use super::{Filter, Recorder};
 
@@ -24,16 +24,8 @@ pub(super) fn routes() -> Router<Recorder> {
         .route("/feeds/packages/{package}", get(feed_package))
 }
 
-pub(super) fn rfc3339(t: f64) -> String {
-    chrono::DateTime::from_timestamp_micros((t * 1e6) as i64)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
-}
-
 fn human_time(t: f64) -> String {
-    chrono::DateTime::from_timestamp_micros((t * 1e6) as i64)
-        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_default()
+    chrono::DateTime::from_timestamp_micros((t * 1e6) as i64).map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default()
 }
 
 fn human_duration(d: Option<f64>) -> String {
@@ -255,15 +247,10 @@ async fn feed_all(State(rec): State<Recorder>, headers: HeaderMap) -> Result<Res
 }
 
 async fn feed_failures(State(rec): State<Recorder>, headers: HeaderMap) -> Result<Response, ApiError> {
-    feed(&rec, &headers, "failures", "/feeds/failures.atom", Filter { success: Some(false), ..Filter::default() })
-        .await
+    feed(&rec, &headers, "failures", "/feeds/failures.atom", Filter { success: Some(false), ..Filter::default() }).await
 }
 
-async fn feed_package(
-    State(rec): State<Recorder>,
-    headers: HeaderMap,
-    Path(package): Path<String>,
-) -> Result<Response, ApiError> {
+async fn feed_package(State(rec): State<Recorder>, headers: HeaderMap, Path(package): Path<String>) -> Result<Response, ApiError> {
     let path = format!("/feeds/packages/{}", urlencode(&package));
     let title = format!("package {package}");
     feed(&rec, &headers, &title, &path, Filter { package: Some(package), ..Filter::default() }).await
@@ -301,10 +288,7 @@ async fn feed(rec: &Recorder, headers: &HeaderMap, title: &str, path: &str, filt
         entries,
     };
     match feed.render() {
-        Ok(body) => {
-            Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/atom+xml; charset=utf-8"))], body)
-                .into_response())
-        }
+        Ok(body) => Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/atom+xml; charset=utf-8"))], body).into_response()),
         Err(e) => {
             tracing::error!(error = %e, "rendering a feed");
             Ok((StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response())

@@ -77,9 +77,7 @@ pub fn decode_add_results(params: &[Value]) -> Result<ResultDoc, Fault> {
 /// whatever the parser would have done with them (quick-xml does not expand custom entities,
 /// but an unexpanded reference should be a clear refusal, not a parse failure deep inside).
 fn refuse_markup(text: &str) -> Option<&'static str> {
-    let upper_has = |needle: &str| {
-        text.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
-    };
+    let upper_has = |needle: &str| text.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()));
     if upper_has("<!DOCTYPE") || upper_has("<!ENTITY") {
         return Some("DOCTYPE and ENTITY declarations are not allowed");
     }
@@ -99,10 +97,7 @@ fn fault(code: i32, message: impl Into<String>) -> Fault {
 fn recorder_fault(e: RecorderError) -> Fault {
     match e {
         RecorderError::Invalid(bag) => fault(INVALID_PARAMS, bag.to_string()),
-        RecorderError::Open { .. }
-        | RecorderError::Migrate { .. }
-        | RecorderError::Database { .. }
-        | RecorderError::Closed { .. } => {
+        RecorderError::Open { .. } | RecorderError::Migrate { .. } | RecorderError::Database { .. } | RecorderError::Closed { .. } => {
             tracing::error!(error = %crate_error_chain(&e), "XML-RPC call failed");
             fault(SERVER_ERROR, "internal error")
         }
@@ -147,8 +142,8 @@ async fn dispatch(rec: &Recorder, caller: &Caller, method: &str, params: &[Value
         }
         "check_should_build" => {
             arity(method, params, 1, 3, "client_info[, reserve_build[, build_allowance]]")?;
-            let tagset = ClientInfo::tagset_from_json(to_json(&params[0], "client_info")?)
-                .map_err(|e| fault(INVALID_PARAMS, e.to_string()))?;
+            let tagset =
+                ClientInfo::tagset_from_json(to_json(&params[0], "client_info")?).map_err(|e| fault(INVALID_PARAMS, e.to_string()))?;
             let reserve = match params.get(1) {
                 None => true,
                 Some(Value::Boolean(b)) => *b,
@@ -166,19 +161,15 @@ async fn dispatch(rec: &Recorder, caller: &Caller, method: &str, params: &[Value
             if reserve {
                 require_token(rec, caller)?;
             }
-            let (flag, reason) = rec
-                .check_should_build(tagset, reserve, Duration::from_secs_f64(allowance.max(0.0)))
-                .await
-                .map_err(recorder_fault)?;
+            let (flag, reason) =
+                rec.check_should_build(tagset, reserve, Duration::from_secs_f64(allowance.max(0.0))).await.map_err(recorder_fault)?;
             Ok(Value::Array(vec![Value::Boolean(flag), Value::String(reason)]))
         }
         "get_tagsets_for_package" => {
             arity(method, params, 1, 1, "package")?;
             let package = string_param(&params[0], "package")?;
             let sets = rec.tagsets_for_package(&package).await.map_err(recorder_fault)?;
-            Ok(Value::Array(
-                sets.iter().map(|t| Value::Array(t.tags().iter().cloned().map(Value::String).collect())).collect(),
-            ))
+            Ok(Value::Array(sets.iter().map(|t| Value::Array(t.tags().iter().cloned().map(Value::String).collect())).collect()))
         }
         "get_last_result_for_tagset" => {
             arity(method, params, 2, 2, "package, tagset")?;
@@ -186,11 +177,7 @@ async fn dispatch(rec: &Recorder, caller: &Caller, method: &str, params: &[Value
             let Value::Array(items) = &params[1] else {
                 return Err(wrong_type("tagset", "array", &params[1]));
             };
-            let tags = items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| string_param(v, &format!("tagset[{i}]")))
-                .collect::<Result<Vec<_>, _>>()?;
+            let tags = items.iter().enumerate().map(|(i, v)| string_param(v, &format!("tagset[{i}]"))).collect::<Result<Vec<_>, _>>()?;
             match rec.last_result_for_tagset(&package, Tagset::from_tags(tags)).await.map_err(recorder_fault)? {
                 Some(r) => Ok(triple(&r)),
                 // pony-build answers 0 when the tagset has no result.
@@ -274,9 +261,9 @@ fn to_json(v: &Value, path: &str) -> Result<Json, Fault> {
         Value::Long(i) => Json::from(*i),
         Value::Boolean(b) => Json::Bool(*b),
         Value::String(s) => Json::String(s.clone()),
-        Value::Double(d) => serde_json::Number::from_f64(*d)
-            .map(Json::Number)
-            .ok_or_else(|| fault(INVALID_PARAMS, format!("{path}: non-finite double")))?,
+        Value::Double(d) => {
+            serde_json::Number::from_f64(*d).map(Json::Number).ok_or_else(|| fault(INVALID_PARAMS, format!("{path}: non-finite double")))?
+        }
         Value::DateTime(dt) => Json::String(dt.to_string()),
         Value::Base64(b) => Json::String(String::from_utf8_lossy(b).into_owned()),
         Value::Struct(m) => {
@@ -286,9 +273,9 @@ fn to_json(v: &Value, path: &str) -> Result<Json, Fault> {
             }
             Json::Object(out)
         }
-        Value::Array(items) => Json::Array(
-            items.iter().enumerate().map(|(i, v)| to_json(v, &format!("{path}[{i}]"))).collect::<Result<_, _>>()?,
-        ),
+        Value::Array(items) => {
+            Json::Array(items.iter().enumerate().map(|(i, v)| to_json(v, &format!("{path}[{i}]"))).collect::<Result<_, _>>()?)
+        }
         Value::Nil => Json::Null,
         other => return Err(wrong_type(path, "a known XML-RPC type", other)),
     })

@@ -146,7 +146,7 @@ impl Executor {
         let vm = match launched {
             Ok(vm) => vm,
             Err(e) => {
-                let message = e.to_string();
+                let message = crate::error::chain(&e);
                 let (outcome, reason, tail) = match e {
                     VmError::Cancelled { .. } => (Outcome::Cancelled, "cancelled while waiting for a VM".to_string(), None),
                     VmError::LaunchFailed { console_tail, .. } => (Outcome::Infrastructure, message, Some(console_tail)),

@@ -46,11 +46,7 @@ pub struct ResultInput<'a> {
 pub fn document(r: &ResultInput<'_>) -> Value {
     let started = r.started_at.unwrap_or(r.created_at);
     let duration = (r.finished_at - started).num_milliseconds().max(0) as f64 / 1000.0;
-    let mut tags: Vec<String> = vec![
-        r.image.os.as_str().to_string(),
-        r.image.arch.as_str().to_string(),
-        r.image.name.clone(),
-    ];
+    let mut tags: Vec<String> = vec![r.image.os.as_str().to_string(), r.image.arch.as_str().to_string(), r.image.name.clone()];
     if let Some(h) = r.host {
         tags.push(h.to_string());
     }

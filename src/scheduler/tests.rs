@@ -1,14 +1,16 @@
 //! Scheduler tests under tokio's paused clock, with a real SQLite store.
 
-use std::path::Path;
 use chrono::{TimeZone, Utc};
+use std::path::Path;
 
 use super::*;
 
 fn job(expr: &str, tz: &str) -> Job {
-    let src = include_str!("../../fleet.toml")
-        .replacen("schedule = \"0 2 * * *\"", &format!("schedule = \"{expr}\""), 1)
-        .replacen("timezone = \"Europe/Berlin\"", &format!("timezone = \"{tz}\""), 1);
+    let src = include_str!("../../fleet.toml").replacen("schedule = \"0 2 * * *\"", &format!("schedule = \"{expr}\""), 1).replacen(
+        "timezone = \"Europe/Berlin\"",
+        &format!("timezone = \"{tz}\""),
+        1,
+    );
     crate::config::parse(&src, Path::new("fleet.toml")).unwrap().jobs.remove(0)
 }
 
@@ -106,8 +108,5 @@ fn latest_due_picks_the_newest_tick() {
     let s = j.schedule.as_ref().unwrap();
     let after = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
     assert_eq!(latest_due(s, after, after + chrono::Duration::minutes(5)), None);
-    assert_eq!(
-        latest_due(s, after, after + chrono::Duration::minutes(35)),
-        Some(Utc.with_ymd_and_hms(2026, 1, 1, 0, 30, 0).unwrap())
-    );
+    assert_eq!(latest_due(s, after, after + chrono::Duration::minutes(35)), Some(Utc.with_ymd_and_hms(2026, 1, 1, 0, 30, 0).unwrap()));
 }

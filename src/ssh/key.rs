@@ -62,12 +62,9 @@ impl ClientKey {
             .create(dir)
             .map_err(|source| KeyError::CreateDir { path: dir.to_owned(), source })?;
         let mut rng = ssh_key::rand_core::UnwrapErr(ssh_key::getrandom::SysRng);
-        let mut key = PrivateKey::random(&mut rng, Algorithm::Ed25519)
-            .map_err(|source| KeyError::Generate { source })?;
+        let mut key = PrivateKey::random(&mut rng, Algorithm::Ed25519).map_err(|source| KeyError::Generate { source })?;
         key.set_comment("paddock");
-        let pem = key
-            .to_openssh(LineEnding::LF)
-            .map_err(|source| KeyError::Encode { path: path.clone(), source })?;
+        let pem = key.to_openssh(LineEnding::LF).map_err(|source| KeyError::Encode { path: path.clone(), source })?;
         // create_new + mode: the file is never readable by others, not even briefly,
         // and two daemons racing cannot overwrite each other's key.
         let mut file = fs::OpenOptions::new()
@@ -76,20 +73,16 @@ impl ClientKey {
             .mode(0o600)
             .open(&path)
             .map_err(|source| KeyError::Write { path: path.clone(), source })?;
-        file.write_all(pem.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|source| KeyError::Write { path: path.clone(), source })?;
+        file.write_all(pem.as_bytes()).and_then(|()| file.sync_all()).map_err(|source| KeyError::Write { path: path.clone(), source })?;
         let pub_path = path.with_extension("pub");
         let line = public_line(key.public_key());
-        fs::write(&pub_path, format!("{line}\n"))
-            .map_err(|source| KeyError::Write { path: pub_path, source })?;
+        fs::write(&pub_path, format!("{line}\n")).map_err(|source| KeyError::Write { path: pub_path, source })?;
         Ok(ClientKey { key: Arc::new(key), path })
     }
 
     /// Loads an existing unencrypted OpenSSH private key.
     pub fn load(path: &Path) -> Result<ClientKey, KeyError> {
-        let key = PrivateKey::read_openssh_file(path)
-            .map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
+        let key = PrivateKey::read_openssh_file(path).map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
         if key.is_encrypted() {
             return Err(KeyError::Encrypted { path: path.to_owned() });
         }
@@ -133,7 +126,10 @@ fn public_line(key: &PublicKey) -> String {
 pub enum Auth {
     Key(Arc<PrivateKey>),
     /// An OpenSSH user certificate (from the fleet CA) for `key`.
-    Certificate { key: Arc<PrivateKey>, cert: Box<Certificate> },
+    Certificate {
+        key: Arc<PrivateKey>,
+        cert: Box<Certificate>,
+    },
 }
 
 impl std::fmt::Debug for Auth {

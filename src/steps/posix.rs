@@ -26,8 +26,7 @@ pub fn quote(s: &str) -> String {
 /// Whether `name` can be exported by a POSIX shell.
 pub fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
-        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic()) && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
 /// The command line for one step.
@@ -61,9 +60,7 @@ pub fn step_command(script: &str, env: &BTreeMap<String, String>) -> String {
 ///
 /// dash and bash need `--` before a negative PID, busybox's kill rejects `--`: try both.
 pub fn kill_command(pgid: u32) -> String {
-    format!(
-        "kill -s KILL -- -{pgid} 2>/dev/null || kill -s KILL -{pgid} 2>/dev/null || kill -s KILL {pgid} 2>/dev/null; true"
-    )
+    format!("kill -s KILL -- -{pgid} 2>/dev/null || kill -s KILL -{pgid} 2>/dev/null || kill -s KILL {pgid} 2>/dev/null; true")
 }
 
 #[cfg(test)]
@@ -98,10 +95,7 @@ mod tests {
     #[test]
     fn step_command_shape() {
         let env = BTreeMap::from([("A".to_owned(), "x y".to_owned()), ("B".to_owned(), "it's".to_owned())]);
-        assert_eq!(
-            step_command("make -j2 && echo ok", &env),
-            "echo $$ && export A='x y' B='it'\\''s' && exec sh -c 'make -j2 && echo ok'"
-        );
+        assert_eq!(step_command("make -j2 && echo ok", &env), "echo $$ && export A='x y' B='it'\\''s' && exec sh -c 'make -j2 && echo ok'");
         assert_eq!(step_command("true", &BTreeMap::new()), "echo $$ && exec sh -c 'true'");
     }
 

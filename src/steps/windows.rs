@@ -41,12 +41,7 @@ const POWERSHELL: &str = "powershell -NoProfile -NonInteractive -ExecutionPolicy
 /// ANSI code page) and stop on the first cmdlet error; the script's exit code is that of the
 /// last native command. cmd scripts set the env with `set "NAME=value"`, doubling `%`.
 /// Both use CRLF line ends.
-pub fn windows_step(
-    shell: Shell,
-    index: usize,
-    script: &str,
-    env: &BTreeMap<String, String>,
-) -> Result<WindowsStep, WindowsStepError> {
+pub fn windows_step(shell: Shell, index: usize, script: &str, env: &BTreeMap<String, String>) -> Result<WindowsStep, WindowsStepError> {
     let stem = format!("step-{index:02}");
     let (file, body, command) = match shell {
         Shell::Sh => return Err(WindowsStepError::NotWindowsShell),
@@ -148,10 +143,7 @@ mod tests {
     #[test]
     fn cmd_refuses_line_breaks_in_env() {
         let env = BTreeMap::from([("X".to_owned(), "a\nb".to_owned())]);
-        assert_eq!(
-            windows_step(Shell::Cmd, 1, "echo", &env),
-            Err(WindowsStepError::LineBreakInCmdEnv { name: "X".into() })
-        );
+        assert_eq!(windows_step(Shell::Cmd, 1, "echo", &env), Err(WindowsStepError::LineBreakInCmdEnv { name: "X".into() }));
         assert_eq!(windows_step(Shell::Sh, 1, "echo", &env), Err(WindowsStepError::NotWindowsShell));
     }
 }

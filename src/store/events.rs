@@ -35,9 +35,7 @@ impl Store {
                 "SELECT at, kind, subject, detail FROM events
                  WHERE ?1 IS NULL OR kind = ?1 ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![kind, limit as i64], |r| {
-                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?;
+            let rows = stmt.query_map(params![kind, limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
             let mut out = Vec::new();
             for row in rows {
                 let (at, kind, subject, detail) = row?;

@@ -141,7 +141,9 @@ impl Store {
         self.call(move |c| {
             let tx = c.transaction()?;
             tx.execute(
-                &format!("INSERT INTO access_requests ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)"),
+                &format!(
+                    "INSERT INTO access_requests ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)"
+                ),
                 rusqlite::params_from_iter(v),
             )?;
             write_audit(&tx, &audit)?;
@@ -158,8 +160,7 @@ impl Store {
         let expect = expect_state.to_string();
         self.call(move |c| {
             let tx = c.transaction()?;
-            let sets: Vec<String> =
-                COLS.split(", ").enumerate().skip(1).map(|(i, col)| format!("{col} = ?{}", i + 1)).collect();
+            let sets: Vec<String> = COLS.split(", ").enumerate().skip(1).map(|(i, col)| format!("{col} = ?{}", i + 1)).collect();
             let mut params: Vec<rusqlite::types::Value> = v.to_vec();
             params.push(rusqlite::types::Value::Text(expect));
             let n = tx.execute(
@@ -180,10 +181,7 @@ impl Store {
     pub async fn grant(&self, id: &str) -> Result<Option<GrantRow>> {
         let id = id.to_string();
         self.call(move |c| {
-            c.query_row(&format!("SELECT {COLS} FROM access_requests WHERE id = ?1"), [id], from_row)
-                .optional()?
-                .map(finish)
-                .transpose()
+            c.query_row(&format!("SELECT {COLS} FROM access_requests WHERE id = ?1"), [id], from_row).optional()?.map(finish).transpose()
         })
         .await
     }
@@ -258,8 +256,7 @@ impl Store {
     pub async fn audit_of(&self, subject: &str) -> Result<Vec<(DateTime<Utc>, AuditEntry)>> {
         let subject = subject.to_string();
         self.call(move |c| {
-            let mut stmt =
-                c.prepare("SELECT at, actor, action, subject, detail FROM audit WHERE subject = ?1 ORDER BY id")?;
+            let mut stmt = c.prepare("SELECT at, actor, action, subject, detail FROM audit WHERE subject = ?1 ORDER BY id")?;
             let rows = stmt.query_map([subject], |r| {
                 Ok((r.get::<_, String>(0)?, AuditEntry { actor: r.get(1)?, action: r.get(2)?, subject: r.get(3)?, detail: r.get(4)? }))
             })?;

@@ -107,19 +107,16 @@ impl Store {
                 params![host],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
-            let last_ok: i64 = c
-                .query_row("SELECT coalesce(max(id), 0) FROM host_launches WHERE host = ?1 AND ok = 1", params![host], |r| r.get(0))?;
-            let consecutive: i64 = c.query_row(
-                "SELECT count(*) FROM host_launches WHERE host = ?1 AND ok = 0 AND id > ?2",
-                params![host, last_ok],
-                |r| r.get(0),
-            )?;
+            let last_ok: i64 =
+                c.query_row("SELECT coalesce(max(id), 0) FROM host_launches WHERE host = ?1 AND ok = 1", params![host], |r| r.get(0))?;
+            let consecutive: i64 =
+                c.query_row("SELECT count(*) FROM host_launches WHERE host = ?1 AND ok = 0 AND id > ?2", params![host, last_ok], |r| {
+                    r.get(0)
+                })?;
             let last_boot: Option<i64> = c
-                .query_row(
-                    "SELECT boot_ms FROM host_launches WHERE host = ?1 AND ok = 1 ORDER BY id DESC LIMIT 1",
-                    params![host],
-                    |r| r.get(0),
-                )
+                .query_row("SELECT boot_ms FROM host_launches WHERE host = ?1 AND ok = 1 ORDER BY id DESC LIMIT 1", params![host], |r| {
+                    r.get(0)
+                })
                 .optional()?
                 .flatten();
             Ok(HostHealth {
@@ -153,10 +150,7 @@ impl Store {
             if let Some((id, _)) = open {
                 tx.execute("UPDATE host_periods SET until = ?1 WHERE id = ?2", params![now, id])?;
             }
-            tx.execute(
-                "INSERT INTO host_periods (host, up, since, reason) VALUES (?1, ?2, ?3, ?4)",
-                params![host, up, now, reason],
-            )?;
+            tx.execute("INSERT INTO host_periods (host, up, since, reason) VALUES (?1, ?2, ?3, ?4)", params![host, up, now, reason])?;
             tx.commit()?;
             Ok(true)
         })
@@ -167,8 +161,7 @@ impl Store {
     pub async fn host_periods(&self, host: &str, limit: usize) -> Result<Vec<HostPeriod>> {
         let host = host.to_string();
         self.call(move |c| {
-            let mut stmt =
-                c.prepare("SELECT up, since, until, reason FROM host_periods WHERE host = ?1 ORDER BY id DESC LIMIT ?2")?;
+            let mut stmt = c.prepare("SELECT up, since, until, reason FROM host_periods WHERE host = ?1 ORDER BY id DESC LIMIT ?2")?;
             let rows = stmt.query_map(params![host, limit as i64], |r| {
                 Ok((r.get::<_, bool>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get(3)?))
             })?;
@@ -199,9 +192,8 @@ impl Store {
     pub async fn host_volumes(&self, host: &str) -> Result<Vec<HostVolume>> {
         let host = host.to_string();
         self.call(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT host, image, role, sha256, pool, volume, path FROM host_volumes WHERE host = ?1 ORDER BY image, role",
-            )?;
+            let mut stmt =
+                c.prepare("SELECT host, image, role, sha256, pool, volume, path FROM host_volumes WHERE host = ?1 ORDER BY image, role")?;
             let rows = stmt.query_map(params![host], |r| {
                 Ok(HostVolume {
                     host: r.get(0)?,
@@ -230,10 +222,7 @@ mod tests {
         let store = Store::open(&path).await.unwrap();
         let at = Utc::now();
         let audit = AuditEntry { actor: "alice".into(), action: "host.drain".into(), subject: "h1".into(), detail: "disk swap".into() };
-        store
-            .set_host_block("h1", Some(Block::Drained { reason: "disk swap".into(), by: "alice".into(), at }), Some(audit))
-            .await
-            .unwrap();
+        store.set_host_block("h1", Some(Block::Drained { reason: "disk swap".into(), by: "alice".into(), at }), Some(audit)).await.unwrap();
         for (ok, boot) in [(true, Some(100)), (false, None), (true, Some(300)), (false, None), (false, None)] {
             store.record_launch("h1", "vm", ok, boot, (!ok).then_some("boom")).await.unwrap();
         }
@@ -250,10 +239,7 @@ mod tests {
         assert_eq!(blocks[0].1.kind(), "drained");
         assert_eq!(store.audit_entries(10).await.unwrap()[0].action, "host.drain");
         let h = store.host_health("h1").await.unwrap();
-        assert_eq!(
-            h,
-            HostHealth { launches: 5, failures: 3, consecutive_failures: 2, mean_boot_ms: Some(200), last_boot_ms: Some(300) }
-        );
+        assert_eq!(h, HostHealth { launches: 5, failures: 3, consecutive_failures: 2, mean_boot_ms: Some(200), last_boot_ms: Some(300) });
         assert_eq!(store.host_health("other").await.unwrap(), HostHealth::default());
         let periods = store.host_periods("h1", 10).await.unwrap();
         assert_eq!(periods.len(), 2);

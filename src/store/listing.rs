@@ -36,8 +36,7 @@ impl Store {
     /// The newest audit entries, newest first.
     pub async fn audit_entries(&self, limit: usize) -> Result<Vec<AuditRow>> {
         self.call(move |c| {
-            let mut stmt =
-                c.prepare("SELECT id, at, actor, action, subject, detail FROM audit ORDER BY id DESC LIMIT ?1")?;
+            let mut stmt = c.prepare("SELECT id, at, actor, action, subject, detail FROM audit ORDER BY id DESC LIMIT ?1")?;
             let rows = stmt.query_map([limit as i64], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
             })?;

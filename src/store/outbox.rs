@@ -22,8 +22,7 @@ pub struct OutboxEntry {
     pub remote_key: Option<String>,
 }
 
-const COLS: &str =
-    "id, run_id, recorder, payload, created_at, attempts, next_attempt_at, last_error, delivered_at, remote_key";
+const COLS: &str = "id, run_id, recorder, payload, created_at, attempts, next_attempt_at, last_error, delivered_at, remote_key";
 
 fn read(r: &Row<'_>) -> rusqlite::Result<(OutboxEntry, [Option<String>; 3])> {
     Ok((
@@ -57,9 +56,7 @@ impl Store {
         let recorder = recorder.to_string();
         self.call(move |c| {
             c.query_row(
-                &format!(
-                    "SELECT {COLS} FROM outbox WHERE recorder = ?1 AND delivered_at IS NULL ORDER BY id LIMIT 1"
-                ),
+                &format!("SELECT {COLS} FROM outbox WHERE recorder = ?1 AND delivered_at IS NULL ORDER BY id LIMIT 1"),
                 [recorder],
                 read,
             )
@@ -97,8 +94,7 @@ impl Store {
     /// Undelivered entries (all recorders), oldest first.
     pub async fn outbox_pending(&self) -> Result<Vec<OutboxEntry>> {
         self.call(move |c| {
-            let mut stmt =
-                c.prepare(&format!("SELECT {COLS} FROM outbox WHERE delivered_at IS NULL ORDER BY id"))?;
+            let mut stmt = c.prepare(&format!("SELECT {COLS} FROM outbox WHERE delivered_at IS NULL ORDER BY id"))?;
             let rows = stmt.query_map([], read)?;
             rows.map(|r| finish(r?)).collect()
         })

@@ -166,10 +166,8 @@ impl Store {
 
     pub async fn run(&self, id: &str) -> Result<Option<RunRow>> {
         let id = id.to_string();
-        self.call(move |c| {
-            c.query_row(&format!("SELECT {COLS} FROM runs WHERE id = ?1"), [id], read).optional()?.map(finish).transpose()
-        })
-        .await
+        self.call(move |c| c.query_row(&format!("SELECT {COLS} FROM runs WHERE id = ?1"), [id], read).optional()?.map(finish).transpose())
+            .await
     }
 
     /// Runs matching `filter`, newest first.
@@ -183,10 +181,7 @@ impl Store {
                  ORDER BY created_at DESC, id DESC LIMIT ?5"
             ))?;
             let limit = filter.limit.unwrap_or(100) as i64;
-            let rows = stmt.query_map(
-                params![filter.job, filter.image, filter.state, filter.since.map(ts), limit],
-                read,
-            )?;
+            let rows = stmt.query_map(params![filter.job, filter.image, filter.state, filter.since.map(ts), limit], read)?;
             rows.map(|r| finish(r?)).collect()
         })
         .await
@@ -211,9 +206,8 @@ impl Store {
     /// Runs not in a terminal state (queued, in flight or held).
     pub async fn unfinished_runs(&self) -> Result<Vec<RunRow>> {
         self.call(move |c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {COLS} FROM runs WHERE state NOT IN ('done', 'failed', 'cancelled') ORDER BY created_at"
-            ))?;
+            let mut stmt =
+                c.prepare(&format!("SELECT {COLS} FROM runs WHERE state NOT IN ('done', 'failed', 'cancelled') ORDER BY created_at"))?;
             let rows = stmt.query_map([], read)?;
             rows.map(|r| finish(r?)).collect()
         })

@@ -10,8 +10,7 @@ impl Store {
     pub async fn last_fire(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
         let job = job.to_string();
         self.call(move |c| {
-            let s: Option<String> =
-                c.query_row("SELECT last_fire FROM schedule_state WHERE job = ?1", [job], |r| r.get(0)).optional()?;
+            let s: Option<String> = c.query_row("SELECT last_fire FROM schedule_state WHERE job = ?1", [job], |r| r.get(0)).optional()?;
             s.as_deref().map(parse_ts).transpose()
         })
         .await

@@ -53,10 +53,7 @@ impl Store {
     pub async fn revoke_token(&self, id: &str) -> Result<bool> {
         let id = id.to_string();
         self.call(move |c| {
-            let n = c.execute(
-                "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                params![id, ts(Utc::now())],
-            )?;
+            let n = c.execute("UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, ts(Utc::now())])?;
             Ok(n == 1)
         })
         .await
@@ -70,16 +67,11 @@ impl Store {
         let (id, want) = (id.to_string(), hash(secret));
         self.call(move |c| {
             let row: Option<(String, String)> = c
-                .query_row(
-                    "SELECT user, hash FROM api_tokens WHERE id = ?1 AND revoked_at IS NULL",
-                    [&id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .query_row("SELECT user, hash FROM api_tokens WHERE id = ?1 AND revoked_at IS NULL", [&id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             let Some((user, stored)) = row else { return Ok(None) };
             // Both are hex digests of equal length; compare without an early exit.
-            let same = stored.len() == want.len()
-                && stored.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            let same = stored.len() == want.len() && stored.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
             if !same {
                 return Ok(None);
             }
@@ -98,12 +90,7 @@ impl Store {
             let mut out = Vec::new();
             for row in rows {
                 let (id, user, created, revoked) = row?;
-                out.push(TokenRow {
-                    id,
-                    user,
-                    created_at: parse_ts(&created)?,
-                    revoked_at: revoked.as_deref().map(parse_ts).transpose()?,
-                });
+                out.push(TokenRow { id, user, created_at: parse_ts(&created)?, revoked_at: revoked.as_deref().map(parse_ts).transpose()? });
             }
             Ok(out)
         })

@@ -12,7 +12,7 @@ pub mod reconcile;
 pub mod seed;
 mod state;
 
-pub use manager::{HostSnapshot, LaunchRequest, ManagerConfig, ReadyVm, Snapshot, VmManager, VmSnapshot};
+pub use manager::{HostSnapshot, LaunchError, LaunchRequest, ManagerConfig, ReadyVm, Snapshot, VmManager, VmSnapshot};
 pub use readiness::Readiness;
 pub use reconcile::{LiveSet, ReconcileReport, reconcile};
 pub use state::VmState;
@@ -22,8 +22,15 @@ pub enum VmError {
     #[error("no configured host can run image {image} ({arch}, its memory and vCPUs)")]
     NoHost { image: String, arch: String },
     /// An infrastructure failure: the run never got a usable VM.
-    #[error("launching image {image} failed after {attempts} attempt(s): {error}")]
-    LaunchFailed { image: String, attempts: u32, error: String, console_tail: String },
+    #[error("launching image {image} failed after {attempts} attempt(s)")]
+    LaunchFailed {
+        image: String,
+        attempts: u32,
+        /// Boxed, so that `VmError` stays small.
+        #[source]
+        error: Box<LaunchError>,
+        console_tail: String,
+    },
     #[error("no host named {host}")]
     UnknownHost { host: String },
     #[error("no VM named {name}")]

@@ -23,9 +23,7 @@ impl Usage {
 
     /// Whether `image` fits next to this usage within `cap`.
     pub fn fits(&self, image: &Image, cap: &Capacity) -> bool {
-        self.vms < cap.max_vms
-            && self.memory_mib + image.memory_mib <= cap.memory_mib
-            && self.vcpus + image.vcpus <= cap.vcpus
+        self.vms < cap.max_vms && self.memory_mib + image.memory_mib <= cap.memory_mib && self.vcpus + image.vcpus <= cap.vcpus
     }
 }
 
@@ -61,8 +59,7 @@ pub enum Placement {
 /// untried ones first, then the most free memory (spreading load); ties go to
 /// the host listed first in the config.
 pub fn place(image: &Image, hosts: &[HostView]) -> Placement {
-    let could_ever =
-        hosts.iter().any(|h| h.allowed && h.runs_arch != Some(false) && Usage::default().fits(image, &h.capacity));
+    let could_ever = hosts.iter().any(|h| h.allowed && h.runs_arch != Some(false) && Usage::default().fits(image, &h.capacity));
     if !could_ever {
         return Placement::Never;
     }

@@ -43,7 +43,12 @@ pub async fn probe_banner(addr: SocketAddr, timeout: Duration) -> bool {
 
 /// Polls `addr` until it answers with an SSH banner or `deadline` passes.
 /// `still_running` is asked between probes so that a crashed guest fails fast.
-pub async fn wait_for_banner<F, Fut>(addr: SocketAddr, deadline: Instant, poll: Duration, mut still_running: F) -> Result<Duration, WaitError>
+pub async fn wait_for_banner<F, Fut>(
+    addr: SocketAddr,
+    deadline: Instant,
+    poll: Duration,
+    mut still_running: F,
+) -> Result<Duration, WaitError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -85,10 +90,7 @@ pub fn host_key_from_console(console: &str) -> Option<ssh_key::PublicKey> {
     let begin = console.find("PADDOCK-HOSTKEY-BEGIN")?;
     let rest = &console[begin + "PADDOCK-HOSTKEY-BEGIN".len()..];
     let end = rest.find("PADDOCK-HOSTKEY-END")?;
-    rest[..end]
-        .lines()
-        .map(|l| l.trim().trim_end_matches('\r'))
-        .find_map(|l| ssh_key::PublicKey::from_openssh(l).ok())
+    rest[..end].lines().map(|l| l.trim().trim_end_matches('\r')).find_map(|l| ssh_key::PublicKey::from_openssh(l).ok())
 }
 
 #[cfg(test)]

@@ -178,24 +178,12 @@ async fn seed(store: &Store, log: &std::path::Path) -> (String, String, String) 
     ("r-running".into(), "r-held".into(), "r-nightly-arm".into())
 }
 
-/// Polls `probe` every 20 ms until it returns `Some`, or panics at the deadline.
-pub async fn wait_until<T>(what: &str, secs: u64, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 /// Serves the whole app (API + dashboard) on 127.0.0.1, port 0; returns the base URL.
 pub async fn serve(state: Shared) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(listener, paddock::api::app(state)).await.unwrap();
+        axum::serve(listener, paddock::daemon::app(state)).await.unwrap();
     });
     format!("http://{addr}")
 }

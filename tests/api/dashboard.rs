@@ -10,6 +10,7 @@ use paddock::api::Shared;
 
 use crate::common::{lab, row, serve};
 use crate::router::paddock_finish;
+use crate::support::{artifacts, chromium};
 
 /// Plays the step runner for `run`: once a browser follows its log, writes one
 /// more line and ends the run, so the page's event stream ends and headless
@@ -29,40 +30,6 @@ fn finish_when_followed(state: Shared, run: &str, log: PathBuf) -> tokio::task::
     })
 }
 
-fn artifacts() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
-
-/// Runs headless Chromium on `url` with a fresh profile; returns the DOM after
-/// scripts ran (`--virtual-time-budget` lets the page's EventSource deliver).
-async fn chromium(profile: &std::path::Path, url: &str, screenshot: Option<&std::path::Path>) -> String {
-    let mut c = tokio::process::Command::new("/usr/bin/chromium");
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        "--window-size=1366,900",
-        "--virtual-time-budget=5000",
-    ]);
-    c.arg(format!("--user-data-dir={}", profile.display()));
-    match screenshot {
-        Some(p) => c.arg(format!("--screenshot={}", p.display())),
-        None => c.arg("--dump-dom"),
-    };
-    c.arg(url).kill_on_drop(true);
-    let out = tokio::time::timeout(std::time::Duration::from_secs(90), c.output()).await.expect("chromium in time").unwrap();
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_chromium() {
     let l = lab(false).await;
@@ -72,12 +39,12 @@ async fn dashboard_in_chromium() {
     l.store.set_host_block("rack-2", Some(drained), None).await.unwrap();
 
     // Without a token: the sign-in page, not the fleet.
-    let dom = chromium(&profile.join("anon"), &format!("{url}/"), None).await;
+    let dom = chromium::page(&profile.join("anon"), &format!("{url}/"), None, std::time::Duration::from_secs(5)).await;
     assert!(dom.contains("Sign in") && !dom.contains("id=\"grid\""), "{dom}");
 
     // `?token=` sets the cookie and redirects; the page and its EventSource use the cookie.
     let runner = finish_when_followed(l.state.clone(), &l.running, l.log.clone());
-    let dom = chromium(&profile.join("a"), &format!("{url}/?token={}", l.bob), None).await;
+    let dom = chromium::page(&profile.join("a"), &format!("{url}/?token={}", l.bob), None, std::time::Duration::from_secs(5)).await;
     runner.await.unwrap();
     assert!(dom.contains("id=\"hosts\""), "{dom}");
     assert!(dom.contains("drained by root: rack power work"), "the drain reason is shown: {dom}");
@@ -101,7 +68,7 @@ async fn dashboard_in_chromium() {
     assert!(!pane.contains("needs JavaScript"), "{pane}");
 
     // The run page of a failed run: its steps from the result document.
-    let dom = chromium(&profile.join("a"), &format!("{url}/runs/r-nightly-arm"), None).await;
+    let dom = chromium::page(&profile.join("a"), &format!("{url}/runs/r-nightly-arm"), None, std::time::Duration::from_secs(5)).await;
     assert!(dom.contains("exit 2") && dom.contains("build-failure"), "{dom}");
 
     // Screenshots, with another run in progress for the live pane.
@@ -112,9 +79,10 @@ async fn dashboard_in_chromium() {
     l.store.insert_run(&live).await.unwrap();
     let dir = artifacts();
     let runner = finish_when_followed(l.state.clone(), "r-live-2", log2);
-    chromium(&profile.join("a"), &format!("{url}/"), Some(&dir.join("dashboard.png"))).await;
+    chromium::page(&profile.join("a"), &format!("{url}/"), Some(&dir.join("dashboard.png")), std::time::Duration::from_secs(5)).await;
     runner.await.unwrap();
-    chromium(&profile.join("a"), &format!("{url}/runs/r-nightly-arm"), Some(&dir.join("run.png"))).await;
+    chromium::page(&profile.join("a"), &format!("{url}/runs/r-nightly-arm"), Some(&dir.join("run.png")), std::time::Duration::from_secs(5))
+        .await;
     for f in ["dashboard.png", "run.png"] {
         assert!(std::fs::metadata(dir.join(f)).unwrap().len() > 10_000, "{f} looks empty");
     }

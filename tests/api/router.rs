@@ -7,7 +7,8 @@ use serde_json::Value;
 use tokio_stream::StreamExt;
 use tower::ServiceExt;
 
-use crate::common::{lab, wait_until};
+use crate::common::lab;
+use crate::support::wait_for;
 
 async fn call(state: &Shared, method: Method, uri: &str, token: Option<&str>, body: Option<&str>) -> (StatusCode, String) {
     let mut req = Request::builder().method(method).uri(uri);
@@ -298,7 +299,10 @@ async fn trigger_cancel_and_rerun_through_the_coordinator() {
     // infrastructure failure; wait for that, then a cancel is a conflict.
     let id = ids[0].clone();
     let st = &l.store;
-    wait_until("the run to finish", 10, async || st.run(&id).await.unwrap().filter(|r| r.finished_at.is_some())).await;
+    wait_for("the run to finish", std::time::Duration::from_secs(10), async || {
+        st.run(&id).await.unwrap().filter(|r| r.finished_at.is_some())
+    })
+    .await;
     let (code, b) = json(s, Method::GET, &format!("/api/v1/runs/{id}"), t, None).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!((b["trigger"].as_str(), b["requested_by"].as_str()), (Some("manual"), Some("root")));

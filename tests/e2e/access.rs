@@ -99,15 +99,7 @@ command = "true"
     let out = ssh_login(port, &key, &cert);
     assert!(!out.status.success(), "login still works after revoke");
     // Every step is in the audit trail.
-    let audit: serde_json::Value = http
-        .get(format!("{base}/api/v1/audit"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: serde_json::Value = http.get(format!("{base}/api/v1/audit")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     let text = audit.to_string();
     assert!(text.contains(&id), "{text}");
     assert!(text.contains("revoke"), "{text}");
@@ -180,15 +172,21 @@ command = "echo only-here > /tmp/evidence; exit 1"
         assert!(std::time::Instant::now() < deadline, "the session outlived the grant");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let g: serde_json::Value =
-        http.get(format!("{base}/api/v1/access/{}", body["id"].as_str().unwrap())).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let g: serde_json::Value = http
+        .get(format!("{base}/api/v1/access/{}", body["id"].as_str().unwrap()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(g["state"], "expired", "{g}");
     assert_eq!(domains_named(&vm), vec![vm.clone()], "the held run's VM stays for its own hold");
     // Logging in afterwards is refused: the certificate has expired.
     let out = ssh_login(port, &key, &cert);
     assert!(!out.status.success());
-    let audit: serde_json::Value =
-        http.get(format!("{base}/api/v1/audit")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let audit: serde_json::Value = http.get(format!("{base}/api/v1/audit")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     let text = audit.to_string();
     for action in ["request", "expire"] {
         assert!(text.contains(action), "audit lacks `{action}`: {text}");

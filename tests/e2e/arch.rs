@@ -10,11 +10,7 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arches_job_reports_machine_and_byte_order_per_platform() {
     for arch in ["x86_64", "aarch64", "s390x"] {
-        let status = std::process::Command::new("bash")
-            .arg(repo().join("images/build-guest.sh"))
-            .arg(arch)
-            .status()
-            .unwrap();
+        let status = std::process::Command::new("bash").arg(repo().join("images/build-guest.sh")).arg(arch).status().unwrap();
         assert!(status.success(), "building the {arch} guest failed");
     }
     let dir = tempfile::tempdir().unwrap();

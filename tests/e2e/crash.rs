@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use paddock::store::Store;
 
@@ -41,17 +41,6 @@ impl Drop for Serve {
     }
 }
 
-pub(super) async fn poll<T>(what: &str, limit: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Starts a daemon with a one-job demo, SIGKILLs it once the run's state
 /// satisfies `kill_when`, restarts it, and checks the aftermath.
 async fn kill_and_restart(ports: &str, kill_when: fn(&str) -> bool) {
@@ -79,25 +68,25 @@ async fn kill_and_restart_job(ports: &str, kill_when: fn(&str) -> bool, job: &st
     let first = Serve::start(&config, true);
     let _guard = DomainGuard::new(dir.path());
     let store = Store::open(&dir.path().join("state/paddock.db")).await.unwrap();
-    let run = poll("the demo run to reach the kill point", Duration::from_secs(240), async || {
+    let run = wait_for("the demo run to reach the kill point", Duration::from_secs(240), async || {
         let runs = store.runs(Default::default()).await.ok()?;
         runs.into_iter().find(|r| kill_when(&r.state))
     })
     .await;
     let prefix = format!("paddock-{}-", instance_id(dir.path()));
-    let vm = poll("the run's domain", Duration::from_secs(60), async || domains_named(&prefix).into_iter().next()).await;
+    let vm = wait_for("the run's domain", Duration::from_secs(60), async || domains_named(&prefix).into_iter().next()).await;
     first.sigkill();
     assert_eq!(domains_named(&vm), vec![vm.clone()], "the VM outlives a SIGKILLed daemon");
 
     let _second = Serve::start(&config, false);
     // Within one reconciliation period (5 s here) the VM is gone.
-    poll("the orphaned VM to be reaped", Duration::from_secs(30), async || domains_named(&prefix).is_empty().then_some(())).await;
+    wait_for("the orphaned VM to be reaped", Duration::from_secs(30), async || domains_named(&prefix).is_empty().then_some(())).await;
     assert_eq!(overlays(dir.path()), Vec::<std::path::PathBuf>::new());
     let row = store.run(&run.id).await.unwrap().unwrap();
     assert_eq!(row.state, "failed");
     assert_eq!(row.outcome.as_deref(), Some("interrupted"));
     // Forwarded once to the embedded recorder.
-    poll("delivery of the interrupted run", Duration::from_secs(30), async || {
+    wait_for("delivery of the interrupted run", Duration::from_secs(30), async || {
         let e = store.outbox_for_run(&run.id).await.ok()?;
         (e.len() == 1 && e[0].delivered_at.is_some()).then_some(())
     })

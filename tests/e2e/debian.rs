@@ -270,14 +270,14 @@ async fn sigkill_mid_boot_of_debian_12_leaves_no_overlay_or_seed() {
     let first = super::crash::Serve::start(&config, true);
     let _guard = DomainGuard::new(dir.path());
     let prefix = format!("paddock-{}-", instance_id(dir.path()));
-    let vm = super::crash::poll("the VM's domain", Duration::from_secs(120), async || domains_named(&prefix).into_iter().next()).await;
+    let vm = wait_for("the VM's domain", Duration::from_secs(120), async || domains_named(&prefix).into_iter().next()).await;
     let seed = dir.path().join(format!("state/overlays/{vm}-seed.iso"));
     let overlay = dir.path().join(format!("state/overlays/{vm}.qcow2"));
     assert!(seed.exists() && overlay.exists(), "{:?}", overlays(dir.path()));
     first.sigkill();
 
     let _second = super::crash::Serve::start(&config, false);
-    super::crash::poll("the orphaned VM, overlay and seed to be reaped", Duration::from_secs(60), async || {
+    wait_for("the orphaned VM, overlay and seed to be reaped", Duration::from_secs(60), async || {
         (domains_named(&prefix).is_empty() && overlays(dir.path()).is_empty()).then_some(())
     })
     .await;

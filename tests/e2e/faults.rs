@@ -12,10 +12,6 @@ use std::time::{Duration, Instant};
 
 use paddock::runs::Trigger;
 
-#[path = "../recorder_support/mod.rs"]
-#[allow(dead_code)]
-mod recorder_support;
-
 use super::*;
 
 fn manual() -> Trigger {
@@ -35,17 +31,9 @@ fn edited_fleet(dir: &Path, ports: &str, jobs: &str, edits: &[(&str, &str)]) -> 
     paddock::config::load(&path).unwrap_or_else(|e| panic!("test fleet invalid:\n{e}"))
 }
 
-async fn wait_for(what: &str, limit: Duration, mut probe: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !probe().await {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn wait_for_log(dir: &Path, run_id: &str, text: &str) {
     let log = dir.join("state/logs").join(run_id).join("run.log");
-    wait_for(&format!("`{text}` in {}", log.display()), Duration::from_secs(240), async || {
+    wait_until(&format!("`{text}` in {}", log.display()), Duration::from_secs(240), async || {
         std::fs::read_to_string(&log).unwrap_or_default().contains(text)
     })
     .await;
@@ -57,15 +45,6 @@ fn assert_nothing_left(dir: &Path) {
     assert_eq!(overlays(dir), Vec::<PathBuf>::new(), "leaked overlays");
 }
 
-fn virsh_answers() -> bool {
-    std::process::Command::new("virsh")
-        .args(["-c", "qemu:///system", "version"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Stops the running libvirtd (SIGTERM to its pid), starts a new one and waits until it answers.
 async fn restart_libvirtd() {
     let out = std::process::Command::new("pgrep").arg("-x").arg("libvirtd").output().expect("pgrep");
@@ -74,10 +53,10 @@ async fn restart_libvirtd() {
     let pid = pids[0];
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM to libvirtd {pid}");
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    wait_for("libvirtd to exit", Duration::from_secs(60), async || !proc_dir.exists()).await;
+    wait_until("libvirtd to exit", Duration::from_secs(60), async || !proc_dir.exists()).await;
     let status = std::process::Command::new("libvirtd").arg("-d").status().expect("start libvirtd -d");
     assert!(status.success(), "libvirtd -d failed: {status}");
-    wait_for("the new libvirtd to answer", Duration::from_secs(60), async || virsh_answers()).await;
+    wait_until("the new libvirtd to answer", Duration::from_secs(60), async || crate::support::virsh::answers()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,11 +97,11 @@ command = "echo up; sleep 25; echo after"
         assert_eq!(doc["results"][0]["output"], "up\nafter\n");
     }
     // The host is connected again: the daemon sees it up and a new run boots and passes.
-    wait_for("the host to be up again", Duration::from_secs(120), async || {
+    wait_until("the host to be up again", Duration::from_secs(120), async || {
         daemon.vms.snapshot().await.is_ok_and(|s| s.hosts.iter().all(|h| h.up))
     })
     .await;
-    wait_for("the first run's VM to be removed", Duration::from_secs(120), async || domains_named(&vm).is_empty()).await;
+    wait_until("the first run's VM to be removed", Duration::from_secs(120), async || domains_named(&vm).is_empty()).await;
     let second = daemon.runs.trigger("through", None, manual()).await.unwrap().remove(0);
     let row = wait_for_run(&daemon, &second, Duration::from_secs(240), finished).await;
     assert_eq!(row.outcome.as_deref(), Some("success"), "a run after the restart: {row:?}");
@@ -173,7 +152,7 @@ command = "echo must-not-run"
     assert_eq!(daemon.store.events(Some("launch_failed"), 10).await.unwrap().len(), 2);
     // The last attempt's domain is being destroyed as the run ends.
     let prefix = format!("paddock-{}-", instance_id(dir.path()));
-    wait_for("the failed attempts' removal", Duration::from_secs(60), async || domains_named(&prefix).is_empty()).await;
+    wait_until("the failed attempts' removal", Duration::from_secs(60), async || domains_named(&prefix).is_empty()).await;
     assert_nothing_left(dir.path());
     daemon.stop().await.unwrap();
 }
@@ -223,7 +202,7 @@ command = "echo never"
     assert!(reason.contains(&vm) && reason.contains("stopped during step 1 `wait`"), "{reason}");
     let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
     assert!(doc["extras"]["console_tail"].as_str().is_some_and(|t| t.contains("PADDOCK-READY")), "{doc}");
-    wait_for("the VM's removal", Duration::from_secs(60), async || domains_named(&vm).is_empty()).await;
+    wait_until("the VM's removal", Duration::from_secs(60), async || domains_named(&vm).is_empty()).await;
     assert_nothing_left(dir.path());
     daemon.stop().await.unwrap();
 }
@@ -262,27 +241,22 @@ token = "s3cret"
     let row = wait_for_run(&daemon, &id, Duration::from_secs(240), finished).await;
     assert_eq!(row.outcome.as_deref(), Some("success"), "{row:?}");
     let central = async || daemon.store.outbox_for_run(&id).await.unwrap().into_iter().find(|e| e.recorder == "central");
-    wait_for("a failed delivery to the down recorder", Duration::from_secs(30), async || {
+    wait_until("a failed delivery to the down recorder", Duration::from_secs(30), async || {
         central().await.is_some_and(|e| e.attempts >= 1 && e.delivered_at.is_none())
     })
     .await;
     let e = central().await.unwrap();
     assert!(e.last_error.is_some(), "{e:?}");
 
-    let rec = recorder_support::RecorderProcess::start_on(&format!("127.0.0.1:{port}"), &["--token", "lab=s3cret"]);
+    let rec = crate::support::recorder::RecorderProcess::start_on(&format!("127.0.0.1:{port}"), &["--token", "lab=s3cret"]);
     // The backoff after a few failures is some seconds; the first retry after the recorder is up delivers.
-    wait_for("delivery once the recorder is up", Duration::from_secs(90), async || {
+    wait_until("delivery once the recorder is up", Duration::from_secs(90), async || {
         central().await.is_some_and(|e| e.delivered_at.is_some())
     })
     .await;
     let db = rusqlite::Connection::open(rec.db_path()).unwrap();
-    let keys: Vec<String> = db
-        .prepare("SELECT idempotency_key FROM results")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let keys: Vec<String> =
+        db.prepare("SELECT idempotency_key FROM results").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
     assert_eq!(keys, vec![id.clone()], "delivered exactly once");
     assert_nothing_left(dir.path());
     daemon.stop().await.unwrap();

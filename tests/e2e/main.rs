@@ -2,6 +2,9 @@
 //! `qemu:///system` (TCG) and runs jobs in it over SSH. Each test has its own
 //! state directory and its own port range, so nextest runs them concurrently.
 
+#[path = "../support/mod.rs"]
+mod support;
+
 mod access;
 mod arch;
 mod crash;
@@ -16,23 +19,9 @@ use std::time::{Duration, Instant};
 use paddock::config::Fleet;
 use paddock::daemon::{Daemon, ServeOptions};
 use paddock::store::RunRow;
-
-pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Builds the bundled guest if it is missing (idempotent and quick when built).
-pub fn ensure_guest_image() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let status = std::process::Command::new("bash")
-            .arg(repo().join("images/build-guest.sh"))
-            .arg("x86_64")
-            .status()
-            .expect("run images/build-guest.sh");
-        assert!(status.success(), "images/build-guest.sh failed");
-    });
-}
+pub use support::guest::ensure_guest_image;
+pub use support::virsh::domains_named;
+pub use support::{repo, wait_for, wait_until};
 
 /// The bundled image's baked host key, as `fleet.toml` names it.
 pub fn baked_host_key() -> String {
@@ -115,12 +104,6 @@ pub async fn wait_for_run(daemon: &Daemon, id: &str, limit: Duration, done: impl
 
 pub fn finished(row: &RunRow) -> bool {
     matches!(row.state.as_str(), "done" | "failed" | "cancelled" | "held")
-}
-
-/// Names of libvirt domains on qemu:///system that start with `prefix`.
-pub fn domains_named(prefix: &str) -> Vec<String> {
-    let out = std::process::Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]).output().expect("virsh list");
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(prefix)).map(str::to_string).collect()
 }
 
 pub fn instance_id(dir: &Path) -> String {

@@ -2,13 +2,13 @@
 //! --follow` for a passing and a failing job, and the dashboard in headless
 //! Chromium following a run's live log.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use paddock::runs::Trigger;
 
 use super::*;
+use crate::support::{artifacts, chromium};
 
 const JOBS: &str = r#"
 [[jobs]]
@@ -105,38 +105,6 @@ async fn run_follow_exits_with_the_runs_success() {
     daemon.stop().await.unwrap();
 }
 
-fn artifacts() -> PathBuf {
-    let p = repo().join("test-artifacts");
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
-
-async fn chromium(profile: &Path, url: &str, screenshot: Option<&Path>) -> String {
-    let mut c = tokio::process::Command::new("/usr/bin/chromium");
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        "--window-size=1366,900",
-        "--virtual-time-budget=30000",
-    ]);
-    c.arg(format!("--user-data-dir={}", profile.display()));
-    match screenshot {
-        Some(p) => c.arg(format!("--screenshot={}", p.display())),
-        None => c.arg("--dump-dom"),
-    };
-    c.arg(url).kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(120), c.output()).await.expect("chromium in time").unwrap();
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_follows_a_real_run_live() {
     ensure_guest_image();
@@ -157,15 +125,22 @@ async fn dashboard_follows_a_real_run_live() {
     let at_open = std::fs::read_to_string(&log).unwrap();
     assert!(!at_open.contains("line-40\n"), "the step finished before the browser opened");
     let profile = dir.path().join("chromium");
-    let dom = chromium(&profile.join("dash"), &format!("{url}/"), None).await;
+    let dom = chromium::page(&profile.join("dash"), &format!("{url}/"), None, Duration::from_secs(30)).await;
     // The live pane received lines the log did not have when the page was opened.
     assert!(dom.contains("line-40"), "live log did not grow: {dom}");
     // Click through: the page links to the run.
     let href = format!("/runs/{id}");
     assert!(dom.contains(&format!("href=\"{href}\"")), "no link to the run: {dom}");
-    let run_dom = chromium(&profile.join("run"), &format!("{url}{href}"), None).await;
+    let run_dom = chromium::page(&profile.join("run"), &format!("{url}{href}"), None, Duration::from_secs(30)).await;
     assert!(run_dom.contains("count") && run_dom.contains("line-40"), "{run_dom}");
-    chromium(&profile.join("shot1"), &format!("{url}/"), Some(&artifacts().join("dashboard-real-run.png"))).await;
-    chromium(&profile.join("shot2"), &format!("{url}{href}"), Some(&artifacts().join("run-page-real-run.png"))).await;
+    chromium::page(&profile.join("shot1"), &format!("{url}/"), Some(&artifacts().join("dashboard-real-run.png")), Duration::from_secs(30))
+        .await;
+    chromium::page(
+        &profile.join("shot2"),
+        &format!("{url}{href}"),
+        Some(&artifacts().join("run-page-real-run.png")),
+        Duration::from_secs(30),
+    )
+    .await;
     daemon.stop().await.unwrap();
 }

@@ -33,8 +33,11 @@ fn write_private(path: &Path, contents: &[u8]) {
     f.write_all(contents).unwrap();
 }
 
+/// A port that was free on 127.0.0.1 a moment ago (someone else may take it before it is
+/// used). Defined here, not in `support/mod.rs`, because `examples/ssh_log_throughput.rs`
+/// includes this file alone; `support::free_port` is this function.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local_addr").port()
 }
 
 impl Sshd {
@@ -94,7 +97,6 @@ impl Sshd {
     }
 }
 
-
 /// The server's files, made before it runs (so a client can know its keys in advance).
 pub struct Prepared {
     pub dir: tempfile::TempDir,
@@ -153,7 +155,6 @@ impl Prepared {
         }
         Some(Sshd { child, port, dir, host_key: host.public_key().clone(), client, ca })
     }
-
 }
 
 impl Drop for Sshd {

@@ -1,13 +1,13 @@
-//! Shared by the recorder's integration tests: start the real `paddock recorder` binary on a
-//! free port, learn its address from stdout, and stop it with SIGTERM.
-
-#![allow(dead_code)]
+//! The real `paddock recorder` binary for tests: started on a free port, its address learnt
+//! from stdout, stopped with SIGTERM; and a plain-socket JSON POST to seed it.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::wait_with_deadline;
 
 pub struct RecorderProcess {
     pub child: Child,
@@ -82,21 +82,6 @@ impl Drop for RecorderProcess {
             let _ = self.child.wait();
         }
     }
-}
-
-pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-pub fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A minimal HTTP/1.1 POST over a plain socket, so tests seed the recorder without a client crate.

@@ -1,0 +1,137 @@
+//! Adoption and reconciliation: at start, held VMs the store remembers are
+//! adopted; reconciliation passes (at start and on a timer) reap what no live
+//! VM owns, and their reports drop stale rows.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::config::{Boot, Image};
+use crate::libvirt::HostHandle;
+use crate::vm::reconcile::{self, LiveSet, ReconcileReport};
+use crate::vm::{VmError, VmState};
+
+use super::Cmd;
+use super::owner::{Owner, Vm};
+
+impl Owner {
+    pub(super) fn live_set(&self) -> LiveSet {
+        LiveSet { names: self.vms.keys().cloned().collect(), taken_at: Utc::now() }
+    }
+
+    pub(super) async fn reconcile_pass(&self) -> ReconcileReport {
+        let handles: Vec<HostHandle> = self.hosts.iter().map(|h| h.handle.clone()).collect();
+        reconcile::reconcile(&handles, &self.cfg.instance_id, &self.live_set(), &self.cfg.state_dir, &self.store).await
+    }
+
+    pub(super) fn spawn_reconcile(&mut self, reply: Option<oneshot::Sender<ReconcileReport>>) {
+        if self.reconciling && reply.is_none() {
+            return;
+        }
+        let Some(tx) = self.tx.upgrade() else { return };
+        self.reconciling = true;
+        let handles: Vec<HostHandle> = self.hosts.iter().map(|h| h.handle.clone()).collect();
+        let (instance, live, dir, store) = (self.cfg.instance_id.clone(), self.live_set(), self.cfg.state_dir.clone(), self.store.clone());
+        tokio::spawn(async move {
+            let report = reconcile::reconcile(&handles, &instance, &live, &dir, &store).await;
+            let _ = tx.send(Cmd::ReconcileDone { report, reply });
+        });
+    }
+
+    /// Drops store rows of VMs no longer live (their domains were just reaped),
+    /// and failed VMs whose removal now succeeded.
+    pub(super) async fn finish_reconcile(&mut self, report: &ReconcileReport) {
+        for e in &report.errors {
+            warn!(error = %e, "reconciliation");
+        }
+        let Ok(rows) = self.store.vms().await else { return };
+        let skipped: HashSet<&str> = report.hosts_skipped.iter().map(String::as_str).collect();
+        for row in rows {
+            let on_skipped_host = row.host.as_deref().is_some_and(|h| skipped.contains(h));
+            if !self.vms.contains_key(&row.name) && !on_skipped_host {
+                let _ = self.store.delete_vm(&row.name).await;
+                if let Some(port) = row.ssh_port {
+                    self.ports.release(port);
+                }
+            }
+        }
+        let failed: Vec<String> =
+            self.vms.values().filter(|vm| vm.state == VmState::Failed && vm.launch.is_none()).map(|vm| vm.name.clone()).collect();
+        for name in failed {
+            self.teardown(&name).await;
+        }
+    }
+
+    /// At start: VMs the store remembers as ready and held are adopted (their
+    /// hold is honoured, then they go); the ports of all remembered VMs are
+    /// reserved until reconciliation has dealt with them.
+    pub(super) async fn adopt(&mut self) -> Result<(), VmError> {
+        let rows = self.store.vms().await?;
+        let now = Utc::now();
+        for row in rows {
+            if let Some(port) = row.ssh_port {
+                self.ports.reserve(port);
+            }
+            let host = row.host.as_deref().and_then(|h| self.hosts.iter().position(|s| s.config.name == h));
+            let held = row.hold_until.is_some_and(|t| t > now);
+            let (Some(host), Some(port), true, Some(VmState::Ready)) = (host, row.ssh_port, held, VmState::parse(&row.state)) else {
+                continue;
+            };
+            if self.hosts[host].handle.is_active(&row.name).await.ok().flatten() != Some(true) {
+                continue;
+            }
+            info!(vm = %row.name, hold_until = ?row.hold_until, "adopting a held VM from before the restart");
+            // The image config may have changed since; only its name matters for a held VM.
+            let image = Image { name: row.image.clone(), ..placeholder_image() };
+            self.vms.insert(
+                row.name.clone(),
+                Vm {
+                    name: row.name.clone(),
+                    run_id: row.run_id.clone().unwrap_or_default(),
+                    image,
+                    host,
+                    state: VmState::Ready,
+                    port,
+                    overlay: row.overlay_path.map(PathBuf::from),
+                    console: row.console_path.map(PathBuf::from).unwrap_or_default(),
+                    created_at: row.created_at,
+                    ready_at: row.ready_at,
+                    hold_until: row.hold_until,
+                    released: true,
+                    error: None,
+                    launch: None,
+                    waiters: Vec::new(),
+                    volumes: Vec::new(),
+                    pool_overlay: None,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A stand-in for an adopted VM's image: it takes no new capacity decisions
+/// beyond its own memory/vCPU count, which are unknown after a restart.
+fn placeholder_image() -> Image {
+    Image {
+        name: String::new(),
+        os: crate::config::Os::Linux,
+        arch: crate::config::Arch::X86_64,
+        boot: Boot::Kernel { kernel: PathBuf::new(), initrd: PathBuf::new(), cmdline: String::new() },
+        memory_mib: 0,
+        vcpus: 0,
+        user: String::new(),
+        shell: crate::config::Shell::Sh,
+        host_key: crate::config::HostKeyPolicy::Console,
+        trusts_fleet_ca: false,
+        boot_timeout: Duration::ZERO,
+        nic_model: None,
+        tpm: false,
+        smc_key: None,
+        firmware: None,
+    }
+}

@@ -1,0 +1,391 @@
+//! Launching: placing queued requests on hosts, and one launch attempt on one
+//! host (overlay, define, start, readiness) run as its own task.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::config::{Boot, Host, Image};
+use crate::libvirt::storage;
+use crate::libvirt::{self, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
+use crate::vm::images::PoolImage;
+use crate::vm::placement::{self, HostView, Placement, Usage};
+use crate::vm::readiness::{self, Readiness, WaitError};
+use crate::vm::{VmError, VmState, overlay};
+
+use super::owner::{Owner, Pending, Vm};
+use super::{Cmd, LaunchRequest, ReadyVm};
+
+pub(super) struct Booted {
+    pub(super) boot_time: Duration,
+    pub(super) host_key: Option<ssh_key::PublicKey>,
+}
+
+pub(super) struct AttemptFailure {
+    pub(super) error: LaunchError,
+    pub(super) console_tail: String,
+}
+
+/// Why one launch attempt failed: one variant per step of the attempt. Errors
+/// of libvirt calls already name the step, domain and host, so they are shown as they are.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("creating the console folder {}", dir.display())]
+    ConsoleDir { dir: PathBuf, source: std::io::Error },
+    #[error("no base format recorded for the disk of image {image} in pool {pool}")]
+    NoBaseFormat { image: String, pool: String },
+    #[error("creating the overlay volume of {vm} on {uri}")]
+    PoolOverlay { vm: String, uri: String, source: storage::StorageError },
+    #[error(transparent)]
+    Overlay(overlay::OverlayError),
+    /// A blocking task (overlay creation) panicked or was cancelled.
+    #[error("the {step} task of {vm}")]
+    Task { vm: String, step: &'static str, source: tokio::task::JoinError },
+    #[error(transparent)]
+    Define(libvirt::LibvirtError),
+    #[error(transparent)]
+    Start(libvirt::LibvirtError),
+    #[error(transparent)]
+    Query(libvirt::LibvirtError),
+    #[error("domain {vm} stopped right after starting")]
+    StoppedAtStart { vm: String },
+    #[error("no SSH banner from {vm} on {addr} within {timeout:?}")]
+    NoBanner { vm: String, addr: SocketAddr, timeout: Duration },
+    #[error("domain {vm} stopped while booting")]
+    StoppedBooting { vm: String },
+}
+
+impl Owner {
+    pub(super) fn usage(&self) -> Vec<Usage> {
+        let mut used = vec![Usage::default(); self.hosts.len()];
+        for vm in self.vms.values().filter(|vm| vm.state.holds_resources()) {
+            used[vm.host].add(&vm.image);
+        }
+        used
+    }
+
+    pub(super) fn views(&self, req: &LaunchRequest, tried: &HashSet<usize>, used: &[Usage]) -> Vec<HostView> {
+        let image = &req.image;
+        let now = Instant::now();
+        let wall = self.cfg.clock.now();
+        self.hosts
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| {
+                let status = slot.handle.status();
+                let runs_arch = match &status {
+                    HostStatus::Up(facts) => Some(facts.runs(image.arch.as_str(), slot.config.accelerator)),
+                    HostStatus::Connecting | HostStatus::Down { .. } => None,
+                };
+                HostView {
+                    capacity: slot.config.capacity,
+                    available: status.is_up()
+                        && slot.cooling_until.is_none_or(|t| t <= now)
+                        && slot.block.is_none()
+                        && slot.config.limits.open_at(wall),
+                    runs_arch,
+                    used: used[i],
+                    tried: tried.contains(&i),
+                    allowed: slot.config.limits.allows_image(&image.name) && slot.config.limits.allows_job(req.job.as_deref()),
+                    image_present: self.image_present(i, image),
+                }
+            })
+            .collect()
+    }
+
+    /// `image.boot_timeout`, times the configured factor for its arch when host
+    /// `i` is of another arch (so emulates it: an emulated guest boots slower).
+    pub(super) fn boot_timeout(&self, i: usize, image: &Image) -> Duration {
+        let native = match self.hosts[i].handle.status() {
+            HostStatus::Up(facts) => facts.arch == image.arch.as_str(),
+            HostStatus::Connecting | HostStatus::Down { .. } => false,
+        };
+        let factor = if native { 1.0 } else { self.cfg.emulation_boot_factor.get(&image.arch).copied().unwrap_or(1.0) };
+        image.boot_timeout.mul_f64(factor)
+    }
+
+    /// A port for a VM on host `i`. On a host whose forwards are bound on this
+    /// machine, a port something else already holds (another program, or a VM
+    /// a different paddock left behind) is skipped rather than failing the launch.
+    pub(super) fn allocate_port(&mut self, i: usize) -> Option<u16> {
+        let addr = self.hosts[i].config.address;
+        let local = self.hosts[i].config.uri.starts_with("qemu:///") && (addr.is_loopback() || addr.is_unspecified());
+        self.ports.allocate_where(|port| !local || std::net::TcpListener::bind((addr, port)).is_ok())
+    }
+
+    /// Places queued launches, highest priority first, FIFO within a priority.
+    /// A launch that cannot be placed does not hold back those behind it that can.
+    pub(super) async fn pump(&mut self) {
+        self.queue.sort_by_key(|p| (std::cmp::Reverse(p.req.priority), p.seq));
+        let queue = std::mem::take(&mut self.queue);
+        for pending in queue {
+            // A changed image file is noticed here at the latest: the launch waits for its upload.
+            self.distribute(&pending.req.image);
+            let used = self.usage();
+            let views = self.views(&pending.req, &pending.tried, &used);
+            match placement::place(&pending.req.image, &views) {
+                Placement::Host(i) => match self.allocate_port(i) {
+                    Some(port) => self.start_attempt(pending, i, port).await,
+                    None => self.queue.push(pending),
+                },
+                Placement::Wait => {
+                    let mut pending = pending;
+                    self.report_missed_job(&mut pending).await;
+                    self.queue.push(pending)
+                }
+                Placement::Never => {
+                    let image = &pending.req.image;
+                    let err = VmError::NoHost { image: image.name.clone(), arch: image.arch.to_string() };
+                    let _ = pending.reply.send(Err(err));
+                }
+            }
+        }
+    }
+
+    pub(super) async fn start_attempt(&mut self, mut pending: Pending, host: usize, port: u16) {
+        let Some(tx) = self.tx.upgrade() else { return };
+        pending.attempts += 1;
+        pending.tried.insert(host);
+        let name = format!("paddock-{}-{}", short(&self.cfg.instance_id), random_id());
+        let image = pending.req.image.clone();
+        let pool = self.hosts[host].config.image_pool.clone().and_then(|p| {
+            let version = self.pools.get(&(host, image.name.clone())).and_then(|s| s.current.clone())?;
+            Some((p, version))
+        });
+        let disk = matches!(image.boot, Boot::Disk { .. });
+        // On a pool host the overlay is a volume next to the base, so that the host's libvirt writes it.
+        let (overlay, pool_overlay) = match (&pool, disk) {
+            (_, false) => (None, None),
+            (None, true) => (Some(overlay::path_for(&self.cfg.state_dir, &name)), None),
+            (Some(_), true) => (None, Some(format!("{name}-overlay.qcow2"))),
+        };
+        let volumes = pool.as_ref().map(|(_, v)| v.volumes()).unwrap_or_default();
+        let console = self.cfg.state_dir.join("consoles").join(format!("{name}.log"));
+        let vm = Vm {
+            name: name.clone(),
+            run_id: pending.req.run_id.clone(),
+            image: image.clone(),
+            host,
+            state: VmState::Requested,
+            port,
+            overlay: overlay.clone(),
+            console: console.clone(),
+            created_at: Utc::now(),
+            ready_at: None,
+            hold_until: None,
+            released: false,
+            error: None,
+            launch: None,
+            waiters: Vec::new(),
+            volumes,
+            pool_overlay: pool_overlay.clone(),
+        };
+        let job = Attempt {
+            pool,
+            pool_overlay,
+            name: name.clone(),
+            host: self.hosts[host].config.clone(),
+            handle: self.hosts[host].handle.clone(),
+            image,
+            port,
+            overlay,
+            console,
+            mark: Mark { run_id: pending.req.run_id.clone(), instance: self.cfg.instance_id.clone(), created_at: vm.created_at },
+            authorized_keys: pending.req.authorized_keys.clone(),
+            ca_key: pending.req.ca_key.clone(),
+            readiness: self.cfg.readiness,
+            tail_lines: self.cfg.console_tail_lines,
+            boot_timeout: self.boot_timeout(host, &pending.req.image),
+            tx,
+        };
+        info!(vm = %name, run_id = %vm.run_id, host = %self.hosts[host].config.name, port, attempt = pending.attempts, "placing VM");
+        let mut vm = vm;
+        vm.launch = Some(pending);
+        self.vms.insert(name.clone(), vm);
+        self.transition(&name, VmState::Placed).await;
+        tokio::spawn(job.run());
+    }
+
+    pub(super) async fn attempt_done(&mut self, name: String, result: Result<Booted, Box<AttemptFailure>>) {
+        let Some(vm) = self.vms.get_mut(&name) else { return };
+        let stopping = vm.state == VmState::Stopping;
+        let Some(mut pending) = vm.launch.take() else { return };
+        match result {
+            Ok(booted) if !stopping => {
+                let slot = &self.hosts[vm.host];
+                let ready = ReadyVm {
+                    name: name.clone(),
+                    host: slot.config.name.clone(),
+                    ssh_addr: SocketAddr::new(slot.config.address, vm.port),
+                    host_key_from_console: booted.host_key,
+                    console_path: vm.console.clone(),
+                    boot_time: booted.boot_time,
+                };
+                info!(vm = %name, host = %ready.host, boot_ms = booted.boot_time.as_millis() as u64, "VM ready");
+                let host = vm.host;
+                self.count_launch(host, &name, Ok(booted.boot_time)).await;
+                self.transition(&name, VmState::Ready).await;
+                if pending.reply.send(Ok(ready)).is_err() {
+                    // The caller went away: nobody will use or release this VM.
+                    self.teardown(&name).await;
+                }
+            }
+            Ok(_) => drop(pending.reply.send(Err(VmError::Cancelled { name }))),
+            Err(_) if stopping => drop(pending.reply.send(Err(VmError::Cancelled { name }))),
+            Err(failure) => {
+                let host = vm.host;
+                let error = error_chain(&failure.error);
+                vm.error = Some(error.clone());
+                warn!(vm = %name, host = %self.hosts[host].config.name, %error, "launch attempt failed");
+                self.hosts[host].cooling_until = Some(Instant::now() + self.cfg.host_cooldown);
+                let _ = self.store.record_event("launch_failed", &name, &error).await;
+                self.count_launch(host, &name, Err(&error)).await;
+                self.transition(&name, VmState::Failed).await;
+                self.teardown(&name).await;
+                if pending.attempts >= self.cfg.launch_retries {
+                    let _ = pending.reply.send(Err(VmError::LaunchFailed {
+                        image: pending.req.image.name.clone(),
+                        attempts: pending.attempts,
+                        error: Box::new(failure.error),
+                        console_tail: failure.console_tail,
+                    }));
+                } else {
+                    pending.last_failure = Some(*failure);
+                    self.queue.push(pending);
+                    self.pump().await;
+                }
+            }
+        }
+    }
+}
+
+fn short(instance: &str) -> &str {
+    &instance[..instance.len().min(8)]
+}
+
+fn random_id() -> String {
+    hex::encode(rand::random::<[u8; 4]>())
+}
+
+/// One launch attempt on one host, run as its own task.
+struct Attempt {
+    /// The image's boot timeout, scaled when the host emulates a foreign arch.
+    boot_timeout: Duration,
+    name: String,
+    host: Host,
+    handle: HostHandle,
+    image: Image,
+    port: u16,
+    overlay: Option<PathBuf>,
+    /// The image's version in the host's pool, for hosts with an `image_pool`.
+    pool: Option<(String, PoolImage)>,
+    /// The overlay volume's name, for disk images on such hosts.
+    pool_overlay: Option<String>,
+    console: PathBuf,
+    mark: Mark,
+    authorized_keys: Vec<String>,
+    ca_key: Option<String>,
+    readiness: Readiness,
+    tail_lines: usize,
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl Attempt {
+    async fn run(self) {
+        let result = self
+            .boot()
+            .await
+            .map_err(|error| Box::new(AttemptFailure { error, console_tail: readiness::console_tail(&self.console, self.tail_lines) }));
+        let _ = self.tx.send(Cmd::AttemptDone { name: self.name.clone(), result });
+    }
+
+    fn progress(&self, state: VmState) {
+        let _ = self.tx.send(Cmd::Progress { name: self.name.clone(), state });
+    }
+
+    async fn boot(&self) -> Result<Booted, LaunchError> {
+        if let Some(parent) = self.console.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| LaunchError::ConsoleDir { dir: parent.to_path_buf(), source })?;
+        }
+        let image = match &self.pool {
+            Some((_, version)) => version.boot_image(&self.image),
+            None => self.image.clone(),
+        };
+        let disk = match (&image.boot, &self.overlay, &self.pool, &self.pool_overlay) {
+            (Boot::Disk { base }, _, Some((pool, version)), Some(vol)) => {
+                let (format, size) =
+                    version.disk.clone().ok_or_else(|| LaunchError::NoBaseFormat { image: self.image.name.clone(), pool: pool.clone() })?;
+                let (uri, pool, vol, base) = (self.host.uri.clone(), pool.clone(), vol.clone(), base.display().to_string());
+                let uri2 = uri.clone();
+                let path = tokio::task::spawn_blocking(move || storage::create_overlay(&uri2, &pool, &vol, &base, &format, size))
+                    .await
+                    .map_err(|source| LaunchError::Task { vm: self.name.clone(), step: "overlay volume", source })?
+                    .map_err(|source| LaunchError::PoolOverlay { vm: self.name.clone(), uri, source })?;
+                Some(DiskSpec { path: path.into(), format: "qcow2".into() })
+            }
+            (Boot::Disk { base }, Some(ov), _, _) => {
+                let (base, ov2) = (base.clone(), ov.clone());
+                tokio::task::spawn_blocking(move || overlay::create(&base, &ov2))
+                    .await
+                    .map_err(|source| LaunchError::Task { vm: self.name.clone(), step: "overlay", source })?
+                    .map_err(LaunchError::Overlay)?;
+                Some(DiskSpec { path: ov.clone(), format: "qcow2".into() })
+            }
+            _ => None,
+        };
+        let xml = libvirt::domain_xml::render(&DomainSpec {
+            name: &self.name,
+            image: &image,
+            host: &self.host,
+            domain_type: match self.handle.status() {
+                HostStatus::Up(facts) => facts.domain_type(self.host.accelerator),
+                HostStatus::Connecting | HostStatus::Down { .. } => self.host.accelerator.domain_type(),
+            },
+            mark: &self.mark,
+            ssh_port: self.port,
+            disk,
+            console_path: &self.console,
+            authorized_keys: &self.authorized_keys,
+            ca_key: self.ca_key.as_deref(),
+        });
+        self.handle.define(&self.name, xml).await.map_err(LaunchError::Define)?;
+        self.progress(VmState::Defined);
+        let started = Instant::now();
+        self.handle.start(&self.name).await.map_err(LaunchError::Start)?;
+        self.progress(VmState::Booting);
+        let deadline = started + self.boot_timeout;
+        match self.readiness {
+            Readiness::DomainRunning => {
+                if self.handle.is_active(&self.name).await.map_err(LaunchError::Query)? != Some(true) {
+                    return Err(LaunchError::StoppedAtStart { vm: self.name.clone() });
+                }
+            }
+            Readiness::SshBanner { poll } => {
+                let addr = SocketAddr::new(self.host.address, self.port);
+                let handle = self.handle.clone();
+                let name = self.name.clone();
+                let running = move || {
+                    let (handle, name) = (handle.clone(), name.clone());
+                    // A failed query is not proof the guest died: keep waiting.
+                    async move { handle.is_active(&name).await.map(|a| a == Some(true)).unwrap_or(true) }
+                };
+                match readiness::wait_for_banner(addr, deadline, poll, running).await {
+                    Ok(_) => {}
+                    Err(WaitError::Timeout) => {
+                        return Err(LaunchError::NoBanner { vm: self.name.clone(), addr, timeout: self.boot_timeout });
+                    }
+                    Err(WaitError::Stopped) => return Err(LaunchError::StoppedBooting { vm: self.name.clone() }),
+                }
+            }
+        }
+        let boot_time = started.elapsed();
+        let host_key = readiness::host_key_from_console(&String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()));
+        Ok(Booted { boot_time, host_key })
+    }
+}

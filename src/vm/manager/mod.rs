@@ -1,0 +1,323 @@
+//! The `VmManager`: the one owner of paddock's VMs, host usage, ports and the
+//! launch queue, driven by a command channel. This file is the handle: the
+//! public types, the command enum and `VmManager::start`.
+//!
+//! Implementation note: the owner task (`owner.rs`) never waits on libvirt or
+//! a booting guest. It reserves a host and port, then spawns a task for the
+//! slow part (overlay, define, start, readiness in `launch.rs`; shutdown and
+//! removal in `teardown.rs`; uploads into pools in `pools.rs`) which reports
+//! back through the same channel. Every state change goes through
+//! `Owner::transition`, which checks the guard and persists the row. Host
+//! health (blocks, windows, quarantine) is in `health.rs`, adoption of held
+//! VMs and reconciliation passes in `adopt.rs`.
+
+mod adopt;
+mod health;
+mod launch;
+mod owner;
+mod pools;
+mod teardown;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::clock::Clock;
+use crate::config::{Fleet, Host, Image, PortRange};
+use crate::hosts::Block;
+use crate::libvirt::{self, HostHandle, HostStatus};
+use crate::store::Store;
+
+use super::images::PoolImage;
+use super::placement::Usage;
+use super::ports::PortAllocator;
+use super::readiness::Readiness;
+use super::reconcile::ReconcileReport;
+use super::{VmError, VmState};
+
+pub use launch::LaunchError;
+use launch::{AttemptFailure, Booted};
+use owner::{HostSlot, Owner};
+
+/// Settings of a manager; see [`ManagerConfig::from_fleet`].
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// This daemon's instance id: it goes into domain names and ownership marks.
+    pub instance_id: String,
+    pub state_dir: PathBuf,
+    pub ssh_ports: PortRange,
+    /// How many hosts a launch is tried on before it fails.
+    pub launch_retries: u32,
+    pub reconcile_interval: Duration,
+    pub readiness: Readiness,
+    /// How long a guest gets to power off after an ACPI shutdown request.
+    pub shutdown_timeout: Duration,
+    /// How long a host that failed a launch is passed over.
+    pub host_cooldown: Duration,
+    pub console_tail_lines: usize,
+    /// Reads the wall time for donors' availability windows (paused in tests).
+    pub clock: Clock,
+    /// Boot deadlines of guests whose arch the host emulates are multiplied by this.
+    pub emulation_boot_factor: std::collections::BTreeMap<crate::config::Arch, f64>,
+    /// Images put into hosts' `image_pool`s from the start (others are put
+    /// there on their first launch).
+    pub images: Vec<Image>,
+    /// How long a failed upload into a host's pool waits before the next try.
+    pub upload_retry: Duration,
+}
+
+impl ManagerConfig {
+    pub fn from_fleet(fleet: &Fleet, instance_id: &str, readiness: Readiness) -> ManagerConfig {
+        ManagerConfig {
+            instance_id: instance_id.to_string(),
+            state_dir: fleet.daemon.state_dir.clone(),
+            ssh_ports: fleet.daemon.ssh_ports,
+            launch_retries: fleet.daemon.launch_retries.max(1),
+            reconcile_interval: fleet.daemon.reconcile_interval,
+            readiness,
+            shutdown_timeout: Duration::from_secs(30),
+            host_cooldown: Duration::from_secs(60),
+            console_tail_lines: 40,
+            clock: Clock::system(),
+            emulation_boot_factor: fleet.daemon.emulation_boot_factor.clone(),
+            images: fleet.images.clone(),
+            upload_retry: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LaunchRequest {
+    pub run_id: String,
+    /// The job the run belongs to; `None` for VMs of access grants.
+    pub job: Option<String>,
+    pub image: Image,
+    /// `authorized_keys` lines handed to the guest.
+    pub authorized_keys: Vec<String>,
+    /// The fleet CA's public key line, for images that trust it.
+    pub ca_key: Option<String>,
+    /// Higher goes first when hosts are full; FIFO within a priority.
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadyVm {
+    pub name: String,
+    pub host: String,
+    pub ssh_addr: SocketAddr,
+    pub host_key_from_console: Option<ssh_key::PublicKey>,
+    pub console_path: PathBuf,
+    /// From `start` to the SSH banner (or the domain running).
+    pub boot_time: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostSnapshot {
+    pub name: String,
+    pub uri: String,
+    pub up: bool,
+    /// Why the host is down, when it is.
+    pub down_reason: Option<String>,
+    pub cooling_down: bool,
+    /// Drained or quarantined.
+    pub blocked: Option<Block>,
+    /// Inside the donor's availability windows.
+    pub window_open: bool,
+    pub capacity: crate::config::Capacity,
+    pub used: Usage,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmSnapshot {
+    pub name: String,
+    pub run_id: String,
+    pub image: String,
+    pub host: String,
+    pub state: VmState,
+    pub ssh_port: u16,
+    pub created_at: DateTime<Utc>,
+    pub hold_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub hosts: Vec<HostSnapshot>,
+    pub vms: Vec<VmSnapshot>,
+    /// Launches waiting for room.
+    pub queued: usize,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, VmError>>;
+
+enum Cmd {
+    Launch {
+        /// Boxed: a request carries a whole `Image`.
+        req: Box<LaunchRequest>,
+        reply: Reply<ReadyVm>,
+    },
+    Hold {
+        name: String,
+        until: DateTime<Utc>,
+        reply: Reply<()>,
+    },
+    Release {
+        name: String,
+        reply: Reply<()>,
+    },
+    Destroy {
+        name: String,
+        reply: Reply<()>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Snapshot>,
+    },
+    SetBlock {
+        host: String,
+        block: Option<Block>,
+        reply: Reply<()>,
+    },
+    ReconcileNow {
+        reply: oneshot::Sender<ReconcileReport>,
+    },
+    Running {
+        name: String,
+        reply: Reply<bool>,
+    },
+    // Reports from spawned tasks.
+    Progress {
+        name: String,
+        state: VmState,
+    },
+    /// Boxed: a failure carries a libvirt error and is much larger than the other commands.
+    AttemptDone {
+        name: String,
+        result: Result<Booted, Box<AttemptFailure>>,
+    },
+    TeardownDone {
+        name: String,
+        result: Result<(), String>,
+    },
+    ReconcileDone {
+        report: ReconcileReport,
+        reply: Option<oneshot::Sender<ReconcileReport>>,
+    },
+    ImageUploaded {
+        host: usize,
+        image: String,
+        result: Result<PoolImage, String>,
+    },
+    SweepDone {
+        host: usize,
+        image: String,
+    },
+}
+
+/// A handle to the manager; cheap to clone. The owner task ends when every handle is dropped.
+#[derive(Clone)]
+pub struct VmManager {
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl VmManager {
+    /// Connects to every host, adopts held VMs the store remembers, reaps
+    /// everything else of this instance (the start-up reconciliation) and
+    /// starts the owner task.
+    pub async fn start(cfg: ManagerConfig, hosts: Vec<Host>, store: Store) -> Result<VmManager, VmError> {
+        let handles: Vec<HostHandle> = hosts.iter().map(|h| HostHandle::spawn(&h.name, &h.uri)).collect();
+        for (h, handle) in hosts.iter().zip(&handles) {
+            if let HostStatus::Up(facts) = handle.wait_connected().await {
+                for w in libvirt::check_host(h, &facts, &[]) {
+                    warn!(host = %h.name, "{w}");
+                }
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let store_for_hosts = store.clone();
+        let mut owner = Owner {
+            ports: PortAllocator::new(cfg.ssh_ports),
+            cfg,
+            hosts: Vec::with_capacity(hosts.len()),
+            vms: HashMap::new(),
+            queue: Vec::new(),
+            seq: 0,
+            store,
+            tx: tx.downgrade(),
+            reconciling: false,
+            pools: HashMap::new(),
+            images: HashMap::new(),
+            last_image_check: Instant::now(),
+        };
+        let store = store_for_hosts;
+        let blocks = store.host_blocks().await?;
+        for (config, handle) in hosts.into_iter().zip(handles) {
+            let block = blocks.iter().find(|(n, _)| *n == config.name).map(|(_, b)| b.clone());
+            if let Some(b) = &block {
+                info!(host = %config.name, kind = b.kind(), reason = %b.reason(), "host is blocked from before the restart");
+            }
+            let consecutive_failures = store.host_health(&config.name).await?.consecutive_failures;
+            owner.hosts.push(HostSlot { config, handle, cooling_until: None, block, consecutive_failures, last_up: None });
+        }
+        owner.adopt().await?;
+        let report = owner.reconcile_pass().await;
+        owner.finish_reconcile(&report).await;
+        for image in owner.cfg.images.clone() {
+            owner.distribute(&image);
+        }
+        tokio::spawn(owner.run(rx));
+        Ok(VmManager { tx })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, VmError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| VmError::ManagerGone)?;
+        rx.await.map_err(|_| VmError::ManagerGone)
+    }
+
+    /// Boots a VM for `req` and returns when its SSH answers. Waits in the
+    /// queue while no host has room.
+    pub async fn launch(&self, req: LaunchRequest) -> Result<ReadyVm, VmError> {
+        self.ask(|reply| Cmd::Launch { req: Box::new(req), reply }).await?
+    }
+
+    /// Keeps a ready VM past its release until `until`.
+    pub async fn hold(&self, name: &str, until: DateTime<Utc>) -> Result<(), VmError> {
+        self.ask(|reply| Cmd::Hold { name: name.into(), until, reply }).await?
+    }
+
+    /// The run is done with the VM: it is torn down now, or when its hold ends.
+    pub async fn release(&self, name: &str) -> Result<(), VmError> {
+        self.ask(|reply| Cmd::Release { name: name.into(), reply }).await?
+    }
+
+    /// Tears the VM down now and returns when nothing of it is left.
+    pub async fn destroy(&self, name: &str) -> Result<(), VmError> {
+        self.ask(|reply| Cmd::Destroy { name: name.into(), reply }).await?
+    }
+
+    /// Drains or quarantines a host (no new VMs there; running ones finish),
+    /// or with `None` lets it take VMs again. The caller persists the block.
+    pub async fn set_block(&self, host: &str, block: Option<Block>) -> Result<(), VmError> {
+        self.ask(|reply| Cmd::SetBlock { host: host.into(), block, reply }).await?
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, VmError> {
+        self.ask(|reply| Cmd::Snapshot { reply }).await
+    }
+
+    pub async fn reconcile_now(&self) -> Result<ReconcileReport, VmError> {
+        self.ask(|reply| Cmd::ReconcileNow { reply }).await
+    }
+
+    /// Whether the VM's domain still runs on its host, asked of libvirt now. `false`
+    /// when the domain is gone or shut off behind paddock's back; an error when the
+    /// host cannot be asked (down, reconnecting), which says nothing about the guest.
+    pub async fn is_running(&self, name: &str) -> Result<bool, VmError> {
+        self.ask(|reply| Cmd::Running { name: name.into(), reply }).await?
+    }
+}
