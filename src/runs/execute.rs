@@ -501,7 +501,7 @@ fn host_key(image: &Image, vm: &ReadyVm) -> Result<ssh_key::PublicKey, String> {
             ssh_key::PublicKey::from_openssh(text.trim())
                 .map_err(|e| format!("host key {} of image {} is not an SSH public key: {e}", path.display(), image.name))
         }
-        HostKeyPolicy::PerVm => Err(format!("VM {} has no pinned host key", vm.name)),
+        HostKeyPolicy::PerVm => vm.pinned_host_key.clone().ok_or_else(|| format!("VM {} has no pinned host key", vm.name)),
         HostKeyPolicy::Console => {
             vm.host_key_from_console.clone().ok_or_else(|| format!("VM {} did not print its host key on the console", vm.name))
         }

@@ -87,6 +87,7 @@ impl Owner {
             info!(vm = %row.name, hold_until = ?row.hold_until, "adopting a held VM from before the restart");
             // The image config may have changed since; only its name matters for a held VM.
             let image = Image { name: row.image.clone(), ..placeholder_image() };
+            let host_key = self.store.vm_host_key(&row.name).await?.and_then(|l| ssh_key::PublicKey::from_openssh(&l).ok());
             self.vms.insert(
                 row.name.clone(),
                 Vm {
@@ -107,6 +108,9 @@ impl Owner {
                     waiters: Vec::new(),
                     volumes: Vec::new(),
                     pool_overlay: None,
+                    seed: Some(crate::vm::seed::path_for(&self.cfg.state_dir, &row.name)).filter(|p| p.exists()),
+                    pool_seed: None,
+                    host_key,
                 },
             );
         }
