@@ -362,11 +362,16 @@ fn identity_rules() {
     let l = line_of(&src, "host_key = \"console\"");
     assert_eq!(
         errors(&src),
-        [format!("fleet.toml:{l}:12: images[3].host_key: a cloud-init image gets a host key generated for each VM; remove `host_key`")]
+        [format!(
+            "fleet.toml:{l}:12: images[3].host_key: an image with an `identity` gets a host key generated for each VM; remove `host_key`"
+        )]
     );
     let src = with("identity = \"cloud-init\"", "identity = \"magic\"");
     let l = line_of(&src, "identity = \"magic\"");
-    assert_eq!(errors(&src), [format!("fleet.toml:{l}:12: images[3].identity: `magic` is not allowed; expected one of `cloud-init`")]);
+    assert_eq!(
+        errors(&src),
+        [format!("fleet.toml:{l}:12: images[3].identity: `magic` is not allowed; expected one of `cloud-init`, `cmdline`")]
+    );
     // Neither: say what is missing.
     let src = with("identity = \"cloud-init\"\n", "");
     let e = errors(&src);
@@ -376,6 +381,11 @@ fn identity_rules() {
     let src = with("host_key = \"file:images/out/x86_64/ssh_host_ed25519_key.pub\"", "identity = \"cloud-init\"");
     let e = errors(&src);
     assert!(e.len() == 1 && e[0].contains("images[0].identity: `identity = \"cloud-init\"` needs a `disk` image"), "{e:?}");
+    let src = with("identity = \"cloud-init\"", "identity = \"cmdline\"");
+    let e = errors(&src);
+    assert!(e.len() == 1 && e[0].contains("images[3].identity: `identity = \"cmdline\"` needs a `kernel` + `initrd` image"), "{e:?}");
+    let src = with("host_key = \"file:images/out/x86_64/ssh_host_ed25519_key.pub\"", "identity = \"cmdline\"");
+    assert_eq!(parse(&src, Path::new("fleet.toml")).unwrap().images[0].host_key, HostKeyPolicy::PerVm);
 }
 
 #[test]

@@ -348,21 +348,27 @@ impl<'a> Validator<'a> {
                 HostKeyPolicy::Console
             }
             (Some(id), host_key) => {
-                if self.one_of(id, &format!("{p}.identity"), &[("cloud-init", ())]).is_some() {
-                    if m.disk.is_none() {
-                        self.error(
-                            Some(id.span()),
-                            format!("{p}.identity"),
-                            "`identity = \"cloud-init\"` needs a `disk` image (cloud-init runs from the image's own system)",
-                        );
-                    }
-                    if let Some(k) = host_key {
-                        self.error(
-                            Some(k.span()),
-                            format!("{p}.host_key"),
-                            "a cloud-init image gets a host key generated for each VM; remove `host_key`",
-                        );
-                    }
+                // Where the identity goes: a cloud-init seed needs the image's own system
+                // (a disk); the bundled guest's /init reads it from the kernel command line.
+                match self.one_of(id, &format!("{p}.identity"), &[("cloud-init", true), ("cmdline", false)]) {
+                    Some(true) if m.disk.is_none() => self.error(
+                        Some(id.span()),
+                        format!("{p}.identity"),
+                        "`identity = \"cloud-init\"` needs a `disk` image (cloud-init runs from the image's own system)",
+                    ),
+                    Some(false) if m.kernel.is_none() => self.error(
+                        Some(id.span()),
+                        format!("{p}.identity"),
+                        "`identity = \"cmdline\"` needs a `kernel` + `initrd` image (its /init reads the command line)",
+                    ),
+                    _ => {}
+                }
+                if let Some(k) = host_key {
+                    self.error(
+                        Some(k.span()),
+                        format!("{p}.host_key"),
+                        "an image with an `identity` gets a host key generated for each VM; remove `host_key`",
+                    );
                 }
                 HostKeyPolicy::PerVm
             }

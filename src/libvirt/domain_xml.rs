@@ -463,6 +463,15 @@ pub fn kernel_cmdline(base: &str, authorized_keys: &[String], ca_key: Option<&st
     line.trim_start().to_string()
 }
 
+/// The command-line words that give the bundled guest its own host key and principal.
+pub fn identity_cmdline(host_key_pem: &str, host_pub: &str, principal: &str) -> String {
+    format!(
+        " paddock.hostkey={} paddock.hostpub={} paddock.principal={principal}",
+        base64(host_key_pem.as_bytes()),
+        base64(host_pub.trim().as_bytes())
+    )
+}
+
 /// Standard base64 with padding (the guest decodes it with busybox `base64 -d`).
 fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -483,14 +492,32 @@ fn base64(data: &[u8]) -> String {
 
 /// Renders the domain XML for `spec` following its image's OS profile.
 pub fn render(spec: &DomainSpec<'_>) -> String {
-    render_seeded(spec, None)
+    render_with(spec, &Handover::None)
 }
 
-/// As [`render`], with the VM's cloud-init NoCloud seed (`vm::seed`) attached read-only.
-/// A seeded VM also gets the guest-agent channel and a VM generation ID (`<genid/>`),
-/// which warm starts build on.
-pub fn render_seeded(spec: &DomainSpec<'_>, seed: Option<&Path>) -> String {
-    let domain = build(spec, seed);
+/// How a VM's own identity (`vm::seed::Identity`) reaches the guest.
+#[derive(Debug, Clone)]
+pub enum Handover<'a> {
+    /// The image has none of its own.
+    None,
+    /// Its cloud-init NoCloud seed, attached read-only. A seeded VM also gets the
+    /// guest-agent channel and a VM generation ID (`<genid/>`), which warm starts build on.
+    Seed(&'a Path),
+    /// The bundled guest: `paddock.hostkey=` / `paddock.hostpub=` / `paddock.principal=`
+    /// on the kernel command line (base64, like the other keys).
+    Cmdline { host_key_pem: &'a str, host_pub: &'a str, principal: &'a str },
+}
+
+/// As [`render`], with the VM's identity handed over as `handover` says.
+pub fn render_with(spec: &DomainSpec<'_>, handover: &Handover<'_>) -> String {
+    let seed = match handover {
+        Handover::Seed(p) => Some(*p),
+        Handover::None | Handover::Cmdline { .. } => None,
+    };
+    let mut domain = build(spec, seed);
+    if let (Handover::Cmdline { host_key_pem, host_pub, principal }, Some(line)) = (handover, domain.os.cmdline.as_mut()) {
+        line.push_str(&identity_cmdline(host_key_pem, host_pub, principal));
+    }
     let mut out = String::new();
     let mut ser = quick_xml::se::Serializer::new(&mut out);
     ser.indent(' ', 2);

@@ -85,8 +85,9 @@ impl Identity {
         self.host_key.public_key().to_openssh().unwrap_or_default()
     }
 
-    /// The OpenSSH private key file text (only ever written into the VM's seed).
-    fn private_pem(&self) -> Result<String, SeedError> {
+    /// The OpenSSH private key file text (only ever handed to the VM itself: its seed or
+    /// its kernel command line).
+    pub fn private_pem(&self) -> Result<String, SeedError> {
         self.host_key
             .to_openssh(LineEnding::LF)
             .map(|p| p.to_string())

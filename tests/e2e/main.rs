@@ -10,6 +10,7 @@ mod arch;
 mod crash;
 mod debian;
 mod faults;
+mod identity;
 mod runs;
 mod ui;
 

@@ -100,7 +100,11 @@ pub(crate) fn render_profile(image: &Image, host: &Host, name: &str, dir: &Path)
     let keys = vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA/XDHqQ4zGgrAo2cLdmgWGXXbEazbp/V20Cd7HR/aap paddock".to_string()];
     let mark = mark();
     let seed = (image.host_key == HostKeyPolicy::PerVm).then(|| crate::vm::seed::path_for(dir, name));
-    render_seeded(
+    let handover = match &seed {
+        Some(p) => Handover::Seed(p),
+        None => Handover::None,
+    };
+    render_with(
         &DomainSpec {
             name,
             image,
@@ -113,7 +117,7 @@ pub(crate) fn render_profile(image: &Image, host: &Host, name: &str, dir: &Path)
             authorized_keys: &keys,
             ca_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ0d2Z0aGlzaXNhZmFrZWNha2V5Zm9ydGVzdHNvbmx5 ca"),
         },
-        seed.as_deref(),
+        &handover,
     )
 }
 
@@ -152,6 +156,32 @@ fn cmdline_hands_over_keys_in_base64() {
     assert_eq!(base64(b"a"), "YQ==");
     assert_eq!(base64(b"ab"), "YWI=");
     assert_eq!(base64(b""), "");
+}
+
+#[test]
+fn cmdline_identity_appends_the_vm_key_and_principal() {
+    let image = image("tiny-x86_64", Os::Linux, Arch::X86_64, kernel_boot("x86_64"));
+    let tcg = host(Accelerator::Tcg);
+    let (mark, console) = (mark(), PathBuf::from("/state/consoles/x.log"));
+    let spec = DomainSpec {
+        name: "paddock-0123abcd-x",
+        image: &image,
+        host: &tcg,
+        domain_type: "qemu",
+        mark: &mark,
+        ssh_port: 22200,
+        disk: None,
+        console_path: &console,
+        authorized_keys: &[],
+        ca_key: None,
+    };
+    let xml =
+        render_with(&spec, &Handover::Cmdline { host_key_pem: "PEM", host_pub: "ssh-ed25519 AAAA x", principal: "paddock-0123abcd-x" });
+    assert!(
+        xml.contains("<cmdline>console=ttyS0 quiet paddock.hostkey=UEVN paddock.hostpub=c3NoLWVkMjU1MTkgQUFBQSB4 paddock.principal=paddock-0123abcd-x</cmdline>"),
+        "{xml}"
+    );
+    assert!(!xml.contains("genid"), "{xml}");
 }
 
 #[test]

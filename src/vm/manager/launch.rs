@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{Boot, Host, HostKeyPolicy, Image};
+use crate::libvirt::domain_xml::Handover;
 use crate::libvirt::storage;
 use crate::libvirt::{self, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
 use crate::vm::images::PoolImage;
@@ -200,10 +201,11 @@ impl Owner {
             return;
         }
         // Local hosts read the seed beside the overlay; pool hosts get it as a volume.
-        let (seed_file, pool_seed) = match (&identity, &pool) {
-            (None, _) => (None, None),
-            (Some(_), None) => (Some(seed::path_for(&self.cfg.state_dir, &name)), None),
-            (Some(_), Some(_)) => (None, Some(format!("{name}{}", seed::SEED_SUFFIX))),
+        // Kernel images take the identity on their command line instead.
+        let (seed_file, pool_seed) = match (&identity, &pool, disk) {
+            (None, _, _) | (Some(_), _, false) => (None, None),
+            (Some(_), None, true) => (Some(seed::path_for(&self.cfg.state_dir, &name)), None),
+            (Some(_), Some(_), true) => (None, Some(format!("{name}{}", seed::SEED_SUFFIX))),
         };
         let vm = Vm {
             name: name.clone(),
@@ -353,6 +355,9 @@ impl Attempt {
     /// itself, or on a pool host the volume it was uploaded (and read back) into.
     async fn write_seed(&self, image: &Image) -> Result<Option<PathBuf>, LaunchError> {
         let Some(identity) = &self.identity else { return Ok(None) };
+        if !matches!(image.boot, Boot::Disk { .. }) {
+            return Ok(None);
+        }
         let spec = SeedSpec {
             name: &self.name,
             os: image.os,
@@ -430,7 +435,16 @@ impl Attempt {
             _ => None,
         };
         let seed = self.write_seed(&image).await?;
-        let xml = libvirt::domain_xml::render_seeded(
+        let cmdline_identity = match (&self.identity, &image.boot) {
+            (Some(id), Boot::Kernel { .. }) => Some((id.private_pem().map_err(LaunchError::Seed)?, id.public_line(), id.principal.clone())),
+            _ => None,
+        };
+        let handover = match (&seed, &cmdline_identity) {
+            (Some(p), _) => Handover::Seed(p),
+            (None, Some((pem, public, principal))) => Handover::Cmdline { host_key_pem: pem, host_pub: public, principal },
+            (None, None) => Handover::None,
+        };
+        let xml = libvirt::domain_xml::render_with(
             &DomainSpec {
                 name: &self.name,
                 image: &image,
@@ -446,7 +460,7 @@ impl Attempt {
                 authorized_keys: &self.authorized_keys,
                 ca_key: self.ca_key.as_deref(),
             },
-            seed.as_deref(),
+            &handover,
         );
         self.handle.define(&self.name, xml).await.map_err(LaunchError::Define)?;
         self.progress(VmState::Defined);
