@@ -60,7 +60,7 @@ set timeout=0
 serial --unit=0 --speed=115200
 terminal_input serial console
 terminal_output serial console
-linux /boot/vmlinuz-$KVER root=LABEL=$LABEL ro console=tty0 console=ttyS0,115200n8
+linux /boot/vmlinuz-$KVER root=LABEL=$LABEL ro console=tty0 console=ttyS0,115200n8 no_timer_check panic=1
 initrd /boot/initrd.img-$KVER
 boot
 CFG
