@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup image build run test bench fuzz clean-state
+.PHONY: setup image build run test bench fuzz deb clean-state
 
 setup:
 	bash scripts/setup-host.sh
@@ -29,6 +29,12 @@ test: image build
 
 bench: image
 	bash bench/run.sh
+
+# The Debian package of the release binary: target/deb/paddock_VERSION_ARCH.deb
+# (what it ships and why: packaging/ and ARCHITECTURE.md).
+deb:
+	$(CARGO) build --locked --release --bin paddock
+	bash scripts/build-deb.sh target/release/paddock target/deb
 
 # Each fuzz target for FUZZ_SECONDS (60) on the stable toolchain; see fuzz/README.md.
 FUZZ_SECONDS ?= 60

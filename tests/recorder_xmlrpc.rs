@@ -27,3 +27,30 @@ fn python_xmlrpc_client_drives_every_method() {
     let steps: i64 = conn.query_row("SELECT count(*) FROM steps", [], |r| r.get(0)).unwrap();
     assert_eq!((results, steps), (2, 5));
 }
+
+/// `--token-file` (what `paddock-recorder.service` passes from `LoadCredential=`): its
+/// submitters are admitted and everyone else refused; a bad line stops the recorder
+/// with the file and line named, never the line's text.
+#[test]
+fn a_token_file_admits_its_submitters_and_a_bad_line_is_named_without_its_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, "# submitters, NAME=SECRET\n\nci=s3cret\n").unwrap();
+    let rec = RecorderProcess::start(&["--token-file", file.to_str().unwrap()]);
+    let script = support::repo().join("tests/recorder/client.py");
+    let out = Command::new("python3").arg(&script).arg(rec.url()).arg("s3cret").output().expect("running python3");
+    assert!(out.status.success(), "client.py: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    std::fs::write(&file, "ci=s3cret\nhunter2-without-a-name\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .args(["recorder", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("r.db"))
+        .arg("--token-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&format!("{}:2: expected NAME=SECRET", file.display())), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "the secret was printed: {stderr}");
+}

@@ -72,7 +72,8 @@ async fn resolve(state: &Shared, token: &str) -> Result<Actor, ApiError> {
     let Some(user) = state.store.token_user(token).await? else {
         return Err(ApiError::Unauthenticated("the token is unknown or revoked".into()));
     };
-    let Some(u) = state.fleet.user(&user) else {
+    let fleet = state.fleet();
+    let Some(u) = fleet.user(&user) else {
         return Err(ApiError::Unauthenticated(format!("the token's user `{user}` is no longer in fleet.toml")));
     };
     Ok(Actor { user: u.name.clone(), role: u.role })

@@ -25,9 +25,9 @@ pub async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
     let hosts = s.hosts.borrow().clone();
     let up = hosts.iter().filter(|h| h.up).count();
     if up > 0 {
-        (StatusCode::OK, format!("ready: {up} of {} hosts up\n", s.fleet.hosts.len()))
+        (StatusCode::OK, format!("ready: {up} of {} hosts up\n", s.fleet().hosts.len()))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: no host reachable ({} configured)\n", s.fleet.hosts.len()))
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: no host reachable ({} configured)\n", s.fleet().hosts.len()))
     }
 }
 
@@ -47,7 +47,7 @@ pub async fn metrics(State(s): State<Shared>, _r: Reader) -> Result<impl IntoRes
         slot.0 += 1;
         slot.1 = slot.1.max(age);
     }
-    for r in &s.fleet.recorders {
+    for r in &s.fleet().recorders {
         outbox.entry(r.name.clone()).or_default();
     }
     let statuses = s.hosts.borrow().clone();
@@ -56,7 +56,7 @@ pub async fn metrics(State(s): State<Shared>, _r: Reader) -> Result<impl IntoRes
         queued: states.iter().filter(|s| **s == Some(RunState::Queued)).count(),
         in_flight: states.iter().filter(|s| s.is_some_and(|s| s.is_active() && s != RunState::Queued)).count(),
         vms: by_host_state.into_iter().map(|((h, st), n)| (h, st, n)).collect(),
-        hosts_up: s.fleet.hosts.iter().map(|h| (h.name.clone(), statuses.iter().any(|st| st.name == h.name && st.up))).collect(),
+        hosts_up: s.fleet().hosts.iter().map(|h| (h.name.clone(), statuses.iter().any(|st| st.name == h.name && st.up))).collect(),
         outbox: outbox.into_iter().map(|(r, (n, age))| (r, n, age)).collect(),
         log_follows: s.follows.load(std::sync::atomic::Ordering::SeqCst),
     });
@@ -76,7 +76,7 @@ pub(crate) async fn status_of(s: &Shared) -> Result<StatusOut, ApiError> {
         version: env!("CARGO_PKG_VERSION").into(),
         started_at: s.started_at,
         uptime_s: (now - s.started_at).num_seconds(),
-        hosts: s.fleet.hosts.len(),
+        hosts: s.fleet().hosts.len(),
         hosts_up,
         vms: s.store.vms().await?.len(),
         runs_queued: states.iter().filter(|s| **s == Some(RunState::Queued)).count(),
@@ -95,9 +95,9 @@ pub(crate) async fn hosts_of(s: &Shared) -> Result<Vec<HostOut>, ApiError> {
     let statuses = s.hosts.borrow().clone();
     let blocks = s.store.host_blocks().await?;
     let now = Utc::now();
-    let mut out = Vec::with_capacity(s.fleet.hosts.len());
-    for h in &s.fleet.hosts {
-        let mut o = host_out(&s.fleet, h, &vms, statuses.iter().find(|st| st.name == h.name));
+    let mut out = Vec::with_capacity(s.fleet().hosts.len());
+    for h in &s.fleet().hosts {
+        let mut o = host_out(&s.fleet(), h, &vms, statuses.iter().find(|st| st.name == h.name));
         o.blocked = blocks.iter().find(|(n, _)| *n == h.name).map(|(_, b)| block_out(b));
         o.window_open = h.limits.open_at(now);
         o.windows = h.limits.windows.iter().map(|w| format!("{} ({})", w.text, h.limits.timezone)).collect();
@@ -192,7 +192,7 @@ pub(crate) async fn vms_of(s: &Shared) -> Result<Vec<VmOut>, ApiError> {
 
 pub async fn images(State(s): State<Shared>, _r: Reader) -> Json<Vec<ImageOut>> {
     Json(
-        s.fleet
+        s.fleet()
             .images
             .iter()
             .map(|i| ImageOut {
@@ -206,7 +206,7 @@ pub async fn images(State(s): State<Shared>, _r: Reader) -> Json<Vec<ImageOut>> 
                 memory_mib: i.memory_mib,
                 vcpus: i.vcpus,
                 user: i.user.clone(),
-                jobs: s.fleet.jobs.iter().filter(|j| j.images.contains(&i.name)).map(|j| j.name.clone()).collect(),
+                jobs: s.fleet().jobs.iter().filter(|j| j.images.contains(&i.name)).map(|j| j.name.clone()).collect(),
             })
             .collect(),
     )
@@ -214,11 +214,12 @@ pub async fn images(State(s): State<Shared>, _r: Reader) -> Json<Vec<ImageOut>> 
 
 pub async fn jobs(State(s): State<Shared>, _r: Reader) -> Result<Json<Vec<JobOut>>, ApiError> {
     let latest = s.store.latest_finished_runs().await?;
-    Ok(Json(s.fleet.jobs.iter().map(|j| job_out(j, &latest)).collect()))
+    Ok(Json(s.fleet().jobs.iter().map(|j| job_out(j, &latest)).collect()))
 }
 
 pub async fn job(State(s): State<Shared>, _r: Reader, Path(name): Path<String>) -> Result<Json<JobOut>, ApiError> {
-    let Some(j) = s.fleet.job(&name) else {
+    let fleet = s.fleet();
+    let Some(j) = fleet.job(&name) else {
         return Err(ApiError::NotFound(format!("no job named `{name}`")));
     };
     let latest = s.store.latest_finished_runs().await?;

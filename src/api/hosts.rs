@@ -27,11 +27,11 @@ async fn answer(s: &Shared, name: &str) -> Result<Json<HostOut>, ApiError> {
 }
 
 fn known(s: &Shared, name: &str) -> Result<(), ApiError> {
-    match s.fleet.host(name) {
+    match s.fleet().host(name) {
         Some(_) => Ok(()),
         None => Err(ApiError::NotFound(format!(
             "no host named `{name}`; known: {}",
-            s.fleet.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+            s.fleet().hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
         ))),
     }
 }

@@ -36,7 +36,7 @@ pub(crate) use fleet::{hosts_of as fleet_hosts, status_of as fleet_status, vms_o
 pub(crate) use logs::read_tail as read_log_tail;
 pub(crate) use runs::{run_out, steps_of};
 
-use crate::config::Fleet;
+use crate::config::{Fleet, LiveFleet};
 pub(crate) use crate::error::chain;
 use crate::runs::RunsHandle;
 use crate::store::Store;
@@ -52,7 +52,8 @@ pub struct HostStatus {
 
 /// Everything the handlers read; shared behind an `Arc`.
 pub struct ApiState {
-    pub fleet: Arc<Fleet>,
+    /// The fleet in force; follows the daemon's reloads (read it with [`ApiState::fleet`]).
+    pub live: LiveFleet,
     pub store: Store,
     pub runs: RunsHandle,
     /// Fed by the daemon from the VM manager; empty until its first report.
@@ -73,9 +74,9 @@ pub struct ApiState {
 
 impl ApiState {
     /// State with the defaults: reads need a token, follows poll every 250 ms.
-    pub fn new(fleet: Arc<Fleet>, store: Store, runs: RunsHandle, hosts: watch::Receiver<Vec<HostStatus>>) -> ApiState {
+    pub fn new(fleet: impl Into<LiveFleet>, store: Store, runs: RunsHandle, hosts: watch::Receiver<Vec<HostStatus>>) -> ApiState {
         ApiState {
-            fleet,
+            live: fleet.into(),
             store,
             runs,
             hosts,
@@ -87,6 +88,11 @@ impl ApiState {
             access: None,
             vms: None,
         }
+    }
+
+    /// The fleet in force now; a handler takes it once per request.
+    pub fn fleet(&self) -> Arc<Fleet> {
+        self.live.current()
     }
 }
 

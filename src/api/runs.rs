@@ -29,12 +29,12 @@ pub struct ListQuery {
 pub async fn list(State(s): State<Shared>, _r: Reader, q: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<Vec<RunOut>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if let Some(j) = &q.job
-        && s.fleet.job(j).is_none()
+        && s.fleet().job(j).is_none()
     {
         return Err(ApiError::BadRequest(format!("filter job=`{j}`: no such job")));
     }
     if let Some(i) = &q.image
-        && s.fleet.image(i).is_none()
+        && s.fleet().image(i).is_none()
     {
         return Err(ApiError::BadRequest(format!("filter image=`{i}`: no such image")));
     }
@@ -158,8 +158,9 @@ pub async fn trigger(
 }
 
 async fn trigger_checked(s: &Shared, actor: &Actor, req: &TriggerIn) -> Result<Vec<String>, ApiError> {
-    let Some(job) = s.fleet.job(&req.job) else {
-        let known = s.fleet.jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ");
+    let fleet = s.fleet();
+    let Some(job) = fleet.job(&req.job) else {
+        let known = fleet.jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ");
         return Err(ApiError::NotFound(format!("no job named `{}`; known: {known}", req.job)));
     };
     actor.may_run(job)?;
@@ -169,7 +170,7 @@ async fn trigger_checked(s: &Shared, actor: &Actor, req: &TriggerIn) -> Result<V
 pub async fn cancel(State(s): State<Shared>, actor: Actor, Path(id): Path<String>) -> Result<Json<CancelOut>, ApiError> {
     let res = async {
         let row = find(&s, &id).await?;
-        job_of(&s, &row).and_then(|j| actor.may_run(j))?;
+        job_of(&s, &row).and_then(|j| actor.may_run(&j))?;
         s.runs.cancel(&id, &actor.user).await?;
         Ok::<_, ApiError>(())
     }
@@ -182,7 +183,7 @@ pub async fn cancel(State(s): State<Shared>, actor: Actor, Path(id): Path<String
 pub async fn rerun(State(s): State<Shared>, actor: Actor, Path(id): Path<String>) -> Result<(StatusCode, Json<TriggerOut>), ApiError> {
     let res = async {
         let row = find(&s, &id).await?;
-        job_of(&s, &row).and_then(|j| actor.may_run(j))?;
+        job_of(&s, &row).and_then(|j| actor.may_run(&j))?;
         let trigger = Trigger::Rerun { of: id.clone(), by: actor.user.clone() };
         Ok::<_, ApiError>(s.runs.trigger(&row.job, Some(&row.image), trigger).await?)
     }
@@ -195,8 +196,9 @@ pub async fn rerun(State(s): State<Shared>, actor: Actor, Path(id): Path<String>
     Ok((StatusCode::CREATED, Json(TriggerOut { runs: res? })))
 }
 
-fn job_of<'a>(s: &'a Shared, row: &RunRow) -> Result<&'a crate::config::Job, ApiError> {
-    s.fleet
+fn job_of(s: &Shared, row: &RunRow) -> Result<crate::config::Job, ApiError> {
+    s.fleet()
         .job(&row.job)
+        .cloned()
         .ok_or_else(|| ApiError::Conflict(format!("run `{}` belongs to job `{}`, no longer in fleet.toml", row.id, row.job)))
 }

@@ -4,6 +4,7 @@ mod access;
 mod cancel;
 mod check;
 mod client;
+mod generate;
 mod host;
 mod hosts;
 mod jobs;
@@ -24,7 +25,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "paddock", version, about = "VM-fleet orchestrator for CI labs")]
+#[command(
+    name = "paddock",
+    version,
+    about = "VM-fleet orchestrator for CI labs",
+    long_about = "VM-fleet orchestrator for CI labs: `paddock serve` boots disposable libvirt guests, runs jobs in them \
+                  over SSH and records the results; the other subcommands talk to a running daemon. The configuration \
+                  is fleet.toml (/etc/paddock/fleet.toml when installed from the Debian package), described key by key \
+                  in /usr/share/doc/paddock/fleet.toml.md."
+)]
 pub struct Args {
     #[command(subcommand)]
     command: Command,
@@ -125,6 +134,14 @@ enum Command {
     },
     /// Run the result recorder standalone (REST + pony-build XML-RPC + web pages).
     Recorder(recorder::RecorderArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (paddock.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 pub fn init_tracing() {
@@ -153,5 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Token { config, json, command } => token::run(&config, &command, json),
         Command::Serve { config, listen, demo } => serve::run(&config, listen, demo),
         Command::Recorder(args) => recorder::run(args),
+        Command::Completions { shell } => generate::completions(shell),
+        Command::Man { dir } => generate::man(&dir),
     }
 }

@@ -19,8 +19,12 @@ pub struct RecorderArgs {
     /// A submitter allowed to post results, as NAME=SECRET. Repeatable; none means open submission.
     #[arg(long = "token", value_parser = parse_token)]
     tokens: Vec<SubmitToken>,
+    /// A file of submitters, one NAME=SECRET a line (`#` comments); keeps secrets out of
+    /// the process list. The systemd unit passes its `LoadCredential=` copy.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// Reads need a token too (Bearer, `?token=`, or `/xmlrpc/<token>`).
-    #[arg(long, requires = "tokens")]
+    #[arg(long)]
     private_reads: bool,
     /// Seconds after which a platform's last result is stale (check_should_build says yes).
     #[arg(long, default_value_t = 86_400)]
@@ -45,7 +49,26 @@ pub fn run(args: RecorderArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(args: RecorderArgs) -> anyhow::Result<()> {
+/// Reads `NAME=SECRET` lines; a bad line is named by its number, never shown.
+fn read_token_file(path: &std::path::Path) -> anyhow::Result<Vec<SubmitToken>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut tokens = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let t = parse_token(line).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), n + 1))?;
+        tokens.push(t);
+    }
+    Ok(tokens)
+}
+
+async fn serve(mut args: RecorderArgs) -> anyhow::Result<()> {
+    if let Some(file) = &args.token_file {
+        args.tokens.extend(read_token_file(file)?);
+    }
+    anyhow::ensure!(!args.private_reads || !args.tokens.is_empty(), "--private-reads needs at least one token");
     let config = RecorderConfig {
         tokens: args.tokens,
         private_reads: args.private_reads,

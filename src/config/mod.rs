@@ -5,6 +5,7 @@
 //! key path, and all errors are reported at once rather than the first alone.
 
 pub mod duration;
+mod live;
 mod model;
 mod raw;
 mod validate;
@@ -13,6 +14,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub use live::{FleetUpdater, JobChanges, LiveFleet, live, restart_only_changes};
 pub use model::*;
 
 /// One thing wrong with a `fleet.toml`.
@@ -102,3 +104,6 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod reference_tests;

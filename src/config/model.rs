@@ -40,7 +40,7 @@ impl Fleet {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Daemon {
     pub listen: SocketAddr,
     /// Absolute; a relative `state_dir` is resolved against the config file's folder.
@@ -99,7 +99,7 @@ impl Accelerator {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Host {
     pub name: String,
     pub uri: String,
@@ -120,7 +120,7 @@ pub struct Host {
 
 /// A donor's limits on their host: when paddock may start VMs there, which
 /// jobs and images may run, and when paddock stops trusting it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DonorLimits {
     /// New VMs start only inside one of these; empty means always.
     pub windows: Vec<Window>,
@@ -332,7 +332,7 @@ pub enum HostKeyPolicy {
     PerVm,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Image {
     pub name: String,
     pub os: Os,
@@ -454,7 +454,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct User {
     pub name: String,
     pub role: Role,
@@ -471,13 +471,13 @@ pub enum RecorderTarget {
     PonyBuild { url: String },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Recorder {
     pub name: String,
     pub target: RecorderTarget,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessPolicy {
     /// A maintainer's request up to this long for their own job's images is approved at once.
     pub auto_approve_max: Duration,

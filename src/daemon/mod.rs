@@ -2,6 +2,7 @@
 //! forwarder, embedded recorder and HTTP server together, and shuts them down
 //! in order.
 
+mod reload;
 mod state_dir;
 
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use crate::access::machines::VmMachines;
 use crate::access::{Access, AccessConfig, FleetCa};
 use crate::api::{ApiState, HostStatus};
 use crate::clock::Clock;
-use crate::config::Fleet;
+use crate::config::{Fleet, FleetUpdater};
 use crate::outbox::{Backoff, Destination, Forwarder};
 use crate::recorder::{Recorder, RecorderConfig};
 use crate::runs::{Coordinator, Executor, ExecutorConfig, RunsHandle, Trigger};
@@ -25,6 +26,7 @@ use crate::store::{Store, StoreError};
 use crate::vm::readiness::Readiness;
 use crate::vm::{ManagerConfig, VmManager};
 
+pub use reload::{ReloadError, Reloaded};
 pub use state_dir::{StateDir, StateDirError};
 
 /// The API and the dashboard together: what the daemon serves (the recorder is
@@ -76,6 +78,8 @@ pub struct Daemon {
     pub store: Store,
     pub recorder: Recorder,
     pub vms: VmManager,
+    fleet: FleetUpdater,
+    schedules: reload::Schedules,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
 }
@@ -84,6 +88,9 @@ impl Daemon {
     /// Starts everything and returns once the HTTP server is listening.
     pub async fn start(fleet: Fleet, options: ServeOptions) -> Result<Daemon, DaemonError> {
         let fleet = Arc::new(fleet);
+        // Parts that follow reloads read `live`; parts built from sections only a
+        // restart changes (hosts, images, users, recorders, access) keep `fleet`.
+        let (updater, live) = crate::config::live(fleet.clone());
         let dirs = StateDir::prepare(&fleet.daemon.state_dir)?;
         let store = Store::open(&dirs.db_path()).await?;
         info!(state_dir = %dirs.root().display(), instance = %dirs.instance_id(), "paddock starting");
@@ -128,32 +135,25 @@ impl Daemon {
         let mut executor_config = ExecutorConfig::new(dirs.logs(), recorder_names);
         executor_config.ca_public_line = Some(ca.public_line());
         let executor = Arc::new(
-            Executor::new(fleet.clone(), store.clone(), executor_config, waker).with_vms(vms.clone(), Arc::new(client_key.clone())),
+            Executor::new(live.clone(), store.clone(), executor_config, waker).with_vms(vms.clone(), Arc::new(client_key.clone())),
         );
         let machines = VmMachines { vms: vms.clone(), store: store.clone(), fleet: fleet.clone(), client: client_key };
         let access = Access::start(fleet.clone(), store.clone(), ca, Arc::new(machines), AccessConfig::new(Clock::system()))
             .await
             .map_err(DaemonError::Access)?;
-        let (mut coordinator, runs) = Coordinator::new(fleet.clone(), store.clone(), executor);
+        let (mut coordinator, runs) = Coordinator::new(live.clone(), store.clone(), executor);
         coordinator.recover().await.map_err(DaemonError::Recover)?;
         let (fire_tx, fire_rx) = mpsc::channel(64);
         tokio::spawn(coordinator.run(fire_rx));
-        for job in fleet.jobs.iter().filter(|j| j.schedule.is_some()) {
-            let (job, store, fires) = (job.clone(), store.clone(), fire_tx.clone());
-            tokio::spawn(async move {
-                let name = job.name.clone();
-                if let Err(e) = crate::scheduler::run_job(job, store, Clock::system(), fires).await {
-                    error!(job = %name, error = %e, "scheduler stopped");
-                }
-            });
-        }
+        let mut schedules = reload::Schedules::new(store.clone(), Clock::system(), fire_tx);
+        schedules.start_all(&fleet);
 
         // Until the VM manager reports, hosts show as not yet known to be up.
         let initial: Vec<HostStatus> =
             fleet.hosts.iter().map(|h| HostStatus { name: h.name.clone(), up: false, last_error: None, vms_running: 0 }).collect();
         let (hosts_tx, hosts_rx) = watch::channel(initial);
         tokio::spawn(report_hosts(vms.clone(), hosts_tx, shutdown_rx.clone()));
-        let mut api = ApiState::new(fleet.clone(), store.clone(), runs.clone(), hosts_rx);
+        let mut api = ApiState::new(live.clone(), store.clone(), runs.clone(), hosts_rx);
         api.access = Some(access);
         api.vms = Some(vms.clone());
         tokio::spawn(check_hosts(fleet.clone()));
@@ -180,7 +180,19 @@ impl Daemon {
                 }
             }
         }
-        Ok(Daemon { addr, runs, store, recorder, vms, shutdown, server })
+        Ok(Daemon { addr, runs, store, recorder, vms, fleet: updater, schedules, shutdown, server })
+    }
+
+    /// The fleet in force (it changes on a successful [`Daemon::reload`]).
+    pub fn fleet(&self) -> Arc<Fleet> {
+        self.fleet.current()
+    }
+
+    /// Re-reads `fleet.toml` from the file it came from and, if it is valid
+    /// and changes nothing but `[[jobs]]`, puts it in force; otherwise the
+    /// running fleet stays and the error says why, with file, line and key.
+    pub async fn reload(&mut self) -> Result<Reloaded, ReloadError> {
+        reload::reload(&self.fleet, &mut self.schedules).await
     }
 
     /// Stops accepting work and waits for the HTTP server to close.

@@ -167,11 +167,11 @@ pub async fn dashboard(s: &Shared, follow: Option<&str>) -> Result<Dashboard, Ap
 
     // The job x platform grid: one column per image any job uses, one row per job.
     let latest = s.store.latest_finished_runs().await?;
-    let mut images: Vec<String> = s.fleet.jobs.iter().flat_map(|j| j.images.iter().cloned()).collect();
+    let fleet = s.fleet();
+    let mut images: Vec<String> = fleet.jobs.iter().flat_map(|j| j.images.iter().cloned()).collect();
     images.sort();
     images.dedup();
-    let mut rows: Vec<(GridRow, Option<DateTime<Utc>>)> = s
-        .fleet
+    let mut rows: Vec<(GridRow, Option<DateTime<Utc>>)> = fleet
         .jobs
         .iter()
         .map(|j| {
@@ -195,7 +195,7 @@ pub async fn dashboard(s: &Shared, follow: Option<&str>) -> Result<Dashboard, Ap
     let grid = rows.into_iter().map(|(r, _)| r).collect();
 
     let mut fires: Vec<(DateTime<Utc>, &crate::config::Job)> =
-        s.fleet.jobs.iter().filter_map(|j| j.schedule.as_ref().and_then(|sc| sc.next_after(now)).map(|t| (t, j))).collect();
+        fleet.jobs.iter().filter_map(|j| j.schedule.as_ref().and_then(|sc| sc.next_after(now)).map(|t| (t, j))).collect();
     fires.sort_by_key(|(t, j)| (*t, j.name.clone()));
     let upcoming = fires
         .into_iter()

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::execute::{Executor, finish_without_vm};
 use super::handle::{Command, RunsError, RunsHandle, Trigger};
 use super::state::{Outcome, RunState};
-use crate::config::Fleet;
+use crate::config::LiveFleet;
 use crate::scheduler::Fire;
 use crate::store::{RunRow, Store};
 
@@ -26,7 +26,7 @@ struct Live {
 }
 
 pub struct Coordinator {
-    fleet: Arc<Fleet>,
+    fleet: LiveFleet,
     store: Store,
     executor: Arc<Executor>,
     live: HashMap<String, Live>,
@@ -35,7 +35,8 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(fleet: Arc<Fleet>, store: Store, executor: Arc<Executor>) -> (Coordinator, RunsHandle) {
+    pub fn new(fleet: impl Into<LiveFleet>, store: Store, executor: Arc<Executor>) -> (Coordinator, RunsHandle) {
+        let fleet = fleet.into();
         let (tx, rx) = mpsc::channel(256);
         let handle = RunsHandle { tx: tx.clone() };
         (Coordinator { fleet, store, executor, live: HashMap::new(), rx, tx }, handle)
@@ -94,8 +95,10 @@ impl Coordinator {
     }
 
     async fn start(&mut self, job_name: &str, only: Option<&str>, trigger: Trigger) -> Result<Vec<String>, RunsError> {
-        let Some(job) = self.fleet.job(job_name).cloned() else {
-            let known = self.fleet.jobs.iter().map(|j| format!("`{}`", j.name)).collect::<Vec<_>>().join(", ");
+        // The fleet in force now: a reload since the last command shows here.
+        let fleet = self.fleet.current();
+        let Some(job) = fleet.job(job_name).cloned() else {
+            let known = fleet.jobs.iter().map(|j| format!("`{}`", j.name)).collect::<Vec<_>>().join(", ");
             return Err(RunsError::UnknownJob { job: job_name.into(), known });
         };
         let images: Vec<String> = match only {

@@ -17,7 +17,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::result::{self, ResultInput, StepRecord};
 use super::state::{Outcome, RunState};
-use crate::config::{Fleet, HostKeyPolicy, Image, Job};
+use crate::config::{Fleet, HostKeyPolicy, Image, Job, LiveFleet};
 use crate::error::chain as error_chain;
 use crate::outbox::Waker;
 use crate::ssh::{self, ClientKey, HostKeyCheck, SshConfig, Target};
@@ -54,7 +54,7 @@ impl ExecutorConfig {
 
 /// What a run needs besides its own row: shared by every run.
 pub struct Executor {
-    fleet: Arc<Fleet>,
+    fleet: LiveFleet,
     store: Store,
     config: ExecutorConfig,
     waker: Waker,
@@ -74,8 +74,8 @@ struct Abort {
 impl Executor {
     /// An executor that can record and recover runs but not boot VMs (for
     /// tools that only read or repair the store).
-    pub fn new(fleet: Arc<Fleet>, store: Store, config: ExecutorConfig, waker: Waker) -> Executor {
-        Executor { fleet, store, config, waker, vms: None, key: None, live: Default::default() }
+    pub fn new(fleet: impl Into<LiveFleet>, store: Store, config: ExecutorConfig, waker: Waker) -> Executor {
+        Executor { fleet: fleet.into(), store, config, waker, vms: None, key: None, live: Default::default() }
     }
 
     /// An executor that runs builds: VMs from `vms`, logged into with `key`.
@@ -112,16 +112,18 @@ impl Executor {
     }
 
     async fn execute_inner(&self, mut row: RunRow, mut cancel: watch::Receiver<bool>) -> Result<(), StoreError> {
-        let (Some(job), Some(image)) = (self.fleet.job(&row.job).cloned(), self.fleet.image(&row.image).cloned()) else {
-            return finish_without_vm(self, &row, Outcome::Infrastructure, "job or image no longer in fleet.toml").await;
+        // The run keeps this fleet to its end: a reload meanwhile changes later runs only.
+        let fleet = self.fleet.current();
+        let (Some(job), Some(image)) = (fleet.job(&row.job).cloned(), fleet.image(&row.image).cloned()) else {
+            return self.end_without_vm(&fleet, &row, Outcome::Infrastructure, "job or image no longer in fleet.toml").await;
         };
         let (Some(vms), Some(key)) = (self.vms.clone(), self.key.clone()) else {
-            return finish_without_vm(self, &row, Outcome::Infrastructure, "this daemon has no VM manager").await;
+            return self.end_without_vm(&fleet, &row, Outcome::Infrastructure, "this daemon has no VM manager").await;
         };
         let run_dir = self.run_dir(&row.id);
         if let Err(e) = tokio::fs::create_dir_all(&run_dir).await {
             let reason = format!("cannot create the run's log folder {}: {e}", run_dir.display());
-            return finish_without_vm(self, &row, Outcome::Infrastructure, &reason).await;
+            return self.end_without_vm(&fleet, &row, Outcome::Infrastructure, &reason).await;
         }
         let started = Utc::now();
         row.started_at = Some(started);
@@ -155,7 +157,7 @@ impl Executor {
                 // A cancelled launch may still finish booting; the VM manager's
                 // reconciliation removes any VM whose run has ended.
                 let state = if outcome == Outcome::Cancelled { RunState::Cancelled } else { RunState::Failed };
-                return self.finish(&row, state, outcome, Some(&reason), &[], None, tail.as_deref()).await;
+                return self.finish(&fleet, &row, state, outcome, Some(&reason), &[], None, tail.as_deref()).await;
             }
         };
         info!(vm = %vm.name, host = %vm.host, boot_s = vm.boot_time.as_secs_f64(), waited_s = queued_at.elapsed().as_secs_f64(), "VM ready");
@@ -191,7 +193,7 @@ impl Executor {
 
         // Teardown or hold, then the run's end.
         let hold = match (outcome, job.hold_on_failure) {
-            (Outcome::BuildFailure, Some(h)) => Some(h.min(self.fleet.daemon.max_hold)),
+            (Outcome::BuildFailure, Some(h)) => Some(h.min(fleet.daemon.max_hold)),
             _ => None,
         };
         let final_state = match outcome {
@@ -204,7 +206,7 @@ impl Executor {
             match vms.hold(&vm.name, until).await {
                 Ok(()) => {
                     info!(vm = %vm.name, until = %until, "failed run's VM held for debugging");
-                    self.finish(&row, RunState::Held, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref()).await?;
+                    self.finish(&fleet, &row, RunState::Held, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref()).await?;
                     self.arm_hold_end(row.id.clone(), vm.name.clone(), until);
                     return Ok(());
                 }
@@ -216,7 +218,7 @@ impl Executor {
         if let Err(e) = vms.destroy(&vm.name).await {
             warn!(vm = %vm.name, error = %e, "teardown failed; reconciliation will retry");
         }
-        self.finish(&row, final_state, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref()).await
+        self.finish(&fleet, &row, final_state, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref()).await
     }
 
     /// Everything between a ready VM and its teardown: login, steps, artifacts.
@@ -386,6 +388,7 @@ impl Executor {
     #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
+        fleet: &Fleet,
         row: &RunRow,
         state: RunState,
         outcome: Outcome,
@@ -394,7 +397,7 @@ impl Executor {
         vm_name: Option<&str>,
         console_tail: Option<&str>,
     ) -> Result<(), StoreError> {
-        let (Some(job), Some(image)) = (self.fleet.job(&row.job), self.fleet.image(&row.image)) else {
+        let (Some(job), Some(image)) = (fleet.job(&row.job), fleet.image(&row.image)) else {
             return Err(StoreError::Corrupt(format!("run `{}` names a job or image no longer in fleet.toml", row.id)));
         };
         let finished_at = Utc::now();
@@ -449,8 +452,14 @@ async fn release(store: &Store, vms: Option<&VmManager>, run_id: &str, vm_name: 
 
 /// Ends a run that has no VM (any more): interrupted by a crash, or never placed.
 pub async fn finish_without_vm(executor: &Executor, row: &RunRow, outcome: Outcome, reason: &str) -> Result<(), StoreError> {
-    let state = if outcome == Outcome::Cancelled { RunState::Cancelled } else { RunState::Failed };
-    executor.finish(row, state, outcome, Some(reason), &[], row.vm_name.as_deref(), None).await
+    executor.end_without_vm(&executor.fleet.current(), row, outcome, reason).await
+}
+
+impl Executor {
+    async fn end_without_vm(&self, fleet: &Fleet, row: &RunRow, outcome: Outcome, reason: &str) -> Result<(), StoreError> {
+        let state = if outcome == Outcome::Cancelled { RunState::Cancelled } else { RunState::Failed };
+        self.finish(fleet, row, state, outcome, Some(reason), &[], row.vm_name.as_deref(), None).await
+    }
 }
 
 /// How often a run checks that its VM's domain still runs.

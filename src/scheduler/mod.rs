@@ -7,7 +7,7 @@
 //! fires once on start, never once per missed tick.
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::clock::Clock;
@@ -43,6 +43,21 @@ pub fn latest_due(schedule: &Schedule, after: DateTime<Utc>, now: DateTime<Utc>)
 /// Runs one job's schedule until `fires` is closed. Store errors end the task
 /// (they are returned for the caller to log).
 pub async fn run_job(job: Job, store: Store, clock: Clock, fires: mpsc::Sender<Fire>) -> Result<(), StoreError> {
+    // The sender lives as long as this future, so `stop` never fires.
+    let (_keep, stop) = watch::channel(false);
+    run_job_until(job, store, clock, fires, stop).await
+}
+
+/// [`run_job`] until `stop` turns true (a reload removed or rescheduled the
+/// job). The task stops only while it sleeps, never between handing a fire
+/// over and storing its tick, so a stop cannot make a tick fire twice.
+pub async fn run_job_until(
+    job: Job,
+    store: Store,
+    clock: Clock,
+    fires: mpsc::Sender<Fire>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
     let Some(schedule) = job.schedule.clone() else { return Ok(()) };
     let now = clock.now();
     let mut last = match store.last_fire(&job.name).await? {
@@ -66,7 +81,13 @@ pub async fn run_job(job: Job, store: Store, clock: Clock, fires: mpsc::Sender<F
             warn!(job = %job.name, "schedule has no future fire");
             return Ok(());
         };
-        clock.sleep_until(next).await;
+        tokio::select! {
+            _ = clock.sleep_until(next) => {}
+            _ = stop.wait_for(|s| *s) => {
+                info!(job = %job.name, "schedule stopped by a reload");
+                return Ok(());
+            }
+        }
         // Ticks can pass while a slow store or a suspended host held us up.
         let tick = latest_due(&schedule, last, clock.now()).unwrap_or(next);
         if fires.send(Fire { job: job.name.clone(), scheduled_at: tick, missed: false }).await.is_err() {

@@ -11,6 +11,7 @@ mod crash;
 mod debian;
 mod faults;
 mod identity;
+mod reload;
 mod runs;
 mod ui;
 
