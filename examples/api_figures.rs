@@ -115,6 +115,7 @@ async fn main() {
         store
             .finish_run(RunEnd {
                 run_id: id,
+                from: "queued".into(),
                 state: if ok { "done".into() } else { "failed".into() },
                 outcome: if ok { "success".into() } else { "build-failure".into() },
                 reason: None,

@@ -348,6 +348,7 @@ async fn control(n: u64) {
                     authorized_keys: vec![],
                     ca_key: None,
                     priority: 0,
+                    progress: None,
                 };
                 let vm = mgr.launch(req).await.unwrap();
                 mgr.destroy(&vm.name).await.unwrap();

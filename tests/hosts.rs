@@ -73,6 +73,7 @@ fn request(run: &str, job: Option<&str>, image: &Image) -> LaunchRequest {
         authorized_keys: vec![],
         ca_key: None,
         priority: 0,
+        progress: None,
     }
 }
 

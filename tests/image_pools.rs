@@ -134,6 +134,7 @@ fn request(run: &str, image: &Image, key: &str) -> LaunchRequest {
         authorized_keys: vec![key.trim().to_string()],
         ca_key: None,
         priority: 0,
+        progress: None,
     }
 }
 
@@ -286,4 +287,47 @@ async fn disk_overlays_on_pool_hosts_are_qcow2_volumes_backed_by_the_uploaded_ba
 
     mgr.destroy(&vm.name).await.unwrap();
     assert_eq!(pool.files(), vec![base_vol.volume.clone(), other.to_string()], "the overlay volume is removed with the VM");
+}
+
+/// A daemon that dies on a pool host leaves overlay volumes there: the next
+/// start removes the orphan's, and an adopted held VM's overlay goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_on_a_pool_host_orphaned_overlay_volumes_are_reaped_and_adopted_ones_removed_with_their_vm() {
+    let dir = open_dir();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = dir.path().join("base.qcow2");
+    let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&base).arg("64M").status().unwrap();
+    assert!(st.success());
+    let img = image("pdkl-disk", Boot::Disk { base: base.clone() }, HostKeyPolicy::Console);
+    let pool = Pool::create(&format!("pdkl-crash-{}", std::process::id()), &dir.path().join("pool"));
+    let instance = format!("pdkl{:04}", std::process::id() % 10000);
+    let _domains = Domains(format!("paddock-{}", &instance[..8]));
+    let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
+    let cfg = || config(&state, &instance, (24950, 24959), Readiness::DomainRunning, Vec::new());
+
+    let mgr = VmManager::start(cfg(), vec![pooled_host(&pool.name)], store.clone()).await.unwrap();
+    let orphan = mgr.launch(request("r-orphan", &img, "ssh-ed25519 AAAA test")).await.unwrap_or_else(|e| panic!("{e}: {e:?}"));
+    let held = mgr.launch(request("r-held", &img, "ssh-ed25519 AAAA test")).await.unwrap_or_else(|e| panic!("{e}: {e:?}"));
+    mgr.hold(&held.name, chrono::Utc::now() + chrono::Duration::hours(1)).await.unwrap();
+    mgr.release(&held.name).await.unwrap();
+    let overlay = |vm: &str| format!("{vm}-overlay.qcow2");
+    let files = pool.files();
+    assert!(files.contains(&overlay(&orphan.name)) && files.contains(&overlay(&held.name)), "{files:?}");
+    // The crash: the manager goes without tearing anything down.
+    drop(mgr);
+
+    let mgr = VmManager::start(cfg(), vec![pooled_host(&pool.name)], store.clone()).await.unwrap();
+    let base_vol = store.host_volumes("pooled").await.unwrap().into_iter().find(|v| v.role == "disk").unwrap().volume;
+    // The start-up pass reaped the orphan's domain and its overlay volume; the held VM was adopted.
+    assert_eq!(pool.files(), vec![base_vol.clone(), overlay(&held.name)]);
+    let snap = mgr.snapshot().await.unwrap();
+    assert_eq!(snap.vms.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec![held.name.as_str()]);
+    let events = store.events(Some("reaped_overlay"), 10).await.unwrap();
+    assert!(events.iter().any(|e| e.subject == orphan.name), "{events:?}");
+
+    // The adopted VM's end removes its overlay volume too, and keeps the base.
+    mgr.destroy(&held.name).await.unwrap();
+    assert_eq!(pool.files(), vec![base_vol]);
 }

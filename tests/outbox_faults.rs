@@ -54,6 +54,7 @@ async fn finished_run(store: &Store, id: &str, n: usize, recorder: &str) {
     store
         .finish_run(RunEnd {
             run_id: id.into(),
+            from: "reporting".into(),
             state: "done".into(),
             outcome: "success".into(),
             reason: None,

@@ -78,6 +78,7 @@ fn row(id: &str) -> RunRow {
 fn end(id: &str, json: String) -> RunEnd {
     RunEnd {
         run_id: id.into(),
+        from: "reporting".into(),
         state: "done".into(),
         outcome: "success".into(),
         reason: None,
@@ -130,7 +131,8 @@ async fn a_full_state_disk_fails_writes_clearly_and_leaves_an_intact_store() {
             break;
         }
         match store.finish_run(end(&id, result_json(&id, RESULT_LEN))).await {
-            Ok(()) => written.push(Written::Finished(id)),
+            Ok(true) => written.push(Written::Finished(id)),
+            Ok(false) => panic!("run {id} was not in the state its end expected"),
             Err(e) => {
                 written.push(Written::InsertedOnly(id));
                 failure = Some(e);

@@ -88,6 +88,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
             authorized_keys: vec![key.trim().to_string()],
             ca_key: None,
             priority: 0,
+            progress: None,
         })
         .await
         .unwrap_or_else(|e| panic!("{e}: {e:?}"));

@@ -56,7 +56,15 @@ fn config(state_dir: &Path, instance: &str) -> ManagerConfig {
 }
 
 fn request(run: &str, image: &Image) -> LaunchRequest {
-    LaunchRequest { run_id: run.into(), job: None, image: image.clone(), authorized_keys: vec![], ca_key: None, priority: 0 }
+    LaunchRequest {
+        run_id: run.into(),
+        job: None,
+        image: image.clone(),
+        authorized_keys: vec![],
+        ca_key: None,
+        priority: 0,
+        progress: None,
+    }
 }
 
 async fn store(dir: &Path) -> Store {
@@ -323,4 +331,38 @@ async fn images_go_to_hosts_of_their_arch() {
     }
     mgr.destroy(&arm.name).await.unwrap();
     mgr.destroy(&x86.name).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_withdrawn_while_queued_never_boots() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = store(dir.path()).await;
+    let mut cfg = config(dir.path(), "pdkl0001");
+    cfg.ssh_ports = PortRange { first: 24900, last: 24949 };
+    let mgr = VmManager::start(cfg, vec![host("small", &fixture("host-small.xml"), 1, 1024, 1)], st.clone()).await.unwrap();
+    let img = image("tiny", Arch::X86_64, 512, kernel());
+    let first = mgr.launch(request("run-a", &img)).await.unwrap();
+
+    // A run cancelled while it waits for a host drops its launch.
+    let (progress, mut stages) = tokio::sync::mpsc::unbounded_channel();
+    let (m2, img2) = (mgr.clone(), img.clone());
+    let withdrawn = tokio::spawn(async move { m2.launch(LaunchRequest { progress: Some(progress), ..request("run-b", &img2) }).await });
+    wait_until("the second launch to queue", Duration::from_secs(5), || async { mgr.snapshot().await.unwrap().queued == 1 }).await;
+    withdrawn.abort();
+    let _ = withdrawn.await;
+    let (m3, img3) = (mgr.clone(), img.clone());
+    let third = tokio::spawn(async move { m3.launch(request("run-c", &img3)).await });
+    wait_until("the third launch to queue", Duration::from_secs(5), || async { mgr.snapshot().await.unwrap().queued >= 1 }).await;
+
+    // Room frees up: the launch behind the withdrawn one gets it, and nothing
+    // was ever placed, defined or booted for the withdrawn run.
+    mgr.destroy(&first.name).await.unwrap();
+    let third = tokio::time::timeout(Duration::from_secs(10), third).await.unwrap().unwrap().unwrap();
+    assert_eq!(third.host, "small");
+    let snap = mgr.snapshot().await.unwrap();
+    assert!(snap.vms.iter().all(|v| v.run_id != "run-b"), "{:?}", snap.vms);
+    assert_eq!(snap.queued, 0);
+    assert!(stages.try_recv().is_err(), "the withdrawn launch was placed");
+    assert!(st.vms().await.unwrap().iter().all(|v| v.run_id.as_deref() != Some("run-b")));
+    mgr.destroy(&third.name).await.unwrap();
 }

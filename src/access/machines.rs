@@ -69,6 +69,7 @@ impl Machines for VmMachines {
                 authorized_keys: vec![self.client.public_line()],
                 ca_key: image.trusts_fleet_ca.then(|| ca_line.to_string()),
                 priority: 0,
+                progress: None,
             };
             let ready = self.vms.launch(req).await.map_err(|e| err("launching a VM", &vm, crate::error::chain(&e)))?;
             // Held and released: the manager keeps it across a daemon restart and
@@ -87,7 +88,16 @@ impl Machines for VmMachines {
     }
 
     fn hold<'a>(&'a self, vm: &'a str, until: DateTime<Utc>) -> BoxFuture<'a, Result<(), MachineError>> {
-        Box::pin(async move { self.vms.hold(vm, until).await.map_err(|e| err("holding", vm, e)) })
+        Box::pin(async move {
+            match self.vms.hold(vm, until).await {
+                Ok(()) => Ok(()),
+                // Already gone: nothing is left to keep or to let go, so a grant's
+                // clean-up on a VM whose hold ended first is done, not retried
+                // forever (a grant being prepared fails at `locate`).
+                Err(crate::vm::VmError::NotFound { .. }) => Ok(()),
+                Err(e) => Err(err("holding", vm, e)),
+            }
+        })
     }
 
     fn destroy<'a>(&'a self, vm: &'a str) -> BoxFuture<'a, Result<(), MachineError>> {

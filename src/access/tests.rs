@@ -287,7 +287,7 @@ async fn a_run_that_is_not_held_cannot_be_entered() {
     let e = env().await;
     let access = e.start().await;
     e.held_run("r2", e.clock.now()).await;
-    e.store.set_run_state("r2", "failed").await.unwrap();
+    e.store.transition_run("r2", "held", "failed", Default::default()).await.unwrap();
     let err = access.request("mia", Target::Run("r2".into()), mins(10), "x").await.unwrap_err();
     assert_eq!(err.to_string(), "run r2 is not held; only a held run's VM can be entered");
     assert!(matches!(access.request("mia", Target::Run("nope".into()), mins(10), "x").await, Err(AccessError::UnknownRun(_))));

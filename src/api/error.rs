@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::wire::ErrorOut;
-use crate::runs::RunsError;
+use crate::runs::{RunsError, TransitionError};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,12 @@ impl From<RunsError> for ApiError {
             RunsError::UnknownJob { .. } | RunsError::UnknownImage { .. } | RunsError::UnknownRun(_) => ApiError::NotFound(e.to_string()),
             RunsError::NotCancellable { .. } => ApiError::Conflict(e.to_string()),
             RunsError::Store(s) => ApiError::Store(s),
+            RunsError::Transition(t) => match t {
+                TransitionError::Store { source, .. } => ApiError::Store(source),
+                TransitionError::Illegal { .. } | TransitionError::Stale { .. } | TransitionError::Unknown { .. } => {
+                    ApiError::Conflict(t.to_string())
+                }
+            },
             RunsError::Stopped => ApiError::CoordinatorStopped,
         }
     }

@@ -9,10 +9,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::Utc;
 
-use super::metrics::{self, Snapshot};
 use super::wire::*;
 use super::{ApiError, Reader, Shared};
 use crate::config::{Boot, Fleet, Job};
+use crate::metrics::{self, Snapshot};
 use crate::runs::RunState;
 use crate::store::{RunRow, VmRow};
 

@@ -14,7 +14,6 @@ mod error;
 mod fleet;
 mod hosts;
 mod logs;
-pub mod metrics;
 mod records;
 mod runs;
 pub mod wire;
@@ -83,7 +82,7 @@ impl ApiState {
             started_at: Utc::now(),
             public_reads: false,
             follow_poll: Duration::from_millis(250),
-            metrics: metrics::install(),
+            metrics: crate::metrics::install(),
             follows: Arc::default(),
             access: None,
             vms: None,

@@ -8,9 +8,8 @@ use serde::Deserialize;
 
 use super::wire::*;
 use super::{ApiError, Reader, Shared};
+use crate::access::GrantState;
 use crate::store::{AccessRow, OutboxEntry};
-
-const ACCESS_STATES: [&str; 6] = ["pending", "approved", "denied", "active", "expired", "revoked"];
 
 #[derive(Debug, Deserialize)]
 pub struct LimitQuery {
@@ -76,10 +75,12 @@ pub async fn access(
     q: Result<Query<LimitQuery>, QueryRejection>,
 ) -> Result<Json<Vec<AccessOut>>, ApiError> {
     let (q, limit) = query(q)?;
+    // The accepted names come from the state enum itself, so they cannot drift.
     if let Some(st) = &q.state
-        && !ACCESS_STATES.contains(&st.as_str())
+        && GrantState::parse(st).is_none()
     {
-        return Err(ApiError::BadRequest(format!("filter state=`{st}`: expected one of {}", ACCESS_STATES.join(", "))));
+        let known: Vec<&str> = GrantState::ALL.iter().map(|g| g.as_str()).collect();
+        return Err(ApiError::BadRequest(format!("filter state=`{st}`: expected one of {}", known.join(", "))));
     }
     let rows = s.store.access_requests(q.state.as_deref()).await?;
     Ok(Json(rows.iter().take(limit).map(access_out).collect()))

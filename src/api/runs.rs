@@ -38,14 +38,13 @@ pub async fn list(State(s): State<Shared>, _r: Reader, q: Result<Query<ListQuery
     {
         return Err(ApiError::BadRequest(format!("filter image=`{i}`: no such image")));
     }
+    // The accepted names come from the state enum itself, so they cannot drift.
     if let Some(st) = &q.state
-        && st != "running"
+        && !RunState::KINDS.iter().any(|k| k.kind_name() == st)
         && RunState::from_db(st).is_none()
     {
-        return Err(ApiError::BadRequest(format!(
-            "filter state=`{st}`: expected one of queued, provisioning, booting, running, collecting, \
-             reporting, done, held, failed, cancelled"
-        )));
+        let known: Vec<&str> = RunState::KINDS.iter().map(|k| k.kind_name()).collect();
+        return Err(ApiError::BadRequest(format!("filter state=`{st}`: expected one of {}", known.join(", "))));
     }
     let since = match &q.since {
         None => None,

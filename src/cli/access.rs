@@ -124,7 +124,7 @@ pub fn run(remote: &Remote, cmd: &AccessCommand) -> Result<ExitCode> {
             }
             AccessCommand::Ca => {
                 let ca: CaOut = c.get("/api/v1/access/ca").await?;
-                println!("{}", ca.public_key);
+                outln!("{}", ca.public_key);
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -152,7 +152,7 @@ fn show_grant(remote: &Remote, g: &GrantOut, out: &Path) -> Result<ExitCode> {
         print_json(g)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{} {} for {} ({})",
         g.id,
         g.state,
@@ -160,16 +160,16 @@ fn show_grant(remote: &Remote, g: &GrantOut, out: &Path) -> Result<ExitCode> {
         g.image.clone().or(g.run_id.clone().map(|r| format!("run {r}"))).unwrap_or_default()
     );
     if let Some(d) = &g.detail {
-        println!("  {d}");
+        outln!("  {d}");
     }
     if let Some(t) = g.ends_at {
-        println!("  ends {} ({})", t.format("%Y-%m-%d %H:%M:%S UTC"), ago(t));
+        outln!("  ends {} ({})", t.format("%Y-%m-%d %H:%M:%S UTC"), ago(t));
     }
     for (c, f) in g.certificates.iter().zip(&files) {
-        println!("  certificate serial {} for key {}: {}", c.serial, c.key_fingerprint, f.display());
+        outln!("  certificate serial {} for key {}: {}", c.serial, c.key_fingerprint, f.display());
     }
     if let (Some(line), Some(path)) = (&g.known_hosts, &known_hosts) {
-        println!("  known_hosts ({}): {line}", path.display());
+        outln!("  known_hosts ({}): {line}", path.display());
     }
     if let Some(cmd) = &g.ssh_command {
         let mut cmd = match files.first() {
@@ -179,8 +179,8 @@ fn show_grant(remote: &Remote, g: &GrantOut, out: &Path) -> Result<ExitCode> {
         if let Some(path) = &known_hosts {
             cmd = cmd.replacen("ssh ", &format!("ssh -o UserKnownHostsFile={} ", path.display()), 1);
         }
-        println!("  {cmd}");
-        println!("  (KEY is your private key, e.g. ~/.ssh/id_ed25519)");
+        outln!("  {cmd}");
+        outln!("  (KEY is your private key, e.g. ~/.ssh/id_ed25519)");
     }
     if g.state == "failed" {
         bail!("grant {} failed", g.id);

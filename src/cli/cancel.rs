@@ -13,7 +13,7 @@ pub fn run(remote: &Remote, id: &str) -> Result<ExitCode> {
         if remote.json {
             print_json(&out)?;
         } else {
-            println!("cancel requested for {}", out.run);
+            outln!("cancel requested for {}", out.run);
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -18,10 +18,10 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    println!("{}: ok", path.display());
-    println!("\nhosts:");
+    outln!("{}: ok", path.display());
+    outln!("\nhosts:");
     for h in &fleet.hosts {
-        println!(
+        outln!(
             "  {:<16} {:<28} {:<4} max {} VMs, {} MiB, {} vCPUs, forwards on {}",
             h.name,
             h.uri,
@@ -32,13 +32,13 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             h.address
         );
     }
-    println!("\nimages:");
+    outln!("\nimages:");
     for i in &fleet.images {
         let boot = match &i.boot {
             Boot::Disk { base } => format!("disk {}", base.display()),
             Boot::Kernel { kernel, .. } => format!("kernel {}", kernel.display()),
         };
-        println!(
+        outln!(
             "  {:<16} {:<7} {:<8} {} MiB, {} vCPU, user {}, {}",
             i.name,
             i.os.as_str(),
@@ -49,32 +49,32 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             boot
         );
         for missing in missing_files(i) {
-            println!("    warning: {} does not exist yet (run `make image`)", missing.display());
+            outln!("    warning: {} does not exist yet (run `make image`)", missing.display());
         }
     }
-    println!("\njobs:");
+    outln!("\njobs:");
     let now = Utc::now();
     for j in &fleet.jobs {
-        println!("  {:<16} on {} ({} steps)", j.name, j.images.join(", "), j.steps.len());
+        outln!("  {:<16} on {} ({} steps)", j.name, j.images.join(", "), j.steps.len());
         for input in &j.inputs {
             let state = if input.path.exists() { "" } else { "  warning: missing" };
-            println!("    input {} -> {}{state}", input.path.display(), input.dest);
+            outln!("    input {} -> {}{state}", input.path.display(), input.dest);
         }
         match &j.schedule {
             Some(s) => {
-                println!("    schedule `{}` in {}; next:", s.expr, s.tz);
+                outln!("    schedule `{}` in {}; next:", s.expr, s.tz);
                 for t in s.upcoming(now, 3) {
-                    println!("      {}", t.with_timezone(&s.tz).format("%Y-%m-%d %H:%M %Z"));
+                    outln!("      {}", t.with_timezone(&s.tz).format("%Y-%m-%d %H:%M %Z"));
                 }
             }
-            None => println!("    on request only"),
+            None => outln!("    on request only"),
         }
         if let Some(h) = j.hold_on_failure {
-            println!("    holds failed VMs for {}", duration::format(h));
+            outln!("    holds failed VMs for {}", duration::format(h));
         }
     }
-    println!("\nusers: {}", fleet.users.iter().map(|u| format!("{} ({})", u.name, u.role.as_str())).collect::<Vec<_>>().join(", "));
-    println!("recorders: {}", fleet.recorders.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "));
+    outln!("\nusers: {}", fleet.users.iter().map(|u| format!("{} ({})", u.name, u.role.as_str())).collect::<Vec<_>>().join(", "));
+    outln!("recorders: {}", fleet.recorders.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "));
     Ok(ExitCode::SUCCESS)
 }
 

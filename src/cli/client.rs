@@ -150,7 +150,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
     let line = |cells: Vec<&str>| {
         let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
-        println!("{}", s.join("  ").trim_end());
+        outln!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_uppercase()).collect::<Vec<_>>().iter().map(|s| s.as_str()).collect());
     for r in rows {
@@ -159,7 +159,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -167,14 +167,22 @@ pub fn opt(s: &Option<String>) -> String {
     s.clone().unwrap_or_else(|| "-".into())
 }
 
+/// `t` relative to now: "5m ago", or "in 5m" for a time still to come.
 pub fn ago(t: chrono::DateTime<chrono::Utc>) -> String {
-    let s = (chrono::Utc::now() - t).num_seconds().max(0);
-    match s {
-        0..60 => format!("{s}s ago"),
-        60..3600 => format!("{}m ago", s / 60),
-        3600..86400 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86400),
-    }
+    relative(t, chrono::Utc::now())
+}
+
+/// `t` relative to `now`: "42s ago", "3h ago", or "in 2d" when `t` is later.
+pub fn relative(t: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> String {
+    let secs = (now - t).num_seconds();
+    let s = secs.unsigned_abs();
+    let span = match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    };
+    if secs < 0 { format!("in {span}") } else { format!("{span} ago") }
 }
 
 /// Runs `f` on a small runtime: the CLI makes a handful of requests at most.
@@ -185,4 +193,22 @@ pub fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T>
 /// Whether stderr is a terminal (progress lines get colour there).
 pub fn tty() -> bool {
     std::io::stderr().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, Utc};
+
+    use super::relative;
+
+    #[test]
+    fn past_and_future_times_read_as_such() {
+        let now = Utc::now();
+        assert_eq!(relative(now - Duration::seconds(42), now), "42s ago");
+        assert_eq!(relative(now - Duration::hours(3), now), "3h ago");
+        // A grant's end still to come is not "0s ago".
+        assert_eq!(relative(now + Duration::minutes(30), now), "in 30m");
+        assert_eq!(relative(now + Duration::days(2), now), "in 2d");
+        assert_eq!(relative(now, now), "0s ago");
+    }
 }

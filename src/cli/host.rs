@@ -68,9 +68,9 @@ fn check_host(arg: &str, path: &Path, json: bool) -> Result<ExitCode> {
                 "level": l.level.as_str().to_lowercase(), "topic": l.topic, "text": l.text, "fix": l.fix,
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", check::render(&uri, &lines));
+        outln!("{}", check::render(&uri, &lines).trim_end_matches('\n'));
     }
     Ok(if verdict == check::Verdict::NotReady { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
@@ -83,8 +83,8 @@ fn block(remote: &Remote, name: &str, action: &str, reason: Option<String>) -> R
             print_json(&out)?;
         } else {
             match &out.blocked {
-                Some(b) => println!("host {} is {}: {}", out.name, b.kind, b.reason),
-                None => println!("host {} takes new VMs again", out.name),
+                Some(b) => outln!("host {} is {}: {}", out.name, b.kind, b.reason),
+                None => outln!("host {} takes new VMs again", out.name),
             }
         }
         Ok(ExitCode::SUCCESS)

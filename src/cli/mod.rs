@@ -1,5 +1,16 @@
 //! Command-line subcommands; each lives in its own file and calls into the library.
 
+/// `println!` for command output: a closed stdout (`paddock runs | head -1`)
+/// ends the command quietly, as it does for other Unix tools, instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::cli::out_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::out_line(format_args!($($arg)*))
+    };
+}
+
 mod access;
 mod cancel;
 mod check;
@@ -172,5 +183,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Recorder(args) => recorder::run(args),
         Command::Completions { shell } => generate::completions(shell),
         Command::Man { dir } => generate::man(&dir),
+    }
+}
+
+/// Writes one line of command output. Once stdout is closed nobody reads the
+/// rest: the command ends with success. Any other write error is reported and
+/// the command fails.
+pub(crate) fn out_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: writing to stdout: {e}");
+            std::process::exit(1);
+        }
     }
 }

@@ -23,7 +23,7 @@ pub fn run(remote: &Remote, job: &str, image: Option<&str>, follow: bool) -> Res
         }
         if !follow {
             for id in &out.runs {
-                println!("{id}");
+                outln!("{id}");
             }
             return Ok(ExitCode::SUCCESS);
         }

@@ -13,11 +13,11 @@ pub fn run(remote: &Remote) -> Result<ExitCode> {
         if remote.json {
             print_json(&s)?;
         } else {
-            println!("paddock {} up {}s", s.version, s.uptime_s);
-            println!("hosts   {}/{} up", s.hosts_up, s.hosts);
-            println!("vms     {}", s.vms);
-            println!("runs    {} running, {} queued, {} held", s.runs_in_flight, s.runs_queued, s.runs_held);
-            println!("outbox  {} to forward", s.outbox_pending);
+            outln!("paddock {} up {}s", s.version, s.uptime_s);
+            outln!("hosts   {}/{} up", s.hosts_up, s.hosts);
+            outln!("vms     {}", s.vms);
+            outln!("runs    {} running, {} queued, {} held", s.runs_in_flight, s.runs_queued, s.runs_held);
+            outln!("outbox  {} to forward", s.outbox_pending);
         }
         Ok(ExitCode::SUCCESS)
     })

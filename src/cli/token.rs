@@ -36,10 +36,10 @@ pub fn run(config: &Path, cmd: &TokenCommand, json: bool) -> Result<ExitCode> {
                 let t = store.create_token(&u.name).await?;
                 store.audit("cli", "token.create", &t.id, &format!("for {} ({})", u.name, u.role.as_str())).await?;
                 if json {
-                    println!("{}", serde_json::json!({"id": t.id, "user": u.name, "token": t.token}));
+                    outln!("{}", serde_json::json!({"id": t.id, "user": u.name, "token": t.token}));
                 } else {
                     eprintln!("token {} for {} ({}); it is shown only now:", t.id, u.name, u.role.as_str());
-                    println!("{}", t.token);
+                    outln!("{}", t.token);
                 }
             }
             TokenCommand::Revoke { id } => {
@@ -47,7 +47,7 @@ pub fn run(config: &Path, cmd: &TokenCommand, json: bool) -> Result<ExitCode> {
                     bail!("no live token `{id}`");
                 }
                 store.audit("cli", "token.revoke", id, "").await?;
-                println!("revoked {id}");
+                outln!("revoked {id}");
             }
             TokenCommand::List => {
                 let tokens = store.tokens().await?;
@@ -56,7 +56,7 @@ pub fn run(config: &Path, cmd: &TokenCommand, json: bool) -> Result<ExitCode> {
                         .iter()
                         .map(|t| serde_json::json!({"id": t.id, "user": t.user, "created_at": t.created_at, "revoked_at": t.revoked_at}))
                         .collect();
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    outln!("{}", serde_json::to_string_pretty(&v)?);
                 } else {
                     let rows: Vec<Vec<String>> = tokens
                         .iter()

@@ -88,6 +88,8 @@ impl Daemon {
     /// Starts everything and returns once the HTTP server is listening.
     pub async fn start(fleet: Fleet, options: ServeOptions) -> Result<Daemon, DaemonError> {
         let fleet = Arc::new(fleet);
+        // Before anything records a metric (recovery, the VM manager's start).
+        crate::metrics::install();
         // Parts that follow reloads read `live`; parts built from sections only a
         // restart changes (hosts, images, users, recorders, access) keep `fleet`.
         let (updater, live) = crate::config::live(fleet.clone());

@@ -110,8 +110,10 @@ pub fn human(secs: i64) -> String {
     }
 }
 
+/// "5m ago", or "in 5m" for a time still to come (a hold's or grant's end).
 fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
-    format!("{} ago", human((now - t).num_seconds()))
+    let secs = (now - t).num_seconds();
+    if secs < 0 { format!("in {}", human(-secs)) } else { format!("{} ago", human(secs)) }
 }
 
 fn outcome_class(outcome: &str) -> &'static str {
@@ -280,4 +282,18 @@ pub async fn run_page(s: &Shared, id: &str) -> Result<RunPage, ApiError> {
     let log =
         if log.is_empty() { steps.iter().map(|s| format!("== {} ({})\n{}{}", s.name, s.kind, s.output, s.errout)).collect() } else { log };
     Ok(RunPage { steps, run: crate::api::run_out(&row), log, duration })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, Utc};
+
+    use super::ago;
+
+    #[test]
+    fn a_time_still_to_come_is_not_ago() {
+        let now = Utc::now();
+        assert_eq!(ago(now - Duration::minutes(7), now), "7m ago");
+        assert_eq!(ago(now + Duration::minutes(90), now), "in 1h 30m");
+    }
 }

@@ -135,6 +135,41 @@ pub fn delete_volume(uri: &str, pool: &str, name: &str) -> Result<(), StorageErr
     }
 }
 
+/// An overlay volume (`<vm>-overlay.qcow2`) in a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayVolume {
+    pub volume: String,
+    /// The VM it belongs to (the name without `-overlay.qcow2`).
+    pub vm: String,
+    /// Its last change, when the pool reports timestamps (directory pools do).
+    pub modified: Option<std::time::SystemTime>,
+}
+
+/// The overlay volumes in `pool` of VMs whose names start with `vm_prefix`.
+pub fn overlay_volumes(uri: &str, pool: &str, vm_prefix: &str) -> Result<Vec<OverlayVolume>, StorageError> {
+    let (_conn, p) = open_pool(uri, pool)?;
+    let mut found = Vec::new();
+    for v in p.list_all_volumes(0).unwrap_or_default() {
+        let Ok(name) = v.name() else { continue };
+        let Some(vm) = name.strip_suffix(OVERLAY_SUFFIX).filter(|vm| vm.starts_with(vm_prefix)) else { continue };
+        let modified = v.xml_desc(0).ok().and_then(|xml| mtime(&xml));
+        found.push(OverlayVolume { vm: vm.to_string(), volume: name, modified });
+    }
+    Ok(found)
+}
+
+/// What an overlay volume's name ends with after its VM's name.
+pub const OVERLAY_SUFFIX: &str = "-overlay.qcow2";
+
+/// `<timestamps><mtime>1701234567.123456789</mtime>` of a volume's XML.
+fn mtime(xml: &str) -> Option<std::time::SystemTime> {
+    let start = xml.find("<mtime>")? + "<mtime>".len();
+    let text = &xml[start..start + xml[start..].find("</mtime>")?];
+    let (secs, nanos) = text.trim().split_once('.').unwrap_or((text.trim(), "0"));
+    let nanos: u32 = format!("{nanos:0<9}").get(..9)?.parse().ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::new(secs.parse().ok()?, nanos))
+}
+
 fn open_pool(uri: &str, pool: &str) -> Result<(Connect, StoragePool), StorageError> {
     super::init_libvirt();
     let conn = Connect::open(Some(uri)).map_err(|source| StorageError::Connect { uri: uri.into(), source })?;
@@ -178,4 +213,15 @@ fn read_sha(conn: &Connect, v: &StorageVol, name: &str, size: u64) -> Result<Str
     }
     stream.finish().map_err(err)?;
     Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_volumes_mtime_is_read_from_its_xml() {
+        let xml = "<volume><target><timestamps><atime>1.5</atime><mtime>1701234567.25</mtime></timestamps></target></volume>";
+        let t = super::mtime(xml).unwrap();
+        assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap(), std::time::Duration::from_millis(1_701_234_567_250));
+        assert_eq!(super::mtime("<volume/>"), None);
+    }
 }

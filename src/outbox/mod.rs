@@ -138,7 +138,7 @@ impl Lane {
             let stored = match result {
                 Ok(key) => {
                     info!(recorder = %self.name, run_id = %entry.run_id, attempts = entry.attempts + 1, "result delivered");
-                    metrics::counter!("paddock_outbox_delivered_total", "recorder" => self.name.clone()).increment(1);
+                    crate::metrics::outbox_attempt(&self.name, true);
                     self.store.outbox_delivered(entry.id, key).await
                 }
                 Err(e) => {
@@ -146,7 +146,7 @@ impl Lane {
                     let msg = error_chain(&e);
                     warn!(recorder = %self.name, run_id = %entry.run_id, attempts = entry.attempts + 1,
                           retry_in = ?delay, error = %msg, "delivery failed");
-                    metrics::counter!("paddock_outbox_failures_total", "recorder" => self.name.clone()).increment(1);
+                    crate::metrics::outbox_attempt(&self.name, false);
                     let next = self.clock.now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
                     self.store.outbox_failed(entry.id, &msg, next).await
                 }

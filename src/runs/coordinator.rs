@@ -9,15 +9,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::Utc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
 use super::execute::{Executor, finish_without_vm};
 use super::handle::{Command, RunsError, RunsHandle, Trigger};
 use super::state::{Outcome, RunState};
+use super::transition::transition;
 use crate::config::LiveFleet;
 use crate::scheduler::Fire;
-use crate::store::{RunRow, Store};
+use crate::store::{RunRow, RunUpdate, Store};
+use crate::vm::{VmEnded, VmError};
 
 struct Live {
     job: String,
@@ -32,6 +34,8 @@ pub struct Coordinator {
     live: HashMap<String, Live>,
     rx: mpsc::Receiver<Command>,
     tx: mpsc::Sender<Command>,
+    /// VMs the VM manager removed: a held run ends when its VM goes.
+    ended: Option<broadcast::Receiver<VmEnded>>,
 }
 
 impl Coordinator {
@@ -39,17 +43,19 @@ impl Coordinator {
         let fleet = fleet.into();
         let (tx, rx) = mpsc::channel(256);
         let handle = RunsHandle { tx: tx.clone() };
-        (Coordinator { fleet, store, executor, live: HashMap::new(), rx, tx }, handle)
+        // Subscribed before recovery looks at held runs, so no end is missed.
+        let ended = executor.vms().map(|v| v.subscribe_ended());
+        (Coordinator { fleet, store, executor, live: HashMap::new(), rx, tx, ended }, handle)
     }
 
     /// Marks every run a previous daemon left unfinished as interrupted (an
-    /// infrastructure failure, reported like any other). Held runs stay held;
-    /// the executor re-arms their release.
+    /// infrastructure failure, reported like any other). Held runs stay held
+    /// while the VM manager (which adopted their VMs) keeps their VM.
     pub async fn recover(&mut self) -> Result<(), RunsError> {
+        self.end_lost_holds().await?;
         for row in self.store.unfinished_runs().await? {
             let state = RunState::from_db(&row.state);
             if state == Some(RunState::Held) {
-                self.executor.rearm_hold(&row).await;
                 continue;
             }
             warn!(run_id = %row.id, state = %row.state, "run was in flight when paddock stopped; marking it interrupted");
@@ -64,11 +70,58 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Ends every held run whose VM the VM manager no longer has (its hold
+    /// ended while paddock was down, or an end was missed).
+    async fn end_lost_holds(&mut self) -> Result<(), RunsError> {
+        let held: Vec<RunRow> = self.store.unfinished_runs().await?.into_iter().filter(|r| r.state == RunState::Held.as_db()).collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let live: Vec<String> = match self.executor.vms() {
+            Some(vms) => vms.snapshot().await.map_err(|_| RunsError::Stopped)?.vms.into_iter().map(|v| v.name).collect(),
+            None => Vec::new(),
+        };
+        for row in held {
+            if row.vm_name.as_ref().is_none_or(|v| !live.contains(v)) {
+                self.end_hold(&row).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A held run's VM is gone: the run is over.
+    async fn end_hold(&self, row: &RunRow) -> Result<(), RunsError> {
+        transition(&self.store, &row.id, RunState::Held, RunState::Failed, RunUpdate::default()).await?;
+        info!(run_id = %row.id, vm = row.vm_name.as_deref().unwrap_or(""), "hold ended");
+        Ok(())
+    }
+
+    async fn vm_ended(&mut self, ended: Result<VmEnded, broadcast::error::RecvError>) {
+        let r = match ended {
+            Ok(e) => match self.store.run(&e.run_id).await {
+                Ok(Some(row)) if row.state == RunState::Held.as_db() && row.vm_name.as_deref() == Some(e.name.as_str()) => {
+                    self.end_hold(&row).await
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+            Err(broadcast::error::RecvError::Lagged(_)) => self.end_lost_holds().await,
+            Err(broadcast::error::RecvError::Closed) => {
+                self.ended = None;
+                Ok(())
+            }
+        };
+        if let Err(e) = r {
+            warn!(error = %crate::error::chain(&e), "could not end a held run");
+        }
+    }
+
     /// Serves commands and fires until every handle and the fire channel are gone.
     pub async fn run(mut self, mut fires: mpsc::Receiver<Fire>) {
         loop {
             tokio::select! {
                 Some(cmd) = self.rx.recv() => self.handle(cmd).await,
+                ended = next_ended(&mut self.ended) => self.vm_ended(ended).await,
                 Some(fire) = fires.recv() => {
                     let trigger = Trigger::Schedule { scheduled_at: fire.scheduled_at, missed: fire.missed };
                     if let Err(e) = self.start(&fire.job, None, trigger).await {
@@ -119,7 +172,7 @@ impl Coordinator {
                 let detail = format!("job `{}` on `{image}` is still running; this fire is skipped", job.name);
                 info!(job = %job.name, image = %image, "scheduled fire skipped: previous run still going");
                 self.store.record_event("fire_skipped", &format!("{}/{}", job.name, image), &detail).await?;
-                metrics::counter!("paddock_fires_skipped_total", "job" => job.name.clone()).increment(1);
+                crate::metrics::fire_skipped(&job.name);
                 continue;
             }
             let id = new_run_id();
@@ -171,11 +224,28 @@ impl Coordinator {
         match self.store.run(id).await? {
             None => Err(RunsError::UnknownRun(id.into())),
             Some(row) if row.state == RunState::Held.as_db() => {
-                self.executor.release_hold(&row).await;
-                Ok(())
+                info!(run_id = %id, by = %by, "held run cancelled: its hold ends now");
+                // The VM manager ends the hold (with any grant's on it) and
+                // reports the VM gone, which ends the run.
+                let held = match (self.executor.vms(), &row.vm_name) {
+                    (Some(vms), Some(vm)) => vms.hold(vm, Utc::now()).await,
+                    _ => Err(VmError::NotFound { name: row.vm_name.clone().unwrap_or_default() }),
+                };
+                match held {
+                    Ok(()) => Ok(()),
+                    Err(VmError::NotFound { .. }) => self.end_hold(&row).await,
+                    Err(_) => Err(RunsError::Stopped),
+                }
             }
             Some(row) => Err(RunsError::NotCancellable { id: id.into(), state: row.state }),
         }
+    }
+}
+
+async fn next_ended(rx: &mut Option<broadcast::Receiver<VmEnded>>) -> Result<VmEnded, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -10,20 +10,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::result::{self, ResultInput, StepRecord};
 use super::state::{Outcome, RunState};
+use super::transition::{self, TransitionError, transition};
 use crate::config::{Fleet, HostKeyPolicy, Image, Job, LiveFleet};
 use crate::error::chain as error_chain;
 use crate::outbox::Waker;
 use crate::ssh::{self, ClientKey, HostKeyCheck, SshConfig, Target};
 use crate::steps::{self, OutputChunk, StepIo, StepOutcome, StepsConfig, StepsReport};
-use crate::store::{RunEnd, RunRow, RunUpdate, Store, StoreError};
-use crate::vm::{LaunchRequest, ReadyVm, VmError, VmManager};
+use crate::store::{RunEnd, RunRow, RunUpdate, Store};
+use crate::vm::{LaunchRequest, LaunchStage, ReadyVm, VmError, VmManager};
 
 pub struct ExecutorConfig {
     /// Each run's logs go to `<log_dir>/<run id>/` (`run.log` plus per-step stream files).
@@ -111,27 +112,26 @@ impl Executor {
         self.live.lock().expect("live map").remove(&row.id);
     }
 
-    async fn execute_inner(&self, mut row: RunRow, mut cancel: watch::Receiver<bool>) -> Result<(), StoreError> {
+    async fn execute_inner(&self, mut row: RunRow, mut cancel: watch::Receiver<bool>) -> Result<(), TransitionError> {
+        // The coordinator inserted the run as queued; `state` is what the store holds.
+        let mut state = RunState::Queued;
         // The run keeps this fleet to its end: a reload meanwhile changes later runs only.
         let fleet = self.fleet.current();
         let (Some(job), Some(image)) = (fleet.job(&row.job).cloned(), fleet.image(&row.image).cloned()) else {
-            return self.end_without_vm(&fleet, &row, Outcome::Infrastructure, "job or image no longer in fleet.toml").await;
+            return self.fail_without_vm(&fleet, &row, state, "job or image no longer in fleet.toml").await;
         };
         let (Some(vms), Some(key)) = (self.vms.clone(), self.key.clone()) else {
-            return self.end_without_vm(&fleet, &row, Outcome::Infrastructure, "this daemon has no VM manager").await;
+            return self.fail_without_vm(&fleet, &row, state, "this daemon has no VM manager").await;
         };
         let run_dir = self.run_dir(&row.id);
         if let Err(e) = tokio::fs::create_dir_all(&run_dir).await {
             let reason = format!("cannot create the run's log folder {}: {e}", run_dir.display());
-            return self.end_without_vm(&fleet, &row, Outcome::Infrastructure, &reason).await;
+            return self.fail_without_vm(&fleet, &row, state, &reason).await;
         }
-        let started = Utc::now();
-        row.started_at = Some(started);
-        self.store
-            .update_run(&row.id, &RunState::Provisioning.as_db(), RunUpdate { started_at: Some(started), ..Default::default() })
-            .await?;
 
-        // Provisioning: the VM manager places, defines, starts and waits for SSH.
+        // Queued until the VM manager places it, then provisioning and booting
+        // as the manager reports (back to queued when an attempt fails).
+        let (progress, mut stages) = mpsc::unbounded_channel();
         let request = LaunchRequest {
             run_id: row.id.clone(),
             job: Some(row.job.clone()),
@@ -139,12 +139,32 @@ impl Executor {
             authorized_keys: vec![key.public_line()],
             ca_key: if image.trusts_fleet_ca { self.config.ca_public_line.clone() } else { None },
             priority: 0,
+            progress: Some(progress),
         };
-        let queued_at = std::time::Instant::now();
-        let launched = tokio::select! {
-            r = vms.launch(request) => r,
-            _ = cancelled(&mut cancel) => Err(VmError::Cancelled { name: row.id.clone() }),
+        let mut launch = Box::pin(vms.launch(request));
+        let launched = loop {
+            tokio::select! {
+                r = &mut launch => break r,
+                Some(stage) = stages.recv() => state = self.on_stage(&mut row, state, stage).await?,
+                _ = cancelled(&mut cancel) => break Err(VmError::Cancelled { name: row.id.clone() }),
+            }
         };
+        // Dropping the launch withdraws it: a cancelled run never boots a VM.
+        drop(launch);
+        while let Ok(stage) = stages.try_recv() {
+            match self.on_stage(&mut row, state, stage).await {
+                Ok(s) => state = s,
+                Err(e) => {
+                    // The run cannot be recorded: its VM must not outlive it unowned.
+                    if let Ok(vm) = &launched
+                        && let Err(d) = vms.destroy(&vm.name).await
+                    {
+                        warn!(vm = %vm.name, error = %d, "teardown failed; reconciliation will retry");
+                    }
+                    return Err(e);
+                }
+            }
+        }
         let vm = match launched {
             Ok(vm) => vm,
             Err(e) => {
@@ -154,25 +174,17 @@ impl Executor {
                     VmError::LaunchFailed { console_tail, .. } => (Outcome::Infrastructure, message, Some(console_tail)),
                     _ => (Outcome::Infrastructure, message, None),
                 };
-                // A cancelled launch may still finish booting; the VM manager's
-                // reconciliation removes any VM whose run has ended.
-                let state = if outcome == Outcome::Cancelled { RunState::Cancelled } else { RunState::Failed };
-                return self.finish(&fleet, &row, state, outcome, Some(&reason), &[], None, tail.as_deref()).await;
+                let to = if outcome == Outcome::Cancelled { RunState::Cancelled } else { RunState::Failed };
+                return self
+                    .finish(&fleet, &row, state, to, outcome, Some(&reason), &[], row.vm_name.clone().as_deref(), tail.as_deref())
+                    .await;
             }
         };
-        info!(vm = %vm.name, host = %vm.host, boot_s = vm.boot_time.as_secs_f64(), waited_s = queued_at.elapsed().as_secs_f64(), "VM ready");
-        metrics::histogram!("paddock_boot_to_ready_seconds", "image" => image.name.clone()).record(vm.boot_time.as_secs_f64());
+        info!(vm = %vm.name, host = %vm.host, boot_s = vm.boot_time.as_secs_f64(), "VM ready");
         row.host = Some(vm.host.clone());
         row.vm_name = Some(vm.name.clone());
-        self.store
-            .update_run(
-                &row.id,
-                &RunState::Booting.as_db(),
-                RunUpdate { host: Some(vm.host.clone()), vm_name: Some(vm.name.clone()), ..Default::default() },
-            )
-            .await?;
 
-        let outcome = self.on_vm(&row, &job, &image, &vm, &key, &run_dir, &mut cancel).await;
+        let outcome = self.on_vm(&row, &mut state, &job, &image, &vm, &key, &run_dir, &mut cancel).await;
         let (outcome, reason, steps, tail) = match outcome {
             Ok(report) => {
                 let records = step_records(&report);
@@ -206,9 +218,16 @@ impl Executor {
             match vms.hold(&vm.name, until).await {
                 Ok(()) => {
                     info!(vm = %vm.name, until = %until, "failed run's VM held for debugging");
-                    self.finish(&fleet, &row, RunState::Held, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref()).await?;
-                    self.arm_hold_end(row.id.clone(), vm.name.clone(), until);
-                    return Ok(());
+                    let ended = self
+                        .finish(&fleet, &row, state, RunState::Held, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref())
+                        .await;
+                    // From here the VM manager owns the VM's end: it goes when the
+                    // latest of this hold and any grant on it has passed, and the
+                    // coordinator then ends the held run (`VmManager::subscribe_ended`).
+                    if let Err(e) = vms.release(&vm.name).await {
+                        warn!(vm = %vm.name, error = %error_chain(&e), "could not hand the held VM to the VM manager");
+                    }
+                    return ended;
                 }
                 Err(e) => {
                     warn!(vm = %vm.name, error = %e, "could not hold the VM; tearing it down")
@@ -218,7 +237,23 @@ impl Executor {
         if let Err(e) = vms.destroy(&vm.name).await {
             warn!(vm = %vm.name, error = %e, "teardown failed; reconciliation will retry");
         }
-        self.finish(&fleet, &row, final_state, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref()).await
+        self.finish(&fleet, &row, state, final_state, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref()).await
+    }
+
+    /// Follows the VM manager's report of a launch into the run's state.
+    async fn on_stage(&self, row: &mut RunRow, state: RunState, stage: LaunchStage) -> Result<RunState, TransitionError> {
+        let (to, update) = match stage {
+            LaunchStage::Placed { vm, host } => {
+                let started = *row.started_at.get_or_insert_with(Utc::now);
+                row.host = Some(host.clone());
+                row.vm_name = Some(vm.clone());
+                (RunState::Provisioning, RunUpdate { host: Some(host), vm_name: Some(vm), started_at: Some(started), reason: None })
+            }
+            LaunchStage::Booting => (RunState::Booting, RunUpdate::default()),
+            LaunchStage::Requeued => (RunState::Queued, RunUpdate::default()),
+        };
+        transition(&self.store, &row.id, state, to, update).await?;
+        Ok(to)
     }
 
     /// Everything between a ready VM and its teardown: login, steps, artifacts.
@@ -226,6 +261,7 @@ impl Executor {
     async fn on_vm(
         &self,
         row: &RunRow,
+        state: &mut RunState,
         job: &Job,
         image: &Image,
         vm: &ReadyVm,
@@ -241,7 +277,7 @@ impl Executor {
         let connect = ssh::connect_with_retry(&target, &auth, &check, &self.config.ssh, deadline);
         let session = tokio::select! {
             r = connect => r.map_err(|e| {
-                metrics::counter!("paddock_ssh_connect_failures_total").increment(1);
+                crate::metrics::ssh_connect_failed(&image.name);
                 Abort {
                     outcome: Outcome::Infrastructure,
                     reason: format!("cannot log in to {}: {}", vm.name, error_chain(&e)),
@@ -269,13 +305,19 @@ impl Executor {
         let (progress_tx, mut progress_rx) = watch::channel(0usize);
         let store = self.store.clone();
         let run_id = row.id.clone();
+        let from = *state;
+        // Each step's start is persisted as `Running(k)`; a watch may skip
+        // values, so the follower walks through every step in between.
         let follower = tokio::spawn(async move {
+            let mut state = from;
             while progress_rx.changed().await.is_ok() {
                 let k = *progress_rx.borrow_and_update();
-                if k > 0 {
-                    let _ = store.set_run_state(&run_id, &RunState::Running(k as u32 - 1).as_db()).await;
+                while let Some(next) = next_step(state, k) {
+                    transition(&store, &run_id, state, next, RunUpdate::default()).await?;
+                    state = next;
                 }
             }
+            Ok::<RunState, TransitionError>(state)
         });
         let step_seen = progress_tx.subscribe();
         let mut io = StepIo { log_dir: run_dir.to_path_buf(), live: live.clone(), cancel: cancel.clone(), progress: Some(progress_tx) };
@@ -288,7 +330,15 @@ impl Executor {
             () = vm_stopped(&vms, &vm.name) => Err(()),
         };
         drop(io);
-        let _ = follower.await;
+        let followed = follower.await;
+        let recorded = match followed {
+            Ok(Ok(s)) => {
+                *state = s;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(error_chain(&e)),
+            Err(e) => Err(format!("the step-progress task failed: {e}")),
+        };
         // The session may notice first (the forward closes as QEMU dies, before libvirt
         // has marked the domain inactive); either way, say why.
         let gone = match &ran {
@@ -303,7 +353,7 @@ impl Executor {
                 drop(live);
                 self.live.lock().expect("live map").remove(&row.id);
                 let _ = writer.await;
-                metrics::counter!("paddock_vm_lost_total").increment(1);
+                crate::metrics::vm_lost();
                 return Err(Abort {
                     outcome: Outcome::Infrastructure,
                     reason: format!("VM {} stopped during step {k} `{step}`: its domain is no longer running on host {}", vm.name, vm.host),
@@ -311,23 +361,48 @@ impl Executor {
                 });
             }
         };
-        for s in &report.steps {
-            metrics::histogram!("paddock_step_duration_seconds", "job" => job.name.clone(), "step" => s.name.clone())
-                .record(s.duration.as_secs_f64());
+        for s in report.steps.iter().filter(|s| !s.skipped) {
+            crate::metrics::step_finished(&job.name, s.kind.as_str(), s.duration.as_secs_f64());
         }
-
-        if !job.artifacts.is_empty() && !report.cancelled && report.infrastructure.is_none() {
-            let _ = self.store.set_run_state(&row.id, &RunState::Collecting.as_db()).await;
-            if let Err(e) = self.collect_artifacts(&session, job, run_dir).await {
-                warn!(error = %e, "fetching artifacts failed");
-            }
-        }
-        let _ = self.store.set_run_state(&row.id, &RunState::Reporting.as_db()).await;
+        let recorded = match recorded {
+            Ok(()) => self.collect_and_report(row, state, job, &report, &session, run_dir).await,
+            Err(e) => Err(e),
+        };
         drop(live);
         self.live.lock().expect("live map").remove(&row.id);
         let _ = writer.await;
         session.disconnect().await;
-        Ok(report)
+        match recorded {
+            Ok(()) => Ok(report),
+            Err(reason) => Err(Abort {
+                outcome: Outcome::Infrastructure,
+                reason: format!("cannot record the run's progress: {reason}"),
+                console_tail: None,
+            }),
+        }
+    }
+
+    /// Collecting (when the job has artifacts and its steps ran), then reporting.
+    async fn collect_and_report(
+        &self,
+        row: &RunRow,
+        state: &mut RunState,
+        job: &Job,
+        report: &StepsReport,
+        session: &ssh::Session,
+        run_dir: &Path,
+    ) -> Result<(), String> {
+        let step = |e: TransitionError| error_chain(&e);
+        if !job.artifacts.is_empty() && !report.cancelled && report.infrastructure.is_none() && matches!(*state, RunState::Running(_)) {
+            transition(&self.store, &row.id, *state, RunState::Collecting, RunUpdate::default()).await.map_err(step)?;
+            *state = RunState::Collecting;
+            if let Err(e) = self.collect_artifacts(session, job, run_dir).await {
+                warn!(error = %e, "fetching artifacts failed");
+            }
+        }
+        transition(&self.store, &row.id, *state, RunState::Reporting, RunUpdate::default()).await.map_err(step)?;
+        *state = RunState::Reporting;
+        Ok(())
     }
 
     /// Fetches the job's artifacts (paths or shell globs in the guest) into `<run>/artifacts/`.
@@ -351,36 +426,14 @@ impl Executor {
         Ok(())
     }
 
-    fn arm_hold_end(&self, run_id: String, vm_name: String, until: DateTime<Utc>) {
-        let (store, vms) = (self.store.clone(), self.vms.clone());
-        tokio::spawn(async move {
-            crate::clock::Clock::system().sleep_until(until).await;
-            release(&store, vms.as_ref(), &run_id, &vm_name).await;
-        });
+    /// The VM manager this executor boots VMs with, if any.
+    pub fn vms(&self) -> Option<&VmManager> {
+        self.vms.as_ref()
     }
 
-    /// Re-arms the release of a held run's VM after a restart.
-    pub async fn rearm_hold(&self, row: &RunRow) {
-        let Some(vm) = row.vm_name.clone() else {
-            let _ = self.store.set_run_state(&row.id, &RunState::Failed.as_db()).await;
-            return;
-        };
-        let until = match self.store.vm(&vm).await {
-            Ok(Some(v)) => v.hold_until.unwrap_or_else(Utc::now),
-            _ => Utc::now(),
-        };
-        info!(run_id = %row.id, vm = %vm, until = %until, "run is held");
-        self.arm_hold_end(row.id.clone(), vm, until);
-    }
-
-    /// Ends a hold early (cancel of a held run).
-    pub async fn release_hold(&self, row: &RunRow) {
-        match &row.vm_name {
-            Some(vm) => release(&self.store, self.vms.as_ref(), &row.id, vm).await,
-            None => {
-                let _ = self.store.set_run_state(&row.id, &RunState::Failed.as_db()).await;
-            }
-        }
+    /// Ends a run that has no VM (any more) as failed, from `from`.
+    async fn fail_without_vm(&self, fleet: &Fleet, row: &RunRow, from: RunState, reason: &str) -> Result<(), TransitionError> {
+        self.finish(fleet, row, from, RunState::Failed, Outcome::Infrastructure, Some(reason), &[], row.vm_name.as_deref(), None).await
     }
 
     /// Writes the run's end and its outbox entries in one transaction, then
@@ -390,21 +443,25 @@ impl Executor {
         &self,
         fleet: &Fleet,
         row: &RunRow,
-        state: RunState,
+        from: RunState,
+        to: RunState,
         outcome: Outcome,
         reason: Option<&str>,
         steps: &[StepRecord],
         vm_name: Option<&str>,
         console_tail: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let (Some(job), Some(image)) = (fleet.job(&row.job), fleet.image(&row.image)) else {
-            return Err(StoreError::Corrupt(format!("run `{}` names a job or image no longer in fleet.toml", row.id)));
-        };
+    ) -> Result<(), TransitionError> {
+        // A job or image removed from fleet.toml since the run began still gets
+        // its end written: the document then names only what the row knows.
+        let (job, image) = (fleet.job(&row.job), fleet.image(&row.image));
         let finished_at = Utc::now();
         let doc = result::document(&ResultInput {
             run_id: &row.id,
-            job,
-            image,
+            job: &row.job,
+            job_tags: job.map(|j| j.tags.as_slice()).unwrap_or_default(),
+            image: &row.image,
+            os: image.map(|i| i.os.as_str()).unwrap_or("unknown"),
+            arch: image.map(|i| i.arch.as_str()).unwrap_or("unknown"),
             vm_name,
             host: row.host.as_deref(),
             trigger: &row.trigger,
@@ -417,48 +474,39 @@ impl Executor {
             finished_at,
             console_tail,
         });
-        self.store
-            .finish_run(RunEnd {
-                run_id: row.id.clone(),
-                state: state.as_db(),
-                outcome: outcome.as_str().into(),
-                reason: reason.map(str::to_string),
-                result_json: doc.to_string(),
-                finished_at,
-                recorders: self.config.recorders.clone(),
-            })
-            .await?;
-        metrics::counter!("paddock_runs_finished_total", "outcome" => outcome.as_str()).increment(1);
-        info!(run_id = %row.id, outcome = outcome.as_str(), state = %state, reason = reason.unwrap_or(""), "run finished");
+        let end = RunEnd {
+            run_id: row.id.clone(),
+            from: String::new(),
+            state: String::new(),
+            outcome: outcome.as_str().into(),
+            reason: reason.map(str::to_string),
+            result_json: doc.to_string(),
+            finished_at,
+            recorders: self.config.recorders.clone(),
+        };
+        transition::finish(&self.store, from, to, end).await?;
+        crate::metrics::run_finished(outcome);
+        info!(run_id = %row.id, outcome = outcome.as_str(), state = %to, reason = reason.unwrap_or(""), "run finished");
         self.waker.wake();
         Ok(())
     }
 }
 
-async fn release(store: &Store, vms: Option<&VmManager>, run_id: &str, vm_name: &str) {
-    if let Some(vms) = vms {
-        match vms.destroy(vm_name).await {
-            Ok(()) | Err(VmError::NotFound { .. }) => {}
-            Err(e) => {
-                warn!(vm = %vm_name, error = %e, "releasing a held VM failed; reconciliation will retry")
-            }
-        }
-    }
-    if let Err(e) = store.set_run_state(run_id, &RunState::Failed.as_db()).await {
-        warn!(run_id = %run_id, error = %e, "could not end the hold");
-    }
-    info!(run_id = %run_id, vm = %vm_name, "hold ended");
-}
-
 /// Ends a run that has no VM (any more): interrupted by a crash, or never placed.
-pub async fn finish_without_vm(executor: &Executor, row: &RunRow, outcome: Outcome, reason: &str) -> Result<(), StoreError> {
-    executor.end_without_vm(&executor.fleet.current(), row, outcome, reason).await
+pub async fn finish_without_vm(executor: &Executor, row: &RunRow, outcome: Outcome, reason: &str) -> Result<(), TransitionError> {
+    let from = RunState::from_db(&row.state).ok_or_else(|| TransitionError::Unknown { id: row.id.clone(), state: row.state.clone() })?;
+    let to = if outcome == Outcome::Cancelled { RunState::Cancelled } else { RunState::Failed };
+    executor.finish(&executor.fleet.current(), row, from, to, outcome, Some(reason), &[], row.vm_name.as_deref(), None).await
 }
 
-impl Executor {
-    async fn end_without_vm(&self, fleet: &Fleet, row: &RunRow, outcome: Outcome, reason: &str) -> Result<(), StoreError> {
-        let state = if outcome == Outcome::Cancelled { RunState::Cancelled } else { RunState::Failed };
-        self.finish(fleet, row, state, outcome, Some(reason), &[], row.vm_name.as_deref(), None).await
+/// The state after `state` on the way to step `started` (1-based; 0 before
+/// the first step), or `None` once there.
+fn next_step(state: RunState, started: usize) -> Option<RunState> {
+    let target = started.checked_sub(1)? as u32;
+    match state {
+        RunState::Booting => Some(RunState::Running(0)),
+        RunState::Running(k) if k < target => Some(RunState::Running(k + 1)),
+        _ => None,
     }
 }
 

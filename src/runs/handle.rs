@@ -42,6 +42,8 @@ pub enum RunsError {
     NotCancellable { id: String, state: String },
     #[error("the run store failed")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Transition(#[from] super::transition::TransitionError),
     #[error("the run coordinator has stopped")]
     Stopped,
 }

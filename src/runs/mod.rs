@@ -6,11 +6,13 @@ mod execute;
 mod handle;
 pub mod result;
 mod state;
+pub mod transition;
 
 pub use coordinator::Coordinator;
 pub use execute::{Executor, ExecutorConfig};
 pub use handle::{RunsError, RunsHandle, Trigger};
 pub use state::{Outcome, RunState};
+pub use transition::TransitionError;
 
 #[cfg(test)]
 mod tests;

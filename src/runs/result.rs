@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::state::Outcome;
-use crate::config::{Image, Job};
 
 /// One step as the recorder sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,8 +27,11 @@ pub struct StepRecord {
 /// Everything a result document is made of.
 pub struct ResultInput<'a> {
     pub run_id: &'a str,
-    pub job: &'a Job,
-    pub image: &'a Image,
+    pub job: &'a str,
+    pub job_tags: &'a [String],
+    pub image: &'a str,
+    pub os: &'a str,
+    pub arch: &'a str,
     pub vm_name: Option<&'a str>,
     pub host: Option<&'a str>,
     pub trigger: &'a str,
@@ -46,11 +48,11 @@ pub struct ResultInput<'a> {
 pub fn document(r: &ResultInput<'_>) -> Value {
     let started = r.started_at.unwrap_or(r.created_at);
     let duration = (r.finished_at - started).num_milliseconds().max(0) as f64 / 1000.0;
-    let mut tags: Vec<String> = vec![r.image.os.as_str().to_string(), r.image.arch.as_str().to_string(), r.image.name.clone()];
+    let mut tags: Vec<String> = vec![r.os.to_string(), r.arch.to_string(), r.image.to_string()];
     if let Some(h) = r.host {
         tags.push(h.to_string());
     }
-    tags.extend(r.job.tags.iter().cloned());
+    tags.extend(r.job_tags.iter().cloned());
     let failure_kind = match r.outcome {
         Outcome::Success => Value::Null,
         Outcome::BuildFailure => json!("build"),
@@ -78,8 +80,8 @@ pub fn document(r: &ResultInput<'_>) -> Value {
         .collect();
     json!({
         "client_info": {
-            "package": r.job.name,
-            "arch": r.image.arch.as_str(),
+            "package": r.job,
+            "arch": r.arch,
             "host": r.vm_name.unwrap_or("(no vm)"),
             "tags": tags,
             "success": r.outcome == Outcome::Success,
@@ -89,8 +91,8 @@ pub fn document(r: &ResultInput<'_>) -> Value {
         "results": steps,
         "extras": {
             "run_id": r.run_id,
-            "image": r.image.name,
-            "os": r.image.os.as_str(),
+            "image": r.image,
+            "os": r.os,
             "hypervisor_host": r.host,
             "trigger": r.trigger,
             "outcome": r.outcome.as_str(),

@@ -28,6 +28,36 @@ pub enum RunState {
 }
 
 impl RunState {
+    /// One of each kind of state (`Running` stands for every step).
+    pub const KINDS: [RunState; 10] = [
+        RunState::Queued,
+        RunState::Provisioning,
+        RunState::Booting,
+        RunState::Running(0),
+        RunState::Collecting,
+        RunState::Reporting,
+        RunState::Done,
+        RunState::Held,
+        RunState::Failed,
+        RunState::Cancelled,
+    ];
+
+    /// The state's kind as a filter names it: its stored text, `running` for any step.
+    pub fn kind_name(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Provisioning => "provisioning",
+            RunState::Booting => "booting",
+            RunState::Running(_) => "running",
+            RunState::Collecting => "collecting",
+            RunState::Reporting => "reporting",
+            RunState::Done => "done",
+            RunState::Held => "held",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(self, RunState::Done | RunState::Failed | RunState::Cancelled)
     }

@@ -86,3 +86,33 @@ async fn unknown_job_and_image_are_refused_with_what_exists() {
     let e = handle.cancel("no-such-run", "alice").await.unwrap_err();
     assert_eq!(e.to_string(), "no run `no-such-run`");
 }
+
+#[tokio::test]
+async fn a_run_of_a_job_removed_from_the_fleet_is_still_ended_at_start() {
+    let (_d, store, fleet, executor) = setup().await;
+    let mut gone = row("r-gone", RunState::Running(0));
+    gone.job = "removed-since".into();
+    gone.image = "removed-image".into();
+    store.insert_run(&gone).await.unwrap();
+    let (mut coord, _handle) = Coordinator::new(fleet, store.clone(), executor);
+    // This used to fail with `StoreError::Corrupt`, and with it the daemon's start.
+    coord.recover().await.unwrap();
+    let r = store.run("r-gone").await.unwrap().unwrap();
+    assert_eq!((r.state.as_str(), r.outcome.as_deref()), ("failed", Some("interrupted")));
+    let doc: serde_json::Value = serde_json::from_str(r.result_json.as_deref().unwrap()).unwrap();
+    assert_eq!(doc["client_info"]["package"], "removed-since");
+    assert_eq!(doc["extras"]["image"], "removed-image");
+    assert_eq!(store.outbox_for_run("r-gone").await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_held_run_whose_vm_is_gone_ends_at_start() {
+    let (_d, store, fleet, executor) = setup().await;
+    let mut held = row("r-held", RunState::Held);
+    held.outcome = Some("build-failure".into());
+    store.insert_run(&held).await.unwrap();
+    let (mut coord, _handle) = Coordinator::new(fleet, store.clone(), executor);
+    coord.recover().await.unwrap();
+    let r = store.run("r-held").await.unwrap().unwrap();
+    assert_eq!((r.state.as_str(), r.outcome.as_deref()), ("failed", Some("build-failure")));
+}

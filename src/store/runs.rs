@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{Result, Store, StoreError, parse_ts, ts};
+use super::{Result, Store, parse_ts, ts};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRow {
@@ -112,39 +112,40 @@ impl Store {
         .await
     }
 
-    /// Moves a run to `state`, setting whichever of `update`'s fields are given.
-    pub async fn update_run(&self, id: &str, state: &str, update: RunUpdate) -> Result<()> {
-        let (id, state) = (id.to_string(), state.to_string());
+    /// Moves a run from `from` to `to`, setting whichever of `update`'s fields
+    /// are given, only if the run is still in `from`. Returns whether it was;
+    /// `runs::transition` is the one caller, after checking the move is legal.
+    pub async fn transition_run(&self, id: &str, from: &str, to: &str, update: RunUpdate) -> Result<bool> {
+        let (id, from, to) = (id.to_string(), from.to_string(), to.to_string());
         self.call(move |c| {
             let n = c.execute(
-                "UPDATE runs SET state = ?2,
-                    host = coalesce(?3, host), vm_name = coalesce(?4, vm_name),
-                    started_at = coalesce(?5, started_at), reason = coalesce(?6, reason)
-                 WHERE id = ?1",
-                params![id, state, update.host, update.vm_name, update.started_at.map(ts), update.reason],
+                "UPDATE runs SET state = ?3,
+                    host = coalesce(?4, host), vm_name = coalesce(?5, vm_name),
+                    started_at = coalesce(?6, started_at), reason = coalesce(?7, reason)
+                 WHERE id = ?1 AND state = ?2",
+                params![id, from, to, update.host, update.vm_name, update.started_at.map(ts), update.reason],
             )?;
-            if n == 0 {
-                return Err(StoreError::Corrupt(format!("no run `{id}`")));
-            }
-            Ok(())
+            Ok(n == 1)
         })
         .await
     }
 
     /// Ends a run: final state, outcome, result and one outbox entry per
-    /// recorder, all in one transaction. An entry already queued for the same
-    /// run and recorder is kept, so finishing twice never forwards twice.
-    pub async fn finish_run(&self, end: RunEnd) -> Result<()> {
+    /// recorder, all in one transaction, only if the run is still in
+    /// `end.from` (returns whether it was; nothing is written otherwise). An
+    /// entry already queued for the same run and recorder is kept, so
+    /// finishing twice never forwards twice.
+    pub async fn finish_run(&self, end: RunEnd) -> Result<bool> {
         self.call(move |c| {
             let tx = c.transaction()?;
             let now = ts(end.finished_at);
             let n = tx.execute(
                 "UPDATE runs SET state = ?2, outcome = ?3, reason = coalesce(?4, reason), result_json = ?5,
-                    finished_at = ?6 WHERE id = ?1",
-                params![end.run_id, end.state, end.outcome, end.reason, end.result_json, now],
+                    finished_at = ?6 WHERE id = ?1 AND state = ?7",
+                params![end.run_id, end.state, end.outcome, end.reason, end.result_json, now, end.from],
             )?;
             if n == 0 {
-                return Err(StoreError::Corrupt(format!("no run `{}`", end.run_id)));
+                return Ok(false);
             }
             for r in &end.recorders {
                 tx.execute(
@@ -154,14 +155,9 @@ impl Store {
                 )?;
             }
             tx.commit()?;
-            Ok(())
+            Ok(true)
         })
         .await
-    }
-
-    /// Sets only the state (e.g. Held → Failed when a hold ends).
-    pub async fn set_run_state(&self, id: &str, state: &str) -> Result<()> {
-        self.update_run(id, state, RunUpdate::default()).await
     }
 
     pub async fn run(&self, id: &str) -> Result<Option<RunRow>> {
@@ -219,6 +215,8 @@ impl Store {
 #[derive(Debug, Clone)]
 pub struct RunEnd {
     pub run_id: String,
+    /// The state the run must still be in; nothing is written otherwise.
+    pub from: String,
     pub state: String,
     pub outcome: String,
     pub reason: Option<String>,

@@ -12,7 +12,9 @@ pub mod reconcile;
 pub mod seed;
 mod state;
 
-pub use manager::{HostSnapshot, LaunchError, LaunchRequest, ManagerConfig, ReadyVm, Snapshot, VmManager, VmSnapshot};
+pub use manager::{
+    HostSnapshot, LaunchError, LaunchRequest, LaunchStage, ManagerConfig, ReadyVm, Snapshot, VmEnded, VmManager, VmSnapshot,
+};
 pub use readiness::Readiness;
 pub use reconcile::{LiveSet, ReconcileReport, reconcile};
 pub use state::VmState;

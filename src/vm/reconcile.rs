@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use crate::libvirt::{HostHandle, error_chain};
+use crate::libvirt::{HostHandle, error_chain, storage};
 use crate::store::Store;
 
 use super::overlay;
@@ -20,6 +20,8 @@ pub struct ReconcileReport {
     /// `(host, domain)` pairs destroyed and undefined.
     pub domains_removed: Vec<(String, String)>,
     pub overlays_removed: Vec<PathBuf>,
+    /// `(host, volume)` overlay volumes removed from hosts' image pools.
+    pub volumes_removed: Vec<(String, String)>,
     /// Domains seen that are not paddock's (or another instance's); left alone.
     pub foreign_domains: usize,
     /// Hosts that could not be listed (down).
@@ -67,6 +69,7 @@ pub async fn reconcile(hosts: &[HostHandle], instance: &str, live: &LiveSet, sta
             match removed {
                 Ok(()) => {
                     info!(host = host.name(), vm = %d.name, run_id = %mark.run_id, "reaped an orphaned domain");
+                    crate::metrics::leaked_domain_reaped(host.name());
                     let detail = format!("host {}, run {}, created {}", host.name(), mark.run_id, mark.created_at);
                     if let Err(e) = store.record_event("reaped_domain", &d.name, &detail).await {
                         report.errors.push(error_chain(&e));
@@ -101,4 +104,67 @@ pub async fn reconcile(hosts: &[HostHandle], instance: &str, live: &LiveSet, sta
         Err(e) => report.errors.push(error_chain(&e)),
     }
     report
+}
+
+/// A host with an `image_pool`, whose overlay volumes a pass looks at.
+#[derive(Debug, Clone)]
+pub struct PoolHost {
+    pub name: String,
+    pub uri: String,
+    pub pool: String,
+}
+
+/// How long one host's pool listing or one removal may take.
+const POOL_CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes overlay volumes (`<vm>-overlay.qcow2`) of this instance's VMs
+/// (names starting `vm_prefix`) from hosts' image pools when no live VM owns
+/// them and they were last changed before the pass began. A volume whose pool
+/// reports no timestamps is left alone: it might belong to a launch under way.
+/// Hosts the domain pass skipped (down) are skipped here too.
+pub async fn reconcile_pool_overlays(pools: &[PoolHost], vm_prefix: &str, live: &LiveSet, store: &Store, report: &mut ReconcileReport) {
+    let cutoff = SystemTime::from(live.taken_at);
+    for host in pools.iter().filter(|h| !report.hosts_skipped.contains(&h.name)) {
+        let (uri, pool, prefix) = (host.uri.clone(), host.pool.clone(), vm_prefix.to_string());
+        let listed =
+            tokio::time::timeout(POOL_CALL_LIMIT, tokio::task::spawn_blocking(move || storage::overlay_volumes(&uri, &pool, &prefix)))
+                .await;
+        let volumes = match listed {
+            Ok(Ok(Ok(v))) => v,
+            Ok(Ok(Err(e))) => {
+                report.errors.push(format!("listing pool {} on host {}: {}", host.pool, host.name, error_chain(&e)));
+                continue;
+            }
+            Ok(Err(e)) => {
+                report.errors.push(format!("listing pool {} on host {}: {e}", host.pool, host.name));
+                continue;
+            }
+            Err(_) => {
+                report.errors.push(format!("listing pool {} on host {}: no answer within {POOL_CALL_LIMIT:?}", host.pool, host.name));
+                continue;
+            }
+        };
+        for v in volumes {
+            if live.names.contains(&v.vm) || v.modified.is_none_or(|t| t > cutoff) {
+                continue;
+            }
+            let (uri, pool, volume) = (host.uri.clone(), host.pool.clone(), v.volume.clone());
+            let removed =
+                tokio::time::timeout(POOL_CALL_LIMIT, tokio::task::spawn_blocking(move || storage::delete_volume(&uri, &pool, &volume)))
+                    .await;
+            match removed {
+                Ok(Ok(Ok(()))) => {
+                    info!(host = %host.name, pool = %host.pool, volume = %v.volume, "removed an orphaned overlay volume");
+                    let detail = format!("host {}, pool {}, volume {}", host.name, host.pool, v.volume);
+                    if let Err(e) = store.record_event("reaped_overlay", &v.vm, &detail).await {
+                        report.errors.push(error_chain(&e));
+                    }
+                    report.volumes_removed.push((host.name.clone(), v.volume));
+                }
+                Ok(Ok(Err(e))) => report.errors.push(error_chain(&e)),
+                Ok(Err(e)) => report.errors.push(format!("removing {}: {e}", v.volume)),
+                Err(_) => report.errors.push(format!("removing {}: no answer within {POOL_CALL_LIMIT:?}", v.volume)),
+            }
+        }
+    }
 }

@@ -152,3 +152,15 @@ async fn cancel_and_tokens_from_the_command_line() {
     assert_eq!(o.code, 1);
     assert!(o.stderr.contains("no user `mallory`") && o.stderr.contains("alice, carol, bob, root"), "{}", o.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_command_quietly() {
+    let (l, url) = setup().await;
+    // `paddock runs | head -1` after head has exited: every write meets a closed pipe.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = cmd(&url, Some(&l.bob), &["runs"]).stdout(Stdio::from(writer)).stderr(Stdio::piped()).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+}

@@ -108,6 +108,7 @@ pub async fn finished(store: &Store, id: &str, job: &str, image: &str, outcome: 
     store
         .finish_run(RunEnd {
             run_id: id.into(),
+            from: "queued".into(),
             state: state.into(),
             outcome: outcome.into(),
             reason: (!ok).then(|| "step `check` exited with 2".to_string()),

@@ -193,3 +193,87 @@ command = "echo only-here > /tmp/evidence; exit 1"
     }
     daemon.stop().await.unwrap();
 }
+
+/// One owner for a VM's end: the VM manager keeps a held run's VM until the
+/// latest of the run's own hold and every live grant on it, then the run ends.
+/// The same run shows up in the documented `/metrics` series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_that_outlives_its_runs_hold_keeps_the_vm() {
+    ensure_guest_image();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = alice_key(dir.path());
+    let fleet = fleet_with_keys(
+        dir.path(),
+        "24850-24859",
+        &baked_host_key(),
+        &[public],
+        r#"
+[[jobs]]
+name = "flaky"
+images = ["tiny"]
+maintainers = ["alice"]
+hold_on_failure = "30s"
+[[jobs.steps]]
+name = "fails"
+type = "test"
+command = "echo only-here > /tmp/evidence; exit 1"
+"#,
+    );
+    let daemon = start(fleet).await;
+    let _guard = DomainGuard::new(dir.path());
+    let run = daemon.runs.trigger("flaky", None, paddock::runs::Trigger::Manual { by: "alice".into() }).await.unwrap().remove(0);
+    let row = wait_for_run(&daemon, &run, Duration::from_secs(240), finished).await;
+    assert_eq!(row.state, "held");
+    let vm = row.vm_name.unwrap();
+    let hold_end = row.finished_at.unwrap() + chrono::Duration::seconds(30);
+
+    let token = daemon.store.create_token("alice").await.unwrap().token;
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", daemon.addr);
+    let resp = http
+        .post(format!("{base}/api/v1/access"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"run": run, "duration": "10m", "reason": "needs longer than the hold"}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    let port = body["ssh"]["port"].as_u64().unwrap() as u16;
+    let cert = dir.path().join("alice-cert.pub");
+    std::fs::write(&cert, format!("{}\n", body["certificates"][0]["certificate"].as_str().unwrap())).unwrap();
+
+    // Past the run's own hold (and a few of the manager's 0.5 s ticks) ...
+    wait_until("the run's own hold to pass", Duration::from_secs(120), async || {
+        chrono::Utc::now() > hold_end + chrono::Duration::seconds(3)
+    })
+    .await;
+    // ... the VM is still there, still answers, and the run is still held.
+    assert_eq!(domains_named(&vm), vec![vm.clone()], "the grant's VM went at the run's hold end");
+    let out = ssh(port, &key, &cert, "cat /tmp/evidence").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "only-here\n", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(daemon.store.run(&run).await.unwrap().unwrap().state, "held");
+
+    // Revoking the grant ends the last reason to keep it: the VM manager removes
+    // the VM and the coordinator ends the run.
+    let resp = http.post(format!("{base}/api/v1/access/{id}/revoke")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    wait_until("the VM to go after the revoke", Duration::from_secs(90), async || domains_named(&vm).is_empty()).await;
+    let row = wait_for_run(&daemon, &run, Duration::from_secs(30), |r| r.state != "held").await;
+    assert_eq!((row.state.as_str(), row.outcome.as_deref()), ("failed", Some("build-failure")));
+
+    // The real run is in every documented series.
+    let m = http.get(format!("{base}/metrics")).bearer_auth(&token).send().await.unwrap().text().await.unwrap();
+    for series in [
+        "paddock_runs_finished_total{outcome=\"build-failure\"} 1",
+        "paddock_boot_to_ready_seconds_count{image=\"tiny\"} 1",
+        "paddock_run_queue_wait_seconds_count 1",
+        "paddock_step_duration_seconds_count{job=\"flaky\",kind=\"test\"} 1",
+    ] {
+        assert!(m.lines().any(|l| l == series), "missing `{series}` in\n{m}");
+    }
+    daemon.stop().await.unwrap();
+}

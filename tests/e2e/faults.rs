@@ -302,6 +302,8 @@ command = "echo second"
         let b = daemon.store.run(&second).await.unwrap().unwrap();
         // The second waits for room while the first runs its step.
         if a.state.starts_with("running:") && b.vm_name.is_none() && !finished(&b) {
+            // Waiting for a host is what `queued` means (and what `runs_queued` counts).
+            assert_eq!(b.state, "queued", "{b:?}");
             saw_waiting = true;
         }
         if finished(&a) && finished(&b) {

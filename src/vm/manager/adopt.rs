@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::config::{Boot, Image};
 use crate::libvirt::HostHandle;
-use crate::vm::reconcile::{self, LiveSet, ReconcileReport};
+use crate::vm::reconcile::{self, LiveSet, PoolHost, ReconcileReport};
 use crate::vm::{VmError, VmState};
 
 use super::Cmd;
@@ -23,9 +23,27 @@ impl Owner {
         LiveSet { names: self.vms.keys().cloned().collect(), taken_at: Utc::now() }
     }
 
+    /// Hosts with an image pool, and the name prefix of this instance's VMs.
+    fn pool_hosts(&self) -> (Vec<PoolHost>, String) {
+        let pools = self
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let pool = h.config.image_pool.clone()?;
+                Some(PoolHost { name: h.config.name.clone(), uri: h.config.uri.clone(), pool })
+            })
+            .collect();
+        let id = &self.cfg.instance_id;
+        (pools, format!("paddock-{}-", &id[..id.len().min(8)]))
+    }
+
     pub(super) async fn reconcile_pass(&self) -> ReconcileReport {
         let handles: Vec<HostHandle> = self.hosts.iter().map(|h| h.handle.clone()).collect();
-        reconcile::reconcile(&handles, &self.cfg.instance_id, &self.live_set(), &self.cfg.state_dir, &self.store).await
+        let live = self.live_set();
+        let mut report = reconcile::reconcile(&handles, &self.cfg.instance_id, &live, &self.cfg.state_dir, &self.store).await;
+        let (pools, prefix) = self.pool_hosts();
+        reconcile::reconcile_pool_overlays(&pools, &prefix, &live, &self.store, &mut report).await;
+        report
     }
 
     pub(super) fn spawn_reconcile(&mut self, reply: Option<oneshot::Sender<ReconcileReport>>) {
@@ -36,8 +54,10 @@ impl Owner {
         self.reconciling = true;
         let handles: Vec<HostHandle> = self.hosts.iter().map(|h| h.handle.clone()).collect();
         let (instance, live, dir, store) = (self.cfg.instance_id.clone(), self.live_set(), self.cfg.state_dir.clone(), self.store.clone());
+        let (pools, prefix) = self.pool_hosts();
         tokio::spawn(async move {
-            let report = reconcile::reconcile(&handles, &instance, &live, &dir, &store).await;
+            let mut report = reconcile::reconcile(&handles, &instance, &live, &dir, &store).await;
+            reconcile::reconcile_pool_overlays(&pools, &prefix, &live, &store, &mut report).await;
             let _ = tx.send(Cmd::ReconcileDone { report, reply });
         });
     }
@@ -85,6 +105,16 @@ impl Owner {
                 continue;
             }
             info!(vm = %row.name, hold_until = ?row.hold_until, "adopting a held VM from before the restart");
+            // On a pool host it boots from the image's volumes there (kept while it
+            // lives) and may have an overlay volume (removed with it; absent is fine).
+            let (volumes, pool_overlay) = match &self.hosts[host].config.image_pool {
+                Some(_) => {
+                    let recorded = self.store.host_volumes(&self.hosts[host].config.name).await?;
+                    let volumes = recorded.into_iter().filter(|v| v.image == row.image).map(|v| v.volume).collect();
+                    (volumes, Some(format!("{}{}", row.name, crate::libvirt::storage::OVERLAY_SUFFIX)))
+                }
+                None => (Vec::new(), None),
+            };
             // The image config may have changed since; only its name matters for a held VM.
             let image = Image { name: row.image.clone(), ..placeholder_image() };
             let host_key = self.store.vm_host_key(&row.name).await?.and_then(|l| ssh_key::PublicKey::from_openssh(&l).ok());
@@ -106,10 +136,12 @@ impl Owner {
                     error: None,
                     launch: None,
                     waiters: Vec::new(),
-                    volumes: Vec::new(),
-                    pool_overlay: None,
+                    volumes,
+                    pool_overlay,
                     seed: Some(crate::vm::seed::path_for(&self.cfg.state_dir, &row.name)).filter(|p| p.exists()),
-                    pool_seed: None,
+                    // A seeded VM on a pool host has its seed there as a volume.
+                    pool_seed: (host_key.is_some() && self.hosts[host].config.image_pool.is_some())
+                        .then(|| format!("{}{}", row.name, crate::vm::seed::SEED_SUFFIX)),
                     host_key,
                 },
             );

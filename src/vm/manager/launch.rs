@@ -133,6 +133,11 @@ impl Owner {
         self.queue.sort_by_key(|p| (std::cmp::Reverse(p.req.priority), p.seq));
         let queue = std::mem::take(&mut self.queue);
         for pending in queue {
+            // The caller went away (a cancelled run): nothing may boot for it.
+            if pending.reply.is_closed() {
+                info!(run_id = %pending.req.run_id, "launch withdrawn while queued");
+                continue;
+            }
             // A changed image file is noticed here at the latest: the launch waits for its upload.
             self.distribute(&pending.req.image);
             let used = self.usage();
@@ -158,6 +163,9 @@ impl Owner {
 
     pub(super) async fn start_attempt(&mut self, mut pending: Pending, host: usize, port: u16) {
         let Some(tx) = self.tx.upgrade() else { return };
+        if pending.attempts == 0 {
+            crate::metrics::queue_waited(pending.queued_at.elapsed().as_secs_f64());
+        }
         pending.attempts += 1;
         pending.tried.insert(host);
         let name = format!("paddock-{}-{}", short(&self.cfg.instance_id), random_id());
@@ -171,7 +179,7 @@ impl Owner {
         let (overlay, pool_overlay) = match (&pool, disk) {
             (_, false) => (None, None),
             (None, true) => (Some(overlay::path_for(&self.cfg.state_dir, &name)), None),
-            (Some(_), true) => (None, Some(format!("{name}-overlay.qcow2"))),
+            (Some(_), true) => (None, Some(format!("{name}{}", storage::OVERLAY_SUFFIX))),
         };
         let volumes = pool.as_ref().map(|(_, v)| v.volumes()).unwrap_or_default();
         let console = self.cfg.state_dir.join("consoles").join(format!("{name}.log"));
@@ -252,6 +260,7 @@ impl Owner {
             tx,
         };
         info!(vm = %name, run_id = %vm.run_id, host = %self.hosts[host].config.name, port, attempt = pending.attempts, "placing VM");
+        pending.report(super::LaunchStage::Placed { vm: name.clone(), host: self.hosts[host].config.name.clone() });
         let mut vm = vm;
         vm.launch = Some(pending);
         self.vms.insert(name.clone(), vm);
@@ -277,6 +286,7 @@ impl Owner {
                 };
                 info!(vm = %name, host = %ready.host, boot_ms = booted.boot_time.as_millis() as u64, "VM ready");
                 let host = vm.host;
+                crate::metrics::boot_ready(&vm.image.name, booted.boot_time.as_secs_f64());
                 self.count_launch(host, &name, Ok(booted.boot_time)).await;
                 self.transition(&name, VmState::Ready).await;
                 if pending.reply.send(Ok(ready)).is_err() {
@@ -305,6 +315,7 @@ impl Owner {
                     }));
                 } else {
                     pending.last_failure = Some(*failure);
+                    pending.report(super::LaunchStage::Requeued);
                     self.queue.push(pending);
                     self.pump().await;
                 }

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -104,6 +104,29 @@ pub struct LaunchRequest {
     pub ca_key: Option<String>,
     /// Higher goes first when hosts are full; FIFO within a priority.
     pub priority: i32,
+    /// Where the launch has got to, for callers that show it (a run's state).
+    pub progress: Option<mpsc::UnboundedSender<LaunchStage>>,
+}
+
+/// How far a launch has got, as reported to [`LaunchRequest::progress`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchStage {
+    /// Host `host` and a port were chosen; VM `vm` is being defined there.
+    Placed { vm: String, host: String },
+    /// The domain was started; waiting for its SSH.
+    Booting,
+    /// The attempt failed; the launch waits in the queue for another host.
+    Requeued,
+}
+
+/// A VM of the manager is gone (torn down, for whatever reason): told to
+/// [`VmManager::subscribe_ended`] subscribers, so that the run coordinator ends
+/// a held run when the manager ends its VM's hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmEnded {
+    pub name: String,
+    /// The run (or `grant-<id>`) the VM was launched for.
+    pub run_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +248,7 @@ enum Cmd {
 #[derive(Clone)]
 pub struct VmManager {
     tx: mpsc::UnboundedSender<Cmd>,
+    ended: broadcast::Sender<VmEnded>,
 }
 
 impl VmManager {
@@ -241,6 +265,7 @@ impl VmManager {
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let (ended, _) = broadcast::channel(256);
         let store_for_hosts = store.clone();
         let mut owner = Owner {
             ports: PortAllocator::new(cfg.ssh_ports),
@@ -255,6 +280,7 @@ impl VmManager {
             pools: HashMap::new(),
             images: HashMap::new(),
             last_image_check: Instant::now(),
+            ended: ended.clone(),
         };
         let store = store_for_hosts;
         let blocks = store.host_blocks().await?;
@@ -273,7 +299,7 @@ impl VmManager {
             owner.distribute(&image);
         }
         tokio::spawn(owner.run(rx));
-        Ok(VmManager { tx })
+        Ok(VmManager { tx, ended })
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, VmError> {
@@ -288,7 +314,14 @@ impl VmManager {
         self.ask(|reply| Cmd::Launch { req: Box::new(req), reply }).await?
     }
 
-    /// Keeps a ready VM past its release until `until`.
+    /// Every VM that goes from now on, as it goes.
+    pub fn subscribe_ended(&self) -> broadcast::Receiver<VmEnded> {
+        self.ended.subscribe()
+    }
+
+    /// Keeps a ready VM past its release until `until` (replacing an earlier
+    /// hold). The holders (a failed run, the grants on it) agree on the latest
+    /// of their ends; the manager alone tears the VM down when that passes.
     pub async fn hold(&self, name: &str, until: DateTime<Utc>) -> Result<(), VmError> {
         self.ask(|reply| Cmd::Hold { name: name.into(), until, reply }).await?
     }

@@ -72,6 +72,17 @@ pub(super) struct Pending {
     pub(super) last_failure: Option<AttemptFailure>,
     /// Hosts meant for this job that could not take it were reported once.
     pub(super) missed_reported: bool,
+    /// When it entered the queue, for `paddock_run_queue_wait_seconds`.
+    pub(super) queued_at: Instant,
+}
+
+impl Pending {
+    /// Tells the caller how far its launch has got.
+    pub(super) fn report(&self, stage: super::LaunchStage) {
+        if let Some(p) = &self.req.progress {
+            let _ = p.send(stage);
+        }
+    }
 }
 
 pub(super) struct Owner {
@@ -91,6 +102,8 @@ pub(super) struct Owner {
     /// Images seen (config and launches), re-checked for changes on a timer.
     pub(super) images: HashMap<String, Image>,
     pub(super) last_image_check: Instant,
+    /// Told about every VM that goes.
+    pub(super) ended: tokio::sync::broadcast::Sender<super::VmEnded>,
 }
 
 /// How often the owner re-checks cool-downs, expired holds and down hosts.
@@ -126,6 +139,7 @@ impl Owner {
                     seq: self.seq,
                     last_failure: None,
                     missed_reported: false,
+                    queued_at: Instant::now(),
                 });
                 self.pump().await;
             }
@@ -181,8 +195,11 @@ impl Owner {
             },
             Cmd::Progress { name, state } => {
                 // A VM being stopped stays stopping whatever its launch task still reports.
-                if self.vms.get(&name).is_some_and(|vm| vm.state != VmState::Stopping) {
-                    self.transition(&name, state).await;
+                if self.vms.get(&name).is_some_and(|vm| vm.state != VmState::Stopping)
+                    && self.transition(&name, state).await
+                    && let (VmState::Booting, Some(p)) = (state, self.vms.get(&name).and_then(|vm| vm.launch.as_ref()))
+                {
+                    p.report(super::LaunchStage::Booting);
                 }
             }
             Cmd::AttemptDone { name, result } => self.attempt_done(name, result).await,

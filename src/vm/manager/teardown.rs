@@ -60,6 +60,7 @@ impl Owner {
                     warn!(vm = %name, error = %error_chain(&e), "could not delete a VM row");
                 }
                 info!(vm = %name, "VM gone");
+                let _ = self.ended.send(super::VmEnded { name: name.clone(), run_id: vm.run_id.clone() });
                 for w in vm.waiters {
                     let _ = w.send(Ok(()));
                 }

@@ -1,5 +1,8 @@
 //! Every Prometheus metric paddock exports: the names, their labels, and the
-//! helper functions other modules call to record them.
+//! helper functions the code doing the work calls to record them (the VM
+//! manager for queue waits and boots, the executor for steps and run ends, the
+//! reconciler for reaped leaks, the forwarder for deliveries). No other module
+//! names a metric.
 //!
 //! Counters and histograms are recorded where things happen (through the
 //! helpers below); gauges that describe current state (VMs, queue, outbox,
@@ -26,6 +29,10 @@ pub const OUTBOX_OLDEST_AGE: &str = "paddock_outbox_oldest_age_seconds";
 pub const SSH_CONNECT_FAILURES: &str = "paddock_ssh_connect_failures_total";
 pub const LEAKED_DOMAINS_REAPED: &str = "paddock_leaked_domains_reaped_total";
 pub const LOG_FOLLOWS: &str = "paddock_log_follows";
+pub const VMS_LOST: &str = "paddock_vm_lost_total";
+pub const FIRES_SKIPPED: &str = "paddock_fires_skipped_total";
+pub const OUTBOX_DELIVERED: &str = "paddock_outbox_delivered_total";
+pub const OUTBOX_FAILURES: &str = "paddock_outbox_failures_total";
 
 /// Seconds; boots under TCG take tens of seconds, builds take minutes to hours.
 const BOOT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
@@ -61,7 +68,7 @@ pub fn run_finished(outcome: Outcome) {
     ::metrics::counter!(RUNS_FINISHED, "outcome" => outcome.as_str()).increment(1);
 }
 
-/// A run left the queue after waiting `secs` for a host.
+/// A launch left the VM manager's queue (its first placement) after waiting `secs` for a host.
 pub fn queue_waited(secs: f64) {
     ::metrics::histogram!(QUEUE_WAIT).record(secs);
 }
@@ -71,9 +78,9 @@ pub fn boot_ready(image: &str, secs: f64) {
     ::metrics::histogram!(BOOT_READY, "image" => image.to_string()).record(secs);
 }
 
-/// A step of `kind` (setup/build/test) finished after `secs`.
-pub fn step_finished(kind: &str, secs: f64) {
-    ::metrics::histogram!(STEP_DURATION, "kind" => kind.to_string()).record(secs);
+/// A step of `job` of `kind` (setup/build/test) finished after `secs`.
+pub fn step_finished(job: &str, kind: &str, secs: f64) {
+    ::metrics::histogram!(STEP_DURATION, "job" => job.to_string(), "kind" => kind.to_string()).record(secs);
 }
 
 /// An SSH connection to a guest of `image` failed (each attempt counts).
@@ -84,6 +91,22 @@ pub fn ssh_connect_failed(image: &str) {
 /// The reconciler destroyed a domain on `host` that no run owned.
 pub fn leaked_domain_reaped(host: &str) {
     ::metrics::counter!(LEAKED_DOMAINS_REAPED, "host" => host.to_string()).increment(1);
+}
+
+/// A run's VM stopped behind paddock's back while steps ran.
+pub fn vm_lost() {
+    ::metrics::counter!(VMS_LOST).increment(1);
+}
+
+/// A scheduled fire of `job` was skipped: its previous run still goes.
+pub fn fire_skipped(job: &str) {
+    ::metrics::counter!(FIRES_SKIPPED, "job" => job.to_string()).increment(1);
+}
+
+/// An outbox entry reached `recorder` (`Ok`) or an attempt failed (`Err`).
+pub fn outbox_attempt(recorder: &str, delivered: bool) {
+    let name = if delivered { OUTBOX_DELIVERED } else { OUTBOX_FAILURES };
+    ::metrics::counter!(name, "recorder" => recorder.to_string()).increment(1);
 }
 
 /// The current state, as read from the store at scrape time.
