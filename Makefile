@@ -14,6 +14,7 @@ image: setup
 	bash images/build-guest.sh x86_64
 	bash images/build-guest.sh aarch64
 	bash images/build-guest.sh s390x
+	bash images/build-debian.sh
 
 build:
 	$(CARGO) build --locked --all-targets

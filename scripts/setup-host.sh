@@ -61,13 +61,16 @@ apt_update_once() {
 install_packages() {
     # qemu-system-arm/-misc/-ppc: emulators for aarch64, s390x+riscv64, ppc64le guests (TCG);
     # ovmf: UEFI firmware for the windows/macos profiles; swtpm: the optional TPM emulator.
+    # mmdebstrap, fdisk (sfdisk), e2fsprogs (mkfs.ext4 -d): images/build-debian.sh;
+    # xorriso: the per-VM cloud-init seed ISOs (src/vm/seed.rs).
     # systemd: `systemd-analyze verify` for the package's units (254 from backports knows
     # RestartSteps=); nothing starts it. dpkg-dev: dpkg-shlibdeps for scripts/build-deb.sh.
     local backports=(libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86
         qemu-system-arm qemu-system-misc qemu-system-ppc ovmf swtpm swtpm-tools
         qemu-utils passt pkg-config systemd)
     local plain=(busybox-static openssh-client openssh-server cpio gzip zstd xz-utils binutils libxml2-utils chromium
-        sqlite3 python3 ca-certificates curl dpkg-dev adduser)
+        sqlite3 python3 ca-certificates curl dpkg-dev adduser
+        mmdebstrap fdisk e2fsprogs xorriso)
     local missing=()
     for p in "${backports[@]}" "${plain[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -89,6 +89,7 @@ fn issue(
         .issue(&CertSpec {
             key: &u.public,
             principal: "root",
+            forwarding: true,
             key_id: format!("paddock:mia:{name}"),
             serial,
             valid_after: after,

@@ -34,8 +34,12 @@ pub enum CaError {
 #[derive(Debug, Clone)]
 pub struct CertSpec<'a> {
     pub key: &'a PublicKey,
-    /// The guest login user the certificate is good for.
+    /// The one principal the certificate names: the granted VM's (guests with a per-VM
+    /// identity accept only their own), or the login user for guests without one.
     pub principal: &'a str,
+    /// Whether agent, X11 and port forwarding and `~/.ssh/rc` are permitted
+    /// (`[access] allow_forwarding`); `permit-pty` always is.
+    pub forwarding: bool,
     pub key_id: String,
     pub serial: u64,
     pub valid_after: DateTime<Utc>,
@@ -133,9 +137,13 @@ impl FleetCa {
         b.cert_type(CertType::User).map_err(err)?;
         b.key_id(spec.key_id.clone()).map_err(err)?;
         b.valid_principal(spec.principal).map_err(err)?;
-        // What `ssh-keygen -s` grants by default, so an interactive login behaves normally.
-        for ext in ["permit-X11-forwarding", "permit-agent-forwarding", "permit-port-forwarding", "permit-pty", "permit-user-rc"] {
-            b.extension(ext, "").map_err(err)?;
+        // A terminal, so an interactive login behaves normally; forwarding and user rc
+        // files (what `ssh-keygen -s` also grants by default) only when the policy says so.
+        b.extension("permit-pty", "").map_err(err)?;
+        if spec.forwarding {
+            for ext in ["permit-X11-forwarding", "permit-agent-forwarding", "permit-port-forwarding", "permit-user-rc"] {
+                b.extension(ext, "").map_err(err)?;
+            }
         }
         b.comment(spec.key_id.clone()).map_err(err)?;
         b.sign(self.key.as_ref()).map_err(err)
@@ -188,13 +196,30 @@ mod tests {
         let cert = ca
             .issue(&CertSpec {
                 key: user.public_key(),
-                principal: "root",
+                principal: "paddock-0123abcd-vm1",
+                forwarding: false,
                 key_id: "paddock:alice:g1".into(),
                 serial: 7,
                 valid_after: now - chrono::Duration::seconds(60),
                 valid_before: now + chrono::Duration::hours(1),
             })
             .unwrap();
+        assert_eq!(cert.valid_principals(), ["paddock-0123abcd-vm1".to_string()]);
+        let exts: Vec<&String> = cert.extensions().keys().collect();
+        assert_eq!(exts, ["permit-pty"]);
+        let forwarding = ca
+            .issue(&CertSpec {
+                key: user.public_key(),
+                principal: "root",
+                forwarding: true,
+                key_id: "paddock:alice:g1".into(),
+                serial: 7,
+                valid_after: now - chrono::Duration::seconds(60),
+                valid_before: now + chrono::Duration::hours(1),
+            })
+            .unwrap();
+        assert_eq!(forwarding.extensions().len(), 5);
+        let cert = forwarding;
         assert_eq!(cert.serial(), 7);
         assert_eq!(cert.valid_principals(), ["root".to_string()]);
         assert_eq!(cert.cert_type(), CertType::User);

@@ -59,10 +59,13 @@ pub fn install_ops(os: Os, grant_id: &str, user: &str, keys: &[String]) -> Vec<K
 /// What removes the grant's keys again (and nothing else).
 /// Ends every SSH session in a POSIX guest except the one running this
 /// command: used when a grant ends on a VM that stays (a held run's), so a
-/// session left open does not outlive the grant. OpenSSH runs each connection
-/// as a `sshd: USER [priv]` monitor with a `sshd: USER@tty` child; ours is the
-/// command's parent (`$PPID`) and that process's parent. Windows guests are
-/// not covered: their sessions end when the VM goes.
+/// session left open does not outlive the grant. A session is found by what sshd
+/// gives every process it starts for a user, the `SSH_CONNECTION` variable, not by
+/// process names (OpenSSH 9.8 renamed its session processes `sshd-session`): every
+/// process carrying it, and every process of its session, is killed, except those of
+/// this command's own session. A process that left its session and cleared its
+/// environment escapes; it can no longer log in again once the certificate is
+/// useless. Windows guests are not covered: their sessions end when the VM goes.
 pub fn end_sessions_ops(os: Os) -> Vec<KeyOp> {
     match os {
         Os::Windows => Vec::new(),
@@ -70,9 +73,45 @@ pub fn end_sessions_ops(os: Os) -> Vec<KeyOp> {
     }
 }
 
-// busybox has no pgrep; its `ps` may print `{comm}` before the arguments, so the
-// session processes are matched anywhere on the line.
-const END_SESSIONS: &str = r#"mine=$PPID; up=$(cut -d" " -f4 /proc/$PPID/stat 2>/dev/null); for p in $(ps -o pid,args | awk -v a="$mine" -v b="$up" '/sshd: [^ ]+ \[priv\]|sshd: [^ ]+@/ && $1 != a && $1 != b { print $1 }'); do kill -TERM "$p" 2>/dev/null; done; true"#;
+// `sed 's/.*) //'` drops `pid (comm) ` greedily, so a name with `) ` in it cannot shift
+// the fields; the session id is then the fourth. Works with busybox and procps alike.
+const END_SESSIONS: &str = r#"sid() { sed 's/.*) //' "$1/stat" 2>/dev/null | cut -d" " -f4; }; me=$(sid /proc/$$); found=""; for d in /proc/[0-9]*; do s=$(sid "$d"); [ -n "$s" ] && [ "$s" != "$me" ] && [ "$s" != 0 ] || continue; if tr "\0" "\n" < "$d/environ" 2>/dev/null | grep -q "^SSH_CONNECTION="; then found="$found $s"; kill -KILL "${d#/proc/}" 2>/dev/null; fi; done; [ -z "$found" ] && exit 0; for d in /proc/[0-9]*; do s=$(sid "$d"); for t in $found; do [ "$s" = "$t" ] && kill -KILL "${d#/proc/}" 2>/dev/null; done; done; true"#;
+
+/// Where a seeded guest's sshd reads the principals a certificate must name to log in
+/// as `user` (`AuthorizedPrincipalsFile /etc/ssh/auth_principals/%u`, see `vm::seed`).
+pub fn principals_path(user: &str) -> String {
+    format!("/etc/ssh/auth_principals/{user}")
+}
+
+/// Makes `principal` (the VM's) the one a certificate must name on this guest again:
+/// a grant on a held VM whose earlier grant was revoked.
+pub fn allow_principal_ops(os: Os, user: &str, principal: &str) -> Vec<KeyOp> {
+    match os {
+        Os::Windows | Os::Macos => Vec::new(),
+        Os::Linux => vec![KeyOp::Exec {
+            command: format!("mkdir -p /etc/ssh/auth_principals && cat > {}", sh_quote(&principals_path(user))),
+            stdin: format!("{principal}\n").into_bytes(),
+        }],
+    }
+}
+
+/// Empties the guest's principals file, so no certificate of the fleet CA logs in any
+/// more (revoke or end of the last grant on a VM that stays). Paddock's own key is in
+/// `authorized_keys` and still works.
+pub fn revoke_principals_ops(os: Os, user: &str) -> Vec<KeyOp> {
+    match os {
+        Os::Windows | Os::Macos => Vec::new(),
+        Os::Linux => {
+            let f = sh_quote(&principals_path(user));
+            vec![KeyOp::Exec { command: format!("[ ! -e {f} ] || : > {f}"), stdin: Vec::new() }]
+        }
+    }
+}
+
+/// `'...'` for sh, with `'` written as `'\''`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
 
 pub fn removal_ops(os: Os, grant_id: &str, user: &str) -> Vec<KeyOp> {
     match os {
@@ -230,26 +269,38 @@ mod tests {
 mod end_sessions_tests {
     use super::*;
 
-    /// The command ends other sessions' processes and spares everything else,
-    /// checked with stand-in processes named as OpenSSH names its sessions. It
-    /// runs in a PID namespace of its own so it cannot touch this machine's
-    /// real SSH sessions (other tests run an sshd).
+    /// The command ends other SSH sessions' processes (whatever they are called) and
+    /// spares its own session and processes without `SSH_CONNECTION`. Stand-ins run in a
+    /// PID namespace of its own so the command cannot touch this machine's real SSH
+    /// sessions (other tests run an sshd).
     #[test]
     fn ends_other_sessions_only() {
         let KeyOp::Exec { command, .. } = &end_sessions_ops(Os::Linux)[0] else { panic!() };
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = dir.path().join("end.sh");
+        std::fs::write(&cmd, command).unwrap();
         let script = format!(
-            r#"(exec -a "sshd: root [priv]" sleep 60 &) ; (exec -a "sshd: root@notty" sleep 60 &) ; (exec -a "bystander: root@x" sleep 60 &)
-sleep 0.3
-busybox sh -c '{}'
+            r#"SSH_CONNECTION="127.0.0.1 5 127.0.0.1 22" setsid bash -c '(exec -a "sshd-session: root@pts/0" sleep 61 &); exec -a grant-shell sleep 62' &
+SSH_CONNECTION="127.0.0.1 6 127.0.0.1 22" setsid bash -c 'env -u SSH_CONNECTION bash -c "exec -a child-without-env sleep 63" & exec -a grant-build sleep 64' &
+setsid bash -c 'exec -a bystander sleep 65' &
+sleep 0.5
+SSH_CONNECTION="127.0.0.1 7 127.0.0.1 22" setsid bash -c '(exec -a ours-too sleep 66 &); busybox sh {}'
 sleep 0.3
 ps -eo args"#,
-            command.replace('\'', "'\\''")
+            cmd.display()
         );
-        let out = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "bash", "-c", &script]).output().unwrap();
+        let out = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "bash", "-c", &script])
+            .env_remove("SSH_CONNECTION")
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let ps = String::from_utf8_lossy(&out.stdout);
-        assert!(!ps.contains("sshd: root"), "sessions not ended:\n{ps}");
-        assert!(ps.contains("bystander: root@x"), "a non-sshd process was killed:\n{ps}");
+        for gone in ["sshd-session", "grant-shell", "grant-build", "child-without-env"] {
+            assert!(!ps.contains(gone), "{gone} not ended:\n{ps}");
+        }
+        assert!(ps.contains("bystander"), "a process of no SSH session was killed:\n{ps}");
+        assert!(ps.contains("ours-too"), "a process of the command's own session was killed:\n{ps}");
         assert!(end_sessions_ops(Os::Windows).is_empty());
     }
 }

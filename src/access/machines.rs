@@ -34,8 +34,13 @@ impl VmMachines {
         Ok((SocketAddr::new(host.address, port), row.console_path))
     }
 
-    fn host_key(image: &Image, console: Option<&str>, vm: &str) -> Result<ssh_key::PublicKey, MachineError> {
+    async fn host_key(&self, image: &Image, console: Option<&str>, vm: &str) -> Result<ssh_key::PublicKey, MachineError> {
         match &image.host_key {
+            HostKeyPolicy::PerVm => {
+                let line = self.store.vm_host_key(vm).await.map_err(|e| err("reading the host key of", vm, e))?;
+                let line = line.ok_or_else(|| err("reading the host key of", vm, "no host key pinned for it"))?;
+                ssh_key::PublicKey::from_openssh(&line).map_err(|e| err("reading the host key of", vm, e))
+            }
             HostKeyPolicy::Pinned(k) => Ok(k.clone()),
             HostKeyPolicy::File(p) => ssh_key::PublicKey::read_openssh_file(p).map_err(|e| err("reading the host key of", vm, e)),
             HostKeyPolicy::Console => {
@@ -108,7 +113,7 @@ impl Machines for VmMachines {
     fn run_ops<'a>(&'a self, vm: &'a str, image: &'a Image, ops: Vec<KeyOp>) -> BoxFuture<'a, Result<(), MachineError>> {
         Box::pin(async move {
             let (addr, console) = self.addr(vm).await?;
-            let key = Self::host_key(image, console.as_deref(), vm)?;
+            let key = self.host_key(image, console.as_deref(), vm).await?;
             let target = ssh::Target { addr, user: image.user.clone() };
             let session = ssh::connect(&target, &self.client.auth(), &HostKeyCheck::exact(key), &SshConfig::default())
                 .await

@@ -160,6 +160,19 @@ pub struct GrantAnswer {
     pub ssh_command: Option<String>,
 }
 
+/// One `known_hosts` line for a guest's forwarded SSH port: `[host]:port KEYTYPE BASE64`
+/// (the comment of the key line is dropped).
+pub fn known_hosts_line(host: &str, port: u16, key_line: &str) -> String {
+    let key: Vec<&str> = key_line.split_whitespace().take(2).collect();
+    format!("[{host}]:{port} {}", key.join(" "))
+}
+
+#[cfg(test)]
+#[test]
+fn known_hosts_line_drops_the_comment() {
+    assert_eq!(known_hosts_line("127.0.0.1", 22201, "ssh-ed25519 AAAAC3 paddock-x-1"), "[127.0.0.1]:22201 ssh-ed25519 AAAAC3");
+}
+
 /// The `ssh` command for an endpoint; `with_cert` adds the `CertificateFile` option.
 pub fn ssh_command(e: &Endpoint, with_cert: bool) -> String {
     let cert = if with_cert { " -o CertificateFile=CERT" } else { "" };

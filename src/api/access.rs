@@ -51,18 +51,31 @@ pub(crate) fn grant_out(g: &Grant) -> GrantOut {
         ssh: g.endpoint.as_ref().map(|e| EndpointOut { host: e.host.clone(), port: e.port, user: e.user.clone() }),
         certificates: Vec::new(),
         ssh_command: None,
+        known_hosts: None,
     }
 }
 
-fn answer_out(a: GrantAnswer) -> GrantOut {
+/// The grant with its certificates, and a `known_hosts` line when paddock pinned the
+/// VM's host key, so the user checks what they connect to.
+async fn answer_out(s: &Shared, a: GrantAnswer) -> Result<GrantOut, ApiError> {
     let mut out = grant_out(&a.grant);
+    add_known_hosts(s, &mut out).await?;
     out.certificates = a
         .certificates
         .into_iter()
         .map(|c| CertificateOut { serial: c.serial, key_fingerprint: c.key_fingerprint, key: c.key, certificate: c.certificate })
         .collect();
     out.ssh_command = a.ssh_command;
-    out
+    Ok(out)
+}
+
+async fn add_known_hosts(s: &Shared, out: &mut GrantOut) -> Result<(), ApiError> {
+    if let (Some(ep), Some(vm)) = (&out.ssh, &out.vm_name)
+        && let Some(key) = s.store.vm_host_key(vm).await?
+    {
+        out.known_hosts = Some(crate::access::known_hosts_line(&ep.host, ep.port, &key));
+    }
+    Ok(())
 }
 
 fn duration(s: &str) -> Result<std::time::Duration, ApiError> {
@@ -112,7 +125,7 @@ async fn request_checked(
     let d = duration(&req.duration)?;
     let a = service(s)?.request(&actor.user, target, d, &req.reason).await?;
     let status = if a.grant.state == GrantState::Pending { StatusCode::ACCEPTED } else { StatusCode::CREATED };
-    Ok((status, Json(answer_out(a))))
+    Ok((status, Json(answer_out(s, a).await?)))
 }
 
 pub async fn detail(State(s): State<Shared>, r: Reader, Path(id): Path<String>) -> Result<Json<GrantOut>, ApiError> {
@@ -125,11 +138,16 @@ pub async fn detail(State(s): State<Shared>, r: Reader, Path(id): Path<String>) 
     {
         out.ssh = None;
     }
+    add_known_hosts(&s, &mut out).await?;
     Ok(Json(out))
 }
 
 pub async fn approve(State(s): State<Shared>, actor: Actor, Path(id): Path<String>) -> Result<Json<GrantOut>, ApiError> {
-    let res = async { Ok(Json(answer_out(service(&s)?.approve(&actor.user, &id).await?))) }.await;
+    let res = async {
+        let a = service(&s)?.approve(&actor.user, &id).await?;
+        Ok(Json(answer_out(&s, a).await?))
+    }
+    .await;
     audited(&s, &actor, "access.approve", &id, res).await
 }
 
@@ -153,7 +171,8 @@ pub async fn extend(
 ) -> Result<Json<GrantOut>, ApiError> {
     let res = async {
         let d = duration(&body(b)?.duration)?;
-        Ok(Json(answer_out(service(&s)?.extend(&actor.user, &id, d).await?)))
+        let a = service(&s)?.extend(&actor.user, &id, d).await?;
+        Ok(Json(answer_out(&s, a).await?))
     }
     .await;
     audited(&s, &actor, "access.extend", &id, res).await

@@ -175,11 +175,14 @@ pub async fn vms(State(s): State<Shared>, _r: Reader) -> Result<Json<Vec<VmOut>>
 
 pub(crate) async fn vms_of(s: &Shared) -> Result<Vec<VmOut>, ApiError> {
     let now = Utc::now();
+    let mut keys = s.store.vm_host_keys().await?;
     Ok(s.store
         .vms()
         .await?
         .into_iter()
         .map(|v| VmOut {
+            host_key_sha256: keys.get(&v.name).and_then(|l| ssh_key::PublicKey::from_openssh(l).ok()).map(|k| crate::ssh::fingerprint(&k)),
+            host_key: keys.remove(&v.name),
             age_s: (now - v.created_at).num_seconds().max(0),
             name: v.name,
             host: v.host,

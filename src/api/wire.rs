@@ -97,6 +97,13 @@ pub struct VmOut {
     pub age_s: i64,
     pub hold_until: Option<DateTime<Utc>>,
     pub error: Option<String>,
+    /// The SSH host key paddock pinned for this VM before it booted (OpenSSH public key
+    /// line), for images whose VMs get their own (`identity = "cloud-init"`).
+    #[serde(default)]
+    pub host_key: Option<String>,
+    /// Its `SHA256:...` fingerprint, as `ssh` prints it.
+    #[serde(default)]
+    pub host_key_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -319,6 +326,10 @@ pub struct GrantOut {
     #[serde(default)]
     pub certificates: Vec<CertificateOut>,
     pub ssh_command: Option<String>,
+    /// `[host]:port ssh-ed25519 AAAA...`: the VM's pinned host key as one `known_hosts`
+    /// line, for images whose VMs get their own key.
+    #[serde(default)]
+    pub known_hosts: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -139,6 +139,15 @@ fn show_grant(remote: &Remote, g: &GrantOut, out: &Path) -> Result<ExitCode> {
         std::fs::write(&path, format!("{}\n", c.certificate)).with_context(|| format!("cannot write {}", path.display()))?;
         files.push(path);
     }
+    // The VM's pinned host key: ssh checks it instead of asking to trust a new one.
+    let known_hosts = match &g.known_hosts {
+        Some(line) => {
+            let path = out.join(format!("paddock-{}-known_hosts", g.id));
+            std::fs::write(&path, format!("{line}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
     if remote.json {
         print_json(g)?;
         return Ok(ExitCode::SUCCESS);
@@ -159,11 +168,17 @@ fn show_grant(remote: &Remote, g: &GrantOut, out: &Path) -> Result<ExitCode> {
     for (c, f) in g.certificates.iter().zip(&files) {
         outln!("  certificate serial {} for key {}: {}", c.serial, c.key_fingerprint, f.display());
     }
+    if let (Some(line), Some(path)) = (&g.known_hosts, &known_hosts) {
+        outln!("  known_hosts ({}): {line}", path.display());
+    }
     if let Some(cmd) = &g.ssh_command {
-        let cmd = match files.first() {
+        let mut cmd = match files.first() {
             Some(f) => cmd.replace("CERT", &f.display().to_string()),
             None => cmd.clone(),
         };
+        if let Some(path) = &known_hosts {
+            cmd = cmd.replacen("ssh ", &format!("ssh -o UserKnownHostsFile={} ", path.display()), 1);
+        }
         outln!("  {cmd}");
         outln!("  (KEY is your private key, e.g. ~/.ssh/id_ed25519)");
     }

@@ -49,13 +49,17 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             boot
         );
         for missing in missing_files(i) {
-            outln!("    warning: {} does not exist yet (run images/build-guest.sh)", missing.display());
+            outln!("    warning: {} does not exist yet (run `make image`)", missing.display());
         }
     }
     outln!("\njobs:");
     let now = Utc::now();
     for j in &fleet.jobs {
         outln!("  {:<16} on {} ({} steps)", j.name, j.images.join(", "), j.steps.len());
+        for input in &j.inputs {
+            let state = if input.path.exists() { "" } else { "  warning: missing" };
+            outln!("    input {} -> {}{state}", input.path.display(), input.dest);
+        }
         match &j.schedule {
             Some(s) => {
                 outln!("    schedule `{}` in {}; next:", s.expr, s.tz);

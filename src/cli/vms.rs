@@ -1,4 +1,4 @@
-//! `paddock vms`: every VM paddock made, with its state, host, run and port.
+//! `paddock vms`: every VM paddock made, with its state, host, run, port and pinned host key.
 
 use std::process::ExitCode;
 
@@ -25,10 +25,11 @@ pub fn run(remote: &Remote) -> Result<ExitCode> {
                     opt(&v.run_id),
                     v.ssh_port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                     ago(v.created_at),
+                    opt(&v.host_key_sha256),
                 ]
             })
             .collect();
-        table(&["vm", "state", "host", "image", "run", "port", "created"], &rows);
+        table(&["vm", "state", "host", "image", "run", "port", "created", "host key"], &rows);
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -249,7 +249,9 @@ impl Window {
             for part in days_s.split(',') {
                 match part.split_once('-') {
                     Some((a, b)) => {
-                        let (Some(a), Some(b)) = (day(a), day(b)) else { return Err(bad(&format!("unknown day in `{part}`"))) };
+                        let (Some(a), Some(b)) = (day(a), day(b)) else {
+                            return Err(bad(&format!("unknown day in `{part}`")));
+                        };
                         let mut d = a;
                         loop {
                             days[d] = true;
@@ -359,6 +361,10 @@ pub enum HostKeyPolicy {
     /// The key the guest prints on its serial console at boot, between
     /// `PADDOCK-HOSTKEY-BEGIN` and `PADDOCK-HOSTKEY-END`.
     Console,
+    /// A key paddock generates for each VM and pins before boot, handed to the guest
+    /// with the VM's identity (`identity = "cloud-init"` in `fleet.toml`: a NoCloud seed
+    /// on a disk image). No two VMs share it.
+    PerVm,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -466,6 +472,21 @@ pub struct Job {
     pub hold_on_failure: Option<Duration>,
     pub maintainers: Vec<String>,
     pub artifacts: Vec<String>,
+    /// Host files or folders uploaded into the guest before the first step.
+    pub inputs: Vec<Input>,
+}
+
+/// A host file or folder a job uploads into its guest over SFTP before the first step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// Absolute, on the daemon's machine (a relative `path` is resolved against the
+    /// config file's folder).
+    pub path: PathBuf,
+    /// Where it lands in the guest (absolute, `/`-separated): a file is written there,
+    /// a folder's contents go below it.
+    pub dest: String,
+    /// The most bytes the input may hold in all; a bigger one fails the run before upload.
+    pub max_bytes: u64,
 }
 
 impl Job {
@@ -521,4 +542,8 @@ pub struct AccessPolicy {
     pub auto_approve_max: Duration,
     /// No grant, approved or extended, lasts longer than this.
     pub max_grant: Duration,
+    /// Certificates carry `permit-agent-forwarding`, `permit-X11-forwarding`,
+    /// `permit-port-forwarding` and `permit-user-rc` only when this is set; otherwise
+    /// only `permit-pty` (`[access] allow_forwarding`, default false).
+    pub allow_forwarding: bool,
 }

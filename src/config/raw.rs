@@ -98,7 +98,10 @@ pub struct RawImage {
     pub vcpus: S<i64>,
     pub user: S<String>,
     pub shell: Option<S<String>>,
-    pub host_key: S<String>,
+    /// Required unless `identity` hands each VM a key of its own.
+    pub host_key: Option<S<String>>,
+    /// `"cloud-init"`: each VM gets a NoCloud seed with its own host key and principal.
+    pub identity: Option<S<String>>,
     #[serde(default)]
     pub trusts_fleet_ca: bool,
     pub boot_timeout: Option<S<String>>,
@@ -130,6 +133,17 @@ pub struct RawJob {
     pub maintainers: Vec<S<String>>,
     #[serde(default)]
     pub artifacts: Vec<S<String>>,
+    #[serde(default)]
+    pub inputs: Vec<S<RawInput>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInput {
+    pub path: S<String>,
+    pub dest: S<String>,
+    /// `"16M"`, `"512K"`, `"1G"` or a byte count; default 16M.
+    pub max_size: Option<S<String>>,
 }
 
 /// An env value: text, or a secret read from a file (`{ from_file = "PATH" }`) or from the
@@ -183,4 +197,7 @@ pub struct RawRecorder {
 pub struct RawAccess {
     pub auto_approve_max: Option<S<String>>,
     pub max_grant: Option<S<String>>,
+    /// Whether certificates permit agent, X11 and port forwarding and `~/.ssh/rc`.
+    #[serde(default)]
+    pub allow_forwarding: bool,
 }

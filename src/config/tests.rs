@@ -83,7 +83,9 @@ fn unknown_image_in_job_lists_known_ones() {
     let l = line_of(&src, "\"win7\"");
     assert_eq!(
         errors(&src),
-        vec![format!("fleet.toml:{l}:26: jobs[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`")]
+        vec![format!(
+            "fleet.toml:{l}:26: jobs[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`, `debian-12`"
+        )]
     );
 }
 
@@ -214,7 +216,9 @@ fn relative_paths_resolve_against_the_file() {
     let fleet = parse(GOOD, Path::new("/etc/paddock/fleet.toml")).unwrap();
     assert_eq!(fleet.daemon.state_dir, Path::new("/etc/paddock/state"));
     match &fleet.images[0].boot {
-        Boot::Kernel { kernel, .. } => assert_eq!(kernel, Path::new("/etc/paddock/images/out/x86_64/vmlinuz")),
+        Boot::Kernel { kernel, .. } => {
+            assert_eq!(kernel, Path::new("/etc/paddock/images/out/x86_64/vmlinuz"))
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -295,8 +299,11 @@ fn bad_donor_limits() {
                 "fleet.toml:{}:12: hosts[0].timezone: unknown time zone `Mars/Olympus`; expected an IANA name like \"Europe/Berlin\"",
                 l + 1
             ),
-            format!("fleet.toml:{}:11: hosts[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`", l + 2),
-            format!("fleet.toml:{}:9: hosts[0].jobs: no job named `nightly`; known: `demo`, `arches`", l + 3),
+            format!(
+                "fleet.toml:{}:11: hosts[0].images: no image named `win7`; known: `tiny-x86_64`, `tiny-aarch64`, `tiny-s390x`, `debian-12`",
+                l + 2
+            ),
+            format!("fleet.toml:{}:9: hosts[0].jobs: no job named `nightly`; known: `demo`, `arches`, `debian-build`", l + 3),
             format!("fleet.toml:{}:20: hosts[0].quarantine_after: must be a positive number, got 0", l + 4),
         ]
     );
@@ -379,4 +386,71 @@ fn libvirt_deadlines_default_and_parse() {
         errors(&src),
         vec![format!("fleet.toml:{l}:19: daemon.libvirt_timeout: `5`: number without a unit; write e.g. \"5s\" or \"5m\"")]
     );
+}
+
+#[test]
+fn repo_fleet_has_debian_12_with_a_per_vm_identity_and_debian_build_with_inputs() {
+    let fleet = parse(GOOD, Path::new("fleet.toml")).unwrap();
+    let img = fleet.image("debian-12").unwrap();
+    assert_eq!(img.host_key, HostKeyPolicy::PerVm);
+    assert!(matches!(&img.boot, Boot::Disk { base } if base.ends_with("images/out/debian-12/disk.qcow2")));
+    let job = fleet.job("debian-build").unwrap();
+    assert_eq!(job.images, ["debian-12"]);
+    assert_eq!(job.inputs.len(), 1);
+    assert!(job.inputs[0].path.is_absolute() && job.inputs[0].path.ends_with("examples/wordcount"));
+    assert_eq!(job.inputs[0].dest, "/root/wordcount");
+    assert_eq!(job.inputs[0].max_bytes, 1 << 20);
+}
+
+#[test]
+fn identity_rules() {
+    // cloud-init and a host key together: the key would be ignored, so it is an error.
+    let src = with("identity = \"cloud-init\"", "identity = \"cloud-init\"\nhost_key = \"console\"");
+    let l = line_of(&src, "host_key = \"console\"");
+    assert_eq!(
+        errors(&src),
+        [format!(
+            "fleet.toml:{l}:12: images[3].host_key: an image with an `identity` gets a host key generated for each VM; remove `host_key`"
+        )]
+    );
+    let src = with("identity = \"cloud-init\"", "identity = \"magic\"");
+    let l = line_of(&src, "identity = \"magic\"");
+    assert_eq!(
+        errors(&src),
+        [format!("fleet.toml:{l}:12: images[3].identity: `magic` is not allowed; expected one of `cloud-init`, `cmdline`")]
+    );
+    // Neither: say what is missing.
+    let src = with("identity = \"cloud-init\"\n", "");
+    let e = errors(&src);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].contains("images[3].host_key: missing `host_key`"), "{e:?}");
+    // cloud-init on a kernel image.
+    let src = with("host_key = \"file:images/out/x86_64/ssh_host_ed25519_key.pub\"", "identity = \"cloud-init\"");
+    let e = errors(&src);
+    assert!(e.len() == 1 && e[0].contains("images[0].identity: `identity = \"cloud-init\"` needs a `disk` image"), "{e:?}");
+    let src = with("identity = \"cloud-init\"", "identity = \"cmdline\"");
+    let e = errors(&src);
+    assert!(e.len() == 1 && e[0].contains("images[3].identity: `identity = \"cmdline\"` needs a `kernel` + `initrd` image"), "{e:?}");
+    let src = with("host_key = \"file:images/out/x86_64/ssh_host_ed25519_key.pub\"", "identity = \"cmdline\"");
+    assert_eq!(parse(&src, Path::new("fleet.toml")).unwrap().images[0].host_key, HostKeyPolicy::PerVm);
+}
+
+#[test]
+fn input_rules() {
+    let src = with(
+        "inputs = [{ path = \"examples/wordcount\", dest = \"/root/wordcount\", max_size = \"1M\" }]",
+        "inputs = [{ path = \"examples/nope\", dest = \"root/../x\", max_size = \"lots\" }]",
+    );
+    let l = line_of(&src, "examples/nope");
+    let e = errors(&src);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].starts_with(&format!("fleet.toml:{l}:")), "{e:?}");
+    assert!(e[0].contains("jobs[2].inputs[0].dest: `root/../x` is not an absolute guest path"), "{e:?}");
+    assert!(e[1].contains("jobs[2].inputs[0].max_size: `lots` is not a size"), "{e:?}");
+    let src = with("max_size = \"1M\"", "max_size = \"2G\", extra = 1");
+    assert!(errors(&src)[0].contains("unknown field `extra`"));
+    assert_eq!(validate::parse_size("16M"), Some(16 << 20));
+    assert_eq!(validate::parse_size("512k"), Some(512 << 10));
+    assert_eq!(validate::parse_size("100"), Some(100));
+    assert_eq!(validate::parse_size("1X"), None);
 }

@@ -12,6 +12,19 @@ use super::{ConfigError, duration, model::*};
 
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_INPUT_CAP: u64 = 16 << 20;
+
+/// `"16M"`, `"512K"`, `"1G"` (binary units) or a plain byte count.
+pub(super) fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 10),
+        (i, 'M' | 'm') => (&s[..i], 20),
+        (i, 'G' | 'g') => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
+}
 
 pub(super) struct Validator<'a> {
     src: &'a str,
@@ -390,7 +403,42 @@ impl<'a> Validator<'a> {
             let span = m.shell.as_ref().map(|s| s.span());
             self.error(span, format!("{p}.shell"), "a windows image runs steps with `powershell` or `cmd`");
         }
-        let host_key = self.host_key(&m.host_key, &format!("{p}.host_key"));
+        let host_key = match (&m.identity, &m.host_key) {
+            (None, Some(k)) => self.host_key(k, &format!("{p}.host_key")),
+            (None, None) => {
+                self.error(
+                    Some(raw.span()),
+                    format!("{p}.host_key"),
+                    "missing `host_key` (\"console\", \"file:PATH\" or a key), or `identity = \"cloud-init\"` for a per-VM key",
+                );
+                HostKeyPolicy::Console
+            }
+            (Some(id), host_key) => {
+                // Where the identity goes: a cloud-init seed needs the image's own system
+                // (a disk); the bundled guest's /init reads it from the kernel command line.
+                match self.one_of(id, &format!("{p}.identity"), &[("cloud-init", true), ("cmdline", false)]) {
+                    Some(true) if m.disk.is_none() => self.error(
+                        Some(id.span()),
+                        format!("{p}.identity"),
+                        "`identity = \"cloud-init\"` needs a `disk` image (cloud-init runs from the image's own system)",
+                    ),
+                    Some(false) if m.kernel.is_none() => self.error(
+                        Some(id.span()),
+                        format!("{p}.identity"),
+                        "`identity = \"cmdline\"` needs a `kernel` + `initrd` image (its /init reads the command line)",
+                    ),
+                    _ => {}
+                }
+                if let Some(k) = host_key {
+                    self.error(
+                        Some(k.span()),
+                        format!("{p}.host_key"),
+                        "an image with an `identity` gets a host key generated for each VM; remove `host_key`",
+                    );
+                }
+                HostKeyPolicy::PerVm
+            }
+        };
         Image {
             name,
             os,
@@ -542,7 +590,39 @@ impl<'a> Validator<'a> {
             hold_on_failure,
             maintainers: j.maintainers.iter().map(|m| m.get_ref().clone()).collect(),
             artifacts: j.artifacts.iter().map(|a| a.get_ref().clone()).collect(),
+            inputs: j.inputs.iter().enumerate().map(|(k, inp)| self.input(&format!("{p}.inputs[{k}]"), inp)).collect(),
         }
+    }
+
+    /// An input's path is not checked here (like image files, it may be made after
+    /// `paddock check`); `paddock check` lists missing ones and the run names it.
+    fn input(&mut self, p: &str, raw: &S<RawInput>) -> Input {
+        let i = raw.get_ref();
+        let path = self.path(i.path.get_ref());
+        let dest = i.dest.get_ref().trim_end_matches('/').to_string();
+        let absolute = dest.starts_with('/') || (dest.len() >= 3 && dest.as_bytes()[1] == b':' && dest.as_bytes()[2] == b'/');
+        if !absolute || dest.split('/').any(|c| c == "..") || dest.contains('\\') {
+            self.error(
+                Some(i.dest.span()),
+                format!("{p}.dest"),
+                format!("`{}` is not an absolute guest path without `..` (like \"/root/src\" or \"C:/src\")", i.dest.get_ref()),
+            );
+        }
+        let max_bytes = match &i.max_size {
+            None => DEFAULT_INPUT_CAP,
+            Some(s) => match parse_size(s.get_ref()) {
+                Some(n) if n > 0 => n,
+                _ => {
+                    self.error(
+                        Some(s.span()),
+                        format!("{p}.max_size"),
+                        format!("`{}` is not a size like \"16M\", \"512K\" or \"1G\"", s.get_ref()),
+                    );
+                    DEFAULT_INPUT_CAP
+                }
+            },
+        };
+        Input { path, dest, max_bytes }
     }
 
     fn step(&mut self, p: &str, raw: &S<RawStep>, seen: &mut HashSet<String>) -> Step {
@@ -621,7 +701,7 @@ impl<'a> Validator<'a> {
     }
 
     fn access(&mut self, raw: Option<&S<RawAccess>>) -> AccessPolicy {
-        let none = RawAccess { auto_approve_max: None, max_grant: None };
+        let none = RawAccess { auto_approve_max: None, max_grant: None, allow_forwarding: false };
         let a = raw.map(|r| r.get_ref()).unwrap_or(&none);
         let auto_approve_max = self.duration(&a.auto_approve_max, "access.auto_approve_max", Duration::from_secs(4 * 3600));
         let max_grant = self.duration(&a.max_grant, "access.max_grant", Duration::from_secs(24 * 3600));
@@ -629,7 +709,7 @@ impl<'a> Validator<'a> {
             let span = a.auto_approve_max.as_ref().map(|s| s.span());
             self.error(span, "access.auto_approve_max", "longer than `access.max_grant`");
         }
-        AccessPolicy { auto_approve_max, max_grant }
+        AccessPolicy { auto_approve_max, max_grant, allow_forwarding: a.allow_forwarding }
     }
 }
 

@@ -4,7 +4,7 @@
 //! Only serialisation lives here: paddock never needs to read a whole domain
 //! back, only its `<paddock:vm>` metadata (see `parse_metadata`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -72,6 +72,8 @@ struct Domain {
     #[serde(rename = "@xmlns:qemu", skip_serializing_if = "Option::is_none")]
     xmlns_qemu: Option<&'static str>,
     name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    genid: Option<Empty>,
     metadata: Metadata,
     memory: Memory,
     vcpu: u32,
@@ -250,6 +252,8 @@ struct Devices {
     serials: Vec<CharDev>,
     #[serde(rename = "console", skip_serializing_if = "Vec::is_empty")]
     consoles: Vec<CharDev>,
+    #[serde(rename = "channel", skip_serializing_if = "Option::is_none")]
+    agent: Option<Channel>,
     #[serde(rename = "input", skip_serializing_if = "Vec::is_empty")]
     inputs: Vec<Input>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -268,6 +272,24 @@ struct Disk {
     driver: DiskDriver,
     source: DiskSource,
     target: DiskTarget,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    readonly: Option<Empty>,
+}
+
+/// The QEMU guest agent's virtio-serial port (libvirt picks the socket path).
+#[derive(Debug, Serialize)]
+struct Channel {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    target: ChannelTarget,
+}
+
+#[derive(Debug, Serialize)]
+struct ChannelTarget {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@name")]
+    name: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -466,6 +488,15 @@ pub fn kernel_cmdline(base: &str, authorized_keys: &[String], ca_key: Option<&st
     line.trim_start().to_string()
 }
 
+/// The command-line words that give the bundled guest its own host key and principal.
+pub fn identity_cmdline(host_key_pem: &str, host_pub: &str, principal: &str) -> String {
+    format!(
+        " paddock.hostkey={} paddock.hostpub={} paddock.principal={principal}",
+        base64(host_key_pem.as_bytes()),
+        base64(host_pub.trim().as_bytes())
+    )
+}
+
 /// Standard base64 with padding (the guest decodes it with busybox `base64 -d`).
 fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -486,7 +517,32 @@ fn base64(data: &[u8]) -> String {
 
 /// Renders the domain XML for `spec` following its image's OS profile.
 pub fn render(spec: &DomainSpec<'_>) -> String {
-    let domain = build(spec);
+    render_with(spec, &Handover::None)
+}
+
+/// How a VM's own identity (`vm::seed::Identity`) reaches the guest.
+#[derive(Debug, Clone)]
+pub enum Handover<'a> {
+    /// The image has none of its own.
+    None,
+    /// Its cloud-init NoCloud seed, attached read-only. A seeded VM also gets the
+    /// guest-agent channel and a VM generation ID (`<genid/>`), which warm starts build on.
+    Seed(&'a Path),
+    /// The bundled guest: `paddock.hostkey=` / `paddock.hostpub=` / `paddock.principal=`
+    /// on the kernel command line (base64, like the other keys).
+    Cmdline { host_key_pem: &'a str, host_pub: &'a str, principal: &'a str },
+}
+
+/// As [`render`], with the VM's identity handed over as `handover` says.
+pub fn render_with(spec: &DomainSpec<'_>, handover: &Handover<'_>) -> String {
+    let seed = match handover {
+        Handover::Seed(p) => Some(*p),
+        Handover::None | Handover::Cmdline { .. } => None,
+    };
+    let mut domain = build(spec, seed);
+    if let (Handover::Cmdline { host_key_pem, host_pub, principal }, Some(line)) = (handover, domain.os.cmdline.as_mut()) {
+        line.push_str(&identity_cmdline(host_key_pem, host_pub, principal));
+    }
     let mut out = String::new();
     let mut ser = quick_xml::se::Serializer::new(&mut out);
     ser.indent(' ', 2);
@@ -496,7 +552,7 @@ pub fn render(spec: &DomainSpec<'_>) -> String {
     out
 }
 
-fn build(spec: &DomainSpec<'_>) -> Domain {
+fn build(spec: &DomainSpec<'_>, seed: Option<&Path>) -> Domain {
     let image = spec.image;
     let host = spec.host;
     let arch = image.arch;
@@ -580,7 +636,7 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
         Os::Linux => ("vda", "virtio"),
         Os::Windows | Os::Macos => ("sda", "sata"),
     };
-    let disks = spec
+    let mut disks: Vec<Disk> = spec
         .disk
         .iter()
         .map(|d| Disk {
@@ -589,8 +645,25 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
             driver: DiskDriver { name: "qemu", format: d.format.clone() },
             source: DiskSource { file: d.path.display().to_string() },
             target: DiskTarget { dev: disk_bus.0, bus: disk_bus.1 },
+            readonly: None,
         })
         .collect();
+    // The seed: a read-only virtio disk on Linux (cloud-init finds it by its `cidata`
+    // label), a SATA CD-ROM where the guest has no virtio drivers (cloudbase-init).
+    if let Some(seed) = seed {
+        let (device, dev, bus) = match os {
+            Os::Linux => ("disk", "vdb", "virtio"),
+            Os::Windows | Os::Macos => ("cdrom", "sdb", "sata"),
+        };
+        disks.push(Disk {
+            kind: "file",
+            device,
+            driver: DiskDriver { name: "qemu", format: "raw".into() },
+            source: DiskSource { file: seed.display().to_string() },
+            target: DiskTarget { dev, bus },
+            readonly: Some(Empty {}),
+        });
+    }
 
     let nic_model = image.nic_model.clone().unwrap_or_else(|| {
         match os {
@@ -656,6 +729,7 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
         kind: spec.domain_type,
         xmlns_qemu: qemu_commandline.as_ref().map(|_| QEMU_NS),
         name: spec.name.to_string(),
+        genid: seed.map(|_| Empty {}),
         metadata: Metadata {
             vm: PaddockVm {
                 xmlns: PADDOCK_NS,
@@ -680,6 +754,7 @@ fn build(spec: &DomainSpec<'_>) -> Domain {
             interface,
             serials,
             consoles,
+            agent: seed.map(|_| Channel { kind: "unix", target: ChannelTarget { kind: "virtio", name: "org.qemu.guest_agent.0" } }),
             inputs,
             tpm: image.tpm.then_some(Tpm { model: "tpm-crb", backend: TpmBackend { kind: "emulator", version: "2.0" } }),
             rng: (os == Os::Linux).then_some(Rng { model: "virtio", backend: RngBackend { model: "random", path: "/dev/urandom" } }),

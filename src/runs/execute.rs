@@ -240,7 +240,9 @@ impl Executor {
                     }
                     return ended;
                 }
-                Err(e) => warn!(vm = %vm.name, error = %e, "could not hold the VM; tearing it down"),
+                Err(e) => {
+                    warn!(vm = %vm.name, error = %e, "could not hold the VM; tearing it down")
+                }
             }
         }
         if let Err(e) = vms.destroy(&vm.name).await {
@@ -295,6 +297,18 @@ impl Executor {
             })?,
             _ = cancelled(cancel) => return Err(Abort { outcome: Outcome::Cancelled, reason: "cancelled".into(), console_tail: None }),
         };
+
+        // Inputs go up before the first step; a missing or oversized one is the lab's
+        // problem, not the build's: an infrastructure failure naming it.
+        if !job.inputs.is_empty() {
+            match steps::inputs::upload(&session, &job.inputs).await {
+                Ok((files, bytes)) => info!(vm = %vm.name, files, bytes, "inputs uploaded"),
+                Err(e) => {
+                    session.disconnect().await;
+                    return Err(infra(format!("job `{}`: {}", job.name, error_chain(&e))));
+                }
+            }
+        }
 
         let (live, _) = broadcast::channel(1024);
         self.live.lock().expect("live map").insert(row.id.clone(), live.clone());
@@ -598,6 +612,7 @@ fn host_key(image: &Image, vm: &ReadyVm) -> Result<ssh_key::PublicKey, String> {
             ssh_key::PublicKey::from_openssh(text.trim())
                 .map_err(|e| format!("host key {} of image {} is not an SSH public key: {e}", path.display(), image.name))
         }
+        HostKeyPolicy::PerVm => vm.pinned_host_key.clone().ok_or_else(|| format!("VM {} has no pinned host key", vm.name)),
         HostKeyPolicy::Console => {
             vm.host_key_from_console.clone().ok_or_else(|| format!("VM {} did not print its host key on the console", vm.name))
         }

@@ -80,7 +80,7 @@ async fn unknown_job_and_image_are_refused_with_what_exists() {
     let (_ftx, frx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(coord.run(frx));
     let e = handle.trigger("nope", None, Trigger::Manual { by: "alice".into() }).await.unwrap_err();
-    assert_eq!(e.to_string(), "no job named `nope`; known: `demo`, `arches`");
+    assert_eq!(e.to_string(), "no job named `nope`; known: `demo`, `arches`, `debian-build`");
     let e = handle.trigger("demo", Some("win7"), Trigger::Manual { by: "alice".into() }).await.unwrap_err();
     assert_eq!(e.to_string(), "job `demo` does not run on image `win7`; its images: `tiny-x86_64`");
     let e = handle.cancel("no-such-run", "alice").await.unwrap_err();

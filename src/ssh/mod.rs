@@ -273,7 +273,9 @@ impl RemoteProcess {
         }
         loop {
             match self.read.wait().await {
-                Some(ChannelMsg::Data { data }) => return Some(ExecEvent::Output(Stream::Stdout, data)),
+                Some(ChannelMsg::Data { data }) => {
+                    return Some(ExecEvent::Output(Stream::Stdout, data));
+                }
                 Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
                     return Some(ExecEvent::Output(Stream::Stderr, data));
                 }
@@ -357,9 +359,13 @@ impl Session {
         loop {
             match read.wait().await {
                 Some(ChannelMsg::Success) => break,
-                Some(ChannelMsg::Failure) => return Err(exec_err("the server refused the exec request".into())),
+                Some(ChannelMsg::Failure) => {
+                    return Err(exec_err("the server refused the exec request".into()));
+                }
                 Some(ChannelMsg::WindowAdjusted { .. }) => {}
-                Some(other) => return Err(exec_err(format!("unexpected {other:?} before the exec reply"))),
+                Some(other) => {
+                    return Err(exec_err(format!("unexpected {other:?} before the exec reply")));
+                }
                 None => return Err(exec_err("the channel closed before the exec reply".into())),
             }
         }
@@ -416,6 +422,28 @@ impl Session {
         let mut file = sftp.create(path).await.map_err(self.sftp_err("create", path))?;
         file.write_all(bytes).await.map_err(|e| self.sftp_err("write", path)(russh_sftp::client::error::Error::IO(e.to_string())))?;
         file.shutdown().await.map_err(|e| self.sftp_err("close", path)(russh_sftp::client::error::Error::IO(e.to_string())))?;
+        let _ = sftp.close().await;
+        Ok(())
+    }
+
+    /// Creates directory `path` on the guest over SFTP with every missing parent
+    /// (`mkdir -p`); an existing one is fine.
+    pub async fn create_dirs(&self, path: &str) -> Result<(), SshError> {
+        let sftp = self.sftp("mkdir", path).await?;
+        let mut at = String::new();
+        for (i, part) in path.split('/').enumerate() {
+            if i > 0 {
+                at.push('/');
+            }
+            at.push_str(part);
+            // `""` is the root of `/x`, `C:` the drive of `C:/x`: both exist.
+            if part.is_empty() || (i == 0 && part.ends_with(':')) {
+                continue;
+            }
+            if !sftp.try_exists(at.as_str()).await.map_err(self.sftp_err("stat", &at))? {
+                sftp.create_dir(at.as_str()).await.map_err(self.sftp_err("mkdir", &at))?;
+            }
+        }
         let _ = sftp.close().await;
         Ok(())
     }

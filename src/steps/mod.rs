@@ -9,6 +9,7 @@
 //! smaller [`OutputCaps::result_bytes`].
 
 pub mod capture;
+pub mod inputs;
 pub mod mask;
 pub mod posix;
 pub mod windows;

@@ -36,6 +36,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("migrations/002_access.sql")),
         M::up(include_str!("migrations/003_grants.sql")),
         M::up(include_str!("migrations/004_hosts.sql")),
+        M::up(include_str!("migrations/005_vm_identity.sql")),
     ])
 });
 
@@ -43,7 +44,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
 pub fn latest_version() -> usize {
     MIGRATION_COUNT
 }
-const MIGRATION_COUNT: usize = 4;
+const MIGRATION_COUNT: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -151,7 +152,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         MIGRATIONS.validate().unwrap();
-        assert_eq!(MIGRATION_COUNT, 4);
+        assert_eq!(MIGRATION_COUNT, 5);
     }
 
     #[tokio::test]

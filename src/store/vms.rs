@@ -103,10 +103,39 @@ impl Store {
         .await
     }
 
+    /// Pins VM `name`'s SSH host key (an OpenSSH public key line), before it boots.
+    pub async fn set_vm_host_key(&self, name: &str, line: &str) -> Result<()> {
+        let (name, line) = (name.to_string(), line.to_string());
+        self.call(move |c| {
+            c.execute("INSERT OR REPLACE INTO vm_host_keys (vm, host_key) VALUES (?1, ?2)", [name, line])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// VM `name`'s pinned host key line, if paddock generated one for it.
+    pub async fn vm_host_key(&self, name: &str) -> Result<Option<String>> {
+        let name = name.to_string();
+        self.call(move |c| Ok(c.query_row("SELECT host_key FROM vm_host_keys WHERE vm = ?1", [name], |r| r.get(0)).optional()?)).await
+    }
+
+    /// Every pinned host key, by VM name.
+    pub async fn vm_host_keys(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare("SELECT vm, host_key FROM vm_host_keys")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
     pub async fn delete_vm(&self, name: &str) -> Result<()> {
         let name = name.to_string();
         self.call(move |c| {
-            c.execute("DELETE FROM vms WHERE name = ?1", [name])?;
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM vm_host_keys WHERE vm = ?1", [&name])?;
+            tx.execute("DELETE FROM vms WHERE name = ?1", [&name])?;
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -143,7 +172,13 @@ mod tests {
         assert_eq!(got.state, "booting");
         assert_eq!(ts(got.hold_until.unwrap()), ts(now));
         assert_eq!(store.vms().await.unwrap().len(), 1);
+        // A pinned host key survives whole-row rewrites and goes with the row.
+        store.set_vm_host_key("paddock-abc-1", "ssh-ed25519 AAAA k").await.unwrap();
+        store.put_vm(&row).await.unwrap();
+        assert_eq!(store.vm_host_key("paddock-abc-1").await.unwrap().as_deref(), Some("ssh-ed25519 AAAA k"));
+        assert_eq!(store.vm_host_keys().await.unwrap().len(), 1);
         store.delete_vm("paddock-abc-1").await.unwrap();
         assert!(store.vm("paddock-abc-1").await.unwrap().is_none());
+        assert_eq!(store.vm_host_key("paddock-abc-1").await.unwrap(), None);
     }
 }

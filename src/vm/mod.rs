@@ -9,6 +9,7 @@ pub mod placement;
 pub mod ports;
 pub mod readiness;
 pub mod reconcile;
+pub mod seed;
 mod state;
 
 pub use manager::{

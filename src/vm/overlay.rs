@@ -91,7 +91,14 @@ pub fn remove(path: &Path) -> Result<(), OverlayError> {
     }
 }
 
-/// Every overlay file in the state directory.
+/// The VM a file of the overlay directory belongs to: `<vm>.qcow2` (its overlay) or
+/// `<vm>-seed.iso` (its cloud-init seed, see `vm::seed`).
+pub fn owner(path: &Path) -> String {
+    let name = path.file_name().and_then(|s| s.to_str()).unwrap_or_default();
+    name.strip_suffix(super::seed::SEED_SUFFIX).or_else(|| name.strip_suffix(".qcow2")).unwrap_or(name).to_string()
+}
+
+/// Every overlay and seed file in the state directory.
 pub fn list(state_dir: &Path) -> Result<Vec<PathBuf>, OverlayError> {
     let d = dir(state_dir);
     let entries = match std::fs::read_dir(&d) {
@@ -103,7 +110,9 @@ pub fn list(state_dir: &Path) -> Result<Vec<PathBuf>, OverlayError> {
     for entry in entries {
         let entry = entry.map_err(|source| OverlayError::List { dir: d.clone(), source })?;
         let p = entry.path();
-        if p.extension().is_some_and(|e| e == "qcow2") {
+        if p.extension().is_some_and(|e| e == "qcow2")
+            || p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(super::seed::SEED_SUFFIX))
+        {
             out.push(p);
         }
     }
@@ -144,6 +153,12 @@ mod tests {
         remove(&ov).unwrap();
         remove(&ov).unwrap();
         assert!(list(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn owners_of_overlays_and_seeds() {
+        assert_eq!(owner(Path::new("/s/overlays/paddock-ab-1.qcow2")), "paddock-ab-1");
+        assert_eq!(owner(Path::new("/s/overlays/paddock-ab-1-seed.iso")), "paddock-ab-1");
     }
 
     #[test]

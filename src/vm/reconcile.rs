@@ -84,7 +84,7 @@ pub async fn reconcile(hosts: &[HostHandle], instance: &str, live: &LiveSet, sta
     match overlay::list(state_dir) {
         Ok(files) => {
             for f in files {
-                let owner = f.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+                let owner = overlay::owner(&f);
                 let young = std::fs::metadata(&f).and_then(|m| m.modified()).is_ok_and(|t| t > cutoff);
                 if live.names.contains(&owner) || young {
                     continue;

@@ -164,6 +164,8 @@ async fn seed(store: &Store, log: &std::path::Path) -> (String, String, String) 
             .await
             .unwrap();
     }
+    // paddock-t-2's image gives each VM its own host key, pinned before boot.
+    store.set_vm_host_key("paddock-t-2", HELD_VM_HOST_KEY).await.unwrap();
     // An active access grant, written as the access module will write it.
     let db = rusqlite::Connection::open(store.path()).unwrap();
     db.execute(
@@ -186,3 +188,6 @@ pub async fn serve(state: Shared) -> String {
     });
     format!("http://{addr}")
 }
+
+/// The pinned host key of the lab's held VM `paddock-t-2`.
+pub const HELD_VM_HOST_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpKbGPinFIKvvVQexMuxfmVR3auvr57kkIe6mkURtIs paddock-t-2";

@@ -171,6 +171,11 @@ async fn reads_show_the_fleet_as_the_store_has_it() {
     let (_, vms) = json(s, Method::GET, "/api/v1/vms", t, None).await;
     assert_eq!(vms.as_array().unwrap().len(), 2);
     assert!(vms[0]["age_s"].as_i64().unwrap() >= 59 * 60, "{vms}");
+    // The held VM shows the host key paddock pinned for it, and its fingerprint.
+    assert_eq!(vms[0]["name"], "paddock-t-2");
+    assert_eq!(vms[0]["host_key"], crate::common::HELD_VM_HOST_KEY);
+    assert_eq!(vms[0]["host_key_sha256"], "SHA256:z/fSv0Z0RZS+Lccbc6ZoOWwt/fbj1VFJGSBKQbo4icE");
+    assert_eq!(vms[1]["host_key"], Value::Null);
 
     let (_, jobs) = json(s, Method::GET, "/api/v1/jobs", t, None).await;
     let nightly = jobs.as_array().unwrap().iter().find(|j| j["name"] == "nightly").unwrap();

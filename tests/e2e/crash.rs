@@ -10,10 +10,10 @@ use paddock::store::Store;
 
 use super::*;
 
-struct Serve(Child);
+pub(super) struct Serve(Child);
 
 impl Serve {
-    fn start(config: &Path, demo: bool) -> Serve {
+    pub(super) fn start(config: &Path, demo: bool) -> Serve {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_paddock"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(config);
         if demo {
@@ -26,7 +26,7 @@ impl Serve {
         Serve(child)
     }
 
-    fn sigkill(mut self) {
+    pub(super) fn sigkill(mut self) {
         self.0.kill().unwrap();
         self.0.wait().unwrap();
     }

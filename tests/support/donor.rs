@@ -84,9 +84,24 @@ fn remove_user(user: &str) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    remove_chardev_locks(uid);
     let out = run("userdel", &["-r", "-f", user]);
     if !out.status.success() {
         eprintln!("userdel {user}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// libvirt locks a pty it hands out as a console in `/run/lock/LCK.._pts_N`. Processes killed
+/// mid-console leave theirs behind; owned by a user that is about to go, they would make another
+/// donor's (or a later test's) console on the same pty fail with "Couldn't create lock file".
+fn remove_chardev_locks(uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::read_dir("/run/lock") else { return };
+    for entry in dir.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with("LCK..") && entry.metadata().map(|m| m.uid() == uid).unwrap_or(false);
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 

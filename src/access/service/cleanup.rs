@@ -5,9 +5,9 @@
 use chrono::{DateTime, Utc};
 use tracing::warn;
 
-use crate::access::keys::{end_sessions_ops, removal_ops};
+use crate::access::keys::{end_sessions_ops, removal_ops, revoke_principals_ops};
 use crate::access::{Grant, Machines};
-use crate::config::Fleet;
+use crate::config::{Fleet, HostKeyPolicy};
 use crate::error::chain;
 use crate::store::Store;
 
@@ -117,6 +117,13 @@ async fn clean(
                 // them in.
                 if others_end.is_none_or(|o| o <= now) {
                     let image = image_of(fleet, store, g).await.map_err(|e| chain(&e))?;
+                    // First the way in: a guest with its own identity stops accepting its
+                    // principal, so the grant's certificates are useless at once, long
+                    // before they expire. Then whatever sessions are still open.
+                    if image.trusts_fleet_ca && image.host_key == HostKeyPolicy::PerVm {
+                        machines.run_ops(vm, &image, revoke_principals_ops(image.os, &image.user)).await.map_err(|e| e.to_string())?;
+                        notes.push(format!("certificates for {vm} no longer accepted"));
+                    }
                     machines.run_ops(vm, &image, end_sessions_ops(image.os)).await.map_err(|e| e.to_string())?;
                     notes.push(format!("sessions on {vm} ended"));
                 }

@@ -181,7 +181,7 @@ impl Owner {
         let detail = format!("ends {}{capped}", new_end.to_rfc3339());
         self.save(&g, GrantState::Active, Some(audit(by, "extend", &g, detail))).await?;
         let image = image_of(&fleet, &self.store, &g).await?;
-        let certificates = if image.trusts_fleet_ca { self.issue(&g).await? } else { Vec::new() };
+        let certificates = if image.trusts_fleet_ca { self.issue(&g, &image).await? } else { Vec::new() };
         let ssh = g.endpoint.as_ref().map(|e| ssh_command(e, image.trusts_fleet_ca));
         Ok(GrantAnswer { grant: g, certificates, ssh_command: ssh })
     }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
 use crate::access::ca::{CertSpec, cert_line};
-use crate::access::keys::install_ops;
+use crate::access::keys::{allow_principal_ops, install_ops};
 use crate::access::{AccessError, Endpoint, Grant, GrantAnswer, GrantState, IssuedCert, Machines, Placed, Target, ssh_command};
 use crate::config::Fleet;
 use crate::error::chain;
@@ -121,15 +121,21 @@ impl Owner {
         let detail = format!("vm {} at {}:{} as {}; {how}", g.vm_name.as_deref().unwrap_or("?"), ep.host, ep.port, ep.user);
         self.save(&g, from, Some(audit(SYSTEM, "active", &g, detail))).await?;
         info!(grant = %g.id, user = %g.user, vm = ?g.vm_name, "access active");
-        let certificates = if image.trusts_fleet_ca { self.issue(&g).await? } else { Vec::new() };
+        let certificates = if image.trusts_fleet_ca { self.issue(&g, &image).await? } else { Vec::new() };
         let ssh = ssh_command(&ep, image.trusts_fleet_ca);
         Ok(GrantAnswer { grant: g, certificates, ssh_command: Some(ssh) })
     }
 
     /// One certificate per key of the grant's user, valid until the grant's end.
-    pub(super) async fn issue(&self, g: &Grant) -> Result<Vec<IssuedCert>, AccessError> {
+    pub(super) async fn issue(&self, g: &Grant, image: &crate::config::Image) -> Result<Vec<IssuedCert>, AccessError> {
         let user = self.fleet.user(&g.user).ok_or_else(|| AccessError::UnknownUser(g.user.clone()))?;
         let ep = g.endpoint.as_ref().ok_or_else(|| AccessError::Provision { id: g.id.clone(), message: "no endpoint".into() })?;
+        // A guest with its own identity accepts only certificates naming it: a grant on
+        // one VM opens no other. Others (the bundled guest) know only the login user.
+        let principal = match (&image.host_key, &g.vm_name) {
+            (crate::config::HostKeyPolicy::PerVm, Some(vm)) => vm.clone(),
+            _ => ep.user.clone(),
+        };
         let now = self.now();
         let after = now - chrono::Duration::from_std(self.cfg.skew).unwrap_or_default();
         let before = g.ends_at.unwrap_or(now);
@@ -141,17 +147,18 @@ impl Owner {
                 grant_id: g.id.clone(),
                 user: g.user.clone(),
                 fingerprint: fp.clone(),
-                principal: ep.user.clone(),
+                principal: principal.clone(),
                 valid_after: after,
                 valid_before: before,
             };
-            let detail = format!("key {fp}, principal {}, valid {} to {}", ep.user, after.to_rfc3339(), before.to_rfc3339());
+            let detail = format!("key {fp}, principal {principal}, valid {} to {}", after.to_rfc3339(), before.to_rfc3339());
             let serial = self.store.record_certificate(&rec, audit(SYSTEM, "certificate", g, detail)).await?;
             let cert = self
                 .ca
                 .issue(&CertSpec {
                     key,
-                    principal: &ep.user,
+                    principal: &principal,
+                    forwarding: self.fleet.access.allow_forwarding,
                     key_id: format!("paddock:{}:{}", g.user, g.id),
                     serial,
                     valid_after: after,
@@ -213,6 +220,15 @@ async fn prepare(
     match placed {
         Ok(pl) => p.placed = Some(pl),
         Err(e) => {
+            p.error = Some(e.to_string());
+            return p;
+        }
+    }
+    // A held VM whose earlier grant was revoked no longer accepts its own principal:
+    // make it the one again (a fresh VM has it from its seed).
+    if image.trusts_fleet_ca && image.host_key == crate::config::HostKeyPolicy::PerVm && !p.vm_owned {
+        let vm = p.placed.as_ref().map(|pl| pl.name.clone()).unwrap_or_default();
+        if let Err(e) = machines.run_ops(&vm, &image, allow_principal_ops(image.os, &image.user, &vm)).await {
             p.error = Some(e.to_string());
             return p;
         }

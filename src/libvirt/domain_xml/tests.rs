@@ -70,12 +70,22 @@ pub(crate) fn profiles() -> Vec<Image> {
         image("tiny-x86_64", Os::Linux, Arch::X86_64, kernel_boot("x86_64")),
         image("debian-disk", Os::Linux, Arch::X86_64, disk_boot()),
         win,
+        seeded("debian-12", Os::Linux, Shell::Sh),
+        seeded("win11-cloudbase", Os::Windows, Shell::Powershell),
         mac,
         image("tiny-aarch64", Os::Linux, Arch::Aarch64, kernel_boot("aarch64")),
         s390,
         image("tiny-ppc64le", Os::Linux, Arch::Ppc64le, kernel_boot("ppc64le")),
         image("tiny-riscv64", Os::Linux, Arch::Riscv64, kernel_boot("riscv64")),
     ]
+}
+
+/// A disk image that takes its identity from a cloud-init (or cloudbase-init) seed.
+fn seeded(name: &str, os: Os, shell: Shell) -> Image {
+    let mut i = image(name, os, Arch::X86_64, disk_boot());
+    i.shell = shell;
+    i.host_key = HostKeyPolicy::PerVm;
+    i
 }
 
 pub(crate) fn mark() -> Mark {
@@ -93,18 +103,26 @@ pub(crate) fn render_with_console(image: &Image, host: &Host, name: &str, dir: &
     };
     let keys = vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA/XDHqQ4zGgrAo2cLdmgWGXXbEazbp/V20Cd7HR/aap paddock".to_string()];
     let mark = mark();
-    render(&DomainSpec {
-        name,
-        image,
-        host,
-        domain_type: host.accelerator.domain_type(),
-        mark: &mark,
-        ssh_port: 22200,
-        disk,
-        console,
-        authorized_keys: &keys,
-        ca_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ0d2Z0aGlzaXNhZmFrZWNha2V5Zm9ydGVzdHNvbmx5 ca"),
-    })
+    let seed = (image.host_key == HostKeyPolicy::PerVm).then(|| crate::vm::seed::path_for(dir, name));
+    let handover = match &seed {
+        Some(p) => Handover::Seed(p),
+        None => Handover::None,
+    };
+    render_with(
+        &DomainSpec {
+            name,
+            image,
+            host,
+            domain_type: host.accelerator.domain_type(),
+            mark: &mark,
+            ssh_port: 22200,
+            disk,
+            console,
+            authorized_keys: &keys,
+            ca_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ0d2Z0aGlzaXNhZmFrZWNha2V5Zm9ydGVzdHNvbmx5 ca"),
+        },
+        &handover,
+    )
 }
 
 #[test]
@@ -164,6 +182,32 @@ fn cmdline_hands_over_keys_in_base64() {
     assert_eq!(base64(b"a"), "YQ==");
     assert_eq!(base64(b"ab"), "YWI=");
     assert_eq!(base64(b""), "");
+}
+
+#[test]
+fn cmdline_identity_appends_the_vm_key_and_principal() {
+    let image = image("tiny-x86_64", Os::Linux, Arch::X86_64, kernel_boot("x86_64"));
+    let tcg = host(Accelerator::Tcg);
+    let (mark, console) = (mark(), PathBuf::from("/state/consoles/x.log"));
+    let spec = DomainSpec {
+        name: "paddock-0123abcd-x",
+        image: &image,
+        host: &tcg,
+        domain_type: "qemu",
+        mark: &mark,
+        ssh_port: 22200,
+        disk: None,
+        console: ConsoleXml::File(&console),
+        authorized_keys: &[],
+        ca_key: None,
+    };
+    let xml =
+        render_with(&spec, &Handover::Cmdline { host_key_pem: "PEM", host_pub: "ssh-ed25519 AAAA x", principal: "paddock-0123abcd-x" });
+    assert!(
+        xml.contains("<cmdline>console=ttyS0 quiet paddock.hostkey=UEVN paddock.hostpub=c3NoLWVkMjU1MTkgQUFBQSB4 paddock.principal=paddock-0123abcd-x</cmdline>"),
+        "{xml}"
+    );
+    assert!(!xml.contains("genid"), "{xml}");
 }
 
 #[test]

@@ -117,6 +117,7 @@ impl Owner {
             };
             // The image config may have changed since; only its name matters for a held VM.
             let image = Image { name: row.image.clone(), ..placeholder_image() };
+            let host_key = self.store.vm_host_key(&row.name).await?.and_then(|l| ssh_key::PublicKey::from_openssh(&l).ok());
             self.vms.insert(
                 row.name.clone(),
                 Vm {
@@ -137,6 +138,11 @@ impl Owner {
                     waiters: Vec::new(),
                     volumes,
                     pool_overlay,
+                    seed: Some(crate::vm::seed::path_for(&self.cfg.state_dir, &row.name)).filter(|p| p.exists()),
+                    // A seeded VM on a pool host has its seed there as a volume.
+                    pool_seed: (host_key.is_some() && self.hosts[host].config.image_pool.is_some())
+                        .then(|| format!("{}{}", row.name, crate::vm::seed::SEED_SUFFIX)),
+                    host_key,
                 },
             );
         }

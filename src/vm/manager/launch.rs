@@ -12,11 +12,13 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{Boot, Host, HostKeyPolicy, Image};
+use crate::libvirt::domain_xml::Handover;
 use crate::libvirt::storage;
 use crate::libvirt::{self, ConsoleSink, ConsoleXml, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
 use crate::vm::images::PoolImage;
 use crate::vm::placement::{self, HostView, Placement, Usage};
 use crate::vm::readiness::{self, Readiness, WaitError};
+use crate::vm::seed::{self, Identity, SeedSpec};
 use crate::vm::{VmError, VmState, overlay};
 
 use super::owner::{Owner, Pending, Vm};
@@ -66,6 +68,12 @@ pub enum LaunchError {
     NoBanner { vm: String, addr: SocketAddr, timeout: Duration },
     #[error("domain {vm} stopped while booting")]
     StoppedBooting { vm: String },
+    #[error("making the identity of {vm}")]
+    Identity { vm: String, source: seed::SeedError },
+    #[error(transparent)]
+    Seed(seed::SeedError),
+    #[error("uploading the seed of {vm} to {uri}")]
+    PoolSeed { vm: String, uri: String, source: storage::StorageError },
 }
 
 impl Owner {
@@ -204,6 +212,38 @@ impl Owner {
         };
         let volumes = pool.as_ref().map(|(_, v)| v.volumes()).unwrap_or_default();
         let console = self.cfg.state_dir.join("consoles").join(format!("{name}.log"));
+        // A per-VM identity: its host key is made and pinned (stored) before the VM
+        // exists, so paddock never has to trust whatever key the guest shows first.
+        let identity = match image.host_key {
+            HostKeyPolicy::PerVm => Some(Identity::generate(&name)),
+            HostKeyPolicy::Pinned(_) | HostKeyPolicy::File(_) | HostKeyPolicy::Console => None,
+        };
+        let identity = match identity.transpose() {
+            Ok(id) => id,
+            Err(source) => {
+                let error = LaunchError::Identity { vm: name.clone(), source };
+                let _ = pending.reply.send(Err(VmError::LaunchFailed {
+                    image: image.name.clone(),
+                    attempts: pending.attempts,
+                    error: Box::new(error),
+                    console_tail: String::new(),
+                }));
+                return;
+            }
+        };
+        if let Some(id) = &identity
+            && let Err(e) = self.store.set_vm_host_key(&name, &id.public_line()).await
+        {
+            let _ = pending.reply.send(Err(VmError::Store(e)));
+            return;
+        }
+        // Local hosts read the seed beside the overlay; pool hosts get it as a volume.
+        // Kernel images take the identity on their command line instead.
+        let (seed_file, pool_seed) = match (&identity, &pool, disk) {
+            (None, _, _) | (Some(_), _, false) => (None, None),
+            (Some(_), None, true) => (Some(seed::path_for(&self.cfg.state_dir, &name)), None),
+            (Some(_), Some(_), true) => (None, Some(format!("{name}{}", seed::SEED_SUFFIX))),
+        };
         let vm = Vm {
             name: name.clone(),
             run_id: pending.req.run_id.clone(),
@@ -222,8 +262,15 @@ impl Owner {
             waiters: Vec::new(),
             volumes,
             pool_overlay: pool_overlay.clone(),
+            seed: seed_file.clone(),
+            pool_seed: pool_seed.clone(),
+            host_key: identity.as_ref().map(|id| id.public_key().clone()),
         };
         let job = Attempt {
+            identity,
+            seed_file,
+            pool_seed,
+            state_dir: self.cfg.state_dir.clone(),
             pool,
             pool_overlay,
             name: name.clone(),
@@ -262,6 +309,7 @@ impl Owner {
                     host: slot.config.name.clone(),
                     ssh_addr: SocketAddr::new(slot.config.address, vm.port),
                     host_key_from_console: booted.host_key,
+                    pinned_host_key: vm.host_key.clone(),
                     console_path: vm.console.clone(),
                     boot_time: booted.boot_time,
                 };
@@ -334,9 +382,56 @@ struct Attempt {
     readiness: Readiness,
     tail_lines: usize,
     tx: mpsc::UnboundedSender<Cmd>,
+    /// The VM's own host key and principal, handed over in its seed.
+    identity: Option<Identity>,
+    /// Where its seed is written (local hosts), or the seed volume's name (pool hosts).
+    seed_file: Option<PathBuf>,
+    pool_seed: Option<String>,
+    state_dir: PathBuf,
 }
 
 impl Attempt {
+    /// Writes the VM's seed and returns the path its host reads it from: the file
+    /// itself, or on a pool host the volume it was uploaded (and read back) into.
+    async fn write_seed(&self, image: &Image) -> Result<Option<PathBuf>, LaunchError> {
+        let Some(identity) = &self.identity else { return Ok(None) };
+        if !matches!(image.boot, Boot::Disk { .. }) {
+            return Ok(None);
+        }
+        let spec = SeedSpec {
+            name: &self.name,
+            os: image.os,
+            user: &image.user,
+            authorized_keys: &self.authorized_keys,
+            ca_key: self.ca_key.as_deref(),
+            identity,
+        };
+        if let Some(file) = &self.seed_file {
+            seed::write(&spec, file).await.map_err(LaunchError::Seed)?;
+            return Ok(Some(file.clone()));
+        }
+        let (Some(vol), Some((pool, _))) = (&self.pool_seed, &self.pool) else { return Ok(None) };
+        // Staged in the overlay folder (private), uploaded, then removed here.
+        let local = seed::path_for(&self.state_dir, &self.name);
+        if let Some(dir) = local.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| LaunchError::ConsoleDir { dir: dir.to_path_buf(), source })?;
+        }
+        seed::write(&spec, &local).await.map_err(LaunchError::Seed)?;
+        let sha = {
+            use sha2::Digest;
+            let bytes =
+                std::fs::read(&local).map_err(|source| LaunchError::Seed(seed::SeedError::Write { path: local.clone(), source }))?;
+            hex::encode(sha2::Sha256::digest(&bytes))
+        };
+        let (uri, pool, vol2, file) = (self.host.uri.clone(), pool.clone(), vol.clone(), local.clone());
+        let uploaded = tokio::task::spawn_blocking(move || storage::put_volume(&uri, &pool, &vol2, &file, &sha))
+            .await
+            .map_err(|source| LaunchError::Task { vm: self.name.clone(), step: "seed volume", source })?;
+        let _ = std::fs::remove_file(&local);
+        let up = uploaded.map_err(|source| LaunchError::PoolSeed { vm: self.name.clone(), uri: self.host.uri.clone(), source })?;
+        Ok(Some(PathBuf::from(up.path)))
+    }
+
     async fn run(self) {
         let result = self
             .boot()
@@ -389,18 +484,31 @@ impl Attempt {
         // A host without one shares the daemon's filesystem and gets a file, which QEMU
         // writes without back-pressure. libvirt's test driver has no consoles.
         let remote_console = self.host.image_pool.is_some() && domain_type != "test";
-        let xml = libvirt::domain_xml::render(&DomainSpec {
-            name: &self.name,
-            image: &image,
-            host: &self.host,
-            domain_type,
-            mark: &self.mark,
-            ssh_port: self.port,
-            disk,
-            console: if remote_console { ConsoleXml::Pty } else { ConsoleXml::File(&self.console) },
-            authorized_keys: &self.authorized_keys,
-            ca_key: self.ca_key.as_deref(),
-        });
+        let seed = self.write_seed(&image).await?;
+        let cmdline_identity = match (&self.identity, &image.boot) {
+            (Some(id), Boot::Kernel { .. }) => Some((id.private_pem().map_err(LaunchError::Seed)?, id.public_line(), id.principal.clone())),
+            _ => None,
+        };
+        let handover = match (&seed, &cmdline_identity) {
+            (Some(p), _) => Handover::Seed(p),
+            (None, Some((pem, public, principal))) => Handover::Cmdline { host_key_pem: pem, host_pub: public, principal },
+            (None, None) => Handover::None,
+        };
+        let xml = libvirt::domain_xml::render_with(
+            &DomainSpec {
+                name: &self.name,
+                image: &image,
+                host: &self.host,
+                domain_type,
+                mark: &self.mark,
+                ssh_port: self.port,
+                disk,
+                console: if remote_console { ConsoleXml::Pty } else { ConsoleXml::File(&self.console) },
+                authorized_keys: &self.authorized_keys,
+                ca_key: self.ca_key.as_deref(),
+            },
+            &handover,
+        );
         self.handle.define(&self.name, xml).await.map_err(LaunchError::Define)?;
         self.progress(VmState::Defined);
         let started = Instant::now();

@@ -141,6 +141,9 @@ pub struct ReadyVm {
     pub host: String,
     pub ssh_addr: SocketAddr,
     pub host_key_from_console: Option<ssh_key::PublicKey>,
+    /// The host key paddock generated for this VM and pinned before it booted
+    /// (images with a per-VM identity).
+    pub pinned_host_key: Option<ssh_key::PublicKey>,
     pub console_path: PathBuf,
     /// From `start` to the SSH banner (or the domain running).
     pub boot_time: Duration,

@@ -55,6 +55,12 @@ pub(super) struct Vm {
     pub(super) volumes: Vec<String>,
     /// Its overlay, when that is a volume in the host's pool.
     pub(super) pool_overlay: Option<String>,
+    /// Its cloud-init seed (`vm::seed`): a file beside the overlay, or on a pool
+    /// host a volume of this name in the pool.
+    pub(super) seed: Option<PathBuf>,
+    pub(super) pool_seed: Option<String>,
+    /// The host key paddock generated for it and pinned before it booted.
+    pub(super) host_key: Option<ssh_key::PublicKey>,
 }
 
 pub(super) struct Pending {

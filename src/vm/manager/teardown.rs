@@ -27,13 +27,15 @@ impl Owner {
         self.transition(name, VmState::Stopping).await;
         let vm = &self.vms[name];
         let host = &self.hosts[vm.host].config;
-        let pool_overlay = match (&host.image_pool, &vm.pool_overlay) {
+        let pool_volume = |vol: &Option<String>| match (&host.image_pool, vol) {
             (Some(pool), Some(vol)) => Some((host.uri.clone(), pool.clone(), vol.clone())),
             _ => None,
         };
         let job = Teardown {
             name: name.to_string(),
-            pool_overlay,
+            pool_overlay: pool_volume(&vm.pool_overlay),
+            pool_seed: pool_volume(&vm.pool_seed),
+            seed: vm.seed.clone(),
             handle: self.hosts[vm.host].handle.clone(),
             overlay: vm.overlay.clone(),
             console: vm.console.clone(),
@@ -87,6 +89,9 @@ struct Teardown {
     name: String,
     /// URI, pool and name of an overlay volume to delete.
     pool_overlay: Option<(String, String, String)>,
+    /// The same for the VM's seed volume, and its local seed file.
+    pool_seed: Option<(String, String, String)>,
+    seed: Option<PathBuf>,
     handle: HostHandle,
     overlay: Option<PathBuf>,
     console: PathBuf,
@@ -119,7 +124,10 @@ impl Teardown {
         if let Some(ov) = &self.overlay {
             overlay::remove(ov).map_err(|e| error_chain(&e))?;
         }
-        if let Some((uri, pool, vol)) = self.pool_overlay.clone() {
+        if let Some(seed) = &self.seed {
+            overlay::remove(seed).map_err(|e| error_chain(&e))?;
+        }
+        for (uri, pool, vol) in [self.pool_overlay.clone(), self.pool_seed.clone()].into_iter().flatten() {
             let what = format!("deleting volume {vol} on host {}", h.name());
             storage::with_deadline(what, h.options().call_timeout, move || storage::delete_volume(&uri, &pool, &vol))
                 .await
