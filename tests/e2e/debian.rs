@@ -69,9 +69,7 @@ ssh_keys = [{keys}]
         state = dir.join("state").display(),
         disk = disk.display(),
     );
-    let path = dir.join("fleet.toml");
-    std::fs::write(&path, &src).unwrap();
-    paddock::config::load(&path).unwrap_or_else(|e| panic!("test fleet invalid:\n{e}"))
+    load_fleet(dir, &src)
 }
 
 /// The wordcount job: sources as inputs, build, test. `extra` adds TOML to the job.

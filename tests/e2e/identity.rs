@@ -8,50 +8,6 @@ use paddock::runs::Trigger;
 
 use super::*;
 
-fn cmdline_fleet(dir: &Path, ports: &str, jobs: &str) -> Fleet {
-    let out = repo().join("images/out/x86_64");
-    let src = format!(
-        r#"
-version = 1
-[daemon]
-listen = "127.0.0.1:0"
-state_dir = "{state}"
-ssh_ports = "{ports}"
-reconcile_interval = "5s"
-
-[[hosts]]
-name = "local"
-uri = "qemu:///system"
-accelerator = "tcg"
-address = "127.0.0.1"
-max_vms = 4
-memory_mib = 4096
-vcpus = 4
-
-[[images]]
-name = "tiny"
-os = "linux"
-arch = "x86_64"
-kernel = "{out}/vmlinuz"
-initrd = "{out}/initrd.img"
-cmdline = "console=ttyS0 quiet no_timer_check panic=1"
-memory_mib = 256
-vcpus = 1
-user = "root"
-trusts_fleet_ca = true
-boot_timeout = "3m"
-identity = "cmdline"
-
-{jobs}
-"#,
-        state = dir.join("state").display(),
-        out = out.display(),
-    );
-    let path = dir.join("fleet.toml");
-    std::fs::write(&path, &src).unwrap();
-    paddock::config::load(&path).unwrap_or_else(|e| panic!("test fleet invalid:\n{e}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bundled_guest_gets_its_own_host_key_and_principal_from_the_cmdline() {
     ensure_guest_image();
@@ -69,7 +25,7 @@ command = "cat /etc/ssh/auth_principals/root /etc/ssh/ssh_host_ed25519_key.pub"
 "#
         )
     };
-    let fleet = cmdline_fleet(dir.path(), "24040-24049", &format!("{}{}", job("who-a"), job("who-b")));
+    let fleet = fleet_with_key_line(dir.path(), "24040-24049", "identity = \"cmdline\"", &[], &format!("{}{}", job("who-a"), job("who-b")));
     let daemon = start(fleet).await;
     let _guard = DomainGuard::new(dir.path());
     let by = || Trigger::Manual { by: "test".into() };

@@ -40,6 +40,12 @@ pub fn fleet(dir: &Path, ports: &str, host_key: &str, jobs: &str) -> Fleet {
 
 /// As [`fleet`], with SSH public keys for the user `alice`.
 pub fn fleet_with_keys(dir: &Path, ports: &str, host_key: &str, alice_keys: &[String], jobs: &str) -> Fleet {
+    fleet_with_key_line(dir, ports, &format!("host_key = \"{host_key}\""), alice_keys, jobs)
+}
+
+/// As [`fleet_with_keys`], with `key_line` as the image's host-key setting (`host_key = ...`
+/// or `identity = ...`).
+pub fn fleet_with_key_line(dir: &Path, ports: &str, key_line: &str, alice_keys: &[String], jobs: &str) -> Fleet {
     let keys = alice_keys.iter().map(|k| format!("{:?}", k.trim())).collect::<Vec<_>>().join(", ");
     let out = repo().join("images/out/x86_64");
     let src = format!(
@@ -72,7 +78,7 @@ vcpus = 1
 user = "root"
 trusts_fleet_ca = true
 boot_timeout = "3m"
-host_key = "{host_key}"
+{key_line}
 
 [[users]]
 name = "alice"
@@ -84,8 +90,13 @@ ssh_keys = [{keys}]
         state = dir.join("state").display(),
         out = out.display(),
     );
+    load_fleet(dir, &src)
+}
+
+/// Writes `src` as `dir/fleet.toml` and loads it; a test fleet that does not validate fails the test.
+pub fn load_fleet(dir: &Path, src: &str) -> Fleet {
     let path = dir.join("fleet.toml");
-    std::fs::write(&path, &src).unwrap();
+    std::fs::write(&path, src).unwrap();
     paddock::config::load(&path).unwrap_or_else(|e| panic!("test fleet invalid:\n{e}"))
 }
 
