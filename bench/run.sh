@@ -26,6 +26,21 @@ case "$INGEST" in /*) ;; *) INGEST=$HERE/$INGEST ;; esac
 echo "[bench] recorder ingest" >&2
 RECORDER_BENCH_N=${RECORDER_BENCH_N:-200} "$INGEST" | tee "$OUT/recorder-$SHA.txt" >&2
 
+# Each bench/figures/NAME.sh measures its own rows and writes them as JSON to the path it is
+# given ({"rows": [{"figure", "unit", "paddock", "baseline", "baseline_is"}], ...}); the
+# table below appends them. BENCH_FIGURES="a b" runs only those (default: all of them).
+EXTRA=()
+for script in bench/figures/*.sh; do
+    [ -e "$script" ] || continue
+    name=$(basename "$script" .sh)
+    if [ -n "${BENCH_FIGURES:-}" ] && ! [[ " $BENCH_FIGURES " == *" $name "* ]]; then continue; fi
+    echo "[bench] figures: $name" >&2
+    rm -f "$OUT/figures-$name-$SHA.json"
+    BENCH_GIT_SHA=$SHA CARGO=$CARGO TARGET=$TARGET bash "$script" "$OUT/figures-$name-$SHA.json" >&2 \
+        || echo "[bench] $name failed" >&2
+    EXTRA+=("$OUT/figures-$name-$SHA.json")
+done
+
 echo "[bench] VM figures (cold boots, parallel runs, log throughput, control plane)" >&2
 BENCH_GIT_SHA=$SHA "$TARGET/release/examples/bench_compare" all \
-    --json "$OUT/results-$SHA.json" --recorder-output "$OUT/recorder-$SHA.txt"
+    --json "$OUT/results-$SHA.json" --recorder-output "$OUT/recorder-$SHA.txt" "${EXTRA[@]}"

@@ -411,14 +411,53 @@ fn recorder_figures(path: &Path) -> (f64, f64, f64) {
 }
 
 struct Row {
-    figure: &'static str,
-    unit: &'static str,
+    figure: String,
+    unit: String,
     paddock: f64,
     baseline: f64,
-    baseline_is: &'static str,
+    baseline_is: String,
 }
 
-async fn all(json_out: PathBuf, recorder_output: PathBuf) {
+impl Row {
+    fn new(figure: &str, unit: &str, paddock: f64, baseline: f64, baseline_is: &str) -> Row {
+        Row { figure: figure.into(), unit: unit.into(), paddock, baseline, baseline_is: baseline_is.into() }
+    }
+}
+
+/// Rows measured by the programs of `bench/figures/` (one JSON file each: `{"rows": [{"figure",
+/// "unit", "paddock", "baseline", "baseline_is"}], ...}`), appended to the table in file order.
+/// A file that is missing or unreadable becomes one row saying so, never a silent gap.
+fn extra_rows(paths: &[PathBuf]) -> (Vec<Row>, Vec<serde_json::Value>) {
+    let mut rows = Vec::new();
+    let mut docs = Vec::new();
+    for path in paths {
+        let doc: serde_json::Value = match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+        {
+            Ok(doc) => doc,
+            Err(e) => {
+                rows.push(Row::new(&format!("{} (failed: {e})", path.display()), "-", f64::NAN, f64::NAN, "-"));
+                continue;
+            }
+        };
+        let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+        for r in doc["rows"].as_array().into_iter().flatten() {
+            rows.push(Row {
+                figure: text(&r["figure"]),
+                unit: text(&r["unit"]),
+                paddock: num(&r["paddock"]),
+                baseline: num(&r["baseline"]),
+                baseline_is: text(&r["baseline_is"]),
+            });
+        }
+        docs.push(doc);
+    }
+    (rows, docs)
+}
+
+async fn all(json_out: PathBuf, recorder_output: PathBuf, extra: Vec<PathBuf>) {
     let cold_n = env_or("BENCH_COLD_N", 5);
     let k = env_or("BENCH_PARALLEL", 4);
     let bytes = env_or("BENCH_LOG_BYTES", 200_000_000);
@@ -446,33 +485,23 @@ async fn all(json_out: PathBuf, recorder_output: PathBuf) {
     daemon.stop().await.unwrap();
     let (rest, xml, raw) = recorder_figures(&recorder_output);
 
-    let rows = [
-        Row {
-            figure: "trigger -> first byte, cold boot (median)",
-            unit: "s",
-            paddock: median(p_cold.clone()),
-            baseline: median(b_cold.clone()),
-            baseline_is: "bench/baseline.sh",
-        },
-        Row {
-            figure: "runs at once, throughput",
-            unit: "runs/min",
-            paddock: p_par,
-            baseline: b_par,
-            baseline_is: "bench/baseline.sh x parallel",
-        },
-        Row { figure: "step log throughput (guest)", unit: "MB/s", paddock: p_tp, baseline: b_tp, baseline_is: "ssh guest cmd > pipe" },
-        Row { figure: "recorder ingest REST", unit: "results/s", paddock: rest, baseline: raw, baseline_is: "raw SQLite inserts" },
-        Row { figure: "recorder ingest XML-RPC", unit: "results/s", paddock: xml, baseline: raw, baseline_is: "raw SQLite inserts" },
-        Row {
-            figure: "control plane on test:///, per VM",
-            unit: "ms",
-            paddock: control["control_ms_per_vm"],
-            baseline: control["bare_ms_per_vm"],
-            baseline_is: "bare libvirt define/start/destroy/undefine",
-        },
-        Row { figure: "control plane peak RSS", unit: "MiB", paddock: control["peak_rss_mib"], baseline: f64::NAN, baseline_is: "-" },
+    let mut rows = vec![
+        Row::new("trigger -> first byte, cold boot (median)", "s", median(p_cold.clone()), median(b_cold.clone()), "bench/baseline.sh"),
+        Row::new("runs at once, throughput", "runs/min", p_par, b_par, "bench/baseline.sh x parallel"),
+        Row::new("step log throughput (guest)", "MB/s", p_tp, b_tp, "ssh guest cmd > pipe"),
+        Row::new("recorder ingest REST", "results/s", rest, raw, "raw SQLite inserts"),
+        Row::new("recorder ingest XML-RPC", "results/s", xml, raw, "raw SQLite inserts"),
+        Row::new(
+            "control plane on test:///, per VM",
+            "ms",
+            control["control_ms_per_vm"],
+            control["bare_ms_per_vm"],
+            "bare libvirt define/start/destroy/undefine",
+        ),
+        Row::new("control plane peak RSS", "MiB", control["peak_rss_mib"], f64::NAN, "-"),
     ];
+    let (more, extra_docs) = extra_rows(&extra);
+    rows.extend(more);
     println!();
     println!("{:<44} {:>10} {:>10} {:>10} {:>7}  baseline", "figure", "unit", "paddock", "baseline", "ratio");
     for r in &rows {
@@ -500,6 +529,7 @@ async fn all(json_out: PathBuf, recorder_output: PathBuf) {
             "paddock_first_byte_s": p_cold, "baseline_first_byte_s": b_cold,
             "parallel": k, "log_bytes": bytes, "control_vms": control_n,
         },
+        "figures": extra_docs,
     });
     if let Some(parent) = json_out.parent() {
         std::fs::create_dir_all(parent).unwrap();
@@ -532,9 +562,11 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["control", n] => control(n.parse().expect("a number of VMs")).await,
-        ["all", "--json", out, "--recorder-output", rec] => all(out.into(), rec.into()).await,
+        ["all", "--json", out, "--recorder-output", rec, extra @ ..] => {
+            all(out.into(), rec.into(), extra.iter().map(PathBuf::from).collect()).await
+        }
         _ => {
-            eprintln!("usage: bench_compare all --json OUT --recorder-output FILE | control N");
+            eprintln!("usage: bench_compare all --json OUT --recorder-output FILE [FIGURES.json...] | control N");
             std::process::exit(2);
         }
     }
