@@ -5,13 +5,16 @@
 #   bench/baseline.sh [--ca CA_PRIVATE_KEY [--sign-with OTHER_CA_KEY]] [--timeout SECONDS]
 #                     [--arch ARCH] [--console-out FILE] PORT COMMAND
 #
+# Like paddock (`identity = "cmdline"`), it makes a host key for this one guest and passes it
+# as `paddock.hostkey=`/`paddock.hostpub=` (the image has none of its own), with the domain's
+# name as `paddock.principal=`, and checks exactly that key on login.
 # Without --ca, a fresh client key is passed as `paddock.authkey=`. With --ca, only the CA's
 # public key is passed (`paddock.ca=`) and the client logs in with a user certificate
-# for principal root signed by that CA, which proves the guest's sshd trusts the CA.
+# for the guest's principal signed by that CA, which proves the guest's sshd trusts the CA.
 # --sign-with signs the certificate with another key instead (a login must then fail).
 # A refused login ("Permission denied") ends the script at once with status 3.
 # The command's output goes to stdout, followed by `key=value` timing lines:
-#   create_s, boot_to_ssh_s, boot_to_ready_s, first_byte_s, command_s, exit_status.
+#   create_s, boot_to_ssh_s, boot_to_ready_s, first_byte_s, command_s, exit_status, host_key.
 # Progress goes to stderr. The domain (prefix `baseline-`) and temp files are removed on
 # every exit path; --console-out copies the serial console log out first.
 set -euo pipefail
@@ -39,7 +42,7 @@ PORT=$1
 COMMAND=$2
 URI=qemu:///system
 IMG=$HERE/images/out/$ARCH
-for f in vmlinuz initrd.img ssh_host_ed25519_key.pub; do
+for f in vmlinuz initrd.img; do
     [ -s "$IMG/$f" ] || { echo "missing $IMG/$f: run images/build-guest.sh $ARCH" >&2; exit 1; }
 done
 
@@ -111,15 +114,16 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 ssh-keygen -q -t ed25519 -N '' -C baseline -f "$TMP/id"
-CMDLINE="console=$CONSOLE quiet"
+ssh-keygen -q -t ed25519 -N '' -C "$NAME" -f "$TMP/hostkey"
+CMDLINE="console=$CONSOLE quiet paddock.hostkey=$(base64 -w0 <"$TMP/hostkey") paddock.hostpub=$(base64 -w0 <"$TMP/hostkey.pub") paddock.principal=$NAME"
 if [ -n "$CA_KEY" ]; then
-    ssh-keygen -q -s "${SIGN_KEY:-$CA_KEY}" -I "baseline-$$" -n root -V -1m:+30m "$TMP/id.pub"
+    ssh-keygen -q -s "${SIGN_KEY:-$CA_KEY}" -I "baseline-$$" -n "$NAME" -V -1m:+30m "$TMP/id.pub"
     CA_PUB=$(ssh-keygen -y -f "$CA_KEY")
     CMDLINE="$CMDLINE paddock.ca=$(printf '%s' "$CA_PUB" | base64 -w0)"
 else
     CMDLINE="$CMDLINE paddock.authkey=$(base64 -w0 <"$TMP/id.pub")"
 fi
-printf '[127.0.0.1]:%s %s\n' "$PORT" "$(cut -d' ' -f1,2 "$IMG/ssh_host_ed25519_key.pub")" >"$TMP/known_hosts"
+printf '[127.0.0.1]:%s %s\n' "$PORT" "$(cut -d' ' -f1,2 "$TMP/hostkey.pub")" >"$TMP/known_hosts"
 
 cat >"$TMP/domain.xml" <<XML
 <domain type='qemu'>
@@ -211,3 +215,4 @@ echo "boot_to_ssh_s=$(elapsed "$T0" "$T_SSH")"
 echo "first_byte_s=$FIRST"
 echo "command_s=$(elapsed "$T_CMD" "$T_END")"
 echo "exit_status=$STATUS"
+echo "host_key=$(cat "$TMP/hostkey.pub")"

@@ -4,8 +4,10 @@
 #
 #   images/build-guest.sh [ARCH]      ARCH: x86_64 (default), aarch64, s390x.
 #
-# Output in images/out/ARCH/: vmlinuz, initrd.img, ssh_host_ed25519_key(.pub), stamp.
-# The host key is generated once and kept across rebuilds. A re-run is a no-op when the
+# Output in images/out/ARCH/: vmlinuz, initrd.img, stamp. The image holds no SSH host
+# key: each VM gets its own on the kernel command line (paddock.hostkey=, see
+# images/README.md), and the build fails if a private key ended up in the initramfs.
+# A re-run is a no-op when the
 # package versions, this script and images/guest/* are unchanged. Downloads are cached
 # in images/out/cache/DEBARCH/. Environment: PADDOCK_GUEST_COMPRESS=zstd|xz|gzip.
 set -euo pipefail
@@ -94,7 +96,7 @@ STAMP_INPUT=$( {
 })
 STAMP=$(printf '%s\n' "$STAMP_INPUT" | sha256sum | awk '{print $1}')
 if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$STAMP" ] &&
-    [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] && [ -s "$OUT/ssh_host_ed25519_key.pub" ]; then
+    [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] && [ ! -e "$OUT/ssh_host_ed25519_key" ]; then
     log "up to date ($OUT)"
     exit 0
 fi
@@ -196,12 +198,6 @@ if command -v strip >/dev/null; then
     find "$ROOT/lib/modules" -name '*.ko' -exec strip --strip-debug {} + 2>/dev/null || true
 fi
 
-# Host key: made once, kept across rebuilds so known_hosts entries stay valid.
-if [ ! -s "$OUT/ssh_host_ed25519_key" ]; then
-    log "generating the guest's host key"
-    ssh-keygen -q -t ed25519 -N '' -C "paddock-guest-$ARCH" -f "$OUT/ssh_host_ed25519_key"
-fi
-
 # /etc and the rest of the tree.
 mkdir -p "$ROOT/etc/ssh" "$ROOT/etc/acpi/PWRF" "$ROOT/root" "$ROOT/tmp" "$ROOT/proc" "$ROOT/sys" \
     "$ROOT/dev" "$ROOT/run" "$ROOT/var/empty" "$ROOT/var/log"
@@ -209,8 +205,6 @@ install -m 0755 "$GUEST/init" "$ROOT/init"
 install -m 0644 "$GUEST/sshd_config" "$ROOT/etc/ssh/sshd_config"
 install -m 0644 "$GUEST/inittab" "$ROOT/etc/inittab"
 install -m 0755 "$GUEST/udhcpc.script" "$ROOT/etc/udhcpc.script"
-install -m 0600 "$OUT/ssh_host_ed25519_key" "$ROOT/etc/ssh/ssh_host_ed25519_key"
-install -m 0644 "$OUT/ssh_host_ed25519_key.pub" "$ROOT/etc/ssh/ssh_host_ed25519_key.pub"
 # busybox acpid runs /etc/acpi/PWRF/00000080 for the ACPI power button (virsh shutdown).
 printf '#!/bin/sh\nexec /sbin/poweroff\n' >"$ROOT/etc/acpi/PWRF/00000080"
 chmod 0755 "$ROOT/etc/acpi/PWRF/00000080"
@@ -238,6 +232,15 @@ printf 'export PS1="\\u@\\h:\\w\\$ "\n' >"$ROOT/etc/profile"
 chmod 0700 "$ROOT/root"
 chmod 1777 "$ROOT/tmp"
 
+# No private key may ship in the image: every guest booted from it would share it, and
+# any build could read it and impersonate the others. "openssh-key-v1" is the magic at
+# the start of every OpenSSH private key, base64 `b3BlbnNzaC1rZXktdjE`; PEM keys of other
+# formats start with "PRIVATE KEY-----" lines.
+if grep -rlE 'b3BlbnNzaC1rZXktdjE|BEGIN (RSA |EC |DSA |ENCRYPTED )?PRIVATE KEY-----' "$ROOT" >"$WORK/keys" 2>/dev/null; then
+    die "private key material in the initramfs: $(tr '\n' ' ' <"$WORK/keys")"
+fi
+find "$ROOT" -name 'ssh_host_*key*' | grep -q . && die "host key files in the initramfs: $(find "$ROOT" -name 'ssh_host_*key*')"
+
 # cpio with every file owned by root, in a stable order.
 (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort |
     cpio --quiet -o -H newc -R 0:0 --reproducible) | "${COMPRESS_CMD[@]}" >"$WORK/initrd.img"
@@ -245,5 +248,7 @@ chmod 1777 "$ROOT/tmp"
 mv "$WORK/vmlinuz" "$OUT/vmlinuz"
 mv "$WORK/initrd.img" "$OUT/initrd.img"
 chmod 0644 "$OUT/vmlinuz" "$OUT/initrd.img"
+# A host key from an older build (when one was baked in) must not stay around as if current.
+rm -f "$OUT/ssh_host_ed25519_key" "$OUT/ssh_host_ed25519_key.pub"
 echo "$STAMP" >"$OUT/stamp"
 log "built $OUT: kernel $KVER, initrd $(du -k "$OUT/initrd.img" | cut -f1) KiB ($COMPRESS, $(du -sk "$ROOT" | cut -f1) KiB unpacked)"

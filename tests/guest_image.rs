@@ -46,7 +46,8 @@ fn boot_and_run(extra_args: &[&str], command: &str, console: &Path) -> String {
     assert!(boot > 0.0 && boot < f64::from(BOOT_DEADLINE_S), "boot_to_ssh_s={boot}");
 
     let console = fs::read_to_string(console).expect("console log copied out");
-    let host_pub = fs::read_to_string(image_dir().join("ssh_host_ed25519_key.pub")).unwrap();
+    // The key baseline.sh made for this guest and passed on its command line.
+    let host_pub = value(&stdout, "host_key");
     let announced: Vec<&str> = console
         .lines()
         .skip_while(|l| l.trim() != "PADDOCK-HOSTKEY-BEGIN")
@@ -65,20 +66,61 @@ fn boot_and_run(extra_args: &[&str], command: &str, console: &Path) -> String {
 fn build_guest_is_idempotent() {
     build_guest();
     let dir = image_dir();
-    for f in ["vmlinuz", "initrd.img", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "stamp"] {
+    for f in ["vmlinuz", "initrd.img", "stamp"] {
         let len = fs::metadata(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")).len();
         assert!(len > 0, "{f} is empty");
     }
     let initrd = fs::metadata(dir.join("initrd.img")).unwrap();
     assert!(initrd.len() < 8 << 20, "initrd is {} bytes; keep it small for TCG boots", initrd.len());
-    let key_before = fs::read(dir.join("ssh_host_ed25519_key")).unwrap();
     let initrd_mtime = initrd.modified().unwrap();
 
     let again = build_guest();
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("up to date"), "second run rebuilt:\n{stderr}");
     assert_eq!(fs::metadata(dir.join("initrd.img")).unwrap().modified().unwrap(), initrd_mtime);
-    assert_eq!(fs::read(dir.join("ssh_host_ed25519_key")).unwrap(), key_before, "host key changed");
+}
+
+/// No guest shares a host key: the bundled initramfs carries none (each VM gets its own on
+/// the kernel command line), for every architecture built here.
+#[test]
+fn no_initramfs_holds_a_private_host_key() {
+    for arch in ["x86_64", "aarch64", "s390x"] {
+        run(Command::new(repo().join("images/build-guest.sh")).arg(arch));
+        let dir = repo().join("images/out").join(arch);
+        let initrd = fs::read(dir.join("initrd.img")).unwrap();
+        for f in ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"] {
+            assert!(!dir.join(f).exists(), "{arch}: the build left a host key file {f}");
+        }
+        let mut unzstd = Command::new("zstd")
+            .args(["-dc", "-q"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = unzstd.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &initrd));
+        let cpio = unzstd.wait_with_output().unwrap();
+        feeder.join().unwrap().unwrap();
+        assert!(cpio.status.success() && cpio.stdout.len() > 1 << 20, "{arch}: initrd.img does not unpack");
+        // "openssh-key-v1\0" in base64: the start of every OpenSSH private key's body.
+        let magic = b"b3BlbnNzaC1rZXktdjE";
+        assert!(!cpio.stdout.windows(magic.len()).any(|w| w == magic), "{arch}: an OpenSSH private key is in initrd.img");
+        let mut list = Command::new("cpio")
+            .args(["-it", "--quiet"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = list.stdin.take().unwrap();
+        let data = cpio.stdout;
+        let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &data));
+        let names = list.wait_with_output().unwrap();
+        feeder.join().unwrap().unwrap();
+        let names = String::from_utf8_lossy(&names.stdout);
+        assert!(names.lines().any(|l| l == "init"), "{arch}: no /init in the listing:\n{names}");
+        let keys: Vec<&str> = names.lines().filter(|l| l.contains("ssh_host_")).collect();
+        assert!(keys.is_empty(), "{arch}: host key files in initrd.img: {keys:?}");
+    }
 }
 
 #[test]
@@ -99,7 +141,7 @@ fn guest_sshd_trusts_ca_from_cmdline() {
     let ca_body: Vec<&str> = ca_pub.split_whitespace().take(2).collect();
 
     // baseline.sh --ca passes only the CA (no authorized key) and logs in with a user
-    // certificate for principal root, so a login at all proves the CA is trusted.
+    // certificate for the guest's own principal, so a login at all proves the CA is trusted.
     let stdout = boot_and_run(
         &["--ca", ca.to_str().unwrap()],
         "cat /etc/ssh/trusted_user_ca_keys; echo keys=$(wc -l < /root/.ssh/authorized_keys)",

@@ -164,9 +164,9 @@ async fn kernel_images_are_uploaded_into_the_pool_before_runs_are_placed_and_rep
             initrd: files.join("initrd.img"),
             cmdline: "console=ttyS0 quiet no_timer_check panic=1".into(),
         },
-        HostKeyPolicy::File(out.join("ssh_host_ed25519_key.pub")),
+        HostKeyPolicy::PerVm,
     );
-    let key = std::fs::read_to_string(out.join("ssh_host_ed25519_key.pub")).unwrap();
+    let key = support::sshd::random_key().public_key().to_openssh().unwrap();
     let pool_name = Pool::name_for("k");
     let instance = format!("pool{:05}", std::process::id() % 100000);
     let _domains = Domains(format!("paddock-{}", &instance[..8]));

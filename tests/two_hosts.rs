@@ -51,7 +51,7 @@ async fn a_frozen_donor_libvirtd_goes_down_within_the_deadline_and_comes_back() 
 
     // Meanwhile a daemon (re)starts: the frozen host costs it one connect deadline, no more,
     // and runs still start on the other host.
-    let (dir, img, client) = (open_dir(), tiny_image(), client_key());
+    let (dir, img, client) = (open_dir(), tiny_image(&support::guest::test_host_key("tiny")), client_key());
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -84,8 +84,9 @@ async fn a_frozen_donor_libvirtd_goes_down_within_the_deadline_and_comes_back() 
     assert!(handle.list().await.unwrap().is_empty());
 }
 
-/// The bundled guest, its host key learnt from the console.
-fn tiny_image() -> Image {
+/// The bundled guest, its host key learnt from the console: a key of the test's own, on the
+/// command line (the image has none; paddock's own `identity = "cmdline"` would pin one).
+fn tiny_image(key: &support::guest::TestHostKey) -> Image {
     let out = support::guest::guest();
     let mut img = support::fixtures::image(
         "tiny",
@@ -94,7 +95,7 @@ fn tiny_image() -> Image {
         Boot::Kernel {
             kernel: out.join("vmlinuz"),
             initrd: out.join("initrd.img"),
-            cmdline: "console=ttyS0 quiet no_timer_check panic=1".into(),
+            cmdline: format!("console=ttyS0 quiet no_timer_check panic=1 {}", key.cmdline),
         },
     );
     img.boot_timeout = Duration::from_secs(240);
@@ -176,13 +177,14 @@ impl Drop for LocalDomains {
 async fn runs_spread_over_two_real_hosts_and_a_dead_daemons_leftovers_on_the_donor_are_reaped() {
     let donor = Donor::start("pdkdonor2", SSHD_PORTS);
     let out = support::guest::guest();
-    let guest_key = std::fs::read_to_string(out.join("ssh_host_ed25519_key.pub")).unwrap();
+    let host_key = support::guest::test_host_key("tiny");
+    let guest_key = host_key.public.clone();
     let client = client_key();
     let dir = open_dir();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let img = tiny_image();
+    let img = tiny_image(&host_key);
     let instance = format!("pdkr{:04x}feedface", std::process::id() % 0xffff);
     let short = format!("paddock-{}", &instance[..8]);
     let _local = LocalDomains(short.clone());

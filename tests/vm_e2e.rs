@@ -40,7 +40,8 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         vcpus: 1,
         user: "root".into(),
         shell: Shell::Sh,
-        host_key: HostKeyPolicy::File(out.join("ssh_host_ed25519_key.pub")),
+        // identity = "cmdline": paddock makes this VM's host key and passes it to /init.
+        host_key: HostKeyPolicy::PerVm,
         trusts_fleet_ca: false,
         boot_timeout: Duration::from_secs(180),
         nic_model: None,
@@ -79,7 +80,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
     };
     let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
     let mgr = VmManager::start(cfg, vec![host], store.clone()).await.unwrap();
-    let key = std::fs::read_to_string(out.join("ssh_host_ed25519_key.pub")).unwrap();
+    let key = support::sshd::random_key().public_key().to_openssh().unwrap();
 
     let t = Instant::now();
     let vm = mgr
@@ -108,12 +109,14 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
     assert!(!overlays.exists() || std::fs::read_dir(&overlays).unwrap().next().is_none(), "overlay left");
     assert!(store.vms().await.unwrap().is_empty());
 
-    // The same guest by hand: `virsh create` and a banner poll loop.
+    // The same guest by hand: `virsh create` and a banner poll loop (with a host key of
+    // its own on the command line: the image has none).
     let by_hand = format!("paddock-{instance}-byhand");
+    let hand_key = support::guest::test_host_key(&by_hand);
     let console = state.join("byhand.log");
     let xml = format!(
         "<domain type='qemu'><name>{by_hand}</name><memory unit='MiB'>512</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{k}</kernel><initrd>{i}</initrd><cmdline>console=ttyS0 quiet</cmdline></os>\
+         <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{k}</kernel><initrd>{i}</initrd><cmdline>console=ttyS0 quiet {hk}</cmdline></os>\
          <devices><interface type='user'><backend type='passt'/><model type='virtio'/>\
          <portForward proto='tcp' address='127.0.0.1'><range start='{port}' to='22'/></portForward></interface>\
          <serial type='file'><source path='{c}'/></serial><rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>\
@@ -121,6 +124,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         k = out.join("vmlinuz").display(),
         i = out.join("initrd.img").display(),
         c = console.display(),
+        hk = hand_key.cmdline,
     );
     let xml_path = state.join("byhand.xml");
     std::fs::write(&xml_path, xml).unwrap();

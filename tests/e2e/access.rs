@@ -41,7 +41,7 @@ async fn a_granted_certificate_logs_in_until_the_grant_is_revoked() {
     let fleet = fleet_with_keys(
         dir.path(),
         "23180-23189",
-        &baked_host_key(),
+        PER_VM,
         &[public],
         r#"
 [[jobs]]
@@ -114,7 +114,7 @@ async fn access_to_a_held_run_ends_open_sessions_when_the_grant_expires() {
     let fleet = fleet_with_keys(
         dir.path(),
         "23190-23199",
-        &baked_host_key(),
+        PER_VM,
         &[public],
         r#"
 [[jobs]]
@@ -205,7 +205,7 @@ async fn a_grant_that_outlives_its_runs_hold_keeps_the_vm() {
     let fleet = fleet_with_keys(
         dir.path(),
         "24850-24859",
-        &baked_host_key(),
+        PER_VM,
         &[public],
         r#"
 [[jobs]]

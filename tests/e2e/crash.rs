@@ -63,7 +63,7 @@ command = "echo up; sleep 600"
 async fn kill_and_restart_job(ports: &str, kill_when: fn(&str) -> bool, job: &str) {
     ensure_guest_image();
     let dir = tempfile::tempdir().unwrap();
-    fleet(dir.path(), ports, &baked_host_key(), job);
+    fleet(dir.path(), ports, PER_VM, job);
     let config = dir.path().join("fleet.toml");
     let first = Serve::start(&config, true);
     let _guard = DomainGuard::new(dir.path());

@@ -20,7 +20,7 @@ fn manual() -> Trigger {
 
 /// The common test fleet with textual edits (each `(from, to)` must apply).
 fn edited_fleet(dir: &Path, ports: &str, jobs: &str, edits: &[(&str, &str)]) -> Fleet {
-    fleet(dir, ports, &baked_host_key(), jobs);
+    fleet(dir, ports, PER_VM, jobs);
     let path = dir.join("fleet.toml");
     let mut src = std::fs::read_to_string(&path).unwrap();
     for (from, to) in edits {
@@ -66,7 +66,7 @@ async fn libvirtd_restarted_while_a_vm_runs_the_daemon_reconnects_and_the_run_co
     let fleet = fleet(
         dir.path(),
         "23200-23209",
-        &baked_host_key(),
+        PER_VM,
         r#"
 [[jobs]]
 name = "through"
@@ -164,7 +164,7 @@ async fn a_guest_destroyed_mid_step_fails_the_run_fast_with_the_reason() {
     let fleet = fleet(
         dir.path(),
         "23220-23229",
-        &baked_host_key(),
+        PER_VM,
         r#"
 [[jobs]]
 name = "doomed"
@@ -216,7 +216,7 @@ async fn a_recorder_down_for_the_whole_run_gets_the_result_once_when_it_is_up() 
     let fleet = fleet(
         dir.path(),
         "23230-23239",
-        &baked_host_key(),
+        PER_VM,
         &format!(
             r#"
 [[jobs]]

@@ -27,28 +27,29 @@ pub use support::guest::ensure_guest_image;
 pub use support::virsh::domains_named;
 pub use support::{repo, wait_for, wait_until};
 
-/// The bundled image's baked host key, as `fleet.toml` names it.
-pub fn baked_host_key() -> String {
-    format!("file:{}", repo().join("images/out/x86_64/ssh_host_ed25519_key.pub").display())
-}
+/// The bundled image's identity setting: every VM gets a host key (and principal) made and
+/// pinned by paddock, on its kernel command line. The image has no key of its own.
+pub const PER_VM: &str = "identity = \"cmdline\"";
 
-/// A fleet for one test: one local TCG host, the bundled image (whose sshd must
-/// present `host_key`), and `jobs` (TOML).
-pub fn fleet(dir: &Path, ports: &str, host_key: &str, jobs: &str) -> Fleet {
-    fleet_with_keys(dir, ports, host_key, &[], jobs)
+/// A fleet for one test: one local TCG host, the bundled image (with `key_line` as its
+/// host-key setting: [`PER_VM`], or `host_key = ...`), and `jobs` (TOML).
+pub fn fleet(dir: &Path, ports: &str, key_line: &str, jobs: &str) -> Fleet {
+    fleet_with_keys(dir, ports, key_line, &[], jobs)
 }
 
 /// As [`fleet`], with SSH public keys for the user `alice`.
-pub fn fleet_with_keys(dir: &Path, ports: &str, host_key: &str, alice_keys: &[String], jobs: &str) -> Fleet {
-    fleet_with_key_line(dir, ports, &format!("host_key = \"{host_key}\""), alice_keys, jobs)
+pub fn fleet_with_keys(dir: &Path, ports: &str, key_line: &str, alice_keys: &[String], jobs: &str) -> Fleet {
+    load_fleet(dir, &fleet_src(dir, ports, key_line, alice_keys, "", jobs))
 }
 
-/// As [`fleet_with_keys`], with `key_line` as the image's host-key setting (`host_key = ...`
-/// or `identity = ...`).
-pub fn fleet_with_key_line(dir: &Path, ports: &str, key_line: &str, alice_keys: &[String], jobs: &str) -> Fleet {
+/// The text of [`fleet_with_keys`]'s fleet, with `extra_cmdline` appended to the image's
+/// kernel command line (e.g. a test's own host key, [`support::guest::test_host_key`]).
+pub fn fleet_src(dir: &Path, ports: &str, key_line: &str, alice_keys: &[String], extra_cmdline: &str, jobs: &str) -> String {
     let keys = alice_keys.iter().map(|k| format!("{:?}", k.trim())).collect::<Vec<_>>().join(", ");
     let out = repo().join("images/out/x86_64");
-    let src = format!(
+    let cmdline = format!("console=ttyS0 quiet no_timer_check panic=1 {extra_cmdline}");
+    let cmdline = cmdline.trim_end();
+    format!(
         r#"
 version = 1
 [daemon]
@@ -72,7 +73,7 @@ os = "linux"
 arch = "x86_64"
 kernel = "{out}/vmlinuz"
 initrd = "{out}/initrd.img"
-cmdline = "console=ttyS0 quiet no_timer_check panic=1"
+cmdline = "{cmdline}"
 memory_mib = 256
 vcpus = 1
 user = "root"
@@ -89,8 +90,7 @@ ssh_keys = [{keys}]
 "#,
         state = dir.join("state").display(),
         out = out.display(),
-    );
-    load_fleet(dir, &src)
+    )
 }
 
 /// Writes `src` as `dir/fleet.toml` and loads it; a test fleet that does not validate fails the test.

@@ -95,7 +95,7 @@ command = "echo hello"
 async fn sighup_applies_a_good_fleet_and_keeps_the_old_one_on_error_while_a_run_goes_on() {
     ensure_guest_image();
     let dir = tempfile::tempdir().unwrap();
-    fleet(dir.path(), "24600-24609", &baked_host_key(), LONG_JOB);
+    fleet(dir.path(), "24600-24609", PER_VM, LONG_JOB);
     let config = dir.path().join("fleet.toml");
     // Reads without a token, so `paddock jobs` needs none.
     let good = std::fs::read_to_string(&config).unwrap().replacen("[daemon]\n", "[daemon]\npublic_reads = true\n", 1);

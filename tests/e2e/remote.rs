@@ -18,7 +18,7 @@ async fn a_donor_lost_mid_step_ends_the_run_as_infrastructure_naming_the_host_an
     fleet(
         dir.path(),
         "24340-24349",
-        &baked_host_key(),
+        PER_VM,
         r#"
 [[jobs]]
 name = "long"

@@ -17,7 +17,7 @@ async fn three_steps_second_fails_gives_the_right_result_and_no_vm_is_left() {
     let fleet = fleet(
         dir.path(),
         "23100-23109",
-        &baked_host_key(),
+        PER_VM,
         r#"
 [[jobs]]
 name = "three"
@@ -99,7 +99,7 @@ async fn a_step_past_its_timeout_is_killed_in_the_guest() {
     let fleet = fleet(
         dir.path(),
         "23110-23119",
-        &baked_host_key(),
+        PER_VM,
         r#"
 [[jobs]]
 name = "slow"
@@ -138,13 +138,11 @@ command = "ps | grep -c '[s]leep 313' || true"
 async fn a_guest_with_the_wrong_host_key_is_refused() {
     ensure_guest_image();
     let dir = tempfile::tempdir().unwrap();
-    // A valid key, but not the one the guest has.
+    // The guest presents a key of the test's own (on its command line); the fleet pins
+    // another valid key.
+    let guest_key = support::guest::test_host_key("mitm");
     let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA/XDHqQ4zGgrAo2cLdmgWGXXbEazbp/V20Cd7HR/aap";
-    let fleet = fleet(
-        dir.path(),
-        "23120-23129",
-        other,
-        r#"
+    let jobs = r#"
 [[jobs]]
 name = "mitm"
 images = ["tiny"]
@@ -152,8 +150,9 @@ images = ["tiny"]
 name = "x"
 type = "build"
 command = "echo must-not-run"
-"#,
-    );
+"#;
+    let src = fleet_src(dir.path(), "23120-23129", &format!("host_key = \"{other}\""), &[], &guest_key.cmdline, jobs);
+    let fleet = load_fleet(dir.path(), &src);
     let daemon = start(fleet).await;
     let _guard = DomainGuard::new(dir.path());
     let ids = daemon.runs.trigger("mitm", None, manual()).await.unwrap();
@@ -161,8 +160,7 @@ command = "echo must-not-run"
     assert_eq!(row.outcome.as_deref(), Some("infrastructure"), "{row:?}");
     let reason = row.reason.unwrap();
     let expected = paddock::ssh::fingerprint(&ssh_key::PublicKey::from_openssh(other).unwrap());
-    let baked = std::fs::read_to_string(repo().join("images/out/x86_64/ssh_host_ed25519_key.pub")).unwrap();
-    let seen = paddock::ssh::fingerprint(&ssh_key::PublicKey::from_openssh(baked.trim()).unwrap());
+    let seen = paddock::ssh::fingerprint(&ssh_key::PublicKey::from_openssh(&guest_key.public).unwrap());
     assert!(reason.contains(&expected) && reason.contains(&seen), "{reason}");
     let prefix = format!("paddock-{}-", instance_id(dir.path()));
     assert_eq!(domains_named(&prefix), Vec::<String>::new());
@@ -176,7 +174,7 @@ async fn cancel_mid_step_stops_the_run_and_removes_the_vm() {
     let fleet = fleet(
         dir.path(),
         "23130-23139",
-        &baked_host_key(),
+        PER_VM,
         r#"
 [[jobs]]
 name = "long"
@@ -228,7 +226,7 @@ async fn hold_on_failure_keeps_the_vm_then_releases_it() {
     let fleet = fleet(
         dir.path(),
         "23140-23149",
-        &baked_host_key(),
+        PER_VM,
         r#"
 [[jobs]]
 name = "flaky"

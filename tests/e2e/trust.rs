@@ -17,7 +17,7 @@ async fn a_secret_from_a_file_never_appears_in_logs_reasons_results_or_the_api()
     let fleet = fleet(
         dir.path(),
         "24430-24434",
-        &baked_host_key(),
+        PER_VM,
         r#"
 [[jobs]]
 name = "secretive"
@@ -107,7 +107,7 @@ async fn a_step_flooding_its_output_leaves_a_capped_marked_log_and_bounded_disk(
     let fleet = fleet(
         dir.path(),
         "24435-24439",
-        &baked_host_key(),
+        PER_VM,
         &format!(
             r#"
 [[jobs]]
@@ -192,7 +192,7 @@ async fn a_guest_reaches_neither_the_daemon_nor_another_guests_forward_through_t
     let mut fleet = fleet(
         dir.path(),
         "24440-24444",
-        &baked_host_key(),
+        PER_VM,
         r#"
 [[jobs]]
 name = "probe"

@@ -52,7 +52,7 @@ fn follow(url: &str, token: &str, job: &str) -> std::process::Output {
 async fn run_follow_exits_with_the_runs_success() {
     ensure_guest_image();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = start(fleet(dir.path(), "23300-23309", &baked_host_key(), JOBS)).await;
+    let daemon = start(fleet(dir.path(), "23300-23309", PER_VM, JOBS)).await;
     let _guard = DomainGuard::new(dir.path());
     let token = daemon.store.create_token("alice").await.unwrap().token;
     let url = format!("http://{}", daemon.addr);
@@ -109,7 +109,7 @@ async fn run_follow_exits_with_the_runs_success() {
 async fn dashboard_follows_a_real_run_live() {
     ensure_guest_image();
     let dir = tempfile::tempdir().unwrap();
-    let mut fleet = fleet(dir.path(), "23310-23319", &baked_host_key(), JOBS);
+    let mut fleet = fleet(dir.path(), "23310-23319", PER_VM, JOBS);
     fleet.daemon.public_reads = true;
     let daemon = start(fleet).await;
     let _guard = DomainGuard::new(dir.path());

@@ -18,11 +18,26 @@ pub fn ensure_guest_image() {
     });
 }
 
-/// The guest's folder (`vmlinuz`, `initrd.img`, host key), built first only when its files are missing.
+/// The guest's folder (`vmlinuz`, `initrd.img`), built first only when its files are missing.
 pub fn guest() -> PathBuf {
     let out = repo().join("images/out/x86_64");
     if !out.join("initrd.img").exists() || !out.join("vmlinuz").exists() {
         ensure_guest_image();
     }
     out
+}
+
+/// A host key made by a test for the bundled guest (which has none of its own): the kernel
+/// command-line words that hand it over (`paddock.hostkey=`, `paddock.hostpub=`,
+/// `paddock.principal=NAME`) and its public line, for tests of the `console`, `file:` and
+/// pinned host-key policies. paddock's own `identity = "cmdline"` makes one per VM instead.
+pub struct TestHostKey {
+    pub cmdline: String,
+    pub public: String,
+}
+
+pub fn test_host_key(principal: &str) -> TestHostKey {
+    let id = paddock::vm::seed::Identity::generate(principal).unwrap();
+    let cmdline = paddock::libvirt::domain_xml::identity_cmdline(&id.private_pem().unwrap(), &id.public_line(), principal);
+    TestHostKey { cmdline: cmdline.trim().to_string(), public: id.public_line() }
 }
