@@ -4,7 +4,9 @@
 //! (without failing) while the pool cannot take them, is placed only after the
 //! upload, and boots from the volumes' paths; a changed initramfs is re-sent
 //! and its old version removed once the VM using it is gone. A disk image's
-//! overlay is a qcow2 volume in the pool backed by the uploaded base.
+//! overlay is a qcow2 volume in the pool backed by the uploaded base. Per-VM
+//! cloud-init seeds (a volume on a pool host, a file beside the overlay on one
+//! without) survive a restart with the held VM that owns them, and go with it.
 
 mod support;
 
@@ -291,10 +293,11 @@ async fn disk_overlays_on_pool_hosts_are_qcow2_volumes_backed_by_the_uploaded_ba
     assert_eq!(pool.files(), vec![base_vol.volume.clone(), other.to_string()], "the overlay volume is removed with the VM");
 }
 
-/// A daemon that dies on a pool host leaves overlay volumes there: the next
-/// start removes the orphan's, and an adopted held VM's overlay goes with it.
+/// A daemon that dies on a pool host leaves overlay and seed volumes there: the next start
+/// removes the orphan's, and an adopted held VM's (a per-VM identity: its seed is a volume
+/// too) stay while it lives and go with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_crash_on_a_pool_host_orphaned_overlay_volumes_are_reaped_and_adopted_ones_removed_with_their_vm() {
+async fn after_a_crash_on_a_pool_host_orphaned_overlay_and_seed_volumes_are_reaped_and_adopted_ones_removed_with_their_vm() {
     let dir = open_dir();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
@@ -302,7 +305,8 @@ async fn after_a_crash_on_a_pool_host_orphaned_overlay_volumes_are_reaped_and_ad
     let base = dir.path().join("base.qcow2");
     let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&base).arg("64M").status().unwrap();
     assert!(st.success());
-    let img = image("pdkl-disk", Boot::Disk { base: base.clone() }, HostKeyPolicy::Console);
+    // identity = "cloud-init": each VM gets a seed, here uploaded as a pool volume.
+    let img = image("pdkl-disk", Boot::Disk { base: base.clone() }, HostKeyPolicy::PerVm);
     let pool = Pool::create(&format!("pdkl-crash-{}", std::process::id()), &dir.path().join("pool"));
     let instance = format!("pdkl{:04}", std::process::id() % 10000);
     let _domains = Domains(format!("paddock-{}", &instance[..8]));
@@ -315,21 +319,89 @@ async fn after_a_crash_on_a_pool_host_orphaned_overlay_volumes_are_reaped_and_ad
     mgr.hold(&held.name, chrono::Utc::now() + chrono::Duration::hours(1)).await.unwrap();
     mgr.release(&held.name).await.unwrap();
     let overlay = |vm: &str| format!("{vm}-overlay.qcow2");
+    let seed = |vm: &str| format!("{vm}-seed.iso");
     let files = pool.files();
-    assert!(files.contains(&overlay(&orphan.name)) && files.contains(&overlay(&held.name)), "{files:?}");
+    for vm in [&orphan.name, &held.name] {
+        assert!(files.contains(&overlay(vm)) && files.contains(&seed(vm)), "{files:?}");
+    }
+    assert!(!state.join("overlays").join(seed(&held.name)).exists(), "the local copy of an uploaded seed stays");
     // The crash: the manager goes without tearing anything down.
     drop(mgr);
 
     let mgr = VmManager::start(cfg(), vec![pooled_host(&pool.name)], store.clone()).await.unwrap();
     let base_vol = store.host_volumes("pooled").await.unwrap().into_iter().find(|v| v.role == "disk").unwrap().volume;
-    // The start-up pass reaped the orphan's domain and its overlay volume; the held VM was adopted.
-    assert_eq!(pool.files(), vec![base_vol.clone(), overlay(&held.name)]);
+    // The start-up pass reaped the orphan's domain, overlay and seed volumes; the held VM was adopted.
+    let mut kept = vec![base_vol.clone(), overlay(&held.name), seed(&held.name)];
+    kept.sort();
+    assert_eq!(pool.files(), kept);
     let snap = mgr.snapshot().await.unwrap();
     assert_eq!(snap.vms.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec![held.name.as_str()]);
     let events = store.events(Some("reaped_overlay"), 10).await.unwrap();
     assert!(events.iter().any(|e| e.subject == orphan.name), "{events:?}");
+    assert!(store.vm_host_key(&held.name).await.unwrap().is_some(), "the adopted VM's pinned key was dropped");
 
-    // The adopted VM's end removes its overlay volume too, and keeps the base.
+    // The adopted VM's end removes its overlay and seed volumes too, and keeps the base.
     mgr.destroy(&held.name).await.unwrap();
     assert_eq!(pool.files(), vec![base_vol]);
+}
+
+/// The same on a host without a pool: a seeded VM held across a restart is adopted with its
+/// seed file (and overlay) kept while it lives; the orphan's are reaped; the adopted VM's
+/// end removes its seed and overlay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_vm_held_across_a_restart_is_adopted_with_its_seed_which_goes_with_it() {
+    let dir = open_dir();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = dir.path().join("base.qcow2");
+    let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&base).arg("64M").status().unwrap();
+    assert!(st.success());
+    let img = image("pdkg2-disk", Boot::Disk { base: base.clone() }, HostKeyPolicy::PerVm);
+    let instance = format!("pdkg{:04}", std::process::id() % 10000);
+    let _domains = Domains(format!("paddock-{}", &instance[..8]));
+    let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
+    let cfg = || config(&state, &instance, (26030, 26039), Readiness::DomainRunning, Vec::new());
+    let host = || {
+        let mut h = pooled_host("unused");
+        h.name = "local".into();
+        h.image_pool = None;
+        h
+    };
+    let overlays = state.join("overlays");
+    let files = || {
+        let mut v: Vec<String> = std::fs::read_dir(&overlays)
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+
+    let mgr = VmManager::start(cfg(), vec![host()], store.clone()).await.unwrap();
+    let orphan = mgr.launch(request("r-orphan", &img, "ssh-ed25519 AAAA test")).await.unwrap_or_else(|e| panic!("{e}: {e:?}"));
+    let held = mgr.launch(request("r-held", &img, "ssh-ed25519 AAAA test")).await.unwrap_or_else(|e| panic!("{e}: {e:?}"));
+    mgr.hold(&held.name, chrono::Utc::now() + chrono::Duration::hours(1)).await.unwrap();
+    mgr.release(&held.name).await.unwrap();
+    let seed = |vm: &str| format!("{vm}-seed.iso");
+    let overlay = |vm: &str| format!("{vm}.qcow2");
+    let mut all = vec![overlay(&orphan.name), seed(&orphan.name), overlay(&held.name), seed(&held.name)];
+    all.sort();
+    assert_eq!(files(), all);
+    let xml = String::from_utf8_lossy(&virsh(&["dumpxml", &held.name]).stdout).into_owned();
+    assert!(xml.contains(overlays.join(seed(&held.name)).to_str().unwrap()), "the seed is not attached: {xml}");
+    let key = store.vm_host_key(&held.name).await.unwrap().expect("the held VM's pinned key");
+    drop(mgr);
+
+    let mgr = VmManager::start(cfg(), vec![host()], store.clone()).await.unwrap();
+    let mut kept = vec![overlay(&held.name), seed(&held.name)];
+    kept.sort();
+    assert_eq!(files(), kept, "the orphan's seed and overlay are reaped, the adopted VM's kept");
+    assert!(!support::virsh::domains().contains(&orphan.name), "the orphan's domain is left");
+    let snap = mgr.snapshot().await.unwrap();
+    assert_eq!(snap.vms.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec![held.name.as_str()]);
+    assert_eq!(store.vm_host_key(&held.name).await.unwrap().as_deref(), Some(key.as_str()), "the adopted VM keeps its pinned key");
+
+    mgr.destroy(&held.name).await.unwrap();
+    assert_eq!(files(), Vec::<String>::new(), "the adopted VM's seed or overlay is left");
+    assert!(!support::virsh::domains().contains(&held.name));
 }

@@ -165,13 +165,15 @@ pub struct OverlayVolume {
     pub modified: Option<std::time::SystemTime>,
 }
 
-/// The overlay volumes in `pool` of VMs whose names start with `vm_prefix`.
+/// The per-VM volumes in `pool` (overlays and cloud-init seeds) of VMs whose names start
+/// with `vm_prefix`.
 pub fn overlay_volumes(uri: &str, pool: &str, vm_prefix: &str) -> Result<Vec<OverlayVolume>, StorageError> {
     let (_conn, p) = open_pool(uri, pool)?;
     let mut found = Vec::new();
     for v in p.list_all_volumes(0).unwrap_or_default() {
         let Ok(name) = v.name() else { continue };
-        let Some(vm) = name.strip_suffix(OVERLAY_SUFFIX).filter(|vm| vm.starts_with(vm_prefix)) else { continue };
+        let owner = name.strip_suffix(OVERLAY_SUFFIX).or_else(|| name.strip_suffix(SEED_SUFFIX));
+        let Some(vm) = owner.filter(|vm| vm.starts_with(vm_prefix)) else { continue };
         let modified = v.xml_desc(0).ok().and_then(|xml| mtime(&xml));
         found.push(OverlayVolume { vm: vm.to_string(), volume: name, modified });
     }
@@ -180,6 +182,10 @@ pub fn overlay_volumes(uri: &str, pool: &str, vm_prefix: &str) -> Result<Vec<Ove
 
 /// What an overlay volume's name ends with after its VM's name.
 pub const OVERLAY_SUFFIX: &str = "-overlay.qcow2";
+
+/// What a per-VM cloud-init seed's name ends with after its VM's name (a volume on a pool
+/// host, a file beside the overlay on a local one).
+pub const SEED_SUFFIX: &str = "-seed.iso";
 
 /// `<timestamps><mtime>1701234567.123456789</mtime>` of a volume's XML.
 fn mtime(xml: &str) -> Option<std::time::SystemTime> {

@@ -117,7 +117,7 @@ pub struct PoolHost {
 /// How long one host's pool listing or one removal may take.
 const POOL_CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Removes overlay volumes (`<vm>-overlay.qcow2`) of this instance's VMs
+/// Removes per-VM volumes (`<vm>-overlay.qcow2`, `<vm>-seed.iso`) of this instance's VMs
 /// (names starting `vm_prefix`) from hosts' image pools when no live VM owns
 /// them and they were last changed before the pass began. A volume whose pool
 /// reports no timestamps is left alone: it might belong to a launch under way.
@@ -154,7 +154,7 @@ pub async fn reconcile_pool_overlays(pools: &[PoolHost], vm_prefix: &str, live: 
                     .await;
             match removed {
                 Ok(Ok(Ok(()))) => {
-                    info!(host = %host.name, pool = %host.pool, volume = %v.volume, "removed an orphaned overlay volume");
+                    info!(host = %host.name, pool = %host.pool, volume = %v.volume, "removed an orphaned overlay or seed volume");
                     let detail = format!("host {}, pool {}, volume {}", host.name, host.pool, v.volume);
                     if let Err(e) = store.record_event("reaped_overlay", &v.vm, &detail).await {
                         report.errors.push(error_chain(&e));
