@@ -172,7 +172,8 @@ impl Drop for LocalDomains {
 /// through libvirt storage, with its console read over the connection (the host key is learnt
 /// from it, and nothing in its XML names a file of the daemon's machine); with the local host
 /// drained the next VM goes to the donor without re-uploading the image; after the manager dies
-/// with a VM on the donor, the next start removes its domain and per-VM pool volume there.
+/// with a VM on the donor, the next start removes its domain and per-VM pool volume there; a
+/// held VM on the donor is adopted after a restart with its console read again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_spread_over_two_real_hosts_and_a_dead_daemons_leftovers_on_the_donor_are_reaped() {
     let donor = Donor::start("pdkdonor2", SSHD_PORTS);
@@ -228,6 +229,7 @@ async fn runs_spread_over_two_real_hosts_and_a_dead_daemons_leftovers_on_the_don
     drop(mgr);
     assert!(donor.domains().contains(&c.name));
 
+    let hosts_again = hosts.clone();
     let mgr = VmManager::start(manager_config(&state, &instance, vec![img.clone()]), hosts, store.clone()).await.unwrap();
     let left: Vec<String> = donor.domains().into_iter().filter(|d| d.starts_with(&short)).collect();
     assert!(left.is_empty(), "domains left on the donor: {left:?}");
@@ -235,6 +237,36 @@ async fn runs_spread_over_two_real_hosts_and_a_dead_daemons_leftovers_on_the_don
     assert!(!vols.contains(&overlay), "the dead VM's volume is left: {vols:?}");
     assert_eq!(vols.iter().filter(|v| v.starts_with("paddock-tiny-")).count(), 2, "image volumes stay: {vols:?}");
     assert!(donor.qemu_pids().is_empty(), "a QEMU still runs on the donor");
+
+    // A held VM on the donor outlives a restart: it is adopted and its console, a pty read
+    // over the connection, is read again into the same copy (appended): a line the guest
+    // prints on its console after the restart reaches the copy.
+    let key = support::sshd::random_key();
+    let login = key.public_key().to_openssh().unwrap();
+    let d = mgr.launch(request("r4", &img, &login)).await.unwrap();
+    assert_eq!(d.host, "donor");
+    mgr.hold(&d.name, chrono::Utc::now() + chrono::Duration::hours(1)).await.unwrap();
+    mgr.release(&d.name).await.unwrap();
+    drop(mgr);
+    let mgr = VmManager::start(manager_config(&state, &instance, vec![img.clone()]), hosts_again, store.clone()).await.unwrap();
+    let snap = mgr.snapshot().await.unwrap();
+    assert_eq!(snap.vms.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec![d.name.as_str()], "the held VM is adopted");
+    let before = std::fs::read_to_string(&d.console_path).unwrap();
+    assert!(before.contains("PADDOCK-READY"), "the boot's console copy is kept: {before}");
+    let target = paddock::ssh::Target { addr: d.ssh_addr, user: "root".into() };
+    let check = paddock::ssh::HostKeyCheck::exact(ssh_key::PublicKey::from_openssh(&guest_key).unwrap());
+    let auth = paddock::ssh::Auth::Key(std::sync::Arc::new(key));
+    let session = paddock::ssh::connect(&target, &auth, &check, &Default::default()).await.unwrap();
+    let (_, err, status) = session.exec_collect("echo pdkg2-after-restart >/dev/console", Vec::new()).await.unwrap();
+    assert!(status.success(), "{}", String::from_utf8_lossy(&err));
+    support::wait_until("the line printed after the restart in the console copy", Duration::from_secs(30), async || {
+        std::fs::read_to_string(&d.console_path).unwrap_or_default().contains("pdkg2-after-restart")
+    })
+    .await;
+    let after = std::fs::read_to_string(&d.console_path).unwrap();
+    assert!(after.starts_with(&before), "the copy from before the restart was not kept");
+    mgr.destroy(&d.name).await.unwrap();
+    assert!(!donor.domains().contains(&d.name));
     drop(mgr);
 }
 

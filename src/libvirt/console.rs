@@ -54,6 +54,19 @@ pub(super) fn start_with_console(conn: &Connect, dom: &Domain, sink: &ConsoleSin
     })
 }
 
+/// Attaches a copier to the console of `dom`, which is already running (a VM adopted after
+/// a restart): the copy is appended to `sink`'s file, so what was read before the restart
+/// stays, and the cap counts it.
+pub(super) fn reattach_console(conn: &Connect, dom: &Domain, sink: &ConsoleSink) -> Result<(), virt::error::Error> {
+    let stream = Stream::new(conn, virt::sys::VIR_STREAM_NONBLOCK)?;
+    // FORCE: the dead daemon's console connection may still be open on the host.
+    dom.open_console(None, &stream, virt::sys::VIR_DOMAIN_CONSOLE_FORCE)?;
+    match open_append(&sink.path) {
+        Some((file, kept)) => watch(stream, Copy { file, kept, max: sink.max_bytes, cut: kept >= sink.max_bytes }),
+        None => stream.abort(),
+    }
+}
+
 /// Where one console's bytes go.
 struct Copy {
     file: std::fs::File,
@@ -142,6 +155,21 @@ unsafe extern "C" fn on_event(st: virt::sys::virStreamPtr, events: std::os::raw:
 unsafe extern "C" fn on_free(opaque: *mut std::os::raw::c_void) {
     // SAFETY: made by `Box::into_raw` in `watch`, freed once.
     drop(unsafe { Box::from_raw(opaque as *mut Watch) });
+}
+
+/// The console copy opened for appending, with the bytes it already holds.
+fn open_append(path: &Path) -> Option<(std::fs::File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path) {
+        Ok(f) => {
+            let kept = f.metadata().map(|m| m.len()).unwrap_or(0);
+            Some((f, kept))
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not open a console copy");
+            None
+        }
+    }
 }
 
 fn open(path: &Path) -> Option<std::fs::File> {

@@ -75,6 +75,8 @@ pub enum LibvirtError {
     Define { host: String, name: String, source: virt::error::Error },
     #[error("starting domain {name} on host {host}")]
     Start { host: String, name: String, source: virt::error::Error },
+    #[error("attaching to the console of domain {name} on host {host}")]
+    Console { host: String, name: String, source: virt::error::Error },
     #[error("asking domain {name} on host {host} to shut down")]
     Shutdown { host: String, name: String, source: virt::error::Error },
     #[error("destroying domain {name} on host {host}")]
@@ -134,6 +136,12 @@ enum Command {
         console: Option<ConsoleSink>,
         reply: Reply<()>,
     },
+    /// Copies the console of a running domain into the sink (appending), from now on.
+    AttachConsole {
+        name: String,
+        sink: ConsoleSink,
+        reply: Reply<()>,
+    },
     Shutdown {
         name: String,
         reply: Reply<()>,
@@ -161,6 +169,7 @@ impl Command {
         match self {
             Command::Define { .. } => "define",
             Command::Start { .. } => "start",
+            Command::AttachConsole { .. } => "attach_console",
             Command::Shutdown { .. } => "shutdown",
             Command::Destroy { .. } => "destroy",
             Command::Undefine { .. } => "undefine",
@@ -174,6 +183,7 @@ impl Command {
         match self {
             Command::Define { reply, .. }
             | Command::Start { reply, .. }
+            | Command::AttachConsole { reply, .. }
             | Command::Shutdown { reply, .. }
             | Command::Destroy { reply, .. }
             | Command::Undefine { reply, .. } => drop(reply.send(Err(err))),
@@ -338,6 +348,12 @@ impl HostHandle {
     /// console is attached).
     pub async fn start_with_console(&self, name: &str, sink: ConsoleSink) -> Result<(), LibvirtError> {
         self.call(|reply| Command::Start { name: name.to_string(), console: Some(sink), reply }).await
+    }
+
+    /// Copies the console of running domain `name` into `sink` from now on, appending to
+    /// its file (for a VM adopted after a restart, whose earlier copy ended with it).
+    pub async fn attach_console(&self, name: &str, sink: ConsoleSink) -> Result<(), LibvirtError> {
+        self.call(|reply| Command::AttachConsole { name: name.to_string(), sink, reply }).await
     }
 
     /// Asks the guest to power off (ACPI); returns at once.
@@ -531,6 +547,12 @@ impl Actor {
                         None => d.create().map(drop),
                     };
                     started.map_err(|source| LibvirtError::Start { host, name, source })
+                });
+                send(reply, r)
+            }
+            Command::AttachConsole { name, sink, reply } => {
+                let r = lookup(&conn, &host, &name).and_then(|d| {
+                    console::reattach_console(&conn, &d, &sink).map_err(|source| LibvirtError::Console { host, name, source })
                 });
                 send(reply, r)
             }

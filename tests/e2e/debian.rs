@@ -280,3 +280,66 @@ async fn sigkill_mid_boot_of_debian_12_leaves_no_overlay_or_seed() {
     })
     .await;
 }
+
+/// A debian-12 VM on a pool host (`support::donor`: a real second libvirt host, a user's
+/// session daemon over `qemu+ssh://`): the disk goes up into the donor's pool, the VM's seed
+/// goes up as a volume beside its overlay (no local copy stays), the guest boots with the
+/// identity from it and runs a step; after the run neither its seed nor its overlay volume is
+/// left there, while the image's volume stays. Donor user `pdkg21`, sshd 26040-26059,
+/// guests 26060-26069.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debian_12_vm_on_a_donor_gets_its_seed_as_a_pool_volume_and_leaves_none_after_the_run() {
+    use super::support::donor::{Donor, POOL};
+    let donor = Donor::start("pdkg21", 26040..=26059);
+    let dir = tempfile::Builder::new().prefix("pdkg2-").tempdir().unwrap();
+    let job = r#"
+[[jobs]]
+name = "on-donor"
+images = ["debian-12"]
+[[jobs.steps]]
+name = "who"
+type = "build"
+command = "echo step-started; hostname; cat /etc/ssh/auth_principals/root; sleep 15"
+"#;
+    debian_fleet(dir.path(), "26060-26069", &[], job);
+    let path = dir.path().join("fleet.toml");
+    let src = std::fs::read_to_string(&path).unwrap().replacen(
+        "name = \"local\"\nuri = \"qemu:///system\"",
+        &format!("name = \"donor\"\nuri = \"{}\"\nimage_pool = \"{POOL}\"", donor.uri),
+        1,
+    );
+    assert!(src.contains("name = \"donor\""));
+    let fleet = load_fleet(dir.path(), &src);
+    let daemon = start(fleet).await;
+    let id = daemon.runs.trigger("on-donor", None, Trigger::Manual { by: "alice".into() }).await.unwrap().remove(0);
+    let log = dir.path().join("state/logs").join(&id).join("run.log");
+    wait_until("the step's first line", Duration::from_secs(1200), async || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("step-started")
+    })
+    .await;
+    let vm = daemon.store.run(&id).await.unwrap().unwrap().vm_name.expect("the run's VM");
+    assert!(donor.domains().contains(&vm), "the run's VM runs on the donor");
+    let (seed, overlay) = (format!("{vm}-seed.iso"), format!("{vm}-overlay.qcow2"));
+    let volumes = donor.volumes();
+    assert!(volumes.contains(&seed) && volumes.contains(&overlay), "{volumes:?}");
+    let xml = String::from_utf8_lossy(&donor.virsh(&["dumpxml", &vm]).stdout).into_owned();
+    assert!(xml.contains(donor.pool_dir.join(&seed).to_str().unwrap()), "the seed volume is not attached: {xml}");
+    assert!(!xml.contains(dir.path().to_str().unwrap()), "a daemon path in the donor's domain: {xml}");
+    assert!(overlays(dir.path()).is_empty(), "a local overlay or seed for a pool host: {:?}", overlays(dir.path()));
+
+    let row = wait_for_run(&daemon, &id, Duration::from_secs(300), finished).await;
+    assert_eq!(row.outcome.as_deref(), Some("success"), "{row:?}");
+    let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
+    let out = doc["results"][0]["output"].as_str().unwrap();
+    // Hostname and principal come from the seed: the guest is this VM.
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["step-started", vm.as_str(), vm.as_str()], "{out}");
+    wait_until("the VM's seed and overlay volumes to go", Duration::from_secs(120), async || {
+        let v = donor.volumes();
+        !v.contains(&seed) && !v.contains(&overlay) && !donor.domains().contains(&vm)
+    })
+    .await;
+    let left = donor.volumes();
+    assert!(left.iter().any(|v| v.starts_with("paddock-debian-12-")), "the image's volume stays: {left:?}");
+    assert!(!left.iter().any(|v| v.starts_with(&vm)), "{left:?}");
+    daemon.stop().await.unwrap();
+}

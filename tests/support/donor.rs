@@ -68,9 +68,10 @@ fn comm(pid: i32) -> String {
 }
 
 /// Removes what an earlier, killed run of a test may have left of `user`: its processes
-/// (by PID, SIGKILL) and the user with its home. Only for the `pdkdonor` users tests make.
+/// (by PID, SIGKILL) and the user with its home. Only for the users tests make
+/// (`pdkdonorN`, and `pdkg2N` of the debian-12 donor test).
 fn remove_user(user: &str) {
-    assert!(user.starts_with("pdkdonor"), "only test donors are removed, not {user}");
+    assert!(user.starts_with("pdkdonor") || user.starts_with("pdkg2"), "only test donors are removed, not {user}");
     let Some(uid) = uid_of(user) else { return };
     for _ in 0..50 {
         let pids = pids_of_uid(uid);

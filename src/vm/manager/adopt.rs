@@ -118,6 +118,8 @@ impl Owner {
             // The image config may have changed since; only its name matters for a held VM.
             let image = Image { name: row.image.clone(), ..placeholder_image() };
             let host_key = self.store.vm_host_key(&row.name).await?.and_then(|l| ssh_key::PublicKey::from_openssh(&l).ok());
+            let console = row.console_path.map(PathBuf::from).unwrap_or_default();
+            self.reattach_console(host, &row.name, &console).await;
             self.vms.insert(
                 row.name.clone(),
                 Vm {
@@ -128,7 +130,7 @@ impl Owner {
                     state: VmState::Ready,
                     port,
                     overlay: row.overlay_path.map(PathBuf::from),
-                    console: row.console_path.map(PathBuf::from).unwrap_or_default(),
+                    console,
                     created_at: row.created_at,
                     ready_at: row.ready_at,
                     hold_until: row.hold_until,
@@ -147,6 +149,26 @@ impl Owner {
             );
         }
         Ok(())
+    }
+}
+
+impl Owner {
+    /// A pool host's console is a pty read over the connection, and that reader died with
+    /// the old daemon: attach a new one, appending to the VM's console copy. (A host without
+    /// a pool has QEMU write the file itself, which goes on; the test driver has no consoles.)
+    async fn reattach_console(&self, host: usize, vm: &str, console: &std::path::Path) {
+        let h = &self.hosts[host];
+        let test_driver = match h.handle.status() {
+            crate::libvirt::HostStatus::Up(facts) => facts.domain_type(h.config.accelerator) == "test",
+            _ => h.config.uri.starts_with("test:"),
+        };
+        if h.config.image_pool.is_none() || test_driver || console.as_os_str().is_empty() {
+            return;
+        }
+        match h.handle.attach_console(vm, crate::libvirt::ConsoleSink::new(console)).await {
+            Ok(()) => info!(vm, host = %h.config.name, "console re-attached after the restart"),
+            Err(e) => warn!(vm, host = %h.config.name, error = %crate::error::chain(&e), "could not re-attach the console"),
+        }
     }
 }
 
