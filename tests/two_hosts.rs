@@ -243,6 +243,8 @@ async fn runs_spread_over_two_real_hosts_and_a_dead_daemons_leftovers_on_the_don
     // prints on its console after the restart reaches the copy.
     let key = support::sshd::random_key();
     let login = key.public_key().to_openssh().unwrap();
+    let drained = Block::Drained { reason: "test".into(), by: "test".into(), at: chrono::Utc::now() };
+    mgr.set_block("local", Some(drained)).await.unwrap();
     let d = mgr.launch(request("r4", &img, &login)).await.unwrap();
     assert_eq!(d.host, "donor");
     mgr.hold(&d.name, chrono::Utc::now() + chrono::Duration::hours(1)).await.unwrap();
