@@ -139,6 +139,8 @@ fn manager_config(state: &Path, instance: &str, images: Vec<Image>) -> ManagerCo
         emulation_boot_factor: Default::default(),
         images,
         upload_retry: Duration::from_millis(500),
+        priority_aging: Duration::from_secs(60),
+        upload_timeout: Duration::from_secs(600),
         libvirt: HostOptions::default(),
     }
 }
@@ -152,6 +154,7 @@ fn request(run: &str, image: &Image, key: &str) -> LaunchRequest {
         ca_key: None,
         progress: None,
         priority: 0,
+        avoid_hosts: Vec::new(),
     }
 }
 

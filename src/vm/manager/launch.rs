@@ -24,8 +24,8 @@ use crate::vm::{VmError, VmState, overlay};
 use super::owner::{Owner, Pending, Vm};
 use super::{Cmd, LaunchRequest, ReadyVm};
 
-/// A queued launch's place: priority (higher first), its rank among its job's
-/// queued launches, when its job was last served, arrival.
+/// A queued launch's place: effective priority (higher first), its rank among
+/// its job's queued launches of that priority, when its job was last served, arrival.
 type QueueKey = (std::cmp::Reverse<i32>, u64, u64, u64);
 
 /// How long a console key may trail the SSH banner (see `Attempt::boot`).
@@ -134,28 +134,19 @@ impl Owner {
         self.ports.allocate_where(|port| !local || std::net::TcpListener::bind((addr, port)).is_ok())
     }
 
-    /// Places queued launches, highest priority first; within a priority round
-    /// robin between jobs (each job's n-th queued launch comes after every other
-    /// job's (n-1)-th, and among equals the job served least recently goes
-    /// first), so one job's long matrix never holds another job's single run
-    /// back for its whole length; FIFO within a job. A launch that
-    /// cannot be placed does not hold back those behind it that can.
+    /// Places queued launches, highest effective priority first: a launch's
+    /// priority plus one point per `priority_aging` it has waited, so a
+    /// low-priority launch waits behind newer high-priority ones for at most
+    /// (their priority − its priority) × `priority_aging`, then takes turns with
+    /// them. Within an effective priority, round robin between jobs (each job's
+    /// n-th queued launch comes after every other job's (n-1)-th, and among
+    /// equals the job served least recently goes first), so one job's long
+    /// matrix never holds another job's single run back for its whole length;
+    /// FIFO within a job. A launch that cannot be placed does not hold back
+    /// those behind it that can.
     pub(super) async fn pump(&mut self) {
-        let mut queue = std::mem::take(&mut self.queue);
-        queue.sort_by_key(|p| p.seq);
-        let mut rank: HashMap<(i32, Option<String>), u64> = HashMap::new();
-        let mut keyed: Vec<(QueueKey, Pending)> = queue
-            .into_iter()
-            .map(|p| {
-                let r = rank.entry((p.req.priority, p.req.job.clone())).or_insert(0);
-                let served = self.last_served.get(&p.req.job).copied().unwrap_or(0);
-                let key = (std::cmp::Reverse(p.req.priority), *r, served, p.seq);
-                *r += 1;
-                (key, p)
-            })
-            .collect();
-        keyed.sort_by_key(|(k, _)| *k);
-        let queue: Vec<Pending> = keyed.into_iter().map(|(_, p)| p).collect();
+        let queue = std::mem::take(&mut self.queue);
+        let queue = queue_order(queue, &self.last_served, self.cfg.priority_aging, Instant::now());
         for pending in queue {
             // The caller went away (a cancelled run): nothing may boot for it.
             if pending.reply.is_closed() {
@@ -351,6 +342,33 @@ impl Owner {
             }
         }
     }
+}
+
+/// A launch's priority raised by one point per `aging` it has waited by `now`.
+fn effective_priority(p: &Pending, aging: Duration, now: Instant) -> i32 {
+    let aging = aging.max(Duration::from_millis(1)).as_nanos();
+    let points = now.saturating_duration_since(p.queued_at).as_nanos() / aging;
+    p.req.priority.saturating_add(i32::try_from(points).unwrap_or(i32::MAX))
+}
+
+/// The order `pump` tries queued launches in (see there). Pure, so the cost of a
+/// placement pass is this sort plus one placement per launch.
+fn queue_order(mut queue: Vec<Pending>, last_served: &HashMap<Option<String>, u64>, aging: Duration, now: Instant) -> Vec<Pending> {
+    queue.sort_by_key(|p| p.seq);
+    let mut rank: HashMap<(i32, Option<String>), u64> = HashMap::new();
+    let mut keyed: Vec<(QueueKey, Pending)> = queue
+        .into_iter()
+        .map(|p| {
+            let eff = effective_priority(&p, aging, now);
+            let r = rank.entry((eff, p.req.job.clone())).or_insert(0);
+            let served = last_served.get(&p.req.job).copied().unwrap_or(0);
+            let key = (std::cmp::Reverse(eff), *r, served, p.seq);
+            *r += 1;
+            (key, p)
+        })
+        .collect();
+    keyed.sort_by_key(|(k, _)| *k);
+    keyed.into_iter().map(|(_, p)| p).collect()
 }
 
 fn short(instance: &str) -> &str {

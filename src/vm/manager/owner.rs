@@ -135,11 +135,14 @@ impl Owner {
         match cmd {
             Cmd::Launch { req, reply } => {
                 self.seq += 1;
+                // Hosts to avoid count as tried: used only when no other can take it.
+                let tried =
+                    self.hosts.iter().enumerate().filter(|(_, h)| req.avoid_hosts.contains(&h.config.name)).map(|(i, _)| i).collect();
                 self.queue.push(Pending {
                     req: *req,
                     reply,
                     attempts: 0,
-                    tried: HashSet::new(),
+                    tried,
                     seq: self.seq,
                     last_failure: None,
                     missed_reported: false,
