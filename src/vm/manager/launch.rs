@@ -578,3 +578,85 @@ impl Attempt {
         Ok(Booted { boot_time, host_key })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Arch, Os};
+    use crate::libvirt::domain_xml::tests::{disk_boot, image};
+
+    fn pending(run: &str, job: &str, priority: i32, seq: u64, queued_at: Instant) -> Pending {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        Pending {
+            req: LaunchRequest {
+                run_id: run.into(),
+                job: Some(job.into()),
+                image: image("t", Os::Linux, Arch::X86_64, disk_boot()),
+                authorized_keys: Vec::new(),
+                ca_key: None,
+                priority,
+                avoid_hosts: Vec::new(),
+                progress: None,
+            },
+            reply,
+            attempts: 0,
+            tried: HashSet::new(),
+            seq,
+            last_failure: None,
+            missed_reported: false,
+            queued_at,
+        }
+    }
+
+    fn order(queue: Vec<Pending>, aging: Duration, now: Instant) -> Vec<String> {
+        queue_order(queue, &HashMap::new(), aging, now).into_iter().map(|p| p.req.run_id).collect()
+    }
+
+    /// Higher priority first; a waiting launch gains a point per `aging`, so a low one
+    /// queued (p_high − p_low) × aging before the high ones goes first.
+    #[test]
+    fn priority_ages_with_waiting() {
+        let t0 = Instant::now();
+        let aging = Duration::from_secs(60);
+        let queue = |now_offset: u64| {
+            let at = |s: u64| t0 + Duration::from_secs(s);
+            let q = vec![
+                pending("low", "nightly", 0, 1, at(0)),
+                pending("high-1", "urgent", 3, 2, at(now_offset)),
+                pending("high-2", "urgent", 3, 3, at(now_offset)),
+            ];
+            (q, at(now_offset))
+        };
+        // Just queued: strictly by priority, FIFO within the job.
+        let (q, now) = queue(0);
+        assert_eq!(order(q, aging, now), ["high-1", "high-2", "low"]);
+        // Two minutes later the low one has 2 points: still behind.
+        let (q, now) = queue(120);
+        assert_eq!(order(q, aging, now), ["high-1", "high-2", "low"]);
+        // After three minutes it ties with fresh high ones and takes turns with their job.
+        let (q, now) = queue(180);
+        assert_eq!(order(q, aging, now), ["low", "high-1", "high-2"]);
+        // Past that it is ahead of any newly queued high one.
+        let (q, now) = queue(240);
+        assert_eq!(order(q, aging, now), ["low", "high-1", "high-2"]);
+    }
+
+    /// Within one effective priority, round robin between jobs: a 50-image matrix queued
+    /// first lets a single run through as the second launch placed.
+    #[test]
+    fn within_a_priority_jobs_take_turns() {
+        let now = Instant::now();
+        let mut q: Vec<Pending> = (0..50).map(|i| pending(&format!("m{i}"), "matrix", 0, i, now)).collect();
+        q.push(pending("single", "single", 0, 50, now));
+        let got = order(q, Duration::from_secs(60), now);
+        assert_eq!(got[..3], ["m0", "single", "m1"]);
+        assert_eq!(got.len(), 51);
+    }
+
+    #[test]
+    fn ageing_never_overflows() {
+        let now = Instant::now();
+        let p = pending("r", "j", i32::MAX - 1, 1, now);
+        assert_eq!(effective_priority(&p, Duration::ZERO, now + Duration::from_secs(3600)), i32::MAX);
+    }
+}
