@@ -145,29 +145,42 @@ impl Owner {
     /// FIFO within a job. A launch that cannot be placed does not hold back
     /// those behind it that can.
     pub(super) async fn pump(&mut self) {
+        self.dirty = false;
         let queue = std::mem::take(&mut self.queue);
-        let queue = queue_order(queue, &self.last_served, self.cfg.priority_aging, Instant::now());
-        for pending in queue {
+        // Usage is counted once per pass and kept up to date as launches are placed.
+        let mut used = self.usage();
+        let mut room = self.any_room(&used);
+        // With no room anywhere nothing can be placed: the order does not matter then.
+        let queue = if room { queue_order(queue, &self.last_served, self.cfg.priority_aging, Instant::now()) } else { queue };
+        for mut pending in queue {
             // The caller went away (a cancelled run): nothing may boot for it.
             if pending.reply.is_closed() {
                 info!(run_id = %pending.req.run_id, "launch withdrawn while queued");
                 continue;
             }
+            // No host has a free VM slot: it waits, and only a launch never looked at is
+            // looked at (it may be one that no host could ever take, which fails at once).
+            // So a pass over a long queue on full hosts costs little per launch.
+            if !room && pending.checked {
+                self.queue.push(pending);
+                continue;
+            }
+            pending.checked = true;
             // A changed image file is noticed here at the latest: the launch waits for its upload.
             self.distribute(&pending.req.image);
-            let used = self.usage();
             let views = self.views(&pending.req, &pending.tried, &used);
             match placement::place(&pending.req.image, &views) {
                 Placement::Host(i) => match self.allocate_port(i) {
                     Some(port) => {
                         self.placements += 1;
                         self.last_served.insert(pending.req.job.clone(), self.placements);
-                        self.start_attempt(pending, i, port).await
+                        used[i].add(&pending.req.image);
+                        self.start_attempt(pending, i, port).await;
+                        room = self.any_room(&used);
                     }
                     None => self.queue.push(pending),
                 },
                 Placement::Wait => {
-                    let mut pending = pending;
                     self.report_missed_job(&mut pending).await;
                     self.queue.push(pending)
                 }
@@ -179,6 +192,20 @@ impl Owner {
                 }
             }
         }
+    }
+
+    /// Whether some host that takes VMs now has a free VM slot (room for memory and
+    /// vCPUs is for placement to judge per image).
+    fn any_room(&self, used: &[Usage]) -> bool {
+        let now = Instant::now();
+        let wall = self.cfg.clock.now();
+        self.hosts.iter().zip(used).any(|(slot, u)| {
+            u.vms < slot.config.capacity.max_vms
+                && slot.handle.status().is_up()
+                && slot.cooling_until.is_none_or(|t| t <= now)
+                && slot.block.is_none()
+                && slot.config.limits.open_at(wall)
+        })
     }
 
     pub(super) async fn start_attempt(&mut self, mut pending: Pending, host: usize, port: u16) {
@@ -337,7 +364,7 @@ impl Owner {
                     pending.last_failure = Some(*failure);
                     pending.report(super::LaunchStage::Requeued);
                     self.queue.push(pending);
-                    self.pump().await;
+                    self.dirty = true;
                 }
             }
         }
@@ -605,6 +632,7 @@ mod tests {
             last_failure: None,
             missed_reported: false,
             queued_at,
+            checked: false,
         }
     }
 

@@ -303,6 +303,7 @@ impl VmManager {
             last_image_check: Instant::now(),
             last_served: HashMap::new(),
             placements: 0,
+            dirty: false,
             ended: ended.clone(),
         };
         let store = store_for_hosts;

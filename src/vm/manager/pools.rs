@@ -105,7 +105,7 @@ impl Owner {
                 slot.retry_at = None;
                 slot.current = Some(version);
                 self.sweep(host, &image);
-                self.pump().await;
+                self.dirty = true;
             }
             Err(error) => {
                 warn!(host = %host_name, %image, %error, "could not put the image into the host's pool; retrying later");
