@@ -1,16 +1,23 @@
 //! Placement beyond one host, on libvirt's `test:///` driver: a job's
 //! `retry_infrastructure` through the whole daemon (three fake hosts on which no
 //! guest ever answers SSH, so every attempt is an infrastructure failure), and
-//! per-job priorities with ageing on the VM manager. Ports 26200-26299.
+//! the queue at scale: 20 hosts x 50 VM slots serving 5,000 queued runs of 10 jobs.
+//! Ports 26200-26219 for the daemon; the scale test's 1,000 "ports" (27000-27999) are
+//! numbers in `test:///` domain XML only: nothing binds or connects to them.
 
 mod support;
 
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use paddock::config::{Accelerator, Arch, Boot, Capacity, Host, PortRange};
 use paddock::daemon::{Daemon, ServeOptions};
+use paddock::hosts::Block;
 use paddock::runs::Trigger;
-use paddock::store::RunRow;
+use paddock::store::{RunRow, Store};
+use paddock::vm::{LaunchRequest, LaunchStage, ManagerConfig, Readiness, VmManager};
 use support::{wait_for, wait_until};
 
 fn fixture(name: &str) -> String {
@@ -145,4 +152,174 @@ async fn an_infrastructure_failure_is_retried_on_another_host_and_only_the_last_
     let page = http.get(format!("{base}/runs/{}", chain[2].id)).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("retry 2 of 2 after infrastructure failure on host b"), "{page}");
     daemon.stop().await.unwrap();
+}
+
+fn scale_config(state_dir: &Path) -> ManagerConfig {
+    ManagerConfig {
+        instance_id: "5ca1e000".into(),
+        state_dir: state_dir.to_path_buf(),
+        ssh_ports: PortRange { first: 27000, last: 27999 },
+        launch_retries: 2,
+        reconcile_interval: Duration::from_secs(3600),
+        readiness: Readiness::DomainRunning,
+        shutdown_timeout: Duration::from_secs(5),
+        host_cooldown: Duration::from_secs(60),
+        console_tail_lines: 20,
+        clock: paddock::clock::Clock::system(),
+        emulation_boot_factor: Default::default(),
+        images: Vec::new(),
+        upload_retry: Duration::from_secs(30),
+        libvirt: Default::default(),
+        priority_aging: Duration::from_secs(60),
+        upload_timeout: Duration::from_secs(600),
+    }
+}
+
+const HOSTS: usize = 20;
+const SLOTS: u32 = 50;
+const RUNS: usize = 5000;
+const JOBS: usize = 10;
+
+/// 20 fake hosts x 50 slots, 5,000 runs of 10 jobs queued while every host is drained: nine
+/// jobs' matrices (555 or 556 runs each, queued job after job, the worst order for a FIFO) and
+/// then one job's single run. Each VM is destroyed as soon as it is ready, so the queue drains
+/// as fast as the manager and libvirt's test driver go.
+///
+/// The fairness bound, on the order the manager places runs (its `Placed` reports, in order):
+/// while two jobs both have runs queued, their counts of placed runs never differ by more than
+/// one (round robin between jobs; all have priority 0). So the single run, queued last behind
+/// 4,999 others, is among the first 10 placed, and each job's k-th run is placed among the first
+/// 10k. In time: every matrix job's median wait is within 25% of the fastest job's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_hosts_of_fifty_slots_serve_5000_queued_runs_of_ten_jobs_fairly() {
+    let dir = tempfile::Builder::new().prefix("pdkp-").tempdir().unwrap();
+    let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
+    let hosts: Vec<Host> = (0..HOSTS)
+        .map(|i| Host {
+            name: format!("h{i:02}"),
+            uri: fixture("host-big.xml"),
+            accelerator: Accelerator::Tcg,
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            capacity: Capacity { max_vms: SLOTS, memory_mib: 65536, vcpus: 64 },
+            network: None,
+            image_pool: None,
+            limits: Default::default(),
+        })
+        .collect();
+    let mgr = VmManager::start(scale_config(dir.path()), hosts.clone(), store.clone()).await.unwrap();
+    for h in &hosts {
+        let b = Block::Drained { reason: "test: queue first".into(), by: "test".into(), at: chrono::Utc::now() };
+        mgr.set_block(&h.name, Some(b)).await.unwrap();
+    }
+    let kernel = Boot::Kernel { kernel: "/nonexistent/vmlinuz".into(), initrd: "/nonexistent/initrd".into(), cmdline: "quiet".into() };
+    let img = support::fixtures::image("tiny", Arch::X86_64, 256, kernel);
+
+    // One progress channel for all: the manager's `Placed` reports arrive in placement order.
+    let (progress, mut placed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let launch = |run: String, job: String| {
+        let req = LaunchRequest {
+            run_id: run.clone(),
+            job: Some(job.clone()),
+            image: img.clone(),
+            authorized_keys: Vec::new(),
+            ca_key: None,
+            priority: 0,
+            avoid_hosts: Vec::new(),
+            progress: Some(progress.clone()),
+        };
+        let (m, done) = (mgr.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            let vm = m.launch(req).await.unwrap();
+            let ready = Instant::now();
+            m.destroy(&vm.name).await.unwrap();
+            done.send((vm.name, run, job, ready)).unwrap();
+        });
+    };
+    let t = Instant::now();
+    let matrix_jobs = JOBS - 1;
+    for j in 0..matrix_jobs {
+        let n = (RUNS - 1) / matrix_jobs + usize::from(j < (RUNS - 1) % matrix_jobs);
+        for k in 0..n {
+            launch(format!("j{j}-{k}"), format!("matrix-{j}"));
+        }
+    }
+    wait_until("4,999 launches queued", Duration::from_secs(30), async || mgr.snapshot().await.unwrap().queued == RUNS - 1).await;
+    launch("single-0".into(), "single".into());
+    wait_until("5,000 launches queued", Duration::from_secs(30), async || mgr.snapshot().await.unwrap().queued == RUNS).await;
+    let queued_in = t.elapsed();
+
+    let opened = Instant::now();
+    for h in &hosts {
+        mgr.set_block(&h.name, None).await.unwrap();
+    }
+    let mut done = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while done.len() < RUNS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (vm, run, job, ready) =
+            tokio::time::timeout(left, done_rx.recv()).await.unwrap_or_else(|_| panic!("{} of {RUNS} runs served", done.len())).unwrap();
+        done.insert(vm, (run, job, ready));
+    }
+    let served_in = opened.elapsed();
+    let mut order: Vec<(String, String)> = Vec::new();
+    while let Ok(stage) = placed_rx.try_recv() {
+        if let LaunchStage::Placed { vm, host } = stage {
+            order.push((done[&vm].1.clone(), host));
+        }
+    }
+    assert_eq!(order.len(), RUNS, "every run placed once (no failed attempts on the test driver)");
+
+    // Round robin: while two jobs both still have runs queued, their placed counts differ by <= 1.
+    let total: HashMap<&str, usize> = order.iter().fold(HashMap::new(), |mut m, (job, _)| {
+        *m.entry(job.as_str()).or_default() += 1;
+        m
+    });
+    let mut placed: HashMap<&str, usize> = HashMap::new();
+    for (i, (job, _)) in order.iter().enumerate() {
+        *placed.entry(job.as_str()).or_default() += 1;
+        let backlogged: Vec<usize> = total
+            .iter()
+            .filter(|(j, n)| placed.get(*j).copied().unwrap_or(0) < **n)
+            .map(|(j, _)| placed.get(j).copied().unwrap_or(0))
+            .collect();
+        if let (Some(lo), Some(hi)) = (backlogged.iter().min(), backlogged.iter().max()) {
+            assert!(hi - lo <= 1, "placement {i}: backlogged jobs' counts range {lo}..{hi}");
+        }
+    }
+    let single_at = order.iter().position(|(job, _)| job == "single").unwrap();
+    assert!(single_at < JOBS, "the single run, queued last behind 4,999, was placement {single_at}");
+
+    // Spread: every host served runs.
+    let mut per_host: HashMap<&str, usize> = HashMap::new();
+    for (_, host) in &order {
+        *per_host.entry(host.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_host.len(), HOSTS, "{per_host:?}");
+
+    // In time: each matrix job's median wait (hosts opened -> VM ready) within 25% of the best.
+    let mut waits: HashMap<String, Vec<Duration>> = HashMap::new();
+    for (_, job, ready) in done.values() {
+        waits.entry(job.clone()).or_default().push(ready.duration_since(opened));
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let mut medians: Vec<(String, Duration, Duration)> =
+        waits.iter_mut().filter(|(j, _)| j.starts_with("matrix-")).map(|(j, v)| (j.clone(), median(v), *v.last().unwrap())).collect();
+    medians.sort();
+    let best = medians.iter().map(|m| m.1).min().unwrap();
+    let worst = medians.iter().map(|m| m.1).max().unwrap();
+    eprintln!(
+        "scale: {RUNS} runs queued in {queued_in:?}, served by {HOSTS}x{SLOTS} slots in {served_in:?} ({:?} per run); \
+         single run placed {single_at}th; matrix jobs' median / worst waits: {}",
+        served_in / RUNS as u32,
+        medians.iter().map(|(j, m, w)| format!("{j} {:.2}/{:.2}s", m.as_secs_f64(), w.as_secs_f64())).collect::<Vec<_>>().join(", ")
+    );
+    assert!(worst.as_secs_f64() <= best.as_secs_f64() * 1.25 + 0.05, "median waits range {best:?}..{worst:?}");
+
+    let snap = mgr.snapshot().await.unwrap();
+    assert!(snap.vms.is_empty() && snap.queued == 0);
+    assert!(store.vms().await.unwrap().is_empty());
 }
