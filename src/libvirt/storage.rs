@@ -165,13 +165,14 @@ pub struct OverlayVolume {
     pub modified: Option<std::time::SystemTime>,
 }
 
-/// The overlay volumes in `pool` of VMs whose names start with `vm_prefix`.
+/// The per-VM volumes (overlays and seeds) in `pool` of VMs whose names start with `vm_prefix`.
 pub fn overlay_volumes(uri: &str, pool: &str, vm_prefix: &str) -> Result<Vec<OverlayVolume>, StorageError> {
     let (_conn, p) = open_pool(uri, pool)?;
     let mut found = Vec::new();
     for v in p.list_all_volumes(0).unwrap_or_default() {
         let Ok(name) = v.name() else { continue };
-        let Some(vm) = name.strip_suffix(OVERLAY_SUFFIX).filter(|vm| vm.starts_with(vm_prefix)) else { continue };
+        let per_vm = name.strip_suffix(OVERLAY_SUFFIX).or_else(|| name.strip_suffix(SEED_SUFFIX));
+        let Some(vm) = per_vm.filter(|vm| vm.starts_with(vm_prefix)) else { continue };
         let modified = v.xml_desc(0).ok().and_then(|xml| mtime(&xml));
         found.push(OverlayVolume { vm: vm.to_string(), volume: name, modified });
     }
@@ -180,6 +181,10 @@ pub fn overlay_volumes(uri: &str, pool: &str, vm_prefix: &str) -> Result<Vec<Ove
 
 /// What an overlay volume's name ends with after its VM's name.
 pub const OVERLAY_SUFFIX: &str = "-overlay.qcow2";
+
+/// What a VM's cloud-init seed volume's name ends with (`vm::seed::SEED_SUFFIX`): listed with
+/// the overlays, so that reconciliation reaps a dead VM's seed on a pool host too.
+pub const SEED_SUFFIX: &str = "-seed.iso";
 
 /// `<timestamps><mtime>1701234567.123456789</mtime>` of a volume's XML.
 fn mtime(xml: &str) -> Option<std::time::SystemTime> {

@@ -116,7 +116,7 @@ pub fn path_for(state_dir: &Path, name: &str) -> PathBuf {
 }
 
 /// How a seed's file name ends; what comes before it is the VM's name.
-pub const SEED_SUFFIX: &str = "-seed.iso";
+pub const SEED_SUFFIX: &str = crate::libvirt::storage::SEED_SUFFIX;
 
 /// `meta-data`: the instance id (a new VM is a new instance, so cloud-init runs its
 /// per-instance modules), the hostname, and for cloudbase-init the public keys.

@@ -1,8 +1,8 @@
 //! A run on a donor host (`support::donor`: a user's session libvirtd over `qemu+ssh://`) whose
 //! host is lost mid-step: every process of the donor's user (its libvirtd, QEMU, passt, the
 //! sshd session carrying the libvirt connection) is killed. The job has `retry_infrastructure =
-//! 1`: its retry runs on the local host and succeeds. Ports 24340-24349 (guests), sshd in
-//! 24250-24269; donor user `pdkdonor3`.
+//! 1`: its retry runs on the local host and succeeds. Ports 26260-26269 (guests), sshd in
+//! 26270-26289; donor user `pdkp3`.
 
 use std::time::{Duration, Instant};
 
@@ -16,11 +16,11 @@ use super::*;
 async fn a_donor_lost_mid_step_ends_the_run_as_infrastructure_naming_the_host_its_retry_succeeds_locally_and_its_leftovers_go_when_it_returns()
  {
     ensure_guest_image();
-    let donor = Donor::start("pdkdonor3", 24250..=24269);
+    let donor = Donor::start("pdkp3", 26270..=26289);
     let dir = tempfile::Builder::new().prefix("pdkr-").tempdir().unwrap();
     fleet(
         dir.path(),
-        "24340-24349",
+        "26260-26269",
         &baked_host_key(),
         r#"
 [[jobs]]
@@ -98,4 +98,72 @@ command = "echo step-started; sleep 30; echo step-done"
     wait_until("the lost VM's domain to be reaped on the donor", Duration::from_secs(180), async || !donor.domains().contains(&vm)).await;
     assert!(donor.qemu_pids().is_empty());
     daemon.stop().await.unwrap();
+}
+
+/// SIGKILL of the real daemon binary (`paddock serve`) while a step runs on the donor (the only
+/// host, so the run goes there), then a restart: the donor is left with no domain, no QEMU and no
+/// per-VM volume. The tiny image boots from kernel + initrd volumes and has no overlay or seed
+/// of its own, so the test puts a dead disk VM's two (`<vm>-overlay.qcow2`, `<vm>-seed.iso`) into
+/// the pool after the kill, as a killed daemon would leave them. Donor user `pdkp1`, sshd in
+/// 26220-26239, guests 26240-26249.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_daemon_binary_mid_step_on_the_donor_leaves_nothing_there_after_a_restart() {
+    ensure_guest_image();
+    let donor = Donor::start("pdkp1", 26220..=26239);
+    let dir = tempfile::Builder::new().prefix("pdkp-").tempdir().unwrap();
+    fleet(
+        dir.path(),
+        "26240-26249",
+        &baked_host_key(),
+        r#"
+[[jobs]]
+name = "long"
+images = ["tiny"]
+[[jobs.steps]]
+name = "wait"
+type = "build"
+command = "echo step-started; sleep 600"
+"#,
+    );
+    let path = dir.path().join("fleet.toml");
+    let src = std::fs::read_to_string(&path).unwrap().replacen(
+        "name = \"local\"\nuri = \"qemu:///system\"",
+        &format!("name = \"donor\"\nuri = \"{}\"\nimage_pool = \"{POOL}\"", donor.uri),
+        1,
+    );
+    assert!(src.contains("name = \"donor\""));
+    std::fs::write(&path, &src).unwrap();
+    paddock::config::load(&path).unwrap_or_else(|e| panic!("test fleet invalid:\n{e}"));
+
+    let first = super::crash::Serve::start(&path, true);
+    let store = paddock::store::Store::open(&dir.path().join("state/paddock.db")).await.unwrap();
+    let run = wait_for("the demo run's step", Duration::from_secs(300), async || {
+        let runs = store.runs(Default::default()).await.ok()?;
+        let r = runs.into_iter().next()?;
+        let log = std::fs::read_to_string(dir.path().join("state/logs").join(&r.id).join("run.log")).unwrap_or_default();
+        (r.state.starts_with("running:") && log.contains("step-started")).then_some(r)
+    })
+    .await;
+    let vm = run.vm_name.clone().expect("the run's VM");
+    assert!(donor.domains().contains(&vm), "the run's VM runs on the donor");
+    first.sigkill();
+    assert!(donor.domains().contains(&vm), "the VM outlives a SIGKILLed daemon");
+    assert!(!donor.qemu_pids().is_empty());
+    let leftovers = [format!("{vm}-overlay.qcow2"), format!("{vm}-seed.iso")];
+    for v in &leftovers {
+        let made = donor.virsh(&["vol-create-as", POOL, v, "1M", "--format", if v.ends_with(".iso") { "raw" } else { "qcow2" }]);
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    }
+
+    let _second = super::crash::Serve::start(&path, false);
+    wait_until("the dead run's domain and volumes gone from the donor", Duration::from_secs(120), async || {
+        let vols = donor.volumes();
+        !donor.domains().contains(&vm) && leftovers.iter().all(|v| !vols.contains(v))
+    })
+    .await;
+    wait_until("no QEMU left on the donor", Duration::from_secs(30), async || donor.qemu_pids().is_empty()).await;
+    let vols = donor.volumes();
+    assert_eq!(vols.iter().filter(|v| v.starts_with("paddock-tiny-")).count(), 2, "the image's volumes stay: {vols:?}");
+    let row = store.run(&run.id).await.unwrap().unwrap();
+    assert_eq!((row.state.as_str(), row.outcome.as_deref()), ("failed", Some("interrupted")), "{row:?}");
 }

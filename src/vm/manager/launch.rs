@@ -180,10 +180,16 @@ impl Owner {
                     }
                     None => self.queue.push(pending),
                 },
-                Placement::Wait => {
-                    self.report_missed_job(&mut pending).await;
-                    self.queue.push(pending)
-                }
+                Placement::Wait => match self.hung_upload(&pending.req.image, &views) {
+                    Some(why) => {
+                        let image = &pending.req.image;
+                        let _ = pending.reply.send(Err(VmError::UploadHung { image: image.name.clone(), why }));
+                    }
+                    None => {
+                        self.report_missed_job(&mut pending).await;
+                        self.queue.push(pending)
+                    }
+                },
                 Placement::Never => {
                     let image = &pending.req.image;
                     let why = placement::never_reason(image, &views);

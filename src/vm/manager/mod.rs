@@ -258,6 +258,12 @@ enum Cmd {
         host: usize,
         image: String,
     },
+    /// An upload missed `upload_timeout` (it still runs; `ImageUploaded` follows when it returns).
+    UploadHung {
+        host: usize,
+        image: String,
+        reason: String,
+    },
 }
 
 /// A handle to the manager; cheap to clone. The owner task ends when every handle is dropped.

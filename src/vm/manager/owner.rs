@@ -240,6 +240,7 @@ impl Owner {
             Cmd::TeardownDone { name, result } => self.teardown_done(name, result).await,
             Cmd::ImageUploaded { host, image, result } => self.image_uploaded(host, image, result).await,
             Cmd::SweepDone { host, image } => self.sweep_done(host, &image),
+            Cmd::UploadHung { host, image, reason } => self.upload_hung(host, image, reason).await,
             Cmd::ReconcileDone { report, reply } => {
                 self.reconciling = false;
                 self.finish_reconcile(&report).await;
