@@ -169,7 +169,6 @@ async fn bare_cycles() -> f64 {
         for k in 0..SLOTS as usize {
             let h = h.clone();
             let per = RUNS / HOSTS / SLOTS as usize;
-            let xml = xml.clone();
             tasks.push(tokio::spawn(async move {
                 for c in 0..per {
                     let name = format!("bare-{i}-{k}-{c}");
