@@ -327,6 +327,8 @@ async fn control(n: u64) {
         emulation_boot_factor: Default::default(),
         images: Vec::new(),
         upload_retry: Duration::from_secs(30),
+        priority_aging: Duration::from_secs(60),
+        upload_timeout: Duration::from_secs(600),
         libvirt: Default::default(),
     };
     let mgr = VmManager::start(cfg, vec![host], store.clone()).await.unwrap();
@@ -350,6 +352,7 @@ async fn control(n: u64) {
                     authorized_keys: vec![],
                     ca_key: None,
                     priority: 0,
+                    avoid_hosts: Vec::new(),
                     progress: None,
                 };
                 let vm = mgr.launch(req).await.unwrap();

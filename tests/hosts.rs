@@ -62,6 +62,8 @@ fn config(state_dir: &Path, instance: &str, clock: Clock) -> ManagerConfig {
         emulation_boot_factor: Default::default(),
         images: Vec::new(),
         upload_retry: Duration::from_secs(30),
+        priority_aging: Duration::from_secs(60),
+        upload_timeout: Duration::from_secs(600),
         libvirt: Default::default(),
     }
 }
@@ -74,6 +76,7 @@ fn request(run: &str, job: Option<&str>, image: &Image) -> LaunchRequest {
         authorized_keys: vec![],
         ca_key: None,
         priority: 0,
+        avoid_hosts: Vec::new(),
         progress: None,
     }
 }

@@ -105,6 +105,8 @@ fn config(state: &Path, instance: &str, ports: (u16, u16), readiness: Readiness,
         emulation_boot_factor: Default::default(),
         images,
         upload_retry: Duration::from_millis(300),
+        priority_aging: Duration::from_secs(60),
+        upload_timeout: Duration::from_secs(600),
         libvirt: Default::default(),
     }
 }
@@ -138,6 +140,7 @@ fn request(run: &str, image: &Image, key: &str) -> LaunchRequest {
         authorized_keys: vec![key.trim().to_string()],
         ca_key: None,
         priority: 0,
+        avoid_hosts: Vec::new(),
         progress: None,
     }
 }

@@ -1,7 +1,7 @@
 //! Two real hypervisors: the machine's `qemu:///system` and a donor host started by the test
 //! (`tests/support/donor.rs`: a user's session libvirtd reached over `qemu+ssh://` through an
 //! sshd of the test's own). Host ports of these tests: 24200-24399 (sshd 24200-24249, guest
-//! forwards from 24300). Donor users `pdkdonor1`, `pdkdonor2`, … one per test so that tests
+//! forwards from 24300). Donor users `pdkp2`, `pdkp4`, … one per test so that tests
 //! may run at once.
 
 mod support;
@@ -15,17 +15,18 @@ use paddock::config::{Accelerator, Arch, Boot, Capacity, Host, Image, PortRange}
 use paddock::hosts::Block;
 use paddock::libvirt::{HostHandle, HostOptions, HostStatus, LibvirtError};
 use paddock::store::Store;
-use paddock::vm::{LaunchRequest, ManagerConfig, Readiness, VmManager};
+use paddock::vm::{LaunchRequest, ManagerConfig, Readiness, VmError, VmManager};
 use support::donor::Donor;
 
 const SSHD_PORTS: std::ops::RangeInclusive<u16> = 24200..=24249;
 
 /// The donor is a separate hypervisor reached only over SSH, and a frozen session libvirtd
 /// (SIGSTOP of the donor's own daemon, never the system one) makes the host go down within
-/// its call deadline instead of hanging its callers; after SIGCONT it comes back by itself.
+/// its call deadline instead of hanging its callers; after SIGCONT it comes back by itself. Frozen
+/// again during an image upload, the launch fails within `upload_timeout` naming host and image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_donor_libvirtd_goes_down_within_the_deadline_and_comes_back() {
-    let donor = Donor::start("pdkdonor1", SSHD_PORTS);
+    let donor = Donor::start("pdkp2", SSHD_PORTS);
     let options = HostOptions { call_timeout: Duration::from_secs(3), connect_timeout: Duration::from_secs(60) };
     let handle = HostHandle::spawn_with("donor", &donor.uri, options);
     let status = handle.wait_connected().await;
@@ -82,6 +83,37 @@ async fn a_frozen_donor_libvirtd_goes_down_within_the_deadline_and_comes_back() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(handle.list().await.unwrap().is_empty());
+
+    // A hung upload: the donor's libvirtd frozen just as an image is put into its pool (the
+    // host itself was up a moment before). The launch no other host can take fails within
+    // `upload_timeout`, naming the host and the image, instead of waiting for ever.
+    let dir = open_dir();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cfg = manager_config(&state, &format!("pdkp{:04x}cafe0001", std::process::id() % 0xffff), Vec::new());
+    cfg.ssh_ports = PortRange { first: 26250, last: 26259 };
+    cfg.upload_timeout = Duration::from_secs(4);
+    cfg.libvirt = HostOptions { call_timeout: Duration::from_secs(60), connect_timeout: Duration::from_secs(60) };
+    let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
+    let mgr = VmManager::start(cfg, vec![host("donor", &donor.uri, Some(support::donor::POOL))], store.clone()).await.unwrap();
+    assert!(mgr.snapshot().await.unwrap().hosts[0].up, "the donor is up before its daemon freezes");
+    assert!(!donor.signal_libvirtd(libc::SIGSTOP).is_empty());
+    let t = Instant::now();
+    let err = mgr.launch(request("r-hung-upload", &img, &client)).await.expect_err("the image never gets there");
+    let took = t.elapsed();
+    donor.signal_libvirtd(libc::SIGCONT);
+    match &err {
+        VmError::UploadHung { image, why } => {
+            assert_eq!(image, "tiny");
+            assert_eq!(why, "uploading image tiny to host donor did not finish within 4s");
+        }
+        other => panic!("expected a hung upload, got {other:?}"),
+    }
+    assert!(took >= Duration::from_secs(4) && took < Duration::from_secs(15), "the launch failed after {took:?}");
+    let events = store.events(Some("image_upload_failed"), 10).await.unwrap();
+    assert!(!events.is_empty(), "the hung upload is recorded");
+    drop(mgr);
 }
 
 /// The bundled guest, its host key learnt from the console: a key of the test's own, on the
@@ -140,6 +172,8 @@ fn manager_config(state: &Path, instance: &str, images: Vec<Image>) -> ManagerCo
         emulation_boot_factor: Default::default(),
         images,
         upload_retry: Duration::from_millis(500),
+        priority_aging: Duration::from_secs(60),
+        upload_timeout: Duration::from_secs(600),
         libvirt: HostOptions::default(),
     }
 }
@@ -153,6 +187,7 @@ fn request(run: &str, image: &Image, key: &str) -> LaunchRequest {
         ca_key: None,
         progress: None,
         priority: 0,
+        avoid_hosts: Vec::new(),
     }
 }
 
@@ -176,7 +211,7 @@ impl Drop for LocalDomains {
 /// held VM on the donor is adopted after a restart with its console read again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_spread_over_two_real_hosts_and_a_dead_daemons_leftovers_on_the_donor_are_reaped() {
-    let donor = Donor::start("pdkdonor2", SSHD_PORTS);
+    let donor = Donor::start("pdkp4", SSHD_PORTS);
     let out = support::guest::guest();
     let host_key = support::guest::test_host_key("tiny");
     let guest_key = host_key.public.clone();

@@ -76,6 +76,8 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         emulation_boot_factor: Default::default(),
         images: Vec::new(),
         upload_retry: Duration::from_secs(30),
+        priority_aging: Duration::from_secs(60),
+        upload_timeout: Duration::from_secs(600),
         libvirt: Default::default(),
     };
     let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
@@ -91,6 +93,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
             authorized_keys: vec![key.trim().to_string()],
             ca_key: None,
             priority: 0,
+            avoid_hosts: Vec::new(),
             progress: None,
         })
         .await

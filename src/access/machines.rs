@@ -69,6 +69,7 @@ impl Machines for VmMachines {
                 authorized_keys: vec![self.client.public_line()],
                 ca_key: image.trusts_fleet_ca.then(|| ca_line.to_string()),
                 priority: 0,
+                avoid_hosts: Vec::new(),
                 progress: None,
             };
             let ready = self.vms.launch(req).await.map_err(|e| err("launching a VM", &vm, crate::error::chain(&e)))?;

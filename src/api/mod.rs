@@ -33,7 +33,7 @@ pub use auth::{Actor, Reader, TOKEN_COOKIE};
 pub use error::ApiError;
 pub(crate) use fleet::{hosts_of as fleet_hosts, status_of as fleet_status, vms_of as fleet_vms};
 pub(crate) use logs::read_tail as read_log_tail;
-pub(crate) use runs::{run_out, steps_of};
+pub(crate) use runs::{retry_facts, run_out, steps_of};
 
 use crate::config::{Fleet, LiveFleet};
 pub(crate) use crate::error::chain;

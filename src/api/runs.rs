@@ -92,7 +92,16 @@ pub(crate) fn finished(s: RunState) -> bool {
 pub async fn detail(State(s): State<Shared>, _r: Reader, Path(id): Path<String>) -> Result<Json<RunDetailOut>, ApiError> {
     let row = find(&s, &id).await?;
     let outbox = s.store.outbox_for_run(&id).await?;
-    Ok(Json(RunDetailOut { run: run_out(&row), steps: steps_of(&row), outbox: outbox.iter().map(outbox_out).collect() }))
+    let (retry, retried_by) = retry_facts(&s.store, &id).await?;
+    Ok(Json(RunDetailOut { run: run_out(&row), steps: steps_of(&row), outbox: outbox.iter().map(outbox_out).collect(), retry, retried_by }))
+}
+
+/// Which run run `id` re-runs (with its note), and which run re-runs it.
+pub(crate) async fn retry_facts(store: &crate::store::Store, id: &str) -> Result<(Option<RetryOut>, Option<String>), ApiError> {
+    let retry =
+        store.retry_of(id).await?.map(|l| RetryOut { retry_of: l.retry_of, attempt: l.attempt, attempts: l.attempts, note: l.note });
+    let retried_by = store.retried_by(id).await?.map(|l| l.run_id);
+    Ok((retry, retried_by))
 }
 
 pub(crate) async fn find(s: &Shared, id: &str) -> Result<RunRow, ApiError> {

@@ -192,6 +192,24 @@ pub struct RunDetailOut {
     /// From the result document; empty until the run has finished.
     pub steps: Vec<StepOut>,
     pub outbox: Vec<OutboxOut>,
+    /// This run re-runs another after an infrastructure failure (a job's `retry_infrastructure`).
+    #[serde(default)]
+    pub retry: Option<RetryOut>,
+    /// The run queued to re-run this one; its result, not this one's, goes to the recorders.
+    #[serde(default)]
+    pub retried_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetryOut {
+    /// The run this one replaces.
+    pub retry_of: String,
+    /// 2 for the first retry.
+    pub attempt: u32,
+    /// 1 + the job's `retry_infrastructure`.
+    pub attempts: u32,
+    /// "retry 1 of 2 after infrastructure failure on host donor".
+    pub note: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

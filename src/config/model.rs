@@ -86,6 +86,10 @@ pub struct Daemon {
     pub libvirt_timeout: Duration,
     /// The deadline of opening a host's connection (a remote one may start a daemon first).
     pub libvirt_connect_timeout: Duration,
+    /// A queued launch gains one priority point per this much waiting.
+    pub priority_aging: Duration,
+    /// The deadline of one image file's upload into a pool host's storage.
+    pub upload_timeout: Duration,
     /// Whether the API, dashboard and metrics may be read without a token.
     pub public_reads: bool,
     /// How much longer than `boot_timeout` a guest of this arch gets on a host
@@ -470,6 +474,12 @@ pub struct Job {
     pub secret_env: std::collections::BTreeSet<String>,
     pub tags: Vec<String>,
     pub hold_on_failure: Option<Duration>,
+    /// How many times a run that ends as an infrastructure failure is run again
+    /// (preferably on another host); 0: never.
+    pub retry_infrastructure: u32,
+    /// Higher is placed first when hosts are full (ageing keeps lower ones from
+    /// starving: `vm::manager::launch`).
+    pub priority: i32,
     pub maintainers: Vec<String>,
     pub artifacts: Vec<String>,
     /// Host files or folders uploaded into the guest before the first step.

@@ -53,6 +53,8 @@ pub struct RawDaemon {
     pub launch_retries: Option<S<i64>>,
     pub libvirt_timeout: Option<S<String>>,
     pub libvirt_connect_timeout: Option<S<String>>,
+    pub priority_aging: Option<S<String>>,
+    pub upload_timeout: Option<S<String>>,
     pub public_reads: Option<bool>,
     #[serde(default)]
     pub emulation_boot_factor: BTreeMap<String, S<f64>>,
@@ -129,6 +131,8 @@ pub struct RawJob {
     #[serde(default)]
     pub tags: Vec<S<String>>,
     pub hold_on_failure: Option<S<String>>,
+    pub retry_infrastructure: Option<S<i64>>,
+    pub priority: Option<S<i64>>,
     #[serde(default)]
     pub maintainers: Vec<S<String>>,
     #[serde(default)]

@@ -454,3 +454,27 @@ fn input_rules() {
     assert_eq!(validate::parse_size("100"), Some(100));
     assert_eq!(validate::parse_size("1X"), None);
 }
+
+#[test]
+fn retries_and_priorities_default_parse_and_are_bounded() {
+    let fleet = parse(GOOD, Path::new("fleet.toml")).unwrap();
+    assert_eq!((fleet.jobs[0].retry_infrastructure, fleet.jobs[0].priority), (0, 0));
+    assert_eq!(fleet.daemon.priority_aging, std::time::Duration::from_secs(60));
+    assert_eq!(fleet.daemon.upload_timeout, std::time::Duration::from_secs(30 * 60));
+    let src = with("name = \"demo\"\n", "name = \"demo\"\nretry_infrastructure = 2\npriority = -5\n");
+    let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
+    assert_eq!((fleet.jobs[0].retry_infrastructure, fleet.jobs[0].priority), (2, -5));
+    let src = with("name = \"demo\"\n", "name = \"demo\"\nretry_infrastructure = 11\npriority = 1001\n");
+    let (l1, l2) = (line_of(&src, "retry_infrastructure = 11"), line_of(&src, "priority = 1001"));
+    assert_eq!(
+        errors(&src),
+        vec![
+            format!("fleet.toml:{l1}:24: jobs[0].retry_infrastructure: must be a whole number from 0 to 10, got 11"),
+            format!("fleet.toml:{l2}:12: jobs[0].priority: must be a whole number from -1000 to 1000, got 1001"),
+        ]
+    );
+    let src = with("ssh_ports = \"22200-22299\"", "ssh_ports = \"22200-22299\"\npriority_aging = \"30s\"\nupload_timeout = \"10m\"");
+    let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.daemon.priority_aging, std::time::Duration::from_secs(30));
+    assert_eq!(fleet.daemon.upload_timeout, std::time::Duration::from_secs(600));
+}

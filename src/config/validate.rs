@@ -13,6 +13,10 @@ use super::{ConfigError, duration, model::*};
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_INPUT_CAP: u64 = 16 << 20;
+/// The most `retry_infrastructure` a job may ask for: a broken lab is not hidden behind endless re-runs.
+pub const MAX_RETRIES: u32 = 10;
+/// `priority` is within ±this.
+pub const MAX_PRIORITY: i32 = 1000;
 
 /// `"16M"`, `"512K"`, `"1G"` (binary units) or a plain byte count.
 pub(super) fn parse_size(s: &str) -> Option<u64> {
@@ -98,6 +102,29 @@ impl<'a> Validator<'a> {
             _ => {
                 self.error(Some(v.span()), path, format!("must be a positive number, got {n}"));
                 fallback
+            }
+        }
+    }
+
+    /// An optional integer within `range`; absent: `default`.
+    fn within<T: TryFrom<i64> + Copy + std::fmt::Display>(
+        &mut self,
+        v: &Option<S<i64>>,
+        path: &str,
+        range: std::ops::RangeInclusive<T>,
+        default: T,
+    ) -> T
+    where
+        i64: From<T>,
+    {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        let (lo, hi) = (i64::from(*range.start()), i64::from(*range.end()));
+        match T::try_from(n) {
+            Ok(t) if (lo..=hi).contains(&n) => t,
+            _ => {
+                self.error(Some(v.span()), path, format!("must be a whole number from {lo} to {hi}, got {n}"));
+                default
             }
         }
     }
@@ -227,6 +254,8 @@ impl<'a> Validator<'a> {
                 "daemon.libvirt_connect_timeout",
                 crate::libvirt::DEFAULT_CONNECT_TIMEOUT,
             ),
+            priority_aging: self.duration(&d.priority_aging, "daemon.priority_aging", Duration::from_secs(60)),
+            upload_timeout: self.duration(&d.upload_timeout, "daemon.upload_timeout", Duration::from_secs(30 * 60)),
             public_reads: d.public_reads.unwrap_or(false),
             emulation_boot_factor: self.boot_factors(&d.emulation_boot_factor),
         }
@@ -588,6 +617,8 @@ impl<'a> Validator<'a> {
             env,
             tags: j.tags.iter().map(|t| t.get_ref().clone()).collect(),
             hold_on_failure,
+            retry_infrastructure: self.within(&j.retry_infrastructure, &format!("{p}.retry_infrastructure"), 0..=MAX_RETRIES, 0),
+            priority: self.within(&j.priority, &format!("{p}.priority"), -MAX_PRIORITY..=MAX_PRIORITY, 0),
             maintainers: j.maintainers.iter().map(|m| m.get_ref().clone()).collect(),
             artifacts: j.artifacts.iter().map(|a| a.get_ref().clone()).collect(),
             inputs: j.inputs.iter().enumerate().map(|(k, inp)| self.input(&format!("{p}.inputs[{k}]"), inp)).collect(),

@@ -93,6 +93,10 @@ pub struct RunPage {
     pub steps: Vec<StepOut>,
     pub log: String,
     pub duration: String,
+    /// "retry 1 of 2 after infrastructure failure on host donor", with the run it replaces.
+    pub retry: Option<crate::api::wire::RetryOut>,
+    /// The run that re-runs this one.
+    pub retried_by: Option<String>,
 }
 
 fn pct(used: u64, cap: u64) -> u64 {
@@ -281,7 +285,8 @@ pub async fn run_page(s: &Shared, id: &str) -> Result<RunPage, ApiError> {
     // A run whose log file is gone still has its steps' output in its result.
     let log =
         if log.is_empty() { steps.iter().map(|s| format!("== {} ({})\n{}{}", s.name, s.kind, s.output, s.errout)).collect() } else { log };
-    Ok(RunPage { steps, run: crate::api::run_out(&row), log, duration })
+    let (retry, retried_by) = crate::api::retry_facts(&s.store, id).await?;
+    Ok(RunPage { steps, run: crate::api::run_out(&row), log, duration, retry, retried_by })
 }
 
 #[cfg(test)]

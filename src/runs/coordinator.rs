@@ -141,8 +141,11 @@ impl Coordinator {
             Command::Cancel { id, by, reply } => {
                 let _ = reply.send(self.cancel(&id, &by).await);
             }
-            Command::Finished { id } => {
+            Command::Finished { id, retry } => {
                 self.live.remove(&id);
+                if let Some(row) = retry {
+                    self.spawn(*row);
+                }
             }
         }
     }
@@ -201,18 +204,23 @@ impl Coordinator {
             };
             self.store.insert_run(&row).await?;
             info!(run_id = %id, job = %job.name, image = %image, trigger = trigger.kind(), "run queued");
-            let (cancel_tx, cancel_rx) = watch::channel(false);
-            self.live.insert(id.clone(), Live { job: job.name.clone(), image: image.clone(), cancel: cancel_tx });
-            let executor = self.executor.clone();
-            let done = self.tx.clone();
-            let run_id = id.clone();
-            tokio::spawn(async move {
-                executor.execute(row, cancel_rx).await;
-                let _ = done.send(Command::Finished { id: run_id }).await;
-            });
+            self.spawn(row);
             started.push(id);
         }
         Ok(started)
+    }
+
+    /// Executes a queued run (a new one, or the retry an ended run queued) on a task of its own.
+    fn spawn(&mut self, row: RunRow) {
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        self.live.insert(row.id.clone(), Live { job: row.job.clone(), image: row.image.clone(), cancel: cancel_tx });
+        let executor = self.executor.clone();
+        let done = self.tx.clone();
+        tokio::spawn(async move {
+            let id = row.id.clone();
+            let retry = executor.execute(row, cancel_rx).await.map(Box::new);
+            let _ = done.send(Command::Finished { id, retry }).await;
+        });
     }
 
     async fn cancel(&mut self, id: &str, by: &str) -> Result<(), RunsError> {
@@ -250,7 +258,7 @@ async fn next_ended(rx: &mut Option<broadcast::Receiver<VmEnded>>) -> Result<VmE
 }
 
 /// Run ids sort by creation time and are short enough to type.
-fn new_run_id() -> String {
+pub(super) fn new_run_id() -> String {
     use rand::Rng;
     let t = Utc::now().format("%Y%m%d-%H%M%S");
     let r: u32 = rand::rng().random_range(0..0x10000);

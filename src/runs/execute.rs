@@ -24,7 +24,7 @@ use crate::error::chain as error_chain;
 use crate::outbox::Waker;
 use crate::ssh::{self, ClientKey, HostKeyCheck, SshConfig, Target};
 use crate::steps::{self, OutputChunk, StepIo, StepOutcome, StepsConfig, StepsReport};
-use crate::store::{RunEnd, RunRow, RunUpdate, Store};
+use crate::store::{RetryRow, RunEnd, RunRow, RunUpdate, Store};
 use crate::vm::{LaunchRequest, LaunchStage, ReadyVm, VmError, VmManager};
 
 pub struct ExecutorConfig {
@@ -111,45 +111,63 @@ impl Executor {
         self.live.lock().expect("live map").get(run_id).map(|s| s.subscribe())
     }
 
-    pub async fn execute(&self, row: RunRow, cancel: watch::Receiver<bool>) {
+    /// Carries the run to its end. Returns the queued run that retries it, when it
+    /// ended as an infrastructure failure its job retries (written in the run's
+    /// final transaction; the caller starts it).
+    pub async fn execute(&self, row: RunRow, cancel: watch::Receiver<bool>) -> Option<RunRow> {
         let span = info_span!("run", run_id = %row.id, job = %row.job, image = %row.image);
-        async {
-            if let Err(e) = self.execute_inner(row.clone(), cancel).await {
-                warn!(error = %e, "could not record the run's progress");
+        let retry = async {
+            match self.execute_inner(row.clone(), cancel).await {
+                Ok(retry) => retry,
+                Err(e) => {
+                    warn!(error = %e, "could not record the run's progress");
+                    None
+                }
             }
         }
         .instrument(span)
         .await;
         self.live.lock().expect("live map").remove(&row.id);
+        retry
     }
 
-    async fn execute_inner(&self, mut row: RunRow, mut cancel: watch::Receiver<bool>) -> Result<(), TransitionError> {
+    async fn execute_inner(&self, mut row: RunRow, mut cancel: watch::Receiver<bool>) -> Result<Option<RunRow>, TransitionError> {
         // The coordinator inserted the run as queued; `state` is what the store holds.
         let mut state = RunState::Queued;
         // The run keeps this fleet to its end: a reload meanwhile changes later runs only.
         let fleet = self.fleet.current();
         let (Some(job), Some(image)) = (fleet.job(&row.job).cloned(), fleet.image(&row.image).cloned()) else {
-            return self.fail_without_vm(&fleet, &row, state, "job or image no longer in fleet.toml").await;
+            return self.fail_without_vm(&fleet, &row, state, "job or image no longer in fleet.toml").await.map(|()| None);
         };
         let (Some(vms), Some(key)) = (self.vms.clone(), self.key.clone()) else {
-            return self.fail_without_vm(&fleet, &row, state, "this daemon has no VM manager").await;
+            return self.fail_without_vm(&fleet, &row, state, "this daemon has no VM manager").await.map(|()| None);
         };
         let run_dir = self.run_dir(&row.id);
         if let Err(e) = tokio::fs::create_dir_all(&run_dir).await {
             let reason = format!("cannot create the run's log folder {}: {e}", run_dir.display());
-            return self.fail_without_vm(&fleet, &row, state, &reason).await;
+            return self.fail_without_vm(&fleet, &row, state, &reason).await.map(|()| None);
         }
 
         // Queued until the VM manager places it, then provisioning and booting
         // as the manager reports (back to queued when an attempt fails).
         let (progress, mut stages) = mpsc::unbounded_channel();
+        // A retry prefers another host than the one its previous attempt failed on.
+        let avoid_hosts = match self.store.retry_of(&row.id).await {
+            Ok(Some(link)) => self.store.run(&link.retry_of).await.ok().flatten().and_then(|r| r.host).into_iter().collect(),
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                warn!(error = %error_chain(&e), "cannot read which run this one retries");
+                Vec::new()
+            }
+        };
         let request = LaunchRequest {
             run_id: row.id.clone(),
             job: Some(row.job.clone()),
             image: image.clone(),
             authorized_keys: vec![key.public_line()],
             ca_key: if image.trusts_fleet_ca { self.config.ca_public_line.clone() } else { None },
-            priority: 0,
+            priority: job.priority,
+            avoid_hosts,
             progress: Some(progress),
         };
         let mut launch = Box::pin(vms.launch(request));
@@ -180,6 +198,8 @@ impl Executor {
             Ok(vm) => vm,
             Err(e) => {
                 let message = crate::error::chain(&e);
+                // No host could ever run it: another attempt would fail the same way.
+                let retry = if matches!(e, VmError::NoHost { .. }) { Retry::No } else { Retry::IfAllowed };
                 let (outcome, reason, tail) = match e {
                     VmError::Cancelled { .. } => (Outcome::Cancelled, "cancelled while waiting for a VM".to_string(), None),
                     VmError::LaunchFailed { console_tail, .. } => (Outcome::Infrastructure, message, Some(console_tail)),
@@ -187,7 +207,7 @@ impl Executor {
                 };
                 let to = if outcome == Outcome::Cancelled { RunState::Cancelled } else { RunState::Failed };
                 return self
-                    .finish(&fleet, &row, state, to, outcome, Some(&reason), &[], row.vm_name.clone().as_deref(), tail.as_deref())
+                    .finish(&fleet, &row, state, to, outcome, Some(&reason), &[], row.vm_name.clone().as_deref(), tail.as_deref(), retry)
                     .await;
             }
         };
@@ -230,7 +250,18 @@ impl Executor {
                 Ok(()) => {
                     info!(vm = %vm.name, until = %until, "failed run's VM held for debugging");
                     let ended = self
-                        .finish(&fleet, &row, state, RunState::Held, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref())
+                        .finish(
+                            &fleet,
+                            &row,
+                            state,
+                            RunState::Held,
+                            outcome,
+                            reason.as_deref(),
+                            &steps,
+                            Some(&vm.name),
+                            tail.as_deref(),
+                            Retry::No,
+                        )
                         .await;
                     // From here the VM manager owns the VM's end: it goes when the
                     // latest of this hold and any grant on it has passed, and the
@@ -248,7 +279,8 @@ impl Executor {
         if let Err(e) = vms.destroy(&vm.name).await {
             warn!(vm = %vm.name, error = %e, "teardown failed; reconciliation will retry");
         }
-        self.finish(&fleet, &row, state, final_state, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref()).await
+        self.finish(&fleet, &row, state, final_state, outcome, reason.as_deref(), &steps, Some(&vm.name), tail.as_deref(), Retry::IfAllowed)
+            .await
     }
 
     /// Follows the VM manager's report of a launch into the run's state.
@@ -467,11 +499,16 @@ impl Executor {
 
     /// Ends a run that has no VM (any more) as failed, from `from`.
     async fn fail_without_vm(&self, fleet: &Fleet, row: &RunRow, from: RunState, reason: &str) -> Result<(), TransitionError> {
-        self.finish(fleet, row, from, RunState::Failed, Outcome::Infrastructure, Some(reason), &[], row.vm_name.as_deref(), None).await
+        self.finish(fleet, row, from, RunState::Failed, Outcome::Infrastructure, Some(reason), &[], row.vm_name.as_deref(), None, Retry::No)
+            .await
+            .map(|_| ())
     }
 
     /// Writes the run's end and its outbox entries in one transaction, then
-    /// wakes the forwarder.
+    /// wakes the forwarder. An infrastructure failure of a job with
+    /// `retry_infrastructure` attempts left (and `retry` allowing it) gets its
+    /// retry queued in that same transaction, returned here, and its result goes
+    /// to no recorder: recorders get each run's last attempt only.
     #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
@@ -484,7 +521,8 @@ impl Executor {
         steps: &[StepRecord],
         vm_name: Option<&str>,
         console_tail: Option<&str>,
-    ) -> Result<(), TransitionError> {
+        retry: Retry,
+    ) -> Result<Option<RunRow>, TransitionError> {
         // A job or image removed from fleet.toml since the run began still gets
         // its end written: the document then names only what the row knows.
         let (job, image) = (fleet.job(&row.job), fleet.image(&row.image));
@@ -496,6 +534,19 @@ impl Executor {
         let console_tail = console_tail.map(|c| secrets.mask_str(c));
         let console_tail = console_tail.as_deref();
         let finished_at = Utc::now();
+        let link = match self.store.retry_of(&row.id).await {
+            Ok(link) => link,
+            Err(e) => {
+                warn!(error = %error_chain(&e), "cannot read which run this one retries");
+                None
+            }
+        };
+        let next = match (retry, outcome, to, job) {
+            (Retry::IfAllowed, Outcome::Infrastructure, RunState::Failed, Some(job)) if self.vms.is_some() => {
+                plan_retry(row, link.as_ref(), job.retry_infrastructure, &self.config.log_dir)
+            }
+            _ => None,
+        };
         let doc = result::document(&ResultInput {
             run_id: &row.id,
             job: &row.job,
@@ -514,6 +565,8 @@ impl Executor {
             started_at: row.started_at,
             finished_at,
             console_tail,
+            retry: link.as_ref(),
+            retried_by: next.as_ref().map(|(r, _)| r.id.as_str()),
         });
         let end = RunEnd {
             run_id: row.id.clone(),
@@ -523,13 +576,18 @@ impl Executor {
             reason: reason.map(str::to_string),
             result_json: secrets.mask_str(&doc.to_string()),
             finished_at,
-            recorders: self.config.recorders.clone(),
+            // A run that is retried is not the job's result: its retry's is.
+            recorders: if next.is_some() { Vec::new() } else { self.config.recorders.clone() },
         };
-        transition::finish(&self.store, from, to, end).await?;
+        let retry_row = next.as_ref().map(|(r, _)| r.clone());
+        transition::finish_and_retry(&self.store, from, to, end, next.clone()).await?;
         crate::metrics::run_finished(outcome);
         info!(run_id = %row.id, outcome = outcome.as_str(), state = %to, reason = reason.unwrap_or(""), "run finished");
+        if let Some((r, l)) = &next {
+            info!(run_id = %row.id, retry = %r.id, note = %l.note, "run retried after an infrastructure failure");
+        }
         self.waker.wake();
-        Ok(())
+        Ok(retry_row)
     }
 }
 
@@ -537,7 +595,50 @@ impl Executor {
 pub async fn finish_without_vm(executor: &Executor, row: &RunRow, outcome: Outcome, reason: &str) -> Result<(), TransitionError> {
     let from = RunState::from_db(&row.state).ok_or_else(|| TransitionError::Unknown { id: row.id.clone(), state: row.state.clone() })?;
     let to = if outcome == Outcome::Cancelled { RunState::Cancelled } else { RunState::Failed };
-    executor.finish(&executor.fleet.current(), row, from, to, outcome, Some(reason), &[], row.vm_name.as_deref(), None).await
+    executor
+        .finish(&executor.fleet.current(), row, from, to, outcome, Some(reason), &[], row.vm_name.as_deref(), None, Retry::No)
+        .await
+        .map(|_| ())
+}
+
+/// Whether a run's end may queue a retry (a job's `retry_infrastructure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// When the run ends as an infrastructure failure and attempts are left.
+    IfAllowed,
+    /// Never: a daemon stop, a held VM, a run no host could ever take, a fleet problem.
+    No,
+}
+
+/// The queued run that retries `row` and its link, when attempts are left: `row` is
+/// attempt `link.attempt` (1 when it is no retry) of `1 + retries`. The retry keeps the
+/// run's trigger; its log goes into `log_dir` beside the others.
+fn plan_retry(row: &RunRow, link: Option<&RetryRow>, retries: u32, log_dir: &Path) -> Option<(RunRow, RetryRow)> {
+    let attempt = link.map_or(1, |l| l.attempt);
+    if attempt > retries {
+        return None;
+    }
+    let id = super::coordinator::new_run_id();
+    let host = match &row.host {
+        Some(h) => format!("on host {h}"),
+        None => "before a host was chosen".to_string(),
+    };
+    let note = format!("retry {attempt} of {retries} after infrastructure failure {host}");
+    let run = RunRow {
+        id: id.clone(),
+        state: RunState::Queued.as_db(),
+        host: None,
+        vm_name: None,
+        created_at: Utc::now(),
+        started_at: None,
+        finished_at: None,
+        outcome: None,
+        reason: None,
+        result_json: None,
+        log_path: Some(log_dir.join(&id).join("run.log").display().to_string()),
+        ..row.clone()
+    };
+    Some((run, RetryRow { run_id: id, retry_of: row.id.clone(), attempt: attempt + 1, attempts: retries + 1, note }))
 }
 
 /// The state after `state` on the way to step `started` (1-based; 0 before

@@ -49,9 +49,22 @@ pub enum RunsError {
 }
 
 pub(super) enum Command {
-    Trigger { job: String, image: Option<String>, trigger: Trigger, reply: oneshot::Sender<Result<Vec<String>, RunsError>> },
-    Cancel { id: String, by: String, reply: oneshot::Sender<Result<(), RunsError>> },
-    Finished { id: String },
+    Trigger {
+        job: String,
+        image: Option<String>,
+        trigger: Trigger,
+        reply: oneshot::Sender<Result<Vec<String>, RunsError>>,
+    },
+    Cancel {
+        id: String,
+        by: String,
+        reply: oneshot::Sender<Result<(), RunsError>>,
+    },
+    /// A run's task ended; `retry` is the run queued to re-run it, for the coordinator to start.
+    Finished {
+        id: String,
+        retry: Option<Box<crate::store::RunRow>>,
+    },
 }
 
 /// Talks to the run coordinator.

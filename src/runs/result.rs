@@ -43,6 +43,10 @@ pub struct ResultInput<'a> {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: DateTime<Utc>,
     pub console_tail: Option<&'a str>,
+    /// The run this one re-runs after an infrastructure failure.
+    pub retry: Option<&'a crate::store::RetryRow>,
+    /// The run queued to re-run this one (its result then goes to no recorder).
+    pub retried_by: Option<&'a str>,
 }
 
 pub fn document(r: &ResultInput<'_>) -> Value {
@@ -103,6 +107,14 @@ pub fn document(r: &ResultInput<'_>) -> Value {
             "started_at": r.started_at.map(|t| t.to_rfc3339()),
             "finished_at": r.finished_at.to_rfc3339(),
             "console_tail": r.console_tail,
+            "attempt": r.retry.map_or(1, |l| l.attempt),
+            "retry": r.retry.map(|l| json!({
+                "retry_of": l.retry_of,
+                "attempt": l.attempt,
+                "attempts": l.attempts,
+                "note": l.note,
+            })),
+            "retried_by": r.retried_by,
         },
         "idempotency_key": r.run_id,
     })

@@ -3,7 +3,7 @@
 //! the caller read (`WHERE state = from`), as grants do. A refused move is an
 //! error for the caller to handle, never silently dropped.
 
-use crate::store::{RunEnd, RunUpdate, Store, StoreError};
+use crate::store::{RetryRow, RunEnd, RunRow, RunUpdate, Store, StoreError};
 
 use super::state::RunState;
 
@@ -41,14 +41,25 @@ pub async fn transition(store: &Store, id: &str, from: RunState, to: RunState, u
 
 /// Ends run `id`: `end.state` must be a legal move from `from`; the end (result,
 /// outbox entries) is written only if the run is still in `from`.
-pub async fn finish(store: &Store, from: RunState, to: RunState, mut end: RunEnd) -> Result<(), TransitionError> {
+pub async fn finish(store: &Store, from: RunState, to: RunState, end: RunEnd) -> Result<(), TransitionError> {
+    finish_and_retry(store, from, to, end, None).await
+}
+
+/// [`finish`], queueing `retry` (a run that re-runs this one) in the same transaction.
+pub async fn finish_and_retry(
+    store: &Store,
+    from: RunState,
+    to: RunState,
+    mut end: RunEnd,
+    retry: Option<(RunRow, RetryRow)>,
+) -> Result<(), TransitionError> {
     let id = end.run_id.clone();
     if !from.can_become(to) {
         return Err(TransitionError::Illegal { id, from, to });
     }
     end.from = from.as_db();
     end.state = to.as_db();
-    if store.finish_run(end).await.map_err(store_err(&id))? {
+    if store.finish_run_and_retry(end, retry).await.map_err(store_err(&id))? {
         return Ok(());
     }
     Err(stale(store, &id, from).await)

@@ -26,7 +26,7 @@ pub use grants::{AuditEntry, CertRecord, GrantRow};
 pub use hosts::{HostPeriod, HostVolume};
 pub use listing::{AccessRow, AuditRow};
 pub use outbox::OutboxEntry;
-pub use runs::{RunEnd, RunFilter, RunRow, RunUpdate};
+pub use runs::{RetryRow, RunEnd, RunFilter, RunRow, RunUpdate};
 pub use tokens::{NewToken, TokenRow};
 pub use vms::VmRow;
 
@@ -37,6 +37,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("migrations/003_grants.sql")),
         M::up(include_str!("migrations/004_hosts.sql")),
         M::up(include_str!("migrations/005_vm_identity.sql")),
+        M::up(include_str!("migrations/006_run_retries.sql")),
     ])
 });
 
@@ -44,7 +45,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
 pub fn latest_version() -> usize {
     MIGRATION_COUNT
 }
-const MIGRATION_COUNT: usize = 5;
+const MIGRATION_COUNT: usize = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -152,7 +153,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         MIGRATIONS.validate().unwrap();
-        assert_eq!(MIGRATION_COUNT, 5);
+        assert_eq!(MIGRATION_COUNT, 6);
     }
 
     #[tokio::test]

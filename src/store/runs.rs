@@ -85,33 +85,60 @@ pub struct RunUpdate {
 impl Store {
     pub async fn insert_run(&self, run: &RunRow) -> Result<()> {
         let r = run.clone();
+        self.call(move |c| Ok(insert(c, &r)?)).await
+    }
+
+    /// What run `id` re-runs, if it is a retry.
+    pub async fn retry_of(&self, id: &str) -> Result<Option<RetryRow>> {
+        let id = id.to_string();
         self.call(move |c| {
-            c.execute(
-                &format!("INSERT INTO runs ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
-                params![
-                    r.id,
-                    r.job,
-                    r.image,
-                    r.trigger,
-                    r.requested_by,
-                    r.state,
-                    r.host,
-                    r.vm_name,
-                    r.scheduled_at.map(ts),
-                    ts(r.created_at),
-                    r.started_at.map(ts),
-                    r.finished_at.map(ts),
-                    r.outcome,
-                    r.reason,
-                    r.result_json,
-                    r.log_path
-                ],
-            )?;
-            Ok(())
+            Ok(c.query_row(&format!("SELECT {RETRY_COLS} FROM run_retries WHERE run_id = ?1"), [id], read_retry).optional()?)
         })
         .await
     }
 
+    /// The run that re-runs run `id`, if one was made.
+    pub async fn retried_by(&self, id: &str) -> Result<Option<RetryRow>> {
+        let id = id.to_string();
+        self.call(move |c| {
+            Ok(c.query_row(&format!("SELECT {RETRY_COLS} FROM run_retries WHERE retry_of = ?1"), [id], read_retry).optional()?)
+        })
+        .await
+    }
+}
+
+const RETRY_COLS: &str = "run_id, retry_of, attempt, attempts, note";
+
+fn read_retry(r: &Row<'_>) -> rusqlite::Result<RetryRow> {
+    Ok(RetryRow { run_id: r.get(0)?, retry_of: r.get(1)?, attempt: r.get(2)?, attempts: r.get(3)?, note: r.get(4)? })
+}
+
+fn insert(c: &rusqlite::Connection, r: &RunRow) -> rusqlite::Result<()> {
+    c.execute(
+        &format!("INSERT INTO runs ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
+        params![
+            r.id,
+            r.job,
+            r.image,
+            r.trigger,
+            r.requested_by,
+            r.state,
+            r.host,
+            r.vm_name,
+            r.scheduled_at.map(ts),
+            ts(r.created_at),
+            r.started_at.map(ts),
+            r.finished_at.map(ts),
+            r.outcome,
+            r.reason,
+            r.result_json,
+            r.log_path
+        ],
+    )?;
+    Ok(())
+}
+
+impl Store {
     /// Moves a run from `from` to `to`, setting whichever of `update`'s fields
     /// are given, only if the run is still in `from`. Returns whether it was;
     /// `runs::transition` is the one caller, after checking the move is legal.
@@ -136,8 +163,22 @@ impl Store {
     /// entry already queued for the same run and recorder is kept, so
     /// finishing twice never forwards twice.
     pub async fn finish_run(&self, end: RunEnd) -> Result<bool> {
+        self.finish_run_and_retry(end, None).await
+    }
+
+    /// [`Store::finish_run`], and in the same transaction `retry`: a new queued
+    /// run that re-runs this one, with its link (`run_retries`). So a crash can
+    /// never leave a run ended as "will be retried" without its retry.
+    pub async fn finish_run_and_retry(&self, end: RunEnd, retry: Option<(RunRow, RetryRow)>) -> Result<bool> {
         self.call(move |c| {
             let tx = c.transaction()?;
+            if let Some((run, link)) = &retry {
+                insert(&tx, run)?;
+                tx.execute(
+                    "INSERT INTO run_retries (run_id, retry_of, attempt, attempts, note) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![link.run_id, link.retry_of, link.attempt, link.attempts, link.note],
+                )?;
+            }
             let now = ts(end.finished_at);
             let n = tx.execute(
                 "UPDATE runs SET state = ?2, outcome = ?3, reason = coalesce(?4, reason), result_json = ?5,
@@ -224,4 +265,19 @@ pub struct RunEnd {
     pub finished_at: DateTime<Utc>,
     /// Names of the recorders the result goes to.
     pub recorders: Vec<String>,
+}
+
+/// A run that re-runs another after an infrastructure failure (`run_retries`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryRow {
+    /// The new run.
+    pub run_id: String,
+    /// The run it replaces.
+    pub retry_of: String,
+    /// Which attempt the new run is: 2 for the first retry.
+    pub attempt: u32,
+    /// How many attempts the job allows in all (1 + `retry_infrastructure`).
+    pub attempts: u32,
+    /// "retry 1 of 2 after infrastructure failure on host donor".
+    pub note: String,
 }

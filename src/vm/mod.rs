@@ -33,6 +33,9 @@ pub enum VmError {
         error: Box<LaunchError>,
         console_tail: String,
     },
+    /// Every host that could take the image is waiting for an upload of it that hangs.
+    #[error("image {image} cannot reach a host: {why}")]
+    UploadHung { image: String, why: String },
     #[error("no host named {host}")]
     UnknownHost { host: String },
     #[error("no VM named {name}")]

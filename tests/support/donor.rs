@@ -1,5 +1,5 @@
 //! A second real libvirt host on this machine, started by the test that needs it: a user of
-//! its own (`pdkdonorN`), an `sshd` of the test's own on a free loopback port (its own config,
+//! its own (`pdkdonorN` or `pdkpN`, one per test), an `sshd` of the test's own on a free loopback port (its own config,
 //! host key and pid file, never the system one), that user's session libvirt daemon reached as
 //! `qemu+ssh://USER@127.0.0.1:PORT/session?keyfile=...&no_verify=1`, and a directory storage
 //! pool in the user's home. Everything is torn down on drop: domains, pool, the sshd (by the PID
@@ -68,10 +68,10 @@ fn comm(pid: i32) -> String {
 }
 
 /// Removes what an earlier, killed run of a test may have left of `user`: its processes
-/// (by PID, SIGKILL) and the user with its home. Only for the users tests make
-/// (`pdkdonorN`, and `pdkg2N` of the debian-12 donor test).
+/// (by PID, SIGKILL) and the user with its home. Only for the users tests make (`pdkdonorN`, `pdkpN`, `pdkg2N`).
 fn remove_user(user: &str) {
-    assert!(user.starts_with("pdkdonor") || user.starts_with("pdkg2"), "only test donors are removed, not {user}");
+    let ours = |prefix: &str| user.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+    assert!(ours("pdkdonor") || ours("pdkp") || ours("pdkg2"), "only test donors are removed, not {user}");
     let Some(uid) = uid_of(user) else { return };
     for _ in 0..50 {
         let pids = pids_of_uid(uid);

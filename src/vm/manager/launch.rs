@@ -24,8 +24,8 @@ use crate::vm::{VmError, VmState, overlay};
 use super::owner::{Owner, Pending, Vm};
 use super::{Cmd, LaunchRequest, ReadyVm};
 
-/// A queued launch's place: priority (higher first), its rank among its job's
-/// queued launches, when its job was last served, arrival.
+/// A queued launch's place: effective priority (higher first), its rank among
+/// its job's queued launches of that priority, when its job was last served, arrival.
 type QueueKey = (std::cmp::Reverse<i32>, u64, u64, u64);
 
 /// How long a console key may trail the SSH banner (see `Attempt::boot`).
@@ -134,52 +134,62 @@ impl Owner {
         self.ports.allocate_where(|port| !local || std::net::TcpListener::bind((addr, port)).is_ok())
     }
 
-    /// Places queued launches, highest priority first; within a priority round
-    /// robin between jobs (each job's n-th queued launch comes after every other
-    /// job's (n-1)-th, and among equals the job served least recently goes
-    /// first), so one job's long matrix never holds another job's single run
-    /// back for its whole length; FIFO within a job. A launch that
-    /// cannot be placed does not hold back those behind it that can.
+    /// Places queued launches, highest effective priority first: a launch's
+    /// priority plus one point per `priority_aging` it has waited, so a
+    /// low-priority launch waits behind newer high-priority ones for at most
+    /// (their priority − its priority) × `priority_aging`, then takes turns with
+    /// them. Within an effective priority, round robin between jobs (each job's
+    /// n-th queued launch comes after every other job's (n-1)-th, and among
+    /// equals the job served least recently goes first), so one job's long
+    /// matrix never holds another job's single run back for its whole length;
+    /// FIFO within a job. A launch that cannot be placed does not hold back
+    /// those behind it that can.
     pub(super) async fn pump(&mut self) {
-        let mut queue = std::mem::take(&mut self.queue);
-        queue.sort_by_key(|p| p.seq);
-        let mut rank: HashMap<(i32, Option<String>), u64> = HashMap::new();
-        let mut keyed: Vec<(QueueKey, Pending)> = queue
-            .into_iter()
-            .map(|p| {
-                let r = rank.entry((p.req.priority, p.req.job.clone())).or_insert(0);
-                let served = self.last_served.get(&p.req.job).copied().unwrap_or(0);
-                let key = (std::cmp::Reverse(p.req.priority), *r, served, p.seq);
-                *r += 1;
-                (key, p)
-            })
-            .collect();
-        keyed.sort_by_key(|(k, _)| *k);
-        let queue: Vec<Pending> = keyed.into_iter().map(|(_, p)| p).collect();
-        for pending in queue {
+        self.dirty = false;
+        let queue = std::mem::take(&mut self.queue);
+        // Usage is counted once per pass and kept up to date as launches are placed.
+        let mut used = self.usage();
+        let mut room = self.any_room(&used);
+        // With no room anywhere nothing can be placed: the order does not matter then.
+        let queue = if room { queue_order(queue, &self.last_served, self.cfg.priority_aging, Instant::now()) } else { queue };
+        for mut pending in queue {
             // The caller went away (a cancelled run): nothing may boot for it.
             if pending.reply.is_closed() {
                 info!(run_id = %pending.req.run_id, "launch withdrawn while queued");
                 continue;
             }
+            // No host has a free VM slot: it waits, and only a launch never looked at is
+            // looked at (it may be one that no host could ever take, which fails at once).
+            // So a pass over a long queue on full hosts costs little per launch.
+            if !room && pending.checked {
+                self.queue.push(pending);
+                continue;
+            }
+            pending.checked = true;
             // A changed image file is noticed here at the latest: the launch waits for its upload.
             self.distribute(&pending.req.image);
-            let used = self.usage();
             let views = self.views(&pending.req, &pending.tried, &used);
             match placement::place(&pending.req.image, &views) {
                 Placement::Host(i) => match self.allocate_port(i) {
                     Some(port) => {
                         self.placements += 1;
                         self.last_served.insert(pending.req.job.clone(), self.placements);
-                        self.start_attempt(pending, i, port).await
+                        used[i].add(&pending.req.image);
+                        self.start_attempt(pending, i, port).await;
+                        room = self.any_room(&used);
                     }
                     None => self.queue.push(pending),
                 },
-                Placement::Wait => {
-                    let mut pending = pending;
-                    self.report_missed_job(&mut pending).await;
-                    self.queue.push(pending)
-                }
+                Placement::Wait => match self.hung_upload(&pending.req.image, &views) {
+                    Some(why) => {
+                        let image = &pending.req.image;
+                        let _ = pending.reply.send(Err(VmError::UploadHung { image: image.name.clone(), why }));
+                    }
+                    None => {
+                        self.report_missed_job(&mut pending).await;
+                        self.queue.push(pending)
+                    }
+                },
                 Placement::Never => {
                     let image = &pending.req.image;
                     let why = placement::never_reason(image, &views);
@@ -188,6 +198,20 @@ impl Owner {
                 }
             }
         }
+    }
+
+    /// Whether some host that takes VMs now has a free VM slot (room for memory and
+    /// vCPUs is for placement to judge per image).
+    fn any_room(&self, used: &[Usage]) -> bool {
+        let now = Instant::now();
+        let wall = self.cfg.clock.now();
+        self.hosts.iter().zip(used).any(|(slot, u)| {
+            u.vms < slot.config.capacity.max_vms
+                && slot.handle.status().is_up()
+                && slot.cooling_until.is_none_or(|t| t <= now)
+                && slot.block.is_none()
+                && slot.config.limits.open_at(wall)
+        })
     }
 
     pub(super) async fn start_attempt(&mut self, mut pending: Pending, host: usize, port: u16) {
@@ -346,11 +370,38 @@ impl Owner {
                     pending.last_failure = Some(*failure);
                     pending.report(super::LaunchStage::Requeued);
                     self.queue.push(pending);
-                    self.pump().await;
+                    self.dirty = true;
                 }
             }
         }
     }
+}
+
+/// A launch's priority raised by one point per `aging` it has waited by `now`.
+fn effective_priority(p: &Pending, aging: Duration, now: Instant) -> i32 {
+    let aging = aging.max(Duration::from_millis(1)).as_nanos();
+    let points = now.saturating_duration_since(p.queued_at).as_nanos() / aging;
+    p.req.priority.saturating_add(i32::try_from(points).unwrap_or(i32::MAX))
+}
+
+/// The order `pump` tries queued launches in (see there). Pure, so the cost of a
+/// placement pass is this sort plus one placement per launch.
+fn queue_order(mut queue: Vec<Pending>, last_served: &HashMap<Option<String>, u64>, aging: Duration, now: Instant) -> Vec<Pending> {
+    queue.sort_by_key(|p| p.seq);
+    let mut rank: HashMap<(i32, Option<String>), u64> = HashMap::new();
+    let mut keyed: Vec<(QueueKey, Pending)> = queue
+        .into_iter()
+        .map(|p| {
+            let eff = effective_priority(&p, aging, now);
+            let r = rank.entry((eff, p.req.job.clone())).or_insert(0);
+            let served = last_served.get(&p.req.job).copied().unwrap_or(0);
+            let key = (std::cmp::Reverse(eff), *r, served, p.seq);
+            *r += 1;
+            (key, p)
+        })
+        .collect();
+    keyed.sort_by_key(|(k, _)| *k);
+    keyed.into_iter().map(|(_, p)| p).collect()
 }
 
 fn short(instance: &str) -> &str {
@@ -558,5 +609,88 @@ impl Attempt {
             }
         }
         Ok(Booted { boot_time, host_key })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Arch, Os};
+    use crate::libvirt::domain_xml::tests::{disk_boot, image};
+
+    fn pending(run: &str, job: &str, priority: i32, seq: u64, queued_at: Instant) -> Pending {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        Pending {
+            req: LaunchRequest {
+                run_id: run.into(),
+                job: Some(job.into()),
+                image: image("t", Os::Linux, Arch::X86_64, disk_boot()),
+                authorized_keys: Vec::new(),
+                ca_key: None,
+                priority,
+                avoid_hosts: Vec::new(),
+                progress: None,
+            },
+            reply,
+            attempts: 0,
+            tried: HashSet::new(),
+            seq,
+            last_failure: None,
+            missed_reported: false,
+            queued_at,
+            checked: false,
+        }
+    }
+
+    fn order(queue: Vec<Pending>, aging: Duration, now: Instant) -> Vec<String> {
+        queue_order(queue, &HashMap::new(), aging, now).into_iter().map(|p| p.req.run_id).collect()
+    }
+
+    /// Higher priority first; a waiting launch gains a point per `aging`, so a low one
+    /// queued (p_high − p_low) × aging before the high ones goes first.
+    #[test]
+    fn priority_ages_with_waiting() {
+        let t0 = Instant::now();
+        let aging = Duration::from_secs(60);
+        let queue = |now_offset: u64| {
+            let at = |s: u64| t0 + Duration::from_secs(s);
+            let q = vec![
+                pending("low", "nightly", 0, 1, at(0)),
+                pending("high-1", "urgent", 3, 2, at(now_offset)),
+                pending("high-2", "urgent", 3, 3, at(now_offset)),
+            ];
+            (q, at(now_offset))
+        };
+        // Just queued: strictly by priority, FIFO within the job.
+        let (q, now) = queue(0);
+        assert_eq!(order(q, aging, now), ["high-1", "high-2", "low"]);
+        // Two minutes later the low one has 2 points: still behind.
+        let (q, now) = queue(120);
+        assert_eq!(order(q, aging, now), ["high-1", "high-2", "low"]);
+        // After three minutes it ties with fresh high ones and takes turns with their job.
+        let (q, now) = queue(180);
+        assert_eq!(order(q, aging, now), ["low", "high-1", "high-2"]);
+        // Past that it is ahead of any newly queued high one.
+        let (q, now) = queue(240);
+        assert_eq!(order(q, aging, now), ["low", "high-1", "high-2"]);
+    }
+
+    /// Within one effective priority, round robin between jobs: a 50-image matrix queued
+    /// first lets a single run through as the second launch placed.
+    #[test]
+    fn within_a_priority_jobs_take_turns() {
+        let now = Instant::now();
+        let mut q: Vec<Pending> = (0..50).map(|i| pending(&format!("m{i}"), "matrix", 0, i, now)).collect();
+        q.push(pending("single", "single", 0, 50, now));
+        let got = order(q, Duration::from_secs(60), now);
+        assert_eq!(got[..3], ["m0", "single", "m1"]);
+        assert_eq!(got.len(), 51);
+    }
+
+    #[test]
+    fn ageing_never_overflows() {
+        let now = Instant::now();
+        let p = pending("r", "j", i32::MAX - 1, 1, now);
+        assert_eq!(effective_priority(&p, Duration::ZERO, now + Duration::from_secs(3600)), i32::MAX);
     }
 }

@@ -72,6 +72,10 @@ pub struct ManagerConfig {
     pub upload_retry: Duration,
     /// Deadlines of every host's libvirt calls.
     pub libvirt: libvirt::HostOptions,
+    /// A queued launch gains one priority point per this much waiting.
+    pub priority_aging: Duration,
+    /// The deadline of one image file's upload into a host's pool.
+    pub upload_timeout: Duration,
 }
 
 impl ManagerConfig {
@@ -94,6 +98,8 @@ impl ManagerConfig {
                 call_timeout: fleet.daemon.libvirt_timeout,
                 connect_timeout: fleet.daemon.libvirt_connect_timeout,
             },
+            priority_aging: fleet.daemon.priority_aging,
+            upload_timeout: fleet.daemon.upload_timeout,
         }
     }
 }
@@ -108,8 +114,12 @@ pub struct LaunchRequest {
     pub authorized_keys: Vec<String>,
     /// The fleet CA's public key line, for images that trust it.
     pub ca_key: Option<String>,
-    /// Higher goes first when hosts are full; FIFO within a priority.
+    /// Higher goes first when hosts are full (raised by ageing while it waits:
+    /// `ManagerConfig::priority_aging`).
     pub priority: i32,
+    /// Hosts to use only when no other can take it now (a retry avoids the host
+    /// its previous attempt failed on).
+    pub avoid_hosts: Vec<String>,
     /// Where the launch has got to, for callers that show it (a run's state).
     pub progress: Option<mpsc::UnboundedSender<LaunchStage>>,
 }
@@ -248,6 +258,12 @@ enum Cmd {
         host: usize,
         image: String,
     },
+    /// An upload missed `upload_timeout` (it still runs; `ImageUploaded` follows when it returns).
+    UploadHung {
+        host: usize,
+        image: String,
+        reason: String,
+    },
 }
 
 /// A handle to the manager; cheap to clone. The owner task ends when every handle is dropped.
@@ -293,6 +309,7 @@ impl VmManager {
             last_image_check: Instant::now(),
             last_served: HashMap::new(),
             placements: 0,
+            dirty: false,
             ended: ended.clone(),
         };
         let store = store_for_hosts;

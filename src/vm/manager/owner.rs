@@ -72,8 +72,10 @@ pub(super) struct Pending {
     pub(super) last_failure: Option<AttemptFailure>,
     /// Hosts meant for this job that could not take it were reported once.
     pub(super) missed_reported: bool,
-    /// When it entered the queue, for `paddock_run_queue_wait_seconds`.
+    /// When it entered the queue, for `paddock_run_queue_wait_seconds` and priority ageing.
     pub(super) queued_at: Instant,
+    /// A placement pass has looked at it (so it is not one no host could ever take).
+    pub(super) checked: bool,
 }
 
 impl Pending {
@@ -106,12 +108,18 @@ pub(super) struct Owner {
     /// serves the least recently served job first.
     pub(super) last_served: HashMap<Option<String>, u64>,
     pub(super) placements: u64,
+    /// Something changed that may let a queued launch be placed: a placement pass
+    /// runs once the commands that arrived meanwhile are handled.
+    pub(super) dirty: bool,
     /// Told about every VM that goes.
     pub(super) ended: tokio::sync::broadcast::Sender<super::VmEnded>,
 }
 
 /// How often the owner re-checks cool-downs, expired holds and down hosts.
 const TICK: Duration = Duration::from_millis(500);
+
+/// At most this many commands are handled between two placement passes.
+const BATCH: usize = 256;
 
 impl Owner {
     pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
@@ -122,7 +130,19 @@ impl Owner {
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd).await,
+                    Some(cmd) => {
+                        self.handle(cmd).await;
+                        // A burst (launches queued, VMs gone) costs one placement pass.
+                        for _ in 0..BATCH {
+                            match rx.try_recv() {
+                                Ok(cmd) => self.handle(cmd).await,
+                                Err(_) => break,
+                            }
+                        }
+                        if self.dirty {
+                            self.pump().await;
+                        }
+                    }
                     None => break,
                 },
                 _ = tick.tick() => self.on_tick().await,
@@ -135,17 +155,21 @@ impl Owner {
         match cmd {
             Cmd::Launch { req, reply } => {
                 self.seq += 1;
+                // Hosts to avoid count as tried: used only when no other can take it.
+                let tried =
+                    self.hosts.iter().enumerate().filter(|(_, h)| req.avoid_hosts.contains(&h.config.name)).map(|(i, _)| i).collect();
                 self.queue.push(Pending {
                     req: *req,
                     reply,
                     attempts: 0,
-                    tried: HashSet::new(),
+                    tried,
                     seq: self.seq,
                     last_failure: None,
                     missed_reported: false,
                     queued_at: Instant::now(),
+                    checked: false,
                 });
-                self.pump().await;
+                self.dirty = true;
             }
             Cmd::Hold { name, until, reply } => {
                 let r = match self.vms.get_mut(&name) {
@@ -180,10 +204,16 @@ impl Owner {
                     }
                 }
             },
-            Cmd::Snapshot { reply } => drop(reply.send(self.snapshot())),
+            Cmd::Snapshot { reply } => {
+                // What is queued is what waits after a placement pass, never before one.
+                if self.dirty {
+                    self.pump().await;
+                }
+                drop(reply.send(self.snapshot()))
+            }
             Cmd::SetBlock { host, block, reply } => {
                 let _ = reply.send(self.set_block(host, block));
-                self.pump().await;
+                self.dirty = true;
             }
             Cmd::ReconcileNow { reply } => self.spawn_reconcile(Some(reply)),
             Cmd::Running { name, reply } => match self.vms.get(&name) {
@@ -210,6 +240,7 @@ impl Owner {
             Cmd::TeardownDone { name, result } => self.teardown_done(name, result).await,
             Cmd::ImageUploaded { host, image, result } => self.image_uploaded(host, image, result).await,
             Cmd::SweepDone { host, image } => self.sweep_done(host, &image),
+            Cmd::UploadHung { host, image, reason } => self.upload_hung(host, image, reason).await,
             Cmd::ReconcileDone { report, reply } => {
                 self.reconciling = false;
                 self.finish_reconcile(&report).await;

@@ -28,6 +28,9 @@ pub(super) struct PoolSlot {
     pub(super) sweep_wanted: bool,
     /// After a failed upload, the next try waits until then.
     pub(super) retry_at: Option<Instant>,
+    /// The upload running now missed `upload_timeout`: why (naming host, image and
+    /// deadline). Launches no other host can take fail with it.
+    pub(super) hung: Option<String>,
 }
 
 /// How often image files are checked for changes (size and mtime).
@@ -58,6 +61,7 @@ impl Owner {
                 continue;
             }
             let (uri, host_name) = (config.uri.clone(), config.name.clone());
+            let deadline = self.cfg.upload_timeout;
             let slot = self.pools.entry((i, image.name.clone())).or_default();
             if slot.busy || slot.retry_at.is_some_and(|t| t > now) {
                 continue;
@@ -67,12 +71,48 @@ impl Owner {
             let (img, tx) = (image.clone(), tx.clone());
             tokio::spawn(async move {
                 let name = img.name.clone();
-                let result = tokio::task::spawn_blocking(move || images::upload(&uri, &pool, &img))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("upload task: {e}")));
+                let mut task = tokio::task::spawn_blocking(move || images::upload(&uri, &pool, &img));
+                let joined = match tokio::time::timeout(deadline, &mut task).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        // The blocking call cannot be stopped: the slot stays busy (no second
+                        // upload of the same volumes) until it returns, but launches stop waiting.
+                        let reason = format!("uploading image {name} to host {host_name} did not finish within {deadline:?}");
+                        let _ = tx.send(Cmd::UploadHung { host: i, image: name.clone(), reason });
+                        task.await
+                    }
+                };
+                let result = joined.unwrap_or_else(|e| Err(format!("upload task: {e}")));
                 let _ = tx.send(Cmd::ImageUploaded { host: i, image: name, result });
             });
         }
+    }
+
+    /// An upload into host `host`'s pool missed its deadline: recorded, and queued launches
+    /// of the image that no other host can take fail with `reason` at the next pass.
+    pub(super) async fn upload_hung(&mut self, host: usize, image: String, reason: String) {
+        let host_name = self.hosts[host].config.name.clone();
+        warn!(host = %host_name, %image, %reason, "an upload into the host's pool hangs");
+        let _ = self.store.record_event("image_upload_failed", &host_name, &reason).await;
+        self.pools.entry((host, image)).or_default().hung = Some(reason);
+        self.dirty = true;
+    }
+
+    /// Why a launch of `image` that must wait can never be placed while uploads hang: every
+    /// host that could ever take it is a pool host whose upload of the image missed its deadline.
+    pub(super) fn hung_upload(&self, image: &Image, views: &[crate::vm::placement::HostView]) -> Option<String> {
+        let mut reasons = Vec::new();
+        for (i, v) in views.iter().enumerate() {
+            let could = v.allowed && v.runs_arch != Some(false) && crate::vm::placement::Usage::default().fits(image, &v.capacity);
+            if !could {
+                continue;
+            }
+            match self.pools.get(&(i, image.name.clone())).and_then(|p| p.hung.as_ref()) {
+                Some(r) if !v.image_present => reasons.push(r.clone()),
+                _ => return None,
+            }
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     pub(super) async fn image_uploaded(&mut self, host: usize, image: String, result: Result<PoolImage, String>) {
@@ -103,15 +143,17 @@ impl Owner {
                 let slot = self.pools.entry(key).or_default();
                 slot.busy = false;
                 slot.retry_at = None;
+                slot.hung = None;
                 slot.current = Some(version);
                 self.sweep(host, &image);
-                self.pump().await;
+                self.dirty = true;
             }
             Err(error) => {
                 warn!(host = %host_name, %image, %error, "could not put the image into the host's pool; retrying later");
                 let _ = self.store.record_event("image_upload_failed", &host_name, &format!("image {image}: {error}")).await;
                 let slot = self.pools.entry(key).or_default();
                 slot.busy = false;
+                slot.hung = None;
                 slot.retry_at = Some(Instant::now() + self.cfg.upload_retry);
             }
         }

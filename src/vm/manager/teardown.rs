@@ -67,7 +67,7 @@ impl Owner {
                 if let Some(p) = vm.launch {
                     let _ = p.reply.send(Err(VmError::Cancelled { name: name.clone() }));
                 }
-                self.pump().await;
+                self.dirty = true;
             }
             Err(error) => {
                 // Keep the VM (and its capacity) accounted for; reconciliation retries the removal.
