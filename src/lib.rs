@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod error;
 pub mod hosts;
 pub mod libvirt;
+pub mod listener;
 pub mod metrics;
 pub mod outbox;
 pub mod recorder;

@@ -185,12 +185,12 @@ impl Daemon {
         let listener = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| DaemonError::Listen { addr, source })?;
         let mut rx = shutdown_rx.clone();
+        let limits = fleet.limits;
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|v| *v).await;
-                })
-                .await
+            crate::listener::serve(listener, app, limits.listener(), async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .await
         });
         info!(%addr, "paddock listening");
 
