@@ -156,6 +156,7 @@ impl Daemon {
         executor_config.output_caps =
             crate::steps::OutputCaps { result_bytes: fleet.limits.step_output_bytes, log_bytes: fleet.limits.step_log_bytes };
         executor_config.run_log_bytes = fleet.limits.run_log_bytes;
+        executor_config.artifact_op_timeout = fleet.limits.artifact_timeout;
         let executor = Arc::new(
             Executor::new(live.clone(), store.clone(), executor_config, waker).with_vms(vms.clone(), Arc::new(client_key.clone())),
         );
@@ -180,6 +181,8 @@ impl Daemon {
         api.vms = Some(vms.clone());
         tokio::spawn(check_hosts(fleet.clone()));
         api.public_reads = fleet.daemon.public_reads;
+        api.max_follows = fleet.limits.live_streams;
+        api.max_follows_per_client = fleet.limits.live_streams_per_client;
         let app = app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
         let addr = options.listen.unwrap_or(fleet.daemon.listen);
         let listener = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;

@@ -117,17 +117,23 @@ impl Store {
     /// `runs::transition` is the one caller, after checking the move is legal.
     pub async fn transition_run(&self, id: &str, from: &str, to: &str, update: RunUpdate) -> Result<bool> {
         let (id, from, to) = (id.to_string(), from.to_string(), to.to_string());
-        self.call(move |c| {
-            let n = c.execute(
-                "UPDATE runs SET state = ?3,
+        let pulse_id = id.clone();
+        let moved = self
+            .call(move |c| {
+                let n = c.execute(
+                    "UPDATE runs SET state = ?3,
                     host = coalesce(?4, host), vm_name = coalesce(?5, vm_name),
                     started_at = coalesce(?6, started_at), reason = coalesce(?7, reason)
                  WHERE id = ?1 AND state = ?2",
-                params![id, from, to, update.host, update.vm_name, update.started_at.map(ts), update.reason],
-            )?;
-            Ok(n == 1)
-        })
-        .await
+                    params![id, from, to, update.host, update.vm_name, update.started_at.map(ts), update.reason],
+                )?;
+                Ok(n == 1)
+            })
+            .await?;
+        if moved {
+            self.pulses().row_changed(&pulse_id);
+        }
+        Ok(moved)
     }
 
     /// Ends a run: final state, outcome, result and one outbox entry per
@@ -136,28 +142,34 @@ impl Store {
     /// entry already queued for the same run and recorder is kept, so
     /// finishing twice never forwards twice.
     pub async fn finish_run(&self, end: RunEnd) -> Result<bool> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            let now = ts(end.finished_at);
-            let n = tx.execute(
-                "UPDATE runs SET state = ?2, outcome = ?3, reason = coalesce(?4, reason), result_json = ?5,
+        let pulse_id = end.run_id.clone();
+        let ended = self
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let now = ts(end.finished_at);
+                let n = tx.execute(
+                    "UPDATE runs SET state = ?2, outcome = ?3, reason = coalesce(?4, reason), result_json = ?5,
                     finished_at = ?6 WHERE id = ?1 AND state = ?7",
-                params![end.run_id, end.state, end.outcome, end.reason, end.result_json, now, end.from],
-            )?;
-            if n == 0 {
-                return Ok(false);
-            }
-            for r in &end.recorders {
-                tx.execute(
-                    "INSERT OR IGNORE INTO outbox (run_id, recorder, payload, created_at, next_attempt_at)
-                     VALUES (?1, ?2, ?3, ?4, ?4)",
-                    params![end.run_id, r, end.result_json, now],
+                    params![end.run_id, end.state, end.outcome, end.reason, end.result_json, now, end.from],
                 )?;
-            }
-            tx.commit()?;
-            Ok(true)
-        })
-        .await
+                if n == 0 {
+                    return Ok(false);
+                }
+                for r in &end.recorders {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO outbox (run_id, recorder, payload, created_at, next_attempt_at)
+                     VALUES (?1, ?2, ?3, ?4, ?4)",
+                        params![end.run_id, r, end.result_json, now],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(true)
+            })
+            .await?;
+        if ended {
+            self.pulses().row_changed(&pulse_id);
+        }
+        Ok(ended)
     }
 
     pub async fn run(&self, id: &str) -> Result<Option<RunRow>> {
