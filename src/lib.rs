@@ -20,4 +20,5 @@ pub mod scheduler;
 pub mod ssh;
 pub mod steps;
 pub mod store;
+pub mod supervisor;
 pub mod vm;

@@ -73,6 +73,8 @@ pub struct ApiState {
     pub access: Option<crate::access::Access>,
     /// The VM manager, told about drains and resumes; `None` only records them.
     pub vms: Option<crate::vm::VmManager>,
+    /// Supervised owners besides access (the forwarder's lanes), reported by `/readyz`.
+    pub owners: Vec<(&'static str, crate::supervisor::Health)>,
 }
 
 impl ApiState {
@@ -92,6 +94,7 @@ impl ApiState {
             max_follows_per_client: crate::config::Limits::default().live_streams_per_client,
             access: None,
             vms: None,
+            owners: Vec::new(),
         }
     }
 

@@ -137,6 +137,7 @@ impl Daemon {
             .collect();
         let forwarder = Forwarder::new(store.clone(), destinations, Backoff::default(), Clock::system());
         let waker = forwarder.waker();
+        let forwarder_health = forwarder.health();
         let recorder_names: Vec<String> = forwarder_names(&fleet);
         forwarder.spawn(shutdown_rx.clone());
 
@@ -179,6 +180,7 @@ impl Daemon {
         let mut api = ApiState::new(live.clone(), store.clone(), runs.clone(), hosts_rx);
         api.access = Some(access);
         api.vms = Some(vms.clone());
+        api.owners.push(("forwarder", forwarder_health));
         tokio::spawn(check_hosts(fleet.clone()));
         api.public_reads = fleet.daemon.public_reads;
         api.max_follows = fleet.limits.live_streams;

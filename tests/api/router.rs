@@ -626,3 +626,18 @@ async fn live_log_streams_are_capped_per_client_with_a_429_naming_the_limit() {
     .await;
     assert_eq!(open(Some(&l.bob)).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn readyz_reports_an_owner_that_was_restarted() {
+    let mut l = lab(false).await;
+    let health = paddock::supervisor::Health::default();
+    std::sync::Arc::get_mut(&mut l.state).expect("one owner of the state").owners.push(("forwarder", health.clone()));
+    l.hosts.send(vec![HostStatus { name: "local".into(), up: true, last_error: None, vms_running: 0 }]).unwrap();
+    let (_, body) = call(&l.state, Method::GET, "/readyz", None, None).await;
+    assert!(!body.contains("restarted"), "{body}");
+    // As the forwarder's supervisor records a lane's panic (`outbox::tests`).
+    paddock::supervisor::record_restart("forwarder", &health, "injected fault".into());
+    let (st, body) = call(&l.state, Method::GET, "/readyz", None, None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(body.contains("forwarder owner restarted 1 time(s); last failure: injected fault"), "{body}");
+}
