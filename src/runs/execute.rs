@@ -423,14 +423,18 @@ impl Executor {
         run_dir: &Path,
     ) -> Result<(), String> {
         let step = |e: TransitionError| error_chain(&e);
+        // An artifact that could not be fetched does not change the build's outcome; the run's
+        // reason says what is missing (a failed run's own reason replaces it).
+        let mut update = RunUpdate::default();
         if !job.artifacts.is_empty() && !report.cancelled && report.infrastructure.is_none() && matches!(*state, RunState::Running(_)) {
             transition(&self.store, &row.id, *state, RunState::Collecting, RunUpdate::default()).await.map_err(step)?;
             *state = RunState::Collecting;
             if let Err(e) = self.collect_artifacts(session, job, run_dir).await {
                 warn!(error = %e, "fetching artifacts failed");
+                update.reason = Some(format!("artifacts not all fetched: {e}"));
             }
         }
-        transition(&self.store, &row.id, *state, RunState::Reporting, RunUpdate::default()).await.map_err(step)?;
+        transition(&self.store, &row.id, *state, RunState::Reporting, update).await.map_err(step)?;
         *state = RunState::Reporting;
         Ok(())
     }
@@ -445,7 +449,7 @@ impl Executor {
         let limit = self.config.artifact_op_timeout;
         let (out, _err, _status) = tokio::time::timeout(limit, session.exec_collect(&list, Vec::new()))
             .await
-            .map_err(|_| format!("listing the artifacts did not finish within {limit:?}"))?
+            .map_err(|_| format!("listing the artifacts did not finish within {limit:?} (limits.artifact_timeout)"))?
             .map_err(|e| error_chain(&e))?;
         let files: Vec<String> = String::from_utf8_lossy(&out).lines().map(str::to_string).collect();
         for remote in files.iter().take(self.config.artifact_max_files) {
@@ -456,7 +460,7 @@ impl Executor {
                 }
                 Ok(Err(e)) => warn!(file = %remote, error = %error_chain(&e), "artifact not fetched"),
                 // The session is stuck; the rest would wait as long.
-                Err(_) => return Err(format!("downloading {remote} did not finish within {limit:?}")),
+                Err(_) => return Err(format!("downloading {remote} did not finish within {limit:?} (limits.artifact_timeout)")),
             }
         }
         Ok(())
