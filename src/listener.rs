@@ -52,6 +52,9 @@ impl Default for ListenerConfig {
     }
 }
 
+/// Per connection, the most hyper buffers in either direction (request headers must fit).
+const MAX_BUF: usize = 64 * 1024;
+
 /// After the shutdown signal, open connections get this long to finish before they are dropped.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -91,6 +94,9 @@ pub async fn serve(
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_timeout)
+            // What hyper buffers per connection, read or write (default ~400 KiB): a client that
+            // does not read its stream holds at most this much of it here.
+            .max_buf_size(MAX_BUF)
             .serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
