@@ -33,6 +33,8 @@ pub const VMS_LOST: &str = "paddock_vm_lost_total";
 pub const FIRES_SKIPPED: &str = "paddock_fires_skipped_total";
 pub const OUTBOX_DELIVERED: &str = "paddock_outbox_delivered_total";
 pub const OUTBOX_FAILURES: &str = "paddock_outbox_failures_total";
+pub const OWNER_RESTARTS: &str = "paddock_owner_restarts_total";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "paddock_http_connections_refused_total";
 
 /// Seconds; boots under TCG take tens of seconds, builds take minutes to hours.
 const BOOT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
@@ -107,6 +109,16 @@ pub fn fire_skipped(job: &str) {
 pub fn outbox_attempt(recorder: &str, delivered: bool) {
     let name = if delivered { OUTBOX_DELIVERED } else { OUTBOX_FAILURES };
     ::metrics::counter!(name, "recorder" => recorder.to_string()).increment(1);
+}
+
+/// An owner task (`access`, `forwarder`) panicked and was started again.
+pub fn owner_restarted(owner: &'static str) {
+    ::metrics::counter!(OWNER_RESTARTS, "owner" => owner).increment(1);
+}
+
+/// A connection past `limits.http_connections` was answered 503 and closed.
+pub fn http_connection_refused() {
+    ::metrics::counter!(HTTP_CONNECTIONS_REFUSED).increment(1);
 }
 
 /// The current state, as read from the store at scrape time.

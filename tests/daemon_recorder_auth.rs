@@ -4,32 +4,14 @@
 //! read answers 401 without a credential, and the daemon's own run reaches the recorder exactly
 //! once, in-process.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-
-struct Serve {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::serve::{serve, token};
 
 const FLEET: &str = r#"
 version = 1
@@ -87,33 +69,6 @@ role = "viewer"
 name = "embedded"
 kind = "embedded"
 "#;
-
-fn paddock() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_paddock"));
-    c.env("PADDOCK_LOG", "warn");
-    c
-}
-
-fn token(fleet: &Path, user: &str) -> String {
-    let out = paddock().args(["token", "-c"]).arg(fleet).args(["create", user]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn serve(fleet: &Path) -> Serve {
-    let mut child = paddock().args(["serve", "-c"]).arg(fleet).args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("paddock listening on ") {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
-    let url = rx.recv_timeout(Duration::from_secs(60)).expect("paddock serve did not print its address");
-    Serve { child, url }
-}
 
 fn result_doc(host: &str, success: bool, key: Option<&str>) -> Value {
     let mut doc = json!({

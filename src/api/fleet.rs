@@ -25,12 +25,15 @@ pub async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
     let hosts = s.hosts.borrow().clone();
     let up = hosts.iter().filter(|h| h.up).count();
     // An owner that failed and was started again is reported (it serves again).
-    let owners = match s.access.as_ref().map(|a| a.health()) {
-        Some(h) if h.restarts > 0 => {
-            format!("access owner restarted {} time(s); last failure: {}\n", h.restarts, h.last_failure.as_deref().unwrap_or("unknown"))
-        }
-        _ => String::new(),
-    };
+    let mut healths: Vec<(&str, crate::supervisor::OwnerHealth)> = s.access.as_ref().map(|a| ("access", a.health())).into_iter().collect();
+    healths.extend(s.owners.iter().map(|(name, h)| (*name, h.lock().expect("health lock").clone())));
+    let owners: String = healths
+        .iter()
+        .filter(|(_, h)| h.restarts > 0)
+        .map(|(name, h)| {
+            format!("{name} owner restarted {} time(s); last failure: {}\n", h.restarts, h.last_failure.as_deref().unwrap_or("unknown"))
+        })
+        .collect();
     if up > 0 {
         (StatusCode::OK, format!("ready: {up} of {} hosts up\n{owners}", s.fleet().hosts.len()))
     } else {

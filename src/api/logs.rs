@@ -2,8 +2,9 @@
 //! Events that ends when the run does.
 //!
 //! The log file is written by the step runner; here it is only a growing byte
-//! stream. The follow polls the file for growth and the store for the run's
-//! state, at `ApiState::follow_poll`.
+//! stream. The follow is pushed, never polled: it waits on the run's pulse
+//! (`store::RunPulses`), which the log writer bumps after each append and the
+//! store after each change of the run's row.
 //!
 //! SSE events: `state` (JSON `FollowState`, whenever the state changes), `log`
 //! (a JSON string: the next bytes of the log, as text; the event id is the byte
@@ -14,25 +15,36 @@ use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path as FsPath, PathBuf};
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, Mutex};
+
+use axum::Extension;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::runs::{find, finished};
 use super::wire::FollowState;
-use super::{ApiError, Reader, Shared};
+use super::{ApiError, ApiState, Reader, Shared};
 use crate::runs::RunState;
-use crate::store::RunRow;
+use crate::store::{Pulse, RunRow};
 
 /// The most lines `?tail=` may ask for.
 const MAX_TAIL: usize = 100_000;
-/// The most bytes one `log` event carries; more waits for the next event.
-const CHUNK: usize = 256 * 1024;
+/// The most bytes one `log` event carries; more waits for the next event. With `QUEUED`, it
+/// bounds what a follow holds for a client that does not read: (1 + `QUEUED`) events of at most
+/// this much text (`make bench`: 200 followers of a 256 MiB log that read nothing).
+const CHUNK: usize = 64 * 1024;
+/// Events a follow queues for its client before it waits.
+const QUEUED: usize = 2;
 
 #[derive(Debug, Deserialize)]
 pub struct TailQuery {
@@ -138,17 +150,23 @@ pub(crate) fn read_tail(path: &FsPath, n: Option<usize>) -> std::io::Result<Vec<
 
 pub async fn follow(
     State(s): State<Shared>,
-    _r: Reader,
+    r: Reader,
     Path(id): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
+    // Subscribed before the row is read, so no change after the read goes unseen.
+    let pulse = s.store.pulses().subscribe(&id);
     let row = find(&s, &id).await?;
     let offset = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let Some(guard) = FollowGuard::try_new(&s.follows, s.max_follows) else {
-        return Err(ApiError::TooMany(format!("{} live log streams are open, the limit; close one or try again later", s.max_follows)));
+    let client = match (&r.0, &peer) {
+        (Some(actor), _) => format!("user:{}", actor.user),
+        (None, Some(Extension(ConnectInfo(addr)))) => format!("address:{}", addr.ip()),
+        (None, None) => "anonymous".to_owned(),
     };
-    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(16);
-    tokio::spawn(follow_task(s, row, offset, tx, guard));
+    let guard = FollowGuard::try_new(&s, client)?;
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(QUEUED);
+    tokio::spawn(follow_task(s, row, pulse, offset, tx, guard));
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
 }
 
@@ -168,15 +186,25 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
     Event::default().event(name).json_data(data).unwrap_or_else(|_| Event::default().event(name))
 }
 
-/// Implementation note: the follow runs in its own task feeding a small
-/// channel, so a slow client applies back-pressure to the reads and a client
-/// that goes away ends the task at its next send.
-async fn follow_task(s: Shared, first: RunRow, mut offset: u64, tx: mpsc::Sender<Result<Event, Infallible>>, _live: FollowGuard) {
+/// Implementation note: the follow runs in its own task feeding a small channel, so a slow
+/// client applies back-pressure to the reads and a client that goes away ends the task at its
+/// next send. It has no timer: it waits on the run's pulse (`store::RunPulses`), reads the log
+/// only after the log writer said it grew (or while a read filled a whole chunk) and the run's
+/// row only after the store said it changed.
+async fn follow_task(
+    s: Shared,
+    first: RunRow,
+    mut pulse: watch::Receiver<Pulse>,
+    mut offset: u64,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+    _live: FollowGuard,
+) {
     let id = first.id.clone();
     let mut last_state: Option<String> = None;
     // Bytes of a UTF-8 sequence split across reads, held for the next event.
     let mut carry: Vec<u8> = Vec::new();
     let mut row = first;
+    let mut seen = *pulse.borrow_and_update();
     loop {
         if last_state.as_deref() != Some(&row.state) {
             last_state = Some(row.state.clone());
@@ -210,9 +238,15 @@ async fn follow_task(s: Shared, first: RunRow, mut offset: u64, tx: mpsc::Sender
         }
         if !more {
             tokio::select! {
-                _ = tokio::time::sleep(s.follow_poll) => {}
+                r = pulse.changed() => if r.is_err() { return },
                 _ = tx.closed() => return,
             }
+        }
+        let now = *pulse.borrow_and_update();
+        let row_changed = now.row != seen.row;
+        seen = now;
+        if !row_changed {
+            continue;
         }
         row = match s.store.run(&id).await {
             Ok(Some(r)) => r,
@@ -225,21 +259,45 @@ async fn follow_task(s: Shared, first: RunRow, mut offset: u64, tx: mpsc::Sender
     }
 }
 
-/// Counts a follow for as long as its task lives.
-struct FollowGuard(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+/// Counts a follow, in all and for its client, for as long as its task lives.
+struct FollowGuard {
+    total: Arc<AtomicUsize>,
+    by_client: Arc<Mutex<HashMap<String, usize>>>,
+    client: String,
+}
 
 impl FollowGuard {
-    /// Counts one more follow, unless `max` are already streaming.
-    fn try_new(n: &std::sync::Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<FollowGuard> {
-        use std::sync::atomic::Ordering::SeqCst;
-        n.fetch_update(SeqCst, SeqCst, |c| (c < max).then_some(c + 1)).ok()?;
-        Some(FollowGuard(n.clone()))
+    /// Counts one more follow of `client`, unless `limits.live_streams` are already streaming
+    /// in all or `limits.live_streams_per_client` for this client.
+    fn try_new(s: &ApiState, client: String) -> Result<FollowGuard, ApiError> {
+        let mut by_client = s.follows_by_client.lock().expect("follow counts");
+        let mine = by_client.get(&client).copied().unwrap_or(0);
+        if mine >= s.max_follows_per_client {
+            return Err(ApiError::TooMany(format!(
+                "{mine} live log streams are open for this client, the limit (limits.live_streams_per_client); close one or try again later"
+            )));
+        }
+        if s.follows.fetch_update(SeqCst, SeqCst, |c| (c < s.max_follows).then_some(c + 1)).is_err() {
+            return Err(ApiError::TooMany(format!(
+                "{} live log streams are open, the limit (limits.live_streams); close one or try again later",
+                s.max_follows
+            )));
+        }
+        by_client.insert(client.clone(), mine + 1);
+        Ok(FollowGuard { total: s.follows.clone(), by_client: s.follows_by_client.clone(), client })
     }
 }
 
 impl Drop for FollowGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let mut by_client = self.by_client.lock().expect("follow counts");
+        if let Some(n) = by_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                by_client.remove(&self.client);
+            }
+        }
+        self.total.fetch_sub(1, SeqCst);
     }
 }
 

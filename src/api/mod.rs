@@ -20,7 +20,6 @@ pub mod wire;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::http::Method;
@@ -60,21 +59,26 @@ pub struct ApiState {
     pub started_at: DateTime<Utc>,
     /// Serve reads (API GETs, the dashboard, `/metrics`) without a token.
     pub public_reads: bool,
-    /// How often a log follow looks for new output and state changes.
-    pub follow_poll: Duration,
     pub metrics: PrometheusHandle,
     /// Log follows streaming right now (exported as a gauge; tests wait on it).
     pub follows: Arc<std::sync::atomic::AtomicUsize>,
-    /// The most log follows streaming at once; one more answers 429 naming the limit.
+    /// The most log follows streaming at once (`limits.live_streams`); one more answers 429
+    /// naming the limit.
     pub max_follows: usize,
+    /// Follows streaming now per client (a token's user, else an address).
+    pub follows_by_client: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// The most follows one client streams at once (`limits.live_streams_per_client`).
+    pub max_follows_per_client: usize,
     /// The access service; `None` answers access calls with 503.
     pub access: Option<crate::access::Access>,
     /// The VM manager, told about drains and resumes; `None` only records them.
     pub vms: Option<crate::vm::VmManager>,
+    /// Supervised owners besides access (the forwarder's lanes), reported by `/readyz`.
+    pub owners: Vec<(&'static str, crate::supervisor::Health)>,
 }
 
 impl ApiState {
-    /// State with the defaults: reads need a token, follows poll every 250 ms.
+    /// State with the defaults: reads need a token, follows limited as `[limits]` says by default.
     pub fn new(fleet: impl Into<LiveFleet>, store: Store, runs: RunsHandle, hosts: watch::Receiver<Vec<HostStatus>>) -> ApiState {
         ApiState {
             live: fleet.into(),
@@ -83,12 +87,14 @@ impl ApiState {
             hosts,
             started_at: Utc::now(),
             public_reads: false,
-            follow_poll: Duration::from_millis(250),
             metrics: crate::metrics::install(),
             follows: Arc::default(),
-            max_follows: 200,
+            max_follows: crate::config::Limits::default().live_streams,
+            follows_by_client: Arc::default(),
+            max_follows_per_client: crate::config::Limits::default().live_streams_per_client,
             access: None,
             vms: None,
+            owners: Vec::new(),
         }
     }
 

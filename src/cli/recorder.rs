@@ -33,6 +33,15 @@ pub struct RecorderArgs {
     /// Seconds of silence after which a platform is listed as missing.
     #[arg(long, default_value_t = 172_800)]
     missing_after_secs: u64,
+    /// Seconds a client has to send a request's headers (and an idle connection stays open).
+    #[arg(long, default_value_t = 15)]
+    header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body after its headers (408 past it).
+    #[arg(long, default_value_t = 60)]
+    request_timeout_secs: u64,
+    /// Connections served at once; one more gets 503 and is closed.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
 }
 
 fn parse_token(s: &str) -> Result<SubmitToken, String> {
@@ -87,8 +96,12 @@ async fn serve(mut args: RecorderArgs) -> anyhow::Result<()> {
     println!("listening on {addr}");
     std::io::stdout().flush().ok();
     tracing::info!(%addr, db = %args.db.display(), "recorder listening");
-    let app = recorder::router(rec).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    let limits = paddock::listener::ListenerConfig {
+        header_timeout: std::time::Duration::from_secs(args.header_timeout_secs.max(1)),
+        request_timeout: std::time::Duration::from_secs(args.request_timeout_secs.max(1)),
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+    };
+    paddock::listener::serve(listener, recorder::router(rec), limits, shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("recorder stopped");
     Ok(())
 }

@@ -41,6 +41,18 @@ pub struct Limits {
     pub result_steps: usize,
     /// Tags in one result's `client_info`.
     pub result_tags: usize,
+    /// The HTTP listener's deadline for a request's headers (and an idle connection).
+    pub http_header_timeout: std::time::Duration,
+    /// The HTTP listener's deadline for a request's body and the start of its response.
+    pub http_request_timeout: std::time::Duration,
+    /// HTTP connections served at once; one more gets 503 and is closed.
+    pub http_connections: usize,
+    /// Live log streams open at once, in all.
+    pub live_streams: usize,
+    /// Live log streams open at once for one client (a token's user, else an address).
+    pub live_streams_per_client: usize,
+    /// Each artifact listing and download from a guest.
+    pub artifact_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -52,6 +64,23 @@ impl Default for Limits {
             result_body_bytes: 16 << 20,
             result_steps: 1000,
             result_tags: 100,
+            http_header_timeout: std::time::Duration::from_secs(15),
+            http_request_timeout: std::time::Duration::from_secs(60),
+            http_connections: 1024,
+            live_streams: 200,
+            live_streams_per_client: 10,
+            artifact_timeout: std::time::Duration::from_secs(120),
+        }
+    }
+}
+
+impl Limits {
+    /// What the HTTP listener enforces.
+    pub fn listener(&self) -> crate::listener::ListenerConfig {
+        crate::listener::ListenerConfig {
+            header_timeout: self.http_header_timeout,
+            request_timeout: self.http_request_timeout,
+            max_connections: self.http_connections,
         }
     }
 }

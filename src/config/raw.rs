@@ -40,6 +40,12 @@ pub struct RawLimits {
     pub result_body: Option<S<String>>,
     pub result_steps: Option<S<i64>>,
     pub result_tags: Option<S<i64>>,
+    pub http_header_timeout: Option<S<String>>,
+    pub http_request_timeout: Option<S<String>>,
+    pub http_connections: Option<S<i64>>,
+    pub live_streams: Option<S<i64>>,
+    pub live_streams_per_client: Option<S<i64>>,
+    pub artifact_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -95,6 +95,18 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// A duration that must not be zero (a deadline of nothing refuses everything).
+    fn timeout(&mut self, v: &Option<S<String>>, path: &str, default: Duration) -> Duration {
+        let d = self.duration(v, path, default);
+        if d.is_zero() {
+            if let Some(s) = v {
+                self.error(Some(s.span()), path, "must be longer than 0s");
+            }
+            return default;
+        }
+        d
+    }
+
     fn positive<T: TryFrom<i64>>(&mut self, v: &S<i64>, path: &str, fallback: T) -> T {
         let n = *v.get_ref();
         match T::try_from(n) {
@@ -207,13 +219,24 @@ impl<'a> Validator<'a> {
             None => default,
             Some(n) => self.positive(n, &format!("limits.{key}"), default),
         };
+        let result_steps = count(&l.result_steps, "result_steps", d.result_steps);
+        let result_tags = count(&l.result_tags, "result_tags", d.result_tags);
+        let http_connections = count(&l.http_connections, "http_connections", d.http_connections);
+        let live_streams = count(&l.live_streams, "live_streams", d.live_streams);
+        let live_streams_per_client = count(&l.live_streams_per_client, "live_streams_per_client", d.live_streams_per_client);
         Limits {
             run_log_bytes,
             step_log_bytes,
             step_output_bytes: usize::try_from(step_output_bytes).unwrap_or(usize::MAX),
             result_body_bytes: usize::try_from(result_body_bytes).unwrap_or(usize::MAX),
-            result_steps: count(&l.result_steps, "result_steps", d.result_steps),
-            result_tags: count(&l.result_tags, "result_tags", d.result_tags),
+            result_steps,
+            result_tags,
+            http_header_timeout: self.timeout(&l.http_header_timeout, "limits.http_header_timeout", d.http_header_timeout),
+            http_request_timeout: self.timeout(&l.http_request_timeout, "limits.http_request_timeout", d.http_request_timeout),
+            http_connections,
+            live_streams,
+            live_streams_per_client,
+            artifact_timeout: self.timeout(&l.artifact_timeout, "limits.artifact_timeout", d.artifact_timeout),
         }
     }
 

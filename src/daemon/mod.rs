@@ -137,6 +137,7 @@ impl Daemon {
             .collect();
         let forwarder = Forwarder::new(store.clone(), destinations, Backoff::default(), Clock::system());
         let waker = forwarder.waker();
+        let forwarder_health = forwarder.health();
         let recorder_names: Vec<String> = forwarder_names(&fleet);
         forwarder.spawn(shutdown_rx.clone());
 
@@ -156,6 +157,7 @@ impl Daemon {
         executor_config.output_caps =
             crate::steps::OutputCaps { result_bytes: fleet.limits.step_output_bytes, log_bytes: fleet.limits.step_log_bytes };
         executor_config.run_log_bytes = fleet.limits.run_log_bytes;
+        executor_config.artifact_op_timeout = fleet.limits.artifact_timeout;
         let executor = Arc::new(
             Executor::new(live.clone(), store.clone(), executor_config, waker).with_vms(vms.clone(), Arc::new(client_key.clone())),
         );
@@ -178,19 +180,22 @@ impl Daemon {
         let mut api = ApiState::new(live.clone(), store.clone(), runs.clone(), hosts_rx);
         api.access = Some(access);
         api.vms = Some(vms.clone());
+        api.owners.push(("forwarder", forwarder_health));
         tokio::spawn(check_hosts(fleet.clone()));
         api.public_reads = fleet.daemon.public_reads;
+        api.max_follows = fleet.limits.live_streams;
+        api.max_follows_per_client = fleet.limits.live_streams_per_client;
         let app = app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
         let addr = options.listen.unwrap_or(fleet.daemon.listen);
         let listener = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| DaemonError::Listen { addr, source })?;
         let mut rx = shutdown_rx.clone();
+        let limits = fleet.limits;
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|v| *v).await;
-                })
-                .await
+            crate::listener::serve(listener, app, limits.listener(), async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .await
         });
         info!(%addr, "paddock listening");
 

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::clock::Clock;
 use crate::error::chain as error_chain;
 use crate::store::Store;
+use crate::supervisor::{Health, PanicHook, supervise};
 
 pub use deliver::{DeliveryError, Destination};
 
@@ -69,31 +70,54 @@ pub struct Forwarder {
     notifies: Vec<Arc<Notify>>,
     backoff: Backoff,
     clock: Clock,
+    health: Health,
+    panic: PanicHook,
 }
 
 impl Forwarder {
     pub fn new(store: Store, destinations: Vec<(String, Destination)>, backoff: Backoff, clock: Clock) -> Self {
         let notifies = destinations.iter().map(|_| Arc::new(Notify::new())).collect();
-        Forwarder { store, destinations, notifies, backoff, clock }
+        Forwarder { store, destinations, notifies, backoff, clock, health: Health::default(), panic: PanicHook::default() }
+    }
+
+    /// How the lanes have fared: restarts after panics, and the last reason.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Fault injection for the supervisor's test: armed, the next lane about to deliver panics.
+    pub fn panic_hook(&self) -> PanicHook {
+        self.panic.clone()
     }
 
     pub fn waker(&self) -> Waker {
         Waker { notifies: Arc::new(self.notifies.clone()) }
     }
 
-    /// Spawns one delivery task per recorder; they stop when `shutdown` turns true.
+    /// Spawns one delivery task per recorder, each under a supervisor that starts it again
+    /// (from the outbox in the store) if it panics; they stop when `shutdown` turns true.
     pub fn spawn(self, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         self.destinations
             .into_iter()
             .zip(self.notifies)
             .map(|((name, dest), notify)| {
-                let lane = Lane { name, dest, notify, store: self.store.clone(), backoff: self.backoff, clock: self.clock };
-                tokio::spawn(lane.run(shutdown.clone()))
+                let lane = Lane {
+                    name,
+                    dest,
+                    notify,
+                    store: self.store.clone(),
+                    backoff: self.backoff,
+                    clock: self.clock,
+                    panic: self.panic.clone(),
+                };
+                let shutdown = shutdown.clone();
+                tokio::spawn(supervise("forwarder", self.health.clone(), move || lane.clone().run(shutdown.clone())))
             })
             .collect()
     }
 }
 
+#[derive(Clone)]
 struct Lane {
     name: String,
     dest: Destination,
@@ -101,6 +125,7 @@ struct Lane {
     store: Store,
     backoff: Backoff,
     clock: Clock,
+    panic: PanicHook,
 }
 
 impl Lane {
@@ -134,6 +159,7 @@ impl Lane {
                 }
                 continue;
             }
+            self.panic.check("the forwarder lane panics before delivering");
             let result = self.dest.deliver(&entry.run_id, &entry.payload).await;
             let stored = match result {
                 Ok(key) => {
@@ -180,5 +206,73 @@ mod tests {
         for n in [10, 30, 1000] {
             assert!(b.delay(n) <= Duration::from_secs(72));
         }
+    }
+
+    #[tokio::test]
+    async fn a_lane_that_panics_is_restarted_from_the_outbox_and_still_delivers() {
+        let metrics = crate::metrics::install();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
+        let rec =
+            crate::recorder::Recorder::open(&dir.path().join("recorder.db"), crate::recorder::RecorderConfig::default()).await.unwrap();
+        let forwarder = Forwarder::new(
+            store.clone(),
+            vec![("embedded".into(), Destination::Embedded(rec.clone()))],
+            Backoff { first: Duration::from_millis(10), max: Duration::from_millis(50) },
+            Clock::system(),
+        );
+        let (waker, health, hook) = (forwarder.waker(), forwarder.health(), forwarder.panic_hook());
+        let (_stop, stop_rx) = watch::channel(false);
+        forwarder.spawn(stop_rx);
+        // The lane panics at its next delivery, as a bug in it would.
+        hook.arm();
+        let now = Utc::now();
+        let row = crate::store::RunRow {
+            id: "r1".into(),
+            job: "demo".into(),
+            image: "tiny".into(),
+            trigger: "manual".into(),
+            requested_by: None,
+            state: "queued".into(),
+            host: None,
+            vm_name: None,
+            scheduled_at: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            outcome: None,
+            reason: None,
+            result_json: None,
+            log_path: None,
+        };
+        store.insert_run(&row).await.unwrap();
+        let doc = serde_json::json!({
+            "client_info": {"package": "demo", "arch": "x86_64", "host": "h", "tags": [], "success": true},
+            "results": [{"name": "b", "type": "build", "command": "true", "status": 0, "output": "", "errout": ""}],
+        });
+        let end = crate::store::RunEnd {
+            run_id: "r1".into(),
+            from: "queued".into(),
+            state: "done".into(),
+            outcome: "success".into(),
+            reason: None,
+            result_json: doc.to_string(),
+            finished_at: now,
+            recorders: vec!["embedded".into()],
+        };
+        assert!(store.finish_run(end).await.unwrap());
+        waker.wake();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !store.outbox_pending().await.unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the result was not delivered after the lane's panic");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let h = health.lock().unwrap().clone();
+        assert_eq!(h.restarts, 1, "{h:?}");
+        assert!(h.last_failure.as_deref().unwrap().contains("injected fault"), "{h:?}");
+        // Delivered once, by the restarted lane.
+        assert_eq!(rec.row_counts().await.unwrap()[0], 1);
+        let text = metrics.render();
+        assert!(text.contains("paddock_owner_restarts_total{owner=\"forwarder\"}"), "{text}");
     }
 }

@@ -344,7 +344,9 @@ impl Executor {
 
         let (live, _) = broadcast::channel(1024);
         self.live.lock().expect("live map").insert(row.id.clone(), live.clone());
-        let writer = tokio::spawn(write_run_log(self.log_path(&row.id), job.steps.clone(), self.config.run_log_bytes, live.subscribe()));
+        let pulse = LogPulse { pulses: self.store.pulses().clone(), run_id: row.id.clone() };
+        let writer =
+            tokio::spawn(write_run_log(self.log_path(&row.id), job.steps.clone(), self.config.run_log_bytes, live.subscribe(), pulse));
         let (progress_tx, mut progress_rx) = watch::channel(0usize);
         let store = self.store.clone();
         let run_id = row.id.clone();
@@ -453,14 +455,18 @@ impl Executor {
         run_dir: &Path,
     ) -> Result<(), String> {
         let step = |e: TransitionError| error_chain(&e);
+        // An artifact that could not be fetched does not change the build's outcome; the run's
+        // reason says what is missing (a failed run's own reason replaces it).
+        let mut update = RunUpdate::default();
         if !job.artifacts.is_empty() && !report.cancelled && report.infrastructure.is_none() && matches!(*state, RunState::Running(_)) {
             transition(&self.store, &row.id, *state, RunState::Collecting, RunUpdate::default()).await.map_err(step)?;
             *state = RunState::Collecting;
             if let Err(e) = self.collect_artifacts(session, job, run_dir).await {
                 warn!(error = %e, "fetching artifacts failed");
+                update.reason = Some(format!("artifacts not all fetched: {e}"));
             }
         }
-        transition(&self.store, &row.id, *state, RunState::Reporting, RunUpdate::default()).await.map_err(step)?;
+        transition(&self.store, &row.id, *state, RunState::Reporting, update).await.map_err(step)?;
         *state = RunState::Reporting;
         Ok(())
     }
@@ -475,7 +481,7 @@ impl Executor {
         let limit = self.config.artifact_op_timeout;
         let (out, _err, _status) = tokio::time::timeout(limit, session.exec_collect(&list, Vec::new()))
             .await
-            .map_err(|_| format!("listing the artifacts did not finish within {limit:?}"))?
+            .map_err(|_| format!("listing the artifacts did not finish within {limit:?} (limits.artifact_timeout)"))?
             .map_err(|e| error_chain(&e))?;
         let files: Vec<String> = String::from_utf8_lossy(&out).lines().map(str::to_string).collect();
         for remote in files.iter().take(self.config.artifact_max_files) {
@@ -486,7 +492,7 @@ impl Executor {
                 }
                 Ok(Err(e)) => warn!(file = %remote, error = %error_chain(&e), "artifact not fetched"),
                 // The session is stuck; the rest would wait as long.
-                Err(_) => return Err(format!("downloading {remote} did not finish within {limit:?}")),
+                Err(_) => return Err(format!("downloading {remote} did not finish within {limit:?} (limits.artifact_timeout)")),
             }
         }
         Ok(())
@@ -753,7 +759,28 @@ fn step_records(report: &StepsReport) -> Vec<StepRecord> {
 /// Appends every chunk of live output to the run's log, with a header per step, up to `cap`
 /// bytes of output. At the cap the log says so; at the end it says how much was left out (the
 /// per-step files keep each stream's head and tail).
-async fn write_run_log(path: PathBuf, steps: Vec<crate::config::Step>, cap: u64, mut rx: broadcast::Receiver<OutputChunk>) {
+/// Whom the log writer tells that the run's log grew (its live follows).
+struct LogPulse {
+    pulses: crate::store::RunPulses,
+    run_id: String,
+}
+
+impl LogPulse {
+    /// After the bytes are in the file (a tokio file's write returns before the OS has them),
+    /// so a follow woken by the pulse reads them.
+    async fn written(&self, file: &mut tokio::fs::File) {
+        let _ = file.flush().await;
+        self.pulses.log_written(&self.run_id);
+    }
+}
+
+async fn write_run_log(
+    path: PathBuf,
+    steps: Vec<crate::config::Step>,
+    cap: u64,
+    mut rx: broadcast::Receiver<OutputChunk>,
+    pulse: LogPulse,
+) {
     let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await else {
         warn!(path = %path.display(), "cannot open the run log");
         return;
@@ -779,6 +806,7 @@ async fn write_run_log(path: PathBuf, steps: Vec<crate::config::Step>, cap: u64,
                 if len <= room {
                     let _ = file.write_all(&chunk.data).await;
                     written += len;
+                    pulse.written(&mut file).await;
                     continue;
                 }
                 let _ = file.write_all(&chunk.data[..room as usize]).await;
@@ -789,10 +817,12 @@ async fn write_run_log(path: PathBuf, steps: Vec<crate::config::Step>, cap: u64,
                      step-{current:02}.stdout/.stderr keep each stream's head and tail]\n"
                 );
                 let _ = file.write_all(note.as_bytes()).await;
+                pulse.written(&mut file).await;
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 let note = format!("\n[paddock: {n} chunks of live output not shown here; see step-NN.stdout/stderr]\n");
                 let _ = file.write_all(note.as_bytes()).await;
+                pulse.written(&mut file).await;
             }
             Err(broadcast::error::RecvError::Closed) => break,
         }
@@ -801,7 +831,7 @@ async fn write_run_log(path: PathBuf, steps: Vec<crate::config::Step>, cap: u64,
         let note = format!("[paddock: {dropped} bytes of output after the cut are not in this log]\n");
         let _ = file.write_all(note.as_bytes()).await;
     }
-    let _ = file.flush().await;
+    pulse.written(&mut file).await;
 }
 
 /// Quotes a glob for the guest's sh, leaving `*`, `?` and `[...]` active.

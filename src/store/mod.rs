@@ -11,6 +11,7 @@ mod grants;
 mod hosts;
 mod listing;
 mod outbox;
+mod pulse;
 mod runs;
 mod schedule;
 mod tokens;
@@ -26,6 +27,7 @@ pub use grants::{AuditEntry, CertRecord, GrantRow};
 pub use hosts::{HostPeriod, HostVolume};
 pub use listing::{AccessRow, AuditRow};
 pub use outbox::OutboxEntry;
+pub use pulse::{Pulse, RunPulses};
 pub use runs::{RetryRow, RunEnd, RunFilter, RunRow, RunUpdate};
 pub use tokens::{NewToken, TokenRow};
 pub use vms::VmRow;
@@ -86,6 +88,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Store {
     conn: tokio_rusqlite::Connection,
     path: PathBuf,
+    pulses: RunPulses,
 }
 
 impl Store {
@@ -96,11 +99,16 @@ impl Store {
         let conn = tokio_rusqlite::Connection::open(path).await.map_err(|source| StoreError::Open { path: p.clone(), source })?;
         let pp = p.clone();
         conn.call(move |c| prepare(c, &pp)).await?;
-        Ok(Store { conn, path: p })
+        Ok(Store { conn, path: p, pulses: RunPulses::default() })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Change notices per followed run: the store pulses after each write to a run's row.
+    pub fn pulses(&self) -> &RunPulses {
+        &self.pulses
     }
 
     /// Runs `f` on the store's thread.

@@ -144,17 +144,23 @@ impl Store {
     /// `runs::transition` is the one caller, after checking the move is legal.
     pub async fn transition_run(&self, id: &str, from: &str, to: &str, update: RunUpdate) -> Result<bool> {
         let (id, from, to) = (id.to_string(), from.to_string(), to.to_string());
-        self.call(move |c| {
-            let n = c.execute(
-                "UPDATE runs SET state = ?3,
+        let pulse_id = id.clone();
+        let moved = self
+            .call(move |c| {
+                let n = c.execute(
+                    "UPDATE runs SET state = ?3,
                     host = coalesce(?4, host), vm_name = coalesce(?5, vm_name),
                     started_at = coalesce(?6, started_at), reason = coalesce(?7, reason)
                  WHERE id = ?1 AND state = ?2",
-                params![id, from, to, update.host, update.vm_name, update.started_at.map(ts), update.reason],
-            )?;
-            Ok(n == 1)
-        })
-        .await
+                    params![id, from, to, update.host, update.vm_name, update.started_at.map(ts), update.reason],
+                )?;
+                Ok(n == 1)
+            })
+            .await?;
+        if moved {
+            self.pulses().row_changed(&pulse_id);
+        }
+        Ok(moved)
     }
 
     /// Ends a run: final state, outcome, result and one outbox entry per
@@ -170,35 +176,45 @@ impl Store {
     /// run that re-runs this one, with its link (`run_retries`). So a crash can
     /// never leave a run ended as "will be retried" without its retry.
     pub async fn finish_run_and_retry(&self, end: RunEnd, retry: Option<(RunRow, RetryRow)>) -> Result<bool> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            if let Some((run, link)) = &retry {
-                insert(&tx, run)?;
-                tx.execute(
-                    "INSERT INTO run_retries (run_id, retry_of, attempt, attempts, note) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![link.run_id, link.retry_of, link.attempt, link.attempts, link.note],
-                )?;
-            }
-            let now = ts(end.finished_at);
-            let n = tx.execute(
-                "UPDATE runs SET state = ?2, outcome = ?3, reason = coalesce(?4, reason), result_json = ?5,
+        let pulse_id = end.run_id.clone();
+        let retry_id = retry.as_ref().map(|(run, _)| run.id.clone());
+        let ended = self
+            .call(move |c| {
+                let tx = c.transaction()?;
+                if let Some((run, link)) = &retry {
+                    insert(&tx, run)?;
+                    tx.execute(
+                        "INSERT INTO run_retries (run_id, retry_of, attempt, attempts, note) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![link.run_id, link.retry_of, link.attempt, link.attempts, link.note],
+                    )?;
+                }
+                let now = ts(end.finished_at);
+                let n = tx.execute(
+                    "UPDATE runs SET state = ?2, outcome = ?3, reason = coalesce(?4, reason), result_json = ?5,
                     finished_at = ?6 WHERE id = ?1 AND state = ?7",
-                params![end.run_id, end.state, end.outcome, end.reason, end.result_json, now, end.from],
-            )?;
-            if n == 0 {
-                return Ok(false);
-            }
-            for r in &end.recorders {
-                tx.execute(
-                    "INSERT OR IGNORE INTO outbox (run_id, recorder, payload, created_at, next_attempt_at)
-                     VALUES (?1, ?2, ?3, ?4, ?4)",
-                    params![end.run_id, r, end.result_json, now],
+                    params![end.run_id, end.state, end.outcome, end.reason, end.result_json, now, end.from],
                 )?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                for r in &end.recorders {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO outbox (run_id, recorder, payload, created_at, next_attempt_at)
+                     VALUES (?1, ?2, ?3, ?4, ?4)",
+                        params![end.run_id, r, end.result_json, now],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(true)
+            })
+            .await?;
+        if ended {
+            self.pulses().row_changed(&pulse_id);
+            if let Some(id) = retry_id {
+                self.pulses().row_changed(&id);
             }
-            tx.commit()?;
-            Ok(true)
-        })
-        .await
+        }
+        Ok(ended)
     }
 
     pub async fn run(&self, id: &str) -> Result<Option<RunRow>> {

@@ -112,6 +112,7 @@ async fn logs_follow_streams_live_output_until_the_run_ends() {
     }
     // ... then what the step runner writes while we follow.
     std::fs::write(&l.log, "== step 1: setup\nLinux paddock 6.1\n== step 2: build\ncompiling...\nlinked\n").unwrap();
+    l.store.pulses().log_written(&l.running);
     let line = tokio::time::timeout(deadline, out.next_line()).await.expect("live output in time").unwrap();
     assert_eq!(line.as_deref(), Some("linked"));
     paddock_finish(&l.store, &l.running).await;

@@ -52,7 +52,6 @@ pub async fn lab(public_reads: bool) -> Lab {
     let (hosts_tx, hosts_rx) = watch::channel(Vec::new());
     let mut st = ApiState::new(fleet, store.clone(), runs, hosts_rx);
     st.public_reads = public_reads;
-    st.follow_poll = std::time::Duration::from_millis(20);
     let log = state_dir.join("logs").join("r-running.log");
     let (running, held, failed) = seed(&store, &log).await;
     Lab {
@@ -184,7 +183,8 @@ pub async fn serve(state: Shared) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(listener, paddock::daemon::app(state)).await.unwrap();
+        let config = paddock::listener::ListenerConfig::default();
+        paddock::listener::serve(listener, paddock::daemon::app(state), config, std::future::pending()).await.unwrap();
     });
     format!("http://{addr}")
 }

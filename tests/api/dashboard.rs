@@ -26,6 +26,7 @@ fn finish_when_followed(state: Shared, run: &str, log: PathBuf) -> tokio::task::
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         f.write_all(b"linked paddock (written while the browser watched)\n").unwrap();
+        state.store.pulses().log_written(&run);
         paddock_finish(&state.store, &run).await;
     })
 }

@@ -356,10 +356,12 @@ async fn sse_follow_streams_the_log_until_the_run_ends() {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new().append(true).open(&l.log).unwrap();
     f.write_all("linked paddock ✓\n".as_bytes()).unwrap();
+    l.store.pulses().log_written(&l.running);
     until(&mut body, &mut seen, "appended output", |s| s.contains("linked paddock ✓")).await;
     assert!(l.store.transition_run(&l.running, "running:1", "running:2", Default::default()).await.unwrap());
     until(&mut body, &mut seen, "the state change", |s| s.contains("running step 3")).await;
     f.write_all(b"== step 3: test\nok\n").unwrap();
+    l.store.pulses().log_written(&l.running);
     paddock_finish(&l.store, &l.running).await;
     until(&mut body, &mut seen, "the end event", |s| s.contains("event: end")).await;
     // Output written before the run ended came before `end`, and the stream closes.
@@ -543,4 +545,99 @@ async fn live_log_streams_are_capped_with_a_429_naming_the_limit() {
     })
     .await;
     assert_eq!(http.get(&follow).send().await.unwrap().status(), StatusCode::OK);
+}
+
+/// A follow is pushed by the log writer, not polled: bytes that reach the file without a pulse
+/// stay unseen through an hour of (paused, auto-advancing) time, in which a poller of any period
+/// would have found them; the pulse brings them at once.
+#[tokio::test(start_paused = true)]
+async fn a_follow_is_woken_by_the_log_writers_pulse_never_by_a_timer() {
+    let l = lab(false).await;
+    let req = Request::get(format!("/api/v1/runs/{}/log/follow", l.running))
+        .header("authorization", format!("Bearer {}", l.bob))
+        .body(Body::empty())
+        .unwrap();
+    let resp = paddock::api::router(l.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body().into_data_stream();
+    let mut seen = String::new();
+    while !seen.contains("compiling...") {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(60), body.next()).await.expect("the existing log");
+        seen.push_str(&String::from_utf8_lossy(&frame.unwrap().unwrap()));
+    }
+    use std::io::Write;
+    std::fs::OpenOptions::new().append(true).open(&l.log).unwrap().write_all(b"written without a pulse\n").unwrap();
+    let quiet_until = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+    // Only keep-alive comments arrive meanwhile.
+    while let Ok(frame) = tokio::time::timeout_at(quiet_until, body.next()).await {
+        let text = String::from_utf8_lossy(&frame.unwrap().unwrap()).into_owned();
+        assert!(!text.contains("without a pulse"), "the follow read the log without being told: {text}");
+    }
+    l.store.pulses().log_written(&l.running);
+    let mut after = String::new();
+    while !after.contains("written without a pulse") {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(60), body.next()).await.expect("the pulsed bytes");
+        after.push_str(&String::from_utf8_lossy(&frame.unwrap().unwrap()));
+    }
+}
+
+#[tokio::test]
+async fn live_log_streams_are_capped_per_client_with_a_429_naming_the_limit() {
+    let mut l = lab(true).await;
+    {
+        let st = std::sync::Arc::get_mut(&mut l.state).expect("one owner of the state");
+        st.max_follows = 10;
+        st.max_follows_per_client = 2;
+    }
+    let url = crate::common::serve(l.state.clone()).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let follow = format!("{url}/api/v1/runs/{}/log/follow", l.running);
+    let open = async |token: Option<&str>| {
+        let mut r = http.get(&follow);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().await.unwrap()
+    };
+    let bob1 = open(Some(&l.bob)).await;
+    let bob2 = open(Some(&l.bob)).await;
+    assert_eq!((bob1.status(), bob2.status()), (StatusCode::OK, StatusCode::OK));
+    let third = open(Some(&l.bob)).await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = third.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("2 live log streams are open for this client, the limit (limits.live_streams_per_client)"),
+        "{body}"
+    );
+    // Another user is another client; so is an anonymous reader, counted by address.
+    assert_eq!(open(Some(&l.alice)).await.status(), StatusCode::OK);
+    let anon: Vec<_> = [open(None).await, open(None).await, open(None).await].into_iter().map(|r| r.status()).collect();
+    assert_eq!(anon, [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
+    // A closed stream frees its client's place.
+    drop(bob1);
+    let follows = l.state.follows.clone();
+    wait_for("bob's first follow to end", std::time::Duration::from_secs(10), async || {
+        (follows.load(std::sync::atomic::Ordering::SeqCst) == 4).then_some(())
+    })
+    .await;
+    assert_eq!(open(Some(&l.bob)).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn readyz_reports_an_owner_that_was_restarted() {
+    let mut l = lab(false).await;
+    let health = paddock::supervisor::Health::default();
+    std::sync::Arc::get_mut(&mut l.state).expect("one owner of the state").owners.push(("forwarder", health.clone()));
+    l.hosts.send(vec![HostStatus { name: "local".into(), up: true, last_error: None, vms_running: 0 }]).unwrap();
+    let (_, body) = call(&l.state, Method::GET, "/readyz", None, None).await;
+    assert!(!body.contains("restarted"), "{body}");
+    // As the forwarder's supervisor records a lane's panic (`outbox::tests`).
+    paddock::supervisor::record_restart("forwarder", &health, "injected fault".into());
+    let (st, body) = call(&l.state, Method::GET, "/readyz", None, None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(body.contains("forwarder owner restarted 1 time(s); last failure: injected fault"), "{body}");
 }

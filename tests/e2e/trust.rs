@@ -239,3 +239,42 @@ command = "PROBE"
     );
     daemon.stop().await.unwrap();
 }
+
+/// `/proc/kmsg` is a regular file whose read blocks once the kernel's messages are drained: an
+/// artifact that never ends. Its download is cut at `limits.artifact_timeout`, the run still
+/// ends (with the build's own outcome) and its reason names the file and the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_that_never_ends_is_cut_at_the_artifact_timeout_and_the_run_says_so() {
+    ensure_guest_image();
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(
+        dir.path(),
+        "26410-26414",
+        &baked_host_key(),
+        r#"
+[[jobs]]
+name = "endless-artifact"
+images = ["tiny"]
+artifacts = ["/proc/kmsg"]
+[[jobs.steps]]
+name = "build"
+type = "build"
+command = "echo built"
+
+[limits]
+artifact_timeout = "5s"
+"#,
+    );
+    assert_eq!(fleet.limits.artifact_timeout, Duration::from_secs(5));
+    let daemon = start(fleet).await;
+    let _guard = DomainGuard::new(dir.path());
+    let ids = daemon.runs.trigger("endless-artifact", None, Trigger::Manual { by: "alice".into() }).await.unwrap();
+    let row = wait_for_run(&daemon, &ids[0], Duration::from_secs(600), finished).await;
+    assert_eq!(row.outcome.as_deref(), Some("success"), "{row:?}");
+    let reason = row.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("artifacts not all fetched: downloading /proc/kmsg did not finish within 5s (limits.artifact_timeout)"),
+        "{row:?}"
+    );
+    daemon.stop().await.unwrap();
+}

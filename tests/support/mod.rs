@@ -11,6 +11,7 @@ pub mod donor;
 pub mod fixtures;
 pub mod guest;
 pub mod recorder;
+pub mod serve;
 pub mod sshd;
 pub mod virsh;
 

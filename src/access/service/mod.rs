@@ -97,14 +97,7 @@ enum Cmd {
     InjectPanic,
 }
 
-/// How the access owner has fared since the daemon started.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OwnerHealth {
-    /// Times the owner failed (panicked) and was started again from the store.
-    pub restarts: u64,
-    /// Why it last failed.
-    pub last_failure: Option<String>,
-}
+pub use crate::supervisor::OwnerHealth;
 
 /// A handle to the access service; cheap to clone.
 #[derive(Clone)]
@@ -246,19 +239,7 @@ async fn supervise(
         .await;
         match ran {
             Ok(()) => return,
-            Err(e) if e.is_panic() => {
-                let payload = e.into_panic();
-                let why = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".into());
-                tracing::error!(reason = %why, "the access owner failed; starting it again from the store");
-                metrics::counter!("paddock_owner_restarts_total", "owner" => "access").increment(1);
-                let mut h = health.lock().expect("health lock");
-                h.restarts += 1;
-                h.last_failure = Some(why);
-            }
+            Err(e) if e.is_panic() => crate::supervisor::record_restart("access", &health, crate::supervisor::panic_reason(e)),
             Err(_) => return,
         }
     }
