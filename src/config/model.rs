@@ -386,6 +386,10 @@ pub struct Image {
     pub firmware: Option<PathBuf>,
     /// What the guest may reach besides its SSH forward.
     pub network: GuestNetwork,
+    /// The stable name of this platform in recorders (a result's `host`): the image's name
+    /// unless `platform` says otherwise. Never a VM's or a hypervisor's name, so every run of a
+    /// job on this image lands in one tagset.
+    pub platform: String,
 }
 
 /// What a guest on user-mode networking (passt) may reach. Neither mode reaches the host's

@@ -112,6 +112,8 @@ pub struct RawImage {
     pub firmware: Option<S<String>>,
     /// `"outbound"` (default) or `"none"`; see `GuestNetwork`.
     pub network: Option<S<String>>,
+    /// The platform name results of this image carry as `host`; absent: the image's name.
+    pub platform: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

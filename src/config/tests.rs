@@ -454,3 +454,20 @@ fn input_rules() {
     assert_eq!(validate::parse_size("100"), Some(100));
     assert_eq!(validate::parse_size("1X"), None);
 }
+
+#[test]
+fn an_images_platform_defaults_to_its_name_and_must_be_a_name() {
+    let fleet = parse(GOOD, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.images[0].platform, "tiny-x86_64");
+    let src = with("name = \"tiny-x86_64\"\n", "name = \"tiny-x86_64\"\nplatform = \"tiny\"\n");
+    let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.images[0].platform, "tiny");
+    let src = with("name = \"tiny-x86_64\"\n", "name = \"tiny-x86_64\"\nplatform = \"tiny box/1\"\n");
+    let l = line_of(&src, "platform =");
+    assert_eq!(
+        errors(&src),
+        vec![format!(
+            "fleet.toml:{l}:12: images[0].platform: `tiny box/1` is not a valid platform name; use 1-48 of a-z, A-Z, 0-9, `-`, `_`, `.`"
+        )]
+    );
+}

@@ -439,7 +439,13 @@ impl<'a> Validator<'a> {
                 HostKeyPolicy::PerVm
             }
         };
+        // Not unique: two images may deliberately report as one platform.
+        let platform = match &m.platform {
+            None => name.clone(),
+            Some(v) => self.name(v, &format!("{p}.platform"), &mut HashSet::new(), "platform"),
+        };
         Image {
+            platform,
             name,
             os,
             arch,

@@ -180,7 +180,7 @@ impl Daemon {
         api.vms = Some(vms.clone());
         tokio::spawn(check_hosts(fleet.clone()));
         api.public_reads = fleet.daemon.public_reads;
-        let app = app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
+        let app = app(Arc::new(api)).merge(crate::recorder::nest_under("/recorder", recorder.clone()));
         let addr = options.listen.unwrap_or(fleet.daemon.listen);
         let listener = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| DaemonError::Listen { addr, source })?;

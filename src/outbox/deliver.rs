@@ -67,7 +67,14 @@ impl Destination {
                 Ok(key)
             }
             Destination::PonyBuild { client, url } => {
-                let client_info = json_to_xmlrpc(doc.get("client_info").unwrap_or(&serde_json::Value::Null));
+                // pony-build's add_results takes no extras; they travel inside client_info (kept
+                // whole by pony-build, outside the tagset), so the VM, hypervisor and run id
+                // reach it while `host` stays the platform.
+                let mut client_info = doc.get("client_info").cloned().unwrap_or(serde_json::Value::Null);
+                if let (Some(ci), Some(extras)) = (client_info.as_object_mut(), doc.get("extras")) {
+                    ci.insert("paddock".into(), extras.clone());
+                }
+                let client_info = json_to_xmlrpc(&client_info);
                 let results = json_to_xmlrpc(doc.get("results").unwrap_or(&serde_json::Value::Null));
                 let call = MethodCall { name: "add_results".into(), params: vec![client_info, results] };
                 let xml = call.to_xml().map_err(|e| DeliveryError::BadResponse { url: url.clone(), detail: e.to_string() })?;

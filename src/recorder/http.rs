@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
 use super::model::{BagError, ClientInfo, ResultDoc, ResultKey};
-use super::store::{Filter, PackageHealth, StoredResult, Summary};
+use super::store::{Filter, History, HistoryMark, PackageHealth, StoredResult, Summary};
 use super::{Origin, Recorder, RecorderError, xmlrpc};
 
 /// The REST and XML-RPC routes plus `pages` (the HTML pages and feeds of `web.rs`, passed
@@ -362,6 +362,51 @@ pub(super) struct SummaryJson {
     tagset: Vec<String>,
     success: bool,
     duration: Option<f64>,
+    /// A failure whose platform's next result passed (absent where not worked out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flaky: Option<bool>,
+    /// A failure right after a pass (absent where not worked out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    after_pass: Option<bool>,
+}
+
+impl SummaryJson {
+    fn marked(s: &Summary, m: &HistoryMark) -> SummaryJson {
+        SummaryJson { flaky: Some(m.flaky), after_pass: Some(m.after_pass), ..SummaryJson::from(s) }
+    }
+}
+
+/// A platform's history as the REST API gives it.
+#[derive(Serialize)]
+struct PlatformHistoryJson {
+    tagset_id: i64,
+    total: usize,
+    passed: usize,
+    /// Kept for clients of earlier versions; the same as `passed`.
+    succeeded: usize,
+    /// "3 of last 4 passed".
+    summary: String,
+    last_pass: Option<SummaryJson>,
+    /// While the platform fails, its first failure after the last pass (the likely regression).
+    first_failure: Option<SummaryJson>,
+    flaky: usize,
+    results: Vec<SummaryJson>,
+}
+
+impl From<&History> for PlatformHistoryJson {
+    fn from(h: &History) -> Self {
+        PlatformHistoryJson {
+            tagset_id: h.tagset_id,
+            total: h.recent.len(),
+            passed: h.passed,
+            succeeded: h.passed,
+            summary: h.summary(),
+            last_pass: h.last_pass.as_ref().map(SummaryJson::from),
+            first_failure: h.first_failure.as_ref().map(SummaryJson::from),
+            flaky: h.recent.iter().filter(|(_, m)| m.flaky).count(),
+            results: h.recent.iter().map(|(s, m)| SummaryJson::marked(s, m)).collect(),
+        }
+    }
 }
 
 impl From<&Summary> for SummaryJson {
@@ -377,6 +422,8 @@ impl From<&Summary> for SummaryJson {
             tagset: s.tagset.tags().to_vec(),
             success: s.success,
             duration: s.duration,
+            flaky: None,
+            after_pass: None,
         }
     }
 }
@@ -402,15 +449,27 @@ async fn packages_json(State(rec): State<Recorder>) -> Result<Json<Vec<PackageJs
 #[derive(Serialize)]
 struct TagsetsJson {
     package: String,
-    tagsets: Vec<SummaryJson>,
+    tagsets: Vec<TagsetJson>,
+}
+
+/// A platform's latest result with its history beside it.
+#[derive(Serialize)]
+struct TagsetJson {
+    #[serde(flatten)]
+    latest: SummaryJson,
+    history: PlatformHistoryJson,
 }
 
 async fn tagsets_json(State(rec): State<Recorder>, Path(package): Path<String>) -> Result<Json<TagsetsJson>, ApiError> {
-    let latest = rec.latest_per_tagset(&package).await?;
-    if latest.is_empty() {
+    let histories = rec.package_histories(&package).await?;
+    if histories.is_empty() {
         return Err(ApiError::NotFound(format!("no results for package {package:?}")));
     }
-    Ok(Json(TagsetsJson { package, tagsets: latest.iter().map(SummaryJson::from).collect() }))
+    let tagsets = histories
+        .iter()
+        .filter_map(|h| h.recent.first().map(|(s, m)| TagsetJson { latest: SummaryJson::marked(s, m), history: h.into() }))
+        .collect();
+    Ok(Json(TagsetsJson { package, tagsets }))
 }
 
 #[derive(Serialize)]
@@ -424,6 +483,14 @@ struct ResultJson {
     client_info: JsonValue,
     steps: Vec<JsonValue>,
     extras: JsonValue,
+    flaky: bool,
+    after_pass: bool,
+}
+
+impl ResultJson {
+    fn new(r: StoredResult, mark: HistoryMark) -> Self {
+        ResultJson { flaky: mark.flaky, after_pass: mark.after_pass, ..r.into() }
+    }
 }
 
 impl From<StoredResult> for ResultJson {
@@ -438,6 +505,8 @@ impl From<StoredResult> for ResultJson {
             client_info: r.doc.client_info.to_json(),
             steps: r.doc.steps.iter().map(|s| s.to_json()).collect(),
             extras: JsonValue::Object(r.doc.extras),
+            flaky: false,
+            after_pass: false,
         }
     }
 }
@@ -449,7 +518,7 @@ pub(super) fn parse_key(s: &str) -> Result<ResultKey, ApiError> {
 async fn result_json(State(rec): State<Recorder>, Path(key): Path<String>) -> Result<Json<ResultJson>, ApiError> {
     let key = parse_key(&key)?;
     match rec.get(key).await? {
-        Some(r) => Ok(Json(r.into())),
+        Some(r) => Ok(Json(ResultJson::new(r, rec.mark_of(key).await?))),
         None => Err(ApiError::NotFound(format!("no result with key {key}"))),
     }
 }
@@ -459,33 +528,16 @@ struct HistoryQuery {
     limit: Option<u32>,
 }
 
-#[derive(Serialize)]
-struct HistoryJson {
-    tagset_id: i64,
-    total: usize,
-    succeeded: usize,
-    summary: String,
-    results: Vec<SummaryJson>,
-}
-
 async fn history_json(
     State(rec): State<Recorder>,
     Path(id): Path<i64>,
     Query(q): Query<HistoryQuery>,
-) -> Result<Json<HistoryJson>, ApiError> {
-    let limit = q.limit.unwrap_or(10).clamp(1, 1000);
-    let results = rec.history(id, limit).await?;
-    if results.is_empty() {
-        return Err(ApiError::NotFound(format!("no tagset with id {id}")));
+) -> Result<Json<PlatformHistoryJson>, ApiError> {
+    let limit = q.limit.unwrap_or(super::HISTORY_WINDOW).clamp(1, 1000);
+    match rec.platform_history(id, limit).await? {
+        Some(h) => Ok(Json((&h).into())),
+        None => Err(ApiError::NotFound(format!("no tagset with id {id}"))),
     }
-    let succeeded = results.iter().filter(|r| r.success).count();
-    Ok(Json(HistoryJson {
-        tagset_id: id,
-        total: results.len(),
-        succeeded,
-        summary: format!("{succeeded} of the last {} succeeded", results.len()),
-        results: results.iter().map(SummaryJson::from).collect(),
-    }))
 }
 
 #[derive(Deserialize)]

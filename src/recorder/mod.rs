@@ -15,13 +15,26 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use auth::{Authenticator, Principal, SubmitToken};
 pub use model::{Bag, BagError, ClientInfo, ResultDoc, ResultKey, Step, Tagset};
-pub use store::{Filter, PackageHealth, Receipt, StoredResult, Summary};
+pub use store::{Filter, History, HistoryMark, PackageHealth, Receipt, StoredResult, Summary};
+
+/// How many of a platform's newest results "N of last N passed" counts.
+pub const HISTORY_WINDOW: u32 = 10;
 
 /// Everything the recorder serves, with its state applied, ready to `merge` into a bigger app
 /// (or `nest` under a prefix, with `RecorderConfig::base_path` set to that prefix): the REST and
 /// XML-RPC routes of `http.rs` and the pages and feeds of `web.rs`.
 pub fn router(rec: Recorder) -> axum::Router {
     http::router(rec, web::routes())
+}
+
+/// The recorder nested under `prefix` (e.g. `/recorder`, which `RecorderConfig::base_path`
+/// must match), answering both `{prefix}` and `{prefix}/`: the second redirects to the first,
+/// so links written either way work.
+pub fn nest_under(prefix: &str, rec: Recorder) -> axum::Router {
+    let to = prefix.to_owned();
+    axum::Router::new()
+        .route(&format!("{prefix}/"), axum::routing::get(move || async move { axum::response::Redirect::permanent(&to) }))
+        .nest(prefix, router(rec))
 }
 
 /// How a recorder behaves; defaults follow pony-build where it had one.
@@ -250,6 +263,36 @@ impl Recorder {
 
     pub async fn history(&self, tagset_id: i64, limit: u32) -> Result<Vec<Summary>, RecorderError> {
         self.read("reading a platform's history", move |c| store::history(c, tagset_id, limit)).await
+    }
+
+    /// A platform's history over its newest `window` results; `None` for an unknown platform.
+    pub async fn platform_history(&self, tagset_id: i64, window: u32) -> Result<Option<History>, RecorderError> {
+        self.read("reading a platform's history", move |c| store::history::history(c, tagset_id, window)).await
+    }
+
+    /// The history of every platform of `package`, in the package grid's order.
+    pub async fn package_histories(&self, package: &str) -> Result<Vec<History>, RecorderError> {
+        let p = package.to_owned();
+        self.read("reading a package's history", move |c| store::history::package_histories(c, &p, HISTORY_WINDOW)).await
+    }
+
+    /// Results matching `filter`, each with its mark in its platform's history.
+    pub async fn search_marked(&self, filter: Filter) -> Result<Vec<(Summary, HistoryMark)>, RecorderError> {
+        self.read("searching results", move |c| {
+            let found = store::search(c, &filter)?;
+            let marks = store::history::marks(c, &found)?;
+            Ok(found.into_iter().zip(marks).collect())
+        })
+        .await
+    }
+
+    /// A result's mark in its platform's history (flaky, first failure after a pass).
+    pub async fn mark_of(&self, key: ResultKey) -> Result<HistoryMark, RecorderError> {
+        self.read("reading a result's history", move |c| {
+            let found = store::summary(c, key)?;
+            Ok(store::history::marks(c, found.as_slice())?.pop().unwrap_or(HistoryMark { flaky: false, after_pass: false }))
+        })
+        .await
     }
 
     pub async fn search(&self, filter: Filter) -> Result<Vec<Summary>, RecorderError> {

@@ -8,7 +8,7 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use super::{Recorder, RecorderConfig, SubmitToken, router};
+use super::{Recorder, RecorderConfig, SubmitToken, nest_under, router};
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -148,7 +148,16 @@ async fn rest_ingest_is_idempotent_and_queryable() {
 
     let id = ts["tagsets"][1]["tagset_id"].as_i64().unwrap();
     let h = get(&e.app, &format!("/api/v1/tagsets/{id}/history?limit=10")).await.json();
-    assert_eq!(h["summary"], "2 of the last 3 succeeded");
+    assert_eq!(h["summary"], "2 of last 3 passed");
+    assert_eq!((h["passed"].as_u64(), h["total"].as_u64(), h["flaky"].as_u64()), (Some(2), Some(3), Some(1)));
+    // alpha passed (1), failed (3), passed again (4): the failure passed on re-run.
+    let marks: Vec<_> = h["results"].as_array().unwrap().iter().map(|r| (r["key"].as_str().unwrap(), r["flaky"] == true)).collect();
+    assert_eq!(marks, [("4", false), ("3", true), ("1", false)]);
+    assert_eq!(h["last_pass"]["key"], "4");
+    assert!(h["first_failure"].is_null(), "a platform that passes now has no open regression");
+    assert_eq!(ts["tagsets"][1]["history"]["summary"], "2 of last 3 passed");
+    assert_eq!(get(&e.app, "/api/v1/results/3").await.json()["flaky"], true);
+    assert_eq!(get(&e.app, "/api/v1/results/2").await.json()["flaky"], false, "beta's failure never passed since");
 
     let failed = get(&e.app, "/api/v1/results?success=false").await.json();
     assert_eq!(failed["results"].as_array().unwrap().len(), 2);
@@ -413,5 +422,44 @@ async fn pages_and_feeds_render() {
     let failures = get(&e.app, "/feeds/failures.atom").await.body;
     assert_eq!(failures.matches("<entry>").count(), 1);
     assert!(failures.contains("widget FAILED on beta"));
-    assert_eq!(get(&e.app, "/feeds/packages/widget").await.body.matches("<entry>").count(), 3);
+
+    // A platform that passed three times and then failed: the failure is the likely regression,
+    // on the page, in the API and in the failures feed.
+    for ok in [true, true, false] {
+        post(&e.app, "/api/v1/results", result("gamma", &[], ok).to_string(), Some(TOKEN)).await;
+    }
+    let page = get(&e.app, "/packages/widget").await.body;
+    let gamma = &page[page.find("data-host=\"gamma\"").unwrap()..];
+    let gamma = &gamma[..gamma.find("</li>").unwrap()];
+    assert!(gamma.contains("3 of last 4 passed"), "{gamma}");
+    assert!(gamma.contains(r#"first failure: <a href="/results/6">result 6</a>"#), "{gamma}");
+    assert!(gamma.contains(r#"last pass: <a href="/results/5">result 5</a>"#), "{gamma}");
+    let failures = get(&e.app, "/feeds/failures.atom").await.body;
+    assert!(failures.contains("widget FAILED (first failure after a pass) on gamma"), "{failures}");
+    let ts = get(&e.app, "/api/v1/packages/widget/tagsets").await.json();
+    let g = ts["tagsets"].as_array().unwrap().iter().find(|t| t["host"] == "gamma").unwrap().clone();
+    assert_eq!((g["history"]["summary"].as_str(), g["history"]["first_failure"]["key"].as_str()), (Some("3 of last 4 passed"), Some("6")));
+    assert_eq!(g["after_pass"], true);
+
+    // The sheet is the dashboard's, plus the recorder's own rules.
+    let css = get(&e.app, "/static/style.css").await;
+    assert!(css.content_type.starts_with("text/css"));
+    assert!(css.body.contains("header.top") && css.body.contains(".runs i.flaky"));
+    assert!(page.contains(r#"<link rel="stylesheet" href="/static/style.css">"#));
+    assert_eq!(get(&e.app, "/feeds/packages/widget").await.body.matches("<entry>").count(), 6);
+}
+
+#[tokio::test]
+async fn nested_recorder_answers_with_and_without_the_slash() {
+    let e = env(RecorderConfig { base_path: "/recorder".into(), ..RecorderConfig::default() }).await;
+    let app = nest_under("/recorder", e.rec.clone());
+    post(&app, "/recorder/api/v1/results", result("alpha", &[], true).to_string(), Some(TOKEN)).await;
+    let bare = get(&app, "/recorder").await;
+    assert_eq!(bare.status, StatusCode::OK);
+    assert!(bare.body.contains(r#"href="/recorder/packages/widget""#), "{}", bare.body);
+    let resp = app.clone().oneshot(Request::get("/recorder/").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(resp.headers()[header::LOCATION], "/recorder");
+    assert_eq!(get(&app, "/recorder/static/style.css").await.status, StatusCode::OK);
+    assert_eq!(get(&app, "/recorder/packages/widget").await.status, StatusCode::OK);
 }

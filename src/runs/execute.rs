@@ -501,6 +501,7 @@ impl Executor {
             job: &row.job,
             job_tags: job.map(|j| j.tags.as_slice()).unwrap_or_default(),
             image: &row.image,
+            platform: image.map(|i| i.platform.as_str()).unwrap_or(&row.image),
             os: image.map(|i| i.os.as_str()).unwrap_or("unknown"),
             arch: image.map(|i| i.arch.as_str()).unwrap_or("unknown"),
             vm_name,

@@ -30,6 +30,8 @@ pub struct ResultInput<'a> {
     pub job: &'a str,
     pub job_tags: &'a [String],
     pub image: &'a str,
+    /// The platform's stable name (the image's `platform`, else its name): the result's `host`.
+    pub platform: &'a str,
     pub os: &'a str,
     pub arch: &'a str,
     pub vm_name: Option<&'a str>,
@@ -48,10 +50,9 @@ pub struct ResultInput<'a> {
 pub fn document(r: &ResultInput<'_>) -> Value {
     let started = r.started_at.unwrap_or(r.created_at);
     let duration = (r.finished_at - started).num_milliseconds().max(0) as f64 / 1000.0;
+    // The tags name the platform only: the VM and the hypervisor it ran on change from run to
+    // run and go in `extras`, so every run of a job on one image lands in one tagset.
     let mut tags: Vec<String> = vec![r.os.to_string(), r.arch.to_string(), r.image.to_string()];
-    if let Some(h) = r.host {
-        tags.push(h.to_string());
-    }
     tags.extend(r.job_tags.iter().cloned());
     let failure_kind = match r.outcome {
         Outcome::Success => Value::Null,
@@ -82,7 +83,7 @@ pub fn document(r: &ResultInput<'_>) -> Value {
         "client_info": {
             "package": r.job,
             "arch": r.arch,
-            "host": r.vm_name.unwrap_or("(no vm)"),
+            "host": r.platform,
             "tags": tags,
             "success": r.outcome == Outcome::Success,
             "duration": duration,
@@ -92,6 +93,8 @@ pub fn document(r: &ResultInput<'_>) -> Value {
         "extras": {
             "run_id": r.run_id,
             "image": r.image,
+            "platform": r.platform,
+            "vm_name": r.vm_name,
             "os": r.os,
             "hypervisor_host": r.host,
             "trigger": r.trigger,

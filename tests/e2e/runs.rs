@@ -51,7 +51,12 @@ command = "echo should-not-run"
     assert_eq!(doc["client_info"]["arch"], "x86_64");
     assert_eq!(doc["client_info"]["success"], false);
     let tags: Vec<&str> = doc["client_info"]["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
-    assert_eq!(tags, ["linux", "x86_64", "tiny", "local"]);
+    // The platform is the image, not the VM or the hypervisor; those are in extras.
+    assert_eq!(tags, ["linux", "x86_64", "tiny"]);
+    assert_eq!(doc["client_info"]["host"], "tiny");
+    assert_eq!(doc["extras"]["hypervisor_host"], "local");
+    assert_eq!(doc["extras"]["vm_name"].as_str(), row.vm_name.as_deref());
+    assert_eq!(doc["extras"]["run_id"].as_str(), Some(row.id.as_str()));
     let steps = doc["results"].as_array().unwrap();
     assert_eq!(steps.len(), 3);
     assert_eq!(steps[0]["status"], 0);
