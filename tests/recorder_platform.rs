@@ -151,7 +151,8 @@ async fn two_runs_of_one_job_on_one_image_are_one_platform_in_every_recorder() {
     let history = &tagsets[0]["history"];
     assert_eq!((history["total"].as_u64(), history["summary"].as_str()), (Some(2), Some("0 of last 2 passed")), "{history}");
     for (r, run) in history["results"].as_array().unwrap().iter().rev().zip(&runs) {
-        let full: Value = http.get(format!("{base}/api/v1/results/{}", r["key"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
+        let full: Value =
+            http.get(format!("{base}/api/v1/results/{}", r["key"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
         assert_eq!(full["client_info"]["host"], "pdkr-big-box");
         assert_eq!(full["extras"]["run_id"].as_str(), Some(run.as_str()));
         assert_eq!(full["extras"]["image"], "big");

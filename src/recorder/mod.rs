@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use auth::{Authenticator, Principal, SubmitToken};
 pub use model::{Bag, BagError, ClientInfo, ResultDoc, ResultKey, Step, Tagset};
+pub use store::files::{Attached, FileInfo, NewFile};
 pub use store::{Filter, History, HistoryMark, PackageHealth, Receipt, StoredResult, Summary};
 
 /// How many of a platform's newest results "N of last N passed" counts.
@@ -59,6 +60,12 @@ pub struct RecorderConfig {
     pub max_steps: usize,
     /// Most tags one result's `client_info` may have.
     pub max_tags: usize,
+    /// Largest file one upload may attach (pony-build allowed 5 MB a request).
+    pub file_limit: usize,
+    /// Most bytes of files one result may have, all uploads together.
+    pub result_files_limit: u64,
+    /// How long after its result arrived an upload with the result's `auth_key` is accepted.
+    pub upload_window: Duration,
     /// Path prefix the router is mounted under (e.g. `/recorder`), for links in pages and feeds.
     pub base_path: String,
     /// Reads (JSON, pages, feeds, XML-RPC) need a credential too. Off by default:
@@ -76,6 +83,8 @@ impl std::fmt::Debug for RecorderConfig {
             .field("body_limit", &self.body_limit)
             .field("max_steps", &self.max_steps)
             .field("max_tags", &self.max_tags)
+            .field("file_limit", &self.file_limit)
+            .field("result_files_limit", &self.result_files_limit)
             .field("base_path", &self.base_path)
             .field("private_reads", &self.private_reads)
             .finish_non_exhaustive()
@@ -94,6 +103,9 @@ impl Default for RecorderConfig {
             body_limit: 16 * 1024 * 1024,
             max_steps: 1000,
             max_tags: 100,
+            file_limit: 16 << 20,
+            result_files_limit: 64 << 20,
+            upload_window: Duration::from_secs(24 * 3600),
             base_path: String::new(),
             private_reads: false,
         }
@@ -112,6 +124,12 @@ pub enum RecorderError {
     Database { op: &'static str, source: rusqlite::Error },
     #[error("recorder database connection closed while {op}")]
     Closed { op: &'static str },
+    /// An upload whose `auth_key` names no result, or one received too long ago.
+    #[error("the auth_key names no result that accepts uploads")]
+    UnknownAuthKey,
+    /// A file name that cannot be served back safely.
+    #[error("filename {0:?}: {1}")]
+    BadFilename(String, &'static str),
     /// A result over one of the recorder's limits; nothing was stored.
     #[error("{what}: {got} is more than the limit of {limit}")]
     OverLimit { what: &'static str, got: usize, limit: usize },
@@ -155,6 +173,22 @@ struct Inner {
 
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// A file name is served back in a URL path and a Content-Disposition header: one path segment
+/// of printable text, at most 255 bytes.
+fn check_filename(name: &str) -> Result<(), RecorderError> {
+    let bad = |why| Err(RecorderError::BadFilename(name.chars().take(64).collect(), why));
+    if name.is_empty() || name.len() > 255 {
+        return bad("must be 1 to 255 bytes");
+    }
+    if name == "." || name == ".." || name.contains(['/', '\\', '"']) {
+        return bad("must be one path segment without `/`, `\\` or `\"`");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("contains control characters");
+    }
+    Ok(())
 }
 
 fn db_err(op: &'static str) -> impl FnOnce(tokio_rusqlite::Error<rusqlite::Error>) -> RecorderError {
@@ -263,6 +297,55 @@ impl Recorder {
 
     pub async fn history(&self, tagset_id: i64, limit: u32) -> Result<Vec<Summary>, RecorderError> {
         self.read("reading a platform's history", move |c| store::history(c, tagset_id, limit)).await
+    }
+
+    /// Attach a file to the result whose `auth_key` (handed to its submitter by `add_results` or
+    /// `POST /api/v1/results`) is given: pony-build's `/upload`. Idempotent for the same name
+    /// and bytes.
+    pub async fn upload(&self, auth_key: &str, file: NewFile) -> Result<(ResultKey, Attached), RecorderError> {
+        let result = self.upload_target(auth_key).await?;
+        self.attach(result, file).await.map(|a| (result, a))
+    }
+
+    /// The result an upload with `auth_key` goes to, if it still accepts uploads (`upload_window`).
+    pub async fn upload_target(&self, auth_key: &str) -> Result<ResultKey, RecorderError> {
+        let key = auth_key.to_owned();
+        let found = self.read("finding an upload's result", move |c| store::files::result_for_auth_key(c, &key)).await?;
+        let window = self.inner.config.upload_window.as_secs_f64();
+        match found {
+            Some((result, at)) if now() - at <= window => Ok(result),
+            _ => Err(RecorderError::UnknownAuthKey),
+        }
+    }
+
+    /// Attach a file to result `key` (the in-process path: the daemon's run artifacts).
+    pub async fn attach(&self, key: ResultKey, file: NewFile) -> Result<Attached, RecorderError> {
+        check_filename(&file.filename)?;
+        let c = &self.inner.config;
+        if file.content.len() > c.file_limit {
+            return Err(RecorderError::OverLimit { what: "file", got: file.content.len(), limit: c.file_limit });
+        }
+        let cap = c.result_files_limit;
+        let at = now();
+        self.inner
+            .writer
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                let out = store::files::attach(&tx, key, &file, cap, at)?;
+                tx.commit()?;
+                Ok(out)
+            })
+            .await
+            .map_err(db_err("storing a file"))
+    }
+
+    pub async fn files(&self, key: ResultKey) -> Result<Vec<FileInfo>, RecorderError> {
+        self.read("listing a result's files", move |c| store::files::list(c, key)).await
+    }
+
+    pub async fn file_content(&self, key: ResultKey, filename: &str) -> Result<Option<Vec<u8>>, RecorderError> {
+        let f = filename.to_owned();
+        self.read("reading a file", move |c| store::files::content(c, key, &f)).await
     }
 
     /// A platform's history over its newest `window` results; `None` for an unknown platform.

@@ -463,3 +463,56 @@ async fn nested_recorder_answers_with_and_without_the_slash() {
     assert_eq!(get(&app, "/recorder/static/style.css").await.status, StatusCode::OK);
     assert_eq!(get(&app, "/recorder/packages/widget").await.status, StatusCode::OK);
 }
+
+async fn upload(app: &Router, query: &str, body: &'static [u8]) -> Reply {
+    send(app, Request::post(format!("/upload?{query}")).body(Body::from(body)).unwrap()).await
+}
+
+#[tokio::test]
+async fn uploads_need_the_results_auth_key_and_stay_within_their_caps() {
+    let config = RecorderConfig { file_limit: 10, result_files_limit: 15, private_reads: true, ..RecorderConfig::default() };
+    let e = env(config).await;
+    let sent = post(&e.app, "/api/v1/results", result("alpha", &[], true).to_string(), Some(TOKEN)).await.json();
+    let (key, auth) = (sent["result_key"].as_str().unwrap().to_owned(), sent["auth_key"].as_str().unwrap().to_owned());
+    let q = |name: &str| format!("auth_key={auth}&filename={name}&description=d&visible=yes");
+    let before = e.rec.row_counts().await.unwrap();
+
+    // With private reads on, the auth_key alone lets an upload in (pony-build's client sends
+    // nothing else); a wrong one, or none, does not.
+    assert_eq!(upload(&e.app, &q("a.txt"), b"0123456789").await.status, StatusCode::OK);
+    assert_eq!(upload(&e.app, "auth_key=nope&filename=b.txt&description=d", b"x").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(upload(&e.app, "filename=b.txt&description=d", b"x").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(upload(&e.app, &q("big.bin"), b"01234567890").await.status, StatusCode::PAYLOAD_TOO_LARGE, "over the per-file cap");
+    assert_eq!(upload(&e.app, &q("b.txt"), b"012345").await.status, StatusCode::PAYLOAD_TOO_LARGE, "over the per-result cap");
+    assert_eq!(upload(&e.app, &q("b.txt"), b"01234").await.status, StatusCode::OK, "exactly at the per-result cap");
+    assert_eq!(upload(&e.app, &q("a.txt"), b"0123456789").await.json()["created"], false, "the same file again");
+    assert_eq!(upload(&e.app, &q("a.txt"), b"x").await.status, StatusCode::CONFLICT);
+    for bad in ["..", "a%2Fb", "a%0Ab", ""] {
+        assert_eq!(upload(&e.app, &q(bad), b"x").await.status, StatusCode::BAD_REQUEST, "{bad:?}");
+    }
+    assert_eq!(e.rec.row_counts().await.unwrap(), before, "files never touch results, steps or tags");
+
+    // Reads of files are reads: they need a credential like every other one here.
+    let path = format!("/results/{key}/files/a.txt");
+    assert_eq!(get(&e.app, &path).await.status, StatusCode::UNAUTHORIZED);
+    let resp = e
+        .app
+        .clone()
+        .oneshot(Request::get(&path).header(header::AUTHORIZATION, format!("Bearer {TOKEN}")).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let h = resp.headers();
+    assert_eq!(h[header::CONTENT_TYPE], "application/octet-stream", "a build's file is never served as a page");
+    assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(h[header::CONTENT_DISPOSITION], "attachment; filename=\"a.txt\"");
+    assert_eq!(to_bytes(resp.into_body(), usize::MAX).await.unwrap(), &b"0123456789"[..]);
+}
+
+#[tokio::test]
+async fn an_auth_key_stops_accepting_uploads_after_the_window() {
+    let e = env(RecorderConfig { upload_window: Duration::ZERO, ..RecorderConfig::default() }).await;
+    let sent = post(&e.app, "/api/v1/results", result("alpha", &[], true).to_string(), Some(TOKEN)).await.json();
+    let q = format!("auth_key={}&filename=late.txt&description=d", sent["auth_key"].as_str().unwrap());
+    assert_eq!(upload(&e.app, &q, b"x").await.status, StatusCode::UNAUTHORIZED);
+}

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::http::{ApiError, parse_key, rfc3339};
+use super::http::{ApiError, parse_key, rfc3339, urlencode};
 use super::store::{StoredResult, Summary};
 use super::{Filter, History, HistoryMark, Recorder};
 
@@ -232,6 +232,15 @@ struct ResultPage {
     extras: Vec<(String, String)>,
     steps: Vec<StepView>,
     mark: HistoryMark,
+    files: Vec<FileView>,
+}
+
+/// A visible file of a result, linked for download.
+struct FileView {
+    name: String,
+    url: String,
+    size: u64,
+    description: String,
 }
 
 async fn result_page(State(rec): State<Recorder>, Path(key): Path<String>) -> Result<ResultPage, ApiError> {
@@ -241,6 +250,18 @@ async fn result_page(State(rec): State<Recorder>, Path(key): Path<String>) -> Re
         return Err(ApiError::NotFound(format!("no result with key {key}")));
     };
     let mark = rec.mark_of(key).await?;
+    let files = rec
+        .files(key)
+        .await?
+        .into_iter()
+        .filter(|f| f.visible)
+        .map(|f| FileView {
+            url: format!("{base}/results/{key}/files/{}", urlencode(&f.filename)),
+            name: f.filename,
+            size: f.size,
+            description: f.description,
+        })
+        .collect();
     let StoredResult { receipt, doc, tagset } = r;
     let ci = doc.client_info;
     let mut extras: Vec<(String, String)> = ci.extra.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
@@ -259,6 +280,7 @@ async fn result_page(State(rec): State<Recorder>, Path(key): Path<String>) -> Re
         submitter: receipt.submitter.unwrap_or_else(|| "anonymous".into()),
         extras,
         mark,
+        files,
         steps: doc
             .steps
             .into_iter()
@@ -370,17 +392,4 @@ async fn feed(rec: &Recorder, headers: &HeaderMap, title: &str, path: &str, filt
             Ok((StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response())
         }
     }
-}
-
-/// Percent-encode a path segment (package names are free text).
-fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }

@@ -6,6 +6,7 @@ use rusqlite_migration::{M, Migrations};
 
 use super::model::{Bag, ClientInfo, ResultDoc, ResultKey, Step, Tagset};
 
+pub mod files;
 pub mod history;
 mod platforms;
 
@@ -102,6 +103,24 @@ pub fn migrations() -> Migrations<'static> {
         // paddock's results name their platform (the image) as `host` now; the per-VM
         // tagsets earlier versions made are merged into one per platform.
         M::up_with_hook("", |tx: &Transaction<'_>| platforms::merge_vm_tagsets(tx).map_err(Into::into)),
+        // Files attached to results (pony-build's `/upload`, paddock's run artifacts); an
+        // upload names its result by the result's auth_key.
+        M::up(
+            r#"
+        CREATE TABLE files (
+            id          INTEGER PRIMARY KEY,
+            result_id   INTEGER NOT NULL REFERENCES results(id),
+            filename    TEXT NOT NULL,
+            description TEXT NOT NULL,
+            visible     INTEGER NOT NULL,
+            size        INTEGER NOT NULL,
+            content     BLOB NOT NULL,
+            uploaded_at REAL NOT NULL,
+            UNIQUE (result_id, filename)
+        );
+        CREATE INDEX results_by_auth_key ON results(auth_key);
+        "#,
+        ),
     ])
 }
 
