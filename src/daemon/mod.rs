@@ -135,7 +135,7 @@ impl Daemon {
                 (r.name.clone(), dest)
             })
             .collect();
-        let forwarder = Forwarder::new(store.clone(), destinations, Backoff::default(), Clock::system());
+        let forwarder = Forwarder::new(store.clone(), destinations, Backoff::default(), Clock::system()).with_artifacts_from(dirs.logs());
         let waker = forwarder.waker();
         let recorder_names: Vec<String> = forwarder_names(&fleet);
         forwarder.spawn(shutdown_rx.clone());

@@ -10,7 +10,9 @@
 //! entry, so a recorder that is down delays only its own queue.
 
 mod deliver;
+mod files;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ use crate::error::chain as error_chain;
 use crate::store::Store;
 
 pub use deliver::{DeliveryError, Destination};
+pub use files::RunFile;
 
 /// How long to wait after the n-th failed attempt.
 #[derive(Debug, Clone, Copy)]
@@ -69,12 +72,20 @@ pub struct Forwarder {
     notifies: Vec<Arc<Notify>>,
     backoff: Backoff,
     clock: Clock,
+    logs: Option<PathBuf>,
 }
 
 impl Forwarder {
     pub fn new(store: Store, destinations: Vec<(String, Destination)>, backoff: Backoff, clock: Clock) -> Self {
         let notifies = destinations.iter().map(|_| Arc::new(Notify::new())).collect();
-        Forwarder { store, destinations, notifies, backoff, clock }
+        Forwarder { store, destinations, notifies, backoff, clock, logs: None }
+    }
+
+    /// Deliver each run's artifacts (listed in its document, kept in `<logs>/<run>/artifacts/`)
+    /// with its result.
+    pub fn with_artifacts_from(mut self, logs: PathBuf) -> Self {
+        self.logs = Some(logs);
+        self
     }
 
     pub fn waker(&self) -> Waker {
@@ -87,7 +98,15 @@ impl Forwarder {
             .into_iter()
             .zip(self.notifies)
             .map(|((name, dest), notify)| {
-                let lane = Lane { name, dest, notify, store: self.store.clone(), backoff: self.backoff, clock: self.clock };
+                let lane = Lane {
+                    name,
+                    dest,
+                    notify,
+                    store: self.store.clone(),
+                    backoff: self.backoff,
+                    clock: self.clock,
+                    logs: self.logs.clone(),
+                };
                 tokio::spawn(lane.run(shutdown.clone()))
             })
             .collect()
@@ -101,6 +120,7 @@ struct Lane {
     store: Store,
     backoff: Backoff,
     clock: Clock,
+    logs: Option<PathBuf>,
 }
 
 impl Lane {
@@ -134,7 +154,11 @@ impl Lane {
                 }
                 continue;
             }
-            let result = self.dest.deliver(&entry.run_id, &entry.payload).await;
+            let files = match (&self.logs, serde_json::from_str::<serde_json::Value>(&entry.payload)) {
+                (Some(logs), Ok(doc)) => files::listed(logs, &entry.run_id, &doc),
+                _ => Vec::new(),
+            };
+            let result = self.dest.deliver(&entry.run_id, &entry.payload, &files).await;
             let stored = match result {
                 Ok(key) => {
                     info!(recorder = %self.name, run_id = %entry.run_id, attempts = entry.attempts + 1, "result delivered");

@@ -496,6 +496,7 @@ impl Executor {
         let console_tail = console_tail.map(|c| secrets.mask_str(c));
         let console_tail = console_tail.as_deref();
         let finished_at = Utc::now();
+        let artifacts = list_artifacts(&self.run_dir(&row.id).join("artifacts")).await;
         let doc = result::document(&ResultInput {
             run_id: &row.id,
             job: &row.job,
@@ -515,6 +516,7 @@ impl Executor {
             started_at: row.started_at,
             finished_at,
             console_tail,
+            artifacts: &artifacts,
         });
         let end = RunEnd {
             run_id: row.id.clone(),
@@ -532,6 +534,20 @@ impl Executor {
         self.waker.wake();
         Ok(())
     }
+}
+
+/// The files in a run's `artifacts/` folder, by name (none when it does not exist).
+async fn list_artifacts(dir: &Path) -> Vec<result::Artifact> {
+    let mut out = Vec::new();
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else { return out };
+    while let Ok(Some(e)) = entries.next_entry().await {
+        let (Ok(meta), Some(name)) = (e.metadata().await, e.file_name().to_str().map(str::to_owned)) else { continue };
+        if meta.is_file() {
+            out.push(result::Artifact { name, size: meta.len() });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// Ends a run that has no VM (any more): interrupted by a crash, or never placed.

@@ -45,6 +45,15 @@ pub struct ResultInput<'a> {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: DateTime<Utc>,
     pub console_tail: Option<&'a str>,
+    /// The run's fetched artifacts (`<run>/artifacts/`), delivered as files with the result.
+    pub artifacts: &'a [Artifact],
+}
+
+/// One fetched artifact: its file name under `<run>/artifacts/` and its size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Artifact {
+    pub name: String,
+    pub size: u64,
 }
 
 pub fn document(r: &ResultInput<'_>) -> Value {
@@ -106,6 +115,7 @@ pub fn document(r: &ResultInput<'_>) -> Value {
             "started_at": r.started_at.map(|t| t.to_rfc3339()),
             "finished_at": r.finished_at.to_rfc3339(),
             "console_tail": r.console_tail,
+            "artifacts": r.artifacts.iter().map(|a| json!({"name": a.name, "size": a.size})).collect::<Vec<_>>(),
         },
         "idempotency_key": r.run_id,
     })

@@ -14,7 +14,7 @@ fn manual() -> Trigger {
 async fn three_steps_second_fails_gives_the_right_result_and_no_vm_is_left() {
     ensure_guest_image();
     let dir = tempfile::tempdir().unwrap();
-    let fleet = fleet(
+    let mut fleet = fleet(
         dir.path(),
         "23100-23109",
         &baked_host_key(),
@@ -38,6 +38,8 @@ type = "test"
 command = "echo should-not-run"
 "#,
     );
+    // The recorder's pages are read below without a token.
+    fleet.daemon.public_reads = true;
     let daemon = start(fleet).await;
     let _guard = DomainGuard::new(dir.path());
     let ids = daemon.runs.trigger("three", None, manual()).await.unwrap();
@@ -87,9 +89,25 @@ command = "echo should-not-run"
     assert_eq!(std::fs::read_to_string(art.join("tmp__out__b.txt")).unwrap(), "two\n");
     assert_eq!(std::fs::read_dir(&art).unwrap().count(), 2);
 
-    // The result reached the embedded recorder.
+    // The result reached the embedded recorder, with the artifacts as its files.
     let outbox = daemon.store.outbox_for_run(&row.id).await.unwrap();
     assert_eq!(outbox.len(), 1);
+    assert_eq!(
+        doc["extras"]["artifacts"],
+        serde_json::json!([{"name": "tmp__out__a.txt", "size": 7}, {"name": "tmp__out__b.txt", "size": 4}])
+    );
+    let outbox = wait_for("delivery to the embedded recorder", Duration::from_secs(30), async || {
+        let o = daemon.store.outbox_for_run(&row.id).await.unwrap();
+        o[0].delivered_at.is_some().then_some(o)
+    })
+    .await;
+    let key = outbox[0].remote_key.clone().unwrap();
+    let http = reqwest::Client::new();
+    let page = http.get(format!("http://{}/recorder/results/{key}", daemon.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&format!("<a href=\"/recorder/results/{key}/files/tmp__out__a.txt\">tmp__out__a.txt</a>")), "{page}");
+    let a = http.get(format!("http://{}/recorder/results/{key}/files/tmp__out__a.txt", daemon.addr)).send().await.unwrap();
+    assert_eq!(a.status(), 200);
+    assert_eq!(a.bytes().await.unwrap().as_ref(), b"report\n");
     // Nothing of the VM is left.
     let prefix = format!("paddock-{}-", instance_id(dir.path()));
     assert_eq!(domains_named(&prefix), Vec::<String>::new());
