@@ -24,6 +24,19 @@ pub struct Fleet {
     pub recorders: Vec<Recorder>,
     pub access: AccessPolicy,
     pub limits: Limits,
+    /// `[retention]`; `None` (no section): everything is kept.
+    pub retention: Option<Retention>,
+}
+
+/// `[retention]`: each platform's newest `keep_last` results (and each job+image's newest
+/// `keep_last` run folders) are kept; older ones go once older than `max_age` (passes) or
+/// `failure_max_age` (failures). Without `max_age`, what is past `keep_last` goes on count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_last: u32,
+    pub max_age: Option<Duration>,
+    pub failure_max_age: Option<Duration>,
+    pub every: Duration,
 }
 
 /// `[limits]`, with defaults for every key.

@@ -471,3 +471,20 @@ fn an_images_platform_defaults_to_its_name_and_must_be_a_name() {
         )]
     );
 }
+
+#[test]
+fn retention_is_off_without_its_section_and_checked_with_it() {
+    assert_eq!(parse(GOOD, Path::new("fleet.toml")).unwrap().retention, None);
+    let src = format!("{GOOD}\n[retention]\nmax_age = \"30d\"\n");
+    let r = parse(&src, Path::new("fleet.toml")).unwrap().retention.unwrap();
+    assert_eq!((r.keep_last, r.max_age, r.failure_max_age), (10, Some(std::time::Duration::from_secs(30 * 86_400)), None));
+    let src = format!("{GOOD}\n[retention]\nmax_age = \"30d\"\nfailure_max_age = \"1d\"\nkeep_last = 0\n");
+    let (l1, l2) = (line_of(&src, "failure_max_age"), line_of(&src, "keep_last"));
+    assert_eq!(
+        errors(&src),
+        vec![
+            format!("fleet.toml:{l1}:19: retention.failure_max_age: failures are kept at least as long as passes: at least `max_age`"),
+            format!("fleet.toml:{l2}:13: retention.keep_last: must be a positive number, got 0"),
+        ]
+    );
+}

@@ -4,6 +4,7 @@
 
 mod recorder_auth;
 mod reload;
+mod run_dirs;
 mod state_dir;
 
 use std::net::SocketAddr;
@@ -116,6 +117,12 @@ impl Daemon {
                 body_limit: fleet.limits.result_body_bytes,
                 max_steps: fleet.limits.result_steps,
                 max_tags: fleet.limits.result_tags,
+                retention: fleet.retention.map(|r| crate::recorder::Retention {
+                    keep_last: r.keep_last,
+                    max_age: r.max_age,
+                    failure_max_age: r.failure_max_age,
+                    every: r.every,
+                }),
                 ..RecorderConfig::default()
             },
         )
@@ -139,6 +146,10 @@ impl Daemon {
         let waker = forwarder.waker();
         let recorder_names: Vec<String> = forwarder_names(&fleet);
         forwarder.spawn(shutdown_rx.clone());
+        recorder.spawn_retention(shutdown_rx.clone());
+        if let Some(policy) = fleet.retention {
+            run_dirs::spawn(store.clone(), dirs.logs(), policy, Clock::system(), shutdown_rx.clone());
+        }
 
         // The VM manager reaps whatever a previous daemon of this instance left
         // (except VMs on hold) before any run starts.

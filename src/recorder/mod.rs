@@ -11,11 +11,14 @@ pub mod xmlrpc;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::Clock;
 
 pub use auth::{Authenticator, Principal, SubmitToken};
 pub use model::{Bag, BagError, ClientInfo, ResultDoc, ResultKey, Step, Tagset};
 pub use store::files::{Attached, FileInfo, NewFile};
+pub use store::retention::Removed;
 pub use store::{Filter, History, HistoryMark, PackageHealth, Receipt, StoredResult, Summary};
 
 /// How many of a platform's newest results "N of last N passed" counts.
@@ -66,6 +69,11 @@ pub struct RecorderConfig {
     pub result_files_limit: u64,
     /// How long after its result arrived an upload with the result's `auth_key` is accepted.
     pub upload_window: Duration,
+    /// How long results (their steps' output and files with them) are kept; `None`: forever.
+    pub retention: Option<Retention>,
+    /// The recorder's time: receipts, upload windows, staleness and retention read it. Follows
+    /// tokio's clock, so tests can age results under a paused clock.
+    pub clock: Clock,
     /// Path prefix the router is mounted under (e.g. `/recorder`), for links in pages and feeds.
     pub base_path: String,
     /// Reads (JSON, pages, feeds, XML-RPC) need a credential too. Off by default:
@@ -87,6 +95,7 @@ impl std::fmt::Debug for RecorderConfig {
             .field("result_files_limit", &self.result_files_limit)
             .field("base_path", &self.base_path)
             .field("private_reads", &self.private_reads)
+            .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
@@ -106,10 +115,24 @@ impl Default for RecorderConfig {
             file_limit: 16 << 20,
             result_files_limit: 64 << 20,
             upload_window: Duration::from_secs(24 * 3600),
+            retention: None,
+            clock: Clock::system(),
             base_path: String::new(),
             private_reads: false,
         }
     }
+}
+
+/// How long results are kept: each platform's newest `keep_last` always; older ones until they
+/// are older than `max_age` (passes) or `failure_max_age` (failures; absent: `max_age`). With
+/// no age at all, results past `keep_last` go on count alone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    pub keep_last: u32,
+    pub max_age: Option<Duration>,
+    pub failure_max_age: Option<Duration>,
+    /// How often the background pass runs.
+    pub every: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,10 +192,6 @@ struct Inner {
     reader: tokio_rusqlite::Connection,
     config: RecorderConfig,
     tokens: auth::TokenSet,
-}
-
-fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// A file name is served back in a URL path and a Content-Disposition header: one path segment
@@ -238,6 +257,57 @@ impl Recorder {
         &self.inner.config
     }
 
+    /// Unix seconds on the recorder's clock.
+    fn now(&self) -> f64 {
+        self.inner.config.clock.now().timestamp_micros() as f64 / 1e6
+    }
+
+    /// One retention pass now (nothing without a policy); what it removed is counted in
+    /// `/metrics` (`paddock_recorder_retention_removed_total`).
+    pub async fn apply_retention(&self) -> Result<Removed, RecorderError> {
+        let Some(r) = self.inner.config.retention else { return Ok(Removed::default()) };
+        let policy = store::retention::Policy {
+            keep_last: r.keep_last,
+            max_age: r.max_age.map(|d| d.as_secs_f64()),
+            failure_max_age: r.failure_max_age.map(|d| d.as_secs_f64()),
+        };
+        let at = self.now();
+        let removed = self
+            .inner
+            .writer
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                let out = store::retention::apply(&tx, policy, at)?;
+                tx.commit()?;
+                Ok(out)
+            })
+            .await
+            .map_err(db_err("applying retention"))?;
+        crate::metrics::recorder_retention_removed(removed.results, removed.files, removed.file_bytes);
+        if removed.results > 0 {
+            tracing::info!(results = removed.results, files = removed.files, bytes = removed.file_bytes, "retention removed old results");
+        }
+        Ok(removed)
+    }
+
+    /// Runs `apply_retention` every `Retention::every` until `shutdown` turns true (nothing
+    /// without a policy). A failed pass is logged and tried again at the next tick.
+    pub fn spawn_retention(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>> {
+        let every = self.inner.config.retention?.every.max(Duration::from_secs(1));
+        let rec = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                if let Err(e) = rec.apply_retention().await {
+                    tracing::warn!(error = %crate::error::chain(&e), "recorder retention pass failed");
+                }
+            }
+        }))
+    }
+
     /// Store a result in-process (the daemon's path, no HTTP and no credential). The same
     /// idempotency key twice stores one result and returns its key both times; keys of this path
     /// live in their own scope, apart from every HTTP submitter's.
@@ -256,7 +326,7 @@ impl Recorder {
             return Err(RecorderError::OverLimit { what: "client_info.tags", got: tags, limit: c.max_tags });
         }
         let auth_key = auth::random_hex(16);
-        let at = now();
+        let at = self.now();
         let inserted = self
             .inner
             .writer
@@ -313,7 +383,7 @@ impl Recorder {
         let found = self.read("finding an upload's result", move |c| store::files::result_for_auth_key(c, &key)).await?;
         let window = self.inner.config.upload_window.as_secs_f64();
         match found {
-            Some((result, at)) if now() - at <= window => Ok(result),
+            Some((result, at)) if self.now() - at <= window => Ok(result),
             _ => Err(RecorderError::UnknownAuthKey),
         }
     }
@@ -326,7 +396,7 @@ impl Recorder {
             return Err(RecorderError::OverLimit { what: "file", got: file.content.len(), limit: c.file_limit });
         }
         let cap = c.result_files_limit;
-        let at = now();
+        let at = self.now();
         self.inner
             .writer
             .call(move |conn| {
@@ -398,7 +468,7 @@ impl Recorder {
 
     /// Platforms that reported before but have been silent longer than `missing_after`.
     pub async fn missing(&self) -> Result<Vec<Summary>, RecorderError> {
-        let cutoff = now() - self.inner.config.missing_after.as_secs_f64();
+        let cutoff = self.now() - self.inner.config.missing_after.as_secs_f64();
         self.read("listing silent platforms", move |c| store::silent_since(c, cutoff)).await
     }
 
@@ -410,7 +480,7 @@ impl Recorder {
             default_allowance: c.default_build_allowance.as_secs_f64(),
             max_allowance: c.max_build_allowance.as_secs_f64(),
         };
-        let at = now();
+        let at = self.now();
         let allowance = allowance.as_secs_f64();
         self.inner
             .writer
@@ -426,7 +496,7 @@ impl Recorder {
 
     /// Force the next `check_should_build` for this platform to say yes.
     pub async fn request_build(&self, tagset: Tagset) -> Result<(), RecorderError> {
-        let at = now();
+        let at = self.now();
         self.inner.writer.call(move |c| store::request_build(c, &tagset, at)).await.map_err(db_err("requesting a build"))
     }
 

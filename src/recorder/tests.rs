@@ -516,3 +516,72 @@ async fn an_auth_key_stops_accepting_uploads_after_the_window() {
     let q = format!("auth_key={}&filename=late.txt&description=d", sent["auth_key"].as_str().unwrap());
     assert_eq!(upload(&e.app, &q, b"x").await.status, StatusCode::UNAUTHORIZED);
 }
+
+/// Under a paused clock: each platform's newest two results stay; older passes go after 10
+/// days, older failures after 30; a lone old platform keeps its only result; files go with
+/// their result. Exactly those results are removed, and `/metrics` counts them.
+#[tokio::test(start_paused = true)]
+async fn retention_removes_exactly_what_the_policy_says() {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let retention =
+        super::Retention { keep_last: 2, max_age: Some(10 * DAY), failure_max_age: Some(30 * DAY), every: Duration::from_secs(3600) };
+    let clock = crate::clock::Clock::starting_at(chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().into());
+    let e = env(RecorderConfig { retention: Some(retention), clock, upload_window: 400 * DAY, ..RecorderConfig::default() }).await;
+    let metrics = crate::metrics::install();
+    let removed_before = |text: &str, what: &str| -> u64 {
+        let line = format!("paddock_recorder_retention_removed_total{{what=\"{what}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(line.as_str())).map_or(0, |v| v.trim().parse().unwrap())
+    };
+    let at_start = metrics.render();
+
+    let mut keys = Vec::new();
+    // (day received, passed): ages at day 50 are 50, 40, 20, 15, 5 and 1 days.
+    let mut day = 0;
+    for (when, ok) in [(0, false), (10, true), (30, false), (35, true), (45, true), (49, true)] {
+        tokio::time::advance((when - day) * DAY).await;
+        day = when;
+        if when == 0 {
+            post(&e.app, "/api/v1/results", result("lonely", &[], true).to_string(), Some(TOKEN)).await;
+        }
+        let sent = post(&e.app, "/api/v1/results", result("busy", &[], ok).to_string(), Some(TOKEN)).await.json();
+        keys.push((sent["result_key"].as_str().unwrap().to_owned(), sent["auth_key"].as_str().unwrap().to_owned()));
+    }
+    let q = format!("auth_key={}&filename=old.log&description=d&visible=yes", keys[1].1);
+    assert_eq!(upload(&e.app, &q, b"0123456789").await.status, StatusCode::OK);
+    tokio::time::advance(DAY).await;
+    assert_eq!(e.rec.row_counts().await.unwrap()[0], 7);
+
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = e.rec.spawn_retention(stop_rx).expect("a policy spawns the pass");
+    let mut left = 0;
+    for _ in 0..1000 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        left = e.rec.row_counts().await.unwrap()[0];
+        if left == 4 {
+            break;
+        }
+    }
+    assert_eq!(left, 4);
+    let alive = |k: &str| {
+        let k = k.to_owned();
+        let rec = e.rec.clone();
+        async move { rec.get(k.parse().unwrap()).await.unwrap().is_some() }
+    };
+    let mut kept = Vec::new();
+    for (k, _) in &keys {
+        kept.push(alive(k).await);
+    }
+    // busy: failure at 50 days (past 30) gone, pass at 40 gone, failure at 20 kept, pass at 15
+    // gone, the newest two kept.
+    assert_eq!(kept, [false, false, true, false, true, true]);
+    assert!(alive("1").await, "the lonely platform keeps its only (50-day-old) result");
+    assert!(e.rec.files(keys[1].0.parse().unwrap()).await.unwrap().is_empty());
+    let counts = e.rec.row_counts().await.unwrap();
+    assert_eq!(counts, [4, 8, 0, 2], "steps of removed results went with them; every platform stays");
+
+    let text = metrics.render();
+    assert_eq!(removed_before(&text, "results") - removed_before(&at_start, "results"), 3);
+    assert_eq!(removed_before(&text, "files") - removed_before(&at_start, "files"), 1);
+    assert_eq!(removed_before(&text, "file_bytes") - removed_before(&at_start, "file_bytes"), 10);
+    task.abort();
+}

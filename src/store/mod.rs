@@ -26,7 +26,7 @@ pub use grants::{AuditEntry, CertRecord, GrantRow};
 pub use hosts::{HostPeriod, HostVolume};
 pub use listing::{AccessRow, AuditRow};
 pub use outbox::OutboxEntry;
-pub use runs::{RunEnd, RunFilter, RunRow, RunUpdate};
+pub use runs::{FinishedRun, RunEnd, RunFilter, RunRow, RunUpdate};
 pub use tokens::{NewToken, TokenRow};
 pub use vms::VmRow;
 

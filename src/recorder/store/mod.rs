@@ -9,6 +9,7 @@ use super::model::{Bag, ClientInfo, ResultDoc, ResultKey, Step, Tagset};
 pub mod files;
 pub mod history;
 mod platforms;
+pub mod retention;
 
 pub use history::{History, HistoryMark};
 
