@@ -35,6 +35,8 @@ pub const OUTBOX_DELIVERED: &str = "paddock_outbox_delivered_total";
 pub const OUTBOX_FAILURES: &str = "paddock_outbox_failures_total";
 pub const OWNER_RESTARTS: &str = "paddock_owner_restarts_total";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "paddock_http_connections_refused_total";
+pub const RECORDER_RETENTION_REMOVED: &str = "paddock_recorder_retention_removed_total";
+pub const RUN_DIRS_REMOVED: &str = "paddock_run_dirs_removed_total";
 
 /// Seconds; boots under TCG take tens of seconds, builds take minutes to hours.
 const BOOT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
@@ -63,6 +65,18 @@ pub fn install() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// A recorder retention pass removed `results` (with their steps) and `files` of `bytes`.
+pub fn recorder_retention_removed(results: u64, files: u64, bytes: u64) {
+    ::metrics::counter!(RECORDER_RETENTION_REMOVED, "what" => "results").increment(results);
+    ::metrics::counter!(RECORDER_RETENTION_REMOVED, "what" => "files").increment(files);
+    ::metrics::counter!(RECORDER_RETENTION_REMOVED, "what" => "file_bytes").increment(bytes);
+}
+
+/// The daemon's retention removed `n` run folders (logs and artifacts) from its state dir.
+pub fn run_dirs_removed(n: u64) {
+    ::metrics::counter!(RUN_DIRS_REMOVED).increment(n);
 }
 
 /// A run ended with `outcome`.

@@ -129,6 +129,7 @@ fn image(name: &str, boot: Boot, host_key: HostKeyPolicy) -> Image {
         smc_key: None,
         firmware: None,
         network: paddock::config::GuestNetwork::Outbound,
+        platform: name.into(),
     }
 }
 

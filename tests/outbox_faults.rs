@@ -226,3 +226,101 @@ async fn results_reach_a_pony_build_xmlrpc_endpoint() {
     let n: i64 = c.query_row("SELECT count(*) FROM results", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 3);
 }
+
+/// A run's artifacts go with its result: as files to a paddock recorder (REST, then `/upload`
+/// with the auth_key it answered) and to a pony-build server (`add_results`, then `/upload`),
+/// each once, however often the delivery is repeated.
+#[tokio::test]
+async fn a_runs_artifacts_reach_paddock_and_pony_build_recorders_as_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
+    let logs = dir.path().join("logs");
+    let art = logs.join("run-art/artifacts");
+    std::fs::create_dir_all(&art).unwrap();
+    std::fs::write(art.join("report.txt"), b"all green\n").unwrap();
+    std::fs::write(art.join("core.bin"), [0u8, 159, 146, 150]).unwrap();
+    let rec = RecorderProcess::start(&["--token", "lab=s3cret"]);
+    let pony = support::pony::PonyServer::start();
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let central = Destination::Paddock { client: client.clone(), url: rec.url(), token: Some("s3cret".into()) };
+    let pb = Destination::PonyBuild { client, url: format!("{}/xmlrpc", pony.url) };
+    let forwarder = Forwarder::new(
+        store.clone(),
+        vec![("central".into(), central.clone()), ("pony".into(), pb)],
+        Backoff { first: Duration::from_millis(20), max: Duration::from_millis(300) },
+        Clock::system(),
+    )
+    .with_artifacts_from(logs.clone());
+    let waker = forwarder.waker();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    forwarder.spawn(stop_rx);
+
+    let mut doc: serde_json::Value = serde_json::from_str(&result_doc("run-art", 1)).unwrap();
+    doc["extras"]["artifacts"] =
+        serde_json::json!([{"name": "core.bin", "size": 4}, {"name": "report.txt", "size": 10}, {"name": "../paddock.db"}]);
+    let now = Utc::now();
+    let row = RunRow {
+        id: "run-art".into(),
+        job: "demo".into(),
+        image: "tiny-x86_64".into(),
+        trigger: "manual".into(),
+        requested_by: None,
+        state: "reporting".into(),
+        host: None,
+        vm_name: None,
+        scheduled_at: None,
+        created_at: now,
+        started_at: Some(now),
+        finished_at: None,
+        outcome: None,
+        reason: None,
+        result_json: None,
+        log_path: None,
+    };
+    store.insert_run(&row).await.unwrap();
+    let end = RunEnd {
+        run_id: row.id.clone(),
+        from: "reporting".into(),
+        state: "done".into(),
+        outcome: "success".into(),
+        reason: None,
+        result_json: doc.to_string(),
+        finished_at: now,
+        recorders: vec!["central".into(), "pony".into()],
+    };
+    store.finish_run(end).await.unwrap();
+    waker.wake();
+    wait_until("delivery to both", Duration::from_secs(30), || async { store.outbox_pending().await.unwrap().is_empty() }).await;
+
+    let key = store.outbox_for_run("run-art").await.unwrap()[0].remote_key.clone().unwrap();
+    let (_, body) = support::recorder::http_get(&rec.addr, &format!("/api/v1/results/{key}"));
+    let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<_> = r["files"].as_array().unwrap().iter().map(|f| f["filename"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(names, ["core.bin", "report.txt"], "the listed files on disk, never a path outside the run's folder");
+    assert_eq!(support::recorder::http_get_bytes(&rec.addr, &format!("/results/{key}/files/core.bin")).1, [0u8, 159, 146, 150]);
+    let (_, page) = support::recorder::http_get(&rec.addr, &format!("/results/{key}"));
+    assert!(page.contains(&format!("<a href=\"/results/{key}/files/report.txt\">report.txt</a>")), "{page}");
+
+    let uploads = pony.calls("upload");
+    let got: Vec<_> = uploads
+        .iter()
+        .map(|u| (u["query"]["filename"].as_str().unwrap(), u["query"]["auth_key"].as_str().unwrap(), u["size"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(got, [("core.bin", "auth-1", 4), ("report.txt", "auth-1", 10)]);
+    assert_eq!(uploads[1]["body"], "all green\n");
+    assert_eq!(uploads[0]["query"]["visible"], "yes");
+    assert_eq!(pony.calls("add_results").len(), 1);
+
+    // Delivering the same entry again (as after a lost answer) stores nothing twice.
+    let files = vec![
+        paddock::outbox::RunFile { name: "core.bin".into(), path: art.join("core.bin"), size: 4 },
+        paddock::outbox::RunFile { name: "report.txt".into(), path: art.join("report.txt"), size: 10 },
+    ];
+    let again = central.deliver("run-art", &doc.to_string(), &files).await.unwrap();
+    assert_eq!(again.as_deref(), Some(key.as_str()));
+    let c = rusqlite::Connection::open(rec.db_path()).unwrap();
+    let n: (i64, i64) =
+        c.query_row("SELECT (SELECT count(*) FROM results), (SELECT count(*) FROM files)", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!(n, (1, 2));
+}

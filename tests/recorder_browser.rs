@@ -63,3 +63,36 @@ fn package_grid_shows_the_failing_platform_first() {
 
     assert!(rec.stop().success());
 }
+
+/// A platform that passed three times and then failed: the package page says "3 of last 4
+/// passed" and links its first failure (the likely regression) and its last pass.
+#[test]
+fn package_page_shows_a_platforms_history_and_its_first_failure() {
+    let mut rec = RecorderProcess::start(&["--token", "seed=s3cret"]);
+    let mut keys = Vec::new();
+    for (seq, ok) in [true, true, true, false].into_iter().enumerate() {
+        let (status, body) = http_post_json(&rec.addr, "/api/v1/results", Some("s3cret"), &result("rpi-4", ok, 10 + seq as u32));
+        assert_eq!(status, 201, "{body}");
+        keys.push(serde_json::from_str::<serde_json::Value>(&body).unwrap()["result_key"].as_str().unwrap().to_owned());
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let page = format!("{}/packages/gadget", rec.url());
+    let dom = chromium::run(profile.path(), &["--dump-dom", &page], Duration::from_secs(90));
+    let cell = &dom[dom.find("data-host=\"rpi-4\"").expect("the platform's cell")..];
+    let cell = &cell[..cell.find("</li>").unwrap()];
+    assert!(cell.contains("<span class=\"passed-of-last\">3 of last 4 passed</span>"), "{cell}");
+    assert!(cell.contains(&format!("first failure: <a href=\"/results/{0}\">result {0}</a>", keys[3])), "{cell}");
+    assert!(cell.contains(&format!("last pass: <a href=\"/results/{0}\">result {0}</a>", keys[2])), "{cell}");
+    assert_eq!(cell.matches("<i class=\"ok\"></i>").count(), 3, "{cell}");
+    assert_eq!(cell.matches("<i class=\"fail\"></i>").count(), 1, "{cell}");
+    // The dashboard's sheet is the page's.
+    assert!(dom.contains("<link rel=\"stylesheet\" href=\"/static/style.css\">"));
+    assert!(dom.contains("<header class=\"top\">"));
+
+    let shot = support::artifacts().join("recorder-platform-history.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium::run(profile.path(), &[&format!("--screenshot={}", shot.display()), "--window-size=1200,700", &page], Duration::from_secs(90));
+    let png = std::fs::read(&shot).expect("chromium wrote no screenshot");
+    assert!(png.len() > 1000 && png.starts_with(b"\x89PNG"), "screenshot is not a PNG");
+    assert!(rec.stop().success());
+}

@@ -54,3 +54,29 @@ fn a_token_file_admits_its_submitters_and_a_bad_line_is_named_without_its_text()
     assert!(stderr.contains(&format!("{}:2: expected NAME=SECRET", file.display())), "{stderr}");
     assert!(!stderr.contains("hunter2"), "the secret was printed: {stderr}");
 }
+
+/// pony-build's `UploadAFile` flow (`tests/recorder/upload.py`: `add_results`, then `POST
+/// /upload` with the auth key it returned) stores files that are read back byte for byte.
+#[test]
+fn pony_build_uploads_are_stored_listed_and_served_back() {
+    let mut rec = RecorderProcess::start(&["--token", "ci=s3cret"]);
+    let script = support::repo().join("tests/recorder/upload.py");
+    let out = Command::new("python3").arg(&script).arg(rec.url()).arg("s3cret").output().expect("running python3");
+    assert!(out.status.success(), "upload.py failed\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    let (status, body) = support::recorder::http_get(&rec.addr, &format!("/api/v1/results/{key}"));
+    assert_eq!(status, 200, "{body}");
+    let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let files = r["files"].as_array().unwrap();
+    let names: Vec<_> =
+        files.iter().map(|f| (f["filename"].as_str().unwrap(), f["visible"].as_bool().unwrap(), f["size"].as_u64().unwrap())).collect();
+    assert_eq!(names, [("eggs-1.0-py3.egg", true, 9), ("notes.txt", false, 1)]);
+    let (status, bytes) = support::recorder::http_get_bytes(&rec.addr, files[0]["url"].as_str().unwrap());
+    assert_eq!(status, 200);
+    assert_eq!(bytes, b"egg\x00bytes");
+    let (_, page) = support::recorder::http_get(&rec.addr, &format!("/results/{key}"));
+    assert!(page.contains(&format!("<a href=\"/results/{key}/files/eggs-1.0-py3.egg\">eggs-1.0-py3.egg</a>")), "{page}");
+    assert!(!page.contains("notes.txt"), "a file uploaded with visible=no is not listed on the page");
+    assert!(rec.stop().success());
+}

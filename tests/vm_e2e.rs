@@ -49,6 +49,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         smc_key: None,
         firmware: None,
         network: paddock::config::GuestNetwork::Outbound,
+        platform: "tiny-x86_64".into(),
     };
     let host = Host {
         name: "local".into(),

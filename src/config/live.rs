@@ -79,6 +79,9 @@ pub fn restart_only_changes(old: &Fleet, new: &Fleet) -> Vec<&'static str> {
     if old.access != new.access {
         changed.push("[access]");
     }
+    if old.retention != new.retention {
+        changed.push("[retention]");
+    }
     changed
 }
 

@@ -24,6 +24,19 @@ pub struct Fleet {
     pub recorders: Vec<Recorder>,
     pub access: AccessPolicy,
     pub limits: Limits,
+    /// `[retention]`; `None` (no section): everything is kept.
+    pub retention: Option<Retention>,
+}
+
+/// `[retention]`: each platform's newest `keep_last` results (and each job+image's newest
+/// `keep_last` run folders) are kept; older ones go once older than `max_age` (passes) or
+/// `failure_max_age` (failures). Without `max_age`, what is past `keep_last` goes on count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_last: u32,
+    pub max_age: Option<Duration>,
+    pub failure_max_age: Option<Duration>,
+    pub every: Duration,
 }
 
 /// `[limits]`, with defaults for every key.
@@ -419,6 +432,10 @@ pub struct Image {
     pub firmware: Option<PathBuf>,
     /// What the guest may reach besides its SSH forward.
     pub network: GuestNetwork,
+    /// The stable name of this platform in recorders (a result's `host`): the image's name
+    /// unless `platform` says otherwise. Never a VM's or a hypervisor's name, so every run of a
+    /// job on this image lands in one tagset.
+    pub platform: String,
 }
 
 /// What a guest on user-mode networking (passt) may reach. Neither mode reaches the host's

@@ -28,6 +28,17 @@ pub struct RawFleet {
     pub recorders: Vec<S<RawRecorder>>,
     pub access: Option<S<RawAccess>>,
     pub limits: Option<S<RawLimits>>,
+    pub retention: Option<S<RawRetention>>,
+}
+
+/// `[retention]`: how long the embedded recorder's results and the run folders are kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub keep_last: Option<S<i64>>,
+    pub max_age: Option<S<String>>,
+    pub failure_max_age: Option<S<String>>,
+    pub every: Option<S<String>>,
 }
 
 /// `[limits]`: how much a run, a guest or a recorder client may make paddock keep.
@@ -120,6 +131,8 @@ pub struct RawImage {
     pub firmware: Option<S<String>>,
     /// `"outbound"` (default) or `"none"`; see `GuestNetwork`.
     pub network: Option<S<String>>,
+    /// The platform name results of this image carry as `host`; absent: the image's name.
+    pub platform: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -65,6 +65,7 @@ fn type_sections() -> BTreeMap<String, Vec<String>> {
         ("[[recorders]]", keys_of::<RawRecorder>()),
         ("[access]", keys_of::<RawAccess>()),
         ("[limits]", keys_of::<RawLimits>()),
+        ("[retention]", keys_of::<RawRetention>()),
     ]
     .into_iter()
     .map(|(s, k)| (s.to_string(), k))
@@ -124,6 +125,7 @@ fn base() -> Vec<(&'static str, Vec<(String, String)>)> {
         ("[[recorders]]", kv(&[("name", r#""central""#), ("kind", r#""paddock""#), ("url", r#""http://127.0.0.1:9/""#)])),
         ("[access]", Vec::new()),
         ("[limits]", Vec::new()),
+        ("[retention]", Vec::new()),
     ]
 }
 

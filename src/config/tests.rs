@@ -478,3 +478,37 @@ fn retries_and_priorities_default_parse_and_are_bounded() {
     assert_eq!(fleet.daemon.priority_aging, std::time::Duration::from_secs(30));
     assert_eq!(fleet.daemon.upload_timeout, std::time::Duration::from_secs(600));
 }
+
+#[test]
+fn an_images_platform_defaults_to_its_name_and_must_be_a_name() {
+    let fleet = parse(GOOD, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.images[0].platform, "tiny-x86_64");
+    let src = with("name = \"tiny-x86_64\"\n", "name = \"tiny-x86_64\"\nplatform = \"tiny\"\n");
+    let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.images[0].platform, "tiny");
+    let src = with("name = \"tiny-x86_64\"\n", "name = \"tiny-x86_64\"\nplatform = \"tiny box/1\"\n");
+    let l = line_of(&src, "platform =");
+    assert_eq!(
+        errors(&src),
+        vec![format!(
+            "fleet.toml:{l}:12: images[0].platform: `tiny box/1` is not a valid platform name; use 1-48 of a-z, A-Z, 0-9, `-`, `_`, `.`"
+        )]
+    );
+}
+
+#[test]
+fn retention_is_off_without_its_section_and_checked_with_it() {
+    assert_eq!(parse(GOOD, Path::new("fleet.toml")).unwrap().retention, None);
+    let src = format!("{GOOD}\n[retention]\nmax_age = \"30d\"\n");
+    let r = parse(&src, Path::new("fleet.toml")).unwrap().retention.unwrap();
+    assert_eq!((r.keep_last, r.max_age, r.failure_max_age), (10, Some(std::time::Duration::from_secs(30 * 86_400)), None));
+    let src = format!("{GOOD}\n[retention]\nmax_age = \"30d\"\nfailure_max_age = \"1d\"\nkeep_last = 0\n");
+    let (l1, l2) = (line_of(&src, "failure_max_age"), line_of(&src, "keep_last"));
+    assert_eq!(
+        errors(&src),
+        vec![
+            format!("fleet.toml:{l1}:19: retention.failure_max_age: failures are kept at least as long as passes: at least `max_age`"),
+            format!("fleet.toml:{l2}:13: retention.keep_last: must be a positive number, got 0"),
+        ]
+    );
+}

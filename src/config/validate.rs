@@ -194,7 +194,33 @@ impl<'a> Validator<'a> {
         }
         let access = self.access(raw.access.as_ref());
         let limits = self.fleet_limits(raw.limits.as_ref());
-        Fleet { source: self.file.to_path_buf(), daemon, hosts, images, jobs, users, recorders, access, limits }
+        let retention = raw.retention.as_ref().map(|r| self.retention(r));
+        Fleet { source: self.file.to_path_buf(), daemon, hosts, images, jobs, users, recorders, access, limits, retention }
+    }
+
+    fn retention(&mut self, raw: &S<RawRetention>) -> Retention {
+        let r = raw.get_ref();
+        let keep_last = match &r.keep_last {
+            None => 10,
+            Some(n) => self.positive(n, "retention.keep_last", 10u32),
+        };
+        let opt = |me: &mut Self, v: &Option<S<String>>, key: &str| {
+            v.as_ref().map(|_| me.duration(v, &format!("retention.{key}"), Duration::ZERO))
+        };
+        let max_age = opt(self, &r.max_age, "max_age");
+        let failure_max_age = opt(self, &r.failure_max_age, "failure_max_age");
+        if let (Some(pass), Some(fail)) = (max_age, failure_max_age)
+            && fail < pass
+        {
+            let span = r.failure_max_age.as_ref().map(|s| s.span());
+            self.error(span, "retention.failure_max_age", "failures are kept at least as long as passes: at least `max_age`");
+        }
+        let every = self.duration(&r.every, "retention.every", Duration::from_secs(3600));
+        if every.is_zero() {
+            let span = r.every.as_ref().map(|s| s.span());
+            self.error(span, "retention.every", "must be longer than 0s");
+        }
+        Retention { keep_last, max_age, failure_max_age, every }
     }
 
     fn fleet_limits(&mut self, raw: Option<&S<RawLimits>>) -> Limits {
@@ -491,7 +517,13 @@ impl<'a> Validator<'a> {
                 HostKeyPolicy::PerVm
             }
         };
+        // Not unique: two images may deliberately report as one platform.
+        let platform = match &m.platform {
+            None => name.clone(),
+            Some(v) => self.name(v, &format!("{p}.platform"), &mut HashSet::new(), "platform"),
+        };
         Image {
+            platform,
             name,
             os,
             arch,

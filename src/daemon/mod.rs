@@ -4,6 +4,7 @@
 
 mod recorder_auth;
 mod reload;
+mod run_dirs;
 mod state_dir;
 
 use std::net::SocketAddr;
@@ -116,6 +117,12 @@ impl Daemon {
                 body_limit: fleet.limits.result_body_bytes,
                 max_steps: fleet.limits.result_steps,
                 max_tags: fleet.limits.result_tags,
+                retention: fleet.retention.map(|r| crate::recorder::Retention {
+                    keep_last: r.keep_last,
+                    max_age: r.max_age,
+                    failure_max_age: r.failure_max_age,
+                    every: r.every,
+                }),
                 ..RecorderConfig::default()
             },
         )
@@ -135,11 +142,15 @@ impl Daemon {
                 (r.name.clone(), dest)
             })
             .collect();
-        let forwarder = Forwarder::new(store.clone(), destinations, Backoff::default(), Clock::system());
+        let forwarder = Forwarder::new(store.clone(), destinations, Backoff::default(), Clock::system()).with_artifacts_from(dirs.logs());
         let waker = forwarder.waker();
         let forwarder_health = forwarder.health();
         let recorder_names: Vec<String> = forwarder_names(&fleet);
         forwarder.spawn(shutdown_rx.clone());
+        recorder.spawn_retention(shutdown_rx.clone());
+        if let Some(policy) = fleet.retention {
+            run_dirs::spawn(store.clone(), dirs.logs(), policy, Clock::system(), shutdown_rx.clone());
+        }
 
         // The VM manager reaps whatever a previous daemon of this instance left
         // (except VMs on hold) before any run starts.
@@ -185,7 +196,7 @@ impl Daemon {
         api.public_reads = fleet.daemon.public_reads;
         api.max_follows = fleet.limits.live_streams;
         api.max_follows_per_client = fleet.limits.live_streams_per_client;
-        let app = app(Arc::new(api)).nest("/recorder", crate::recorder::router(recorder.clone()));
+        let app = app(Arc::new(api)).merge(crate::recorder::nest_under("/recorder", recorder.clone()));
         let addr = options.listen.unwrap_or(fleet.daemon.listen);
         let listener = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| DaemonError::Listen { addr, source })?;

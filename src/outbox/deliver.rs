@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 
 use dxr::{MethodCall, MethodResponse, Value};
+use tracing::warn;
 
-use crate::recorder::{Recorder, RecorderError, ResultDoc};
+use super::files::{self, RunFile};
+use crate::recorder::{Attached, NewFile, Recorder, RecorderError, ResultDoc, ResultKey};
 
 /// One recorder's address and how to talk to it.
 #[derive(Clone)]
@@ -32,13 +34,19 @@ pub enum DeliveryError {
     Refused { url: String, status: u16, body: String },
     #[error("{url} answered with an XML-RPC fault {code}: {message}")]
     Fault { url: String, code: i32, message: String },
+    #[error("cannot read artifact {name}")]
+    File { name: String, source: std::io::Error },
     #[error("{url} answered with something that is not an XML-RPC response: {detail}")]
     BadResponse { url: String, detail: String },
 }
 
 impl Destination {
-    /// Delivers one result; returns the recorder's key for it, if it gave one.
-    pub async fn deliver(&self, run_id: &str, payload: &str) -> Result<Option<String>, DeliveryError> {
+    /// Delivers one result and then its run's `files`; returns the recorder's key for it, if it
+    /// gave one. A file the recorder refuses (too big, a name taken) or that is gone is skipped
+    /// with a warning; a recorder that fails is retried with the whole delivery, which paddock
+    /// recorders take idempotently (the run id for the result, same name and bytes for files).
+    /// pony-build has no idempotency key, so its uploads are tried once, after `add_results`.
+    pub async fn deliver(&self, run_id: &str, payload: &str, files: &[RunFile]) -> Result<Option<String>, DeliveryError> {
         let doc: serde_json::Value = serde_json::from_str(payload).map_err(DeliveryError::BadPayload)?;
         match self {
             Destination::Embedded(recorder) => {
@@ -47,6 +55,9 @@ impl Destination {
                 let parsed = ResultDoc::from_json(field("client_info"), field("results"), extras)
                     .map_err(|e| DeliveryError::Invalid(e.to_string()))?;
                 let key = recorder.ingest(parsed, Some(run_id.to_string())).await.map_err(DeliveryError::Embedded)?;
+                for f in files {
+                    attach_embedded(recorder, key, run_id, f).await?;
+                }
                 Ok(Some(key.to_string()))
             }
             Destination::Paddock { client, url, token } => {
@@ -61,13 +72,33 @@ impl Destination {
                 if !status.is_success() {
                     return Err(DeliveryError::Refused { url: endpoint, status: status.as_u16(), body: truncate(body) });
                 }
-                let key = serde_json::from_str::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("result_key").and_then(|k| k.as_str()).map(str::to_string));
+                let answer = serde_json::from_str::<serde_json::Value>(&body).ok();
+                let field = |k: &str| answer.as_ref().and_then(|v| v.get(k)?.as_str().map(str::to_string));
+                let (key, auth_key) = (field("result_key"), field("auth_key"));
+                if let Some(auth_key) = auth_key {
+                    let upload = format!("{}/upload", url.trim_end_matches('/'));
+                    for f in files {
+                        match upload_one(client, &upload, &auth_key, f).await {
+                            Ok(()) => {}
+                            // Refused for what the file is: retrying would not change that.
+                            Err(DeliveryError::Refused { status: 400 | 401 | 409 | 413, body, .. }) => {
+                                warn!(run_id, file = %f.name, reason = %body, "the recorder refused an artifact; skipped");
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
                 Ok(key)
             }
             Destination::PonyBuild { client, url } => {
-                let client_info = json_to_xmlrpc(doc.get("client_info").unwrap_or(&serde_json::Value::Null));
+                // pony-build's add_results takes no extras; they travel inside client_info (kept
+                // whole by pony-build, outside the tagset), so the VM, hypervisor and run id
+                // reach it while `host` stays the platform.
+                let mut client_info = doc.get("client_info").cloned().unwrap_or(serde_json::Value::Null);
+                if let (Some(ci), Some(extras)) = (client_info.as_object_mut(), doc.get("extras")) {
+                    ci.insert("paddock".into(), extras.clone());
+                }
+                let client_info = json_to_xmlrpc(&client_info);
                 let results = json_to_xmlrpc(doc.get("results").unwrap_or(&serde_json::Value::Null));
                 let call = MethodCall { name: "add_results".into(), params: vec![client_info, results] };
                 let xml = call.to_xml().map_err(|e| DeliveryError::BadResponse { url: url.clone(), detail: e.to_string() })?;
@@ -93,17 +124,79 @@ impl Destination {
                 let response =
                     MethodResponse::from_xml(&body).map_err(|e| DeliveryError::BadResponse { url: url.clone(), detail: e.to_string() })?;
                 // pony-build answers (result_key, auth_key).
-                let key = match response.value {
-                    Value::Array(items) => items.into_iter().next().and_then(|v| match v {
-                        Value::String(s) => Some(s),
-                        _ => None,
-                    }),
-                    _ => None,
+                let strings: Vec<String> = match response.value {
+                    Value::Array(items) => items
+                        .into_iter()
+                        .map(|v| match v {
+                            Value::String(s) => s,
+                            _ => String::new(),
+                        })
+                        .collect(),
+                    _ => Vec::new(),
                 };
-                Ok(key)
+                // The result is stored now; sending add_results again would store it twice, so
+                // each file is tried once and a failure only logged.
+                if let Some(auth_key) = strings.get(1).filter(|k| !k.is_empty()) {
+                    let upload = files::upload_url(url);
+                    for f in files {
+                        if let Err(e) = upload_one(client, &upload, auth_key, f).await {
+                            warn!(run_id, file = %f.name, error = %crate::error::chain(&e), "artifact upload to pony-build failed");
+                        }
+                    }
+                }
+                Ok(strings.into_iter().next().filter(|k| !k.is_empty()))
             }
         }
     }
+}
+
+/// One artifact into the embedded recorder; a database failure fails the delivery (retried).
+async fn attach_embedded(recorder: &Recorder, key: ResultKey, run_id: &str, f: &RunFile) -> Result<(), DeliveryError> {
+    let limit = recorder.config().file_limit as u64;
+    if f.size > limit {
+        warn!(run_id, file = %f.name, size = f.size, limit, "artifact larger than the recorder's file limit; skipped");
+        return Ok(());
+    }
+    let content = match tokio::fs::read(&f.path).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(run_id, file = %f.name, error = %e, "artifact gone before delivery; skipped");
+            return Ok(());
+        }
+    };
+    let file = NewFile { filename: f.name.clone(), description: files::DESCRIPTION.into(), visible: true, content };
+    match recorder.attach(key, file).await {
+        Ok(Attached::Stored | Attached::AlreadyThere) => Ok(()),
+        Ok(skipped @ (Attached::NameTaken | Attached::OverResultCap { .. })) => {
+            warn!(run_id, file = %f.name, outcome = ?skipped, "the recorder kept no copy of an artifact; skipped");
+            Ok(())
+        }
+        Err(e @ (RecorderError::OverLimit { .. } | RecorderError::BadFilename(..) | RecorderError::UnknownAuthKey)) => {
+            warn!(run_id, file = %f.name, error = %e, "the recorder refused an artifact; skipped");
+            Ok(())
+        }
+        Err(e) => Err(DeliveryError::Embedded(e)),
+    }
+}
+
+/// One artifact to pony-build's `/upload` (or a paddock recorder's) with the result's auth_key.
+async fn upload_one(client: &reqwest::Client, upload: &str, auth_key: &str, f: &RunFile) -> Result<(), DeliveryError> {
+    let content = tokio::fs::read(&f.path).await.map_err(|e| DeliveryError::File { name: f.name.clone(), source: e })?;
+    let endpoint = format!("{upload}?{}", files::upload_query(auth_key, &f.name));
+    let resp = client
+        .post(&endpoint)
+        .header("Content-Type", "application/octet-stream")
+        .body(content)
+        .send()
+        .await
+        .map_err(|source| DeliveryError::Unreachable { url: upload.to_owned(), source })?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = resp.text().await.unwrap_or_default();
+    // The URL carries the auth_key: name only the endpoint.
+    Err(DeliveryError::Refused { url: upload.to_owned(), status: status.as_u16(), body: truncate(body) })
 }
 
 fn truncate(mut s: String) -> String {

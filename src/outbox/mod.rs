@@ -10,7 +10,9 @@
 //! entry, so a recorder that is down delays only its own queue.
 
 mod deliver;
+mod files;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ use crate::store::Store;
 use crate::supervisor::{Health, PanicHook, supervise};
 
 pub use deliver::{DeliveryError, Destination};
+pub use files::RunFile;
 
 /// How long to wait after the n-th failed attempt.
 #[derive(Debug, Clone, Copy)]
@@ -72,12 +75,13 @@ pub struct Forwarder {
     clock: Clock,
     health: Health,
     panic: PanicHook,
+    logs: Option<PathBuf>,
 }
 
 impl Forwarder {
     pub fn new(store: Store, destinations: Vec<(String, Destination)>, backoff: Backoff, clock: Clock) -> Self {
         let notifies = destinations.iter().map(|_| Arc::new(Notify::new())).collect();
-        Forwarder { store, destinations, notifies, backoff, clock, health: Health::default(), panic: PanicHook::default() }
+        Forwarder { store, destinations, notifies, backoff, clock, health: Health::default(), panic: PanicHook::default(), logs: None }
     }
 
     /// How the lanes have fared: restarts after panics, and the last reason.
@@ -88,6 +92,13 @@ impl Forwarder {
     /// Fault injection for the supervisor's test: armed, the next lane about to deliver panics.
     pub fn panic_hook(&self) -> PanicHook {
         self.panic.clone()
+    }
+
+    /// Deliver each run's artifacts (listed in its document, kept in `<logs>/<run>/artifacts/`)
+    /// with its result.
+    pub fn with_artifacts_from(mut self, logs: PathBuf) -> Self {
+        self.logs = Some(logs);
+        self
     }
 
     pub fn waker(&self) -> Waker {
@@ -109,6 +120,7 @@ impl Forwarder {
                     backoff: self.backoff,
                     clock: self.clock,
                     panic: self.panic.clone(),
+                    logs: self.logs.clone(),
                 };
                 let shutdown = shutdown.clone();
                 tokio::spawn(supervise("forwarder", self.health.clone(), move || lane.clone().run(shutdown.clone())))
@@ -126,6 +138,7 @@ struct Lane {
     backoff: Backoff,
     clock: Clock,
     panic: PanicHook,
+    logs: Option<PathBuf>,
 }
 
 impl Lane {
@@ -160,7 +173,11 @@ impl Lane {
                 continue;
             }
             self.panic.check("the forwarder lane panics before delivering");
-            let result = self.dest.deliver(&entry.run_id, &entry.payload).await;
+            let files = match (&self.logs, serde_json::from_str::<serde_json::Value>(&entry.payload)) {
+                (Some(logs), Ok(doc)) => files::listed(logs, &entry.run_id, &doc),
+                _ => Vec::new(),
+            };
+            let result = self.dest.deliver(&entry.run_id, &entry.payload, &files).await;
             let stored = match result {
                 Ok(key) => {
                     info!(recorder = %self.name, run_id = %entry.run_id, attempts = entry.attempts + 1, "result delivered");

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
 use super::model::{BagError, ClientInfo, ResultDoc, ResultKey};
-use super::store::{Filter, PackageHealth, StoredResult, Summary};
-use super::{Origin, Recorder, RecorderError, xmlrpc};
+use super::store::{Filter, History, HistoryMark, PackageHealth, StoredResult, Summary};
+use super::{Attached, FileInfo, NewFile, Origin, Recorder, RecorderError, xmlrpc};
 
 /// The REST and XML-RPC routes plus `pages` (the HTML pages and feeds of `web.rs`, passed
 /// in so that this file does not depend on `web.rs`, which uses its errors), with its state
@@ -36,6 +36,9 @@ pub(super) fn router(rec: Recorder, pages: Router<Recorder>) -> Router {
         .route("/api/v1/tagsets/{id}/history", get(history_json))
         .route("/api/v1/missing", get(missing_json))
         .route("/api/v1/build-requests", post(build_request))
+        .route("/api/v1/results/{key}/files", get(files_json))
+        .route("/results/{key}/files/{name}", get(file_download))
+        .route("/upload", post(upload))
         .route("/xmlrpc", post(xmlrpc_plain))
         .route("/xmlrpc/{token}", post(xmlrpc_with_token))
         .merge(pages)
@@ -80,7 +83,8 @@ fn presented_credential(req: &axum::extract::Request) -> Option<String> {
 /// [`presented_credential`]). Submissions check theirs again in their handlers, so this layer
 /// only ever refuses, never grants.
 async fn private_reads(State(rec): State<Recorder>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    if !rec.config().private_reads {
+    // An upload's credential is its result's auth_key, checked by the handler.
+    if !rec.config().private_reads || req.uri().path() == "/upload" {
         return next.run(req).await;
     }
     match presented_credential(&req) {
@@ -103,6 +107,8 @@ pub(super) enum ApiError {
     TooLarge(usize),
     /// The body could not be read (the client went away or sent a broken chunk).
     Body(String),
+    /// The request clashes with what is stored (another file of that name).
+    Conflict(String),
     Recorder(RecorderError),
 }
 
@@ -131,6 +137,9 @@ impl ApiError {
             ApiError::Body(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::Recorder(RecorderError::Invalid(bag)) => (StatusCode::BAD_REQUEST, bag.to_string()),
             ApiError::Recorder(e @ RecorderError::OverLimit { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            ApiError::Recorder(e @ RecorderError::UnknownAuthKey) => (StatusCode::UNAUTHORIZED, e.to_string()),
+            ApiError::Recorder(e @ RecorderError::BadFilename(..)) => (StatusCode::BAD_REQUEST, e.to_string()),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::Recorder(
                 e @ (RecorderError::Open { .. }
                 | RecorderError::Migrate { .. }
@@ -362,6 +371,51 @@ pub(super) struct SummaryJson {
     tagset: Vec<String>,
     success: bool,
     duration: Option<f64>,
+    /// A failure whose platform's next result passed (absent where not worked out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flaky: Option<bool>,
+    /// A failure right after a pass (absent where not worked out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    after_pass: Option<bool>,
+}
+
+impl SummaryJson {
+    fn marked(s: &Summary, m: &HistoryMark) -> SummaryJson {
+        SummaryJson { flaky: Some(m.flaky), after_pass: Some(m.after_pass), ..SummaryJson::from(s) }
+    }
+}
+
+/// A platform's history as the REST API gives it.
+#[derive(Serialize)]
+struct PlatformHistoryJson {
+    tagset_id: i64,
+    total: usize,
+    passed: usize,
+    /// Kept for clients of earlier versions; the same as `passed`.
+    succeeded: usize,
+    /// "3 of last 4 passed".
+    summary: String,
+    last_pass: Option<SummaryJson>,
+    /// While the platform fails, its first failure after the last pass (the likely regression).
+    first_failure: Option<SummaryJson>,
+    flaky: usize,
+    results: Vec<SummaryJson>,
+}
+
+impl From<&History> for PlatformHistoryJson {
+    fn from(h: &History) -> Self {
+        PlatformHistoryJson {
+            tagset_id: h.tagset_id,
+            total: h.recent.len(),
+            passed: h.passed,
+            succeeded: h.passed,
+            summary: h.summary(),
+            last_pass: h.last_pass.as_ref().map(SummaryJson::from),
+            first_failure: h.first_failure.as_ref().map(SummaryJson::from),
+            flaky: h.recent.iter().filter(|(_, m)| m.flaky).count(),
+            results: h.recent.iter().map(|(s, m)| SummaryJson::marked(s, m)).collect(),
+        }
+    }
 }
 
 impl From<&Summary> for SummaryJson {
@@ -377,6 +431,8 @@ impl From<&Summary> for SummaryJson {
             tagset: s.tagset.tags().to_vec(),
             success: s.success,
             duration: s.duration,
+            flaky: None,
+            after_pass: None,
         }
     }
 }
@@ -402,15 +458,27 @@ async fn packages_json(State(rec): State<Recorder>) -> Result<Json<Vec<PackageJs
 #[derive(Serialize)]
 struct TagsetsJson {
     package: String,
-    tagsets: Vec<SummaryJson>,
+    tagsets: Vec<TagsetJson>,
+}
+
+/// A platform's latest result with its history beside it.
+#[derive(Serialize)]
+struct TagsetJson {
+    #[serde(flatten)]
+    latest: SummaryJson,
+    history: PlatformHistoryJson,
 }
 
 async fn tagsets_json(State(rec): State<Recorder>, Path(package): Path<String>) -> Result<Json<TagsetsJson>, ApiError> {
-    let latest = rec.latest_per_tagset(&package).await?;
-    if latest.is_empty() {
+    let histories = rec.package_histories(&package).await?;
+    if histories.is_empty() {
         return Err(ApiError::NotFound(format!("no results for package {package:?}")));
     }
-    Ok(Json(TagsetsJson { package, tagsets: latest.iter().map(SummaryJson::from).collect() }))
+    let tagsets = histories
+        .iter()
+        .filter_map(|h| h.recent.first().map(|(s, m)| TagsetJson { latest: SummaryJson::marked(s, m), history: h.into() }))
+        .collect();
+    Ok(Json(TagsetsJson { package, tagsets }))
 }
 
 #[derive(Serialize)]
@@ -424,6 +492,119 @@ struct ResultJson {
     client_info: JsonValue,
     steps: Vec<JsonValue>,
     extras: JsonValue,
+    flaky: bool,
+    after_pass: bool,
+    files: Vec<FileJson>,
+}
+
+impl ResultJson {
+    fn new(r: StoredResult, mark: HistoryMark, files: Vec<FileJson>) -> Self {
+        ResultJson { flaky: mark.flaky, after_pass: mark.after_pass, files, ..r.into() }
+    }
+}
+
+#[derive(Serialize)]
+struct FileJson {
+    filename: String,
+    description: String,
+    visible: bool,
+    size: u64,
+    uploaded_at: f64,
+    /// Where its bytes are served (relative to the recorder's base).
+    url: String,
+}
+
+fn file_json(base: &str, key: ResultKey, f: FileInfo) -> FileJson {
+    FileJson {
+        url: format!("{base}/results/{key}/files/{}", urlencode(&f.filename)),
+        filename: f.filename,
+        description: f.description,
+        visible: f.visible,
+        size: f.size,
+        uploaded_at: f.uploaded_at,
+    }
+}
+
+async fn result_files(rec: &Recorder, key: ResultKey) -> Result<Vec<FileJson>, ApiError> {
+    let base = rec.config().base_path.clone();
+    Ok(rec.files(key).await?.into_iter().map(|f| file_json(&base, key, f)).collect())
+}
+
+async fn files_json(State(rec): State<Recorder>, Path(key): Path<String>) -> Result<Json<Vec<FileJson>>, ApiError> {
+    let key = parse_key(&key)?;
+    if rec.get(key).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no result with key {key}")));
+    }
+    Ok(Json(result_files(&rec, key).await?))
+}
+
+/// A file's bytes, always as a download: what a build uploaded is never rendered as a page of
+/// the recorder's origin.
+async fn file_download(State(rec): State<Recorder>, Path((key, name)): Path<(String, String)>) -> Result<Response, ApiError> {
+    let key = parse_key(&key)?;
+    let Some(bytes) = rec.file_content(key, &name).await? else {
+        return Err(ApiError::NotFound(format!("result {key} has no file {name:?}")));
+    };
+    let disposition = format!("attachment; filename=\"{}\"", name.replace(|c: char| !c.is_ascii_graphic() || c == '"', "_"));
+    let mut r = bytes.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(r)
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    auth_key: Option<String>,
+    filename: Option<String>,
+    description: Option<String>,
+    visible: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Uploaded {
+    result_key: String,
+    filename: String,
+    /// False when the same file was already there (a repeated upload).
+    created: bool,
+}
+
+/// pony-build's `POST /upload?auth_key=&filename=&description=&visible=yes|no` with the file's
+/// bytes as the body (its client sends them with urllib, form-encoded or not). The auth_key
+/// (from `add_results` or `POST /api/v1/results`) is the credential, checked before the body is
+/// read; the body is read up to `file_limit`.
+async fn upload(
+    State(rec): State<Recorder>,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let (Some(auth_key), Some(filename)) = (q.auth_key, q.filename) else {
+        return Err(ApiError::BadRequest("upload attempt, but missing filename, description, or auth_key".into()));
+    };
+    let result = rec.upload_target(&auth_key).await?;
+    let content = read_body(body, rec.config().file_limit).await?.to_vec();
+    let size = content.len();
+    let file = NewFile {
+        filename: filename.clone(),
+        description: q.description.unwrap_or_default(),
+        visible: q.visible.as_deref() == Some("yes"),
+        content,
+    };
+    match rec.attach(result, file).await? {
+        Attached::Stored => Ok((StatusCode::OK, Json(Uploaded { result_key: result.to_string(), filename, created: true }))),
+        Attached::AlreadyThere => Ok((StatusCode::OK, Json(Uploaded { result_key: result.to_string(), filename, created: false }))),
+        Attached::NameTaken => Err(ApiError::Conflict(format!("result {result} already has another file named {filename:?}"))),
+        Attached::OverResultCap { already } => Err(ApiError::Recorder(RecorderError::OverLimit {
+            what: "the result's files (bytes)",
+            got: already as usize + size,
+            limit: rec.config().result_files_limit as usize,
+        })),
+    }
 }
 
 impl From<StoredResult> for ResultJson {
@@ -438,6 +619,9 @@ impl From<StoredResult> for ResultJson {
             client_info: r.doc.client_info.to_json(),
             steps: r.doc.steps.iter().map(|s| s.to_json()).collect(),
             extras: JsonValue::Object(r.doc.extras),
+            flaky: false,
+            after_pass: false,
+            files: Vec::new(),
         }
     }
 }
@@ -449,7 +633,7 @@ pub(super) fn parse_key(s: &str) -> Result<ResultKey, ApiError> {
 async fn result_json(State(rec): State<Recorder>, Path(key): Path<String>) -> Result<Json<ResultJson>, ApiError> {
     let key = parse_key(&key)?;
     match rec.get(key).await? {
-        Some(r) => Ok(Json(r.into())),
+        Some(r) => Ok(Json(ResultJson::new(r, rec.mark_of(key).await?, result_files(&rec, key).await?))),
         None => Err(ApiError::NotFound(format!("no result with key {key}"))),
     }
 }
@@ -459,33 +643,16 @@ struct HistoryQuery {
     limit: Option<u32>,
 }
 
-#[derive(Serialize)]
-struct HistoryJson {
-    tagset_id: i64,
-    total: usize,
-    succeeded: usize,
-    summary: String,
-    results: Vec<SummaryJson>,
-}
-
 async fn history_json(
     State(rec): State<Recorder>,
     Path(id): Path<i64>,
     Query(q): Query<HistoryQuery>,
-) -> Result<Json<HistoryJson>, ApiError> {
-    let limit = q.limit.unwrap_or(10).clamp(1, 1000);
-    let results = rec.history(id, limit).await?;
-    if results.is_empty() {
-        return Err(ApiError::NotFound(format!("no tagset with id {id}")));
+) -> Result<Json<PlatformHistoryJson>, ApiError> {
+    let limit = q.limit.unwrap_or(super::HISTORY_WINDOW).clamp(1, 1000);
+    match rec.platform_history(id, limit).await? {
+        Some(h) => Ok(Json((&h).into())),
+        None => Err(ApiError::NotFound(format!("no tagset with id {id}"))),
     }
-    let succeeded = results.iter().filter(|r| r.success).count();
-    Ok(Json(HistoryJson {
-        tagset_id: id,
-        total: results.len(),
-        succeeded,
-        summary: format!("{succeeded} of the last {} succeeded", results.len()),
-        results: results.iter().map(SummaryJson::from).collect(),
-    }))
 }
 
 #[derive(Deserialize)]
@@ -549,4 +716,17 @@ pub(super) fn rfc3339(t: f64) -> String {
     chrono::DateTime::from_timestamp_micros((t * 1e6) as i64)
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
+}
+
+/// Percent-encode a path segment (package names are free text).
+pub(super) fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

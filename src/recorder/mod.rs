@@ -11,17 +11,34 @@ pub mod xmlrpc;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::Clock;
 
 pub use auth::{Authenticator, Principal, SubmitToken};
 pub use model::{Bag, BagError, ClientInfo, ResultDoc, ResultKey, Step, Tagset};
-pub use store::{Filter, PackageHealth, Receipt, StoredResult, Summary};
+pub use store::files::{Attached, FileInfo, NewFile};
+pub use store::retention::Removed;
+pub use store::{Filter, History, HistoryMark, PackageHealth, Receipt, StoredResult, Summary};
+
+/// How many of a platform's newest results "N of last N passed" counts.
+pub const HISTORY_WINDOW: u32 = 10;
 
 /// Everything the recorder serves, with its state applied, ready to `merge` into a bigger app
 /// (or `nest` under a prefix, with `RecorderConfig::base_path` set to that prefix): the REST and
 /// XML-RPC routes of `http.rs` and the pages and feeds of `web.rs`.
 pub fn router(rec: Recorder) -> axum::Router {
     http::router(rec, web::routes())
+}
+
+/// The recorder nested under `prefix` (e.g. `/recorder`, which `RecorderConfig::base_path`
+/// must match), answering both `{prefix}` and `{prefix}/`: the second redirects to the first,
+/// so links written either way work.
+pub fn nest_under(prefix: &str, rec: Recorder) -> axum::Router {
+    let to = prefix.to_owned();
+    axum::Router::new()
+        .route(&format!("{prefix}/"), axum::routing::get(move || async move { axum::response::Redirect::permanent(&to) }))
+        .nest(prefix, router(rec))
 }
 
 /// How a recorder behaves; defaults follow pony-build where it had one.
@@ -46,6 +63,17 @@ pub struct RecorderConfig {
     pub max_steps: usize,
     /// Most tags one result's `client_info` may have.
     pub max_tags: usize,
+    /// Largest file one upload may attach (pony-build allowed 5 MB a request).
+    pub file_limit: usize,
+    /// Most bytes of files one result may have, all uploads together.
+    pub result_files_limit: u64,
+    /// How long after its result arrived an upload with the result's `auth_key` is accepted.
+    pub upload_window: Duration,
+    /// How long results (their steps' output and files with them) are kept; `None`: forever.
+    pub retention: Option<Retention>,
+    /// The recorder's time: receipts, upload windows, staleness and retention read it. Follows
+    /// tokio's clock, so tests can age results under a paused clock.
+    pub clock: Clock,
     /// Path prefix the router is mounted under (e.g. `/recorder`), for links in pages and feeds.
     pub base_path: String,
     /// Reads (JSON, pages, feeds, XML-RPC) need a credential too. Off by default:
@@ -63,8 +91,11 @@ impl std::fmt::Debug for RecorderConfig {
             .field("body_limit", &self.body_limit)
             .field("max_steps", &self.max_steps)
             .field("max_tags", &self.max_tags)
+            .field("file_limit", &self.file_limit)
+            .field("result_files_limit", &self.result_files_limit)
             .field("base_path", &self.base_path)
             .field("private_reads", &self.private_reads)
+            .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
@@ -81,10 +112,27 @@ impl Default for RecorderConfig {
             body_limit: 16 * 1024 * 1024,
             max_steps: 1000,
             max_tags: 100,
+            file_limit: 16 << 20,
+            result_files_limit: 64 << 20,
+            upload_window: Duration::from_secs(24 * 3600),
+            retention: None,
+            clock: Clock::system(),
             base_path: String::new(),
             private_reads: false,
         }
     }
+}
+
+/// How long results are kept: each platform's newest `keep_last` always; older ones until they
+/// are older than `max_age` (passes) or `failure_max_age` (failures; absent: `max_age`). With
+/// no age at all, results past `keep_last` go on count alone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    pub keep_last: u32,
+    pub max_age: Option<Duration>,
+    pub failure_max_age: Option<Duration>,
+    /// How often the background pass runs.
+    pub every: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +147,12 @@ pub enum RecorderError {
     Database { op: &'static str, source: rusqlite::Error },
     #[error("recorder database connection closed while {op}")]
     Closed { op: &'static str },
+    /// An upload whose `auth_key` names no result, or one received too long ago.
+    #[error("the auth_key names no result that accepts uploads")]
+    UnknownAuthKey,
+    /// A file name that cannot be served back safely.
+    #[error("filename {0:?}: {1}")]
+    BadFilename(String, &'static str),
     /// A result over one of the recorder's limits; nothing was stored.
     #[error("{what}: {got} is more than the limit of {limit}")]
     OverLimit { what: &'static str, got: usize, limit: usize },
@@ -140,8 +194,20 @@ struct Inner {
     tokens: auth::TokenSet,
 }
 
-fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+/// A file name is served back in a URL path and a Content-Disposition header: one path segment
+/// of printable text, at most 255 bytes.
+fn check_filename(name: &str) -> Result<(), RecorderError> {
+    let bad = |why| Err(RecorderError::BadFilename(name.chars().take(64).collect(), why));
+    if name.is_empty() || name.len() > 255 {
+        return bad("must be 1 to 255 bytes");
+    }
+    if name == "." || name == ".." || name.contains(['/', '\\', '"']) {
+        return bad("must be one path segment without `/`, `\\` or `\"`");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("contains control characters");
+    }
+    Ok(())
 }
 
 fn db_err(op: &'static str) -> impl FnOnce(tokio_rusqlite::Error<rusqlite::Error>) -> RecorderError {
@@ -191,6 +257,57 @@ impl Recorder {
         &self.inner.config
     }
 
+    /// Unix seconds on the recorder's clock.
+    fn now(&self) -> f64 {
+        self.inner.config.clock.now().timestamp_micros() as f64 / 1e6
+    }
+
+    /// One retention pass now (nothing without a policy); what it removed is counted in
+    /// `/metrics` (`paddock_recorder_retention_removed_total`).
+    pub async fn apply_retention(&self) -> Result<Removed, RecorderError> {
+        let Some(r) = self.inner.config.retention else { return Ok(Removed::default()) };
+        let policy = store::retention::Policy {
+            keep_last: r.keep_last,
+            max_age: r.max_age.map(|d| d.as_secs_f64()),
+            failure_max_age: r.failure_max_age.map(|d| d.as_secs_f64()),
+        };
+        let at = self.now();
+        let removed = self
+            .inner
+            .writer
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                let out = store::retention::apply(&tx, policy, at)?;
+                tx.commit()?;
+                Ok(out)
+            })
+            .await
+            .map_err(db_err("applying retention"))?;
+        crate::metrics::recorder_retention_removed(removed.results, removed.files, removed.file_bytes);
+        if removed.results > 0 {
+            tracing::info!(results = removed.results, files = removed.files, bytes = removed.file_bytes, "retention removed old results");
+        }
+        Ok(removed)
+    }
+
+    /// Runs `apply_retention` every `Retention::every` until `shutdown` turns true (nothing
+    /// without a policy). A failed pass is logged and tried again at the next tick.
+    pub fn spawn_retention(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>> {
+        let every = self.inner.config.retention?.every.max(Duration::from_secs(1));
+        let rec = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                if let Err(e) = rec.apply_retention().await {
+                    tracing::warn!(error = %crate::error::chain(&e), "recorder retention pass failed");
+                }
+            }
+        }))
+    }
+
     /// Store a result in-process (the daemon's path, no HTTP and no credential). The same
     /// idempotency key twice stores one result and returns its key both times; keys of this path
     /// live in their own scope, apart from every HTTP submitter's.
@@ -209,7 +326,7 @@ impl Recorder {
             return Err(RecorderError::OverLimit { what: "client_info.tags", got: tags, limit: c.max_tags });
         }
         let auth_key = auth::random_hex(16);
-        let at = now();
+        let at = self.now();
         let inserted = self
             .inner
             .writer
@@ -252,6 +369,85 @@ impl Recorder {
         self.read("reading a platform's history", move |c| store::history(c, tagset_id, limit)).await
     }
 
+    /// Attach a file to the result whose `auth_key` (handed to its submitter by `add_results` or
+    /// `POST /api/v1/results`) is given: pony-build's `/upload`. Idempotent for the same name
+    /// and bytes.
+    pub async fn upload(&self, auth_key: &str, file: NewFile) -> Result<(ResultKey, Attached), RecorderError> {
+        let result = self.upload_target(auth_key).await?;
+        self.attach(result, file).await.map(|a| (result, a))
+    }
+
+    /// The result an upload with `auth_key` goes to, if it still accepts uploads (`upload_window`).
+    pub async fn upload_target(&self, auth_key: &str) -> Result<ResultKey, RecorderError> {
+        let key = auth_key.to_owned();
+        let found = self.read("finding an upload's result", move |c| store::files::result_for_auth_key(c, &key)).await?;
+        let window = self.inner.config.upload_window.as_secs_f64();
+        match found {
+            Some((result, at)) if self.now() - at <= window => Ok(result),
+            _ => Err(RecorderError::UnknownAuthKey),
+        }
+    }
+
+    /// Attach a file to result `key` (the in-process path: the daemon's run artifacts).
+    pub async fn attach(&self, key: ResultKey, file: NewFile) -> Result<Attached, RecorderError> {
+        check_filename(&file.filename)?;
+        let c = &self.inner.config;
+        if file.content.len() > c.file_limit {
+            return Err(RecorderError::OverLimit { what: "file", got: file.content.len(), limit: c.file_limit });
+        }
+        let cap = c.result_files_limit;
+        let at = self.now();
+        self.inner
+            .writer
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                let out = store::files::attach(&tx, key, &file, cap, at)?;
+                tx.commit()?;
+                Ok(out)
+            })
+            .await
+            .map_err(db_err("storing a file"))
+    }
+
+    pub async fn files(&self, key: ResultKey) -> Result<Vec<FileInfo>, RecorderError> {
+        self.read("listing a result's files", move |c| store::files::list(c, key)).await
+    }
+
+    pub async fn file_content(&self, key: ResultKey, filename: &str) -> Result<Option<Vec<u8>>, RecorderError> {
+        let f = filename.to_owned();
+        self.read("reading a file", move |c| store::files::content(c, key, &f)).await
+    }
+
+    /// A platform's history over its newest `window` results; `None` for an unknown platform.
+    pub async fn platform_history(&self, tagset_id: i64, window: u32) -> Result<Option<History>, RecorderError> {
+        self.read("reading a platform's history", move |c| store::history::history(c, tagset_id, window)).await
+    }
+
+    /// The history of every platform of `package`, in the package grid's order.
+    pub async fn package_histories(&self, package: &str) -> Result<Vec<History>, RecorderError> {
+        let p = package.to_owned();
+        self.read("reading a package's history", move |c| store::history::package_histories(c, &p, HISTORY_WINDOW)).await
+    }
+
+    /// Results matching `filter`, each with its mark in its platform's history.
+    pub async fn search_marked(&self, filter: Filter) -> Result<Vec<(Summary, HistoryMark)>, RecorderError> {
+        self.read("searching results", move |c| {
+            let found = store::search(c, &filter)?;
+            let marks = store::history::marks(c, &found)?;
+            Ok(found.into_iter().zip(marks).collect())
+        })
+        .await
+    }
+
+    /// A result's mark in its platform's history (flaky, first failure after a pass).
+    pub async fn mark_of(&self, key: ResultKey) -> Result<HistoryMark, RecorderError> {
+        self.read("reading a result's history", move |c| {
+            let found = store::summary(c, key)?;
+            Ok(store::history::marks(c, found.as_slice())?.pop().unwrap_or(HistoryMark { flaky: false, after_pass: false }))
+        })
+        .await
+    }
+
     pub async fn search(&self, filter: Filter) -> Result<Vec<Summary>, RecorderError> {
         self.read("searching results", move |c| store::search(c, &filter)).await
     }
@@ -272,7 +468,7 @@ impl Recorder {
 
     /// Platforms that reported before but have been silent longer than `missing_after`.
     pub async fn missing(&self) -> Result<Vec<Summary>, RecorderError> {
-        let cutoff = now() - self.inner.config.missing_after.as_secs_f64();
+        let cutoff = self.now() - self.inner.config.missing_after.as_secs_f64();
         self.read("listing silent platforms", move |c| store::silent_since(c, cutoff)).await
     }
 
@@ -284,7 +480,7 @@ impl Recorder {
             default_allowance: c.default_build_allowance.as_secs_f64(),
             max_allowance: c.max_build_allowance.as_secs_f64(),
         };
-        let at = now();
+        let at = self.now();
         let allowance = allowance.as_secs_f64();
         self.inner
             .writer
@@ -300,7 +496,7 @@ impl Recorder {
 
     /// Force the next `check_should_build` for this platform to say yes.
     pub async fn request_build(&self, tagset: Tagset) -> Result<(), RecorderError> {
-        let at = now();
+        let at = self.now();
         self.inner.writer.call(move |c| store::request_build(c, &tagset, at)).await.map_err(db_err("requesting a build"))
     }
 

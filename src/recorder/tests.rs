@@ -8,7 +8,7 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use super::{Recorder, RecorderConfig, SubmitToken, router};
+use super::{Recorder, RecorderConfig, SubmitToken, nest_under, router};
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -148,7 +148,16 @@ async fn rest_ingest_is_idempotent_and_queryable() {
 
     let id = ts["tagsets"][1]["tagset_id"].as_i64().unwrap();
     let h = get(&e.app, &format!("/api/v1/tagsets/{id}/history?limit=10")).await.json();
-    assert_eq!(h["summary"], "2 of the last 3 succeeded");
+    assert_eq!(h["summary"], "2 of last 3 passed");
+    assert_eq!((h["passed"].as_u64(), h["total"].as_u64(), h["flaky"].as_u64()), (Some(2), Some(3), Some(1)));
+    // alpha passed (1), failed (3), passed again (4): the failure passed on re-run.
+    let marks: Vec<_> = h["results"].as_array().unwrap().iter().map(|r| (r["key"].as_str().unwrap(), r["flaky"] == true)).collect();
+    assert_eq!(marks, [("4", false), ("3", true), ("1", false)]);
+    assert_eq!(h["last_pass"]["key"], "4");
+    assert!(h["first_failure"].is_null(), "a platform that passes now has no open regression");
+    assert_eq!(ts["tagsets"][1]["history"]["summary"], "2 of last 3 passed");
+    assert_eq!(get(&e.app, "/api/v1/results/3").await.json()["flaky"], true);
+    assert_eq!(get(&e.app, "/api/v1/results/2").await.json()["flaky"], false, "beta's failure never passed since");
 
     let failed = get(&e.app, "/api/v1/results?success=false").await.json();
     assert_eq!(failed["results"].as_array().unwrap().len(), 2);
@@ -413,5 +422,166 @@ async fn pages_and_feeds_render() {
     let failures = get(&e.app, "/feeds/failures.atom").await.body;
     assert_eq!(failures.matches("<entry>").count(), 1);
     assert!(failures.contains("widget FAILED on beta"));
-    assert_eq!(get(&e.app, "/feeds/packages/widget").await.body.matches("<entry>").count(), 3);
+
+    // A platform that passed three times and then failed: the failure is the likely regression,
+    // on the page, in the API and in the failures feed.
+    for ok in [true, true, false] {
+        post(&e.app, "/api/v1/results", result("gamma", &[], ok).to_string(), Some(TOKEN)).await;
+    }
+    let page = get(&e.app, "/packages/widget").await.body;
+    let gamma = &page[page.find("data-host=\"gamma\"").unwrap()..];
+    let gamma = &gamma[..gamma.find("</li>").unwrap()];
+    assert!(gamma.contains("3 of last 4 passed"), "{gamma}");
+    assert!(gamma.contains(r#"first failure: <a href="/results/6">result 6</a>"#), "{gamma}");
+    assert!(gamma.contains(r#"last pass: <a href="/results/5">result 5</a>"#), "{gamma}");
+    let failures = get(&e.app, "/feeds/failures.atom").await.body;
+    assert!(failures.contains("widget FAILED (first failure after a pass) on gamma"), "{failures}");
+    let ts = get(&e.app, "/api/v1/packages/widget/tagsets").await.json();
+    let g = ts["tagsets"].as_array().unwrap().iter().find(|t| t["host"] == "gamma").unwrap().clone();
+    assert_eq!((g["history"]["summary"].as_str(), g["history"]["first_failure"]["key"].as_str()), (Some("3 of last 4 passed"), Some("6")));
+    assert_eq!(g["after_pass"], true);
+
+    // The sheet is the dashboard's, plus the recorder's own rules.
+    let css = get(&e.app, "/static/style.css").await;
+    assert!(css.content_type.starts_with("text/css"));
+    assert!(css.body.contains("header.top") && css.body.contains(".runs i.flaky"));
+    assert!(page.contains(r#"<link rel="stylesheet" href="/static/style.css">"#));
+    assert_eq!(get(&e.app, "/feeds/packages/widget").await.body.matches("<entry>").count(), 6);
+}
+
+#[tokio::test]
+async fn nested_recorder_answers_with_and_without_the_slash() {
+    let e = env(RecorderConfig { base_path: "/recorder".into(), ..RecorderConfig::default() }).await;
+    let app = nest_under("/recorder", e.rec.clone());
+    post(&app, "/recorder/api/v1/results", result("alpha", &[], true).to_string(), Some(TOKEN)).await;
+    let bare = get(&app, "/recorder").await;
+    assert_eq!(bare.status, StatusCode::OK);
+    assert!(bare.body.contains(r#"href="/recorder/packages/widget""#), "{}", bare.body);
+    let resp = app.clone().oneshot(Request::get("/recorder/").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(resp.headers()[header::LOCATION], "/recorder");
+    assert_eq!(get(&app, "/recorder/static/style.css").await.status, StatusCode::OK);
+    assert_eq!(get(&app, "/recorder/packages/widget").await.status, StatusCode::OK);
+}
+
+async fn upload(app: &Router, query: &str, body: &'static [u8]) -> Reply {
+    send(app, Request::post(format!("/upload?{query}")).body(Body::from(body)).unwrap()).await
+}
+
+#[tokio::test]
+async fn uploads_need_the_results_auth_key_and_stay_within_their_caps() {
+    let config = RecorderConfig { file_limit: 10, result_files_limit: 15, private_reads: true, ..RecorderConfig::default() };
+    let e = env(config).await;
+    let sent = post(&e.app, "/api/v1/results", result("alpha", &[], true).to_string(), Some(TOKEN)).await.json();
+    let (key, auth) = (sent["result_key"].as_str().unwrap().to_owned(), sent["auth_key"].as_str().unwrap().to_owned());
+    let q = |name: &str| format!("auth_key={auth}&filename={name}&description=d&visible=yes");
+    let before = e.rec.row_counts().await.unwrap();
+
+    // With private reads on, the auth_key alone lets an upload in (pony-build's client sends
+    // nothing else); a wrong one, or none, does not.
+    assert_eq!(upload(&e.app, &q("a.txt"), b"0123456789").await.status, StatusCode::OK);
+    assert_eq!(upload(&e.app, "auth_key=nope&filename=b.txt&description=d", b"x").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(upload(&e.app, "filename=b.txt&description=d", b"x").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(upload(&e.app, &q("big.bin"), b"01234567890").await.status, StatusCode::PAYLOAD_TOO_LARGE, "over the per-file cap");
+    assert_eq!(upload(&e.app, &q("b.txt"), b"012345").await.status, StatusCode::PAYLOAD_TOO_LARGE, "over the per-result cap");
+    assert_eq!(upload(&e.app, &q("b.txt"), b"01234").await.status, StatusCode::OK, "exactly at the per-result cap");
+    assert_eq!(upload(&e.app, &q("a.txt"), b"0123456789").await.json()["created"], false, "the same file again");
+    assert_eq!(upload(&e.app, &q("a.txt"), b"x").await.status, StatusCode::CONFLICT);
+    for bad in ["..", "a%2Fb", "a%0Ab", ""] {
+        assert_eq!(upload(&e.app, &q(bad), b"x").await.status, StatusCode::BAD_REQUEST, "{bad:?}");
+    }
+    assert_eq!(e.rec.row_counts().await.unwrap(), before, "files never touch results, steps or tags");
+
+    // Reads of files are reads: they need a credential like every other one here.
+    let path = format!("/results/{key}/files/a.txt");
+    assert_eq!(get(&e.app, &path).await.status, StatusCode::UNAUTHORIZED);
+    let resp = e
+        .app
+        .clone()
+        .oneshot(Request::get(&path).header(header::AUTHORIZATION, format!("Bearer {TOKEN}")).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let h = resp.headers();
+    assert_eq!(h[header::CONTENT_TYPE], "application/octet-stream", "a build's file is never served as a page");
+    assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(h[header::CONTENT_DISPOSITION], "attachment; filename=\"a.txt\"");
+    assert_eq!(to_bytes(resp.into_body(), usize::MAX).await.unwrap(), &b"0123456789"[..]);
+}
+
+#[tokio::test]
+async fn an_auth_key_stops_accepting_uploads_after_the_window() {
+    let e = env(RecorderConfig { upload_window: Duration::ZERO, ..RecorderConfig::default() }).await;
+    let sent = post(&e.app, "/api/v1/results", result("alpha", &[], true).to_string(), Some(TOKEN)).await.json();
+    let q = format!("auth_key={}&filename=late.txt&description=d", sent["auth_key"].as_str().unwrap());
+    assert_eq!(upload(&e.app, &q, b"x").await.status, StatusCode::UNAUTHORIZED);
+}
+
+/// Under a paused clock: each platform's newest two results stay; older passes go after 10
+/// days, older failures after 30; a lone old platform keeps its only result; files go with
+/// their result. Exactly those results are removed, and `/metrics` counts them.
+#[tokio::test(start_paused = true)]
+async fn retention_removes_exactly_what_the_policy_says() {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let retention =
+        super::Retention { keep_last: 2, max_age: Some(10 * DAY), failure_max_age: Some(30 * DAY), every: Duration::from_secs(3600) };
+    let clock = crate::clock::Clock::starting_at(chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().into());
+    let e = env(RecorderConfig { retention: Some(retention), clock, upload_window: 400 * DAY, ..RecorderConfig::default() }).await;
+    let metrics = crate::metrics::install();
+    let removed_before = |text: &str, what: &str| -> u64 {
+        let line = format!("paddock_recorder_retention_removed_total{{what=\"{what}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(line.as_str())).map_or(0, |v| v.trim().parse().unwrap())
+    };
+    let at_start = metrics.render();
+
+    let mut keys = Vec::new();
+    // (day received, passed): ages at day 50 are 50, 40, 20, 15, 5 and 1 days.
+    let mut day = 0;
+    for (when, ok) in [(0, false), (10, true), (30, false), (35, true), (45, true), (49, true)] {
+        tokio::time::advance((when - day) * DAY).await;
+        day = when;
+        if when == 0 {
+            post(&e.app, "/api/v1/results", result("lonely", &[], true).to_string(), Some(TOKEN)).await;
+        }
+        let sent = post(&e.app, "/api/v1/results", result("busy", &[], ok).to_string(), Some(TOKEN)).await.json();
+        keys.push((sent["result_key"].as_str().unwrap().to_owned(), sent["auth_key"].as_str().unwrap().to_owned()));
+    }
+    let q = format!("auth_key={}&filename=old.log&description=d&visible=yes", keys[1].1);
+    assert_eq!(upload(&e.app, &q, b"0123456789").await.status, StatusCode::OK);
+    tokio::time::advance(DAY).await;
+    assert_eq!(e.rec.row_counts().await.unwrap()[0], 7);
+
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = e.rec.spawn_retention(stop_rx).expect("a policy spawns the pass");
+    let mut left = 0;
+    for _ in 0..1000 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        left = e.rec.row_counts().await.unwrap()[0];
+        if left == 4 {
+            break;
+        }
+    }
+    assert_eq!(left, 4);
+    let alive = |k: &str| {
+        let k = k.to_owned();
+        let rec = e.rec.clone();
+        async move { rec.get(k.parse().unwrap()).await.unwrap().is_some() }
+    };
+    let mut kept = Vec::new();
+    for (k, _) in &keys {
+        kept.push(alive(k).await);
+    }
+    // busy: failure at 50 days (past 30) gone, pass at 40 gone, failure at 20 kept, pass at 15
+    // gone, the newest two kept.
+    assert_eq!(kept, [false, false, true, false, true, true]);
+    assert!(alive("1").await, "the lonely platform keeps its only (50-day-old) result");
+    assert!(e.rec.files(keys[1].0.parse().unwrap()).await.unwrap().is_empty());
+    let counts = e.rec.row_counts().await.unwrap();
+    assert_eq!(counts, [4, 8, 0, 2], "steps of removed results went with them; every platform stays");
+
+    let text = metrics.render();
+    assert_eq!(removed_before(&text, "results") - removed_before(&at_start, "results"), 3);
+    assert_eq!(removed_before(&text, "files") - removed_before(&at_start, "files"), 1);
+    assert_eq!(removed_before(&text, "file_bytes") - removed_before(&at_start, "file_bytes"), 10);
+    task.abort();
 }

@@ -9,9 +9,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::http::{ApiError, parse_key, rfc3339};
+use super::http::{ApiError, parse_key, rfc3339, urlencode};
 use super::store::{StoredResult, Summary};
-use super::{Filter, Recorder};
+use super::{Filter, History, HistoryMark, Recorder};
 
 pub(super) fn routes() -> Router<Recorder> {
     Router::new()
@@ -22,6 +22,15 @@ pub(super) fn routes() -> Router<Recorder> {
         .route("/feeds/all.atom", get(feed_all))
         .route("/feeds/failures.atom", get(feed_failures))
         .route("/feeds/packages/{package}", get(feed_package))
+        .route("/static/style.css", get(stylesheet))
+}
+
+/// The dashboard's stylesheet followed by the recorder's additions, so recorder pages look like
+/// the dashboard's whether embedded or standalone.
+const STYLE: &str = concat!(include_str!("../dashboard/static/style.css"), "\n", include_str!("../../templates/recorder/recorder.css"));
+
+async fn stylesheet() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "max-age=300")], STYLE).into_response()
 }
 
 fn human_time(t: f64) -> String {
@@ -99,27 +108,86 @@ async fn index(State(rec): State<Recorder>) -> Result<IndexPage, ApiError> {
     Ok(IndexPage { base, packages, missing })
 }
 
+/// A result linked from a platform's history.
+struct Link {
+    url: String,
+    key: String,
+    when: String,
+}
+
+impl Link {
+    fn new(base: &str, s: &Summary) -> Link {
+        Link { url: format!("{base}/results/{}", s.key), key: s.key.to_string(), when: human_time(s.time) }
+    }
+}
+
+/// One square of a platform's recent runs, oldest first.
+struct Run {
+    url: String,
+    key: String,
+    class: &'static str,
+}
+
+/// A platform on the package page: its latest result and its history.
+struct Platform {
+    cell: Cell,
+    summary: String,
+    runs: Vec<Run>,
+    first_failure: Option<Link>,
+    last_pass: Option<Link>,
+    flaky: usize,
+}
+
+impl Platform {
+    fn new(base: &str, h: &History) -> Option<Platform> {
+        let (latest, _) = h.recent.first()?;
+        Some(Platform {
+            cell: Cell::new(base, latest),
+            summary: h.summary(),
+            runs: h
+                .recent
+                .iter()
+                .rev()
+                .map(|(s, m)| Run {
+                    url: format!("{base}/results/{}", s.key),
+                    key: s.key.to_string(),
+                    class: if s.success {
+                        "ok"
+                    } else if m.flaky {
+                        "flaky"
+                    } else {
+                        "fail"
+                    },
+                })
+                .collect(),
+            first_failure: h.first_failure.as_ref().map(|s| Link::new(base, s)),
+            last_pass: h.last_pass.as_ref().map(|s| Link::new(base, s)),
+            flaky: h.recent.iter().filter(|(_, m)| m.flaky).count(),
+        })
+    }
+}
+
 #[derive(Template, WebTemplate)]
 #[template(path = "recorder/package.html")]
 struct PackagePage {
     base: String,
     package: String,
     feed: String,
-    cells: Vec<Cell>,
+    cells: Vec<Platform>,
     failing: usize,
 }
 
 async fn package_page(State(rec): State<Recorder>, Path(package): Path<String>) -> Result<PackagePage, ApiError> {
     let base = rec.config().base_path.clone();
     // Already ordered failures first, then newest first.
-    let latest = rec.latest_per_tagset(&package).await?;
-    if latest.is_empty() {
+    let histories = rec.package_histories(&package).await?;
+    if histories.is_empty() {
         return Err(ApiError::NotFound(format!("no results for package {package:?}")));
     }
-    let cells: Vec<Cell> = latest.iter().map(|s| Cell::new(&base, s)).collect();
+    let cells: Vec<Platform> = histories.iter().filter_map(|h| Platform::new(&base, h)).collect();
     Ok(PackagePage {
         feed: format!("{base}/feeds/packages/{}", urlencode(&package)),
-        failing: cells.iter().filter(|c| !c.ok).count(),
+        failing: cells.iter().filter(|c| !c.cell.ok).count(),
         base,
         package,
         cells,
@@ -163,6 +231,16 @@ struct ResultPage {
     submitter: String,
     extras: Vec<(String, String)>,
     steps: Vec<StepView>,
+    mark: HistoryMark,
+    files: Vec<FileView>,
+}
+
+/// A visible file of a result, linked for download.
+struct FileView {
+    name: String,
+    url: String,
+    size: u64,
+    description: String,
 }
 
 async fn result_page(State(rec): State<Recorder>, Path(key): Path<String>) -> Result<ResultPage, ApiError> {
@@ -171,6 +249,19 @@ async fn result_page(State(rec): State<Recorder>, Path(key): Path<String>) -> Re
     let Some(r) = rec.get(key).await? else {
         return Err(ApiError::NotFound(format!("no result with key {key}")));
     };
+    let mark = rec.mark_of(key).await?;
+    let files = rec
+        .files(key)
+        .await?
+        .into_iter()
+        .filter(|f| f.visible)
+        .map(|f| FileView {
+            url: format!("{base}/results/{key}/files/{}", urlencode(&f.filename)),
+            name: f.filename,
+            size: f.size,
+            description: f.description,
+        })
+        .collect();
     let StoredResult { receipt, doc, tagset } = r;
     let ci = doc.client_info;
     let mut extras: Vec<(String, String)> = ci.extra.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
@@ -188,6 +279,8 @@ async fn result_page(State(rec): State<Recorder>, Path(key): Path<String>) -> Re
         duration: human_duration(ci.duration),
         submitter: receipt.submitter.unwrap_or_else(|| "anonymous".into()),
         extras,
+        mark,
+        files,
         steps: doc
             .steps
             .into_iter()
@@ -260,14 +353,19 @@ async fn feed(rec: &Recorder, headers: &HeaderMap, title: &str, path: &str, filt
     // Atom wants absolute links; build them from the Host the client used.
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let root = format!("http://{host}{}", rec.config().base_path);
-    let results = rec.search(Filter { limit: FEED_LENGTH, ..filter }).await?;
+    let results = rec.search_marked(Filter { limit: FEED_LENGTH, ..filter }).await?;
     let entries: Vec<Entry> = results
         .iter()
-        .map(|s| Entry {
+        .map(|(s, m)| Entry {
             title: format!(
                 "{} {} on {} ({}){}",
                 s.package,
-                if s.success { "succeeded" } else { "FAILED" },
+                match (s.success, m.flaky, m.after_pass) {
+                    (true, _, _) => "succeeded",
+                    (false, true, _) => "FAILED (flaky: passed on re-run)",
+                    (false, false, true) => "FAILED (first failure after a pass)",
+                    (false, false, false) => "FAILED",
+                },
                 s.host,
                 s.arch,
                 match s.tagset.display_tags().join(" ") {
@@ -284,7 +382,7 @@ async fn feed(rec: &Recorder, headers: &HeaderMap, title: &str, path: &str, filt
         title: format!("paddock recorder: {title}"),
         self_url: format!("{root}{path}"),
         id: format!("{root}{path}"),
-        updated: results.first().map(|s| rfc3339(s.time)).unwrap_or_else(|| rfc3339(0.0)),
+        updated: results.first().map(|(s, _)| rfc3339(s.time)).unwrap_or_else(|| rfc3339(0.0)),
         entries,
     };
     match feed.render() {
@@ -294,17 +392,4 @@ async fn feed(rec: &Recorder, headers: &HeaderMap, title: &str, path: &str, filt
             Ok((StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response())
         }
     }
-}
-
-/// Percent-encode a path segment (package names are free text).
-fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }

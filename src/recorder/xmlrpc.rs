@@ -97,7 +97,9 @@ fn fault(code: i32, message: impl Into<String>) -> Fault {
 fn recorder_fault(e: RecorderError) -> Fault {
     match e {
         RecorderError::Invalid(bag) => fault(INVALID_PARAMS, bag.to_string()),
-        e @ RecorderError::OverLimit { .. } => fault(INVALID_PARAMS, e.to_string()),
+        e @ (RecorderError::OverLimit { .. } | RecorderError::UnknownAuthKey | RecorderError::BadFilename(..)) => {
+            fault(INVALID_PARAMS, e.to_string())
+        }
         RecorderError::Open { .. } | RecorderError::Migrate { .. } | RecorderError::Database { .. } | RecorderError::Closed { .. } => {
             tracing::error!(error = %crate_error_chain(&e), "XML-RPC call failed");
             fault(SERVER_ERROR, "internal error")

@@ -553,11 +553,13 @@ impl Executor {
             }
             _ => None,
         };
+        let artifacts = list_artifacts(&self.run_dir(&row.id).join("artifacts")).await;
         let doc = result::document(&ResultInput {
             run_id: &row.id,
             job: &row.job,
             job_tags: job.map(|j| j.tags.as_slice()).unwrap_or_default(),
             image: &row.image,
+            platform: image.map(|i| i.platform.as_str()).unwrap_or(&row.image),
             os: image.map(|i| i.os.as_str()).unwrap_or("unknown"),
             arch: image.map(|i| i.arch.as_str()).unwrap_or("unknown"),
             vm_name,
@@ -573,6 +575,7 @@ impl Executor {
             console_tail,
             retry: link.as_ref(),
             retried_by: next.as_ref().map(|(r, _)| r.id.as_str()),
+            artifacts: &artifacts,
         });
         let end = RunEnd {
             run_id: row.id.clone(),
@@ -595,6 +598,20 @@ impl Executor {
         self.waker.wake();
         Ok(retry_row)
     }
+}
+
+/// The files in a run's `artifacts/` folder, by name (none when it does not exist).
+async fn list_artifacts(dir: &Path) -> Vec<result::Artifact> {
+    let mut out = Vec::new();
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else { return out };
+    while let Ok(Some(e)) = entries.next_entry().await {
+        let (Ok(meta), Some(name)) = (e.metadata().await, e.file_name().to_str().map(str::to_owned)) else { continue };
+        if meta.is_file() {
+            out.push(result::Artifact { name, size: meta.len() });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// Ends a run that has no VM (any more): interrupted by a crash, or never placed.

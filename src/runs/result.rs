@@ -30,6 +30,8 @@ pub struct ResultInput<'a> {
     pub job: &'a str,
     pub job_tags: &'a [String],
     pub image: &'a str,
+    /// The platform's stable name (the image's `platform`, else its name): the result's `host`.
+    pub platform: &'a str,
     pub os: &'a str,
     pub arch: &'a str,
     pub vm_name: Option<&'a str>,
@@ -47,15 +49,23 @@ pub struct ResultInput<'a> {
     pub retry: Option<&'a crate::store::RetryRow>,
     /// The run queued to re-run this one (its result then goes to no recorder).
     pub retried_by: Option<&'a str>,
+    /// The run's fetched artifacts (`<run>/artifacts/`), delivered as files with the result.
+    pub artifacts: &'a [Artifact],
+}
+
+/// One fetched artifact: its file name under `<run>/artifacts/` and its size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Artifact {
+    pub name: String,
+    pub size: u64,
 }
 
 pub fn document(r: &ResultInput<'_>) -> Value {
     let started = r.started_at.unwrap_or(r.created_at);
     let duration = (r.finished_at - started).num_milliseconds().max(0) as f64 / 1000.0;
+    // The tags name the platform only: the VM and the hypervisor it ran on change from run to
+    // run and go in `extras`, so every run of a job on one image lands in one tagset.
     let mut tags: Vec<String> = vec![r.os.to_string(), r.arch.to_string(), r.image.to_string()];
-    if let Some(h) = r.host {
-        tags.push(h.to_string());
-    }
     tags.extend(r.job_tags.iter().cloned());
     let failure_kind = match r.outcome {
         Outcome::Success => Value::Null,
@@ -86,7 +96,7 @@ pub fn document(r: &ResultInput<'_>) -> Value {
         "client_info": {
             "package": r.job,
             "arch": r.arch,
-            "host": r.vm_name.unwrap_or("(no vm)"),
+            "host": r.platform,
             "tags": tags,
             "success": r.outcome == Outcome::Success,
             "duration": duration,
@@ -96,6 +106,8 @@ pub fn document(r: &ResultInput<'_>) -> Value {
         "extras": {
             "run_id": r.run_id,
             "image": r.image,
+            "platform": r.platform,
+            "vm_name": r.vm_name,
             "os": r.os,
             "hypervisor_host": r.host,
             "trigger": r.trigger,
@@ -115,6 +127,7 @@ pub fn document(r: &ResultInput<'_>) -> Value {
                 "note": l.note,
             })),
             "retried_by": r.retried_by,
+            "artifacts": r.artifacts.iter().map(|a| json!({"name": a.name, "size": a.size})).collect::<Vec<_>>(),
         },
         "idempotency_key": r.run_id,
     })

@@ -28,7 +28,7 @@ pub use hosts::{HostPeriod, HostVolume};
 pub use listing::{AccessRow, AuditRow};
 pub use outbox::OutboxEntry;
 pub use pulse::{Pulse, RunPulses};
-pub use runs::{RetryRow, RunEnd, RunFilter, RunRow, RunUpdate};
+pub use runs::{FinishedRun, RetryRow, RunEnd, RunFilter, RunRow, RunUpdate};
 pub use tokens::{NewToken, TokenRow};
 pub use vms::VmRow;
 

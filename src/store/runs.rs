@@ -266,6 +266,36 @@ impl Store {
         })
         .await
     }
+
+    /// Every finished run's identity, outcome and end, oldest first, for retention (the result
+    /// documents are not read).
+    pub async fn finished_runs_brief(&self) -> Result<Vec<FinishedRun>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, job, image, outcome, finished_at FROM runs
+                 WHERE outcome IS NOT NULL AND finished_at IS NOT NULL ORDER BY finished_at, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
+            })?;
+            rows.map(|r| {
+                let (id, job, image, outcome, finished_at) = r?;
+                Ok(FinishedRun { id, job, image, success: outcome == "success", finished_at: parse_ts(&finished_at)? })
+            })
+            .collect()
+        })
+        .await
+    }
+}
+
+/// A finished run as retention sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedRun {
+    pub id: String,
+    pub job: String,
+    pub image: String,
+    pub success: bool,
+    pub finished_at: DateTime<Utc>,
 }
 
 /// Everything that ends a run, written in one transaction by [`Store::finish_run`].

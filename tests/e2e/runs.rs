@@ -14,7 +14,7 @@ fn manual() -> Trigger {
 async fn three_steps_second_fails_gives_the_right_result_and_no_vm_is_left() {
     ensure_guest_image();
     let dir = tempfile::tempdir().unwrap();
-    let fleet = fleet(
+    let mut fleet = fleet(
         dir.path(),
         "23100-23109",
         PER_VM,
@@ -38,6 +38,8 @@ type = "test"
 command = "echo should-not-run"
 "#,
     );
+    // The recorder's pages are read below without a token.
+    fleet.daemon.public_reads = true;
     let daemon = start(fleet).await;
     let _guard = DomainGuard::new(dir.path());
     let ids = daemon.runs.trigger("three", None, manual()).await.unwrap();
@@ -51,7 +53,12 @@ command = "echo should-not-run"
     assert_eq!(doc["client_info"]["arch"], "x86_64");
     assert_eq!(doc["client_info"]["success"], false);
     let tags: Vec<&str> = doc["client_info"]["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
-    assert_eq!(tags, ["linux", "x86_64", "tiny", "local"]);
+    // The platform is the image, not the VM or the hypervisor; those are in extras.
+    assert_eq!(tags, ["linux", "x86_64", "tiny"]);
+    assert_eq!(doc["client_info"]["host"], "tiny");
+    assert_eq!(doc["extras"]["hypervisor_host"], "local");
+    assert_eq!(doc["extras"]["vm_name"].as_str(), row.vm_name.as_deref());
+    assert_eq!(doc["extras"]["run_id"].as_str(), Some(row.id.as_str()));
     let steps = doc["results"].as_array().unwrap();
     assert_eq!(steps.len(), 3);
     assert_eq!(steps[0]["status"], 0);
@@ -82,9 +89,25 @@ command = "echo should-not-run"
     assert_eq!(std::fs::read_to_string(art.join("tmp__out__b.txt")).unwrap(), "two\n");
     assert_eq!(std::fs::read_dir(&art).unwrap().count(), 2);
 
-    // The result reached the embedded recorder.
+    // The result reached the embedded recorder, with the artifacts as its files.
     let outbox = daemon.store.outbox_for_run(&row.id).await.unwrap();
     assert_eq!(outbox.len(), 1);
+    assert_eq!(
+        doc["extras"]["artifacts"],
+        serde_json::json!([{"name": "tmp__out__a.txt", "size": 7}, {"name": "tmp__out__b.txt", "size": 4}])
+    );
+    let outbox = wait_for("delivery to the embedded recorder", Duration::from_secs(30), async || {
+        let o = daemon.store.outbox_for_run(&row.id).await.unwrap();
+        o[0].delivered_at.is_some().then_some(o)
+    })
+    .await;
+    let key = outbox[0].remote_key.clone().unwrap();
+    let http = reqwest::Client::new();
+    let page = http.get(format!("http://{}/recorder/results/{key}", daemon.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&format!("<a href=\"/recorder/results/{key}/files/tmp__out__a.txt\">tmp__out__a.txt</a>")), "{page}");
+    let a = http.get(format!("http://{}/recorder/results/{key}/files/tmp__out__a.txt", daemon.addr)).send().await.unwrap();
+    assert_eq!(a.status(), 200);
+    assert_eq!(a.bytes().await.unwrap().as_ref(), b"report\n");
     // Nothing of the VM is left.
     let prefix = format!("paddock-{}-", instance_id(dir.path()));
     assert_eq!(domains_named(&prefix), Vec::<String>::new());

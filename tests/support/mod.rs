@@ -10,6 +10,7 @@ pub mod chromium;
 pub mod donor;
 pub mod fixtures;
 pub mod guest;
+pub mod pony;
 pub mod recorder;
 pub mod serve;
 pub mod sshd;

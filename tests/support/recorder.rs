@@ -103,3 +103,24 @@ pub fn http_post_json(addr: &str, path: &str, token: Option<&str>, body: &str) -
     let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
+
+/// A plain-socket HTTP/1.1 GET; the status and the body's bytes (the recorder sends a
+/// Content-Length, never chunks, for these bodies).
+pub fn http_get_bytes(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    let head_end = reply.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4).unwrap_or(reply.len());
+    let head = String::from_utf8_lossy(&reply[..head_end]);
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, reply[head_end..].to_vec())
+}
+
+/// `http_get_bytes` with the body as text.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let (status, body) = http_get_bytes(addr, path);
+    (status, String::from_utf8_lossy(&body).into_owned())
+}

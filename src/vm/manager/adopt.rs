@@ -192,5 +192,6 @@ fn placeholder_image() -> Image {
         smc_key: None,
         firmware: None,
         network: crate::config::GuestNetwork::Outbound,
+        platform: String::new(),
     }
 }

@@ -6,6 +6,13 @@ use rusqlite_migration::{M, Migrations};
 
 use super::model::{Bag, ClientInfo, ResultDoc, ResultKey, Step, Tagset};
 
+pub mod files;
+pub mod history;
+mod platforms;
+pub mod retention;
+
+pub use history::{History, HistoryMark};
+
 /// Schema history. Append only: a released migration is never edited.
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -92,6 +99,27 @@ pub fn migrations() -> Migrations<'static> {
         ) WITHOUT ROWID;
         INSERT INTO submission_keys (scope, key, result_id)
             SELECT coalesce(submitter, ''), idempotency_key, id FROM results WHERE idempotency_key IS NOT NULL;
+        "#,
+        ),
+        // paddock's results name their platform (the image) as `host` now; the per-VM
+        // tagsets earlier versions made are merged into one per platform.
+        M::up_with_hook("", |tx: &Transaction<'_>| platforms::merge_vm_tagsets(tx).map_err(Into::into)),
+        // Files attached to results (pony-build's `/upload`, paddock's run artifacts); an
+        // upload names its result by the result's auth_key.
+        M::up(
+            r#"
+        CREATE TABLE files (
+            id          INTEGER PRIMARY KEY,
+            result_id   INTEGER NOT NULL REFERENCES results(id),
+            filename    TEXT NOT NULL,
+            description TEXT NOT NULL,
+            visible     INTEGER NOT NULL,
+            size        INTEGER NOT NULL,
+            content     BLOB NOT NULL,
+            uploaded_at REAL NOT NULL,
+            UNIQUE (result_id, filename)
+        );
+        CREATE INDEX results_by_auth_key ON results(auth_key);
         "#,
         ),
     ])
@@ -337,6 +365,12 @@ fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Summary> {
         success: r.get(7)?,
         duration: r.get(8)?,
     })
+}
+
+/// One result's summary line.
+pub fn summary(conn: &Connection, key: ResultKey) -> rusqlite::Result<Option<Summary>> {
+    let sql = format!("SELECT {SUMMARY_COLUMNS} FROM results r JOIN tagsets t ON t.id = r.tagset_id WHERE r.id = ?1");
+    conn.prepare_cached(&sql)?.query_row([key.0], summary_row).optional()
 }
 
 pub fn packages(conn: &Connection) -> rusqlite::Result<Vec<PackageHealth>> {
@@ -600,5 +634,81 @@ mod tests {
         let next = search(&conn, &Filter { before: Some(page[1].key), ..f }).unwrap();
         assert_eq!(next.iter().map(|s| s.key.0).collect::<Vec<_>>(), [1]);
         assert_eq!(silent_since(&conn, 2.5).unwrap().iter().map(|s| s.host.as_str()).collect::<Vec<_>>(), ["b"]);
+    }
+
+    fn paddock_doc(vm: &str, run: &str, success: bool) -> ResultDoc {
+        ResultDoc::from_json(
+            json!({"package": "demo", "arch": "x86_64", "host": vm, "tags": ["linux", "x86_64", "tiny", "local", "nightly"],
+                   "success": success, "paddock_run_id": run}),
+            json!([{"name": "build", "status": if success { 0 } else { 1 }}]),
+            Some(json!({"run_id": run, "image": "tiny", "hypervisor_host": "local"})),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_platform_migration_merges_per_vm_tagsets_and_keeps_every_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("r.db")).unwrap();
+        migrations().to_version(&mut conn, 2).unwrap();
+        add(&mut conn, &paddock_doc("paddock-e9070e0c-9ecb0424", "9ecb0424", true), 1.0, Some("9ecb0424"));
+        add(&mut conn, &paddock_doc("paddock-e9070e0c-11112222", "11112222", false), 2.0, Some("11112222"));
+        add(&mut conn, &paddock_doc("(no vm)", "33334444", false), 3.0, Some("33334444"));
+        // A pony-build client's own machine happens to start with "paddock-": not paddock's.
+        add(&mut conn, &doc("paddock-box", true), 4.0, None);
+        assert_eq!(row_counts(&conn).unwrap(), [4, 4, 16, 4]);
+
+        migrations().to_latest(&mut conn).unwrap();
+        let demo = tagsets_for_package(&conn, "demo").unwrap();
+        assert_eq!(demo.len(), 1, "{demo:?}");
+        assert_eq!(demo[0].tags(), ["__arch=x86_64", "__host=tiny", "__package=demo", "linux", "nightly", "tiny", "x86_64"]);
+        let grid = latest_per_tagset(&conn, "demo").unwrap();
+        assert_eq!((grid.len(), grid[0].key, grid[0].host.as_str()), (1, ResultKey(3), "tiny"));
+        let h = history(&conn, grid[0].tagset_id, 10).unwrap();
+        assert_eq!(h.iter().map(|s| s.key.0).collect::<Vec<_>>(), [3, 2, 1], "every result kept, in order");
+        let first = get(&conn, ResultKey(1)).unwrap().unwrap();
+        assert_eq!(first.doc.client_info.host, "tiny");
+        assert_eq!(first.doc.client_info.tags, ["linux", "x86_64", "tiny", "nightly"]);
+        assert_eq!(first.doc.extras["vm_name"], "paddock-e9070e0c-9ecb0424");
+        assert_eq!(first.doc.client_info.extra["paddock_run_id"], "9ecb0424");
+        assert!(!get(&conn, ResultKey(3)).unwrap().unwrap().doc.extras.contains_key("vm_name"));
+        let other = get(&conn, ResultKey(4)).unwrap().unwrap();
+        assert_eq!(other.doc.client_info.host, "paddock-box", "a result that is not paddock's is untouched");
+        // The hypervisor host left the tags index; 3 old tagsets became 1.
+        assert_eq!(row_counts(&conn).unwrap(), [4, 4, 13, 2]);
+        let first_at: f64 = conn.query_row("SELECT first_at FROM tagsets WHERE package = 'demo'", [], |r| r.get(0)).unwrap();
+        assert_eq!(first_at, 1.0);
+        // A result of the new shape joins the merged platform.
+        let new = ResultDoc::from_json(
+            json!({"package": "demo", "arch": "x86_64", "host": "tiny", "tags": ["linux", "x86_64", "tiny", "nightly"], "success": true}),
+            json!([]),
+            None,
+        )
+        .unwrap();
+        add(&mut conn, &new, 5.0, Some("55556666"));
+        assert_eq!(tagsets_for_package(&conn, "demo").unwrap().len(), 1);
+        assert_eq!(latest_per_tagset(&conn, "demo").unwrap()[0].key, ResultKey(5));
+    }
+
+    #[test]
+    fn history_counts_passes_finds_the_first_failure_and_flaky_ones() {
+        let (_d, mut conn) = open();
+        // P F P P P F F: result 2 was flaky, 6 is the likely regression.
+        for (i, ok) in [true, false, true, true, true, false, false].into_iter().enumerate() {
+            add(&mut conn, &doc("h", ok), i as f64, None);
+        }
+        let ts = latest_per_tagset(&conn, "p").unwrap()[0].tagset_id;
+        let h = history::history(&conn, ts, 4).unwrap().unwrap();
+        assert_eq!(h.summary(), "2 of last 4 passed");
+        assert_eq!(h.last_pass.as_ref().map(|s| s.key), Some(ResultKey(5)));
+        assert_eq!(h.first_failure.as_ref().map(|s| s.key), Some(ResultKey(6)));
+        let marks: Vec<_> = h.recent.iter().map(|(s, m)| (s.key.0, m.flaky, m.after_pass)).collect();
+        assert_eq!(marks, [(7, false, false), (6, false, true), (5, false, false), (4, false, false)]);
+        let all = history::history(&conn, ts, 10).unwrap().unwrap();
+        assert_eq!(all.recent.iter().filter(|(_, m)| m.flaky).map(|(s, _)| s.key.0).collect::<Vec<_>>(), [2]);
+        let listed = search(&conn, &Filter { success: Some(false), limit: 10, ..Filter::default() }).unwrap();
+        let marks = history::marks(&conn, &listed).unwrap();
+        assert_eq!(marks.iter().map(|m| (m.flaky, m.after_pass)).collect::<Vec<_>>(), [(false, false), (false, true), (true, true)]);
+        assert!(history::history(&conn, 999, 4).unwrap().is_none());
     }
 }
