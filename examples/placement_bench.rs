@@ -44,6 +44,7 @@ fn image() -> Image {
         smc_key: None,
         firmware: None,
         network: GuestNetwork::Outbound,
+        platform: "tiny".into(),
     }
 }
 

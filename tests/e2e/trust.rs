@@ -250,7 +250,7 @@ async fn an_artifact_that_never_ends_is_cut_at_the_artifact_timeout_and_the_run_
     let fleet = fleet(
         dir.path(),
         "26410-26414",
-        &baked_host_key(),
+        PER_VM,
         r#"
 [[jobs]]
 name = "endless-artifact"
