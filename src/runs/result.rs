@@ -43,6 +43,19 @@ pub struct ResultInput<'a> {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: DateTime<Utc>,
     pub console_tail: Option<&'a str>,
+    /// How fast the run got its VM, when it got one.
+    pub timings: Option<Timings>,
+}
+
+/// Where a run's time went before its first step's output (issue 18).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timings {
+    /// From the VM's start (or restore) to readiness.
+    pub boot_s: f64,
+    /// From the guest's SSH banner to the first byte of the first step's output.
+    pub banner_to_first_byte_s: Option<f64>,
+    /// Whether the session that proved the VM ready ran the steps (one handshake).
+    pub one_handshake: bool,
 }
 
 pub fn document(r: &ResultInput<'_>) -> Value {
@@ -103,6 +116,11 @@ pub fn document(r: &ResultInput<'_>) -> Value {
             "started_at": r.started_at.map(|t| t.to_rfc3339()),
             "finished_at": r.finished_at.to_rfc3339(),
             "console_tail": r.console_tail,
+            "timings": r.timings.map(|t| json!({
+                "boot_s": t.boot_s,
+                "banner_to_first_byte_s": t.banner_to_first_byte_s,
+                "one_handshake": t.one_handshake,
+            })),
         },
         "idempotency_key": r.run_id,
     })

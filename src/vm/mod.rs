@@ -3,6 +3,7 @@
 //! `VmManager` that owns them all.
 
 pub mod images;
+pub mod login;
 mod manager;
 pub mod overlay;
 pub mod placement;

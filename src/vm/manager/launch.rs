@@ -16,6 +16,7 @@ use crate::libvirt::domain_xml::Handover;
 use crate::libvirt::storage;
 use crate::libvirt::{self, ConsoleSink, ConsoleXml, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
 use crate::vm::images::PoolImage;
+use crate::vm::login::{self, HandedSession, Login, Polled};
 use crate::vm::placement::{self, HostView, Placement, Usage};
 use crate::vm::readiness::{self, Readiness, WaitError};
 use crate::vm::seed::{self, Identity, SeedSpec};
@@ -34,6 +35,8 @@ const CONSOLE_LAG: Duration = Duration::from_secs(5);
 pub(super) struct Booted {
     pub(super) boot_time: Duration,
     pub(super) host_key: Option<ssh_key::PublicKey>,
+    /// The login that proved it ready, for launches that gave one.
+    pub(super) session: Option<HandedSession>,
 }
 
 pub(super) struct AttemptFailure {
@@ -286,6 +289,7 @@ impl Owner {
             readiness: self.cfg.readiness,
             tail_lines: self.cfg.console_tail_lines,
             boot_timeout: self.boot_timeout(host, &pending.req.image),
+            login: pending.login.clone(),
             tx,
         };
         info!(vm = %name, run_id = %vm.run_id, host = %self.hosts[host].config.name, port, attempt = pending.attempts, "placing VM");
@@ -312,6 +316,7 @@ impl Owner {
                     pinned_host_key: vm.host_key.clone(),
                     console_path: vm.console.clone(),
                     boot_time: booted.boot_time,
+                    session: booted.session,
                 };
                 info!(vm = %name, host = %ready.host, boot_ms = booted.boot_time.as_millis() as u64, "VM ready");
                 let host = vm.host;
@@ -388,6 +393,8 @@ struct Attempt {
     seed_file: Option<PathBuf>,
     pool_seed: Option<String>,
     state_dir: PathBuf,
+    /// When given, readiness is a login and its session is handed over.
+    login: Option<Login>,
 }
 
 impl Attempt {
@@ -521,6 +528,7 @@ impl Attempt {
         .map_err(LaunchError::Start)?;
         self.progress(VmState::Booting);
         let deadline = started + self.boot_timeout;
+        let mut session = None;
         match self.readiness {
             Readiness::DomainRunning => {
                 if self.handle.is_active(&self.name).await.map_err(LaunchError::Query)? != Some(true) {
@@ -536,12 +544,26 @@ impl Attempt {
                     // A failed query is not proof the guest died: keep waiting.
                     async move { handle.is_active(&name).await.map(|a| a == Some(true)).unwrap_or(true) }
                 };
-                match readiness::wait_for_banner(addr, deadline, poll, running).await {
-                    Ok(_) => {}
-                    Err(WaitError::Timeout) => {
-                        return Err(LaunchError::NoBanner { vm: self.name.clone(), addr, timeout: self.boot_timeout });
+                let expected = login::expected_host_key(&self.image, self.identity.as_ref().map(|id| id.public_key()));
+                if let (Some(login), Some(expected)) = (&self.login, expected) {
+                    let target = crate::ssh::Target { addr, user: login.user.clone() };
+                    match login::poll_login(&target, login, &expected, deadline, poll, running).await {
+                        Polled::Session(s, began) => session = Some(HandedSession::new(s, began)),
+                        // Up, but this login cannot work: the caller's own login says why.
+                        Polled::Answered(e) => {
+                            warn!(vm = %self.name, error = %crate::error::chain(&e), "guest answers SSH but refused the readiness login")
+                        }
+                        Polled::Timeout => return Err(LaunchError::NoBanner { vm: self.name.clone(), addr, timeout: self.boot_timeout }),
+                        Polled::Stopped => return Err(LaunchError::StoppedBooting { vm: self.name.clone() }),
                     }
-                    Err(WaitError::Stopped) => return Err(LaunchError::StoppedBooting { vm: self.name.clone() }),
+                } else {
+                    match readiness::wait_for_banner(addr, deadline, poll, running).await {
+                        Ok(_) => {}
+                        Err(WaitError::Timeout) => {
+                            return Err(LaunchError::NoBanner { vm: self.name.clone(), addr, timeout: self.boot_timeout });
+                        }
+                        Err(WaitError::Stopped) => return Err(LaunchError::StoppedBooting { vm: self.name.clone() }),
+                    }
                 }
             }
         }
@@ -557,6 +579,6 @@ impl Attempt {
                 host_key = read_key();
             }
         }
-        Ok(Booted { boot_time, host_key })
+        Ok(Booted { boot_time, host_key, session })
     }
 }

@@ -35,6 +35,7 @@ use crate::libvirt::{self, HostHandle, HostStatus};
 use crate::store::Store;
 
 use super::images::PoolImage;
+use super::login::{HandedSession, Login};
 use super::placement::Usage;
 use super::ports::PortAllocator;
 use super::readiness::Readiness;
@@ -145,8 +146,11 @@ pub struct ReadyVm {
     /// (images with a per-VM identity).
     pub pinned_host_key: Option<ssh_key::PublicKey>,
     pub console_path: PathBuf,
-    /// From `start` to the SSH banner (or the domain running).
+    /// From `start` to the SSH banner, or to the login for a launch that gave one (or the
+    /// domain running).
     pub boot_time: Duration,
+    /// The session that proved it ready, for launches with a login (`launch_logged_in`).
+    pub session: Option<HandedSession>,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +195,7 @@ enum Cmd {
     Launch {
         /// Boxed: a request carries a whole `Image`.
         req: Box<LaunchRequest>,
+        login: Option<Login>,
         reply: Reply<ReadyVm>,
     },
     Hold {
@@ -324,7 +329,14 @@ impl VmManager {
     /// Boots a VM for `req` and returns when its SSH answers. Waits in the
     /// queue while no host has room.
     pub async fn launch(&self, req: LaunchRequest) -> Result<ReadyVm, VmError> {
-        self.ask(|reply| Cmd::Launch { req: Box::new(req), reply }).await?
+        self.ask(|reply| Cmd::Launch { req: Box::new(req), login: None, reply }).await?
+    }
+
+    /// As `launch`, but readiness is a login with `login` (where the host key is known before
+    /// the guest answers), and the session that proved the VM ready comes back in
+    /// `ReadyVm::session`: one SSH handshake from banner to first step.
+    pub async fn launch_logged_in(&self, req: LaunchRequest, login: Login) -> Result<ReadyVm, VmError> {
+        self.ask(|reply| Cmd::Launch { req: Box::new(req), login: Some(login), reply }).await?
     }
 
     /// Every VM that goes from now on, as it goes.

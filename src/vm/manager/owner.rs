@@ -65,6 +65,8 @@ pub(super) struct Vm {
 
 pub(super) struct Pending {
     pub(super) req: LaunchRequest,
+    /// How readiness logs in, when the caller wants the session that proved it.
+    pub(super) login: Option<crate::vm::login::Login>,
     pub(super) reply: Reply<ReadyVm>,
     pub(super) attempts: u32,
     pub(super) tried: HashSet<usize>,
@@ -133,10 +135,11 @@ impl Owner {
 
     pub(super) async fn handle(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Launch { req, reply } => {
+            Cmd::Launch { req, login, reply } => {
                 self.seq += 1;
                 self.queue.push(Pending {
                     req: *req,
+                    login,
                     reply,
                     attempts: 0,
                     tried: HashSet::new(),
