@@ -312,6 +312,7 @@ async fn control(n: u64) {
         smc_key: None,
         firmware: None,
         network: paddock::config::GuestNetwork::Outbound,
+        start: paddock::config::Start::Cold,
     };
     let cfg = ManagerConfig {
         instance_id: "bench000".into(),

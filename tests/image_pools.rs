@@ -125,6 +125,7 @@ fn image(name: &str, boot: Boot, host_key: HostKeyPolicy) -> Image {
         smc_key: None,
         firmware: None,
         network: paddock::config::GuestNetwork::Outbound,
+        start: paddock::config::Start::Cold,
     }
 }
 

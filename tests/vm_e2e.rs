@@ -48,6 +48,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         smc_key: None,
         firmware: None,
         network: paddock::config::GuestNetwork::Outbound,
+        start: paddock::config::Start::Cold,
     };
     let host = Host {
         name: "local".into(),

@@ -112,6 +112,8 @@ pub struct RawImage {
     pub firmware: Option<S<String>>,
     /// `"outbound"` (default) or `"none"`; see `GuestNetwork`.
     pub network: Option<S<String>>,
+    /// `"cold"` (default) or `"warm"`; see `Start`.
+    pub start: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

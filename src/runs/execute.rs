@@ -407,7 +407,17 @@ impl Executor {
             _ => None,
         };
         info!(vm = %vm.name, one_handshake = reused, banner_to_first_byte_s, "first step's first byte");
-        let timings = result::Timings { boot_s: vm.boot_time.as_secs_f64(), banner_to_first_byte_s, one_handshake: reused };
+        let warm_fallback = match &vm.started {
+            crate::vm::Started::ColdAfterWarm(why) => Some(why.clone()),
+            crate::vm::Started::Cold | crate::vm::Started::Warm => None,
+        };
+        let timings = result::Timings {
+            start: vm.started.as_str(),
+            warm_fallback,
+            boot_s: vm.boot_time.as_secs_f64(),
+            banner_to_first_byte_s,
+            one_handshake: reused,
+        };
         self.timings.lock().expect("timings map").insert(row.id.clone(), timings);
         for s in report.steps.iter().filter(|s| !s.skipped) {
             crate::metrics::step_finished(&job.name, s.kind.as_str(), s.duration.as_secs_f64());

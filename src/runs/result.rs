@@ -48,8 +48,12 @@ pub struct ResultInput<'a> {
 }
 
 /// Where a run's time went before its first step's output (issue 18).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Timings {
+    /// `cold`, `warm` (restored from the image's template) or `cold-after-warm-failed`.
+    pub start: &'static str,
+    /// Why a warm start fell back to a cold boot.
+    pub warm_fallback: Option<String>,
     /// From the VM's start (or restore) to readiness.
     pub boot_s: f64,
     /// From the guest's SSH banner to the first byte of the first step's output.
@@ -116,7 +120,9 @@ pub fn document(r: &ResultInput<'_>) -> Value {
             "started_at": r.started_at.map(|t| t.to_rfc3339()),
             "finished_at": r.finished_at.to_rfc3339(),
             "console_tail": r.console_tail,
-            "timings": r.timings.map(|t| json!({
+            "timings": r.timings.as_ref().map(|t| json!({
+                "start": t.start,
+                "warm_fallback": t.warm_fallback,
                 "boot_s": t.boot_s,
                 "banner_to_first_byte_s": t.banner_to_first_byte_s,
                 "one_handshake": t.one_handshake,

@@ -23,5 +23,6 @@ pub fn image(name: &str, arch: Arch, memory_mib: u64, boot: Boot) -> Image {
         smc_key: None,
         firmware: None,
         network: paddock::config::GuestNetwork::Outbound,
+        start: paddock::config::Start::Cold,
     }
 }

@@ -40,6 +40,7 @@ pub(crate) fn image(name: &str, os: Os, arch: Arch, boot: Boot) -> Image {
         smc_key: None,
         firmware: None,
         network: crate::config::GuestNetwork::Outbound,
+        start: crate::config::Start::Cold,
     }
 }
 

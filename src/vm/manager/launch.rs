@@ -29,6 +29,9 @@ use super::{Cmd, LaunchRequest, ReadyVm};
 /// queued launches, when its job was last served, arrival.
 type QueueKey = (std::cmp::Reverse<i32>, u64, u64, u64);
 
+mod warm;
+pub use warm::Started;
+
 /// How long a console key may trail the SSH banner (see `Attempt::boot`).
 const CONSOLE_LAG: Duration = Duration::from_secs(5);
 
@@ -37,6 +40,7 @@ pub(super) struct Booted {
     pub(super) host_key: Option<ssh_key::PublicKey>,
     /// The login that proved it ready, for launches that gave one.
     pub(super) session: Option<HandedSession>,
+    pub(super) started: Started,
 }
 
 pub(super) struct AttemptFailure {
@@ -290,6 +294,7 @@ impl Owner {
             tail_lines: self.cfg.console_tail_lines,
             boot_timeout: self.boot_timeout(host, &pending.req.image),
             login: pending.login.clone(),
+            templates: self.templates.clone(),
             tx,
         };
         info!(vm = %name, run_id = %vm.run_id, host = %self.hosts[host].config.name, port, attempt = pending.attempts, "placing VM");
@@ -317,7 +322,11 @@ impl Owner {
                     console_path: vm.console.clone(),
                     boot_time: booted.boot_time,
                     session: booted.session,
+                    started: booted.started.clone(),
                 };
+                if let Started::ColdAfterWarm(why) = &booted.started {
+                    let _ = self.store.record_event("warm_start_fell_back", &name, why).await;
+                }
                 info!(vm = %name, host = %ready.host, boot_ms = booted.boot_time.as_millis() as u64, "VM ready");
                 let host = vm.host;
                 crate::metrics::boot_ready(&vm.image.name, booted.boot_time.as_secs_f64());
@@ -395,6 +404,7 @@ struct Attempt {
     state_dir: PathBuf,
     /// When given, readiness is a login and its session is handed over.
     login: Option<Login>,
+    templates: std::sync::Arc<crate::vm::template::Templates>,
 }
 
 impl Attempt {
@@ -451,9 +461,34 @@ impl Attempt {
         let _ = self.tx.send(Cmd::Progress { name: self.name.clone(), state });
     }
 
+    fn domain_type(&self) -> &'static str {
+        match self.handle.status() {
+            HostStatus::Up(facts) => facts.domain_type(self.host.accelerator),
+            HostStatus::Connecting | HostStatus::Down { .. } => self.host.accelerator.domain_type(),
+        }
+    }
+
     async fn boot(&self) -> Result<Booted, LaunchError> {
         if let Some(parent) = self.console.parent() {
             std::fs::create_dir_all(parent).map_err(|source| LaunchError::ConsoleDir { dir: parent.to_path_buf(), source })?;
+        }
+        let mut started_as = Started::Cold;
+        let early_type = self.domain_type();
+        if self.may_start_warm(early_type) {
+            match self.warm_boot(early_type).await {
+                Ok(booted) => return Ok(booted),
+                Err(e) => {
+                    let why = error_chain(&e);
+                    warn!(vm = %self.name, error = %why, "warm start failed; booting cold");
+                    // Nothing of the failed clone may be left for the cold boot to trip over.
+                    let _ = self.handle.destroy(&self.name).await;
+                    let _ = self.handle.undefine(&self.name).await;
+                    if let Some(ov) = &self.overlay {
+                        let _ = std::fs::remove_file(ov);
+                    }
+                    started_as = Started::ColdAfterWarm(why);
+                }
+            }
         }
         let image = match &self.pool {
             Some((_, version)) => version.boot_image(&self.image),
@@ -483,10 +518,7 @@ impl Attempt {
             }
             _ => None,
         };
-        let domain_type = match self.handle.status() {
-            HostStatus::Up(facts) => facts.domain_type(self.host.accelerator),
-            HostStatus::Connecting | HostStatus::Down { .. } => self.host.accelerator.domain_type(),
-        };
+        let domain_type = self.domain_type();
         // A pool host may be another machine: its console is a pty read over the connection.
         // A host without one shares the daemon's filesystem and gets a file, which QEMU
         // writes without back-pressure. libvirt's test driver has no consoles.
@@ -579,6 +611,6 @@ impl Attempt {
                 host_key = read_key();
             }
         }
-        Ok(Booted { boot_time, host_key, session })
+        Ok(Booted { boot_time, host_key, session, started: started_as })
     }
 }

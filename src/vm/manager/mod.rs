@@ -42,8 +42,8 @@ use super::readiness::Readiness;
 use super::reconcile::ReconcileReport;
 use super::{VmError, VmState};
 
-pub use launch::LaunchError;
 use launch::{AttemptFailure, Booted};
+pub use launch::{LaunchError, Started};
 use owner::{HostSlot, Owner};
 
 /// Settings of a manager; see [`ManagerConfig::from_fleet`].
@@ -151,6 +151,8 @@ pub struct ReadyVm {
     pub boot_time: Duration,
     /// The session that proved it ready, for launches with a login (`launch_logged_in`).
     pub session: Option<HandedSession>,
+    /// Booted cold, restored warm from the image's template, or cold after a failed restore.
+    pub started: Started,
 }
 
 #[derive(Debug, Clone)]
@@ -299,6 +301,7 @@ impl VmManager {
             last_served: HashMap::new(),
             placements: 0,
             ended: ended.clone(),
+            templates: Default::default(),
         };
         let store = store_for_hosts;
         let blocks = store.host_blocks().await?;
@@ -313,6 +316,11 @@ impl VmManager {
         owner.adopt().await?;
         let report = owner.reconcile_pass().await;
         owner.finish_reconcile(&report).await;
+        // A template build a crash cut short left a folder without its manifest (its
+        // domain, marked with this instance, went with the pass above).
+        for dir in super::template::remove_unfinished(&owner.cfg.state_dir) {
+            info!(template = %dir.display(), "unfinished warm-start template removed");
+        }
         for image in owner.cfg.images.clone() {
             owner.distribute(&image);
         }

@@ -110,6 +110,8 @@ pub(super) struct Owner {
     pub(super) placements: u64,
     /// Told about every VM that goes.
     pub(super) ended: tokio::sync::broadcast::Sender<super::VmEnded>,
+    /// Warm-start templates (`vm::template`).
+    pub(super) templates: std::sync::Arc<crate::vm::template::Templates>,
 }
 
 /// How often the owner re-checks cool-downs, expired holds and down hosts.
