@@ -313,6 +313,7 @@ async fn control(n: u64) {
         firmware: None,
         network: paddock::config::GuestNetwork::Outbound,
         platform: "tiny".into(),
+        start: paddock::config::Start::Cold,
     };
     let cfg = ManagerConfig {
         instance_id: "bench000".into(),

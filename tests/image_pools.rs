@@ -130,6 +130,7 @@ fn image(name: &str, boot: Boot, host_key: HostKeyPolicy) -> Image {
         firmware: None,
         network: paddock::config::GuestNetwork::Outbound,
         platform: name.into(),
+        start: paddock::config::Start::Cold,
     }
 }
 

@@ -50,6 +50,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         firmware: None,
         network: paddock::config::GuestNetwork::Outbound,
         platform: "tiny-x86_64".into(),
+        start: paddock::config::Start::Cold,
     };
     let host = Host {
         name: "local".into(),

@@ -436,6 +436,20 @@ pub struct Image {
     /// unless `platform` says otherwise. Never a VM's or a hypervisor's name, so every run of a
     /// job on this image lands in one tagset.
     pub platform: String,
+    /// Whether runs boot the image or restore a clone of its saved template.
+    pub start: Start,
+}
+
+/// How a run's VM comes up (issue 18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A full boot from the image's files.
+    Cold,
+    /// A clone restored from the image's template (booted once per host, saved, its disk
+    /// frozen), given its own identity before any SSH handshake; a cold boot when the
+    /// restore fails. Only for images whose clones can get fresh identity
+    /// (`identity = "cloud-init"`: guest agent and VM generation ID).
+    Warm,
 }
 
 /// What a guest on user-mode networking (passt) may reach. Neither mode reaches the host's

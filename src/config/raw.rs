@@ -133,6 +133,8 @@ pub struct RawImage {
     pub network: Option<S<String>>,
     /// The platform name results of this image carry as `host`; absent: the image's name.
     pub platform: Option<S<String>>,
+    /// `"cold"` (default) or `"warm"`; see `Start`.
+    pub start: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

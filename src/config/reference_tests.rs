@@ -135,6 +135,9 @@ fn companions(section: &str, key: &str) -> (Vec<(&'static str, &'static str)>, V
         ("[[hosts]]", "timezone" | "hard_stop") => (vec![("windows", r#"["Mon-Fri 20:00-07:00"]"#)], vec![]),
         ("[[images]]", "disk") => (vec![], vec!["kernel", "initrd", "cmdline"]),
         ("[[images]]", "identity") => (vec![], vec!["host_key"]),
+        ("[[images]]", "start") => {
+            (vec![("disk", r#""debian-12.qcow2""#), ("identity", r#""cloud-init""#)], vec!["kernel", "initrd", "cmdline", "host_key"])
+        }
         ("[[jobs]]", "timezone") => (vec![("schedule", r#""0 2 * * *""#)], vec![]),
         _ => (vec![], vec![]),
     }

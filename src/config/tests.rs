@@ -512,3 +512,25 @@ fn retention_is_off_without_its_section_and_checked_with_it() {
         ]
     );
 }
+
+#[test]
+fn warm_start_is_only_for_images_whose_clones_can_get_fresh_identity() {
+    // The debian-12 image (cloud-init identity: guest agent and VM generation ID) may start warm.
+    let src = with("identity = \"cloud-init\"", "identity = \"cloud-init\"\nstart = \"warm\"");
+    let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.image("debian-12").unwrap().start, Start::Warm);
+    assert_eq!(parse(GOOD, Path::new("fleet.toml")).unwrap().images[0].start, Start::Cold);
+    // The bundled guest may not: its clones would share the template's RNG state and host key.
+    let src = with("initrd = \"images/out/x86_64/initrd.img\"\n", "initrd = \"images/out/x86_64/initrd.img\"\nstart = \"warm\"\n");
+    let l = line_of(&src, "start = \"warm\"");
+    let e = errors(&src);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(&format!(
+            "fleet.toml:{l}:9: images[0].start: warm start needs a linux `disk` image with `identity = \"cloud-init\"`"
+        )),
+        "{e:?}"
+    );
+    let src = with("initrd = \"images/out/x86_64/initrd.img\"\n", "initrd = \"images/out/x86_64/initrd.img\"\nstart = \"hot\"\n");
+    assert!(errors(&src)[0].contains("images[0].start"), "{:?}", errors(&src));
+}

@@ -522,7 +522,26 @@ impl<'a> Validator<'a> {
             None => name.clone(),
             Some(v) => self.name(v, &format!("{p}.platform"), &mut HashSet::new(), "platform"),
         };
+        let start = match &m.start {
+            None => Start::Cold,
+            Some(v) => {
+                let start = self.one_of(v, &format!("{p}.start"), &[("cold", Start::Cold), ("warm", Start::Warm)]).unwrap_or(Start::Cold);
+                // A clone starts with its template's RNG state, clock, hostname and host key:
+                // only an image paddock can give fresh ones before the first SSH handshake may be
+                // cloned (the guest agent and a VM generation ID come with a cloud-init identity).
+                let cloneable = m.disk.is_some() && m.identity.as_ref().is_some_and(|i| i.get_ref() == "cloud-init") && os == Os::Linux;
+                if start == Start::Warm && !cloneable {
+                    self.error(
+                        Some(v.span()),
+                        format!("{p}.start"),
+                        "warm start needs a linux `disk` image with `identity = \"cloud-init\"` (its clones get a fresh RNG seed, clock, host key, hostname and machine-id through the guest agent before any SSH handshake); this image's clones would share its template's",
+                    );
+                }
+                start
+            }
+        };
         Image {
+            start,
             platform,
             name,
             os,

@@ -14,9 +14,9 @@ pub enum StateDirError {
 }
 
 /// Folders QEMU (another user) must pass through to reach the files libvirt hands it: the state
-/// directory itself, overlays and consoles are 0711 (enter, not list). Everything else is the
-/// daemon's alone: folders 0700, files 0600.
-const TRAVERSED: [&str; 3] = ["", "overlays", "consoles"];
+/// directory itself, overlays, consoles and warm-start templates (and each template's folder)
+/// are 0711 (enter, not list). Everything else is the daemon's alone: folders 0700, files 0600.
+const TRAVERSED: [&str; 4] = ["", "overlays", "consoles", "templates"];
 
 /// Restricts what a previous version (or a hand) left readable: folders to 0700 (0711 for
 /// [`TRAVERSED`]), files the daemon owns to 0600. Files in overlays and consoles belong to
@@ -44,6 +44,13 @@ fn restrict(root: &Path) -> Result<(), StateDirError> {
     set(root, 0o711)?;
     for sub in ["overlays", "consoles"] {
         set(&root.join(sub), 0o711)?;
+    }
+    // A template's frozen disk and seed are read by QEMU as backing files of every clone.
+    if let Ok(templates) = std::fs::read_dir(root.join("templates")) {
+        set(&root.join("templates"), 0o711)?;
+        for t in templates.flatten().filter(|e| e.file_type().is_ok_and(|k| k.is_dir())) {
+            set(&t.path(), 0o711)?;
+        }
     }
     let entries = std::fs::read_dir(root).map_err(|source| StateDirError::Permissions { path: root.to_owned(), source })?;
     for entry in entries.flatten() {

@@ -21,6 +21,7 @@ pub mod domain_xml;
 mod facts;
 pub mod probe;
 pub mod storage;
+pub mod warm;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -93,6 +94,10 @@ pub enum LibvirtError {
     ActorGone { host: String },
     #[error("libvirt call `{call}` on host {host} got no answer within {after:?}")]
     Timeout { host: String, call: &'static str, after: Duration },
+    #[error("{what} on host {host}")]
+    Warm { host: String, what: String, source: virt::error::Error },
+    #[error("bad argument: {what}")]
+    BadArgument { what: String },
 }
 
 /// Whether a host's connection is usable.
@@ -162,6 +167,11 @@ enum Command {
     List {
         reply: Reply<Vec<DomainInfo>>,
     },
+    /// A warm-start call (`warm.rs`).
+    Warm {
+        op: warm::WarmOp,
+        reply: Reply<String>,
+    },
 }
 
 impl Command {
@@ -175,6 +185,7 @@ impl Command {
             Command::Undefine { .. } => "undefine",
             Command::IsActive { .. } => "is_active",
             Command::List { .. } => "list",
+            Command::Warm { op, .. } => op.call(),
         }
     }
 
@@ -189,6 +200,7 @@ impl Command {
             | Command::Undefine { reply, .. } => drop(reply.send(Err(err))),
             Command::IsActive { reply, .. } => drop(reply.send(Err(err))),
             Command::List { reply } => drop(reply.send(Err(err))),
+            Command::Warm { reply, .. } => drop(reply.send(Err(err))),
         }
     }
 }
@@ -379,6 +391,11 @@ impl HostHandle {
     /// Every domain on the host (running or only defined), with paddock's mark if present.
     pub async fn list(&self) -> Result<Vec<DomainInfo>, LibvirtError> {
         self.call(|reply| Command::List { reply }).await
+    }
+
+    /// A warm-start call: save, restore, guest agent (`warm.rs`).
+    pub async fn warm(&self, op: warm::WarmOp) -> Result<String, LibvirtError> {
+        self.call(|reply| Command::Warm { op, reply }).await
     }
 }
 
@@ -593,6 +610,7 @@ impl Actor {
                 send(reply, r)
             }
             Command::List { reply } => send(reply, list(&conn, &host)),
+            Command::Warm { op, reply } => send(reply, warm::run(&conn, &host, op)),
         };
         if failed {
             self.after_error();

@@ -25,6 +25,7 @@ use crate::outbox::Waker;
 use crate::ssh::{self, ClientKey, HostKeyCheck, SshConfig, Target};
 use crate::steps::{self, OutputChunk, StepIo, StepOutcome, StepsConfig, StepsReport};
 use crate::store::{RetryRow, RunEnd, RunRow, RunUpdate, Store};
+use crate::vm::login::Login;
 use crate::vm::{LaunchRequest, LaunchStage, ReadyVm, VmError, VmManager};
 
 pub struct ExecutorConfig {
@@ -74,6 +75,8 @@ pub struct Executor {
     key: Option<Arc<ClientKey>>,
     /// Live output of runs in flight, for followers.
     live: std::sync::Mutex<BTreeMap<String, broadcast::Sender<OutputChunk>>>,
+    /// Timings of runs in flight, taken by `finish` into the result.
+    timings: std::sync::Mutex<BTreeMap<String, result::Timings>>,
 }
 
 /// Why a run ended before its steps finished.
@@ -87,7 +90,7 @@ impl Executor {
     /// An executor that can record and recover runs but not boot VMs (for
     /// tools that only read or repair the store).
     pub fn new(fleet: impl Into<LiveFleet>, store: Store, config: ExecutorConfig, waker: Waker) -> Executor {
-        Executor { fleet: fleet.into(), store, config, waker, vms: None, key: None, live: Default::default() }
+        Executor { fleet: fleet.into(), store, config, waker, vms: None, key: None, live: Default::default(), timings: Default::default() }
     }
 
     /// An executor that runs builds: VMs from `vms`, logged into with `key`.
@@ -170,7 +173,9 @@ impl Executor {
             avoid_hosts,
             progress: Some(progress),
         };
-        let mut launch = Box::pin(vms.launch(request));
+        // Readiness is the login: the session that proved the VM up runs the first step.
+        let login = Login { user: image.user.clone(), auth: key.auth(), config: self.config.ssh.clone() };
+        let mut launch = Box::pin(vms.launch_logged_in(request, login));
         let launched = loop {
             tokio::select! {
                 r = &mut launch => break r,
@@ -317,7 +322,14 @@ impl Executor {
         let target = Target { addr: vm.ssh_addr, user: image.user.clone() };
         let deadline = tokio::time::Instant::now() + image.boot_timeout;
         let (auth, check) = (key.auth(), HostKeyCheck::exact(expected));
-        let connect = ssh::connect_with_retry(&target, &auth, &check, &self.config.ssh, deadline);
+        let handed = vm.session.as_ref().and_then(|h| h.take());
+        let reused = handed.is_some();
+        let connect = async {
+            match handed {
+                Some(s) => Ok(s),
+                None => ssh::connect_with_retry(&target, &auth, &check, &self.config.ssh, deadline).await,
+            }
+        };
         let session = tokio::select! {
             r = connect => r.map_err(|e| {
                 crate::metrics::ssh_connect_failed(&image.name);
@@ -423,6 +435,24 @@ impl Executor {
                 });
             }
         };
+        let first_byte = report.steps.first().and_then(|s| Some(s.started_at? + chrono::Duration::from_std(s.first_output?).ok()?));
+        let banner_to_first_byte_s = match (vm.session.as_ref().and_then(|h| h.banner_at), first_byte) {
+            (Some(b), Some(f)) => Some((f - b).num_milliseconds() as f64 / 1000.0),
+            _ => None,
+        };
+        info!(vm = %vm.name, one_handshake = reused, banner_to_first_byte_s, "first step's first byte");
+        let warm_fallback = match &vm.started {
+            crate::vm::Started::ColdAfterWarm(why) => Some(why.clone()),
+            crate::vm::Started::Cold | crate::vm::Started::Warm => None,
+        };
+        let timings = result::Timings {
+            start: vm.started.as_str(),
+            warm_fallback,
+            boot_s: vm.boot_time.as_secs_f64(),
+            banner_to_first_byte_s,
+            one_handshake: reused,
+        };
+        self.timings.lock().expect("timings map").insert(row.id.clone(), timings);
         for s in report.steps.iter().filter(|s| !s.skipped) {
             crate::metrics::step_finished(&job.name, s.kind.as_str(), s.duration.as_secs_f64());
         }
@@ -576,6 +606,7 @@ impl Executor {
             retry: link.as_ref(),
             retried_by: next.as_ref().map(|(r, _)| r.id.as_str()),
             artifacts: &artifacts,
+            timings: self.timings.lock().expect("timings map").remove(&row.id),
         });
         let end = RunEnd {
             run_id: row.id.clone(),

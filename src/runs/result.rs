@@ -51,6 +51,8 @@ pub struct ResultInput<'a> {
     pub retried_by: Option<&'a str>,
     /// The run's fetched artifacts (`<run>/artifacts/`), delivered as files with the result.
     pub artifacts: &'a [Artifact],
+    /// How fast the run got its VM, when it got one.
+    pub timings: Option<Timings>,
 }
 
 /// One fetched artifact: its file name under `<run>/artifacts/` and its size.
@@ -58,6 +60,21 @@ pub struct ResultInput<'a> {
 pub struct Artifact {
     pub name: String,
     pub size: u64,
+}
+
+/// Where a run's time went before its first step's output (issue 18).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timings {
+    /// `cold`, `warm` (restored from the image's template) or `cold-after-warm-failed`.
+    pub start: &'static str,
+    /// Why a warm start fell back to a cold boot.
+    pub warm_fallback: Option<String>,
+    /// From the VM's start (or restore) to readiness.
+    pub boot_s: f64,
+    /// From the guest's SSH banner to the first byte of the first step's output.
+    pub banner_to_first_byte_s: Option<f64>,
+    /// Whether the session that proved the VM ready ran the steps (one handshake).
+    pub one_handshake: bool,
 }
 
 pub fn document(r: &ResultInput<'_>) -> Value {
@@ -128,6 +145,13 @@ pub fn document(r: &ResultInput<'_>) -> Value {
             })),
             "retried_by": r.retried_by,
             "artifacts": r.artifacts.iter().map(|a| json!({"name": a.name, "size": a.size})).collect::<Vec<_>>(),
+            "timings": r.timings.as_ref().map(|t| json!({
+                "start": t.start,
+                "warm_fallback": t.warm_fallback,
+                "boot_s": t.boot_s,
+                "banner_to_first_byte_s": t.banner_to_first_byte_s,
+                "one_handshake": t.one_handshake,
+            })),
         },
         "idempotency_key": r.run_id,
     })

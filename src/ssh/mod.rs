@@ -44,7 +44,7 @@ pub enum SshError {
 
 impl SshError {
     /// Whether trying again later may succeed (the guest may still be booting).
-    fn is_transient(&self) -> bool {
+    pub fn is_transient(&self) -> bool {
         matches!(self, SshError::Connect { .. } | SshError::Handshake { .. })
     }
 }

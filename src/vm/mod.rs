@@ -3,6 +3,7 @@
 //! `VmManager` that owns them all.
 
 pub mod images;
+pub mod login;
 mod manager;
 pub mod overlay;
 pub mod placement;
@@ -11,9 +12,10 @@ pub mod readiness;
 pub mod reconcile;
 pub mod seed;
 mod state;
+pub mod template;
 
 pub use manager::{
-    HostSnapshot, LaunchError, LaunchRequest, LaunchStage, ManagerConfig, ReadyVm, Snapshot, VmEnded, VmManager, VmSnapshot,
+    HostSnapshot, LaunchError, LaunchRequest, LaunchStage, ManagerConfig, ReadyVm, Snapshot, Started, VmEnded, VmManager, VmSnapshot,
 };
 pub use readiness::Readiness;
 pub use reconcile::{LiveSet, ReconcileReport, reconcile};

@@ -26,7 +26,7 @@ pub fn ensure_debian_image() -> PathBuf {
 }
 
 /// A fleet with one local TCG host and the debian-12 image (cloud-init identity), plus `jobs`.
-fn debian_fleet(dir: &Path, ports: &str, alice_keys: &[String], jobs: &str) -> Fleet {
+pub(super) fn debian_fleet(dir: &Path, ports: &str, alice_keys: &[String], jobs: &str) -> Fleet {
     let disk = ensure_debian_image();
     let keys = alice_keys.iter().map(|k| format!("{:?}", k.trim())).collect::<Vec<_>>().join(", ");
     let src = format!(

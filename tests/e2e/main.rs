@@ -16,6 +16,7 @@ mod remote;
 mod runs;
 mod trust;
 mod ui;
+mod warm;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -52,6 +52,11 @@ command = "echo should-not-run"
     assert_eq!(doc["client_info"]["package"], "three");
     assert_eq!(doc["client_info"]["arch"], "x86_64");
     assert_eq!(doc["client_info"]["success"], false);
+    // One handshake on the hot path: the login that proved the VM ready ran the steps.
+    let timings = &doc["extras"]["timings"];
+    assert_eq!(timings["one_handshake"], true, "{timings}");
+    let b2f = timings["banner_to_first_byte_s"].as_f64().unwrap();
+    assert!(b2f > 0.0 && b2f < 60.0, "{timings}");
     let tags: Vec<&str> = doc["client_info"]["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     // The platform is the image, not the VM or the hypervisor; those are in extras.
     assert_eq!(tags, ["linux", "x86_64", "tiny"]);

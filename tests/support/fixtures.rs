@@ -24,5 +24,6 @@ pub fn image(name: &str, arch: Arch, memory_mib: u64, boot: Boot) -> Image {
         firmware: None,
         network: paddock::config::GuestNetwork::Outbound,
         platform: name.into(),
+        start: paddock::config::Start::Cold,
     }
 }

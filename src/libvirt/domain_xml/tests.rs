@@ -41,6 +41,7 @@ pub(crate) fn image(name: &str, os: Os, arch: Arch, boot: Boot) -> Image {
         firmware: None,
         network: crate::config::GuestNetwork::Outbound,
         platform: name.into(),
+        start: crate::config::Start::Cold,
     }
 }
 

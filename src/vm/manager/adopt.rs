@@ -20,7 +20,10 @@ use super::owner::{Owner, Vm};
 
 impl Owner {
     pub(super) fn live_set(&self) -> LiveSet {
-        LiveSet { names: self.vms.keys().cloned().collect(), taken_at: Utc::now() }
+        // Templates being built are live too: their domains must outlast every pass.
+        let mut names: std::collections::HashSet<String> = self.vms.keys().cloned().collect();
+        names.extend(self.templates.building_domains());
+        LiveSet { names, taken_at: Utc::now() }
     }
 
     /// Hosts with an image pool, and the name prefix of this instance's VMs.
@@ -193,5 +196,6 @@ fn placeholder_image() -> Image {
         firmware: None,
         network: crate::config::GuestNetwork::Outbound,
         platform: String::new(),
+        start: crate::config::Start::Cold,
     }
 }

@@ -16,6 +16,7 @@ use crate::libvirt::domain_xml::Handover;
 use crate::libvirt::storage;
 use crate::libvirt::{self, ConsoleSink, ConsoleXml, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
 use crate::vm::images::PoolImage;
+use crate::vm::login::{self, HandedSession, Login, Polled};
 use crate::vm::placement::{self, HostView, Placement, Usage};
 use crate::vm::readiness::{self, Readiness, WaitError};
 use crate::vm::seed::{self, Identity, SeedSpec};
@@ -28,12 +29,18 @@ use super::{Cmd, LaunchRequest, ReadyVm};
 /// its job's queued launches of that priority, when its job was last served, arrival.
 type QueueKey = (std::cmp::Reverse<i32>, u64, u64, u64);
 
+mod warm;
+pub use warm::Started;
+
 /// How long a console key may trail the SSH banner (see `Attempt::boot`).
 const CONSOLE_LAG: Duration = Duration::from_secs(5);
 
 pub(super) struct Booted {
     pub(super) boot_time: Duration,
     pub(super) host_key: Option<ssh_key::PublicKey>,
+    /// The login that proved it ready, for launches that gave one.
+    pub(super) session: Option<HandedSession>,
+    pub(super) started: Started,
 }
 
 pub(super) struct AttemptFailure {
@@ -310,6 +317,8 @@ impl Owner {
             readiness: self.cfg.readiness,
             tail_lines: self.cfg.console_tail_lines,
             boot_timeout: self.boot_timeout(host, &pending.req.image),
+            login: pending.login.clone(),
+            templates: self.templates.clone(),
             tx,
         };
         info!(vm = %name, run_id = %vm.run_id, host = %self.hosts[host].config.name, port, attempt = pending.attempts, "placing VM");
@@ -336,7 +345,12 @@ impl Owner {
                     pinned_host_key: vm.host_key.clone(),
                     console_path: vm.console.clone(),
                     boot_time: booted.boot_time,
+                    session: booted.session,
+                    started: booted.started.clone(),
                 };
+                if let Started::ColdAfterWarm(why) = &booted.started {
+                    let _ = self.store.record_event("warm_start_fell_back", &name, why).await;
+                }
                 info!(vm = %name, host = %ready.host, boot_ms = booted.boot_time.as_millis() as u64, "VM ready");
                 let host = vm.host;
                 crate::metrics::boot_ready(&vm.image.name, booted.boot_time.as_secs_f64());
@@ -439,6 +453,9 @@ struct Attempt {
     seed_file: Option<PathBuf>,
     pool_seed: Option<String>,
     state_dir: PathBuf,
+    /// When given, readiness is a login and its session is handed over.
+    login: Option<Login>,
+    templates: std::sync::Arc<crate::vm::template::Templates>,
 }
 
 impl Attempt {
@@ -495,9 +512,34 @@ impl Attempt {
         let _ = self.tx.send(Cmd::Progress { name: self.name.clone(), state });
     }
 
+    fn domain_type(&self) -> &'static str {
+        match self.handle.status() {
+            HostStatus::Up(facts) => facts.domain_type(self.host.accelerator),
+            HostStatus::Connecting | HostStatus::Down { .. } => self.host.accelerator.domain_type(),
+        }
+    }
+
     async fn boot(&self) -> Result<Booted, LaunchError> {
         if let Some(parent) = self.console.parent() {
             std::fs::create_dir_all(parent).map_err(|source| LaunchError::ConsoleDir { dir: parent.to_path_buf(), source })?;
+        }
+        let mut started_as = Started::Cold;
+        let early_type = self.domain_type();
+        if self.may_start_warm(early_type) {
+            match self.warm_boot(early_type).await {
+                Ok(booted) => return Ok(booted),
+                Err(e) => {
+                    let why = error_chain(&e);
+                    warn!(vm = %self.name, error = %why, "warm start failed; booting cold");
+                    // Nothing of the failed clone may be left for the cold boot to trip over.
+                    let _ = self.handle.destroy(&self.name).await;
+                    let _ = self.handle.undefine(&self.name).await;
+                    if let Some(ov) = &self.overlay {
+                        let _ = std::fs::remove_file(ov);
+                    }
+                    started_as = Started::ColdAfterWarm(why);
+                }
+            }
         }
         let image = match &self.pool {
             Some((_, version)) => version.boot_image(&self.image),
@@ -527,10 +569,7 @@ impl Attempt {
             }
             _ => None,
         };
-        let domain_type = match self.handle.status() {
-            HostStatus::Up(facts) => facts.domain_type(self.host.accelerator),
-            HostStatus::Connecting | HostStatus::Down { .. } => self.host.accelerator.domain_type(),
-        };
+        let domain_type = self.domain_type();
         // A pool host may be another machine: its console is a pty read over the connection.
         // A host without one shares the daemon's filesystem and gets a file, which QEMU
         // writes without back-pressure. libvirt's test driver has no consoles.
@@ -572,6 +611,7 @@ impl Attempt {
         .map_err(LaunchError::Start)?;
         self.progress(VmState::Booting);
         let deadline = started + self.boot_timeout;
+        let mut session = None;
         match self.readiness {
             Readiness::DomainRunning => {
                 if self.handle.is_active(&self.name).await.map_err(LaunchError::Query)? != Some(true) {
@@ -587,12 +627,26 @@ impl Attempt {
                     // A failed query is not proof the guest died: keep waiting.
                     async move { handle.is_active(&name).await.map(|a| a == Some(true)).unwrap_or(true) }
                 };
-                match readiness::wait_for_banner(addr, deadline, poll, running).await {
-                    Ok(_) => {}
-                    Err(WaitError::Timeout) => {
-                        return Err(LaunchError::NoBanner { vm: self.name.clone(), addr, timeout: self.boot_timeout });
+                let expected = login::expected_host_key(&self.image, self.identity.as_ref().map(|id| id.public_key()));
+                if let (Some(login), Some(expected)) = (&self.login, expected) {
+                    let target = crate::ssh::Target { addr, user: login.user.clone() };
+                    match login::poll_login(&target, login, &expected, deadline, poll, running).await {
+                        Polled::Session(s, began) => session = Some(HandedSession::new(s, began)),
+                        // Up, but this login cannot work: the caller's own login says why.
+                        Polled::Answered(e) => {
+                            warn!(vm = %self.name, error = %crate::error::chain(&e), "guest answers SSH but refused the readiness login")
+                        }
+                        Polled::Timeout => return Err(LaunchError::NoBanner { vm: self.name.clone(), addr, timeout: self.boot_timeout }),
+                        Polled::Stopped => return Err(LaunchError::StoppedBooting { vm: self.name.clone() }),
                     }
-                    Err(WaitError::Stopped) => return Err(LaunchError::StoppedBooting { vm: self.name.clone() }),
+                } else {
+                    match readiness::wait_for_banner(addr, deadline, poll, running).await {
+                        Ok(_) => {}
+                        Err(WaitError::Timeout) => {
+                            return Err(LaunchError::NoBanner { vm: self.name.clone(), addr, timeout: self.boot_timeout });
+                        }
+                        Err(WaitError::Stopped) => return Err(LaunchError::StoppedBooting { vm: self.name.clone() }),
+                    }
                 }
             }
         }
@@ -608,7 +662,7 @@ impl Attempt {
                 host_key = read_key();
             }
         }
-        Ok(Booted { boot_time, host_key })
+        Ok(Booted { boot_time, host_key, session, started: started_as })
     }
 }
 

@@ -35,14 +35,15 @@ use crate::libvirt::{self, HostHandle, HostStatus};
 use crate::store::Store;
 
 use super::images::PoolImage;
+use super::login::{HandedSession, Login};
 use super::placement::Usage;
 use super::ports::PortAllocator;
 use super::readiness::Readiness;
 use super::reconcile::ReconcileReport;
 use super::{VmError, VmState};
 
-pub use launch::LaunchError;
 use launch::{AttemptFailure, Booted};
+pub use launch::{LaunchError, Started};
 use owner::{HostSlot, Owner};
 
 /// Settings of a manager; see [`ManagerConfig::from_fleet`].
@@ -155,8 +156,13 @@ pub struct ReadyVm {
     /// (images with a per-VM identity).
     pub pinned_host_key: Option<ssh_key::PublicKey>,
     pub console_path: PathBuf,
-    /// From `start` to the SSH banner (or the domain running).
+    /// From `start` to the SSH banner, or to the login for a launch that gave one (or the
+    /// domain running).
     pub boot_time: Duration,
+    /// The session that proved it ready, for launches with a login (`launch_logged_in`).
+    pub session: Option<HandedSession>,
+    /// Booted cold, restored warm from the image's template, or cold after a failed restore.
+    pub started: Started,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +207,7 @@ enum Cmd {
     Launch {
         /// Boxed: a request carries a whole `Image`.
         req: Box<LaunchRequest>,
+        login: Option<Login>,
         reply: Reply<ReadyVm>,
     },
     Hold {
@@ -311,6 +318,7 @@ impl VmManager {
             placements: 0,
             dirty: false,
             ended: ended.clone(),
+            templates: Default::default(),
         };
         let store = store_for_hosts;
         let blocks = store.host_blocks().await?;
@@ -325,6 +333,11 @@ impl VmManager {
         owner.adopt().await?;
         let report = owner.reconcile_pass().await;
         owner.finish_reconcile(&report).await;
+        // A template build a crash cut short left a folder without its manifest (its
+        // domain, marked with this instance, went with the pass above).
+        for dir in super::template::remove_unfinished(&owner.cfg.state_dir) {
+            info!(template = %dir.display(), "unfinished warm-start template removed");
+        }
         for image in owner.cfg.images.clone() {
             owner.distribute(&image);
         }
@@ -341,7 +354,14 @@ impl VmManager {
     /// Boots a VM for `req` and returns when its SSH answers. Waits in the
     /// queue while no host has room.
     pub async fn launch(&self, req: LaunchRequest) -> Result<ReadyVm, VmError> {
-        self.ask(|reply| Cmd::Launch { req: Box::new(req), reply }).await?
+        self.ask(|reply| Cmd::Launch { req: Box::new(req), login: None, reply }).await?
+    }
+
+    /// As `launch`, but readiness is a login with `login` (where the host key is known before
+    /// the guest answers), and the session that proved the VM ready comes back in
+    /// `ReadyVm::session`: one SSH handshake from banner to first step.
+    pub async fn launch_logged_in(&self, req: LaunchRequest, login: Login) -> Result<ReadyVm, VmError> {
+        self.ask(|reply| Cmd::Launch { req: Box::new(req), login: Some(login), reply }).await?
     }
 
     /// Every VM that goes from now on, as it goes.

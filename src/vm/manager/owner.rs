@@ -65,6 +65,8 @@ pub(super) struct Vm {
 
 pub(super) struct Pending {
     pub(super) req: LaunchRequest,
+    /// How readiness logs in, when the caller wants the session that proved it.
+    pub(super) login: Option<crate::vm::login::Login>,
     pub(super) reply: Reply<ReadyVm>,
     pub(super) attempts: u32,
     pub(super) tried: HashSet<usize>,
@@ -113,6 +115,8 @@ pub(super) struct Owner {
     pub(super) dirty: bool,
     /// Told about every VM that goes.
     pub(super) ended: tokio::sync::broadcast::Sender<super::VmEnded>,
+    /// Warm-start templates (`vm::template`).
+    pub(super) templates: std::sync::Arc<crate::vm::template::Templates>,
 }
 
 /// How often the owner re-checks cool-downs, expired holds and down hosts.
@@ -153,13 +157,14 @@ impl Owner {
 
     pub(super) async fn handle(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Launch { req, reply } => {
+            Cmd::Launch { req, login, reply } => {
                 self.seq += 1;
                 // Hosts to avoid count as tried: used only when no other can take it.
                 let tried =
                     self.hosts.iter().enumerate().filter(|(_, h)| req.avoid_hosts.contains(&h.config.name)).map(|(i, _)| i).collect();
                 self.queue.push(Pending {
                     req: *req,
+                    login,
                     reply,
                     attempts: 0,
                     tried,

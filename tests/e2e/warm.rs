@@ -1,0 +1,155 @@
+//! Warm starts of the real debian-12 image (issue 18): a template booted once and saved,
+//! clones restored from it with their own identity; a SIGKILL of the daemon while a template is made or a clone restores leaving nothing
+//! behind, and a changed image rebuilding the template. Ports 26800-26899.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use paddock::runs::Trigger;
+
+use super::*;
+
+fn manual() -> Trigger {
+    Trigger::Manual { by: "alice".into() }
+}
+
+/// Reads, right after the clone came up: RNG bytes, the clock, hostname, machine-id, host key.
+const PROBE: &str = r#"
+[[jobs]]
+name = "probe"
+images = ["debian-12"]
+maintainers = ["alice"]
+[[jobs.steps]]
+name = "probe"
+type = "test"
+command = "echo rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); echo time=$(date +%s); echo host=$(hostname); echo mid=$(cat /etc/machine-id); echo key=$(cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub)"
+"#;
+
+/// The debian fleet with `start = "warm"` and `extra` image lines, loaded from `dir`.
+fn warm_fleet(dir: &Path, ports: &str, extra: &str) -> Fleet {
+    super::debian::debian_fleet(dir, ports, &[], PROBE);
+    let src = std::fs::read_to_string(dir.join("fleet.toml")).unwrap();
+    let src = src.replacen("identity = \"cloud-init\"\n", &format!("identity = \"cloud-init\"\nstart = \"warm\"\n{extra}"), 1);
+    load_fleet(dir, &src)
+}
+
+fn probe_output(row: &RunRow) -> (BTreeMap<String, String>, serde_json::Value) {
+    let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
+    let out = doc["results"][0]["output"].as_str().unwrap_or_default().to_string();
+    let map = out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect();
+    (map, doc["extras"]["timings"].clone())
+}
+
+fn templates(dir: &Path) -> Vec<paddock::vm::template::Template> {
+    paddock::vm::template::list(&dir.join("state"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_clones_of_debian_12_get_their_own_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = warm_fleet(dir.path(), "26800-26809", "");
+    let daemon = start(fleet).await;
+    let _guard = DomainGuard::new(dir.path());
+
+    // The first run makes the template (a cold boot, saved), then restores its clone.
+    let first = daemon.runs.trigger("probe", None, manual()).await.unwrap().remove(0);
+    let row = wait_for_run(&daemon, &first, Duration::from_secs(1200), finished).await;
+    assert_eq!(row.outcome.as_deref(), Some("success"), "{row:?}");
+    let (_, timings) = probe_output(&row);
+    assert_eq!(timings["start"], "warm", "{timings}");
+    assert_eq!(timings["one_handshake"], true, "{timings}");
+    let made = templates(dir.path());
+    assert_eq!(made.len(), 1, "{made:?}");
+
+    // Two clones at once: each restored, each its own.
+    let ids = [
+        daemon.runs.trigger("probe", None, manual()).await.unwrap().remove(0),
+        daemon.runs.trigger("probe", None, manual()).await.unwrap().remove(0),
+    ];
+    let mut seen = Vec::new();
+    for id in &ids {
+        let row = wait_for_run(&daemon, id, Duration::from_secs(600), finished).await;
+        assert_eq!(row.outcome.as_deref(), Some("success"), "{row:?}");
+        let (out, timings) = probe_output(&row);
+        assert_eq!(timings["start"], "warm", "{timings}");
+        // The run's own login checked the key paddock pinned for this VM; the guest shows that key.
+        let pinned = daemon.store.vm_host_key(row.vm_name.as_deref().unwrap()).await.unwrap();
+        if let Some(pinned) = pinned {
+            assert!(pinned.contains(&out["key"]), "{pinned} vs {out:?}");
+        }
+        let now = chrono::Utc::now().timestamp();
+        let t: i64 = out["time"].parse().unwrap();
+        assert!((now - t).abs() < 120, "clone clock {t} vs host {now}: {out:?}");
+        assert_eq!(out["host"], row.vm_name.clone().unwrap());
+        seen.push(out);
+    }
+    for k in ["rand", "mid", "key", "host"] {
+        assert_ne!(seen[0][k], seen[1][k], "both clones have the same {k}: {seen:?}");
+        assert!(!seen[0][k].is_empty(), "{seen:?}");
+    }
+    assert_eq!(templates(dir.path()), made, "restores must not change the template");
+    daemon.stop().await.unwrap();
+}
+
+fn template_dirs(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir.join("state/templates")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_a_template_is_made_and_while_a_clone_restores_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    warm_fleet(dir.path(), "26810-26819", "");
+    let config = dir.path().join("fleet.toml");
+    let clean = async |what: &str, prefix: &str| {
+        wait_for(what, Duration::from_secs(300), async || {
+            (domains_named(prefix).is_empty() && overlays(dir.path()).is_empty()).then_some(())
+        })
+        .await
+    };
+
+    // 1. Killed while the template boots: its domain, disk, seed and half-made folder go.
+    let first = super::crash::Serve::start(&config, true);
+    let _guard = DomainGuard::new(dir.path());
+    let prefix = format!("paddock-{}-", &instance_id(dir.path())[..8]);
+    let is_template = |n: &String| n[prefix.len()..].starts_with('t');
+    wait_for("the template's domain", Duration::from_secs(300), async || domains_named(&prefix).into_iter().find(is_template)).await;
+    assert_eq!(template_dirs(dir.path()).len(), 1);
+    first.sigkill();
+    let second = super::crash::Serve::start(&config, false);
+    clean("the cut-short template to be reaped", &prefix).await;
+    assert!(template_dirs(dir.path()).is_empty(), "{:?}", template_dirs(dir.path()));
+    drop(second);
+
+    // 2. A template made in full (the demo run restores its clone from it)...
+    let third = super::crash::Serve::start(&config, true);
+    wait_for("a finished template", Duration::from_secs(1200), async || (templates(dir.path()).len() == 1).then_some(())).await;
+    let made = templates(dir.path());
+    // ...and that run's clone torn down at its end.
+    clean("the demo run's clone to go", &prefix).await;
+    drop(third);
+
+    // 3. Killed while a clone restores: the clone and its overlay go, the template stays whole.
+    let fourth = super::crash::Serve::start(&config, true);
+    let clone =
+        wait_for("the clone's domain", Duration::from_secs(300), async || domains_named(&prefix).into_iter().find(|n| !is_template(n)))
+            .await;
+    fourth.sigkill();
+    let _fifth = super::crash::Serve::start(&config, false);
+    clean("the killed clone to be reaped", &prefix).await;
+    assert!(!domains_named(&clone).contains(&clone));
+    assert_eq!(templates(dir.path()), made, "{:?}", template_dirs(dir.path()));
+    assert_eq!(template_dirs(dir.path()).len(), 1, "no stray template: {:?}", template_dirs(dir.path()));
+    drop(_fifth);
+
+    // 4. A changed image setting makes a new template; the old one goes (no clone uses it).
+    // Separate processes: two VM managers of one state dir in one process would reap each other's VMs.
+    let src = std::fs::read_to_string(&config).unwrap().replacen("memory_mib = 768", "memory_mib = 800", 1);
+    std::fs::write(&config, src).unwrap();
+    let _sixth = super::crash::Serve::start(&config, true);
+    wait_for("the new template", Duration::from_secs(1200), async || {
+        let t = templates(dir.path());
+        (t.len() == 1 && t[0].key != made[0].key).then_some(())
+    })
+    .await;
+    wait_for("the superseded template to go", Duration::from_secs(60), async || (!made[0].dir.exists()).then_some(())).await;
+}
