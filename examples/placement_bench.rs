@@ -45,6 +45,7 @@ fn image() -> Image {
         firmware: None,
         network: GuestNetwork::Outbound,
         platform: "tiny".into(),
+        start: paddock::config::Start::Cold,
     }
 }
 

@@ -686,6 +686,7 @@ mod tests {
                 progress: None,
             },
             reply,
+            login: None,
             attempts: 0,
             tried: HashSet::new(),
             seq,
