@@ -6,29 +6,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::pony::PonyServer;
+use support::serve::{serve, token};
 use support::wait_until;
-
-struct Serve {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        if support::wait_with_deadline(&mut self.child, Duration::from_secs(20)).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 fn fleet(pony_url: &str) -> String {
     format!(
@@ -87,27 +70,6 @@ url = "{pony_url}/xmlrpc"
     )
 }
 
-fn paddock() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_paddock"));
-    c.env("PADDOCK_LOG", "warn");
-    c
-}
-
-fn serve(fleet: &Path) -> Serve {
-    let mut child = paddock().args(["serve", "-c"]).arg(fleet).args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("paddock listening on ") {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
-    let url = rx.recv_timeout(Duration::from_secs(60)).expect("paddock serve did not print its address");
-    Serve { child, url }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runs_of_one_job_on_one_image_are_one_platform_in_every_recorder() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -118,9 +80,7 @@ async fn two_runs_of_one_job_on_one_image_are_one_platform_in_every_recorder() {
     std::fs::create_dir_all(dir.path().join("k")).unwrap();
     std::fs::write(dir.path().join("k/vmlinuz"), b"not a kernel").unwrap();
     std::fs::write(dir.path().join("k/initrd.img"), b"not an initrd").unwrap();
-    let out = paddock().args(["token", "-c"]).arg(&fleet_path).args(["create", "root"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let root = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let root = token(&fleet_path, "root");
     let daemon = serve(&fleet_path);
     let http = reqwest::Client::new();
 
