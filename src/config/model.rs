@@ -66,6 +66,9 @@ pub struct Limits {
     pub live_streams_per_client: usize,
     /// Each artifact listing and download from a guest.
     pub artifact_timeout: std::time::Duration,
+    /// Each VM's serial console file on the daemon's machine; past it the file keeps its
+    /// newest half after a line saying how much was cut (`vm::console_cap`).
+    pub console_bytes: u64,
 }
 
 impl Default for Limits {
@@ -83,6 +86,7 @@ impl Default for Limits {
             live_streams: 200,
             live_streams_per_client: 10,
             artifact_timeout: std::time::Duration::from_secs(120),
+            console_bytes: 8 << 20,
         }
     }
 }

@@ -57,6 +57,7 @@ pub struct RawLimits {
     pub live_streams: Option<S<i64>>,
     pub live_streams_per_client: Option<S<i64>>,
     pub artifact_timeout: Option<S<String>>,
+    pub console: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

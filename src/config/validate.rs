@@ -241,6 +241,7 @@ impl<'a> Validator<'a> {
         let step_log_bytes = size(&l.step_log, "step_log", d.step_log_bytes);
         let step_output_bytes = size(&l.step_output, "step_output", d.step_output_bytes as u64);
         let result_body_bytes = size(&l.result_body, "result_body", d.result_body_bytes as u64);
+        let console_bytes = size(&l.console, "console", d.console_bytes);
         let mut count = |v: &Option<S<i64>>, key: &str, default: usize| match v {
             None => default,
             Some(n) => self.positive(n, &format!("limits.{key}"), default),
@@ -263,6 +264,7 @@ impl<'a> Validator<'a> {
             live_streams,
             live_streams_per_client,
             artifact_timeout: self.timeout(&l.artifact_timeout, "limits.artifact_timeout", d.artifact_timeout),
+            console_bytes,
         }
     }
 

@@ -152,6 +152,8 @@ impl Daemon {
             run_dirs::spawn(store.clone(), dirs.logs(), policy, Clock::system(), shutdown_rx.clone());
         }
 
+        // Local hosts' console files are written by QEMU or virtlogd without back-pressure.
+        crate::vm::console_cap::ConsoleCap::new(dirs.consoles(), fleet.limits.console_bytes).spawn(shutdown_rx.clone());
         // The VM manager reaps whatever a previous daemon of this instance left
         // (except VMs on hold) before any run starts.
         let vms = VmManager::start(

@@ -178,7 +178,10 @@ fn open(path: &Path) -> Option<std::fs::File> {
     }
     use std::os::unix::fs::OpenOptionsExt;
     // A console can hold what a build printed: readable by the daemon's user only.
-    match std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path) {
+    // Emptied, then written appending: `vm::console_cap` may cut the copy in place.
+    let opened = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)
+        .and_then(|_| std::fs::OpenOptions::new().append(true).open(path));
+    match opened {
         Ok(f) => Some(f),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "could not open a console copy");

@@ -655,8 +655,10 @@ fn build(spec: &DomainSpec<'_>, seed: Option<&Path>) -> Domain {
 
     let chardev = |target: CharTarget| match spec.console {
         ConsoleXml::Pty => CharDev { kind: "pty", source: None, target },
+        // Appending (`O_APPEND`, as virtlogd always does): `vm::console_cap` cuts the file
+        // in place, and a writer at its own offset would leave a hole of zeros instead.
         ConsoleXml::File(path) => {
-            CharDev { kind: "file", source: Some(CharSource { path: path.display().to_string(), append: "off" }), target }
+            CharDev { kind: "file", source: Some(CharSource { path: path.display().to_string(), append: "on" }), target }
         }
     };
     // s390x has no serial port; its console is SCLP.

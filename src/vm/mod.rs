@@ -2,6 +2,7 @@
 //! forwards, disposable overlays, boot readiness, reconciliation, and the
 //! `VmManager` that owns them all.
 
+pub mod console_cap;
 pub mod images;
 pub mod login;
 mod manager;

@@ -149,13 +149,14 @@ fn no_profile_names_a_console_file() {
     }
 }
 
-/// A host without a pool shares the daemon's filesystem: its console may be a file QEMU writes.
+/// A host without a pool shares the daemon's filesystem: its console may be a file QEMU writes,
+/// appending, so that `vm::console_cap` can cut it in place.
 #[test]
 fn a_local_host_may_write_the_console_to_a_file() {
     let image = &profiles()[0];
     let xml =
         render_with_console(image, &host(Accelerator::Tcg), "paddock-0123abcd-f", Path::new("/s"), ConsoleXml::File(Path::new("/s/c.log")));
-    assert!(xml.contains("<serial type=\"file\">") && xml.contains("<source path=\"/s/c.log\" append=\"off\"/>"), "{xml}");
+    assert!(xml.contains("<serial type=\"file\">") && xml.contains("<source path=\"/s/c.log\" append=\"on\"/>"), "{xml}");
 }
 
 #[test]
