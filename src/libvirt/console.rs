@@ -179,7 +179,12 @@ fn open(path: &Path) -> Option<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     // A console can hold what a build printed: readable by the daemon's user only.
     // Emptied, then written appending: `vm::console_cap` may cut the copy in place.
-    let opened = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)
+    let opened = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
         .and_then(|_| std::fs::OpenOptions::new().append(true).open(path));
     match opened {
         Ok(f) => Some(f),

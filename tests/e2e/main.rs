@@ -7,6 +7,7 @@ mod support;
 
 mod access;
 mod arch;
+mod console;
 mod crash;
 mod debian;
 mod faults;
