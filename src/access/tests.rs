@@ -384,6 +384,31 @@ async fn http_forbids_what_a_role_may_not_do() {
     let (st, b) = call(Method::POST, format!("/api/v1/access/{id}/approve"), ada, "{}").await;
     assert!(st.is_success(), "{st}: {b}");
     assert_ne!(b["state"], "pending", "{b}");
+    // Another maintainer may not revoke it either.
+    let (st, b) = call(Method::POST, format!("/api/v1/access/{id}/revoke"), otto.clone(), "{}").await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
+
+    // Every refused decision has its audit line, as a refused run trigger does.
+    let refused: Vec<(String, String)> = e
+        .store
+        .audit_entries(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.detail.starts_with("refused: "))
+        .map(|a| (a.actor, a.action))
+        .collect();
+    let r = |actor: &str, action: &str| (actor.to_string(), action.to_string());
+    assert_eq!(
+        refused,
+        [
+            r("otto", "access.revoke"),
+            r("mia", "access.approve"),
+            r("otto", "access.deny"),
+            r("otto", "access.approve"),
+            r("vic", "access.request"),
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]

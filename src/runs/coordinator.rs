@@ -4,6 +4,9 @@
 //! job+image twice from the schedule, cancels runs, and on start marks the runs
 //! a dead daemon left behind as interrupted. Each run executes in its own task
 //! (`execute`), which persists every state change and reports back when done.
+//!
+//! `run` supervises the coordinator: when it panics, a new one takes over the same command
+//! and fire channels and the same set of live runs (see [`Coordinator::resume`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,25 +30,84 @@ struct Live {
     cancel: watch::Sender<bool>,
 }
 
+/// The live runs: each one's task and cancel switch outlive a coordinator that fails, so the
+/// set is handed from one coordinator to the next. Only the coordinator of the moment touches it.
+type LiveRuns = Arc<std::sync::Mutex<HashMap<String, Live>>>;
+
+fn lock(live: &LiveRuns) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+    // A panic while it was held (the coordinator failing) leaves each entry whole.
+    live.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub struct Coordinator {
     fleet: LiveFleet,
     store: Store,
     executor: Arc<Executor>,
-    live: HashMap<String, Live>,
-    rx: mpsc::Receiver<Command>,
+    live: LiveRuns,
+    /// Taken by `run`, which keeps it across restarts.
+    rx: Option<mpsc::Receiver<Command>>,
     tx: mpsc::Sender<Command>,
     /// VMs the VM manager removed: a held run ends when its VM goes.
     ended: Option<broadcast::Receiver<VmEnded>>,
+    health: crate::supervisor::Health,
 }
 
 impl Coordinator {
     pub fn new(fleet: impl Into<LiveFleet>, store: Store, executor: Arc<Executor>) -> (Coordinator, RunsHandle) {
         let fleet = fleet.into();
         let (tx, rx) = mpsc::channel(256);
-        let handle = RunsHandle { tx: tx.clone() };
+        let health = crate::supervisor::Health::default();
+        let handle = RunsHandle { tx: tx.clone(), health: health.clone() };
         // Subscribed before recovery looks at held runs, so no end is missed.
         let ended = executor.vms().map(|v| v.subscribe_ended());
-        (Coordinator { fleet, store, executor, live: HashMap::new(), rx, tx, ended }, handle)
+        (Coordinator { fleet, store, executor, live: LiveRuns::default(), rx: Some(rx), tx, ended, health }, handle)
+    }
+
+    /// The coordinator that takes over from a failed one: the same fleet, store, executor and
+    /// live runs, a fresh subscription to the VM manager's ends.
+    fn successor(&self) -> Coordinator {
+        Coordinator {
+            fleet: self.fleet.clone(),
+            store: self.store.clone(),
+            executor: self.executor.clone(),
+            live: self.live.clone(),
+            rx: None,
+            tx: self.tx.clone(),
+            // Subscribed in `resume`, just before it looks for held runs whose VM went.
+            ended: None,
+            health: self.health.clone(),
+        }
+    }
+
+    /// After a coordinator failed (in this process, so every run task it started still runs):
+    /// held runs whose VM went meanwhile are ended; live runs the store has seen end are
+    /// dropped (their `Finished` may have been the command in hand); a queued run nobody
+    /// executes (inserted, or queued as a retry, just before the failure) is started; any
+    /// other unfinished run without a task is ended as interrupted, naming the failure.
+    /// Runs under way go on untouched: nothing of theirs lived in the coordinator.
+    async fn resume(&mut self) -> Result<(), RunsError> {
+        if self.ended.is_none() {
+            self.ended = self.executor.vms().map(|v| v.subscribe_ended());
+        }
+        self.end_lost_holds().await?;
+        let unfinished = self.store.unfinished_runs().await?;
+        lock(&self.live).retain(|id, _| unfinished.iter().any(|r| &r.id == id));
+        for row in unfinished {
+            let state = RunState::from_db(&row.state);
+            if state == Some(RunState::Held) || lock(&self.live).contains_key(&row.id) {
+                continue;
+            }
+            if state == Some(RunState::Queued) {
+                info!(run_id = %row.id, "queued run without a task after the coordinator failed; starting it");
+                self.spawn(row);
+                continue;
+            }
+            warn!(run_id = %row.id, state = %row.state, "run without a task after the coordinator failed; marking it interrupted");
+            let reason =
+                format!("the run coordinator failed while the run was {}", state.map(|s| s.to_string()).unwrap_or(row.state.clone()));
+            finish_without_vm(&self.executor, &row, Outcome::Interrupted, &reason).await?;
+        }
+        Ok(())
     }
 
     /// Marks every run a previous daemon left unfinished as interrupted (an
@@ -116,11 +178,47 @@ impl Coordinator {
         }
     }
 
-    /// Serves commands and fires until every handle and the fire channel are gone.
-    pub async fn run(mut self, mut fires: mpsc::Receiver<Fire>) {
+    /// Serves commands and fires until every handle and the fire channel are gone. When the
+    /// coordinator panics, a successor is resumed from the store on the same channels and the
+    /// restart is counted (`paddock_owner_restarts_total{owner="coordinator"}`, `/readyz`);
+    /// only the command in hand is lost (its caller gets `Stopped`).
+    ///
+    /// Implementation note: the channels sit behind a mutex each coordinator holds while it
+    /// serves; a panic unwinds its task and releases the lock for the successor.
+    pub async fn run(mut self, fires: mpsc::Receiver<Fire>) {
+        let Some(rx) = self.rx.take() else { return };
+        let channels = Arc::new(tokio::sync::Mutex::new((rx, fires)));
+        let mut next = Some(self);
+        loop {
+            let Some(mut current) = next.take() else { return };
+            let successor = current.successor();
+            let channels = channels.clone();
+            let ran = tokio::spawn(async move {
+                let mut guard = channels.lock().await;
+                let (rx, fires) = &mut *guard;
+                current.serve(rx, fires).await;
+            })
+            .await;
+            match ran {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    crate::supervisor::record_restart("coordinator", &successor.health, crate::supervisor::panic_reason(e))
+                }
+                Err(_) => return,
+            }
+            let mut successor = successor;
+            while let Err(e) = successor.resume().await {
+                tracing::error!(error = %crate::error::chain(&e), "the restarted run coordinator cannot read the store; trying again in 1 s");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            next = Some(successor);
+        }
+    }
+
+    async fn serve(&mut self, rx: &mut mpsc::Receiver<Command>, fires: &mut mpsc::Receiver<Fire>) {
         loop {
             tokio::select! {
-                Some(cmd) = self.rx.recv() => self.handle(cmd).await,
+                Some(cmd) = rx.recv() => self.handle(cmd).await,
                 ended = next_ended(&mut self.ended) => self.vm_ended(ended).await,
                 Some(fire) = fires.recv() => {
                     let trigger = Trigger::Schedule { scheduled_at: fire.scheduled_at, missed: fire.missed };
@@ -142,11 +240,12 @@ impl Coordinator {
                 let _ = reply.send(self.cancel(&id, &by).await);
             }
             Command::Finished { id, retry } => {
-                self.live.remove(&id);
+                lock(&self.live).remove(&id);
                 if let Some(row) = retry {
                     self.spawn(*row);
                 }
             }
+            Command::InjectPanic => panic!("injected fault: run coordinator"),
         }
     }
 
@@ -170,7 +269,7 @@ impl Coordinator {
         };
         let mut started = Vec::new();
         for image in images {
-            let busy = self.live.values().any(|l| l.job == job.name && l.image == image);
+            let busy = lock(&self.live).values().any(|l| l.job == job.name && l.image == image);
             if busy && matches!(trigger, Trigger::Schedule { .. }) {
                 let detail = format!("job `{}` on `{image}` is still running; this fire is skipped", job.name);
                 info!(job = %job.name, image = %image, "scheduled fire skipped: previous run still going");
@@ -211,9 +310,17 @@ impl Coordinator {
     }
 
     /// Executes a queued run (a new one, or the retry an ended run queued) on a task of its own.
+    /// A run that already has a task (a retry a resumed coordinator started before the
+    /// replaced run's `Finished` came) is left to it.
     fn spawn(&mut self, row: RunRow) {
         let (cancel_tx, cancel_rx) = watch::channel(false);
-        self.live.insert(row.id.clone(), Live { job: row.job.clone(), image: row.image.clone(), cancel: cancel_tx });
+        {
+            let mut live = lock(&self.live);
+            if live.contains_key(&row.id) {
+                return;
+            }
+            live.insert(row.id.clone(), Live { job: row.job.clone(), image: row.image.clone(), cancel: cancel_tx });
+        }
         let executor = self.executor.clone();
         let done = self.tx.clone();
         tokio::spawn(async move {
@@ -224,7 +331,7 @@ impl Coordinator {
     }
 
     async fn cancel(&mut self, id: &str, by: &str) -> Result<(), RunsError> {
-        if let Some(live) = self.live.get(id) {
+        if let Some(live) = lock(&self.live).get(id) {
             info!(run_id = %id, by = %by, "run cancel requested");
             let _ = live.cancel.send(true);
             return Ok(());

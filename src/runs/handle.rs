@@ -65,12 +65,15 @@ pub(super) enum Command {
         id: String,
         retry: Option<Box<crate::store::RunRow>>,
     },
+    /// Fault injection for the supervisor's test: the coordinator panics, as a bug would.
+    InjectPanic,
 }
 
 /// Talks to the run coordinator.
 #[derive(Clone)]
 pub struct RunsHandle {
     pub(super) tx: mpsc::Sender<Command>,
+    pub(super) health: crate::supervisor::Health,
 }
 
 impl RunsHandle {
@@ -82,6 +85,17 @@ impl RunsHandle {
         let cmd = Command::Trigger { job: job.into(), image: image.map(str::to_string), trigger, reply };
         self.tx.send(cmd).await.map_err(|_| RunsError::Stopped)?;
         rx.await.map_err(|_| RunsError::Stopped)?
+    }
+
+    /// How the coordinator has fared: restarts after failures, and the last failure.
+    pub fn health(&self) -> crate::supervisor::Health {
+        self.health.clone()
+    }
+
+    /// Fault injection: makes the coordinator panic, as a bug in it would. The supervisor's
+    /// test calls it; no endpoint does.
+    pub async fn inject_coordinator_panic(&self) {
+        let _ = self.tx.send(Command::InjectPanic).await;
     }
 
     /// Cancels a queued or running run; its VM is torn down.

@@ -436,10 +436,12 @@ async fn drain_and_resume_are_admin_only_audited_and_shown_in_hosts() {
     assert_error(st, &b, StatusCode::BAD_REQUEST, "bad_request", "needs a `reason`");
     let (st, b) = json(s, Method::POST, "/api/v1/hosts/rack-2/resume", Some(&l.admin), Some("{}")).await;
     assert_error(st, &b, StatusCode::CONFLICT, "conflict", "neither drained nor quarantined");
+    let (st, b) = json(s, Method::POST, "/api/v1/hosts/rack-2/resume", Some(&l.alice), Some("{}")).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "forbidden", "needs an admin");
     // Every refusal has its audit line, newest first.
     let refused: Vec<(String, String, String, String)> = l
         .store
-        .audit_entries(4)
+        .audit_entries(5)
         .await
         .unwrap()
         .into_iter()
@@ -449,6 +451,7 @@ async fn drain_and_resume_are_admin_only_audited_and_shown_in_hosts() {
     assert_eq!(
         refused,
         [
+            r("alice", "host.resume", "rack-2"),
             r("root", "host.resume", "rack-2"),
             r("root", "host.drain", "rack-2"),
             r("root", "host.drain", "nope"),

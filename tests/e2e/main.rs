@@ -15,6 +15,7 @@ mod identity;
 mod reload;
 mod remote;
 mod runs;
+mod supervisors;
 mod trust;
 mod ui;
 mod warm;

@@ -91,8 +91,10 @@ impl Owner {
 
     /// At start: VMs the store remembers as ready and held are adopted (their
     /// hold is honoured, then they go); the ports of all remembered VMs are
-    /// reserved until reconciliation has dealt with them.
-    pub(super) async fn adopt(&mut self) -> Result<(), VmError> {
+    /// reserved until reconciliation has dealt with them. After an owner of this
+    /// same process failed (`in_process`), every ready VM is adopted, held or not:
+    /// the run using it is still under way and releases it by name.
+    pub(super) async fn adopt(&mut self, in_process: bool) -> Result<(), VmError> {
         let rows = self.store.vms().await?;
         let now = Utc::now();
         for row in rows {
@@ -101,13 +103,14 @@ impl Owner {
             }
             let host = row.host.as_deref().and_then(|h| self.hosts.iter().position(|s| s.config.name == h));
             let held = row.hold_until.is_some_and(|t| t > now);
-            let (Some(host), Some(port), true, Some(VmState::Ready)) = (host, row.ssh_port, held, VmState::parse(&row.state)) else {
+            let (Some(host), Some(port), true, Some(VmState::Ready)) = (host, row.ssh_port, held || in_process, VmState::parse(&row.state))
+            else {
                 continue;
             };
             if self.hosts[host].handle.is_active(&row.name).await.ok().flatten() != Some(true) {
                 continue;
             }
-            info!(vm = %row.name, hold_until = ?row.hold_until, "adopting a held VM from before the restart");
+            info!(vm = %row.name, hold_until = ?row.hold_until, in_process, "adopting a VM from before the restart");
             // On a pool host it boots from the image's volumes there (kept while it
             // lives) and may have an overlay volume (removed with it; absent is fine).
             let (volumes, pool_overlay) = match &self.hosts[host].config.image_pool {
@@ -122,7 +125,10 @@ impl Owner {
             let image = Image { name: row.image.clone(), ..placeholder_image() };
             let host_key = self.store.vm_host_key(&row.name).await?.and_then(|l| ssh_key::PublicKey::from_openssh(&l).ok());
             let console = row.console_path.map(PathBuf::from).unwrap_or_default();
-            self.reattach_console(host, &row.name, &console).await;
+            if !in_process {
+                // In this process the console's reader (if any) still runs.
+                self.reattach_console(host, &row.name, &console).await;
+            }
             self.vms.insert(
                 row.name.clone(),
                 Vm {
@@ -137,7 +143,8 @@ impl Owner {
                     created_at: row.created_at,
                     ready_at: row.ready_at,
                     hold_until: row.hold_until,
-                    released: true,
+                    // A run of this process still uses an unheld VM; a held one is released.
+                    released: held || !in_process,
                     error: None,
                     launch: None,
                     waiters: Vec::new(),

@@ -271,6 +271,8 @@ enum Cmd {
         image: String,
         reason: String,
     },
+    /// Fault injection for the supervisor's test: the owner panics, as a bug would.
+    InjectPanic,
 }
 
 /// A handle to the manager; cheap to clone. The owner task ends when every handle is dropped.
@@ -278,6 +280,99 @@ enum Cmd {
 pub struct VmManager {
     tx: mpsc::UnboundedSender<Cmd>,
     ended: broadcast::Sender<VmEnded>,
+    health: crate::supervisor::Health,
+}
+
+/// What a new owner is made of: kept by the supervisor across restarts.
+#[derive(Clone)]
+struct Parts {
+    cfg: ManagerConfig,
+    hosts: Vec<(Host, HostHandle)>,
+    store: Store,
+    tx: mpsc::WeakUnboundedSender<Cmd>,
+    ended: broadcast::Sender<VmEnded>,
+    templates: std::sync::Arc<super::template::Templates>,
+}
+
+impl Parts {
+    /// An owner with its hosts (blocks and failure counts from the store), the VMs it
+    /// adopts, and one reconciliation pass done; `in_process` after an owner of this
+    /// process failed (see `Owner::adopt`).
+    async fn owner(&self, in_process: bool) -> Result<Owner, VmError> {
+        let mut owner = Owner {
+            ports: PortAllocator::new(self.cfg.ssh_ports),
+            cfg: self.cfg.clone(),
+            hosts: Vec::with_capacity(self.hosts.len()),
+            vms: HashMap::new(),
+            queue: Vec::new(),
+            seq: 0,
+            store: self.store.clone(),
+            tx: self.tx.clone(),
+            reconciling: false,
+            pools: HashMap::new(),
+            images: HashMap::new(),
+            last_image_check: Instant::now(),
+            last_served: HashMap::new(),
+            placements: 0,
+            dirty: false,
+            ended: self.ended.clone(),
+            templates: self.templates.clone(),
+        };
+        let blocks = self.store.host_blocks().await?;
+        for (config, handle) in self.hosts.iter().cloned() {
+            let block = blocks.iter().find(|(n, _)| *n == config.name).map(|(_, b)| b.clone());
+            if let Some(b) = &block {
+                info!(host = %config.name, kind = b.kind(), reason = %b.reason(), "host is blocked from before the restart");
+            }
+            let consecutive_failures = self.store.host_health(&config.name).await?.consecutive_failures;
+            owner.hosts.push(HostSlot { config, handle, cooling_until: None, block, consecutive_failures, last_up: None });
+        }
+        owner.adopt(in_process).await?;
+        let report = owner.reconcile_pass().await;
+        owner.finish_reconcile(&report).await;
+        Ok(owner)
+    }
+}
+
+/// Runs the owner; when it panics, makes a new one from the store (`Parts::owner` after a
+/// failure: ready VMs adopted, what was mid-launch or mid-teardown reaped by the pass) on the
+/// same command channel, and records the restart. Launches the failed owner had queued or was
+/// booting are sent again by their callers (`VmManager::launch`).
+///
+/// Implementation note: the receiver sits behind a mutex each owner holds while it runs; a
+/// panic unwinds the owner's task and releases the lock, so queued commands survive.
+async fn supervise(first: Owner, parts: Parts, rx: mpsc::UnboundedReceiver<Cmd>, health: crate::supervisor::Health) {
+    let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+    let mut next = Some(first);
+    loop {
+        let owner = match next.take() {
+            Some(o) => o,
+            None => match parts.owner(true).await {
+                Ok(mut o) => {
+                    for image in o.cfg.images.clone() {
+                        o.distribute(&image);
+                    }
+                    o
+                }
+                Err(e) => {
+                    tracing::error!(error = %crate::error::chain(&e), "the restarted VM manager cannot read the store; trying again in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        let rx = rx.clone();
+        let ran = tokio::spawn(async move {
+            let mut rx = rx.lock().await;
+            owner.run(&mut rx).await;
+        })
+        .await;
+        match ran {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => crate::supervisor::record_restart("vm-manager", &health, crate::supervisor::panic_reason(e)),
+            Err(_) => return,
+        }
+    }
 }
 
 impl VmManager {
@@ -300,39 +395,15 @@ impl VmManager {
         while connecting.join_next().await.is_some() {}
         let (tx, rx) = mpsc::unbounded_channel();
         let (ended, _) = broadcast::channel(256);
-        let store_for_hosts = store.clone();
-        let mut owner = Owner {
-            ports: PortAllocator::new(cfg.ssh_ports),
+        let parts = Parts {
             cfg,
-            hosts: Vec::with_capacity(hosts.len()),
-            vms: HashMap::new(),
-            queue: Vec::new(),
-            seq: 0,
+            hosts: hosts.into_iter().zip(handles).collect(),
             store,
             tx: tx.downgrade(),
-            reconciling: false,
-            pools: HashMap::new(),
-            images: HashMap::new(),
-            last_image_check: Instant::now(),
-            last_served: HashMap::new(),
-            placements: 0,
-            dirty: false,
             ended: ended.clone(),
             templates: Default::default(),
         };
-        let store = store_for_hosts;
-        let blocks = store.host_blocks().await?;
-        for (config, handle) in hosts.into_iter().zip(handles) {
-            let block = blocks.iter().find(|(n, _)| *n == config.name).map(|(_, b)| b.clone());
-            if let Some(b) = &block {
-                info!(host = %config.name, kind = b.kind(), reason = %b.reason(), "host is blocked from before the restart");
-            }
-            let consecutive_failures = store.host_health(&config.name).await?.consecutive_failures;
-            owner.hosts.push(HostSlot { config, handle, cooling_until: None, block, consecutive_failures, last_up: None });
-        }
-        owner.adopt().await?;
-        let report = owner.reconcile_pass().await;
-        owner.finish_reconcile(&report).await;
+        let mut owner = parts.owner(false).await?;
         // A template build a crash cut short left a folder without its manifest (its
         // domain, marked with this instance, went with the pass above).
         for dir in super::template::remove_unfinished(&owner.cfg.state_dir) {
@@ -341,8 +412,61 @@ impl VmManager {
         for image in owner.cfg.images.clone() {
             owner.distribute(&image);
         }
-        tokio::spawn(owner.run(rx));
-        Ok(VmManager { tx, ended })
+        let health = crate::supervisor::Health::default();
+        tokio::spawn(supervise(owner, parts, rx, health.clone()));
+        Ok(VmManager { tx, ended, health })
+    }
+
+    /// How the owner has fared: restarts after failures, and the last failure.
+    pub fn health(&self) -> crate::supervisor::Health {
+        self.health.clone()
+    }
+
+    /// Fault injection: makes the owner task panic, as a bug in it would. The supervisor's
+    /// test calls it; no endpoint does.
+    pub fn inject_owner_panic(&self) {
+        let _ = self.tx.send(Cmd::InjectPanic);
+    }
+
+    fn restarts(&self) -> u64 {
+        self.health.lock().unwrap_or_else(|e| e.into_inner()).restarts
+    }
+
+    /// Whether the owner failed (and was restarted) since it had `before` restarts. A failing
+    /// owner drops its replies while it unwinds, a moment before the supervisor counts the
+    /// restart: wait a little for the count.
+    async fn restarted_since(&self, before: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if self.restarts() > before {
+                return true;
+            }
+            if self.tx.is_closed() || Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends a launch; when the owner failed before answering it (the reply was dropped and
+    /// a restart counted), sends it again to the new owner, telling the caller it is queued.
+    async fn launch_surviving(&self, req: LaunchRequest, login: Option<Login>) -> Result<ReadyVm, VmError> {
+        loop {
+            let before = self.restarts();
+            let (reply, rx) = oneshot::channel();
+            let cmd = Cmd::Launch { req: Box::new(req.clone()), login: login.clone(), reply };
+            self.tx.send(cmd).map_err(|_| VmError::ManagerGone)?;
+            match rx.await {
+                Ok(r) => return r,
+                Err(_) if self.restarted_since(before).await => {
+                    warn!(run_id = %req.run_id, "the VM manager failed before the launch was answered; launching again");
+                    if let Some(p) = &req.progress {
+                        let _ = p.send(LaunchStage::Requeued);
+                    }
+                }
+                Err(_) => return Err(VmError::ManagerGone),
+            }
+        }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, VmError> {
@@ -354,14 +478,14 @@ impl VmManager {
     /// Boots a VM for `req` and returns when its SSH answers. Waits in the
     /// queue while no host has room.
     pub async fn launch(&self, req: LaunchRequest) -> Result<ReadyVm, VmError> {
-        self.ask(|reply| Cmd::Launch { req: Box::new(req), login: None, reply }).await?
+        self.launch_surviving(req, None).await
     }
 
     /// As `launch`, but readiness is a login with `login` (where the host key is known before
     /// the guest answers), and the session that proved the VM ready comes back in
     /// `ReadyVm::session`: one SSH handshake from banner to first step.
     pub async fn launch_logged_in(&self, req: LaunchRequest, login: Login) -> Result<ReadyVm, VmError> {
-        self.ask(|reply| Cmd::Launch { req: Box::new(req), login: Some(login), reply }).await?
+        self.launch_surviving(req, Some(login)).await
     }
 
     /// Every VM that goes from now on, as it goes.

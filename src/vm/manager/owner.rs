@@ -126,7 +126,7 @@ const TICK: Duration = Duration::from_millis(500);
 const BATCH: usize = 256;
 
 impl Owner {
-    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    pub(super) async fn run(mut self, rx: &mut mpsc::UnboundedReceiver<Cmd>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reconcile = tokio::time::interval_at(Instant::now() + self.cfg.reconcile_interval, self.cfg.reconcile_interval);
@@ -246,6 +246,7 @@ impl Owner {
             Cmd::ImageUploaded { host, image, result } => self.image_uploaded(host, image, result).await,
             Cmd::SweepDone { host, image } => self.sweep_done(host, &image),
             Cmd::UploadHung { host, image, reason } => self.upload_hung(host, image, reason).await,
+            Cmd::InjectPanic => panic!("injected fault: VM manager owner"),
             Cmd::ReconcileDone { report, reply } => {
                 self.reconciling = false;
                 self.finish_reconcile(&report).await;
