@@ -342,6 +342,31 @@ async fn output_over_the_cap_keeps_head_and_tail() {
 }
 
 #[tokio::test]
+async fn a_step_printing_past_kill_after_is_killed_and_fails_naming_the_limit() {
+    let sshd = Sshd::start();
+    let s = session(&sshd).await;
+    let observer = session(&sshd).await;
+    let mut config = StepsConfig::new(Shell::Sh, true);
+    config.caps = OutputCaps { result_bytes: 1000, log_bytes: 4000 };
+    config.kill_after = Some(1 << 20);
+    // Endless output: only the limit ends it (the marker names this step's process).
+    let steps = [step("endless", "yes pdkt3-kill-after-4417"), step("later", "echo not-run")];
+    let started = Instant::now();
+    let run = run(&s, &steps, &config, no_cancel()).await;
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let st = &run.report.steps[0];
+    assert_eq!(st.outcome, StepOutcome::OutputLimit);
+    assert_eq!(st.reason.as_deref(), Some("killed after printing more than 1048576 bytes (limits.step_kill_after)"));
+    assert!(st.stdout_total > 1 << 20);
+    assert!(!run.report.success());
+    assert_eq!(run.report.steps[1].outcome, StepOutcome::Skipped);
+    wait_until("the endless step to be gone", Duration::from_secs(5), || async {
+        !remote_process_running(&observer, "pdkt3-kill-after-4417").await
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn non_utf8_output_is_kept_as_bytes() {
     let sshd = Sshd::start();
     let s = session(&sshd).await;

@@ -69,6 +69,8 @@ pub struct Limits {
     /// Each VM's serial console file on the daemon's machine; past it the file keeps its
     /// newest half after a line saying how much was cut (`vm::console_cap`).
     pub console_bytes: u64,
+    /// A step whose stdout and stderr together pass this is killed and fails; `None`: never.
+    pub step_kill_after_bytes: Option<u64>,
 }
 
 impl Default for Limits {
@@ -87,6 +89,7 @@ impl Default for Limits {
             live_streams_per_client: 10,
             artifact_timeout: std::time::Duration::from_secs(120),
             console_bytes: 8 << 20,
+            step_kill_after_bytes: Some(1 << 30),
         }
     }
 }

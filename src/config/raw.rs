@@ -58,6 +58,7 @@ pub struct RawLimits {
     pub live_streams_per_client: Option<S<i64>>,
     pub artifact_timeout: Option<S<String>>,
     pub console: Option<S<String>>,
+    pub step_kill_after: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

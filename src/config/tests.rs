@@ -534,3 +534,20 @@ fn warm_start_is_only_for_images_whose_clones_can_get_fresh_identity() {
     let src = with("initrd = \"images/out/x86_64/initrd.img\"\n", "initrd = \"images/out/x86_64/initrd.img\"\nstart = \"hot\"\n");
     assert!(errors(&src)[0].contains("images[0].start"), "{:?}", errors(&src));
 }
+
+#[test]
+fn step_kill_after_is_a_size_or_none_and_console_a_size() {
+    let fleet = parse(GOOD, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.limits.step_kill_after_bytes, Some(1 << 30));
+    assert_eq!(fleet.limits.console_bytes, 8 << 20);
+    let src = format!("{GOOD}\n[limits]\nstep_kill_after = \"none\"\nconsole = \"1MiB\"\n");
+    let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
+    assert_eq!((fleet.limits.step_kill_after_bytes, fleet.limits.console_bytes), (None, 1 << 20));
+    let src = format!("{GOOD}\n[limits]\nstep_kill_after = \"lots\"\n");
+    let e = errors(&src);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(&format!("fleet.toml:{}:", line_of(&src, "step_kill_after"))) && e[0].contains("limits.step_kill_after"),
+        "{e:?}"
+    );
+}

@@ -242,6 +242,11 @@ impl<'a> Validator<'a> {
         let step_output_bytes = size(&l.step_output, "step_output", d.step_output_bytes as u64);
         let result_body_bytes = size(&l.result_body, "result_body", d.result_body_bytes as u64);
         let console_bytes = size(&l.console, "console", d.console_bytes);
+        // "none": a step may print without end (its logs stay capped).
+        let step_kill_after_bytes = match &l.step_kill_after {
+            Some(s) if s.get_ref() == "none" => None,
+            v => Some(size(v, "step_kill_after", d.step_kill_after_bytes.unwrap_or(1 << 30))),
+        };
         let mut count = |v: &Option<S<i64>>, key: &str, default: usize| match v {
             None => default,
             Some(n) => self.positive(n, &format!("limits.{key}"), default),
@@ -265,6 +270,7 @@ impl<'a> Validator<'a> {
             live_streams_per_client,
             artifact_timeout: self.timeout(&l.artifact_timeout, "limits.artifact_timeout", d.artifact_timeout),
             console_bytes,
+            step_kill_after_bytes,
         }
     }
 

@@ -171,6 +171,7 @@ impl Daemon {
             crate::steps::OutputCaps { result_bytes: fleet.limits.step_output_bytes, log_bytes: fleet.limits.step_log_bytes };
         executor_config.run_log_bytes = fleet.limits.run_log_bytes;
         executor_config.artifact_op_timeout = fleet.limits.artifact_timeout;
+        executor_config.step_kill_after = fleet.limits.step_kill_after_bytes;
         let executor = Arc::new(
             Executor::new(live.clone(), store.clone(), executor_config, waker).with_vms(vms.clone(), Arc::new(client_key.clone())),
         );
@@ -194,6 +195,8 @@ impl Daemon {
         api.access = Some(access);
         api.vms = Some(vms.clone());
         api.owners.push(("forwarder", forwarder_health));
+        api.owners.push(("vm-manager", vms.health()));
+        api.owners.push(("coordinator", runs.health()));
         tokio::spawn(check_hosts(fleet.clone()));
         api.public_reads = fleet.daemon.public_reads;
         api.max_follows = fleet.limits.live_streams;

@@ -47,6 +47,8 @@ pub struct ExecutorConfig {
     /// Each SSH operation of artifact collection (the listing, each file's download) gives up
     /// after this: a guest that stops answering cannot keep the run from ending.
     pub artifact_op_timeout: std::time::Duration,
+    /// A step printing more than this is killed (`limits.step_kill_after`).
+    pub step_kill_after: Option<u64>,
 }
 
 impl ExecutorConfig {
@@ -61,6 +63,7 @@ impl ExecutorConfig {
             output_caps: steps::OutputCaps::default(),
             run_log_bytes: crate::config::Limits::default().run_log_bytes,
             artifact_op_timeout: std::time::Duration::from_secs(120),
+            step_kill_after: crate::config::Limits::default().step_kill_after_bytes,
         }
     }
 }
@@ -231,8 +234,16 @@ impl Executor {
                 } else if report.success() {
                     (Outcome::Success, None)
                 } else {
-                    let failed = report.steps.iter().find(|s| s.fails_run()).map(|s| s.name.clone()).unwrap_or_default();
-                    (Outcome::BuildFailure, Some(format!("step `{failed}` failed")))
+                    let failed = report.steps.iter().find(|s| s.fails_run());
+                    let name = failed.map(|s| s.name.clone()).unwrap_or_default();
+                    // A step paddock itself ended says why: the guest did not choose to fail.
+                    let why = match failed {
+                        Some(s) if s.outcome == crate::steps::StepOutcome::OutputLimit => {
+                            format!(": {}", s.reason.as_deref().unwrap_or_default())
+                        }
+                        _ => String::new(),
+                    };
+                    (Outcome::BuildFailure, Some(format!("step `{name}` failed{why}")))
                 };
                 (outcome, reason, records, None)
             }
@@ -380,6 +391,7 @@ impl Executor {
         let mut io = StepIo { log_dir: run_dir.to_path_buf(), live: live.clone(), cancel: cancel.clone(), progress: Some(progress_tx) };
         let mut config = StepsConfig::new(image.shell, job.stop_if_failure);
         config.caps = self.config.output_caps;
+        config.kill_after = self.config.step_kill_after;
         config.secrets = Secrets::new(job.secret_values());
         // The steps race a watch on the domain: a VM destroyed behind paddock's back
         // (or crashed) ends the run within a poll period, not after the step's timeout.

@@ -63,6 +63,9 @@ pub struct StepsConfig {
     pub kill_wait: Duration,
     /// Values masked as `***` in every byte of output before it is logged, kept or streamed.
     pub secrets: mask::Secrets,
+    /// A step whose stdout and stderr together pass this many bytes is killed and fails
+    /// (`limits.step_kill_after`): a runaway step does not burn the host's CPU for hours.
+    pub kill_after: Option<u64>,
 }
 
 impl StepsConfig {
@@ -73,6 +76,7 @@ impl StepsConfig {
             caps: OutputCaps::default(),
             kill_wait: Duration::from_secs(10),
             secrets: mask::Secrets::default(),
+            kill_after: None,
         }
     }
 }
@@ -96,6 +100,8 @@ pub enum StepOutcome {
     Signalled(String),
     TimedOut,
     Cancelled,
+    /// Killed by paddock once its output passed `limits.step_kill_after`.
+    OutputLimit,
     /// Not run: an earlier step failed with `stop_if_failure`, or the run was cancelled.
     Skipped,
     /// The connection broke or the guest never said how the step ended.
@@ -316,6 +322,7 @@ impl Sink<'_> {
 enum Stopped {
     TimedOut,
     Cancelled,
+    OutputLimit,
 }
 
 async fn run_one(
@@ -430,7 +437,11 @@ async fn run_one(
                         result.first_output = Some(t0.elapsed());
                     }
                     sink.push(stream, data);
-                    continue;
+                    let printed = sink.captures[0].total() + sink.captures[1].total();
+                    match config.kill_after {
+                        Some(max) if stopped.is_none() && printed > max => Stopped::OutputLimit,
+                        _ => continue,
+                    }
                 }
                 Some(ExecEvent::Exited(status)) => break status,
                 None => break ExitStatus::Unknown,
@@ -496,6 +507,11 @@ async fn run_one(
         (Some(Stopped::Cancelled), _) => {
             result.outcome = StepOutcome::Cancelled;
             result.reason = Some("cancelled".into());
+        }
+        (Some(Stopped::OutputLimit), _) => {
+            result.outcome = StepOutcome::OutputLimit;
+            result.reason =
+                Some(format!("killed after printing more than {} bytes (limits.step_kill_after)", config.kill_after.unwrap_or_default()));
         }
         (None, ExitStatus::Code(code)) => {
             result.outcome = StepOutcome::Exited(code);

@@ -11,6 +11,7 @@ mod console;
 mod crash;
 mod debian;
 mod faults;
+mod flood;
 mod identity;
 mod reload;
 mod remote;
