@@ -31,23 +31,26 @@ pub enum MachineError {
     #[error("machine {machine}: host {host} is not one of this daemon's hosts")]
     NoHost { machine: String, host: String },
     #[error("machine {machine}: asking host {host} about domain {domain}")]
-    Inspect { machine: String, host: String, domain: String, source: LibvirtError },
+    Inspect { machine: String, host: String, domain: String, source: Box<LibvirtError> },
     #[error("machine {machine}: no domain {domain} is defined on host {host}")]
     Missing { machine: String, host: String, domain: String },
     #[error("machine {machine}: domain {domain} on host {host} has no snapshot {snapshot}")]
     NoSnapshot { machine: String, host: String, domain: String, snapshot: String },
     #[error("machine {machine}: reverting {domain} to snapshot {snapshot}")]
-    Revert { machine: String, domain: String, snapshot: String, source: LibvirtError },
+    Revert { machine: String, domain: String, snapshot: String, source: Box<LibvirtError> },
     #[error("machine {machine}: starting {domain}")]
-    Start { machine: String, domain: String, source: LibvirtError },
+    Start { machine: String, domain: String, source: Box<LibvirtError> },
     #[error("machine {machine}: shutting down {domain}")]
-    Shutdown { machine: String, domain: String, source: LibvirtError },
+    Shutdown { machine: String, domain: String, source: Box<LibvirtError> },
 }
+
+/// One lock per machine, by host and domain.
+type TurnLocks = HashMap<(String, String), Arc<Mutex<()>>>;
 
 /// The turns of every persistent machine; cheap to clone (one shared map).
 #[derive(Clone, Default)]
 pub struct Turns {
-    locks: Arc<std::sync::Mutex<HashMap<(String, String), Arc<Mutex<()>>>>>,
+    locks: Arc<std::sync::Mutex<TurnLocks>>,
 }
 
 /// A run's exclusive use of one machine; the next run's turn starts when it is dropped.
@@ -72,7 +75,7 @@ async fn inspect(machine: &Machine, handle: &HostHandle) -> Result<Inspection, M
         machine: machine.name.clone(),
         host: machine.host.clone(),
         domain: machine.domain.clone(),
-        source,
+        source: Box::new(source),
     })?;
     if !found.defined {
         return Err(MachineError::Missing { machine: machine.name.clone(), host: machine.host.clone(), domain: machine.domain.clone() });
@@ -99,7 +102,7 @@ async fn revert(machine: &Machine, handle: &HostHandle, snapshot: &str) -> Resul
         machine: machine.name.clone(),
         domain: machine.domain.clone(),
         snapshot: snapshot.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -125,7 +128,7 @@ pub async fn prepare(machine: &Machine, handle: &HostHandle) -> Result<Prepared,
     handle.start(&machine.domain).await.map_err(|source| MachineError::Start {
         machine: machine.name.clone(),
         domain: machine.domain.clone(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(Prepared::Started)
 }
@@ -144,7 +147,8 @@ pub async fn after_run(machine: &Machine, handle: &HostHandle, limit: Duration) 
             None => Ok(()),
         },
         AfterRun::Shutdown => {
-            let failed = |source| MachineError::Shutdown { machine: machine.name.clone(), domain: machine.domain.clone(), source };
+            let failed =
+                |source| MachineError::Shutdown { machine: machine.name.clone(), domain: machine.domain.clone(), source: Box::new(source) };
             handle.shutdown(&machine.domain).await.map_err(failed)?;
             let deadline = Instant::now() + limit;
             while Instant::now() < deadline {
