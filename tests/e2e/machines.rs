@@ -171,6 +171,8 @@ async fn a_persistent_machine_is_reverted_before_each_run_used_by_one_run_at_a_t
         let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
         assert_eq!(doc["results"][0]["output"].as_str().unwrap().trim(), "written", "{doc}");
         assert_eq!(doc["client_info"]["host"], "pdkm-box", "{doc}");
+        // Restored from its snapshot, not booted.
+        assert_eq!(doc["extras"]["timings"]["start"], "warm", "{doc}");
         rows.push(row);
     }
     rows.sort_by_key(|r| r.started_at);
