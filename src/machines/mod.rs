@@ -172,3 +172,53 @@ pub fn handle_of(machine: &Machine, handles: &[HostHandle]) -> Result<HostHandle
         .cloned()
         .ok_or_else(|| MachineError::NoHost { machine: machine.name.clone(), host: machine.host.clone() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Arch, HostKeyPolicy, Os, Shell};
+
+    fn machine(name: &str, domain: &str) -> Machine {
+        Machine {
+            name: name.into(),
+            host: "local".into(),
+            domain: domain.into(),
+            snapshot: None,
+            ssh_port: 2222,
+            host_key: HostKeyPolicy::File("/dev/null".into()),
+            user: "root".into(),
+            os: Os::Linux,
+            arch: Arch::X86_64,
+            shell: Shell::Sh,
+            boot_timeout: Duration::from_secs(60),
+            after: AfterRun::Keep,
+            platform: name.into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_run_at_a_time_per_machine_first_come_first_served_and_machines_apart() {
+        let turns = Turns::default();
+        let (a, b) = (machine("a", "dom-a"), machine("b", "dom-b"));
+        let first = turns.wait(&a).await;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for n in 1..=2 {
+            let (turns, a, tx) = (turns.clone(), a.clone(), tx.clone());
+            tokio::spawn(async move {
+                let t = turns.wait(&a).await;
+                tx.send(n).unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                drop(t);
+            });
+            // Queued in this order.
+            tokio::task::yield_now().await;
+        }
+        // Another machine is not held up by `a`.
+        let _other = tokio::time::timeout(Duration::from_secs(1), turns.wait(&b)).await.expect("machine b is free");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(rx.try_recv().is_err(), "a second run got machine a while the first held it");
+        drop(first);
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(rx.recv().await, Some(2));
+    }
+}
