@@ -13,6 +13,7 @@ mod debian;
 mod faults;
 mod flood;
 mod identity;
+mod machines;
 mod reload;
 mod remote;
 mod runs;

@@ -280,6 +280,9 @@ enum Cmd {
 pub struct VmManager {
     tx: mpsc::UnboundedSender<Cmd>,
     ended: broadcast::Sender<VmEnded>,
+    /// Every host's libvirt handle, for the persistent machines' calls (`crate::machines`),
+    /// which go through the same actor (and deadline) as the owner's.
+    handles: std::sync::Arc<Vec<HostHandle>>,
     health: crate::supervisor::Health,
 }
 
@@ -397,7 +400,7 @@ impl VmManager {
         let (ended, _) = broadcast::channel(256);
         let parts = Parts {
             cfg,
-            hosts: hosts.into_iter().zip(handles).collect(),
+            hosts: hosts.into_iter().zip(handles.iter().cloned()).collect(),
             store,
             tx: tx.downgrade(),
             ended: ended.clone(),
@@ -414,7 +417,7 @@ impl VmManager {
         }
         let health = crate::supervisor::Health::default();
         tokio::spawn(supervise(owner, parts, rx, health.clone()));
-        Ok(VmManager { tx, ended, health })
+        Ok(VmManager { tx, ended, handles: std::sync::Arc::new(handles), health })
     }
 
     /// How the owner has fared: restarts after failures, and the last failure.
@@ -527,6 +530,11 @@ impl VmManager {
     /// Whether the VM's domain still runs on its host, asked of libvirt now. `false`
     /// when the domain is gone or shut off behind paddock's back; an error when the
     /// host cannot be asked (down, reconnecting), which says nothing about the guest.
+    /// Every host's libvirt handle (persistent machines use them; they hold no VM state).
+    pub fn host_handles(&self) -> &[HostHandle] {
+        &self.handles
+    }
+
     pub async fn is_running(&self, name: &str) -> Result<bool, VmError> {
         self.ask(|reply| Cmd::Running { name: name.into(), reply }).await?
     }
