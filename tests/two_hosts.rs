@@ -60,7 +60,9 @@ async fn a_frozen_donor_libvirtd_goes_down_within_the_deadline_and_comes_back() 
     let _local = LocalDomains(format!("paddock-{}", &instance[..8]));
     let mut cfg = manager_config(&state, &instance, vec![img.clone()]);
     cfg.ssh_ports = PortRange { first: 24320, last: 24329 };
-    cfg.libvirt = HostOptions { call_timeout: Duration::from_secs(3), connect_timeout: Duration::from_secs(5) };
+    // The frozen donor costs its connect deadline; the local `start` of a TCG domain may take
+    // seconds when other tests load the machine, so calls get more than the handle's 3 s above.
+    cfg.libvirt = HostOptions { call_timeout: Duration::from_secs(10), connect_timeout: Duration::from_secs(5) };
     let hosts = vec![host("local", "qemu:///system", None), host("donor", &donor.uri, Some(support::donor::POOL))];
     let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
     let t = Instant::now();
