@@ -38,7 +38,7 @@ pub async fn list(
         return Err(ApiError::BadRequest(format!("filter job=`{j}`: no such job")));
     }
     if let Some(i) = &q.image
-        && s.fleet().image(i).is_none()
+        && s.fleet().run_target(i).is_none()
     {
         return Err(ApiError::BadRequest(format!("filter image=`{i}`: no such image")));
     }
