@@ -5,7 +5,7 @@
 #
 # Knobs (environment): BENCH_COLD_N (5 cold boots per side), BENCH_PARALLEL (4 runs at
 # once), BENCH_LOG_BYTES (200000000), BENCH_CONTROL_N (1000 VMs on test:///),
-# RECORDER_BENCH_N (200 results per ingest path).
+# RECORDER_BENCH_N (200 results per ingest path and round; bench/figures/recorder.sh).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 cd "$HERE"
@@ -18,13 +18,6 @@ TARGET=${CARGO_TARGET_DIR:-$HERE/target}
 
 echo "[bench] building release binaries (once)" >&2
 "$CARGO" build --locked --release --example bench_compare
-"$CARGO" bench --locked --no-run --bench recorder_ingest 2>&1 | tee "$OUT/.build.log" >&2
-INGEST=$(grep -o 'Executable [^ ]* (\(.*\))' "$OUT/.build.log" | sed 's/.*(\(.*\))/\1/' | tail -n1)
-case "$INGEST" in /*) ;; *) INGEST=$HERE/$INGEST ;; esac
-[ -x "$INGEST" ] || { echo "cannot find the recorder_ingest bench binary" >&2; exit 1; }
-
-echo "[bench] recorder ingest" >&2
-RECORDER_BENCH_N=${RECORDER_BENCH_N:-200} "$INGEST" | tee "$OUT/recorder-$SHA.txt" >&2
 
 # Each bench/figures/NAME.sh measures its own rows and writes them as JSON to the path it is
 # given ({"rows": [{"figure", "unit", "paddock", "baseline", "baseline_is"}], ...}); the
@@ -43,4 +36,4 @@ done
 
 echo "[bench] VM figures (cold boots, parallel runs, log throughput, control plane)" >&2
 BENCH_GIT_SHA=$SHA "$TARGET/release/examples/bench_compare" all \
-    --json "$OUT/results-$SHA.json" --recorder-output "$OUT/recorder-$SHA.txt" "${EXTRA[@]}"
+    --json "$OUT/results-$SHA.json" "${EXTRA[@]}"

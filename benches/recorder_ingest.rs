@@ -1,7 +1,9 @@
 //! Recorder throughput: ingest rate over REST and XML-RPC (10 steps of 20 KB output each) next to
 //! raw SQLite inserts of the same rows, then p50/p99 latency of a package page with 100,000 stored
-//! results. Run with `cargo bench --bench recorder_ingest`; set `RECORDER_BENCH_N` to change the
-//! number of ingested results (default 300).
+//! results. Run with `cargo bench --bench recorder_ingest`; `RECORDER_BENCH_N` sets the results
+//! per path and round (default 300), `RECORDER_BENCH_ROUNDS` the rounds (default 3: raw, REST and
+//! XML-RPC take turns, so a change in machine load hits all three alike; medians are reported),
+//! and `RECORDER_BENCH_JSON=FILE` writes the rows for `make bench` (bench/figures/recorder.sh).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -86,9 +88,12 @@ const TOKEN: &str = "bench-secret";
 
 type Queue = std::sync::Arc<tokio::sync::Mutex<Vec<String>>>;
 
-/// The same rows, straight into SQLite with prepared statements, one transaction per result.
+/// The same rows, straight into SQLite with prepared statements, one transaction per result
+/// (each result durable before the next is sent, as a program storing results one by one does),
+/// with the recorder's durability settings: WAL (kept in the file) and `synchronous = NORMAL`.
 fn raw_inserts(path: &std::path::Path, docs: &[serde_json::Value], tagset_id: i64) -> f64 {
     let mut conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
     let start = Instant::now();
     for d in docs {
@@ -188,10 +193,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let n: usize = std::env::var("RECORDER_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|s| s.parse().ok()).unwrap_or(d);
+    let n = env("RECORDER_BENCH_N", 300);
+    let rounds = env("RECORDER_BENCH_ROUNDS", 3).max(1);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bench.db");
     let tokens = vec![SubmitToken { name: "bench".into(), secret: TOKEN.into() }];
@@ -201,29 +213,37 @@ async fn main() {
 
     let docs: Vec<_> = (0..n).map(result_json).collect();
     let mb = docs.iter().map(|d| d.to_string().len()).sum::<usize>() as f64 / n as f64 / 1e6;
-    println!("{n} results of {STEPS} steps x {} KB output (~{mb:.2} MB JSON each), {CONCURRENCY} concurrent clients", OUTPUT_BYTES / 1024);
-
-    let rest_bodies = docs.iter().map(|d| d.to_string()).collect();
-    let rest = post_all(&client, format!("http://{addr}/api/v1/results"), "application/json", rest_bodies).await;
-    println!("REST ingest:     {rest:8.1} results/s");
-
-    let xml_bodies = docs
+    println!(
+        "{n} results of {STEPS} steps x {} KB output (~{mb:.2} MB JSON each) per path and round, {rounds} rounds, {CONCURRENCY} concurrent clients",
+        OUTPUT_BYTES / 1024
+    );
+    let rest_bodies: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
+    let xml_bodies: Vec<String> = docs
         .iter()
         .map(|d| {
             let call = MethodCall { name: "add_results".into(), params: vec![to_xmlrpc(&d["client_info"]), to_xmlrpc(&d["results"])] };
             call.to_xml().unwrap()
         })
         .collect();
-    let xml = post_all(&client, format!("http://{addr}/xmlrpc"), "text/xml", xml_bodies).await;
-    println!("XML-RPC ingest:  {xml:8.1} results/s");
-
+    // The raw side writes into the recorder's own file, next to its rows, under one of its tagsets.
+    post_all(&client, format!("http://{addr}/api/v1/results"), "application/json", rest_bodies[..1].to_vec()).await;
     let tagset_id: i64 = {
         let c = rusqlite::Connection::open(&db).unwrap();
         c.query_row("SELECT min(id) FROM tagsets", [], |r| r.get(0)).unwrap()
     };
-    let db2 = db.clone();
-    let raw = tokio::task::spawn_blocking(move || raw_inserts(&db2, &docs, tagset_id)).await.unwrap();
-    println!("raw SQLite:      {raw:8.1} results/s (same rows, prepared INSERTs, one transaction each)");
+    let docs = std::sync::Arc::new(docs);
+    let (mut raw, mut rest, mut xml) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let (db2, docs2) = (db.clone(), docs.clone());
+        raw.push(tokio::task::spawn_blocking(move || raw_inserts(&db2, &docs2, tagset_id)).await.unwrap());
+        rest.push(post_all(&client, format!("http://{addr}/api/v1/results"), "application/json", rest_bodies.clone()).await);
+        xml.push(post_all(&client, format!("http://{addr}/xmlrpc"), "text/xml", xml_bodies.clone()).await);
+        println!("round {round}: raw {:.1}, REST {:.1}, XML-RPC {:.1} results/s", raw[round - 1], rest[round - 1], xml[round - 1]);
+    }
+    let (raw_m, rest_m, xml_m) = (median(raw.clone()), median(rest.clone()), median(xml.clone()));
+    println!("REST ingest:     {rest_m:8.1} results/s (median of {rounds})");
+    println!("XML-RPC ingest:  {xml_m:8.1} results/s (median of {rounds})");
+    println!("raw SQLite:      {raw_m:8.1} results/s (same rows, prepared INSERTs, one transaction each, WAL, synchronous=NORMAL)");
 
     let t = Instant::now();
     let db3 = db.clone();
@@ -242,9 +262,20 @@ async fn main() {
         assert_eq!(body.matches("<li class=\"cell").count(), PLATFORMS);
     }
     lat.sort();
-    println!(
-        "package page ({PLATFORMS} platforms, {total} results stored): p50 {:.2} ms, p99 {:.2} ms over {PAGE_GETS} GETs",
-        percentile(&lat, 0.5).as_secs_f64() * 1e3,
-        percentile(&lat, 0.99).as_secs_f64() * 1e3
-    );
+    let (p50, p99) = (percentile(&lat, 0.5).as_secs_f64() * 1e3, percentile(&lat, 0.99).as_secs_f64() * 1e3);
+    println!("package page ({PLATFORMS} platforms, {total} results stored): p50 {p50:.2} ms, p99 {p99:.2} ms over {PAGE_GETS} GETs");
+
+    if let Ok(out) = std::env::var("RECORDER_BENCH_JSON") {
+        let raw_is = "raw SQLite inserts (same rows, 1 transaction each)";
+        let doc = json!({
+            "rows": [
+                {"figure": "recorder ingest REST", "unit": "results/s", "paddock": rest_m, "baseline": raw_m, "baseline_is": raw_is},
+                {"figure": "recorder ingest XML-RPC", "unit": "results/s", "paddock": xml_m, "baseline": raw_m, "baseline_is": raw_is},
+                {"figure": "recorder package page p50 (100k results)", "unit": "ms", "paddock": p50, "baseline": null, "baseline_is": "-"},
+                {"figure": "recorder package page p99 (100k results)", "unit": "ms", "paddock": p99, "baseline": null, "baseline_is": "-"},
+            ],
+            "samples": {"results_per_round": n, "rounds": rounds, "concurrency": CONCURRENCY, "raw": raw, "rest": rest, "xmlrpc": xml},
+        });
+        std::fs::write(&out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    }
 }

@@ -1,12 +1,12 @@
 //! The side-by-side benchmark behind `make bench`: paddock against the hand-made baselines
-//! (`bench/baseline.sh`, plain `ssh`, raw SQLite, bare libvirt calls), printed as one table
-//! and written as JSON.
+//! (`bench/baseline.sh`, plain `ssh`, bare libvirt calls), printed as one table with the rows
+//! of `bench/figures/*.sh` (the recorder's among them) and written as JSON.
 //!
-//!   bench_compare all --json OUT --recorder-output FILE   every VM figure plus the table
-//!   bench_compare control N                                 (child) N VMs on test:///default
+//!   bench_compare all --json OUT [FIGURES.json...]   every VM figure plus the table
+//!   bench_compare control N                          (child) N VMs on test:///default
 //!
 //! Run through `bash bench/run.sh`, which builds the release binaries once and passes the
-//! recorder benchmark's output in. Environment: BENCH_COLD_N (5), BENCH_PARALLEL (4),
+//! figure scripts' JSON files in. Environment: BENCH_COLD_N (5), BENCH_PARALLEL (4),
 //! BENCH_LOG_BYTES (200000000), BENCH_CONTROL_N (1000).
 
 use std::io::Read;
@@ -403,18 +403,6 @@ fn control_child(n: u64) -> std::collections::BTreeMap<String, f64> {
         .collect()
 }
 
-/// `REST ingest:  123.4 results/s` lines of benches/recorder_ingest.rs.
-fn recorder_figures(path: &Path) -> (f64, f64, f64) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let pick = |prefix: &str| {
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l[prefix.len()..].split_whitespace().next()?.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-    (pick("REST ingest:"), pick("XML-RPC ingest:"), pick("raw SQLite:"))
-}
-
 struct Row {
     figure: String,
     unit: String,
@@ -462,7 +450,7 @@ fn extra_rows(paths: &[PathBuf]) -> (Vec<Row>, Vec<serde_json::Value>) {
     (rows, docs)
 }
 
-async fn all(json_out: PathBuf, recorder_output: PathBuf, extra: Vec<PathBuf>) {
+async fn all(json_out: PathBuf, extra: Vec<PathBuf>) {
     let cold_n = env_or("BENCH_COLD_N", 5);
     let k = env_or("BENCH_PARALLEL", 4);
     let bytes = env_or("BENCH_LOG_BYTES", 200_000_000);
@@ -488,14 +476,11 @@ async fn all(json_out: PathBuf, recorder_output: PathBuf, extra: Vec<PathBuf>) {
     let p_tp = paddock_throughput(&daemon, &log_dir, bytes).await;
     let b_tp = tokio::task::spawn_blocking(move || baseline_throughput(bytes)).await.unwrap();
     daemon.stop().await.unwrap();
-    let (rest, xml, raw) = recorder_figures(&recorder_output);
 
     let mut rows = vec![
         Row::new("trigger -> first byte, cold boot (median)", "s", median(p_cold.clone()), median(b_cold.clone()), "bench/baseline.sh"),
         Row::new("runs at once, throughput", "runs/min", p_par, b_par, "bench/baseline.sh x parallel"),
         Row::new("step log throughput (guest)", "MB/s", p_tp, b_tp, "ssh guest cmd > pipe"),
-        Row::new("recorder ingest REST", "results/s", rest, raw, "raw SQLite inserts"),
-        Row::new("recorder ingest XML-RPC", "results/s", xml, raw, "raw SQLite inserts"),
         Row::new(
             "control plane on test:///, per VM",
             "ms",
@@ -567,11 +552,9 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["control", n] => control(n.parse().expect("a number of VMs")).await,
-        ["all", "--json", out, "--recorder-output", rec, extra @ ..] => {
-            all(out.into(), rec.into(), extra.iter().map(PathBuf::from).collect()).await
-        }
+        ["all", "--json", out, extra @ ..] => all(out.into(), extra.iter().map(PathBuf::from).collect()).await,
         _ => {
-            eprintln!("usage: bench_compare all --json OUT --recorder-output FILE [FIGURES.json...] | control N");
+            eprintln!("usage: bench_compare all --json OUT [FIGURES.json...] | control N");
             std::process::exit(2);
         }
     }

@@ -80,3 +80,104 @@ fn pony_build_uploads_are_stored_listed_and_served_back() {
     assert!(!page.contains("notes.txt"), "a file uploaded with visible=no is not listed on the page");
     assert!(rec.stop().success());
 }
+
+fn submit(rec: &RecorderProcess, host: &str, success: bool, steps: usize) -> (u16, String) {
+    let results: Vec<_> = (0..steps).map(|i| serde_json::json!({"name": format!("s{i}"), "status": 0, "output": "ok"})).collect();
+    let body = serde_json::json!({
+        "client_info": {"package": "keep", "arch": "x86_64", "host": host, "success": success},
+        "results": results,
+    });
+    support::recorder::http_post_json(&rec.addr, "/api/v1/results", Some("s3cret"), &body.to_string())
+}
+
+fn submit_key(rec: &RecorderProcess, host: &str, success: bool) -> String {
+    let (status, body) = submit(rec, host, success, 1);
+    assert_eq!(status, 201, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["result_key"].as_str().unwrap().to_owned()
+}
+
+/// The standalone recorder takes fleet.toml's `[retention]` as flags: each platform's newest
+/// `--keep-last` stay, older passes go after `--max-age`, older failures only after
+/// `--failure-max-age`. Exactly those results go, and nothing else.
+#[test]
+fn standalone_retention_removes_exactly_what_its_flags_say() {
+    let mut rec = RecorderProcess::start(&[
+        "--token",
+        "ci=s3cret",
+        "--keep-last",
+        "2",
+        "--max-age",
+        "2s",
+        "--failure-max-age",
+        "1h",
+        "--retention-every",
+        "1s",
+    ]);
+    // Platform a: pass, fail, pass, pass, pass; platform b: one pass.
+    let a: Vec<String> = [true, false, true, true, true].into_iter().map(|ok| submit_key(&rec, "a", ok)).collect();
+    let b = submit_key(&rec, "b", true);
+    let gone = [&a[0], &a[2]];
+    let kept = [&a[1], &a[3], &a[4], &b];
+    let status = |key: &str| support::recorder::http_get(&rec.addr, &format!("/api/v1/results/{key}")).0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while gone.iter().any(|k| status(k) != 404) {
+        assert!(std::time::Instant::now() < deadline, "the old passes {gone:?} were not removed within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for k in kept {
+        assert_eq!(status(k), 200, "result {k} must be kept (newest of its platform, or a failure within 1h)");
+    }
+    // A few more passes of the policy change nothing.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(kept.iter().all(|k| status(k) == 200));
+    let conn = rusqlite::Connection::open(rec.db_path()).unwrap();
+    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!((count("SELECT count(*) FROM results"), count("SELECT count(*) FROM steps")), (4, 4));
+    assert!(rec.stop().success());
+}
+
+/// Caps as flags (fleet.toml's `[limits]` keys): a result over `--result-steps` is refused and
+/// nothing stored; without retention flags nothing is ever removed.
+#[test]
+fn standalone_caps_refuse_what_is_over_them() {
+    let mut rec = RecorderProcess::start(&["--token", "ci=s3cret", "--result-steps", "2", "--result-body", "4KiB"]);
+    assert_eq!(submit(&rec, "a", true, 2).0, 201);
+    let (status, body) = submit(&rec, "a", true, 3);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("is more than the limit of 2"), "{body}");
+    let big = "x".repeat(5000);
+    let (status, _) = support::recorder::http_post_json(&rec.addr, "/api/v1/results", Some("s3cret"), &big);
+    assert_eq!(status, 413);
+    let conn = rusqlite::Connection::open(rec.db_path()).unwrap();
+    assert_eq!(conn.query_row("SELECT count(*) FROM results", [], |r| r.get::<_, i64>(0)).unwrap(), 1);
+    assert!(rec.stop().success());
+}
+
+/// A bad retention or cap flag stops the recorder before it listens, naming the flag.
+#[test]
+fn bad_retention_and_cap_flags_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    for (flags, says) in [
+        (&["--max-age", "5x"][..], "--max-age <DURATION>"),
+        (&["--max-age", "5x"][..], "unknown unit `x`"),
+        (&["--keep-last", "0"][..], "--keep-last <N>"),
+        (&["--file-size", "64MB"][..], "--file-size <SIZE>"),
+        (&["--max-age", "1h", "--failure-max-age", "10m"][..], "--failure-max-age 10m is shorter than --max-age 1h"),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_paddock"))
+            .args(["recorder", "--listen", "127.0.0.1:0", "--token", "ci=s3cret", "--db"])
+            .arg(&db)
+            .args(flags)
+            .env("PADDOCK_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = support::wait_with_deadline(&mut child, std::time::Duration::from_secs(20)).expect("the recorder must exit");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{flags:?} was accepted");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
+}

@@ -1,8 +1,8 @@
 //! Two real hypervisors: the machine's `qemu:///system` and a donor host started by the test
 //! (`tests/support/donor.rs`: a user's session libvirtd reached over `qemu+ssh://` through an
 //! sshd of the test's own). Host ports of these tests: 24200-24399 (sshd 24200-24249, guest
-//! forwards from 24300). Donor users `pdkp2`, `pdkp4`, … one per test so that tests
-//! may run at once.
+//! forwards from 24300; the capability cache test's sshd 23800-23819). Donor users `pdkp2`,
+//! `pdkp4`, `pdkc-1`, … one per test so that tests may run at once.
 
 mod support;
 
@@ -60,7 +60,9 @@ async fn a_frozen_donor_libvirtd_goes_down_within_the_deadline_and_comes_back() 
     let _local = LocalDomains(format!("paddock-{}", &instance[..8]));
     let mut cfg = manager_config(&state, &instance, vec![img.clone()]);
     cfg.ssh_ports = PortRange { first: 24320, last: 24329 };
-    cfg.libvirt = HostOptions { call_timeout: Duration::from_secs(3), connect_timeout: Duration::from_secs(5) };
+    // The frozen donor costs its connect deadline; the local `start` of a TCG domain may take
+    // seconds when other tests load the machine, so calls get more than the handle's 3 s above.
+    cfg.libvirt = HostOptions { call_timeout: Duration::from_secs(10), connect_timeout: Duration::from_secs(5) };
     let hosts = vec![host("local", "qemu:///system", None), host("donor", &donor.uri, Some(support::donor::POOL))];
     let store = Store::open(&dir.path().join("paddock.db")).await.unwrap();
     let t = Instant::now();
@@ -114,6 +116,24 @@ async fn a_frozen_donor_libvirtd_goes_down_within_the_deadline_and_comes_back() 
     let events = store.events(Some("image_upload_failed"), 10).await.unwrap();
     assert!(!events.is_empty(), "the hung upload is recorded");
     drop(mgr);
+}
+
+/// A donor's session daemon answers its first capabilities question from the copy of the
+/// system daemon's QEMU capability cache that `Donor::start` put in the user's cache dir, so no
+/// donor test pays for a probe of every installed QEMU (~40 s on two cores). The daemon
+/// rewrites an entry it finds stale: none is. Donor user `pdkc-1`, sshd in 23800-23819.
+#[test]
+fn a_donor_answers_from_the_copied_capability_cache_without_probing_qemu() {
+    let donor = Donor::start("pdkc-1", 23800..=23819);
+    assert!(donor.capability_copies() > 0, "the system daemon has no QEMU capability cache to copy");
+    let out = donor.virsh(&["capabilities"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let caps = String::from_utf8_lossy(&out.stdout);
+    assert!(caps.contains("<emulator>/usr/bin/qemu-system-x86_64</emulator>"), "{caps}");
+    assert!(caps.contains("<domain type='qemu'"), "TCG is offered: {caps}");
+    let rewritten = donor.capability_copies_rewritten();
+    assert!(rewritten.is_empty(), "the donor's daemon probed again instead of using the copies: {rewritten:?}");
+    assert!(!donor.libvirtd_pids().is_empty(), "the answer came from the donor's own session daemon");
 }
 
 /// The bundled guest, its host key learnt from the console: a key of the test's own, on the

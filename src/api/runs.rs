@@ -26,7 +26,11 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-pub async fn list(State(s): State<Shared>, _r: Reader, q: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<Vec<RunOut>>, ApiError> {
+pub async fn list(
+    State(s): State<Shared>,
+    _r: Reader,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<RunListOut>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if let Some(j) = &q.job
         && s.fleet().job(j).is_none()
@@ -59,7 +63,21 @@ pub async fn list(State(s): State<Shared>, _r: Reader, q: Result<Query<ListQuery
         return Err(ApiError::BadRequest(format!("limit={limit}: must be between 1 and {MAX_LIMIT}")));
     }
     let rows = s.store.runs(RunFilter { job: q.job, image: q.image, state: q.state, since, limit: Some(limit) }).await?;
-    Ok(Json(rows.iter().map(run_out).collect()))
+    let links = s.store.retry_links(rows.iter().map(|r| r.id.clone()).collect()).await?;
+    let out = rows
+        .iter()
+        .map(|r| RunListOut {
+            run: run_out(r),
+            retry: links.iter().find(|l| l.run_id == r.id).map(|l| RetryOut {
+                retry_of: l.retry_of.clone(),
+                attempt: l.attempt,
+                attempts: l.attempts,
+                note: l.note.clone(),
+            }),
+            retried_by: links.iter().find(|l| l.retry_of == r.id).map(|l| l.run_id.clone()),
+        })
+        .collect();
+    Ok(Json(out))
 }
 
 pub(crate) fn run_out(r: &RunRow) -> RunOut {

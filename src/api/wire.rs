@@ -173,6 +173,19 @@ pub struct RunOut {
     pub reason: Option<String>,
 }
 
+/// A run in `GET /api/v1/runs`: the run and its retry links, as its detail has them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunListOut {
+    #[serde(flatten)]
+    pub run: RunOut,
+    /// This run re-runs another after an infrastructure failure.
+    #[serde(default)]
+    pub retry: Option<RetryOut>,
+    /// The run queued to re-run this one.
+    #[serde(default)]
+    pub retried_by: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepOut {
     pub name: String,

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use paddock::api::wire::RunOut;
+use paddock::api::wire::RunListOut;
 
 use super::client::{Client, Remote, ago, block_on, opt, print_json, table};
 
@@ -32,14 +32,15 @@ pub fn run(remote: &Remote, f: &Filters) -> Result<ExitCode> {
                 q.push(format!("{k}={}", encode(v)));
             }
         }
-        let runs: Vec<RunOut> = Client::new(remote)?.get(&format!("/api/v1/runs?{}", q.join("&"))).await?;
+        let runs: Vec<RunListOut> = Client::new(remote)?.get(&format!("/api/v1/runs?{}", q.join("&"))).await?;
         if remote.json {
             print_json(&runs)?;
             return Ok(ExitCode::SUCCESS);
         }
         let rows: Vec<Vec<String>> = runs
             .iter()
-            .map(|r| {
+            .map(|l| {
+                let r = &l.run;
                 vec![
                     r.id.clone(),
                     r.job.clone(),
@@ -48,12 +49,26 @@ pub fn run(remote: &Remote, f: &Filters) -> Result<ExitCode> {
                     opt(&r.outcome),
                     r.trigger.clone(),
                     ago(r.created_at),
+                    retry_label(l),
                 ]
             })
             .collect();
-        table(&["run", "job", "image", "state", "outcome", "trigger", "created"], &rows);
+        table(&["run", "job", "image", "state", "outcome", "trigger", "created", "retry"], &rows);
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// A run's retry links as the table shows them: `attempt 2 of 3 (of RUN)` for a retry, `retried
+/// as RUN` for a run an infrastructure failure re-ran, both for a retry that was retried again.
+fn retry_label(l: &RunListOut) -> String {
+    let mut parts = Vec::new();
+    if let Some(r) = &l.retry {
+        parts.push(format!("attempt {} of {} (of {})", r.attempt, r.attempts, r.retry_of));
+    }
+    if let Some(by) = &l.retried_by {
+        parts.push(format!("retried as {by}"));
+    }
+    if parts.is_empty() { "-".to_owned() } else { parts.join(", ") }
 }
 
 /// Percent-encodes a query value (times carry `+` and `:`).

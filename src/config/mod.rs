@@ -8,7 +8,7 @@ pub mod duration;
 mod live;
 mod model;
 mod raw;
-mod size;
+pub mod size;
 mod validate;
 
 use std::fmt;

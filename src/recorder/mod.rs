@@ -180,8 +180,9 @@ pub struct Origin {
 /// Handle to an open recorder database. Cheap to clone.
 ///
 /// Implementation note: one tokio-rusqlite connection (its own thread) takes every write, so
-/// writes are serialised without locks of ours; a second connection serves reads, which WAL
-/// lets proceed while a write is in flight.
+/// writes are serialised without locks of ours; submissions reach it through a queue that
+/// `group_commits` drains, one transaction per group. A second connection serves reads, which
+/// WAL lets proceed while a write is in flight.
 #[derive(Clone)]
 pub struct Recorder {
     inner: Arc<Inner>,
@@ -190,8 +191,86 @@ pub struct Recorder {
 struct Inner {
     writer: tokio_rusqlite::Connection,
     reader: tokio_rusqlite::Connection,
+    /// Submissions waiting for the writer's next group commit (`group_commits`).
+    queue: tokio::sync::mpsc::Sender<Queued>,
     config: RecorderConfig,
     tokens: auth::TokenSet,
+}
+
+/// A validated submission waiting for its commit; `reply` hears once it is durable (or failed).
+struct Queued {
+    doc: ResultDoc,
+    idempotency_key: Option<String>,
+    origin: Origin,
+    auth_key: String,
+    at: f64,
+    reply: tokio::sync::oneshot::Sender<Result<store::Inserted, RecorderError>>,
+}
+
+/// Most submissions one group commit takes, and about the most bytes of output.
+const GROUP_RESULTS: usize = 64;
+const GROUP_BYTES: usize = 64 << 20;
+/// Submissions that may wait for the writer; more wait in their handlers (back-pressure).
+const QUEUE_DEPTH: usize = 64;
+
+fn stored_bytes(doc: &ResultDoc) -> usize {
+    doc.steps.iter().map(|s| s.output.len() + s.errout.len() + s.command.len()).sum::<usize>() + 1024
+}
+
+/// The writer's group commit: takes every submission waiting (up to `GROUP_RESULTS` /
+/// `GROUP_BYTES`), stores them in one transaction and only then answers each. Nothing waits to
+/// fill a group: while one commit runs, the next group gathers. A group that fails is stored
+/// again one submission per transaction, so only the failing submission fails.
+async fn group_commits(writer: tokio_rusqlite::Connection, mut queue: tokio::sync::mpsc::Receiver<Queued>) {
+    while let Some(first) = queue.recv().await {
+        let mut bytes = stored_bytes(&first.doc);
+        let mut group = vec![first];
+        while group.len() < GROUP_RESULTS && bytes < GROUP_BYTES {
+            match queue.try_recv() {
+                Ok(q) => {
+                    bytes += stored_bytes(&q.doc);
+                    group.push(q);
+                }
+                Err(_) => break,
+            }
+        }
+        let (items, replies): (Vec<_>, Vec<_>) =
+            group.into_iter().map(|q| ((q.doc, q.idempotency_key, q.origin, q.auth_key, q.at), q.reply)).unzip();
+        let stored = writer.call(move |conn| Ok::<_, rusqlite::Error>(store_group(conn, &items))).await;
+        match stored {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome.map_err(|source| RecorderError::Database { op: "storing a result", source }));
+                }
+            }
+            Err(_) => {
+                for reply in replies {
+                    let _ = reply.send(Err(RecorderError::Closed { op: "storing a result" }));
+                }
+            }
+        }
+    }
+}
+
+type GroupItem = (ResultDoc, Option<String>, Origin, String, f64);
+
+fn submission((_, key, origin, auth_key, at): &GroupItem) -> store::Submission<'_> {
+    store::Submission {
+        idempotency_key: key.as_deref(),
+        auth_key: auth_key.as_str(),
+        client_ip: origin.client_ip.as_deref(),
+        submitter: origin.submitter.as_deref(),
+        now: *at,
+    }
+}
+
+fn store_group(conn: &mut rusqlite::Connection, items: &[GroupItem]) -> Vec<rusqlite::Result<store::Inserted>> {
+    let all: Vec<_> = items.iter().map(|it| (&it.0, submission(it))).collect();
+    match store::insert_all(conn, &all) {
+        Ok(done) => done.into_iter().map(Ok).collect(),
+        Err(e) if items.len() == 1 => vec![Err(e)],
+        Err(_) => all.iter().map(|one| store::insert_all(conn, std::slice::from_ref(one)).map(|mut v| v.remove(0))).collect(),
+    }
 }
 
 /// A file name is served back in a URL path and a Content-Disposition header: one path segment
@@ -250,7 +329,10 @@ impl Recorder {
                 _ => RecorderError::Closed { op: "opening" },
             })?;
         let tokens = auth::TokenSet::new(&config.tokens);
-        Ok(Recorder { inner: Arc::new(Inner { writer, reader, config, tokens }) })
+        let (queue, queued) = tokio::sync::mpsc::channel(QUEUE_DEPTH);
+        // Ends when the last handle (and with it the queue's sender) is dropped.
+        tokio::spawn(group_commits(writer.clone(), queued));
+        Ok(Recorder { inner: Arc::new(Inner { writer, reader, queue, config, tokens }) })
     }
 
     pub fn config(&self) -> &RecorderConfig {
@@ -315,7 +397,9 @@ impl Recorder {
         self.ingest_from(doc, idempotency_key, Origin::default()).await.map(|i| i.key)
     }
 
-    /// Store a result whole or not at all, in one transaction.
+    /// Store a result whole or not at all. Answers once the transaction holding it has
+    /// committed: submissions that arrive together are committed together (`group_commits`),
+    /// each still all or nothing.
     pub async fn ingest_from(&self, doc: ResultDoc, idempotency_key: Option<String>, origin: Origin) -> Result<Ingested, RecorderError> {
         let c = &self.inner.config;
         if doc.steps.len() > c.max_steps {
@@ -327,24 +411,11 @@ impl Recorder {
         }
         let auth_key = auth::random_hex(16);
         let at = self.now();
-        let inserted = self
-            .inner
-            .writer
-            .call(move |conn| {
-                let tx = conn.transaction()?;
-                let sub = store::Submission {
-                    idempotency_key: idempotency_key.as_deref(),
-                    auth_key: &auth_key,
-                    client_ip: origin.client_ip.as_deref(),
-                    submitter: origin.submitter.as_deref(),
-                    now: at,
-                };
-                let out = store::insert(&tx, &doc, &sub)?;
-                tx.commit()?;
-                Ok(out)
-            })
-            .await
-            .map_err(db_err("storing a result"))?;
+        let (reply, stored) = tokio::sync::oneshot::channel();
+        let closed = RecorderError::Closed { op: "storing a result" };
+        let queued = Queued { doc, idempotency_key, origin, auth_key, at, reply };
+        self.inner.queue.send(queued).await.map_err(|_| RecorderError::Closed { op: "storing a result" })?;
+        let inserted = stored.await.map_err(|_| closed)??;
         if inserted.created {
             tracing::info!(key = %inserted.key, "recorded a result");
         }

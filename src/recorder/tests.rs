@@ -585,3 +585,60 @@ async fn retention_removes_exactly_what_the_policy_says() {
     assert_eq!(removed_before(&text, "file_bytes") - removed_before(&at_start, "file_bytes"), 10);
     task.abort();
 }
+
+fn doc_of(v: &Value) -> super::ResultDoc {
+    super::ResultDoc::from_json(v["client_info"].clone(), v["results"].clone(), None).unwrap()
+}
+
+/// Submissions that arrive together are committed together: every caller is answered with its
+/// own key once its result is stored, and one idempotency key sent twice at once stores once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_are_each_answered_once_stored() {
+    let e = env(RecorderConfig::default()).await;
+    let sends: Vec<_> = (0..40)
+        .map(|i| {
+            let rec = e.rec.clone();
+            let key = (i >= 38).then(|| "same-key".to_owned());
+            tokio::spawn(async move { rec.ingest(doc_of(&result(&format!("h{}", i % 4), &["t"], i % 3 != 0)), key).await.unwrap() })
+        })
+        .collect();
+    let mut keys = Vec::new();
+    for s in sends {
+        keys.push(s.await.unwrap());
+    }
+    assert_eq!(keys[38], keys[39], "one key, one result");
+    let mut distinct = keys.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 39);
+    for k in &distinct {
+        assert!(e.rec.get(*k).await.unwrap().is_some(), "result {k} was answered before it was stored");
+    }
+    assert_eq!(e.rec.row_counts().await.unwrap(), [39, 78, 39, 4]);
+}
+
+/// A group whose transaction fails is stored again one result at a time: only the failing
+/// submission fails, the others of its group are stored.
+#[test]
+fn a_group_commit_answers_each_submission_and_isolates_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = rusqlite::Connection::open(dir.path().join("r.db")).unwrap();
+    super::store::migrations().to_latest(&mut conn).unwrap();
+    // Stands in for any per-result failure (a full disk would fail the whole group alike).
+    conn.execute_batch(
+        "CREATE TRIGGER poison BEFORE INSERT ON results WHEN NEW.package = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'poisoned result'); END;",
+    )
+    .unwrap();
+    let mut bad = result("h", &[], true);
+    bad["client_info"]["package"] = json!("poison");
+    let item = |v: &Value, n: usize| (doc_of(v), None, super::Origin::default(), format!("auth{n}"), n as f64);
+    let items = [item(&result("h", &[], true), 1), item(&bad, 2), item(&result("h", &[], false), 3)];
+    let out = super::store_group(&mut conn, &items);
+    assert!(out[0].is_ok() && out[2].is_ok(), "{out:?}");
+    assert!(out[1].as_ref().unwrap_err().to_string().contains("poisoned result"), "{out:?}");
+    assert_eq!(super::store::row_counts(&conn).unwrap(), [2, 4, 0, 1]);
+    let all_good = [item(&result("h", &[], true), 4), item(&result("h", &[], true), 5)];
+    assert!(super::store_group(&mut conn, &all_good).iter().all(Result::is_ok));
+    assert_eq!(super::store::row_counts(&conn).unwrap()[0], 4);
+}

@@ -77,8 +77,13 @@ pub fn decode_add_results(params: &[Value]) -> Result<ResultDoc, Fault> {
 /// whatever the parser would have done with them (quick-xml does not expand custom entities,
 /// but an unexpanded reference should be a clear refusal, not a parse failure deep inside).
 fn refuse_markup(text: &str) -> Option<&'static str> {
-    let upper_has = |needle: &str| text.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()));
-    if upper_has("<!DOCTYPE") || upper_has("<!ENTITY") {
+    // Every declaration starts with `<!` (no case to fold): find those with the standard
+    // library's substring search, then look at the keyword, in one pass over the body.
+    let declares = |at: usize| {
+        let rest = &text.as_bytes()[at + 2..];
+        ["DOCTYPE", "ENTITY"].iter().any(|k| rest.get(..k.len()).is_some_and(|w| w.eq_ignore_ascii_case(k.as_bytes())))
+    };
+    if text.match_indices("<!").any(|(at, _)| declares(at)) {
         return Some("DOCTYPE and ENTITY declarations are not allowed");
     }
     None

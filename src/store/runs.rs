@@ -97,6 +97,21 @@ impl Store {
         .await
     }
 
+    /// Every retry link touching one of `ids` (as the retry or as the run retried): one query
+    /// for a page of runs, so a listing shows retries without a query per run.
+    pub async fn retry_links(&self, ids: Vec<String>) -> Result<Vec<RetryRow>> {
+        let ids = serde_json::to_string(&ids).expect("a list of strings always serialises");
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {RETRY_COLS} FROM run_retries
+                 WHERE run_id IN (SELECT value FROM json_each(?1)) OR retry_of IN (SELECT value FROM json_each(?1))"
+            ))?;
+            let rows = stmt.query_map([ids], read_retry)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     /// The run that re-runs run `id`, if one was made.
     pub async fn retried_by(&self, id: &str) -> Result<Option<RetryRow>> {
         let id = id.to_string();

@@ -82,6 +82,61 @@ async fn reads_print_tables_and_json() {
     assert_eq!(o.code, 0, "{}", o.stderr);
 }
 
+/// A run an infrastructure failure re-ran: `paddock runs` says which attempt each is and what
+/// replaced what, as `GET /api/v1/runs/{id}` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_show_which_attempt_a_retry_is_and_what_re_ran_a_run() {
+    use paddock::store::{RetryRow, RunEnd};
+    let (l, url) = setup().await;
+    let t = Some(l.bob.as_str());
+    // First attempt ends as an infrastructure failure; its retry fails the same way and is re-run too.
+    l.store.insert_run(&crate::common::row("r-try-1", "demo", "deb-s390x", "queued", 30)).await.unwrap();
+    let end = |id: &str| RunEnd {
+        run_id: id.into(),
+        from: "queued".into(),
+        state: "failed".into(),
+        outcome: "infrastructure".into(),
+        reason: Some("host went away".into()),
+        result_json: "{}".into(),
+        finished_at: chrono::Utc::now(),
+        recorders: Vec::new(),
+    };
+    for (id, of, attempt) in [("r-try-2", "r-try-1", 2), ("r-try-3", "r-try-2", 3)] {
+        let link = RetryRow {
+            run_id: id.into(),
+            retry_of: of.into(),
+            attempt,
+            attempts: 3,
+            note: format!("retry {} of 2 after infrastructure failure on host local", attempt - 1),
+        };
+        let mins = 30 - 10 * i64::from(attempt - 1);
+        assert!(
+            l.store.finish_run_and_retry(end(of), Some((crate::common::row(id, "demo", "deb-s390x", "queued", mins), link))).await.unwrap()
+        );
+    }
+
+    let o = paddock(&url, t, &["runs", "--image", "deb-s390x", "--job", "demo"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert!(lines[0].ends_with(" RETRY"), "{}", o.stdout);
+    assert_eq!(lines.len(), 4, "{}", o.stdout);
+    assert!(lines[1].starts_with("r-try-3 ") && lines[1].ends_with(" attempt 3 of 3 (of r-try-2)"), "{}", o.stdout);
+    assert!(lines[2].starts_with("r-try-2 ") && lines[2].ends_with(" attempt 2 of 3 (of r-try-1), retried as r-try-3"), "{}", o.stdout);
+    assert!(lines[3].starts_with("r-try-1 ") && lines[3].ends_with(" retried as r-try-2"), "{}", o.stdout);
+    // A run that was never retried says so with a dash.
+    let o = paddock(&url, t, &["runs", "--job", "docs"]).await;
+    assert!(o.stdout.lines().nth(1).unwrap().ends_with(" -"), "{}", o.stdout);
+
+    // The JSON carries the same links as the run's detail.
+    let o = paddock(&url, t, &["runs", "--json", "--image", "deb-s390x", "--job", "demo"]).await;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v[1]["id"], "r-try-2");
+    assert_eq!(v[1]["retry"]["retry_of"], "r-try-1");
+    assert_eq!(v[1]["retry"]["attempt"], 2);
+    assert_eq!(v[1]["retried_by"], "r-try-3");
+    assert!(v[0]["retried_by"].is_null() && v[2]["retry"].is_null(), "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_follow_shows_states_and_exits_with_the_runs_failure() {
     let (l, url) = setup().await;

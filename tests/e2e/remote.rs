@@ -30,7 +30,7 @@ retry_infrastructure = 1
 [[jobs.steps]]
 name = "wait"
 type = "build"
-command = "echo step-started; sleep 30; echo step-done"
+command = "echo step-started; sleep 20; echo step-done"
 "#,
     );
     let path = dir.path().join("fleet.toml");

@@ -1,6 +1,8 @@
 //! A second real libvirt host on this machine, started by the test that needs it: a user of
-//! its own (`pdkdonorN` or `pdkpN`, one per test), an `sshd` of the test's own on a free loopback port (its own config,
-//! host key and pid file, never the system one), that user's session libvirt daemon reached as
+//! its own (`pdkdonorN`, `pdkpN`, `pdkg2N` or `pdkc-N`, one per test), an `sshd` of the test's
+//! own on a free loopback port (its own config, host key and pid file, never the system one),
+//! that user's session libvirt daemon (started from a copy of the system daemon's QEMU
+//! capability cache, so it does not probe every QEMU again) reached as
 //! `qemu+ssh://USER@127.0.0.1:PORT/session?keyfile=...&no_verify=1`, and a directory storage
 //! pool in the user's home. Everything is torn down on drop: domains, pool, the sshd (by the PID
 //! in its pid file), every process of the user (by PID), the user and its home.
@@ -34,6 +36,9 @@ pub struct Donor {
     dir: tempfile::TempDir,
     /// `false` once the sshd was stopped on purpose.
     sshd_running: bool,
+    /// The capability cache entries copied from the system daemon, with their modification
+    /// times right after the copy (the session daemon rewrites an entry it finds stale).
+    capability_copies: Vec<(PathBuf, std::time::SystemTime)>,
 }
 
 fn run(cmd: &str, args: &[&str]) -> Output {
@@ -68,10 +73,10 @@ fn comm(pid: i32) -> String {
 }
 
 /// Removes what an earlier, killed run of a test may have left of `user`: its processes
-/// (by PID, SIGKILL) and the user with its home. Only for the users tests make (`pdkdonorN`, `pdkpN`, `pdkg2N`).
+/// (by PID, SIGKILL) and the user with its home. Only for the users tests make (`pdkdonorN`, `pdkpN`, `pdkg2N`, `pdkc-N`).
 fn remove_user(user: &str) {
     let ours = |prefix: &str| user.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
-    assert!(ours("pdkdonor") || ours("pdkp") || ours("pdkg2"), "only test donors are removed, not {user}");
+    assert!(ours("pdkdonor") || ours("pdkp") || ours("pdkg2") || ours("pdkc-"), "only test donors are removed, not {user}");
     let Some(uid) = uid_of(user) else { return };
     for _ in 0..50 {
         let pids = pids_of_uid(uid);
@@ -131,13 +136,13 @@ impl Donor {
         std::fs::set_permissions(&ssh_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::set_permissions(ssh_dir.join("authorized_keys"), std::fs::Permissions::from_mode(0o600)).unwrap();
         let owner = format!("{user}:{user}");
-        // A new user's session daemon probes every installed QEMU before its first answer (~40 s
-        // on two busy cores); the system daemon's cache of the same binaries is valid for it too.
-        let cache = home.join(".cache/libvirt/qemu/capabilities");
-        std::fs::create_dir_all(&cache).unwrap();
-        for e in std::fs::read_dir("/var/cache/libvirt/qemu/capabilities").into_iter().flatten().flatten() {
-            let _ = std::fs::copy(e.path(), cache.join(e.file_name()));
-        }
+        // A new user's session daemon probes every installed QEMU (30-odd binaries) before it
+        // answers a capabilities question (~40 s on two busy cores). The system daemon's cache
+        // of the same binaries is valid for it too (same libvirtd binary, same QEMU ctimes,
+        // /dev/kvm usable through group kvm), so the donor starts from a copy of it; a stale or
+        // missing copy only costs the probe. The session daemon keeps its cache in
+        // `~/.cache/libvirt/qemu/cache/capabilities` (not `.../qemu/capabilities`).
+        let capability_copies = copy_system_capabilities(&home.join(".cache/libvirt/qemu/cache/capabilities"));
         assert!(run("chown", &["-R", &owner, home.join(".cache").to_str().unwrap()]).status.success());
         assert!(run("chown", &["-R", &owner, ssh_dir.to_str().unwrap()]).status.success());
 
@@ -151,6 +156,7 @@ impl Donor {
             pool_dir: home.join("pool"),
             dir,
             sshd_running: false,
+            capability_copies,
         };
         let ports: Vec<u16> = ports.collect();
         let start = (std::process::id() as usize) % ports.len();
@@ -324,6 +330,45 @@ impl Donor {
             unsafe { libc::kill(*pid, signal) };
         }
         pids
+    }
+}
+
+/// Where the system daemon keeps its QEMU capability cache.
+const SYSTEM_CAPS: &str = "/var/cache/libvirt/qemu/capabilities";
+
+/// Copies the system daemon's QEMU capability cache into `dest` (a donor's session cache),
+/// after asking the system daemon for its capabilities so that its cache is written and
+/// current (a no-op when it is; bounded by `timeout`). Returns each copy with its mtime.
+fn copy_system_capabilities(dest: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let asked = run("timeout", &["120", "virsh", "-c", "qemu:///system", "capabilities"]);
+    if !asked.status.success() {
+        eprintln!("virsh capabilities on qemu:///system: {}", String::from_utf8_lossy(&asked.stderr));
+    }
+    std::fs::create_dir_all(dest).unwrap();
+    let mut copies = Vec::new();
+    for e in std::fs::read_dir(SYSTEM_CAPS).into_iter().flatten().flatten() {
+        let to = dest.join(e.file_name());
+        if std::fs::copy(e.path(), &to).is_ok() {
+            copies.push((to.clone(), std::fs::metadata(&to).and_then(|m| m.modified()).unwrap()));
+        }
+    }
+    copies
+}
+
+impl Donor {
+    /// How many capability cache entries were copied from the system daemon.
+    pub fn capability_copies(&self) -> usize {
+        self.capability_copies.len()
+    }
+
+    /// The copied capability cache entries the session daemon has since rewritten (it found
+    /// them stale and probed that QEMU again) or removed.
+    pub fn capability_copies_rewritten(&self) -> Vec<PathBuf> {
+        self.capability_copies
+            .iter()
+            .filter(|(path, copied)| std::fs::metadata(path).and_then(|m| m.modified()).ok() != Some(*copied))
+            .map(|(path, _)| path.clone())
+            .collect()
     }
 }
 

@@ -208,12 +208,11 @@ pub fn insert(tx: &Transaction<'_>, doc: &ResultDoc, sub: &Submission<'_>) -> ru
     let scope = sub.submitter.unwrap_or("");
     if let Some(k) = sub.idempotency_key {
         let known: Option<(i64, String)> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT r.id, r.auth_key FROM submission_keys k JOIN results r ON r.id = k.result_id
                  WHERE k.scope = ?1 AND k.key = ?2",
-                [scope, k],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            )?
+            .query_row([scope, k], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         if let Some((id, auth_key)) = known {
             return Ok(Inserted { key: ResultKey(id), auth_key, created: false });
@@ -221,36 +220,37 @@ pub fn insert(tx: &Transaction<'_>, doc: &ResultDoc, sub: &Submission<'_>) -> ru
     }
     let ci = &doc.client_info;
     let tagset = doc.tagset().canonical();
-    // The tagset row must exist before the result references it; latest_id is fixed below.
-    tx.execute(
-        "INSERT INTO tagsets (package, tagset, latest_id, first_at, latest_at) VALUES (?1, ?2, 0, ?3, ?3)
-         ON CONFLICT (package, tagset) DO NOTHING",
-        params![ci.package, tagset, sub.now],
-    )?;
-    let tagset_id: i64 =
-        tx.query_row("SELECT id FROM tagsets WHERE package = ?1 AND tagset = ?2", params![ci.package, tagset], |r| r.get(0))?;
-    tx.execute(
+    // Every statement is prepared once per connection (`prepare_cached`): ingest is the
+    // recorder's hot path. The tagset row must exist before the result references it (one
+    // statement: an upsert that returns the row's id either way); latest_id is fixed below.
+    let tagset_id: i64 = tx
+        .prepare_cached(
+            "INSERT INTO tagsets (package, tagset, latest_id, first_at, latest_at) VALUES (?1, ?2, 0, ?3, ?3)
+             ON CONFLICT (package, tagset) DO UPDATE SET package = excluded.package RETURNING id",
+        )?
+        .query_row(params![ci.package, tagset, sub.now], |r| r.get(0))?;
+    tx.prepare_cached(
         "INSERT INTO results (auth_key, received_at, client_ip, submitter, package, arch, host,
                               tagset_id, success, duration, client_info, extras)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        params![
-            sub.auth_key,
-            sub.now,
-            sub.client_ip,
-            sub.submitter,
-            ci.package,
-            ci.arch,
-            ci.host,
-            tagset_id,
-            ci.success,
-            ci.duration,
-            ci.to_json().to_string(),
-            serde_json::Value::Object(doc.extras.clone()).to_string(),
-        ],
-    )?;
+    )?
+    .execute(params![
+        sub.auth_key,
+        sub.now,
+        sub.client_ip,
+        sub.submitter,
+        ci.package,
+        ci.arch,
+        ci.host,
+        tagset_id,
+        ci.success,
+        ci.duration,
+        ci.to_json().to_string(),
+        serde_json::Value::Object(doc.extras.clone()).to_string(),
+    ])?;
     let id = tx.last_insert_rowid();
     if let Some(k) = sub.idempotency_key {
-        tx.execute("INSERT INTO submission_keys (scope, key, result_id) VALUES (?1, ?2, ?3)", params![scope, k, id])?;
+        tx.prepare_cached("INSERT INTO submission_keys (scope, key, result_id) VALUES (?1, ?2, ?3)")?.execute(params![scope, k, id])?;
     }
     {
         let mut step = tx.prepare_cached(
@@ -276,10 +276,20 @@ pub fn insert(tx: &Transaction<'_>, doc: &ResultDoc, sub: &Submission<'_>) -> ru
             tag.execute(params![t, id])?;
         }
     }
-    tx.execute("UPDATE tagsets SET latest_id = ?1, latest_at = ?2 WHERE id = ?3 AND latest_id < ?1", params![id, sub.now, tagset_id])?;
+    tx.prepare_cached("UPDATE tagsets SET latest_id = ?1, latest_at = ?2 WHERE id = ?3 AND latest_id < ?1")?
+        .execute(params![id, sub.now, tagset_id])?;
     // A result ends the reservation its check_should_build made.
-    tx.execute("DELETE FROM reservations WHERE tagset = ?1", [&tagset])?;
+    tx.prepare_cached("DELETE FROM reservations WHERE tagset = ?1")?.execute([&tagset])?;
     Ok(Inserted { key: ResultKey(id), auth_key: sub.auth_key.to_owned(), created: true })
+}
+
+/// Stores every `(result, submission)` of `batch` in one transaction (the writer's group
+/// commit): all of them, in order, or on any error none.
+pub fn insert_all(conn: &mut Connection, batch: &[(&ResultDoc, Submission<'_>)]) -> rusqlite::Result<Vec<Inserted>> {
+    let tx = conn.transaction()?;
+    let out = batch.iter().map(|(doc, sub)| insert(&tx, doc, sub)).collect::<rusqlite::Result<Vec<_>>>()?;
+    tx.commit()?;
+    Ok(out)
 }
 
 fn parse_bag(s: &str) -> Bag {
