@@ -135,6 +135,8 @@ pub struct RawImage {
     pub platform: Option<S<String>>,
     /// `"cold"` (default) or `"warm"`; see `Start`.
     pub start: Option<S<String>>,
+    /// Restored clones kept idle per host for a trigger to take at once (warm images only).
+    pub min_ready: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
