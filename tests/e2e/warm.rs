@@ -94,6 +94,8 @@ async fn idle_pool_clone(daemon: &Daemon) -> String {
 /// refills while a launch waits).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_clones_of_debian_12_get_their_own_identity_and_a_ready_pool_serves_triggers() {
+    // The daemon's log, shown when this long test fails.
+    let _ = tracing_subscriber::fmt().with_env_filter("paddock=info").with_test_writer().try_init();
     ensure_guest_image();
     let dir = tempfile::tempdir().unwrap();
     warm_fleet(dir.path(), "26800-26809", "min_ready = 1\n");

@@ -161,6 +161,8 @@ impl Owner {
         // Usage is counted once per pass and kept up to date as launches are placed.
         let mut used = self.usage();
         let mut room = self.any_room(&used);
+        // Looked up once per pass (and after a change), not once per queued launch.
+        let mut idle_pooled = self.any_idle_pooled();
         // With no room anywhere nothing can be placed: the order does not matter then.
         let queue = if room { queue_order(queue, &self.last_served, self.cfg.priority_aging, Instant::now()) } else { queue };
         for pending in queue {
@@ -173,12 +175,18 @@ impl Owner {
             // looked at (it may be one that no host could ever take, which fails at once).
             // So a pass over a long queue on full hosts costs little per launch.
             // A ready-pool clone of its image takes no new room.
-            let mut pending = match self.take_ready(pending).await {
-                Ok(()) => continue,
-                Err(p) => p,
+            let mut pending = match idle_pooled {
+                false => pending,
+                true => match self.take_ready(pending).await {
+                    Ok(()) => {
+                        idle_pooled = self.any_idle_pooled();
+                        continue;
+                    }
+                    Err(p) => p,
+                },
             };
             // An idle pool clone is room a waiting launch may have (`give_up_idle_for`).
-            if !room && pending.checked && !self.any_idle_pooled() {
+            if !room && pending.checked && !idle_pooled {
                 self.queue.push(pending);
                 continue;
             }
@@ -205,7 +213,9 @@ impl Owner {
                     None => {
                         self.report_missed_job(&mut pending).await;
                         // An idle ready-pool clone never keeps a launch waiting.
-                        self.give_up_idle_for(&pending, &used).await;
+                        if idle_pooled && self.give_up_idle_for(&pending, &used).await {
+                            idle_pooled = self.any_idle_pooled();
+                        }
                         self.queue.push(pending)
                     }
                 },

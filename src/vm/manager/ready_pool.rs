@@ -102,6 +102,11 @@ impl Owner {
     /// Hands `pending` an idle pool clone of its image, if one fits it; gives `pending` back
     /// otherwise.
     pub(super) async fn take_ready(&mut self, pending: Pending) -> Result<(), Pending> {
+        // No pool has filled yet: nothing to look through (a placement pass over a long queue
+        // pays nothing for pools it does not have).
+        if self.ready.recipes.is_empty() {
+            return Err(pending);
+        }
         let req = &pending.req;
         let wall = self.cfg.clock.now();
         let found = self
@@ -159,7 +164,8 @@ impl Owner {
 
     /// Whether some pool clone is idle (its room can be given up).
     pub(super) fn any_idle_pooled(&self) -> bool {
-        self.vms.values().any(|vm| vm.state == VmState::Ready && matches!(vm.pooled, Some(Pooled::Idle { .. })))
+        !self.ready.recipes.is_empty()
+            && self.vms.values().any(|vm| vm.state == VmState::Ready && matches!(vm.pooled, Some(Pooled::Idle { .. })))
     }
 
     /// Tears down one idle pool clone whose room would let `pending` be placed. True when
@@ -187,7 +193,7 @@ impl Owner {
     /// Starts restoring clones where a pooled image's pool on a local host is short. Never
     /// while a launch waits for room, and only within the host's capacity.
     pub(super) async fn refill(&mut self) {
-        if !self.queue.is_empty() {
+        if !self.queue.is_empty() || self.ready.recipes.is_empty() {
             return;
         }
         let images: Vec<Image> = self.images.values().filter(|i| i.min_ready > 0 && i.start == Start::Warm).cloned().collect();
