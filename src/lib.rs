@@ -12,6 +12,7 @@ pub mod error;
 pub mod hosts;
 pub mod libvirt;
 pub mod listener;
+pub mod machines;
 pub mod metrics;
 pub mod outbox;
 pub mod recorder;

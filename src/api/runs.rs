@@ -34,7 +34,7 @@ pub async fn list(State(s): State<Shared>, _r: Reader, q: Result<Query<ListQuery
         return Err(ApiError::BadRequest(format!("filter job=`{j}`: no such job")));
     }
     if let Some(i) = &q.image
-        && s.fleet().image(i).is_none()
+        && s.fleet().run_target(i).is_none()
     {
         return Err(ApiError::BadRequest(format!("filter image=`{i}`: no such image")));
     }

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use chrono::Utc;
 use paddock::config::{self, Boot, HostKeyPolicy, LoadError, duration};
+use paddock::libvirt::{HostHandle, HostOptions, HostStatus};
+use paddock::machines::{self, MachineError};
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let fleet = match config::load(path) {
@@ -73,9 +75,56 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             outln!("    holds failed VMs for {}", duration::format(h));
         }
     }
+    let machines_ok = check_machines(&fleet);
     outln!("\nusers: {}", fleet.users.iter().map(|u| format!("{} ({})", u.name, u.role.as_str())).collect::<Vec<_>>().join(", "));
     outln!("recorders: {}", fleet.recorders.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "));
-    Ok(ExitCode::SUCCESS)
+    Ok(if machines_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Asks each machine's host whether its domain and snapshot exist. A missing domain or
+/// snapshot is an error (false); a host that cannot be reached now is only a warning.
+fn check_machines(fleet: &config::Fleet) -> bool {
+    if fleet.machines.is_empty() {
+        return true;
+    }
+    outln!("\nmachines:");
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            outln!("  warning: cannot ask the hosts about machines: {e}");
+            return true;
+        }
+    };
+    let options = HostOptions { call_timeout: fleet.daemon.libvirt_timeout, connect_timeout: fleet.daemon.libvirt_connect_timeout };
+    rt.block_on(async {
+        let mut ok = true;
+        for m in &fleet.machines {
+            let snapshot = m.snapshot.as_deref().map(|s| format!(", snapshot {s}")).unwrap_or_default();
+            outln!(
+                "  {:<16} domain {} on host {}{snapshot}, ssh port {}, after run: {}",
+                m.name,
+                m.domain,
+                m.host,
+                m.ssh_port,
+                m.after.as_str()
+            );
+            let Some(host) = fleet.host(&m.host) else { continue };
+            let handle = HostHandle::spawn_with(&host.name, &host.uri, options);
+            if let HostStatus::Down { reason, .. } = handle.wait_connected().await {
+                outln!("    warning: host {} cannot be asked now: {reason}", host.name);
+                continue;
+            }
+            match machines::check(m, &handle).await {
+                Ok(()) => {}
+                Err(e @ (MachineError::Missing { .. } | MachineError::NoSnapshot { .. })) => {
+                    outln!("    error: {e}");
+                    ok = false;
+                }
+                Err(e) => outln!("    warning: {}", paddock::error::chain(&e)),
+            }
+        }
+        ok
+    })
 }
 
 fn missing_files(image: &config::Image) -> Vec<std::path::PathBuf> {

@@ -104,6 +104,8 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
 }
 
 #[cfg(test)]
+mod machine_tests;
+#[cfg(test)]
 mod tests;
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ pub struct Fleet {
     pub jobs: Vec<Job>,
     pub users: Vec<User>,
     pub recorders: Vec<Recorder>,
+    /// `[[machines]]`: persistent libvirt domains jobs may name like images (`machines`).
+    pub machines: Vec<Machine>,
     pub access: AccessPolicy,
     pub limits: Limits,
     /// `[retention]`; `None` (no section): everything is kept.
@@ -110,6 +112,14 @@ impl Fleet {
     }
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.iter().find(|u| u.name == name)
+    }
+    pub fn machine(&self, name: &str) -> Option<&Machine> {
+        self.machines.iter().find(|m| m.name == name)
+    }
+    /// What a run of `name` logs in to and reports as: the image, or the guest view of
+    /// the persistent machine of that name (`Machine::guest`).
+    pub fn run_target(&self, name: &str) -> Option<Image> {
+        self.image(name).cloned().or_else(|| self.machine(name).map(Machine::guest))
     }
 }
 
@@ -619,4 +629,81 @@ pub struct AccessPolicy {
     /// `permit-port-forwarding` and `permit-user-rc` only when this is set; otherwise
     /// only `permit-pty` (`[access] allow_forwarding`, default false).
     pub allow_forwarding: bool,
+}
+
+/// `[[machines]]`: a libvirt domain that exists on a host before paddock and outlives every
+/// run (a licensed macOS or Windows box). paddock never defines, undefines or deletes it; each
+/// run may revert it to `snapshot` first, and one run at a time uses it (`crate::machines`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine {
+    /// How jobs name it (in their `images`); unique among images and machines.
+    pub name: String,
+    /// The `[[hosts]]` entry whose libvirt holds the domain.
+    pub host: String,
+    /// The libvirt domain's name on that host.
+    pub domain: String,
+    /// Reverted to before each run (and started if it is not running then).
+    pub snapshot: Option<String>,
+    /// The host port (on the host's `address`) forwarded to the guest's SSH port.
+    pub ssh_port: u16,
+    /// Pinned, or a `.pub` file: never learned on first use.
+    pub host_key: HostKeyPolicy,
+    pub user: String,
+    pub os: Os,
+    pub arch: Arch,
+    pub shell: Shell,
+    /// From the revert or start to a working login.
+    pub boot_timeout: Duration,
+    pub after: AfterRun,
+    pub platform: String,
+}
+
+/// What becomes of a persistent machine when its run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRun {
+    /// Left running (the next run reverts it anyway, if it has a snapshot).
+    Keep,
+    /// Shut down through ACPI (never destroyed, never undefined).
+    Shutdown,
+    /// Reverted to its snapshot at once, so it waits clean.
+    Revert,
+}
+
+impl AfterRun {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AfterRun::Keep => "keep",
+            AfterRun::Shutdown => "shutdown",
+            AfterRun::Revert => "revert",
+        }
+    }
+}
+
+impl Machine {
+    /// The machine as the executor logs in to and reports it: user, shell, host key, boot
+    /// timeout, os, arch and platform. Its `boot` is an empty disk path and its size zero:
+    /// it never goes to the VM manager, only `crate::machines` starts it.
+    pub fn guest(&self) -> Image {
+        Image {
+            name: self.name.clone(),
+            os: self.os,
+            arch: self.arch,
+            boot: Boot::Disk { base: PathBuf::new() },
+            memory_mib: 0,
+            vcpus: 0,
+            user: self.user.clone(),
+            shell: self.shell,
+            host_key: self.host_key.clone(),
+            trusts_fleet_ca: false,
+            boot_timeout: self.boot_timeout,
+            nic_model: None,
+            tpm: false,
+            smc_key: None,
+            firmware: None,
+            network: GuestNetwork::Outbound,
+            platform: self.platform.clone(),
+            start: Start::Cold,
+            min_ready: 0,
+        }
+    }
 }

@@ -26,6 +26,8 @@ pub struct RawFleet {
     pub users: Vec<S<RawUser>>,
     #[serde(default)]
     pub recorders: Vec<S<RawRecorder>>,
+    #[serde(default)]
+    pub machines: Vec<S<RawMachine>>,
     pub access: Option<S<RawAccess>>,
     pub limits: Option<S<RawLimits>>,
     pub retention: Option<S<RawRetention>>,
@@ -137,6 +139,25 @@ pub struct RawImage {
     pub start: Option<S<String>>,
     /// Restored clones kept idle per host for a trigger to take at once (warm images only).
     pub min_ready: Option<S<i64>>,
+}
+
+/// `[[machines]]`: a libvirt domain that already exists on a host, driven by name (issue 18).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMachine {
+    pub name: S<String>,
+    pub host: S<String>,
+    pub domain: S<String>,
+    pub snapshot: Option<S<String>>,
+    pub ssh_port: S<i64>,
+    pub host_key: S<String>,
+    pub user: S<String>,
+    pub os: Option<S<String>>,
+    pub arch: Option<S<String>>,
+    pub shell: Option<S<String>>,
+    pub boot_timeout: Option<S<String>>,
+    pub after: Option<S<String>>,
+    pub platform: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

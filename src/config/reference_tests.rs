@@ -59,6 +59,7 @@ fn type_sections() -> BTreeMap<String, Vec<String>> {
         ("[daemon]", keys_of::<RawDaemon>()),
         ("[[hosts]]", keys_of::<RawHost>()),
         ("[[images]]", keys_of::<RawImage>()),
+        ("[[machines]]", keys_of::<RawMachine>()),
         ("[[jobs]]", keys_of::<RawJob>()),
         ("[[jobs.steps]]", keys_of::<RawStep>()),
         ("[[users]]", keys_of::<RawUser>()),
@@ -119,6 +120,17 @@ fn base() -> Vec<(&'static str, Vec<(String, String)>)> {
                 ("host_key", r#""console""#),
             ]),
         ),
+        (
+            "[[machines]]",
+            kv(&[
+                ("name", r#""mac-mini""#),
+                ("host", r#""rack-1""#),
+                ("domain", r#""macos-14""#),
+                ("ssh_port", "2222"),
+                ("host_key", r#""ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKVQ4ZlC/DCTfJt/QRKzoV1EhzzDfvKOzQoLdCgLnEX4""#),
+                ("user", r#""admin""#),
+            ]),
+        ),
         ("[[users]]", kv(&[("name", r#""alice""#), ("role", r#""maintainer""#)])),
         ("[[jobs]]", kv(&[("name", r#""nightly""#), ("images", r#"["debian-12"]"#)])),
         ("[[jobs.steps]]", kv(&[("name", r#""build""#), ("type", r#""test""#), ("command", r#""echo hello""#)])),
@@ -142,6 +154,7 @@ fn companions(section: &str, key: &str) -> (Vec<(&'static str, &'static str)>, V
             vec![("disk", r#""debian-12.qcow2""#), ("identity", r#""cloud-init""#), ("start", r#""warm""#)],
             vec!["kernel", "initrd", "cmdline", "host_key"],
         ),
+        ("[[machines]]", "after") => (vec![("snapshot", r#""clean""#)], vec![]),
         ("[[jobs]]", "timezone") => (vec![("schedule", r#""0 2 * * *""#)], vec![]),
         _ => (vec![], vec![]),
     }

@@ -177,14 +177,28 @@ impl<'a> Validator<'a> {
         if hosts.is_empty() {
             self.error(None, "hosts", "at least one [[hosts]] entry is required");
         }
-        let mut seen = HashSet::new();
-        let images: Vec<Image> = raw.images.iter().enumerate().map(|(i, m)| self.image(i, m, &mut seen)).collect();
+        let mut image_seen = HashSet::new();
+        let images: Vec<Image> = raw.images.iter().enumerate().map(|(i, m)| self.image(i, m, &mut image_seen)).collect();
+        // Machines share the images' names: a job's `images` may name either.
+        let machines: Vec<Machine> =
+            raw.machines.iter().enumerate().map(|(i, m)| self.machine(i, m, &mut image_seen, &hosts, &daemon)).collect();
+        for (i, m) in machines.iter().enumerate() {
+            if let Some(other) = machines[..i].iter().find(|o| o.host == m.host && (o.ssh_port == m.ssh_port || o.domain == m.domain)) {
+                let span = Some(raw.machines[i].get_ref().ssh_port.span());
+                self.error(
+                    span,
+                    format!("machines[{i}]"),
+                    format!("machine `{}` has the host and the port or domain of `{}`", m.name, other.name),
+                );
+            }
+        }
         let mut seen = HashSet::new();
         let users: Vec<User> = raw.users.iter().enumerate().map(|(i, u)| self.user(i, u, &mut seen)).collect();
         let image_names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
+        let target_names: Vec<&str> = image_names.iter().copied().chain(machines.iter().map(|m| m.name.as_str())).collect();
         let user_names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
         let mut seen = HashSet::new();
-        let jobs: Vec<Job> = raw.jobs.iter().enumerate().map(|(i, j)| self.job(i, j, &mut seen, &image_names, &user_names)).collect();
+        let jobs: Vec<Job> = raw.jobs.iter().enumerate().map(|(i, j)| self.job(i, j, &mut seen, &target_names, &user_names)).collect();
         let job_names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
         self.check_allow_lists(&raw.hosts, &image_names, &job_names);
         let mut seen = HashSet::new();
@@ -195,7 +209,7 @@ impl<'a> Validator<'a> {
         let access = self.access(raw.access.as_ref());
         let limits = self.fleet_limits(raw.limits.as_ref());
         let retention = raw.retention.as_ref().map(|r| self.retention(r));
-        Fleet { source: self.file.to_path_buf(), daemon, hosts, images, jobs, users, recorders, access, limits, retention }
+        Fleet { source: self.file.to_path_buf(), daemon, hosts, images, jobs, users, recorders, machines, access, limits, retention }
     }
 
     fn retention(&mut self, raw: &S<RawRetention>) -> Retention {
@@ -572,6 +586,111 @@ impl<'a> Validator<'a> {
                     .one_of(n, &format!("{p}.network"), &[("outbound", GuestNetwork::Outbound), ("none", GuestNetwork::None)])
                     .unwrap_or(GuestNetwork::Outbound),
             },
+        }
+    }
+
+    /// A `[[machines]]` entry: a domain that exists on one of `hosts`, reached on a port of
+    /// its own (outside `daemon.ssh_ports`, which disposable VMs use), with a host key known
+    /// before the first login.
+    fn machine(&mut self, i: usize, raw: &S<RawMachine>, seen: &mut HashSet<String>, hosts: &[Host], daemon: &Daemon) -> Machine {
+        let m = raw.get_ref();
+        let p = format!("machines[{i}]");
+        let name = self.name(&m.name, &format!("{p}.name"), seen, "image or machine");
+        if !hosts.iter().any(|h| h.name == *m.host.get_ref()) {
+            let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+            self.error(Some(m.host.span()), format!("{p}.host"), format!("no host named `{}`; known: {}", m.host.get_ref(), known(&names)));
+        }
+        let domain = m.domain.get_ref().clone();
+        if domain.is_empty() || domain.len() > 200 || domain.chars().any(|c| c.is_control() || c == '/') {
+            self.error(Some(m.domain.span()), format!("{p}.domain"), format!("`{domain}` is not a libvirt domain name"));
+        }
+        let snapshot = m.snapshot.as_ref().map(|v| {
+            let s = v.get_ref().clone();
+            if s.is_empty() || s.len() > 200 || s.chars().any(|c| c.is_control() || c == '/') {
+                self.error(Some(v.span()), format!("{p}.snapshot"), format!("`{s}` is not a libvirt snapshot name"));
+            }
+            s
+        });
+        let ssh_port = self.within(&Some(m.ssh_port.clone()), &format!("{p}.ssh_port"), 1u16..=65535, 22);
+        if daemon.ssh_ports.contains(ssh_port) {
+            self.error(
+                Some(m.ssh_port.span()),
+                format!("{p}.ssh_port"),
+                format!("port {ssh_port} is inside daemon.ssh_ports ({}), which disposable VMs use", daemon.ssh_ports),
+            );
+        }
+        let os = match &m.os {
+            None => Os::Linux,
+            Some(v) => self
+                .one_of(v, &format!("{p}.os"), &[("linux", Os::Linux), ("windows", Os::Windows), ("macos", Os::Macos)])
+                .unwrap_or(Os::Linux),
+        };
+        let arch = match &m.arch {
+            None => Arch::X86_64,
+            Some(v) => {
+                let choices: Vec<(&str, Arch)> = Arch::ALL.iter().map(|a| (a.as_str(), *a)).collect();
+                self.one_of(v, &format!("{p}.arch"), &choices).unwrap_or(Arch::X86_64)
+            }
+        };
+        let default_shell = if os == Os::Windows { Shell::Powershell } else { Shell::Sh };
+        let shell = match &m.shell {
+            None => default_shell,
+            Some(s) => self
+                .one_of(s, &format!("{p}.shell"), &[("sh", Shell::Sh), ("powershell", Shell::Powershell), ("cmd", Shell::Cmd)])
+                .unwrap_or(default_shell),
+        };
+        if (os == Os::Windows) == (shell == Shell::Sh) {
+            let span = m.shell.as_ref().map(|s| s.span()).or(Some(raw.span()));
+            let want = if os == Os::Windows { "`powershell` or `cmd`" } else { "`sh`" };
+            self.error(span, format!("{p}.shell"), format!("a {} machine runs steps with {want}", os.as_str()));
+        }
+        // The machine's key is known before paddock first logs in: pinned or a `.pub` file
+        // the admin wrote; never learned from the guest (it may already run builds).
+        let host_key = match self.host_key(&m.host_key, &format!("{p}.host_key")) {
+            HostKeyPolicy::Console => {
+                if m.host_key.get_ref().trim() == "console" {
+                    self.error(
+                        Some(m.host_key.span()),
+                        format!("{p}.host_key"),
+                        "a machine's host key is pinned (\"ssh-ed25519 AAAA...\") or a file (\"file:PATH\"); paddock does not read a persistent machine's console",
+                    );
+                }
+                HostKeyPolicy::Console
+            }
+            k => k,
+        };
+        let after = match &m.after {
+            None => AfterRun::Keep,
+            Some(v) => self
+                .one_of(
+                    v,
+                    &format!("{p}.after"),
+                    &[("keep", AfterRun::Keep), ("shutdown", AfterRun::Shutdown), ("revert", AfterRun::Revert)],
+                )
+                .unwrap_or(AfterRun::Keep),
+        };
+        if after == AfterRun::Revert && snapshot.is_none() {
+            let span = m.after.as_ref().map(|v| v.span());
+            self.error(span, format!("{p}.after"), "`after = \"revert\"` needs a `snapshot` to revert to");
+        }
+        let platform = match &m.platform {
+            None => name.clone(),
+            Some(v) => self.name(v, &format!("{p}.platform"), &mut HashSet::new(), "platform"),
+        };
+        Machine {
+            name,
+            host: m.host.get_ref().clone(),
+            domain,
+            snapshot,
+            ssh_port,
+            host_key,
+            user: m.user.get_ref().clone(),
+            os,
+            arch,
+            shell,
+            boot_timeout: self.timeout(&m.boot_timeout, &format!("{p}.boot_timeout"), DEFAULT_BOOT_TIMEOUT),
+            after,
+            platform,
         }
     }
 

@@ -19,6 +19,7 @@
 pub mod console;
 pub mod domain_xml;
 mod facts;
+pub mod machine;
 pub mod probe;
 pub mod storage;
 pub mod warm;
@@ -96,6 +97,8 @@ pub enum LibvirtError {
     Timeout { host: String, call: &'static str, after: Duration },
     #[error("{what} on host {host}")]
     Warm { host: String, what: String, source: virt::error::Error },
+    #[error("{what} on host {host}")]
+    Machine { host: String, what: String, source: virt::error::Error },
     #[error("bad argument: {what}")]
     BadArgument { what: String },
 }
@@ -172,6 +175,11 @@ enum Command {
         op: warm::WarmOp,
         reply: Reply<String>,
     },
+    /// A persistent-machine call (`machine.rs`).
+    Machine {
+        op: machine::MachineOp,
+        reply: Reply<machine::Inspection>,
+    },
 }
 
 impl Command {
@@ -186,6 +194,7 @@ impl Command {
             Command::IsActive { .. } => "is_active",
             Command::List { .. } => "list",
             Command::Warm { op, .. } => op.call(),
+            Command::Machine { op, .. } => op.call(),
         }
     }
 
@@ -201,6 +210,7 @@ impl Command {
             Command::IsActive { reply, .. } => drop(reply.send(Err(err))),
             Command::List { reply } => drop(reply.send(Err(err))),
             Command::Warm { reply, .. } => drop(reply.send(Err(err))),
+            Command::Machine { reply, .. } => drop(reply.send(Err(err))),
         }
     }
 }
@@ -396,6 +406,11 @@ impl HostHandle {
     /// A warm-start call: save, restore, guest agent (`warm.rs`).
     pub async fn warm(&self, op: warm::WarmOp) -> Result<String, LibvirtError> {
         self.call(|reply| Command::Warm { op, reply }).await
+    }
+
+    /// A persistent-machine call: inspect, revert to a snapshot (`machine.rs`).
+    pub async fn machine(&self, op: machine::MachineOp) -> Result<machine::Inspection, LibvirtError> {
+        self.call(|reply| Command::Machine { op, reply }).await
     }
 }
 
@@ -611,6 +626,7 @@ impl Actor {
             }
             Command::List { reply } => send(reply, list(&conn, &host)),
             Command::Warm { op, reply } => send(reply, warm::run(&conn, &host, op)),
+            Command::Machine { op, reply } => send(reply, machine::run(&conn, &host, op)),
         };
         if failed {
             self.after_error();

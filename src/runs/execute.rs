@@ -28,6 +28,8 @@ use crate::store::{RetryRow, RunEnd, RunRow, RunUpdate, Store};
 use crate::vm::login::Login;
 use crate::vm::{LaunchRequest, LaunchStage, ReadyVm, VmError, VmManager};
 
+mod machine;
+
 pub struct ExecutorConfig {
     /// Each run's logs go to `<log_dir>/<run id>/` (`run.log` plus per-step stream files).
     pub log_dir: PathBuf,
@@ -77,6 +79,8 @@ pub struct Executor {
     live: std::sync::Mutex<BTreeMap<String, broadcast::Sender<OutputChunk>>>,
     /// Timings of runs in flight, taken by `finish` into the result.
     timings: std::sync::Mutex<BTreeMap<String, result::Timings>>,
+    /// One run at a time per persistent machine (`machine.rs`).
+    turns: crate::machines::Turns,
 }
 
 /// Why a run ended before its steps finished.
@@ -90,7 +94,17 @@ impl Executor {
     /// An executor that can record and recover runs but not boot VMs (for
     /// tools that only read or repair the store).
     pub fn new(fleet: impl Into<LiveFleet>, store: Store, config: ExecutorConfig, waker: Waker) -> Executor {
-        Executor { fleet: fleet.into(), store, config, waker, vms: None, key: None, live: Default::default(), timings: Default::default() }
+        Executor {
+            fleet: fleet.into(),
+            store,
+            config,
+            waker,
+            vms: None,
+            key: None,
+            live: Default::default(),
+            timings: Default::default(),
+            turns: Default::default(),
+        }
     }
 
     /// An executor that runs builds: VMs from `vms`, logged into with `key`.
@@ -139,7 +153,7 @@ impl Executor {
         let mut state = RunState::Queued;
         // The run keeps this fleet to its end: a reload meanwhile changes later runs only.
         let fleet = self.fleet.current();
-        let (Some(job), Some(image)) = (fleet.job(&row.job).cloned(), fleet.image(&row.image).cloned()) else {
+        let (Some(job), Some(image)) = (fleet.job(&row.job).cloned(), fleet.run_target(&row.image)) else {
             return self.fail_without_vm(&fleet, &row, state, "job or image no longer in fleet.toml").await.map(|()| None);
         };
         let (Some(vms), Some(key)) = (self.vms.clone(), self.key.clone()) else {
@@ -149,6 +163,10 @@ impl Executor {
         if let Err(e) = tokio::fs::create_dir_all(&run_dir).await {
             let reason = format!("cannot create the run's log folder {}: {e}", run_dir.display());
             return self.fail_without_vm(&fleet, &row, state, &reason).await.map(|()| None);
+        }
+        // A persistent machine is never launched: it waits for its turn and is reverted.
+        if let Some(machine) = fleet.machine(&row.image).cloned() {
+            return self.execute_on_machine(row, state, &fleet, machine, job, image, vms, key, run_dir, cancel).await;
         }
 
         // Queued until the VM manager places it, then provisioning and booting
@@ -221,23 +239,7 @@ impl Executor {
         row.vm_name = Some(vm.name.clone());
 
         let outcome = self.on_vm(&row, &mut state, &job, &image, &vm, &key, &run_dir, &mut cancel).await;
-        let (outcome, reason, steps, tail) = match outcome {
-            Ok(report) => {
-                let records = step_records(&report);
-                let (outcome, reason) = if report.cancelled {
-                    (Outcome::Cancelled, Some("cancelled".to_string()))
-                } else if let Some(e) = &report.infrastructure {
-                    (Outcome::Infrastructure, Some(error_chain(e)))
-                } else if report.success() {
-                    (Outcome::Success, None)
-                } else {
-                    let failed = report.steps.iter().find(|s| s.fails_run()).map(|s| s.name.clone()).unwrap_or_default();
-                    (Outcome::BuildFailure, Some(format!("step `{failed}` failed")))
-                };
-                (outcome, reason, records, None)
-            }
-            Err(abort) => (abort.outcome, Some(abort.reason), Vec::new(), abort.console_tail),
-        };
+        let (outcome, reason, steps, tail) = conclude(outcome);
 
         // Teardown or hold, then the run's end.
         let hold = match (outcome, job.hold_on_failure) {
@@ -561,7 +563,8 @@ impl Executor {
     ) -> Result<Option<RunRow>, TransitionError> {
         // A job or image removed from fleet.toml since the run began still gets
         // its end written: the document then names only what the row knows.
-        let (job, image) = (fleet.job(&row.job), fleet.image(&row.image));
+        let target = fleet.run_target(&row.image);
+        let (job, image) = (fleet.job(&row.job), target.as_ref());
         // Step output was masked as it arrived; reasons and the console tail are masked here,
         // the one place every run ends, and the document once more as a whole.
         let secrets = Secrets::new(job.map(|j| j.secret_values().collect::<Vec<_>>()).unwrap_or_default());
@@ -703,6 +706,27 @@ fn next_step(state: RunState, started: usize) -> Option<RunState> {
         RunState::Booting => Some(RunState::Running(0)),
         RunState::Running(k) if k < target => Some(RunState::Running(k + 1)),
         _ => None,
+    }
+}
+
+/// A run's outcome, reason, step records and console tail from what `on_vm` reported.
+fn conclude(outcome: Result<StepsReport, Abort>) -> (Outcome, Option<String>, Vec<StepRecord>, Option<String>) {
+    match outcome {
+        Ok(report) => {
+            let records = step_records(&report);
+            let (outcome, reason) = if report.cancelled {
+                (Outcome::Cancelled, Some("cancelled".to_string()))
+            } else if let Some(e) = &report.infrastructure {
+                (Outcome::Infrastructure, Some(error_chain(e)))
+            } else if report.success() {
+                (Outcome::Success, None)
+            } else {
+                let failed = report.steps.iter().find(|s| s.fails_run()).map(|s| s.name.clone()).unwrap_or_default();
+                (Outcome::BuildFailure, Some(format!("step `{failed}` failed")))
+            };
+            (outcome, reason, records, None)
+        }
+        Err(abort) => (abort.outcome, Some(abort.reason), Vec::new(), abort.console_tail),
     }
 }
 

@@ -11,6 +11,7 @@ mod crash;
 mod debian;
 mod faults;
 mod identity;
+mod machines;
 mod reload;
 mod remote;
 mod runs;

@@ -284,6 +284,9 @@ enum Cmd {
 pub struct VmManager {
     tx: mpsc::UnboundedSender<Cmd>,
     ended: broadcast::Sender<VmEnded>,
+    /// Every host's libvirt handle, for the persistent machines' calls (`crate::machines`),
+    /// which go through the same actor (and deadline) as the owner's.
+    handles: std::sync::Arc<Vec<HostHandle>>,
 }
 
 impl VmManager {
@@ -329,6 +332,7 @@ impl VmManager {
         };
         let store = store_for_hosts;
         let blocks = store.host_blocks().await?;
+        let shared = std::sync::Arc::new(handles.clone());
         for (config, handle) in hosts.into_iter().zip(handles) {
             let block = blocks.iter().find(|(n, _)| *n == config.name).map(|(_, b)| b.clone());
             if let Some(b) = &block {
@@ -349,7 +353,7 @@ impl VmManager {
             owner.distribute(&image);
         }
         tokio::spawn(owner.run(rx));
-        Ok(VmManager { tx, ended })
+        Ok(VmManager { tx, ended, handles: shared })
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, VmError> {
@@ -410,6 +414,11 @@ impl VmManager {
     /// Whether the VM's domain still runs on its host, asked of libvirt now. `false`
     /// when the domain is gone or shut off behind paddock's back; an error when the
     /// host cannot be asked (down, reconnecting), which says nothing about the guest.
+    /// Every host's libvirt handle (persistent machines use them; they hold no VM state).
+    pub fn host_handles(&self) -> &[HostHandle] {
+        &self.handles
+    }
+
     pub async fn is_running(&self, name: &str) -> Result<bool, VmError> {
         self.ask(|reply| Cmd::Running { name: name.into(), reply }).await?
     }
