@@ -314,6 +314,7 @@ async fn control(n: u64) {
         network: paddock::config::GuestNetwork::Outbound,
         platform: "tiny".into(),
         start: paddock::config::Start::Cold,
+        min_ready: 0,
     };
     let cfg = ManagerConfig {
         instance_id: "bench000".into(),

@@ -46,6 +46,7 @@ fn image() -> Image {
         network: GuestNetwork::Outbound,
         platform: "tiny".into(),
         start: paddock::config::Start::Cold,
+        min_ready: 0,
     }
 }
 

@@ -1,8 +1,10 @@
 //! Warm-start figures (issue 18) for `bench/figures/warm.sh`: the debian-12 image booted cold
-//! against clones restored from its template, in one run, interleaved so that machine load hits
-//! both alike; trigger → the step's first byte and SSH banner → first byte (one handshake).
+//! against clones restored from its template and clones taken from a ready pool
+//! (`min_ready = 1`), in one run, interleaved so that machine load hits all alike; trigger → the
+//! step's first byte and SSH banner → first byte (one handshake); then `BENCH_WARM_PAR` runs
+//! at once, cold against warm.
 //!
-//!   warm_bench OUT.json      (environment: BENCH_WARM_N, default 3)
+//!   warm_bench OUT.json      (environment: BENCH_WARM_N, default 3; BENCH_WARM_PAR, default 4)
 //!
 //! The bundled initramfs guest has no warm rows: its cloud kernel has no VMGENID driver and it
 //! has no guest agent, so its clones could not be reseeded before their first SSH handshake,
@@ -29,7 +31,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 fn fleet(dir: &Path, disk: &Path) -> paddock::config::Fleet {
-    let image = |name: &str, start: &str| {
+    let image = |name: &str, start: &str, extra: &str| {
         format!(
             r#"
 [[images]]
@@ -43,7 +45,7 @@ user = "root"
 identity = "cloud-init"
 boot_timeout = "12m"
 start = "{start}"
-
+{extra}
 [[jobs]]
 name = "{name}"
 images = ["{name}"]
@@ -68,13 +70,14 @@ name = "local"
 uri = "qemu:///system"
 accelerator = "tcg"
 address = "127.0.0.1"
-max_vms = 2
+max_vms = 5
 memory_mib = 4096
-vcpus = 4
-{cold}{warm}"#,
+vcpus = 5
+{cold}{warm}{pool}"#,
         state = dir.join("state").display(),
-        cold = image("debian-12", "cold"),
-        warm = image("debian-12-warm", "warm"),
+        cold = image("debian-12", "cold", ""),
+        warm = image("debian-12-warm", "warm", ""),
+        pool = image("debian-12-pool", "warm", "min_ready = 1"),
     );
     let path = dir.join("fleet.toml");
     std::fs::write(&path, &src).unwrap();
@@ -85,6 +88,48 @@ vcpus = 4
 async fn one(daemon: &Daemon, log_dir: &Path, job: &str) -> (f64, serde_json::Value) {
     let t = Instant::now();
     let id = daemon.runs.trigger(job, None, Trigger::Manual { by: "bench".into() }).await.unwrap().remove(0);
+    watch(daemon, log_dir, job, t, id).await
+}
+
+/// `k` runs of `job` triggered at once; each one's trigger → first byte.
+async fn at_once(daemon: &Daemon, log_dir: &Path, job: &str, k: usize) -> Vec<f64> {
+    let t = Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..k {
+        ids.push(daemon.runs.trigger(job, None, Trigger::Manual { by: "bench".into() }).await.unwrap().remove(0));
+    }
+    let runs = ids.into_iter().map(|id| watch(daemon, log_dir, job, t, id));
+    futures_join(runs).await.into_iter().map(|(f, _)| f).collect()
+}
+
+async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    let pinned: Vec<_> = fs.map(Box::pin).collect();
+    // Polled together: each future only sleeps and reads files, so a simple join is enough.
+    let mut pending: Vec<_> = pinned.into_iter().map(Some).collect();
+    let mut done: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        done[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    out.extend(done.into_iter().map(|v| v.expect("joined")));
+    out
+}
+
+/// Until the run `id` (triggered at `t`) is done: trigger → first byte, and its timings.
+async fn watch(daemon: &Daemon, log_dir: &Path, job: &str, t: Instant, id: String) -> (f64, serde_json::Value) {
     let log = log_dir.join(&id).join("run.log");
     let first = loop {
         if std::fs::read(&log).is_ok_and(|b| b.windows(MARK.len()).any(|w| w == MARK.as_bytes())) {
@@ -107,6 +152,22 @@ async fn one(daemon: &Daemon, log_dir: &Path, job: &str) -> (f64, serde_json::Va
     (first, timings)
 }
 
+/// Until the pool image's ready pool holds an idle clone.
+async fn wait_pool_idle(daemon: &Daemon) {
+    let t = Instant::now();
+    loop {
+        let rows = daemon.store.vms().await.unwrap();
+        if rows
+            .iter()
+            .any(|v| v.image == "debian-12-pool" && v.run_id.as_deref() == Some(paddock::vm::READY_POOL_RUN) && v.state == "ready")
+        {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(900), "the ready pool did not refill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let out = std::env::args().nth(1).expect("usage: warm_bench OUT.json");
@@ -118,17 +179,26 @@ async fn main() {
     let log_dir = dir.path().join("state/logs");
     // The template is made by the first warm run; not counted.
     let (made, _) = one(&daemon, &log_dir, "debian-12-warm").await;
+    // So is the pool image's first run (its template); its pool then fills.
+    let (pool_made, _) = one(&daemon, &log_dir, "debian-12-pool").await;
     let (mut cold, mut warm, mut cold_b2f, mut warm_b2f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut starts = Vec::new();
+    let (mut pool, mut starts, mut pool_starts) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
         let (c, ct) = one(&daemon, &log_dir, "debian-12").await;
         let (w, wt) = one(&daemon, &log_dir, "debian-12-warm").await;
+        wait_pool_idle(&daemon).await;
+        let (p, pt) = one(&daemon, &log_dir, "debian-12-pool").await;
         cold.push(c);
         warm.push(w);
+        pool.push(p);
         cold_b2f.push(ct["banner_to_first_byte_s"].as_f64().unwrap_or(f64::NAN));
         warm_b2f.push(wt["banner_to_first_byte_s"].as_f64().unwrap_or(f64::NAN));
         starts.push(wt["start"].clone());
+        pool_starts.push(pt["start"].clone());
     }
+    let k: usize = std::env::var("BENCH_WARM_PAR").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let cold_k = at_once(&daemon, &log_dir, "debian-12", k).await;
+    let warm_k = at_once(&daemon, &log_dir, "debian-12-warm", k).await;
     daemon.stop().await.unwrap();
     let row = |figure: &str, paddock: Option<f64>, baseline: Option<f64>, is: &str| json!({ "figure": figure, "unit": "s", "paddock": paddock, "baseline": baseline, "baseline_is": is });
     let cold_m = median(cold.clone());
@@ -137,7 +207,11 @@ async fn main() {
             row("debian-12 warm first byte (median)", median(warm.clone()), cold_m, "cold boot of debian-12, same run"),
             row("debian-12 cold: SSH banner -> first byte", median(cold_b2f.clone()), None, "-"),
             row("debian-12 warm: SSH banner -> first byte", median(warm_b2f.clone()), None, "-"),
+            row("debian-12 ready-pool first byte (median)", median(pool.clone()), cold_m, "cold boot of debian-12, same run"),
+            row(&format!("debian-12 {k} warm at once first byte (median)"), median(warm_k.clone()), median(cold_k.clone()), &format!("{k} cold boots of debian-12 at once, same run")),
         ],
+        "pool_first_byte_s": pool, "pool_starts": pool_starts, "pool_template_run_first_byte_s": pool_made,
+        "cold_at_once_first_byte_s": cold_k, "warm_at_once_first_byte_s": warm_k,
         "cold_first_byte_s": cold, "warm_first_byte_s": warm,
         "cold_banner_to_first_byte_s": cold_b2f, "warm_banner_to_first_byte_s": warm_b2f,
         "template_run_first_byte_s": made, "warm_starts": starts,

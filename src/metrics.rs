@@ -37,6 +37,7 @@ pub const OWNER_RESTARTS: &str = "paddock_owner_restarts_total";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "paddock_http_connections_refused_total";
 pub const RECORDER_RETENTION_REMOVED: &str = "paddock_recorder_retention_removed_total";
 pub const RUN_DIRS_REMOVED: &str = "paddock_run_dirs_removed_total";
+pub const READY_CLONES: &str = "paddock_ready_clones";
 
 /// Seconds; boots under TCG take tens of seconds, builds take minutes to hours.
 const BOOT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
@@ -145,6 +146,8 @@ pub struct Snapshot {
     /// (recorder, pending, oldest age in seconds).
     pub outbox: Vec<(String, usize, f64)>,
     pub log_follows: usize,
+    /// (image, host, idle ready-pool clones); pooled images are listed on every host even at 0.
+    pub ready_clones: Vec<(String, String, usize)>,
 }
 
 /// Label sets seen at earlier scrapes, so a VM state or recorder that drops to
@@ -168,6 +171,9 @@ pub fn set_snapshot(snap: &Snapshot) {
             ::metrics::gauge!(VMS, "host" => host.clone(), "state" => state.clone()).set(*n as f64);
             seen.insert((host.clone(), state.clone()));
         }
+    }
+    for (image, host, n) in &snap.ready_clones {
+        ::metrics::gauge!(READY_CLONES, "image" => image.clone(), "host" => host.clone()).set(*n as f64);
     }
     for (host, up) in &snap.hosts_up {
         ::metrics::gauge!(HOST_UP, "host" => host.clone()).set(if *up { 1.0 } else { 0.0 });

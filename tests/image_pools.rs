@@ -131,6 +131,7 @@ fn image(name: &str, boot: Boot, host_key: HostKeyPolicy) -> Image {
         network: paddock::config::GuestNetwork::Outbound,
         platform: name.into(),
         start: paddock::config::Start::Cold,
+        min_ready: 0,
     }
 }
 

@@ -51,6 +51,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         network: paddock::config::GuestNetwork::Outbound,
         platform: "tiny-x86_64".into(),
         start: paddock::config::Start::Cold,
+        min_ready: 0,
     };
     let host = Host {
         name: "local".into(),

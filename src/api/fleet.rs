@@ -60,6 +60,16 @@ pub async fn metrics(State(s): State<Shared>, _r: Reader) -> Result<impl IntoRes
     for r in &s.fleet().recorders {
         outbox.entry(r.name.clone()).or_default();
     }
+    // Idle ready-pool clones: rows of the pool's run that are ready (a taken one has its run's id).
+    let mut ready: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for i in s.fleet().images.iter().filter(|i| i.min_ready > 0) {
+        for h in &s.fleet().hosts {
+            ready.insert((i.name.clone(), h.name.clone()), 0);
+        }
+    }
+    for v in vms.iter().filter(|v| v.run_id.as_deref() == Some(crate::vm::READY_POOL_RUN) && v.state == "ready") {
+        *ready.entry((v.image.clone(), v.host.clone().unwrap_or_default())).or_default() += 1;
+    }
     let statuses = s.hosts.borrow().clone();
     let states: Vec<Option<RunState>> = unfinished.iter().map(|r| RunState::from_db(&r.state)).collect();
     metrics::set_snapshot(&Snapshot {
@@ -69,6 +79,7 @@ pub async fn metrics(State(s): State<Shared>, _r: Reader) -> Result<impl IntoRes
         hosts_up: s.fleet().hosts.iter().map(|h| (h.name.clone(), statuses.iter().any(|st| st.name == h.name && st.up))).collect(),
         outbox: outbox.into_iter().map(|(r, (n, age))| (r, n, age)).collect(),
         log_follows: s.follows.load(std::sync::atomic::Ordering::SeqCst),
+        ready_clones: ready.into_iter().map(|((i, h), n)| (i, h, n)).collect(),
     });
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()))
 }

@@ -455,6 +455,9 @@ pub struct Image {
     pub platform: String,
     /// Whether runs boot the image or restore a clone of its saved template.
     pub start: Start,
+    /// How many restored clones each local host keeps idle for this image (its ready pool;
+    /// `start = "warm"` only). 0: none.
+    pub min_ready: u32,
 }
 
 /// How a run's VM comes up (issue 18).
@@ -707,6 +710,7 @@ impl Machine {
             network: GuestNetwork::Outbound,
             platform: self.platform.clone(),
             start: Start::Cold,
+            min_ready: 0,
         }
     }
 }

@@ -139,6 +139,8 @@ pub struct RawImage {
     pub platform: Option<S<String>>,
     /// `"cold"` (default) or `"warm"`; see `Start`.
     pub start: Option<S<String>>,
+    /// Restored clones kept idle per host for a trigger to take at once (warm images only).
+    pub min_ready: Option<S<i64>>,
 }
 
 /// `[[machines]]`: a libvirt domain that already exists on a host, driven by name (issue 18).

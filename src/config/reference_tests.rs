@@ -150,6 +150,10 @@ fn companions(section: &str, key: &str) -> (Vec<(&'static str, &'static str)>, V
         ("[[images]]", "start") => {
             (vec![("disk", r#""debian-12.qcow2""#), ("identity", r#""cloud-init""#)], vec!["kernel", "initrd", "cmdline", "host_key"])
         }
+        ("[[images]]", "min_ready") => (
+            vec![("disk", r#""debian-12.qcow2""#), ("identity", r#""cloud-init""#), ("start", r#""warm""#)],
+            vec!["kernel", "initrd", "cmdline", "host_key"],
+        ),
         ("[[machines]]", "after") => (vec![("snapshot", r#""clean""#)], vec![]),
         ("[[jobs]]", "timezone") => (vec![("schedule", r#""0 2 * * *""#)], vec![]),
         _ => (vec![], vec![]),

@@ -551,3 +551,28 @@ fn step_kill_after_is_a_size_or_none_and_console_a_size() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_ready_pool_needs_a_warm_image_and_a_bounded_size() {
+    let src = with("identity = \"cloud-init\"", "identity = \"cloud-init\"\nstart = \"warm\"\nmin_ready = 2");
+    let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
+    assert_eq!(fleet.image("debian-12").unwrap().min_ready, 2);
+    assert_eq!(parse(GOOD, Path::new("fleet.toml")).unwrap().images[0].min_ready, 0);
+    // A cold image has no template to keep clones of.
+    let src = with("identity = \"cloud-init\"", "identity = \"cloud-init\"\nmin_ready = 1");
+    let l = line_of(&src, "min_ready = 1");
+    let e = errors(&src);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(&format!("fleet.toml:{l}:13: images[")) && e[0].contains("].min_ready: a ready pool holds restored clones"),
+        "{e:?}"
+    );
+    let src = with("identity = \"cloud-init\"", "identity = \"cloud-init\"\nstart = \"warm\"\nmin_ready = 65");
+    let l = line_of(&src, "min_ready = 65");
+    assert!(
+        errors(&src)[0].starts_with(&format!("fleet.toml:{l}:13: "))
+            && errors(&src)[0].contains("must be a whole number from 0 to 64, got 65"),
+        "{:?}",
+        errors(&src)
+    );
+}

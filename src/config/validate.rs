@@ -562,7 +562,15 @@ impl<'a> Validator<'a> {
                 start
             }
         };
+        let min_ready = self.within(&m.min_ready, &format!("{p}.min_ready"), 0u32..=64, 0);
+        if min_ready > 0
+            && start != Start::Warm
+            && let Some(v) = &m.min_ready
+        {
+            self.error(Some(v.span()), format!("{p}.min_ready"), "a ready pool holds restored clones: it needs `start = \"warm\"`");
+        }
         Image {
+            min_ready,
             start,
             platform,
             name,

@@ -154,8 +154,9 @@ pub async fn dashboard(s: &Shared, follow: Option<&str>) -> Result<Dashboard, Ap
             name: v.name,
             host: v.host.unwrap_or_else(|| "-".into()),
             image: v.image,
-            state: v.state,
-            run_id: v.run_id,
+            // A ready-pool clone belongs to no run yet.
+            state: if v.run_id.as_deref() == Some(crate::vm::READY_POOL_RUN) { format!("{} (ready pool)", v.state) } else { v.state },
+            run_id: v.run_id.filter(|r| r != crate::vm::READY_POOL_RUN),
             port: v.ssh_port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             age: human(v.age_s),
         })

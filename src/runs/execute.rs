@@ -449,7 +449,7 @@ impl Executor {
         info!(vm = %vm.name, one_handshake = reused, banner_to_first_byte_s, "first step's first byte");
         let warm_fallback = match &vm.started {
             crate::vm::Started::ColdAfterWarm(why) => Some(why.clone()),
-            crate::vm::Started::Cold | crate::vm::Started::Warm => None,
+            crate::vm::Started::Cold | crate::vm::Started::Warm | crate::vm::Started::ReadyPool => None,
         };
         let timings = result::Timings {
             start: vm.started.as_str(),

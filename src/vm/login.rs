@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::config::{HostKeyPolicy, Image};
 use crate::ssh::{self, Auth, HostKeyCheck, Session, SshConfig, SshError, Target};
+use crate::vm::readiness;
 
 /// How a launch's readiness poll logs in: the caller's user, credential and SSH tuning.
 #[derive(Clone)]
@@ -32,8 +33,8 @@ impl std::fmt::Debug for Login {
 #[derive(Clone, Default)]
 pub struct HandedSession {
     slot: Arc<Mutex<Option<Session>>>,
-    /// When the login that became this session began: the guest's SSH banner came right
-    /// after (the first attempt that got one), so "banner → first byte" counts from here.
+    /// When the readiness poll saw the guest's SSH banner, right before the login that became
+    /// this session, so "banner → first byte" counts from here.
     pub banner_at: Option<DateTime<Utc>>,
 }
 
@@ -70,7 +71,7 @@ pub fn expected_host_key(image: &Image, pinned: Option<&ssh_key::PublicKey>) -> 
 
 /// How a login poll ended.
 pub enum Polled {
-    /// Logged in: the session and when its attempt began.
+    /// Logged in: the session and when the guest's SSH banner was seen just before.
     Session(Session, DateTime<Utc>),
     /// The guest answered SSH but refused this login for a reason waiting cannot fix (host
     /// key mismatch, refused credential). The VM is up; the caller's own login reports why.
@@ -80,8 +81,18 @@ pub enum Polled {
     Stopped,
 }
 
-/// Logs in to `target` until a login works or `deadline` passes; between attempts asks
-/// `still_running`, so a crashed guest fails fast, and waits `poll`.
+/// The longest a single banner probe may wait for an answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Waits for `target`'s SSH banner, then logs in until a login works or `deadline` passes;
+/// between attempts asks `still_running`, so a crashed guest fails fast, and waits `poll`.
+///
+/// Implementation note: a login is only tried once a cheap banner probe
+/// ([`readiness::probe_banner`], one TCP connection, no key exchange) saw the guest's sshd
+/// answer. A login tried earlier can hang on passt's forward until the whole SSH attempt
+/// timeout (20 s) while the guest has no listener yet; that made the bundled guest's cold
+/// trigger → first byte 11.3 s instead of ~4.5 s. A login that fails transiently (sshd
+/// restarting) sends the poll back to probing. The session is still the only key exchange.
 pub async fn poll_login<F, Fut>(
     target: &Target,
     login: &Login,
@@ -95,17 +106,28 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     let check = HostKeyCheck::exact(host_key.clone());
+    let mut banner_at = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Polled::Timeout;
         }
-        let config = SshConfig { attempt_timeout: login.config.attempt_timeout.min(left), ..login.config.clone() };
-        let began = Utc::now();
-        match ssh::connect(target, &login.auth, &check, &config).await {
-            Ok(session) => return Polled::Session(session, began),
-            Err(e) if !e.is_transient() => return Polled::Answered(e),
-            Err(_) => {}
+        match banner_at {
+            None => {
+                if readiness::probe_banner(target.addr, left.min(PROBE_TIMEOUT)).await {
+                    banner_at = Some(Utc::now());
+                    // Straight to the login: no poll pause between banner and handshake.
+                    continue;
+                }
+            }
+            Some(seen) => {
+                let config = SshConfig { attempt_timeout: login.config.attempt_timeout.min(left), ..login.config.clone() };
+                match ssh::connect(target, &login.auth, &check, &config).await {
+                    Ok(session) => return Polled::Session(session, seen),
+                    Err(e) if !e.is_transient() => return Polled::Answered(e),
+                    Err(_) => banner_at = None,
+                }
+            }
         }
         if !still_running().await {
             return Polled::Stopped;

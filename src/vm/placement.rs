@@ -21,6 +21,13 @@ impl Usage {
         self.vcpus += image.vcpus;
     }
 
+    /// Takes back what `add(image)` added.
+    pub fn remove(&mut self, image: &Image) {
+        self.vms = self.vms.saturating_sub(1);
+        self.memory_mib = self.memory_mib.saturating_sub(image.memory_mib);
+        self.vcpus = self.vcpus.saturating_sub(image.vcpus);
+    }
+
     /// Whether `image` fits next to this usage within `cap`.
     pub fn fits(&self, image: &Image, cap: &Capacity) -> bool {
         self.vms < cap.max_vms && self.memory_mib + image.memory_mib <= cap.memory_mib && self.vcpus + image.vcpus <= cap.vcpus

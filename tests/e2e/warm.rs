@@ -1,6 +1,7 @@
 //! Warm starts of the real debian-12 image (issue 18): a template booted once and saved,
 //! clones restored from it with their own identity; a SIGKILL of the daemon while a template is made or a clone restores leaving nothing
-//! behind, and a changed image rebuilding the template. Ports 26800-26899.
+//! behind, and a changed image rebuilding the template; a ready pool (`min_ready`) on the same
+//! template. Ports 26800-26899.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -44,12 +45,78 @@ fn templates(dir: &Path) -> Vec<paddock::vm::template::Template> {
     paddock::vm::template::list(&dir.join("state"))
 }
 
+/// The bundled guest beside debian-12, and a job on it: its run needs the room an idle
+/// ready-pool clone holds on a host with one VM slot.
+const TINY: &str = r#"
+[[images]]
+name = "tiny"
+os = "linux"
+arch = "x86_64"
+kernel = "{out}/vmlinuz"
+initrd = "{out}/initrd.img"
+cmdline = "console=ttyS0 quiet no_timer_check panic=1"
+memory_mib = 256
+vcpus = 1
+user = "root"
+trusts_fleet_ca = true
+boot_timeout = "3m"
+identity = "cmdline"
+
+[[jobs]]
+name = "tiny-echo"
+images = ["tiny"]
+maintainers = ["alice"]
+[[jobs.steps]]
+name = "echo"
+type = "test"
+command = "echo tiny"
+"#;
+
+/// The ready-pool clones of debian-12 the store holds, by state.
+async fn pool_rows(daemon: &Daemon) -> Vec<(String, String)> {
+    let rows = daemon.store.vms().await.unwrap();
+    rows.into_iter()
+        .filter(|v| v.run_id.as_deref() == Some(paddock::vm::READY_POOL_RUN) && v.image == "debian-12")
+        .map(|v| (v.name, v.state))
+        .collect()
+}
+
+async fn idle_pool_clone(daemon: &Daemon) -> String {
+    wait_for("an idle ready-pool clone", Duration::from_secs(600), async || {
+        pool_rows(daemon).await.into_iter().find(|(_, st)| st == "ready").map(|(n, _)| n)
+    })
+    .await
+}
+
+/// One template serves every check: warm clones with their own identity, a ready pool
+/// (`min_ready = 1`) whose clone a trigger takes and that refills, and the host's single
+/// VM slot respected (the pool gives its clone up for a run of another image, and never
+/// refills while a launch waits).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn warm_clones_of_debian_12_get_their_own_identity() {
+async fn warm_clones_of_debian_12_get_their_own_identity_and_a_ready_pool_serves_triggers() {
+    // The daemon's log, shown when this long test fails.
+    let _ = tracing_subscriber::fmt().with_env_filter("paddock=info").with_test_writer().try_init();
+    ensure_guest_image();
     let dir = tempfile::tempdir().unwrap();
-    let fleet = warm_fleet(dir.path(), "26800-26809", "");
+    warm_fleet(dir.path(), "26800-26809", "min_ready = 1\n");
+    let out = repo().join("images/out/x86_64");
+    let src = std::fs::read_to_string(dir.path().join("fleet.toml")).unwrap().replacen("max_vms = 4\n", "max_vms = 1\n", 1).replacen(
+        "[[users]]",
+        &format!("{}\n[[users]]", TINY.replace("{out}", &out.display().to_string())),
+        1,
+    );
+    let mut fleet = load_fleet(dir.path(), &src);
+    fleet.daemon.public_reads = true;
     let daemon = start(fleet).await;
     let _guard = DomainGuard::new(dir.path());
+    let prefix = format!("paddock-{}-", &instance_id(dir.path())[..8]);
+    let base = format!("http://{}", daemon.addr);
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let http = reqwest::Client::new();
+    let metric = async || {
+        let m = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        m.lines().find(|l| l.starts_with("paddock_ready_clones{") && l.contains("image=\"debian-12\"")).map(str::to_string)
+    };
 
     // The first run makes the template (a cold boot, saved), then restores its clone.
     let first = daemon.runs.trigger("probe", None, manual()).await.unwrap().remove(0);
@@ -61,17 +128,57 @@ async fn warm_clones_of_debian_12_get_their_own_identity() {
     let made = templates(dir.path());
     assert_eq!(made.len(), 1, "{made:?}");
 
-    // Two clones at once: each restored, each its own.
+    // From now on at most one VM runs at a time (max_vms = 1), template made: sampled throughout.
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampler = {
+        let (most, prefix) = (most.clone(), prefix.clone());
+        tokio::spawn(async move {
+            loop {
+                let n = tokio::task::spawn_blocking({
+                    let p = prefix.clone();
+                    move || domains_named(&p).len()
+                })
+                .await
+                .unwrap();
+                most.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+
+    // The pool fills once the run is done, and /metrics and the dashboard show it.
+    let pooled = idle_pool_clone(&daemon).await;
+    assert_eq!(metric().await.as_deref().map(|l| l.ends_with(" 1")), Some(true), "{:?}", metric().await);
+    let page = http.get(format!("{base}/")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&pooled) && page.contains("(ready pool)"), "dashboard lacks the pool clone {pooled}");
+
+    // A run of another image needs the only slot: the idle clone is given up for it, and
+    // the pool does not refill while that run waits or runs.
+    let tiny = daemon.runs.trigger("tiny-echo", None, manual()).await.unwrap().remove(0);
+    let row = wait_for_run(&daemon, &tiny, Duration::from_secs(600), finished).await;
+    assert_eq!(row.outcome.as_deref(), Some("success"), "{row:?}");
+    assert!(!pool_rows(&daemon).await.iter().any(|(n, _)| *n == pooled), "the given-up clone is still there");
+
+    // Two triggers: one takes the refilled clone (no restore on its path), the other waits for
+    // the slot and restores a clone of its own (which run's launch reaches the manager first is
+    // not fixed). Each has its own identity.
+    let pooled = idle_pool_clone(&daemon).await;
     let ids = [
         daemon.runs.trigger("probe", None, manual()).await.unwrap().remove(0),
         daemon.runs.trigger("probe", None, manual()).await.unwrap().remove(0),
     ];
     let mut seen = Vec::new();
+    let mut starts = Vec::new();
     for id in &ids {
         let row = wait_for_run(&daemon, id, Duration::from_secs(600), finished).await;
         assert_eq!(row.outcome.as_deref(), Some("success"), "{row:?}");
         let (out, timings) = probe_output(&row);
-        assert_eq!(timings["start"], "warm", "{timings}");
+        let start = timings["start"].as_str().unwrap_or_default().to_string();
+        if start == "ready-pool" {
+            assert_eq!(row.vm_name.as_deref(), Some(pooled.as_str()));
+        }
+        starts.push(start);
+        assert_eq!(timings["one_handshake"], true, "{timings}");
         // The run's own login checked the key paddock pinned for this VM; the guest shows that key.
         let pinned = daemon.store.vm_host_key(row.vm_name.as_deref().unwrap()).await.unwrap();
         if let Some(pinned) = pinned {
@@ -83,10 +190,17 @@ async fn warm_clones_of_debian_12_get_their_own_identity() {
         assert_eq!(out["host"], row.vm_name.clone().unwrap());
         seen.push(out);
     }
+    starts.sort();
+    assert_eq!(starts, ["ready-pool", "warm"]);
     for k in ["rand", "mid", "key", "host"] {
         assert_ne!(seen[0][k], seen[1][k], "both clones have the same {k}: {seen:?}");
         assert!(!seen[0][k].is_empty(), "{seen:?}");
     }
+    // And it refills again.
+    let again = idle_pool_clone(&daemon).await;
+    assert_ne!(again, pooled);
+    sampler.abort();
+    assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 1, "more VMs at once than max_vms = 1");
     assert_eq!(templates(dir.path()), made, "restores must not change the template");
     daemon.stop().await.unwrap();
 }

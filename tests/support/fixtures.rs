@@ -25,5 +25,6 @@ pub fn image(name: &str, arch: Arch, memory_mib: u64, boot: Boot) -> Image {
         network: paddock::config::GuestNetwork::Outbound,
         platform: name.into(),
         start: paddock::config::Start::Cold,
+        min_ready: 0,
     }
 }

@@ -42,6 +42,7 @@ pub(crate) fn image(name: &str, os: Os, arch: Arch, boot: Boot) -> Image {
         network: crate::config::GuestNetwork::Outbound,
         platform: name.into(),
         start: crate::config::Start::Cold,
+        min_ready: 0,
     }
 }
 

@@ -155,6 +155,7 @@ impl Owner {
                     pool_seed: (host_key.is_some() && self.hosts[host].config.image_pool.is_some())
                         .then(|| format!("{}{}", row.name, crate::vm::seed::SEED_SUFFIX)),
                     host_key,
+                    pooled: None,
                 },
             );
         }
@@ -204,5 +205,6 @@ fn placeholder_image() -> Image {
         network: crate::config::GuestNetwork::Outbound,
         platform: String::new(),
         start: crate::config::Start::Cold,
+        min_ready: 0,
     }
 }

@@ -41,6 +41,8 @@ pub(super) struct Booted {
     /// The login that proved it ready, for launches that gave one.
     pub(super) session: Option<HandedSession>,
     pub(super) started: Started,
+    /// The template key a warm clone was restored from.
+    pub(super) template_key: Option<String>,
 }
 
 pub(super) struct AttemptFailure {
@@ -79,6 +81,8 @@ pub enum LaunchError {
     Identity { vm: String, source: seed::SeedError },
     #[error(transparent)]
     Seed(seed::SeedError),
+    #[error("restoring ready-pool clone {vm}: {why}")]
+    WarmOnly { vm: String, why: String },
     #[error("uploading the seed of {vm} to {uri}")]
     PoolSeed { vm: String, uri: String, source: storage::StorageError },
 }
@@ -157,9 +161,11 @@ impl Owner {
         // Usage is counted once per pass and kept up to date as launches are placed.
         let mut used = self.usage();
         let mut room = self.any_room(&used);
+        // Looked up once per pass (and after a change), not once per queued launch.
+        let mut idle_pooled = self.any_idle_pooled();
         // With no room anywhere nothing can be placed: the order does not matter then.
         let queue = if room { queue_order(queue, &self.last_served, self.cfg.priority_aging, Instant::now()) } else { queue };
-        for mut pending in queue {
+        for pending in queue {
             // The caller went away (a cancelled run): nothing may boot for it.
             if pending.reply.is_closed() {
                 info!(run_id = %pending.req.run_id, "launch withdrawn while queued");
@@ -168,7 +174,19 @@ impl Owner {
             // No host has a free VM slot: it waits, and only a launch never looked at is
             // looked at (it may be one that no host could ever take, which fails at once).
             // So a pass over a long queue on full hosts costs little per launch.
-            if !room && pending.checked {
+            // A ready-pool clone of its image takes no new room.
+            let mut pending = match idle_pooled {
+                false => pending,
+                true => match self.take_ready(pending).await {
+                    Ok(()) => {
+                        idle_pooled = self.any_idle_pooled();
+                        continue;
+                    }
+                    Err(p) => p,
+                },
+            };
+            // An idle pool clone is room a waiting launch may have (`give_up_idle_for`).
+            if !room && pending.checked && !idle_pooled {
                 self.queue.push(pending);
                 continue;
             }
@@ -194,6 +212,10 @@ impl Owner {
                     }
                     None => {
                         self.report_missed_job(&mut pending).await;
+                        // An idle ready-pool clone never keeps a launch waiting.
+                        if idle_pooled && self.give_up_idle_for(&pending, &used).await {
+                            idle_pooled = self.any_idle_pooled();
+                        }
                         self.queue.push(pending)
                     }
                 },
@@ -205,6 +227,7 @@ impl Owner {
                 }
             }
         }
+        self.refill().await;
     }
 
     /// Whether some host that takes VMs now has a free VM slot (room for memory and
@@ -221,8 +244,9 @@ impl Owner {
         })
     }
 
-    pub(super) async fn start_attempt(&mut self, mut pending: Pending, host: usize, port: u16) {
-        let Some(tx) = self.tx.upgrade() else { return };
+    /// Starts a launch attempt on `host`; the new VM's name.
+    pub(super) async fn start_attempt(&mut self, mut pending: Pending, host: usize, port: u16) -> Option<String> {
+        let tx = self.tx.upgrade()?;
         if pending.attempts == 0 {
             crate::metrics::queue_waited(pending.queued_at.elapsed().as_secs_f64());
         }
@@ -259,14 +283,14 @@ impl Owner {
                     error: Box::new(error),
                     console_tail: String::new(),
                 }));
-                return;
+                return None;
             }
         };
         if let Some(id) = &identity
             && let Err(e) = self.store.set_vm_host_key(&name, &id.public_line()).await
         {
             let _ = pending.reply.send(Err(VmError::Store(e)));
-            return;
+            return None;
         }
         // Local hosts read the seed beside the overlay; pool hosts get it as a volume.
         // Kernel images take the identity on their command line instead.
@@ -296,6 +320,7 @@ impl Owner {
             seed: seed_file.clone(),
             pool_seed: pool_seed.clone(),
             host_key: identity.as_ref().map(|id| id.public_key().clone()),
+            pooled: None,
         };
         let job = Attempt {
             identity,
@@ -318,6 +343,8 @@ impl Owner {
             tail_lines: self.cfg.console_tail_lines,
             boot_timeout: self.boot_timeout(host, &pending.req.image),
             login: pending.login.clone(),
+            // A ready pool holds restored clones only: a failed restore is not booted cold.
+            warm_only: pending.req.run_id == super::ready_pool::READY_POOL_RUN && pending.req.job.is_none(),
             templates: self.templates.clone(),
             tx,
         };
@@ -328,10 +355,15 @@ impl Owner {
         self.vms.insert(name.clone(), vm);
         self.transition(&name, VmState::Placed).await;
         tokio::spawn(job.run());
+        Some(name)
     }
 
     pub(super) async fn attempt_done(&mut self, name: String, result: Result<Booted, Box<AttemptFailure>>) {
         let Some(vm) = self.vms.get_mut(&name) else { return };
+        if matches!(vm.pooled, Some(super::ready_pool::Pooled::Filling { .. })) {
+            vm.launch = None;
+            return self.pool_attempt_done(&name, result.map_err(|f| error_chain(&f.error))).await;
+        }
         let stopping = vm.state == VmState::Stopping;
         let Some(mut pending) = vm.launch.take() else { return };
         match result {
@@ -455,6 +487,8 @@ struct Attempt {
     state_dir: PathBuf,
     /// When given, readiness is a login and its session is handed over.
     login: Option<Login>,
+    /// A failed warm start fails the attempt instead of booting cold (ready-pool refills).
+    warm_only: bool,
     templates: std::sync::Arc<crate::vm::template::Templates>,
 }
 
@@ -525,11 +559,19 @@ impl Attempt {
         }
         let mut started_as = Started::Cold;
         let early_type = self.domain_type();
+        if self.warm_only && !self.may_start_warm(early_type) {
+            return Err(LaunchError::WarmOnly { vm: self.name.clone(), why: "this host or image cannot start warm".into() });
+        }
         if self.may_start_warm(early_type) {
             match self.warm_boot(early_type).await {
                 Ok(booted) => return Ok(booted),
                 Err(e) => {
                     let why = error_chain(&e);
+                    if self.warm_only {
+                        let _ = self.handle.destroy(&self.name).await;
+                        let _ = self.handle.undefine(&self.name).await;
+                        return Err(LaunchError::WarmOnly { vm: self.name.clone(), why });
+                    }
                     warn!(vm = %self.name, error = %why, "warm start failed; booting cold");
                     // Nothing of the failed clone may be left for the cold boot to trip over.
                     let _ = self.handle.destroy(&self.name).await;
@@ -662,7 +704,7 @@ impl Attempt {
                 host_key = read_key();
             }
         }
-        Ok(Booted { boot_time, host_key, session, started: started_as })
+        Ok(Booted { boot_time, host_key, session, started: started_as, template_key: None })
     }
 }
 

@@ -16,6 +16,7 @@ mod health;
 mod launch;
 mod owner;
 mod pools;
+mod ready_pool;
 mod teardown;
 
 use std::collections::HashMap;
@@ -45,6 +46,7 @@ use super::{VmError, VmState};
 use launch::{AttemptFailure, Booted};
 pub use launch::{LaunchError, Started};
 use owner::{HostSlot, Owner};
+pub use ready_pool::READY_POOL_RUN;
 
 /// Settings of a manager; see [`ManagerConfig::from_fleet`].
 #[derive(Debug, Clone)]
@@ -265,6 +267,10 @@ enum Cmd {
         host: usize,
         image: String,
     },
+    /// The template keys of pooled images, recomputed (`ready_pool.rs`).
+    PoolKeys {
+        keys: Vec<(String, String)>,
+    },
     /// An upload missed `upload_timeout` (it still runs; `ImageUploaded` follows when it returns).
     UploadHung {
         host: usize,
@@ -405,6 +411,7 @@ impl VmManager {
             tx: tx.downgrade(),
             ended: ended.clone(),
             templates: Default::default(),
+            ready: Default::default(),
         };
         let mut owner = parts.owner(false).await?;
         // A template build a crash cut short left a folder without its manifest (its

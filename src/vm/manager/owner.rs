@@ -61,6 +61,8 @@ pub(super) struct Vm {
     pub(super) pool_seed: Option<String>,
     /// The host key paddock generated for it and pinned before it booted.
     pub(super) host_key: Option<ssh_key::PublicKey>,
+    /// A clone of its image's ready pool, until a launch takes it.
+    pub(super) pooled: Option<super::ready_pool::Pooled>,
 }
 
 pub(super) struct Pending {
@@ -117,6 +119,8 @@ pub(super) struct Owner {
     pub(super) ended: tokio::sync::broadcast::Sender<super::VmEnded>,
     /// Warm-start templates (`vm::template`).
     pub(super) templates: std::sync::Arc<crate::vm::template::Templates>,
+    /// Ready pools (`ready_pool.rs`).
+    pub(super) ready: super::ready_pool::ReadyPools,
 }
 
 /// How often the owner re-checks cool-downs, expired holds and down hosts.
@@ -159,6 +163,7 @@ impl Owner {
         match cmd {
             Cmd::Launch { req, login, reply } => {
                 self.seq += 1;
+                self.remember_recipe(&req, login.as_ref());
                 // Hosts to avoid count as tried: used only when no other can take it.
                 let tried =
                     self.hosts.iter().enumerate().filter(|(_, h)| req.avoid_hosts.contains(&h.config.name)).map(|(i, _)| i).collect();
@@ -247,6 +252,7 @@ impl Owner {
             Cmd::SweepDone { host, image } => self.sweep_done(host, &image),
             Cmd::UploadHung { host, image, reason } => self.upload_hung(host, image, reason).await,
             Cmd::InjectPanic => panic!("injected fault: VM manager owner"),
+            Cmd::PoolKeys { keys } => self.pool_keys_done(keys).await,
             Cmd::ReconcileDone { report, reply } => {
                 self.reconciling = false;
                 self.finish_reconcile(&report).await;
@@ -272,9 +278,11 @@ impl Owner {
             self.teardown(&name).await;
         }
         self.recheck_images();
+        self.check_pool_keys();
         if !self.queue.is_empty() {
             self.pump().await;
         }
+        self.refill().await;
     }
 
     /// Changes a VM's state if the guard allows it, and persists the row.

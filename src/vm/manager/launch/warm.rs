@@ -35,6 +35,8 @@ pub enum Started {
     Warm,
     /// A warm start was wanted but failed; the VM was booted cold. Why.
     ColdAfterWarm(String),
+    /// Taken from the image's ready pool: restored (and logged into) before the launch came.
+    ReadyPool,
 }
 
 impl Started {
@@ -43,6 +45,7 @@ impl Started {
             Started::Cold => "cold",
             Started::Warm => "warm",
             Started::ColdAfterWarm(_) => "cold-after-warm-failed",
+            Started::ReadyPool => "ready-pool",
         }
     }
 }
@@ -143,7 +146,13 @@ impl Attempt {
         self.give_identity(identity).await?;
         let session = self.login_with(identity.public_key(), started + self.boot_timeout).await;
         match session {
-            Some(s) => Ok(Booted { boot_time: started.elapsed(), host_key: None, session: Some(s), started: Started::Warm }),
+            Some(s) => Ok(Booted {
+                boot_time: started.elapsed(),
+                host_key: None,
+                session: Some(s),
+                started: Started::Warm,
+                template_key: Some(key),
+            }),
             None => Err(WarmError::Login { vm: self.name.clone(), waited: started.elapsed() }),
         }
     }
