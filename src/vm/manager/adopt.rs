@@ -103,6 +103,11 @@ impl Owner {
             }
             let host = row.host.as_deref().and_then(|h| self.hosts.iter().position(|s| s.config.name == h));
             let held = row.hold_until.is_some_and(|t| t > now);
+            // An idle ready-pool clone has no run to release it: the pass reaps it (its
+            // session and pool bookkeeping went with the failed owner) and the pool refills.
+            if row.run_id.as_deref() == Some(super::ready_pool::READY_POOL_RUN) {
+                continue;
+            }
             let (Some(host), Some(port), true, Some(VmState::Ready)) = (host, row.ssh_port, held || in_process, VmState::parse(&row.state))
             else {
                 continue;

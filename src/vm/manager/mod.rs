@@ -326,6 +326,7 @@ impl Parts {
             dirty: false,
             ended: self.ended.clone(),
             templates: self.templates.clone(),
+            ready: Default::default(),
         };
         let blocks = self.store.host_blocks().await?;
         for (config, handle) in self.hosts.iter().cloned() {
@@ -411,7 +412,6 @@ impl VmManager {
             tx: tx.downgrade(),
             ended: ended.clone(),
             templates: Default::default(),
-            ready: Default::default(),
         };
         let mut owner = parts.owner(false).await?;
         // A template build a crash cut short left a folder without its manifest (its
