@@ -4,6 +4,9 @@
 //! per path and round (default 300), `RECORDER_BENCH_ROUNDS` the rounds (default 3: raw, REST and
 //! XML-RPC take turns, so a change in machine load hits all three alike; medians are reported),
 //! and `RECORDER_BENCH_JSON=FILE` writes the rows for `make bench` (bench/figures/recorder.sh).
+//! For profiling: `RECORDER_BENCH_ONLY=raw|rest|xmlrpc` runs one path and stops before the page
+//! figure; `PERF_CTL_FIFO=FIFO` writes `enable`/`disable` around each timed region, for
+//! `perf record -D -1 --control fifo:FIFO` to sample those alone.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -89,7 +92,7 @@ async fn post_all(rec: &Recorder, client: &reqwest::Client, url: String, content
     rate
 }
 
-/// PROFILE-ONLY: with `PERF_CTL_FIFO` (perf record --control=fifo:...), profile only timed parts.
+/// With `PERF_CTL_FIFO` (`perf record --control fifo:...`), perf samples only the timed parts.
 fn perf_ctl(cmd: &str) {
     if let Ok(p) = std::env::var("PERF_CTL_FIFO") {
         use std::io::Write;
@@ -251,7 +254,7 @@ async fn main() {
     };
     let docs = std::sync::Arc::new(docs);
     let (mut raw, mut rest, mut xml) = (Vec::new(), Vec::new(), Vec::new());
-    // PROFILE-ONLY knob: RECORDER_BENCH_ONLY=raw|rest|xmlrpc runs one path alone (for `perf`).
+    // RECORDER_BENCH_ONLY=raw|rest|xmlrpc runs one path alone (for `perf`).
     let only = std::env::var("RECORDER_BENCH_ONLY").unwrap_or_default();
     let runs = |p: &str| only.is_empty() || only == p;
     for round in 1..=rounds {
