@@ -118,6 +118,24 @@ pub struct ImageOut {
     pub jobs: Vec<String>,
 }
 
+/// A warm-start template on a host (`GET /api/v1/templates`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateOut {
+    /// `None` when its folder names no host of the fleet (a removed host).
+    pub host: Option<String>,
+    pub image: Option<String>,
+    /// The template's key (a SHA-256 of the image's settings, files and seed inputs); its
+    /// first 16 characters while it is being built.
+    pub key: String,
+    /// `building`, `ready`, or `stale` (its key is no longer the image's current one).
+    pub state: String,
+    pub made_at: Option<DateTime<Utc>>,
+    /// Bytes its files take on disk.
+    pub disk_bytes: u64,
+    /// Clones whose overlay it backs now.
+    pub clones: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScheduleOut {
     pub cron: String,

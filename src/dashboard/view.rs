@@ -28,6 +28,17 @@ pub struct VmView {
     pub age: String,
 }
 
+/// A warm-start template on a host.
+pub struct TemplateView {
+    pub host: String,
+    pub image: String,
+    pub key: String,
+    pub state: String,
+    pub made: String,
+    pub size: String,
+    pub clones: usize,
+}
+
 pub struct RunView {
     pub run: RunOut,
     pub age: String,
@@ -75,6 +86,7 @@ pub struct Dashboard {
     pub status: StatusOut,
     pub hosts: Vec<HostView>,
     pub vms: Vec<VmView>,
+    pub templates: Vec<TemplateView>,
     pub active: Vec<RunView>,
     pub follow: Option<RunOut>,
     pub images: Vec<String>,
@@ -159,6 +171,19 @@ pub async fn dashboard(s: &Shared, follow: Option<&str>) -> Result<Dashboard, Ap
             run_id: v.run_id.filter(|r| r != crate::vm::READY_POOL_RUN),
             port: v.ssh_port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             age: human(v.age_s),
+        })
+        .collect();
+    let templates = crate::api::templates_of(s)
+        .await?
+        .into_iter()
+        .map(|t| TemplateView {
+            host: t.host.unwrap_or_else(|| "-".into()),
+            image: t.image.unwrap_or_else(|| "-".into()),
+            key: t.key.chars().take(16).collect(),
+            state: t.state,
+            made: t.made_at.map(|m| ago(m, now)).unwrap_or_else(|| "-".into()),
+            size: crate::vm::template::list::human_size(t.disk_bytes),
+            clones: t.clones,
         })
         .collect();
     let unfinished = s.store.unfinished_runs().await?;
@@ -250,6 +275,7 @@ pub async fn dashboard(s: &Shared, follow: Option<&str>) -> Result<Dashboard, Ap
         status,
         hosts,
         vms,
+        templates,
         active,
         follow,
         images,

@@ -88,3 +88,23 @@ async fn dashboard_in_chromium() {
         assert!(std::fs::metadata(dir.join(f)).unwrap().len() > 10_000, "{f} looks empty");
     }
 }
+
+/// The fleet page lists warm-start templates: image, host, key, state, size and clones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_page_lists_templates_in_chromium() {
+    // Public reads: no sign-in, so the page can follow a finished run, whose stream ends at once
+    // (a live one would keep Chromium's virtual time from moving on).
+    let t = crate::templates::template_lab(true).await;
+    let url = serve(t.lab.state.clone()).await;
+    let profile = t.lab.dir.path().join("chromium");
+    let dom = chromium::page(&profile, &format!("{url}/?follow=r-docs-1"), None, std::time::Duration::from_secs(2)).await;
+    let at = dom.find("id=\"templates\"").unwrap_or_else(|| panic!("no templates section: {dom}"));
+    let section = &dom[at..at + dom[at..].find("</section>").unwrap()];
+    let rows: Vec<&str> = section.split("<tr>").skip(2).collect();
+    assert_eq!(rows.len(), 3, "{section}");
+    let ready = rows.iter().find(|r| r.contains(">ready<")).unwrap_or_else(|| panic!("{section}"));
+    assert!(ready.contains("<td>warm-deb</td><td>local</td>") && ready.contains(&t.key[..16]), "{ready}");
+    assert!(ready.contains("MiB</td><td>2</td>"), "two clones: {ready}");
+    assert!(rows.iter().any(|r| r.contains("rack-2") && r.contains(">stale<")), "{section}");
+    assert!(rows.iter().any(|r| r.contains("bbbbbbbbbbbbbbbb") && r.contains(">building<")), "{section}");
+}
