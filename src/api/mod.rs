@@ -14,6 +14,7 @@ mod error;
 mod fleet;
 mod hosts;
 mod logs;
+mod machines;
 mod records;
 mod runs;
 mod templates;
@@ -33,6 +34,7 @@ pub use auth::{Actor, Reader, TOKEN_COOKIE};
 pub use error::ApiError;
 pub(crate) use fleet::{hosts_of as fleet_hosts, status_of as fleet_status, vms_of as fleet_vms};
 pub(crate) use logs::read_tail as read_log_tail;
+pub(crate) use machines::machines_of;
 pub(crate) use runs::{retry_facts, run_out, steps_of};
 pub(crate) use templates::templates_of;
 
@@ -132,6 +134,7 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<Shared>)> {
         (Method::GET, "/api/v1/vms", get(fleet::vms)),
         (Method::GET, "/api/v1/images", get(fleet::images)),
         (Method::GET, "/api/v1/templates", get(templates::list)),
+        (Method::GET, "/api/v1/machines", get(machines::list)),
         (Method::GET, "/api/v1/jobs", get(fleet::jobs)),
         (Method::GET, "/api/v1/jobs/{name}", get(fleet::job)),
         (Method::GET, "/api/v1/runs", get(runs::list)),

@@ -118,6 +118,26 @@ pub struct ImageOut {
     pub jobs: Vec<String>,
 }
 
+/// A persistent machine (`[[machines]]`, `GET /api/v1/machines`) and what it is doing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineOut {
+    pub name: String,
+    pub host: String,
+    /// The libvirt domain's name on that host.
+    pub domain: String,
+    /// The snapshot each run reverts it to first.
+    pub snapshot: Option<String>,
+    /// `keep`, `shutdown` or `revert`: what becomes of it when a run ends.
+    pub after: String,
+    /// `idle`, `running` (`run_id` has it) or `queued` (runs wait for their turn, none has it).
+    pub state: String,
+    pub run_id: Option<String>,
+    /// Runs waiting for their turn on it.
+    pub queued: usize,
+    /// The last run that ended on it.
+    pub last: Option<LastResultOut>,
+}
+
 /// A warm-start template on a host (`GET /api/v1/templates`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TemplateOut {

@@ -28,6 +28,20 @@ pub struct VmView {
     pub age: String,
 }
 
+/// A persistent machine and what it is doing.
+pub struct MachineView {
+    pub name: String,
+    pub host: String,
+    pub domain: String,
+    pub snapshot: String,
+    /// "idle", "running", "queued".
+    pub state: String,
+    pub run_id: Option<String>,
+    /// "2 queued", or empty.
+    pub queued: String,
+    pub last: Option<Cell>,
+}
+
 /// A warm-start template on a host.
 pub struct TemplateView {
     pub host: String,
@@ -87,6 +101,7 @@ pub struct Dashboard {
     pub hosts: Vec<HostView>,
     pub vms: Vec<VmView>,
     pub templates: Vec<TemplateView>,
+    pub machines: Vec<MachineView>,
     pub active: Vec<RunView>,
     pub follow: Option<RunOut>,
     pub images: Vec<String>,
@@ -186,6 +201,25 @@ pub async fn dashboard(s: &Shared, follow: Option<&str>) -> Result<Dashboard, Ap
             clones: t.clones,
         })
         .collect();
+    let machines = crate::api::machines_of(s)
+        .await?
+        .into_iter()
+        .map(|m| MachineView {
+            name: m.name,
+            host: m.host,
+            domain: m.domain,
+            snapshot: m.snapshot.unwrap_or_else(|| "-".into()),
+            state: m.state,
+            run_id: m.run_id,
+            queued: if m.queued > 0 { format!("{} queued", m.queued) } else { String::new() },
+            last: m.last.map(|l| Cell {
+                class: outcome_class(&l.outcome),
+                when: l.finished_at.map(|t| ago(t, now)).unwrap_or_default(),
+                run_id: l.run_id,
+                outcome: l.outcome,
+            }),
+        })
+        .collect();
     let unfinished = s.store.unfinished_runs().await?;
     let view = |r: &RunRow| RunView { run: crate::api::run_out(r), age: ago(r.created_at, now) };
     let mut active: Vec<RunView> =
@@ -276,6 +310,7 @@ pub async fn dashboard(s: &Shared, follow: Option<&str>) -> Result<Dashboard, Ap
         hosts,
         vms,
         templates,
+        machines,
         active,
         follow,
         images,
