@@ -162,3 +162,33 @@ pub fn human_size(bytes: u64) -> String {
         format!("{:.0} KiB", b / KIB)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Arch, Os};
+    use crate::libvirt::domain_xml::tests::{disk_boot, image};
+
+    #[test]
+    fn a_folder_name_is_split_by_the_fleets_own_names() {
+        let src = include_str!("../../../fleet.toml").replacen("name = \"local\"", "name = \"rack-2\"", 1);
+        let fleet = crate::config::parse(&src, Path::new("fleet.toml")).unwrap();
+        let key = "0123456789abcdef";
+        assert_eq!(split_name(&format!("rack-2-debian-12-{key}"), &fleet), (Some("rack-2".into()), Some("debian-12".into()), key.into()));
+        // A host no longer in the fleet: only the key is known.
+        assert_eq!(split_name(&format!("gone-debian-12-{key}"), &fleet), (None, None, key.into()));
+        assert_eq!(human_size(5 << 20), "5 MiB");
+        assert_eq!(human_size(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
+    fn a_build_site_lasts_as_long_as_its_build() {
+        let t = Templates::default();
+        let img = image("deb", Os::Linux, Arch::X86_64, disk_boot());
+        t.building_at("paddock-x-t1", "local", &img);
+        assert_eq!(t.build_sites(), vec![("local".to_string(), img.clone())]);
+        assert!(t.building_domains().contains("paddock-x-t1"));
+        t.building("paddock-x-t1", false);
+        assert!(t.build_sites().is_empty() && t.building_domains().is_empty());
+    }
+}
