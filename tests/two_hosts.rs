@@ -136,6 +136,37 @@ fn a_donor_answers_from_the_copied_capability_cache_without_probing_qemu() {
     assert!(!donor.libvirtd_pids().is_empty(), "the answer came from the donor's own session daemon");
 }
 
+/// A pty lock (`/run/lock/LCK..*`, what libvirt writes when it hands out a console) whose PID
+/// is no live libvirt daemon is removed before a donor starts, so a daemon getting the same pty
+/// later is not refused ("Couldn't create lock file ... File exists"); one of the live system
+/// daemon, and one being written (no PID yet), are kept. Fake locks named `LCK..pdkc4-*`.
+#[test]
+fn pty_locks_of_dead_daemons_are_swept_and_those_of_live_ones_kept() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let system = std::process::Command::new("pgrep").args(["-o", "-x", "libvirtd"]).output().unwrap();
+    let live: u32 = String::from_utf8_lossy(&system.stdout).trim().parse().expect("the system libvirtd runs");
+    let lock = |name: &str, pid: Option<u32>| {
+        let path = Path::new("/run/lock").join(format!("LCK..pdkc4-{name}-{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).unwrap();
+        if let Some(pid) = pid {
+            // libvirt's format (FHS): the PID in ten columns and a newline.
+            std::io::Write::write_all(&mut f, format!("{pid:10}\n").as_bytes()).unwrap();
+        }
+        path
+    };
+    let (of_dead, of_live, not_a_daemon, being_made) =
+        (lock("dead", Some(dead)), lock("live", Some(live)), lock("test", Some(std::process::id())), lock("new", None));
+    let removed = support::donor::sweep_stale_chardev_locks();
+    let left = [&of_dead, &of_live, &not_a_daemon, &being_made].map(|p| p.exists());
+    for p in [&of_dead, &of_live, &not_a_daemon, &being_made] {
+        let _ = std::fs::remove_file(p);
+    }
+    assert_eq!(left, [false, true, false, true], "dead, live, not a daemon, being made: {removed:?}");
+}
+
 /// The bundled guest, its host key learnt from the console: a key of the test's own, on the
 /// command line (the image has none; paddock's own `identity = "cmdline"` would pin one).
 fn tiny_image(key: &support::guest::TestHostKey) -> Image {

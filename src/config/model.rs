@@ -141,6 +141,8 @@ pub struct Daemon {
     pub max_hold: Duration,
     /// How many hosts a launch is tried on before the run fails as infrastructure.
     pub launch_retries: u32,
+    /// How long a host that failed a launch is passed over by the next launches.
+    pub host_cooldown: Duration,
     /// The deadline of one libvirt call; a host whose call misses it is marked down.
     pub libvirt_timeout: Duration,
     /// The deadline of opening a host's connection (a remote one may start a daemon first).

@@ -72,6 +72,7 @@ pub struct RawDaemon {
     pub reconcile_interval: Option<S<String>>,
     pub max_hold: Option<S<String>>,
     pub launch_retries: Option<S<i64>>,
+    pub host_cooldown: Option<S<String>>,
     pub libvirt_timeout: Option<S<String>>,
     pub libvirt_connect_timeout: Option<S<String>>,
     pub priority_aging: Option<S<String>>,

@@ -461,6 +461,7 @@ fn retries_and_priorities_default_parse_and_are_bounded() {
     assert_eq!((fleet.jobs[0].retry_infrastructure, fleet.jobs[0].priority), (0, 0));
     assert_eq!(fleet.daemon.priority_aging, std::time::Duration::from_secs(60));
     assert_eq!(fleet.daemon.upload_timeout, std::time::Duration::from_secs(30 * 60));
+    assert_eq!(fleet.daemon.host_cooldown, std::time::Duration::from_secs(60));
     let src = with("name = \"demo\"\n", "name = \"demo\"\nretry_infrastructure = 2\npriority = -5\n");
     let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
     assert_eq!((fleet.jobs[0].retry_infrastructure, fleet.jobs[0].priority), (2, -5));
@@ -473,10 +474,14 @@ fn retries_and_priorities_default_parse_and_are_bounded() {
             format!("fleet.toml:{l2}:12: jobs[0].priority: must be a whole number from -1000 to 1000, got 1001"),
         ]
     );
-    let src = with("ssh_ports = \"22200-22299\"", "ssh_ports = \"22200-22299\"\npriority_aging = \"30s\"\nupload_timeout = \"10m\"");
+    let src = with(
+        "ssh_ports = \"22200-22299\"",
+        "ssh_ports = \"22200-22299\"\npriority_aging = \"30s\"\nupload_timeout = \"10m\"\nhost_cooldown = \"5s\"",
+    );
     let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
     assert_eq!(fleet.daemon.priority_aging, std::time::Duration::from_secs(30));
     assert_eq!(fleet.daemon.upload_timeout, std::time::Duration::from_secs(600));
+    assert_eq!(fleet.daemon.host_cooldown, std::time::Duration::from_secs(5));
 }
 
 #[test]

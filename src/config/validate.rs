@@ -320,6 +320,7 @@ impl<'a> Validator<'a> {
             reconcile_interval: self.duration(&d.reconcile_interval, "daemon.reconcile_interval", Duration::from_secs(30)),
             max_hold: self.duration(&d.max_hold, "daemon.max_hold", Duration::from_secs(24 * 3600)),
             launch_retries,
+            host_cooldown: self.duration(&d.host_cooldown, "daemon.host_cooldown", Duration::from_secs(60)),
             libvirt_timeout: self.duration(&d.libvirt_timeout, "daemon.libvirt_timeout", crate::libvirt::DEFAULT_CALL_TIMEOUT),
             libvirt_connect_timeout: self.duration(
                 &d.libvirt_connect_timeout,

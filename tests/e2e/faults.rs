@@ -128,7 +128,8 @@ type = "build"
 command = "echo must-not-run"
 "#,
         &[
-            ("reconcile_interval = \"5s\"", "reconcile_interval = \"5s\"\nlaunch_retries = 2"),
+            // The one host's cool-down after the failed first attempt: 5 s, not the default minute.
+            ("reconcile_interval = \"5s\"", "reconcile_interval = \"5s\"\nlaunch_retries = 2\nhost_cooldown = \"5s\""),
             ("cmdline = \"console=ttyS0 quiet no_timer_check panic=1\"", "cmdline = \"console=ttyS0 rdinit=/no/such/init\""),
             ("boot_timeout = \"3m\"", "boot_timeout = \"25s\""),
         ],
@@ -137,14 +138,14 @@ command = "echo must-not-run"
     let _guard = DomainGuard::new(dir.path());
     let t = Instant::now();
     let id = daemon.runs.trigger("mute", None, manual()).await.unwrap().remove(0);
-    // Two boot deadlines of 25 s plus the host's 60 s cool-down between the attempts.
+    // Two boot deadlines of 25 s plus the host's 5 s cool-down between the attempts.
     let row = wait_for_run(&daemon, &id, Duration::from_secs(300), finished).await;
     let took = t.elapsed();
     assert_eq!(row.state, "failed", "{row:?}");
     assert_eq!(row.outcome.as_deref(), Some("infrastructure"));
     let reason = row.reason.clone().unwrap();
     assert!(reason.contains("after 2 attempt(s)") && reason.contains("no SSH banner"), "{reason}");
-    assert!(took >= Duration::from_secs(50), "two boot deadlines of 25 s passed in {took:?}");
+    assert!(took >= Duration::from_secs(55), "two boot deadlines of 25 s and the 5 s cool-down passed in {took:?}");
     // The console tail is kept in the run's record and shows why.
     let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
     let tail = doc["extras"]["console_tail"].as_str().unwrap_or_else(|| panic!("no console tail in {doc}"));

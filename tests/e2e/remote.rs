@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use paddock::hosts::Block;
 use paddock::runs::Trigger;
 
-use super::support::donor::{Donor, POOL, pids_of_uid};
+use super::support::donor::{Donor, POOL};
 use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,9 +61,7 @@ command = "echo step-started; sleep 20; echo step-done"
 
     // The host is lost: nothing of the donor's user survives (the listening sshd is root's).
     let t = Instant::now();
-    for pid in pids_of_uid(donor.uid) {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
+    assert!(!donor.kill_every_process().is_empty(), "the donor's user runs no process");
     let row = wait_for_run(&daemon, &id, Duration::from_secs(120), finished).await;
     let took = t.elapsed();
     assert_eq!(row.outcome.as_deref(), Some("infrastructure"), "{row:?}");

@@ -1,7 +1,8 @@
-//! Warm starts of the real debian-12 image (issue 18): a template booted once and saved,
-//! clones restored from it with their own identity; a SIGKILL of the daemon while a template is made or a clone restores leaving nothing
-//! behind, and a changed image rebuilding the template; a ready pool (`min_ready`) on the same
-//! template. Ports 26800-26899.
+//! Warm starts of the real debian-12 image (issue 18), in one test so that two template
+//! builds serve every check (each is a cold boot, 60-130 s under TCG): a SIGKILL of the daemon
+//! while a clone restores and while a template is made leaving nothing behind, a changed image
+//! rebuilding the template and removing the old one, clones with their own identity, and a
+//! ready pool (`min_ready`) on the rebuilt template. Ports 26800-26809.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -88,19 +89,75 @@ async fn idle_pool_clone(daemon: &Daemon) -> String {
     .await
 }
 
-/// One template serves every check: warm clones with their own identity, a ready pool
-/// (`min_ready = 1`) whose clone a trigger takes and that refills, and the host's single
-/// VM slot respected (the pool gives its clone up for a run of another image, and never
-/// refills while a launch waits).
+fn template_dirs(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir.join("state/templates")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+/// One state directory throughout (one daemon at a time; the SIGKILLed ones are `paddock serve`
+/// processes, since two VM managers of one state dir in one process would reap each other's VMs):
+///
+/// 1. template A made in full by a demo run, the daemon killed while that run's clone restores:
+///    the next start removes the clone and its overlay and leaves A whole;
+/// 2. an image setting changed, the daemon killed while template B boots: the next start removes
+///    B's domain, disk, seed and half-made folder, and leaves A as it was;
+/// 3. with the image changed and `min_ready = 1` on a host with one VM slot (in-process daemon):
+///    the first run makes B and A goes (no overlay is backed by it); warm clones with their own
+///    identity, and a ready pool whose clone a trigger takes and that refills, while the host's
+///    single slot is respected (the pool gives its clone up for a run of another image, and never
+///    refills while a launch waits).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn warm_clones_of_debian_12_get_their_own_identity_and_a_ready_pool_serves_triggers() {
+async fn debian_12_templates_survive_sigkills_are_rebuilt_on_change_and_serve_clones_with_their_own_identity_and_a_ready_pool() {
     // The daemon's log, shown when this long test fails.
     let _ = tracing_subscriber::fmt().with_env_filter("paddock=info").with_test_writer().try_init();
     ensure_guest_image();
     let dir = tempfile::tempdir().unwrap();
-    warm_fleet(dir.path(), "26800-26809", "min_ready = 1\n");
+    let ports = "26800-26809";
+    warm_fleet(dir.path(), ports, "");
+    let config = dir.path().join("fleet.toml");
+    let clean = async |what: &str, prefix: &str| {
+        wait_for(what, Duration::from_secs(300), async || {
+            (domains_named(prefix).is_empty() && overlays(dir.path()).is_empty()).then_some(())
+        })
+        .await
+    };
+
+    // 1. Template A made in full by the demo run, which then restores its clone from it; killed
+    // as soon as that clone's domain exists: the clone and its overlay go, A stays whole.
+    let first = super::crash::Serve::start(&config, true);
+    let _guard = DomainGuard::new(dir.path());
+    let prefix = format!("paddock-{}-", &instance_id(dir.path())[..8]);
+    let is_template = |n: &String| n[prefix.len()..].starts_with('t');
+    let clone =
+        wait_for("the demo run's clone", Duration::from_secs(1200), async || domains_named(&prefix).into_iter().find(|n| !is_template(n)))
+            .await;
+    first.sigkill();
+    let made = templates(dir.path());
+    assert_eq!(made.len(), 1, "template A is finished before its first clone restores: {:?}", template_dirs(dir.path()));
+    let second = super::crash::Serve::start(&config, false);
+    clean("the killed clone to be reaped", &prefix).await;
+    assert!(!domains_named(&clone).contains(&clone));
+    assert_eq!(templates(dir.path()), made, "{:?}", template_dirs(dir.path()));
+    assert_eq!(template_dirs(dir.path()), [made[0].dir.clone()], "no stray template");
+    drop(second);
+
+    // 2. A changed image setting: the demo run starts template B; killed while B boots, the next
+    // start removes B's domain, disk, seed and half-made folder, and leaves A as it was.
+    let changed = |src: String| src.replacen("memory_mib = 768", "memory_mib = 800", 1);
+    std::fs::write(&config, changed(std::fs::read_to_string(&config).unwrap())).unwrap();
+    let third = super::crash::Serve::start(&config, true);
+    wait_for("template B's domain", Duration::from_secs(300), async || domains_named(&prefix).into_iter().find(is_template)).await;
+    assert_eq!(template_dirs(dir.path()).len(), 2, "{:?}", template_dirs(dir.path()));
+    third.sigkill();
+    let fourth = super::crash::Serve::start(&config, false);
+    clean("the cut-short template to be reaped", &prefix).await;
+    assert_eq!(template_dirs(dir.path()), [made[0].dir.clone()], "only the finished template A is left");
+    assert_eq!(templates(dir.path()), made);
+    drop(fourth);
+
+    // 3. The changed image, pooled, beside the bundled guest on a host with one VM slot.
     let out = repo().join("images/out/x86_64");
-    let src = std::fs::read_to_string(dir.path().join("fleet.toml")).unwrap().replacen("max_vms = 4\n", "max_vms = 1\n", 1).replacen(
+    warm_fleet(dir.path(), ports, "min_ready = 1\n");
+    let src = changed(std::fs::read_to_string(&config).unwrap()).replacen("max_vms = 4\n", "max_vms = 1\n", 1).replacen(
         "[[users]]",
         &format!("{}\n[[users]]", TINY.replace("{out}", &out.display().to_string())),
         1,
@@ -108,8 +165,6 @@ async fn warm_clones_of_debian_12_get_their_own_identity_and_a_ready_pool_serves
     let mut fleet = load_fleet(dir.path(), &src);
     fleet.daemon.public_reads = true;
     let daemon = start(fleet).await;
-    let _guard = DomainGuard::new(dir.path());
-    let prefix = format!("paddock-{}-", &instance_id(dir.path())[..8]);
     let base = format!("http://{}", daemon.addr);
     rustls::crypto::ring::default_provider().install_default().ok();
     let http = reqwest::Client::new();
@@ -118,15 +173,17 @@ async fn warm_clones_of_debian_12_get_their_own_identity_and_a_ready_pool_serves
         m.lines().find(|l| l.starts_with("paddock_ready_clones{") && l.contains("image=\"debian-12\"")).map(str::to_string)
     };
 
-    // The first run makes the template (a cold boot, saved), then restores its clone.
+    // The first run makes template B (a cold boot, saved), which supersedes A, then restores its clone.
     let first = daemon.runs.trigger("probe", None, manual()).await.unwrap().remove(0);
     let row = wait_for_run(&daemon, &first, Duration::from_secs(1200), finished).await;
     assert_eq!(row.outcome.as_deref(), Some("success"), "{row:?}");
     let (_, timings) = probe_output(&row);
     assert_eq!(timings["start"], "warm", "{timings}");
     assert_eq!(timings["one_handshake"], true, "{timings}");
-    let made = templates(dir.path());
-    assert_eq!(made.len(), 1, "{made:?}");
+    let rebuilt = templates(dir.path());
+    assert_eq!(rebuilt.len(), 1, "{rebuilt:?}");
+    assert_ne!(rebuilt[0].key, made[0].key, "a changed image makes a new template");
+    assert!(!made[0].dir.exists(), "the superseded template A is still there: {:?}", template_dirs(dir.path()));
 
     // From now on at most one VM runs at a time (max_vms = 1), template made: sampled throughout.
     let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -201,69 +258,6 @@ async fn warm_clones_of_debian_12_get_their_own_identity_and_a_ready_pool_serves
     assert_ne!(again, pooled);
     sampler.abort();
     assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 1, "more VMs at once than max_vms = 1");
-    assert_eq!(templates(dir.path()), made, "restores must not change the template");
+    assert_eq!(templates(dir.path()), rebuilt, "restores must not change the template");
     daemon.stop().await.unwrap();
-}
-
-fn template_dirs(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir.join("state/templates")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_while_a_template_is_made_and_while_a_clone_restores_leaves_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    warm_fleet(dir.path(), "26810-26819", "");
-    let config = dir.path().join("fleet.toml");
-    let clean = async |what: &str, prefix: &str| {
-        wait_for(what, Duration::from_secs(300), async || {
-            (domains_named(prefix).is_empty() && overlays(dir.path()).is_empty()).then_some(())
-        })
-        .await
-    };
-
-    // 1. Killed while the template boots: its domain, disk, seed and half-made folder go.
-    let first = super::crash::Serve::start(&config, true);
-    let _guard = DomainGuard::new(dir.path());
-    let prefix = format!("paddock-{}-", &instance_id(dir.path())[..8]);
-    let is_template = |n: &String| n[prefix.len()..].starts_with('t');
-    wait_for("the template's domain", Duration::from_secs(300), async || domains_named(&prefix).into_iter().find(is_template)).await;
-    assert_eq!(template_dirs(dir.path()).len(), 1);
-    first.sigkill();
-    let second = super::crash::Serve::start(&config, false);
-    clean("the cut-short template to be reaped", &prefix).await;
-    assert!(template_dirs(dir.path()).is_empty(), "{:?}", template_dirs(dir.path()));
-    drop(second);
-
-    // 2. A template made in full (the demo run restores its clone from it)...
-    let third = super::crash::Serve::start(&config, true);
-    wait_for("a finished template", Duration::from_secs(1200), async || (templates(dir.path()).len() == 1).then_some(())).await;
-    let made = templates(dir.path());
-    // ...and that run's clone torn down at its end.
-    clean("the demo run's clone to go", &prefix).await;
-    drop(third);
-
-    // 3. Killed while a clone restores: the clone and its overlay go, the template stays whole.
-    let fourth = super::crash::Serve::start(&config, true);
-    let clone =
-        wait_for("the clone's domain", Duration::from_secs(300), async || domains_named(&prefix).into_iter().find(|n| !is_template(n)))
-            .await;
-    fourth.sigkill();
-    let _fifth = super::crash::Serve::start(&config, false);
-    clean("the killed clone to be reaped", &prefix).await;
-    assert!(!domains_named(&clone).contains(&clone));
-    assert_eq!(templates(dir.path()), made, "{:?}", template_dirs(dir.path()));
-    assert_eq!(template_dirs(dir.path()).len(), 1, "no stray template: {:?}", template_dirs(dir.path()));
-    drop(_fifth);
-
-    // 4. A changed image setting makes a new template; the old one goes (no clone uses it).
-    // Separate processes: two VM managers of one state dir in one process would reap each other's VMs.
-    let src = std::fs::read_to_string(&config).unwrap().replacen("memory_mib = 768", "memory_mib = 800", 1);
-    std::fs::write(&config, src).unwrap();
-    let _sixth = super::crash::Serve::start(&config, true);
-    wait_for("the new template", Duration::from_secs(1200), async || {
-        let t = templates(dir.path());
-        (t.len() == 1 && t[0].key != made[0].key).then_some(())
-    })
-    .await;
-    wait_for("the superseded template to go", Duration::from_secs(60), async || (!made[0].dir.exists()).then_some(())).await;
 }

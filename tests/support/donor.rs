@@ -68,6 +68,12 @@ pub fn pids_of_uid(uid: u32) -> Vec<i32> {
     pids
 }
 
+/// Whether `pid` exists and is not a zombie.
+fn is_alive(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    !status.lines().find_map(|l| l.strip_prefix("State:")).is_some_and(|s| s.trim_start().starts_with('Z'))
+}
+
 fn comm(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
 }
@@ -91,18 +97,23 @@ fn remove_user(user: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
     remove_chardev_locks(uid);
+    sweep_stale_chardev_locks();
     let out = run("userdel", &["-r", "-f", user]);
     if !out.status.success() {
         eprintln!("userdel {user}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
-/// libvirt locks a pty it hands out as a console in `/run/lock/LCK.._pts_N`. Processes killed
-/// mid-console leave theirs behind; owned by a user that is about to go, they would make another
-/// donor's (or a later test's) console on the same pty fail with "Couldn't create lock file".
+/// libvirt locks a pty it hands out as a console in `/run/lock/LCK.._pts_N` (mode 0600, holding
+/// the daemon's PID). Session daemons of different users share that sticky directory, so a lock
+/// left by a daemon that died (killed with its user's processes, or the system daemon
+/// restarted) cannot be removed by the daemon that gets the same pty next: its console fails
+/// with "Couldn't create lock file for device '/dev/pts/N' ...: File exists". The test harness
+/// runs as root and removes such locks itself: those of `uid` once its processes are dead, and
+/// (below) every lock whose PID is no live libvirt daemon.
 fn remove_chardev_locks(uid: u32) {
     use std::os::unix::fs::MetadataExt;
-    let Ok(dir) = std::fs::read_dir("/run/lock") else { return };
+    let Ok(dir) = std::fs::read_dir(CHARDEV_LOCKS) else { return };
     for entry in dir.flatten() {
         let stale = entry.file_name().to_string_lossy().starts_with("LCK..") && entry.metadata().map(|m| m.uid() == uid).unwrap_or(false);
         if stale {
@@ -111,10 +122,48 @@ fn remove_chardev_locks(uid: u32) {
     }
 }
 
+/// Where libvirt puts its pty locks (`/var/lock` is a link to it).
+const CHARDEV_LOCKS: &str = "/run/lock";
+
+/// Whether `pid` is a running (not zombie) libvirt daemon, the only holder of a pty lock.
+fn is_live_libvirt_daemon(pid: i32) -> bool {
+    is_alive(pid) && matches!(comm(pid).as_str(), "libvirtd" | "virtqemud")
+}
+
+/// Removes every pty lock whose PID is not a live libvirt daemon (the daemon died, or its PID
+/// went to another process); returns the paths removed. A lock too new to hold its PID yet is
+/// left alone. Before each donor starts and after a donor's processes are killed.
+pub fn sweep_stale_chardev_locks() -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir(CHARDEV_LOCKS) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in dir.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("LCK..") {
+            continue;
+        }
+        let path = entry.path();
+        // libvirt writes the PID right after creating the file (O_EXCL); an empty or
+        // unreadable one younger than a few seconds is being made.
+        let pid = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<i32>().ok());
+        let young =
+            entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_none_or(|age| age < Duration::from_secs(5));
+        let stale = match pid {
+            Some(pid) => !is_live_libvirt_daemon(pid),
+            None => !young,
+        };
+        if stale && std::fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 impl Donor {
     /// Makes user `user` (`pdkdonorN`) with an sshd on a free port of `ports` and a pool.
     pub fn start(user: &str, ports: std::ops::RangeInclusive<u16>) -> Donor {
         remove_user(user);
+        // A dead daemon's pty lock (another donor's, or the system daemon's from before a
+        // restart) would fail this donor's console on the same pty.
+        sweep_stale_chardev_locks();
         // In group kvm like the system daemon's QEMU, so the capability cache below stays valid.
         let out = run("useradd", &["-m", "-s", "/bin/sh", "-G", "kvm", user]);
         assert!(out.status.success(), "useradd {user}: {}", String::from_utf8_lossy(&out.stderr));
@@ -320,6 +369,24 @@ impl Donor {
     /// PIDs of the donor's QEMU processes.
     pub fn qemu_pids(&self) -> Vec<i32> {
         pids_of_uid(self.uid).into_iter().filter(|p| comm(*p).starts_with("qemu-system")).collect()
+    }
+
+    /// The host is lost: SIGKILL to every process of the donor's user (its session daemon,
+    /// QEMU, passt; the listening sshd is root's), waited for (at most 10 s), then the pty
+    /// locks its daemon held are removed, so another donor's console is not refused meanwhile.
+    /// Returns the PIDs killed.
+    pub fn kill_every_process(&self) -> Vec<i32> {
+        let pids = pids_of_uid(self.uid);
+        for pid in &pids {
+            // These processes run as the test's own user.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && pids.iter().any(|p| is_alive(*p)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        remove_chardev_locks(self.uid);
+        pids
     }
 
     /// Sends `signal` to the donor's session libvirt daemon (never the system one: it runs as

@@ -91,7 +91,7 @@ impl ManagerConfig {
             reconcile_interval: fleet.daemon.reconcile_interval,
             readiness,
             shutdown_timeout: Duration::from_secs(30),
-            host_cooldown: Duration::from_secs(60),
+            host_cooldown: fleet.daemon.host_cooldown,
             console_tail_lines: 40,
             clock: Clock::system(),
             emulation_boot_factor: fleet.daemon.emulation_boot_factor.clone(),
