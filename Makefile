@@ -12,6 +12,7 @@ setup:
 
 image: setup
 	bash images/build-guest.sh x86_64
+	bash images/build-guest.sh x86_64-warm
 	bash images/build-guest.sh aarch64
 	bash images/build-guest.sh s390x
 	bash images/build-debian.sh

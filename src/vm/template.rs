@@ -5,7 +5,9 @@
 //! frozen overlay over the image's base disk), `seed.iso` (the template's own cloud-init
 //! seed, read-only), `memory.save` (libvirt's save file), `console.log`, and `template.json`,
 //! written last: **a folder without `template.json` is a template that was never finished and
-//! is removed at start** (`tests/e2e/warm.rs`). The key is a SHA-256 over the image's
+//! is removed at start** (`tests/e2e/warm.rs`). A kernel + initrd image's template (the
+//! warm-capable bundled guest) has no disk and no seed: only the saved memory, its XML, the
+//! console and the manifest, and its clones no overlay. The key is a SHA-256 over the image's
 //! settings, its files' contents and what the seed hands over (the daemon's key, the CA), so a
 //! change to any of them makes a new template.
 //!
