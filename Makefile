@@ -16,6 +16,7 @@ image: setup
 # The guest images alone (the host set up): mostly package downloads, dpkg and compression.
 images:
 	bash images/build-guest.sh x86_64
+	bash images/build-guest.sh x86_64-warm
 	bash images/build-guest.sh aarch64
 	bash images/build-guest.sh s390x
 	bash images/build-debian.sh

@@ -315,6 +315,7 @@ async fn control(n: u64) {
         platform: "tiny".into(),
         start: paddock::config::Start::Cold,
         min_ready: 0,
+        guest_agent: false,
     };
     let cfg = ManagerConfig {
         instance_id: "bench000".into(),

@@ -47,6 +47,7 @@ fn image() -> Image {
         platform: "tiny".into(),
         start: paddock::config::Start::Cold,
         min_ready: 0,
+        guest_agent: false,
     }
 }
 

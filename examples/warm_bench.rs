@@ -6,9 +6,8 @@
 //!
 //!   warm_bench OUT.json      (environment: BENCH_WARM_N, default 3; BENCH_WARM_PAR, default 4)
 //!
-//! The bundled initramfs guest has no warm rows: its cloud kernel has no VMGENID driver and it
-//! has no guest agent, so its clones could not be reseeded before their first SSH handshake,
-//! and `start = "warm"` is refused for it.
+//! The bundled guest's rows come from `examples/warm_guest_bench.rs` (its warm-capable variant,
+//! `images/out/x86_64-warm`; the plain one's cloud kernel has no VMGENID driver and is refused).
 
 use std::path::Path;
 use std::time::{Duration, Instant};

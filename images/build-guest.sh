@@ -2,7 +2,8 @@
 # Builds paddock's bundled small Linux guest (kernel + initramfs with busybox and OpenSSH)
 # from Debian packages, without root-only tools: `apt-get download` + `dpkg -x` + cpio.
 #
-#   images/build-guest.sh [ARCH]      ARCH: x86_64 (default), aarch64, s390x.
+#   images/build-guest.sh [ARCH]      ARCH: x86_64 (default), aarch64, s390x, or
+#                                     x86_64-warm (the variant that may start warm, below).
 #
 # Output in images/out/ARCH/: vmlinuz, initrd.img, stamp. The image holds no SSH host
 # key: each VM gets its own on the kernel command line (paddock.hostkey=, see
@@ -47,7 +48,22 @@ s390x)
     KERNEL_META=linux-image-s390x
     MODULES=(failover net_failover virtio_net virtio-rng)
     ;;
-*) die "unknown ARCH '$ARCH' (x86_64, aarch64, s390x)" ;;
+x86_64-warm)
+    # The warm-capable variant (`start = "warm"`, `guest_agent = true`): Debian's generic
+    # kernel, whose VMGENID driver (built in) reseeds the RNG as soon as a restored clone
+    # sees a new VM generation ID, plus virtio_console for the guest agent's virtio-serial
+    # port and the QEMU guest agent itself, through which paddock gives each clone its own
+    # clock, host key, principal, hostname and machine-id. The default guest keeps the
+    # cloud kernel: every cold-booting test pays for the generic one's larger boot.
+    DEBARCH=amd64
+    ELF_MACHINE="Advanced Micro Devices X86-64"
+    KERNEL_META=linux-image-amd64
+    MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
+        failover net_failover virtio_net virtio-rng button evdev virtio_console)
+    EXTRA_PKGS=(qemu-guest-agent libglib2.0-0 libnuma1 libudev1 liburing2)
+    EXTRA_BINS=(usr/sbin/qemu-ga)
+    ;;
+*) die "unknown ARCH '$ARCH' (x86_64, aarch64, s390x, x86_64-warm)" ;;
 esac
 
 LIB_PKGS=(libc6 libcrypt1 libwrap0 libnsl2 libtirpc3 libaudit1 libcap-ng0 libpam0g
@@ -55,7 +71,7 @@ LIB_PKGS=(libc6 libcrypt1 libwrap0 libnsl2 libtirpc3 libaudit1 libcap-ng0 libpam
     libpcre2-8-0 libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libkeyutils1
     libcom-err2 libssl3 zlib1g)
 # Binaries copied into the guest; their shared libraries are resolved from the packages.
-ELF_BINS=(usr/sbin/sshd)
+ELF_BINS=(usr/sbin/sshd ${EXTRA_BINS[@]+"${EXTRA_BINS[@]}"})
 
 OUT=$HERE/out/$ARCH
 CACHE=$HERE/out/cache/$DEBARCH
@@ -81,7 +97,7 @@ KERNEL_PKG=$(apt-cache depends "$KERNEL_META:$DEBARCH" 2>/dev/null |
 KERNEL_PKG=${KERNEL_PKG%:*}
 [ -n "$KERNEL_PKG" ] || die "cannot resolve $KERNEL_META for $DEBARCH (is the architecture known to apt?)"
 
-PKGS=("$KERNEL_PKG" busybox-static openssh-server "${LIB_PKGS[@]}")
+PKGS=("$KERNEL_PKG" busybox-static openssh-server "${LIB_PKGS[@]}" ${EXTRA_PKGS[@]+"${EXTRA_PKGS[@]}"})
 PKG_ARGS=()
 for p in "${PKGS[@]}"; do PKG_ARGS+=("$p:$DEBARCH"); done
 

@@ -132,6 +132,7 @@ fn image(name: &str, boot: Boot, host_key: HostKeyPolicy) -> Image {
         platform: name.into(),
         start: paddock::config::Start::Cold,
         min_ready: 0,
+        guest_agent: false,
     }
 }
 

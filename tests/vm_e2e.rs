@@ -52,6 +52,7 @@ async fn bundled_guest_boots_answers_ssh_and_leaves_nothing() {
         platform: "tiny-x86_64".into(),
         start: paddock::config::Start::Cold,
         min_ready: 0,
+        guest_agent: false,
     };
     let host = Host {
         name: "local".into(),

@@ -465,6 +465,12 @@ pub struct Image {
     /// How many restored clones each local host keeps idle for this image (its ready pool;
     /// `start = "warm"` only). 0: none.
     pub min_ready: u32,
+    /// The image declares (`guest_agent = true`) that its guest runs the QEMU guest agent on
+    /// the `org.qemu.guest_agent.0` port and that its kernel reseeds its RNG when the VM
+    /// generation ID changes (the warm-capable bundled guest, `images/out/x86_64-warm`): its
+    /// domains get the agent's channel and a `<genid/>`, and with `identity = "cmdline"` it
+    /// may start warm. Images with `identity = "cloud-init"` get both without it.
+    pub guest_agent: bool,
 }
 
 impl Image {
@@ -482,8 +488,9 @@ pub enum Start {
     Cold,
     /// A clone restored from the image's template (booted once per host, saved, its disk
     /// frozen), given its own identity before any SSH handshake; a cold boot when the
-    /// restore fails. Only for images whose clones can get fresh identity
-    /// (`identity = "cloud-init"`: guest agent and VM generation ID).
+    /// restore fails. Only for images whose clones can get fresh identity through the
+    /// guest agent and a VM generation ID (`identity = "cloud-init"`, or `identity =
+    /// "cmdline"` with `guest_agent = true`).
     Warm,
 }
 
@@ -726,6 +733,7 @@ impl Machine {
             platform: self.platform.clone(),
             start: Start::Cold,
             min_ready: 0,
+            guest_agent: false,
         }
     }
 }

@@ -145,6 +145,8 @@ pub struct RawImage {
     pub start: Option<S<String>>,
     /// Restored clones kept idle per host for a trigger to take at once (warm images only).
     pub min_ready: Option<S<i64>>,
+    /// The guest runs the QEMU guest agent and its kernel reseeds on a new VM generation ID.
+    pub guest_agent: Option<S<bool>>,
 }
 
 /// `[[machines]]`: a libvirt domain that already exists on a host, driven by name (issue 18).

@@ -525,16 +525,39 @@ fn warm_start_is_only_for_images_whose_clones_can_get_fresh_identity() {
     let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
     assert_eq!(fleet.image("debian-12").unwrap().start, Start::Warm);
     assert_eq!(parse(GOOD, Path::new("fleet.toml")).unwrap().images[0].start, Start::Cold);
-    // The bundled guest may not: its clones would share the template's RNG state and host key.
+    // The bundled guest may not: its cloud kernel has no VMGENID driver and its initramfs no
+    // guest agent, so its clones would share the template's RNG state and host key.
     let src = with("initrd = \"images/out/x86_64/initrd.img\"\n", "initrd = \"images/out/x86_64/initrd.img\"\nstart = \"warm\"\n");
     let l = line_of(&src, "start = \"warm\"");
     let e = errors(&src);
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(
         e[0].starts_with(&format!(
-            "fleet.toml:{l}:9: images[0].start: warm start needs a linux `disk` image with `identity = \"cloud-init\"`"
-        )),
+            "fleet.toml:{l}:9: images[0].start: warm start of a `kernel` + `initrd` image needs `guest_agent = true`, a guest that runs the QEMU guest agent and whose kernel reseeds its RNG on a new VM generation ID (the bundled guest's cloud kernel has no VMGENID driver"
+        )) && e[0].contains("images/build-guest.sh x86_64-warm"),
         "{e:?}"
+    );
+    // Its warm-capable variant, which says it has both, may.
+    let src = with(
+        "initrd = \"images/out/x86_64/initrd.img\"\n",
+        "initrd = \"images/out/x86_64/initrd.img\"\nstart = \"warm\"\nguest_agent = true\n",
+    );
+    let fleet = parse(&src, Path::new("fleet.toml")).unwrap();
+    assert_eq!((fleet.images[0].start, fleet.images[0].guest_agent), (Start::Warm, true));
+    assert!(!parse(GOOD, Path::new("fleet.toml")).unwrap().images[0].guest_agent);
+    // Without a per-VM identity, no image may: paddock would have no key of the clone's own to push.
+    let src = with(
+        "identity = \"cmdline\"             # paddock makes each VM its own host key and principal (the image has none)\ntrusts_fleet_ca = true\nboot_timeout = \"2m\"\n",
+        "host_key = \"console\"\ntrusts_fleet_ca = true\nboot_timeout = \"2m\"\nstart = \"warm\"\nguest_agent = true\n",
+    );
+    let l = line_of(&src, "start = \"warm\"");
+    assert_eq!(errors(&src).len(), 1, "{:?}", errors(&src));
+    assert!(
+        errors(&src)[0].starts_with(&format!(
+            "fleet.toml:{l}:9: images[0].start: warm start needs a linux `disk` image with `identity = \"cloud-init\"`, or a `kernel` + `initrd` image with `identity = \"cmdline\"` and `guest_agent = true`"
+        )),
+        "{:?}",
+        errors(&src)
     );
     let src = with("initrd = \"images/out/x86_64/initrd.img\"\n", "initrd = \"images/out/x86_64/initrd.img\"\nstart = \"hot\"\n");
     assert!(errors(&src)[0].contains("images[0].start"), "{:?}", errors(&src));

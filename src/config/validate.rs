@@ -587,14 +587,24 @@ impl<'a> Validator<'a> {
                 let start = self.one_of(v, &format!("{p}.start"), &[("cold", Start::Cold), ("warm", Start::Warm)]).unwrap_or(Start::Cold);
                 // A clone starts with its template's RNG state, clock, hostname and host key:
                 // only an image paddock can give fresh ones before the first SSH handshake may be
-                // cloned (the guest agent and a VM generation ID come with a cloud-init identity).
-                let cloneable = m.disk.is_some() && m.identity.as_ref().is_some_and(|i| i.get_ref() == "cloud-init") && os == Os::Linux;
+                // cloned: through the guest agent, with a VM generation ID the kernel reseeds on.
+                // A cloud-init identity brings both; the bundled guest's kernel + initrd only
+                // when the image says its guest has them (`guest_agent`, images/out/x86_64-warm).
+                let identity = m.identity.as_ref().map(|i| i.get_ref().as_str());
+                let agent = m.guest_agent.as_ref().is_some_and(|a| *a.get_ref());
+                let cloneable = os == Os::Linux
+                    && match identity {
+                        Some("cloud-init") => m.disk.is_some(),
+                        Some("cmdline") => m.kernel.is_some() && agent,
+                        _ => false,
+                    };
                 if start == Start::Warm && !cloneable {
-                    self.error(
-                        Some(v.span()),
-                        format!("{p}.start"),
-                        "warm start needs a linux `disk` image with `identity = \"cloud-init\"` (its clones get a fresh RNG seed, clock, host key, hostname and machine-id through the guest agent before any SSH handshake); this image's clones would share its template's",
-                    );
+                    let why = if os == Os::Linux && m.kernel.is_some() && identity == Some("cmdline") {
+                        "warm start of a `kernel` + `initrd` image needs `guest_agent = true`, a guest that runs the QEMU guest agent and whose kernel reseeds its RNG on a new VM generation ID (the bundled guest's cloud kernel has no VMGENID driver and its initramfs no agent; `images/build-guest.sh x86_64-warm` builds the one that has both, in images/out/x86_64-warm); this image's clones would share its template's RNG state and host key"
+                    } else {
+                        "warm start needs a linux `disk` image with `identity = \"cloud-init\"`, or a `kernel` + `initrd` image with `identity = \"cmdline\"` and `guest_agent = true` (its clones get a fresh RNG seed, clock, host key, hostname and machine-id through the guest agent before any SSH handshake); this image's clones would share its template's"
+                    };
+                    self.error(Some(v.span()), format!("{p}.start"), why);
                 }
                 start
             }
@@ -607,6 +617,7 @@ impl<'a> Validator<'a> {
             self.error(Some(v.span()), format!("{p}.min_ready"), "a ready pool holds restored clones: it needs `start = \"warm\"`");
         }
         Image {
+            guest_agent: m.guest_agent.as_ref().is_some_and(|a| *a.get_ref()),
             min_ready,
             start,
             platform,

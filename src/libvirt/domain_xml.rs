@@ -483,7 +483,8 @@ pub enum Handover<'a> {
     /// The image has none of its own.
     None,
     /// Its cloud-init NoCloud seed, attached read-only. A seeded VM also gets the
-    /// guest-agent channel and a VM generation ID (`<genid/>`), which warm starts build on.
+    /// guest-agent channel and a VM generation ID (`<genid/>`), which warm starts build on
+    /// (as does an image with `guest_agent = true`).
     Seed(&'a Path),
     /// The bundled guest: `paddock.hostkey=` / `paddock.hostpub=` / `paddock.principal=`
     /// on the kernel command line (base64, like the other keys).
@@ -516,6 +517,9 @@ fn build(spec: &DomainSpec<'_>, seed: Option<&Path>) -> Domain {
     let os = image.os;
     let x86 = arch == Arch::X86_64;
     let uefi = matches!(os, Os::Windows | Os::Macos);
+    // The guest agent's channel and a VM generation ID: what a warm clone's fresh identity
+    // needs (a cloud-init image has the agent; a `guest_agent` image says it has).
+    let agent = seed.is_some() || image.guest_agent;
 
     let (kernel, initrd, cmdline) = match &image.boot {
         Boot::Kernel { kernel, initrd, cmdline } => (
@@ -688,7 +692,7 @@ fn build(spec: &DomainSpec<'_>, seed: Option<&Path>) -> Domain {
         kind: spec.domain_type,
         xmlns_qemu: qemu_commandline.as_ref().map(|_| QEMU_NS),
         name: spec.name.to_string(),
-        genid: seed.map(|_| Empty {}),
+        genid: agent.then_some(Empty {}),
         metadata: Metadata {
             vm: PaddockVm {
                 xmlns: PADDOCK_NS,
@@ -713,7 +717,7 @@ fn build(spec: &DomainSpec<'_>, seed: Option<&Path>) -> Domain {
             interface,
             serials,
             consoles,
-            agent: seed.map(|_| Channel { kind: "unix", target: ChannelTarget { kind: "virtio", name: "org.qemu.guest_agent.0" } }),
+            agent: agent.then_some(Channel { kind: "unix", target: ChannelTarget { kind: "virtio", name: "org.qemu.guest_agent.0" } }),
             inputs,
             tpm: image.tpm.then_some(Tpm { model: "tpm-crb", backend: TpmBackend { kind: "emulator", version: "2.0" } }),
             rng: (os == Os::Linux).then_some(Rng { model: "virtio", backend: RngBackend { model: "random", path: "/dev/urandom" } }),

@@ -5,7 +5,9 @@
 //! frozen overlay over the image's base disk), `seed.iso` (the template's own cloud-init
 //! seed, read-only), `memory.save` (libvirt's save file), `console.log`, and `template.json`,
 //! written last: **a folder without `template.json` is a template that was never finished and
-//! is removed at start** (`tests/e2e/warm.rs`). The key is a SHA-256 over the image's
+//! is removed at start** (`tests/e2e/warm.rs`). A kernel + initrd image's template (the
+//! warm-capable bundled guest) has no disk and no seed: only the saved memory, its XML, the
+//! console and the manifest, and its clones no overlay. The key is a SHA-256 over the image's
 //! settings, its files' contents and what the seed hands over (the daemon's key, the CA), so a
 //! change to any of them makes a new template.
 //!
@@ -50,6 +52,8 @@ pub enum TemplateError {
     TooLarge { path: PathBuf, len: usize, room: usize },
     #[error("the saved domain XML has no {what}")]
     Xml { what: &'static str },
+    #[error("the saved domain XML names the template's disk, and the clone has no overlay on it")]
+    NoOverlay,
 }
 
 /// The files of one template.
@@ -357,7 +361,9 @@ pub fn rewrite_save_xml(path: &Path, xml: &str) -> Result<(), TemplateError> {
 pub struct CloneSpec<'a> {
     pub name: &'a str,
     pub port: u16,
-    pub overlay: &'a Path,
+    /// The clone's overlay on the template's frozen disk; none for a diskless (kernel +
+    /// initrd) template, whose clone needs nothing but the saved memory.
+    pub overlay: Option<&'a Path>,
     pub console: &'a Path,
     /// `<metadata>…</metadata>` of the clone (its mark).
     pub metadata: String,
@@ -379,9 +385,16 @@ pub fn clone_xml(saved: &str, template: &Template, spec: &CloneSpec<'_>) -> Resu
     }
     xml = xml.replacen(&forward, &format!("start='{}'", spec.port), 1);
     let disk = format!("file='{}'", template.disk().display());
-    let at = xml.find(&disk).ok_or(TemplateError::Xml { what: "template disk" })?;
-    xml.replace_range(at..at + disk.len(), &format!("file='{}'", spec.overlay.display()));
-    remove_backing_store_after(&mut xml, at);
+    match (spec.overlay, xml.find(&disk)) {
+        (Some(overlay), Some(at)) => {
+            xml.replace_range(at..at + disk.len(), &format!("file='{}'", overlay.display()));
+            remove_backing_store_after(&mut xml, at);
+        }
+        (Some(_), None) => return Err(TemplateError::Xml { what: "template disk" }),
+        // A clone never writes to the frozen disk every other clone reads.
+        (None, Some(_)) => return Err(TemplateError::NoOverlay),
+        (None, None) => {}
+    }
     let console = format!("'{}'", template.console().display());
     xml = xml.replace(&console, &format!("'{}'", spec.console.display()));
     Ok(xml)
@@ -457,7 +470,7 @@ mod tests {
         let spec = CloneSpec {
             name: "paddock-0123abcd-c1",
             port: 26802,
-            overlay: Path::new("/s/overlays/c1.qcow2"),
+            overlay: Some(Path::new("/s/overlays/c1.qcow2")),
             console: Path::new("/s/consoles/c1.log"),
             metadata: "<metadata><paddock:vm xmlns:paddock='x'><paddock:run>run-1</paddock:run></paddock:vm></metadata>".into(),
         };
@@ -477,6 +490,27 @@ mod tests {
         assert!(a.contains("/s/templates/t/seed.iso'/>\n      <backingStore/>"), "{a}");
         assert_eq!(a.matches("/s/consoles/c1.log").count(), 2);
         assert!(a.contains("<target dev='vda' bus='virtio'/>"));
+    }
+
+    /// The warm-capable bundled guest: no disk, its kernel and initrd are the image's files.
+    const SAVED_KERNEL: &str = "<domain type='qemu'>\n  <name>paddock-0123abcd-tpl</name>\n  <uuid>49abc093-ff57-45ec-8e8f-d68d5da100d7</uuid>\n  <genid>e5a1cbf2-3518-428b-9a10-4a0cce6b82fb</genid>\n  <metadata>\n    <paddock:vm xmlns:paddock='https://paddock.dev/xmlns/vm/1'><paddock:run>template:tiny</paddock:run></paddock:vm>\n  </metadata>\n  <os>\n    <kernel>/img/vmlinuz</kernel>\n    <initrd>/img/initrd.img</initrd>\n    <cmdline>console=ttyS0 paddock.principal=paddock-0123abcd-tpl</cmdline>\n  </os>\n  <devices>\n    <interface type='user'><portForward proto='tcp' address='127.0.0.1'><range start='26801' to='22'/></portForward></interface>\n    <serial type='file'><source path='/s/templates/t/console.log'/></serial>\n    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n  </devices>\n</domain>\n";
+
+    #[test]
+    fn a_diskless_clone_needs_no_overlay_and_keeps_the_images_kernel() {
+        let spec = CloneSpec {
+            name: "paddock-0123abcd-c2",
+            port: 26803,
+            overlay: None,
+            console: Path::new("/s/consoles/c2.log"),
+            metadata: "<metadata><paddock:vm xmlns:paddock='x'><paddock:run>run-2</paddock:run></paddock:vm></metadata>".into(),
+        };
+        let a = clone_xml(SAVED_KERNEL, &template(), &spec).unwrap();
+        assert!(a.contains("<name>paddock-0123abcd-c2</name>") && !a.contains("49abc093") && !a.contains("e5a1cbf2"), "{a}");
+        assert!(a.contains("start='26803'") && a.contains("/s/consoles/c2.log") && !a.contains("/s/templates/t/console.log"), "{a}");
+        assert!(a.contains("<kernel>/img/vmlinuz</kernel>") && a.contains("<initrd>/img/initrd.img</initrd>"), "{a}");
+        assert!(a.contains("org.qemu.guest_agent.0") && !a.contains("<disk"), "{a}");
+        // A disk template's clone without an overlay would write to the frozen disk: refused.
+        assert!(matches!(clone_xml(SAVED, &template(), &spec), Err(TemplateError::NoOverlay)));
     }
 
     #[test]

@@ -26,5 +26,6 @@ pub fn image(name: &str, arch: Arch, memory_mib: u64, boot: Boot) -> Image {
         platform: name.into(),
         start: paddock::config::Start::Cold,
         min_ready: 0,
+        guest_agent: false,
     }
 }

@@ -7,15 +7,25 @@ use super::repo;
 /// Runs `images/build-guest.sh x86_64` once per process (quick, a no-op, when the image is current).
 pub fn ensure_guest_image() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let status = std::process::Command::new("bash")
-            .arg(repo().join("images/build-guest.sh"))
-            .arg("x86_64")
-            .current_dir(repo())
-            .status()
-            .expect("run images/build-guest.sh");
-        assert!(status.success(), "images/build-guest.sh failed");
-    });
+    ONCE.call_once(|| build("x86_64"));
+}
+
+/// Runs `images/build-guest.sh x86_64-warm` once per process: the bundled guest's variant that
+/// may start warm (Debian's generic kernel with VMGENID, the QEMU guest agent); its folder.
+pub fn ensure_warm_guest_image() -> PathBuf {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| build("x86_64-warm"));
+    repo().join("images/out/x86_64-warm")
+}
+
+fn build(flavour: &str) {
+    let status = std::process::Command::new("bash")
+        .arg(repo().join("images/build-guest.sh"))
+        .arg(flavour)
+        .current_dir(repo())
+        .status()
+        .expect("run images/build-guest.sh");
+    assert!(status.success(), "images/build-guest.sh {flavour} failed");
 }
 
 /// The guest's folder (`vmlinuz`, `initrd.img`), built first only when its files are missing.

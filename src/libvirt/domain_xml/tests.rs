@@ -43,6 +43,7 @@ pub(crate) fn image(name: &str, os: Os, arch: Arch, boot: Boot) -> Image {
         platform: name.into(),
         start: crate::config::Start::Cold,
         min_ready: 0,
+        guest_agent: false,
     }
 }
 
@@ -69,6 +70,9 @@ pub(crate) fn profiles() -> Vec<Image> {
     if let Boot::Kernel { cmdline, .. } = &mut s390.boot {
         *cmdline = "console=ttysclp0".into();
     }
+    // The warm-capable bundled guest (images/out/x86_64-warm): agent channel and <genid/>.
+    let mut warm = image("tiny-x86_64-warm", Os::Linux, Arch::X86_64, kernel_boot("x86_64"));
+    warm.guest_agent = true;
     vec![
         image("tiny-x86_64", Os::Linux, Arch::X86_64, kernel_boot("x86_64")),
         image("debian-disk", Os::Linux, Arch::X86_64, disk_boot()),
@@ -80,6 +84,7 @@ pub(crate) fn profiles() -> Vec<Image> {
         s390,
         image("tiny-ppc64le", Os::Linux, Arch::Ppc64le, kernel_boot("ppc64le")),
         image("tiny-riscv64", Os::Linux, Arch::Riscv64, kernel_boot("riscv64")),
+        warm,
     ]
 }
 

@@ -211,5 +211,6 @@ fn placeholder_image() -> Image {
         platform: String::new(),
         start: crate::config::Start::Cold,
         min_ready: 0,
+        guest_agent: false,
     }
 }

@@ -27,6 +27,8 @@ use crate::vm::seed::{self, Identity, SeedSpec};
 use crate::vm::template::{self, CloneSpec, KeyInputs, Template, TemplateError};
 use crate::vm::{VmState, overlay};
 
+mod kernel;
+
 /// How a run's VM came up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Started {
@@ -74,16 +76,20 @@ const AGENT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Attempt {
     /// Whether this attempt may restore a clone: a warm image on a host sharing the
-    /// daemon's filesystem (no `image_pool` yet), with a per-VM identity and a login.
+    /// daemon's filesystem (no `image_pool` yet), with a per-VM identity and a login; a disk
+    /// image with its overlay, or a kernel image whose guest has the agent (`guest_agent`).
     pub(super) fn may_start_warm(&self, domain_type: &str) -> bool {
+        let fits = match self.image.boot {
+            Boot::Disk { .. } => self.overlay.is_some(),
+            Boot::Kernel { .. } => self.image.guest_agent,
+        };
         self.image.start == crate::config::Start::Warm
             && self.pool.is_none()
-            && self.overlay.is_some()
+            && fits
             && self.identity.is_some()
             && self.login.is_some()
             && domain_type != "test"
             && matches!(self.readiness, crate::vm::Readiness::SshBanner { .. })
-            && matches!(self.image.boot, Boot::Disk { .. })
     }
 
     /// Restores a clone of the image's template (building the template first if needed).
@@ -115,18 +121,28 @@ impl Attempt {
                 t
             }
         };
-        let ov = self.overlay.clone().expect("may_start_warm checked the overlay");
-        let (disk, ov2) = (tpl.disk(), ov.clone());
-        tokio::task::spawn_blocking(move || overlay::create(&disk, &ov2))
-            .await
-            .map_err(|source| WarmError::Task { vm: self.name.clone(), step: "clone overlay", source })?
-            .map_err(|source| WarmError::Overlay { vm: self.name.clone(), source })?;
+        // A disk image's clone gets its own overlay on the frozen disk; a kernel image's
+        // template is only its saved memory, so its clone needs none.
+        let ov = self.overlay.clone();
+        if let Some(ov) = &ov {
+            let (disk, ov2) = (tpl.disk(), ov.clone());
+            tokio::task::spawn_blocking(move || overlay::create(&disk, &ov2))
+                .await
+                .map_err(|source| WarmError::Task { vm: self.name.clone(), step: "clone overlay", source })?
+                .map_err(|source| WarmError::Overlay { vm: self.name.clone(), source })?;
+        }
         let saved =
             std::fs::read_to_string(tpl.saved_xml()).map_err(|source| tpl_err(TemplateError::Read { path: tpl.saved_xml(), source }))?;
         let xml = template::clone_xml(
             &saved,
             &tpl,
-            &CloneSpec { name: &self.name, port: self.port, overlay: &ov, console: &self.console, metadata: metadata_xml(&self.mark) },
+            &CloneSpec {
+                name: &self.name,
+                port: self.port,
+                overlay: ov.as_deref(),
+                console: &self.console,
+                metadata: metadata_xml(&self.mark),
+            },
         )
         .map_err(tpl_err)?;
         let started = Instant::now();
@@ -255,7 +271,10 @@ impl Attempt {
             let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711));
         }
         self.templates.building_at(&domain, &self.host.name, &self.image);
-        let built = self.boot_and_save(&tpl, domain_type).await;
+        let built = match self.image.boot {
+            Boot::Disk { .. } => self.boot_and_save(&tpl, domain_type).await,
+            Boot::Kernel { .. } => self.boot_and_save_kernel(&tpl, domain_type).await,
+        };
         self.templates.building(&domain, false);
         match built {
             Ok(()) => {
@@ -342,17 +361,23 @@ impl Attempt {
             Err(_) => return Err("cloud-init did not finish before the boot timeout".into()),
         }
         session.disconnect().await;
+        self.save_template(tpl).await?;
+        // The frozen layer: from now on only ever a read-only backing file.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(tpl.disk(), std::fs::Permissions::from_mode(0o444));
+        Ok(())
+    }
+
+    /// Saves the template's memory into its save file (the domain stops), undefines the
+    /// domain and keeps the XML libvirt saved beside it.
+    async fn save_template(&self, tpl: &Template) -> Result<(), String> {
         self.handle
             .warm(WarmOp::Save { name: tpl.domain.clone(), path: tpl.save_file().display().to_string() })
             .await
             .map_err(|e| crate::error::chain(&e))?;
         self.handle.undefine(&tpl.domain).await.map_err(|e| crate::error::chain(&e))?;
         let saved = template::read_save_xml(&tpl.save_file()).map_err(|e| crate::error::chain(&e))?;
-        std::fs::write(tpl.saved_xml(), saved).map_err(|e| format!("writing {}: {e}", tpl.saved_xml().display()))?;
-        // The frozen layer: from now on only ever a read-only backing file.
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(tpl.disk(), std::fs::Permissions::from_mode(0o444));
-        Ok(())
+        std::fs::write(tpl.saved_xml(), saved).map_err(|e| format!("writing {}: {e}", tpl.saved_xml().display()))
     }
 }
 
@@ -369,13 +394,31 @@ fn metadata_xml(mark: &Mark) -> String {
 
 /// Run by the guest agent in a fresh clone, its inputs on stdin (never in a command line):
 /// host key (base64 PEM), public key line, principal, hostname, host entropy (base64), login
-/// user. `RNDRESEEDCRNG` (`_IO('R', 7)`) forces the kernel to reseed from the entropy just
-/// mixed in, on top of the reseed a changed VM generation ID already caused.
+/// user. The entropy is mixed into the pool, then a reseed is forced from it:
+/// `RNDRESEEDCRNG` (`_IO('R', 7)`) where python3 can issue it; otherwise (the bundled
+/// guest: busybox only) the reseed the changed VM generation ID made the kernel's VMGENID
+/// driver do, which the kernel logs and the script waits for. **No clone gets its host key,
+/// nor sshd restarted, before one of the two reseeds is proven**: neither (a kernel without
+/// VMGENID) fails the script, and the warm start with it. Written for both kinds of guest:
+/// systemd's (`systemd-id128`, `systemctl restart ssh`) and the bundled guest's busybox init,
+/// where sshd is stopped, port 22 seen free, sshd started again and seen listening, so the
+/// first login after the script can only meet the new sshd.
 const IDENTITY_SCRIPT: &str = r#"set -eu
 umask 077
 read -r key; read -r pub; read -r principal; read -r name; read -r seed; read -r user
+nap() { usleep 50000 2>/dev/null || sleep 0.05; }
 printf '%s' "$seed" | base64 -d > /dev/urandom
-python3 -c 'import fcntl,os; fcntl.ioctl(os.open("/dev/urandom", os.O_WRONLY), 0x5207)' 2>/dev/null || true
+if ! python3 -c 'import fcntl,os; fcntl.ioctl(os.open("/dev/urandom", os.O_WRONLY), 0x5207)' 2>/dev/null; then
+    n=0
+    until dmesg | grep -q 'crng reseeded due to virtual machine fork'; do
+        n=$((n + 1))
+        if [ "$n" -gt 100 ]; then
+            echo "no RNG reseed: RNDRESEEDCRNG could not be issued and the kernel logged no reseed for the new VM generation ID (no VMGENID driver?)" >&2
+            exit 3
+        fi
+        nap
+    done
+fi
 rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
 printf '%s' "$key" | base64 -d > /etc/ssh/ssh_host_ed25519_key
 printf '%s\n' "$pub" > /etc/ssh/ssh_host_ed25519_key.pub
@@ -385,7 +428,29 @@ printf '%s\n' "$principal" > /etc/ssh/auth_principals/"$user"
 chmod 0644 /etc/ssh/auth_principals/"$user"
 hostname "$name"
 printf '%s\n' "$name" > /etc/hostname
-systemd-id128 new > /etc/machine-id
+if command -v systemd-id128 >/dev/null 2>&1; then
+    systemd-id128 new > /etc/machine-id
+else
+    printf '%s\n' "$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" > /etc/machine-id
+fi
 chmod 0444 /etc/machine-id
-systemctl restart ssh
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl restart ssh
+else
+    listening() { grep -qE '^ *[0-9]+: [0-9A-F]+:0016 [0-9A-F]+:0000 0A' /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
+    kill "$(cat /run/sshd.pid)" 2>/dev/null || true
+    n=0
+    while listening; do
+        n=$((n + 1))
+        if [ "$n" -gt 100 ]; then echo "the template's sshd still listens after SIGTERM" >&2; exit 4; fi
+        nap
+    done
+    /usr/sbin/sshd -E /var/log/sshd.log </dev/null >/dev/null 2>&1
+    n=0
+    until listening; do
+        n=$((n + 1))
+        if [ "$n" -gt 200 ]; then echo "sshd does not listen after its restart: $(tail -n 3 /var/log/sshd.log)" >&2; exit 4; fi
+        nap
+    done
+fi
 "#;
