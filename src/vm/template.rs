@@ -31,6 +31,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Boot, Image};
 
+pub mod pool;
+
 const MAGIC: &[u8; 16] = b"LibvirtQemudSave";
 /// libvirt's save header: the magic and 19 little-endian u32 words (version, data length,
 /// was-running, format, cookie offset, unused).

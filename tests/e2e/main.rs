@@ -21,6 +21,7 @@ mod supervisors;
 mod trust;
 mod ui;
 mod warm;
+mod warm_donor;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
