@@ -135,10 +135,10 @@ impl super::super::Attempt {
         self.progress(VmState::Defined);
         self.progress(VmState::Booting);
         // Its console is a pty on the host: copied over the connection from here on.
-        if domain_is_real(&self.host) {
-            if let Err(e) = self.handle.attach_console(&self.name, ConsoleSink::new(&self.console)).await {
-                tracing::warn!(vm = %self.name, error = %crate::error::chain(&e), "no console copy for the clone");
-            }
+        if domain_is_real(&self.host)
+            && let Err(e) = self.handle.attach_console(&self.name, ConsoleSink::new(&self.console)).await
+        {
+            tracing::warn!(vm = %self.name, error = %crate::error::chain(&e), "no console copy for the clone");
         }
         let identity = self.identity.as_ref().expect("may_start_warm checked the identity");
         self.give_identity(identity).await?;
