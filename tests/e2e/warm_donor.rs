@@ -102,11 +102,12 @@ async fn warm_clones_on_a_donor_restore_from_pool_volumes_and_a_sigkill_mid_temp
         let o = donor.virsh(args);
         assert!(o.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&o.stderr));
     };
+    // The manifest first: the daemon's passes meanwhile would take the rest for a build cut short.
     let make_old = || {
-        made_ok(&["vol-create-as", POOL, &old_disk, "16M", "--format", "qcow2"]);
-        for role in [tpool::SEED, tpool::SAVE, tpool::MANIFEST] {
+        for role in [tpool::MANIFEST, tpool::SEED, tpool::SAVE] {
             made_ok(&["vol-create-as", POOL, &format!("{old}{role}"), "1M", "--format", "raw"]);
         }
+        made_ok(&["vol-create-as", POOL, &old_disk, "16M", "--format", "qcow2"]);
     };
     make_old();
     let old_volumes: Vec<String> = donor.volumes().into_iter().filter(|v| v.starts_with(&old)).collect();
