@@ -126,7 +126,7 @@ async fn warm_clones_on_a_donor_restore_from_pool_volumes_and_a_sigkill_mid_temp
     let second = super::crash::Serve::start(&config, false);
     wait_until("the cut-short template to be reaped on the donor", Duration::from_secs(300), async || {
         let v = donor.volumes();
-        !donor.domains().iter().any(|d| d.starts_with(&prefix)) && !v.iter().any(|v| current(v) || v.starts_with(&prefix))
+        !donor.domains().iter().any(|d| d.starts_with(&prefix)) && !v.iter().any(|v| v.starts_with(&prefix) && !v.starts_with(&old))
     })
     .await;
     assert!(!donor.domains().contains(&domain));
