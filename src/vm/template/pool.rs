@@ -180,8 +180,10 @@ pub fn rewrite_header(uri: &str, pool: &str, save: &str, xml: &str, scratch: &Pa
     std::fs::write(scratch, &header).map_err(file)?;
     let rewritten = super::rewrite_save_xml(scratch, xml).map_err(PoolTemplateError::from).and_then(|()| {
         let bytes = std::fs::read(scratch).map_err(file)?;
-        // The same length as read: the memory image behind the header is not touched.
-        debug_assert_eq!(bytes.len(), header.len());
+        // Never more than was read: the memory image behind the header is not touched.
+        if bytes.len() != header.len() {
+            return Err(PoolTemplateError::NotASave { volume: save.into() });
+        }
         Ok(bytes)
     });
     let _ = std::fs::remove_file(scratch);
