@@ -4,6 +4,9 @@
 //! per path and round (default 300), `RECORDER_BENCH_ROUNDS` the rounds (default 3: raw, REST and
 //! XML-RPC take turns, so a change in machine load hits all three alike; medians are reported),
 //! and `RECORDER_BENCH_JSON=FILE` writes the rows for `make bench` (bench/figures/recorder.sh).
+//! For profiling: `RECORDER_BENCH_ONLY=raw|rest|xmlrpc` runs one path and stops before the page
+//! figure; `PERF_CTL_FIFO=FIFO` writes `enable`/`disable` around each timed region, for
+//! `perf record -D -1 --control fifo:FIFO` to sample those alone.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -60,10 +63,13 @@ async fn serve(rec: Recorder) -> SocketAddr {
     addr
 }
 
-/// Post `bodies` with CONCURRENCY clients; returns results per second.
-async fn post_all(client: &reqwest::Client, url: String, content_type: &'static str, bodies: Vec<String>) -> f64 {
+/// Post `bodies` with CONCURRENCY clients; returns results per second. The clock stops once the
+/// recorder's checkpoint task has copied every page into the database file, so work it does
+/// after answering is counted too.
+async fn post_all(rec: &Recorder, client: &reqwest::Client, url: String, content_type: &'static str, bodies: Vec<String>) -> f64 {
     let n = bodies.len();
     let queue: Queue = std::sync::Arc::new(tokio::sync::Mutex::new(bodies));
+    perf_ctl("enable");
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
@@ -80,7 +86,19 @@ async fn post_all(client: &reqwest::Client, url: String, content_type: &'static 
     for t in tasks {
         t.await.unwrap();
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    rec.checkpoint().await.unwrap();
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    perf_ctl("disable");
+    rate
+}
+
+/// With `PERF_CTL_FIFO` (`perf record --control fifo:...`), perf samples only the timed parts.
+fn perf_ctl(cmd: &str) {
+    if let Ok(p) = std::env::var("PERF_CTL_FIFO") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        writeln!(f, "{cmd}").unwrap();
+    }
 }
 
 /// Every submission needs a credential.
@@ -95,6 +113,7 @@ fn raw_inserts(path: &std::path::Path, docs: &[serde_json::Value], tagset_id: i6
     let mut conn = rusqlite::Connection::open(path).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    perf_ctl("enable");
     let start = Instant::now();
     for d in docs {
         let tx = conn.transaction().unwrap();
@@ -139,7 +158,9 @@ fn raw_inserts(path: &std::path::Path, docs: &[serde_json::Value], tagset_id: i6
         }
         tx.commit().unwrap();
     }
-    docs.len() as f64 / start.elapsed().as_secs_f64()
+    let rate = docs.len() as f64 / start.elapsed().as_secs_f64();
+    perf_ctl("disable");
+    rate
 }
 
 /// Fill the database up to `STORED_FOR_PAGE` results (small outputs: the page reads only the
@@ -226,19 +247,32 @@ async fn main() {
         })
         .collect();
     // The raw side writes into the recorder's own file, next to its rows, under one of its tagsets.
-    post_all(&client, format!("http://{addr}/api/v1/results"), "application/json", rest_bodies[..1].to_vec()).await;
+    post_all(&rec, &client, format!("http://{addr}/api/v1/results"), "application/json", rest_bodies[..1].to_vec()).await;
     let tagset_id: i64 = {
         let c = rusqlite::Connection::open(&db).unwrap();
         c.query_row("SELECT min(id) FROM tagsets", [], |r| r.get(0)).unwrap()
     };
     let docs = std::sync::Arc::new(docs);
     let (mut raw, mut rest, mut xml) = (Vec::new(), Vec::new(), Vec::new());
+    // RECORDER_BENCH_ONLY=raw|rest|xmlrpc runs one path alone (for `perf`).
+    let only = std::env::var("RECORDER_BENCH_ONLY").unwrap_or_default();
+    let runs = |p: &str| only.is_empty() || only == p;
     for round in 1..=rounds {
         let (db2, docs2) = (db.clone(), docs.clone());
-        raw.push(tokio::task::spawn_blocking(move || raw_inserts(&db2, &docs2, tagset_id)).await.unwrap());
-        rest.push(post_all(&client, format!("http://{addr}/api/v1/results"), "application/json", rest_bodies.clone()).await);
-        xml.push(post_all(&client, format!("http://{addr}/xmlrpc"), "text/xml", xml_bodies.clone()).await);
-        println!("round {round}: raw {:.1}, REST {:.1}, XML-RPC {:.1} results/s", raw[round - 1], rest[round - 1], xml[round - 1]);
+        if runs("raw") {
+            raw.push(tokio::task::spawn_blocking(move || raw_inserts(&db2, &docs2, tagset_id)).await.unwrap());
+        }
+        if runs("rest") {
+            rest.push(post_all(&rec, &client, format!("http://{addr}/api/v1/results"), "application/json", rest_bodies.clone()).await);
+        }
+        if runs("xmlrpc") {
+            xml.push(post_all(&rec, &client, format!("http://{addr}/xmlrpc"), "text/xml", xml_bodies.clone()).await);
+        }
+        let f = |v: &Vec<f64>| v.last().map_or("-".to_owned(), |r| format!("{r:.1}"));
+        println!("round {round}: raw {}, REST {}, XML-RPC {} results/s", f(&raw), f(&rest), f(&xml));
+    }
+    if !only.is_empty() {
+        return;
     }
     let (raw_m, rest_m, xml_m) = (median(raw.clone()), median(rest.clone()), median(xml.clone()));
     println!("REST ingest:     {rest_m:8.1} results/s (median of {rounds})");

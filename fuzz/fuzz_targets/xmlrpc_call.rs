@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(call) => {
             // Whatever parsed must serialise again: the forwarder re-sends calls.
             let _ = call.to_xml();
-            if let Ok(doc) = decode_add_results(&call.params) {
+            if let Ok(doc) = decode_add_results(call.params) {
                 // What validated once validates again from its stored JSON form.
                 let again = paddock::recorder::ResultDoc::from_json(
                     doc.client_info.to_json(),

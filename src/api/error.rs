@@ -39,6 +39,9 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("cannot read the log {path}")]
     Log { path: String, source: std::io::Error },
+    /// A blocking task a handler ran (reading the state directory) panicked or was cancelled.
+    #[error("the {what} task")]
+    Task { what: &'static str, source: tokio::task::JoinError },
 }
 
 impl From<RunsError> for ApiError {
@@ -69,7 +72,7 @@ impl ApiError {
             ApiError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many"),
             ApiError::CoordinatorStopped | ApiError::AccessStopped => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Grant(_) => (StatusCode::BAD_GATEWAY, "grant_failed"),
-            ApiError::Store(_) | ApiError::Log { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Store(_) | ApiError::Log { .. } | ApiError::Task { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }

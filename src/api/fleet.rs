@@ -62,8 +62,8 @@ pub async fn metrics(State(s): State<Shared>, _r: Reader) -> Result<impl IntoRes
     }
     // Idle ready-pool clones: rows of the pool's run that are ready (a taken one has its run's id).
     let mut ready: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for i in s.fleet().images.iter().filter(|i| i.min_ready > 0) {
-        for h in &s.fleet().hosts {
+    for i in &s.fleet().images {
+        for h in s.fleet().hosts.iter().filter(|h| i.min_ready_on(h) > 0) {
             ready.insert((i.name.clone(), h.name.clone()), 0);
         }
     }

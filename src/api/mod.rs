@@ -14,8 +14,10 @@ mod error;
 mod fleet;
 mod hosts;
 mod logs;
+mod machines;
 mod records;
 mod runs;
+mod templates;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -32,7 +34,9 @@ pub use auth::{Actor, Reader, TOKEN_COOKIE};
 pub use error::ApiError;
 pub(crate) use fleet::{hosts_of as fleet_hosts, status_of as fleet_status, vms_of as fleet_vms};
 pub(crate) use logs::read_tail as read_log_tail;
+pub(crate) use machines::machines_of;
 pub(crate) use runs::{retry_facts, run_out, steps_of};
+pub(crate) use templates::templates_of;
 
 use crate::config::{Fleet, LiveFleet};
 pub(crate) use crate::error::chain;
@@ -75,6 +79,11 @@ pub struct ApiState {
     pub vms: Option<crate::vm::VmManager>,
     /// Supervised owners besides access (the forwarder's lanes), reported by `/readyz`.
     pub owners: Vec<(&'static str, crate::supervisor::Health)>,
+    /// What every warm seed hands over (the daemon's key, the CA), so the templates listing
+    /// can tell a stale template; `None` calls none stale for its key.
+    pub template_seeds: Option<crate::vm::template::list::SeedInputs>,
+    /// The listing's cache of image file hashes (a file is hashed once per size and mtime).
+    pub template_hashes: Arc<crate::vm::template::Templates>,
 }
 
 impl ApiState {
@@ -95,6 +104,8 @@ impl ApiState {
             access: None,
             vms: None,
             owners: Vec::new(),
+            template_seeds: None,
+            template_hashes: Arc::default(),
         }
     }
 
@@ -122,6 +133,8 @@ fn endpoints() -> Vec<(Method, &'static str, MethodRouter<Shared>)> {
         (Method::POST, "/api/v1/hosts/{name}/resume", post(hosts::resume)),
         (Method::GET, "/api/v1/vms", get(fleet::vms)),
         (Method::GET, "/api/v1/images", get(fleet::images)),
+        (Method::GET, "/api/v1/templates", get(templates::list)),
+        (Method::GET, "/api/v1/machines", get(machines::list)),
         (Method::GET, "/api/v1/jobs", get(fleet::jobs)),
         (Method::GET, "/api/v1/jobs/{name}", get(fleet::job)),
         (Method::GET, "/api/v1/runs", get(runs::list)),

@@ -118,6 +118,44 @@ pub struct ImageOut {
     pub jobs: Vec<String>,
 }
 
+/// A persistent machine (`[[machines]]`, `GET /api/v1/machines`) and what it is doing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineOut {
+    pub name: String,
+    pub host: String,
+    /// The libvirt domain's name on that host.
+    pub domain: String,
+    /// The snapshot each run reverts it to first.
+    pub snapshot: Option<String>,
+    /// `keep`, `shutdown` or `revert`: what becomes of it when a run ends.
+    pub after: String,
+    /// `idle`, `running` (`run_id` has it) or `queued` (runs wait for their turn, none has it).
+    pub state: String,
+    pub run_id: Option<String>,
+    /// Runs waiting for their turn on it.
+    pub queued: usize,
+    /// The last run that ended on it.
+    pub last: Option<LastResultOut>,
+}
+
+/// A warm-start template on a host (`GET /api/v1/templates`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateOut {
+    /// `None` when its folder names no host of the fleet (a removed host).
+    pub host: Option<String>,
+    pub image: Option<String>,
+    /// The template's key (a SHA-256 of the image's settings, files and seed inputs); its
+    /// first 16 characters while it is being built.
+    pub key: String,
+    /// `building`, `ready`, or `stale` (its key is no longer the image's current one).
+    pub state: String,
+    pub made_at: Option<DateTime<Utc>>,
+    /// Bytes its files take on disk.
+    pub disk_bytes: u64,
+    /// Clones whose overlay it backs now.
+    pub clones: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScheduleOut {
     pub cron: String,

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use paddock::api::wire::{AccessOut, AccessRequestIn, AuditOut, CaOut, DenyIn, ExtendIn, GrantOut};
 
-use super::client::{Client, Remote, ago, block_on, opt, print_json, table};
+use super::client::{Client, Remote, block_on, opt, print_json, table};
 
 #[derive(Debug, Subcommand)]
 pub enum AccessCommand {
@@ -162,8 +162,8 @@ fn show_grant(remote: &Remote, g: &GrantOut, out: &Path) -> Result<ExitCode> {
     if let Some(d) = &g.detail {
         outln!("  {d}");
     }
-    if let Some(t) = g.ends_at {
-        outln!("  ends {} ({})", t.format("%Y-%m-%d %H:%M:%S UTC"), ago(t));
+    if let Some(line) = g.ends_at.and_then(|t| end_line(&g.state, t, chrono::Utc::now())) {
+        outln!("  {line}");
     }
     for (c, f) in g.certificates.iter().zip(&files) {
         outln!("  certificate serial {} for key {}: {}", c.serial, c.key_fingerprint, f.display());
@@ -188,6 +188,18 @@ fn show_grant(remote: &Remote, g: &GrantOut, out: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// When a grant in `state` ends or ended, `ends_at` being its planned end: a revoked, denied
+/// or failed grant ended early, so its planned end is history, not a promise.
+fn end_line(state: &str, ends_at: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+    let at = ends_at.format("%Y-%m-%d %H:%M:%S UTC");
+    let when = super::client::relative(ends_at, now);
+    Some(match paddock::access::GrantState::parse(state)? {
+        paddock::access::GrantState::Expired => format!("ended {at} ({when})"),
+        s if s.is_final() => format!("ended early ({state}); was to end {at}"),
+        _ => format!("ends {at} ({when})"),
+    })
+}
+
 /// `paddock audit`: the newest audit entries (admins).
 pub fn audit(remote: &Remote, limit: usize) -> Result<ExitCode> {
     block_on(async {
@@ -205,4 +217,20 @@ pub fn audit(remote: &Remote, limit: usize) -> Result<ExitCode> {
         table(&["at (UTC)", "actor", "action", "subject", "detail"], &rows);
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod end_line_tests {
+    use super::end_line;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn a_live_grant_ends_and_a_revoked_one_ended_early() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 19, 0, 0).unwrap();
+        let end = Utc.with_ymd_and_hms(2026, 12, 1, 20, 0, 0).unwrap();
+        assert_eq!(end_line("active", end, now).unwrap(), "ends 2026-12-01 20:00:00 UTC (in 1h)");
+        assert_eq!(end_line("revoked", end, now).unwrap(), "ended early (revoked); was to end 2026-12-01 20:00:00 UTC");
+        assert_eq!(end_line("expired", end, end + chrono::Duration::minutes(5)).unwrap(), "ended 2026-12-01 20:00:00 UTC (5m ago)");
+        assert_eq!(end_line("no-such-state", end, now), None);
+    }
 }

@@ -27,6 +27,7 @@ mod run;
 mod runs;
 mod serve;
 mod status;
+mod templates;
 mod token;
 mod vms;
 
@@ -68,6 +69,8 @@ enum Command {
     },
     /// VMs paddock made: state, host, run, port, age.
     Vms(client::Remote),
+    /// Warm-start templates: image, host, key, state (building/ready/stale), size, clones.
+    Templates(client::Remote),
     /// Jobs: schedule, next fire, last result per image.
     Jobs(client::Remote),
     /// Runs, newest first.
@@ -169,6 +172,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Hosts(r) => hosts::run(&r),
         Command::Host { command } => host::run(&command),
         Command::Vms(r) => vms::run(&r),
+        Command::Templates(r) => templates::run(&r),
         Command::Jobs(r) => jobs::run(&r),
         Command::Runs { remote, filters } => runs::run(&remote, &filters),
         Command::Run { remote, job, image, follow } => run::run(&remote, &job, image.as_deref(), follow),

@@ -234,6 +234,10 @@ pub struct DonorLimits {
     pub quarantine_after: u32,
     /// Run (through `sh -c`) when the host goes down or is quarantined.
     pub notify_command: Option<String>,
+    /// `ready = { IMAGE = N }`: the ready-pool size of those images on this host, in place of
+    /// their `min_ready`. Kept with the donor's limits because idle clones hold the host's
+    /// memory, which is its owner's to give (`Image::min_ready_on`).
+    pub ready: BTreeMap<String, u32>,
 }
 
 impl Default for DonorLimits {
@@ -246,6 +250,7 @@ impl Default for DonorLimits {
             images: None,
             quarantine_after: 3,
             notify_command: None,
+            ready: BTreeMap::new(),
         }
     }
 }
@@ -458,6 +463,14 @@ pub struct Image {
     /// How many restored clones each local host keeps idle for this image (its ready pool;
     /// `start = "warm"` only). 0: none.
     pub min_ready: u32,
+}
+
+impl Image {
+    /// How many idle restored clones of this image `host` keeps: its `ready` entry for the
+    /// image, else the image's `min_ready`.
+    pub fn min_ready_on(&self, host: &Host) -> u32 {
+        host.limits.ready.get(&self.name).copied().unwrap_or(self.min_ready)
+    }
 }
 
 /// How a run's VM comes up (issue 18).

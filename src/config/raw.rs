@@ -105,6 +105,9 @@ pub struct RawHost {
     pub notify_command: Option<S<String>>,
     /// A libvirt storage pool on the host that paddock uploads image files into.
     pub image_pool: Option<S<String>>,
+    /// Ready-pool size per image on this host (`{ "debian-12" = 2 }`), in place of the
+    /// image's `min_ready` there.
+    pub ready: Option<BTreeMap<String, S<i64>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -576,3 +576,47 @@ fn a_ready_pool_needs_a_warm_image_and_a_bounded_size() {
         errors(&src)
     );
 }
+
+#[test]
+fn a_hosts_ready_entry_overrides_the_images_min_ready_and_names_file_line_and_key() {
+    let warm = |src: &str| src.replace("identity = \"cloud-init\"", "identity = \"cloud-init\"\nstart = \"warm\"\nmin_ready = 1");
+    let host = |src: &str, ready: &str| src.replacen("vcpus = 4\n", &format!("vcpus = 4\nready = {ready}\n"), 1);
+    let ready_on = |src: &str| {
+        let fleet = parse(src, Path::new("fleet.toml")).unwrap_or_else(|e| panic!("{e}"));
+        fleet.image("debian-12").unwrap().min_ready_on(&fleet.hosts[0])
+    };
+    // Without an entry the image's own size holds; an entry replaces it, 0 included.
+    assert_eq!(ready_on(&warm(GOOD)), 1);
+    assert_eq!(ready_on(&host(&warm(GOOD), r#"{ "debian-12" = 3 }"#)), 3);
+    assert_eq!(ready_on(&host(&warm(GOOD), r#"{ "debian-12" = 0 }"#)), 0);
+    // A pool on one host only: the image keeps none elsewhere.
+    assert_eq!(
+        ready_on(&host(
+            &GOOD.replace("identity = \"cloud-init\"", "identity = \"cloud-init\"\nstart = \"warm\""),
+            r#"{ "debian-12" = 2 }"#
+        )),
+        2
+    );
+    assert_eq!(parse(GOOD, Path::new("fleet.toml")).unwrap().hosts[0].limits.ready, Default::default());
+
+    let refused = |src: String, want: &str| {
+        let l = line_of(&src, "ready = {");
+        let e = errors(&src);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with(&format!("fleet.toml:{l}:")) && e[0].contains(want), "want `{want}` on line {l}: {e:?}");
+    };
+    refused(host(&warm(GOOD), r#"{ "debian-13" = 1 }"#), "hosts[0].ready.debian-13: no image named `debian-13`; known: `tiny-x86_64`");
+    refused(
+        host(&warm(GOOD), r#"{ "tiny-x86_64" = 1 }"#),
+        "hosts[0].ready.tiny-x86_64: a ready pool holds restored clones: image `tiny-x86_64` needs `start = \"warm\"`",
+    );
+    refused(host(&warm(GOOD), r#"{ "debian-12" = 65 }"#), "hosts[0].ready.debian-12: must be a whole number from 0 to 64, got 65");
+    refused(
+        host(&warm(GOOD), r#"{ "debian-12" = 1 }"#).replacen("vcpus = 4\n", "vcpus = 4\nimage_pool = \"paddock\"\n", 1),
+        "hosts[0].ready.debian-12: ready pools are kept on hosts that read image files by path (no `image_pool`) only",
+    );
+    refused(
+        host(&warm(GOOD), r#"{ "debian-12" = 1 }"#).replacen("vcpus = 4\n", "vcpus = 4\nimages = [\"tiny-x86_64\"]\n", 1),
+        "hosts[0].ready.debian-12: image `debian-12` is not in this host's `images`",
+    );
+}

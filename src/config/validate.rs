@@ -201,6 +201,7 @@ impl<'a> Validator<'a> {
         let jobs: Vec<Job> = raw.jobs.iter().enumerate().map(|(i, j)| self.job(i, j, &mut seen, &target_names, &user_names)).collect();
         let job_names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
         self.check_allow_lists(&raw.hosts, &image_names, &job_names);
+        self.check_ready_pools(&raw.hosts, &hosts, &images);
         let mut seen = HashSet::new();
         let mut recorders: Vec<Recorder> = raw.recorders.iter().enumerate().map(|(i, r)| self.recorder(i, r, &mut seen)).collect();
         if raw.recorders.is_empty() {
@@ -427,7 +428,12 @@ impl<'a> Validator<'a> {
             Some(v) => self.positive(v, &format!("{p}.quarantine_after"), 3u32),
         };
         let list = |l: &Option<Vec<S<String>>>| l.as_ref().map(|v| v.iter().map(|s| s.get_ref().clone()).collect());
+        let mut ready = BTreeMap::new();
+        for (image, n) in h.ready.iter().flatten() {
+            ready.insert(image.clone(), self.within(&Some(n.clone()), &format!("{p}.ready.{image}"), 0u32..=64, 0));
+        }
         DonorLimits {
+            ready,
             windows,
             timezone,
             hard_stop: h.hard_stop,
@@ -450,6 +456,36 @@ impl<'a> Validator<'a> {
                             format!("no {what} named `{}`; known: {}", v.get_ref(), known(names)),
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// Each `[[hosts]] ready` entry names a warm image the host may boot, and a host that
+    /// keeps clones reads images by path (warm starts are for such hosts only).
+    fn check_ready_pools(&mut self, raw: &[S<RawHost>], hosts: &[Host], images: &[Image]) {
+        for (i, (r, h)) in raw.iter().zip(hosts).enumerate() {
+            for (name, n) in r.get_ref().ready.iter().flatten() {
+                let key = format!("hosts[{i}].ready.{name}");
+                let Some(image) = images.iter().find(|m| m.name == *name) else {
+                    let names: Vec<&str> = images.iter().map(|m| m.name.as_str()).collect();
+                    self.error(Some(n.span()), key, format!("no image named `{name}`; known: {}", known(&names)));
+                    continue;
+                };
+                if *n.get_ref() <= 0 {
+                    continue;
+                }
+                let why = if image.start != Start::Warm {
+                    Some(format!("a ready pool holds restored clones: image `{name}` needs `start = \"warm\"`"))
+                } else if h.image_pool.is_some() {
+                    Some("ready pools are kept on hosts that read image files by path (no `image_pool`) only".to_string())
+                } else if !h.limits.allows_image(name) {
+                    Some(format!("image `{name}` is not in this host's `images`"))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    self.error(Some(n.span()), key, why);
                 }
             }
         }

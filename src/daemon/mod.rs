@@ -165,6 +165,9 @@ impl Daemon {
         .map_err(DaemonError::Vms)?;
         let client_key = ClientKey::load_or_create(dirs.root()).map_err(DaemonError::Key)?;
         let ca = FleetCa::load_or_create(dirs.root()).map_err(DaemonError::Ca)?;
+        // The templates listing computes an image's current key from what its seeds hand over.
+        let template_seeds =
+            crate::vm::template::list::SeedInputs { authorized_keys: vec![client_key.public_line()], ca_key: Some(ca.public_line()) };
         let mut executor_config = ExecutorConfig::new(dirs.logs(), recorder_names);
         executor_config.ca_public_line = Some(ca.public_line());
         executor_config.output_caps =
@@ -194,6 +197,7 @@ impl Daemon {
         let mut api = ApiState::new(live.clone(), store.clone(), runs.clone(), hosts_rx);
         api.access = Some(access);
         api.vms = Some(vms.clone());
+        api.template_seeds = Some(template_seeds);
         api.owners.push(("forwarder", forwarder_health));
         api.owners.push(("vm-manager", vms.health()));
         api.owners.push(("coordinator", runs.health()));

@@ -28,6 +28,31 @@ pub struct VmView {
     pub age: String,
 }
 
+/// A persistent machine and what it is doing.
+pub struct MachineView {
+    pub name: String,
+    pub host: String,
+    pub domain: String,
+    pub snapshot: String,
+    /// "idle", "running", "queued".
+    pub state: String,
+    pub run_id: Option<String>,
+    /// "2 queued", or empty.
+    pub queued: String,
+    pub last: Option<Cell>,
+}
+
+/// A warm-start template on a host.
+pub struct TemplateView {
+    pub host: String,
+    pub image: String,
+    pub key: String,
+    pub state: String,
+    pub made: String,
+    pub size: String,
+    pub clones: usize,
+}
+
 pub struct RunView {
     pub run: RunOut,
     pub age: String,
@@ -75,6 +100,8 @@ pub struct Dashboard {
     pub status: StatusOut,
     pub hosts: Vec<HostView>,
     pub vms: Vec<VmView>,
+    pub templates: Vec<TemplateView>,
+    pub machines: Vec<MachineView>,
     pub active: Vec<RunView>,
     pub follow: Option<RunOut>,
     pub images: Vec<String>,
@@ -159,6 +186,38 @@ pub async fn dashboard(s: &Shared, follow: Option<&str>) -> Result<Dashboard, Ap
             run_id: v.run_id.filter(|r| r != crate::vm::READY_POOL_RUN),
             port: v.ssh_port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             age: human(v.age_s),
+        })
+        .collect();
+    let templates = crate::api::templates_of(s)
+        .await?
+        .into_iter()
+        .map(|t| TemplateView {
+            host: t.host.unwrap_or_else(|| "-".into()),
+            image: t.image.unwrap_or_else(|| "-".into()),
+            key: t.key.chars().take(16).collect(),
+            state: t.state,
+            made: t.made_at.map(|m| ago(m, now)).unwrap_or_else(|| "-".into()),
+            size: crate::vm::template::list::human_size(t.disk_bytes),
+            clones: t.clones,
+        })
+        .collect();
+    let machines = crate::api::machines_of(s)
+        .await?
+        .into_iter()
+        .map(|m| MachineView {
+            name: m.name,
+            host: m.host,
+            domain: m.domain,
+            snapshot: m.snapshot.unwrap_or_else(|| "-".into()),
+            state: m.state,
+            run_id: m.run_id,
+            queued: if m.queued > 0 { format!("{} queued", m.queued) } else { String::new() },
+            last: m.last.map(|l| Cell {
+                class: outcome_class(&l.outcome),
+                when: l.finished_at.map(|t| ago(t, now)).unwrap_or_default(),
+                run_id: l.run_id,
+                outcome: l.outcome,
+            }),
         })
         .collect();
     let unfinished = s.store.unfinished_runs().await?;
@@ -250,6 +309,8 @@ pub async fn dashboard(s: &Shared, follow: Option<&str>) -> Result<Dashboard, Ap
         status,
         hosts,
         vms,
+        templates,
+        machines,
         active,
         follow,
         images,

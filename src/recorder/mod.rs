@@ -3,6 +3,7 @@
 //! HTML pages and Atom feeds. Embeddable (`router`) or standalone (`paddock recorder`).
 
 mod auth;
+mod checkpoint;
 pub mod http;
 mod model;
 mod store;
@@ -182,7 +183,8 @@ pub struct Origin {
 /// Implementation note: one tokio-rusqlite connection (its own thread) takes every write, so
 /// writes are serialised without locks of ours; submissions reach it through a queue that
 /// `group_commits` drains, one transaction per group. A second connection serves reads, which
-/// WAL lets proceed while a write is in flight.
+/// WAL lets proceed while a write is in flight; a third runs the WAL checkpoints
+/// (`checkpoint.rs`), so the writer's commits only append to the WAL.
 #[derive(Clone)]
 pub struct Recorder {
     inner: Arc<Inner>,
@@ -191,6 +193,9 @@ pub struct Recorder {
 struct Inner {
     writer: tokio_rusqlite::Connection,
     reader: tokio_rusqlite::Connection,
+    /// The checkpoint task's connection (`checkpoint.rs`), and the wake-up it gets after writes.
+    checkpointer: tokio_rusqlite::Connection,
+    wrote: tokio::sync::mpsc::Sender<()>,
     /// Submissions waiting for the writer's next group commit (`group_commits`).
     queue: tokio::sync::mpsc::Sender<Queued>,
     config: RecorderConfig,
@@ -221,7 +226,11 @@ fn stored_bytes(doc: &ResultDoc) -> usize {
 /// `GROUP_BYTES`), stores them in one transaction and only then answers each. Nothing waits to
 /// fill a group: while one commit runs, the next group gathers. A group that fails is stored
 /// again one submission per transaction, so only the failing submission fails.
-async fn group_commits(writer: tokio_rusqlite::Connection, mut queue: tokio::sync::mpsc::Receiver<Queued>) {
+async fn group_commits(
+    writer: tokio_rusqlite::Connection,
+    mut queue: tokio::sync::mpsc::Receiver<Queued>,
+    wrote: tokio::sync::mpsc::Sender<()>,
+) {
     while let Some(first) = queue.recv().await {
         let mut bytes = stored_bytes(&first.doc);
         let mut group = vec![first];
@@ -236,7 +245,16 @@ async fn group_commits(writer: tokio_rusqlite::Connection, mut queue: tokio::syn
         }
         let (items, replies): (Vec<_>, Vec<_>) =
             group.into_iter().map(|q| ((q.doc, q.idempotency_key, q.origin, q.auth_key, q.at), q.reply)).unzip();
-        let stored = writer.call(move |conn| Ok::<_, rusqlite::Error>(store_group(conn, &items))).await;
+        let stored = writer
+            .call(move |conn| {
+                let stored = store_group(conn, &items);
+                if let Err(e) = checkpoint::bound(conn) {
+                    tracing::warn!(error = %e, "recorder WAL checkpoint failed; the next commit tries again");
+                }
+                Ok::<_, rusqlite::Error>(stored)
+            })
+            .await;
+        checkpoint::wake(&wrote);
         match stored {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -307,6 +325,8 @@ impl Recorder {
                 conn.pragma_update(None, "journal_mode", "WAL")?;
                 conn.pragma_update(None, "synchronous", "NORMAL")?;
                 conn.pragma_update(None, "foreign_keys", "ON")?;
+                // Commits only append to the WAL; the checkpoint task copies it (checkpoint.rs).
+                conn.pragma_update(None, "wal_autocheckpoint", 0)?;
                 conn.busy_timeout(Duration::from_secs(5))?;
                 Ok::<_, rusqlite::Error>(store::migrations().to_latest(conn))
             })
@@ -328,15 +348,33 @@ impl Recorder {
                 tokio_rusqlite::Error::Error(source) => open_err(source),
                 _ => RecorderError::Closed { op: "opening" },
             })?;
+        let checkpointer = tokio_rusqlite::Connection::open(&path).await.map_err(open_err)?;
+        checkpointer.call(|conn| conn.busy_timeout(Duration::from_secs(5))).await.map_err(|e| match e {
+            tokio_rusqlite::Error::Error(source) => open_err(source),
+            _ => RecorderError::Closed { op: "opening" },
+        })?;
         let tokens = auth::TokenSet::new(&config.tokens);
         let (queue, queued) = tokio::sync::mpsc::channel(QUEUE_DEPTH);
-        // Ends when the last handle (and with it the queue's sender) is dropped.
-        tokio::spawn(group_commits(writer.clone(), queued));
-        Ok(Recorder { inner: Arc::new(Inner { writer, reader, queue, config, tokens }) })
+        let (wrote, wake) = tokio::sync::mpsc::channel(1);
+        // Both end when the last handle (and with it the queue's and the wake-up's senders) is dropped.
+        tokio::spawn(group_commits(writer.clone(), queued, wrote.clone()));
+        tokio::spawn(checkpoint::run(checkpointer.clone(), wake));
+        Ok(Recorder { inner: Arc::new(Inner { writer, reader, checkpointer, wrote, queue, config, tokens }) })
     }
 
     pub fn config(&self) -> &RecorderConfig {
         &self.inner.config
+    }
+
+    /// Copies every committed page still only in the WAL into the database file, after any
+    /// checkpoint already running; answers once they are there.
+    pub async fn checkpoint(&self) -> Result<(), RecorderError> {
+        self.inner.checkpointer.call(|c| checkpoint::status(c, "PASSIVE").map(|_| ())).await.map_err(db_err("checkpointing"))
+    }
+
+    /// The checkpoint task's wake-up, after a write outside the group commit.
+    fn wrote(&self) {
+        checkpoint::wake(&self.inner.wrote);
     }
 
     /// Unix seconds on the recorder's clock.
@@ -365,6 +403,7 @@ impl Recorder {
             })
             .await
             .map_err(db_err("applying retention"))?;
+        self.wrote();
         crate::metrics::recorder_retention_removed(removed.results, removed.files, removed.file_bytes);
         if removed.results > 0 {
             tracing::info!(results = removed.results, files = removed.files, bytes = removed.file_bytes, "retention removed old results");
@@ -468,16 +507,20 @@ impl Recorder {
         }
         let cap = c.result_files_limit;
         let at = self.now();
-        self.inner
+        let attached = self
+            .inner
             .writer
             .call(move |conn| {
                 let tx = conn.transaction()?;
                 let out = store::files::attach(&tx, key, &file, cap, at)?;
                 tx.commit()?;
+                checkpoint::bound(conn)?;
                 Ok(out)
             })
             .await
-            .map_err(db_err("storing a file"))
+            .map_err(db_err("storing a file"));
+        self.wrote();
+        attached
     }
 
     pub async fn files(&self, key: ResultKey) -> Result<Vec<FileInfo>, RecorderError> {
@@ -553,7 +596,8 @@ impl Recorder {
         };
         let at = self.now();
         let allowance = allowance.as_secs_f64();
-        self.inner
+        let decided = self
+            .inner
             .writer
             .call(move |conn| {
                 let tx = conn.transaction()?;
@@ -562,13 +606,17 @@ impl Recorder {
                 Ok(out)
             })
             .await
-            .map_err(db_err("deciding whether to build"))
+            .map_err(db_err("deciding whether to build"));
+        self.wrote();
+        decided
     }
 
     /// Force the next `check_should_build` for this platform to say yes.
     pub async fn request_build(&self, tagset: Tagset) -> Result<(), RecorderError> {
         let at = self.now();
-        self.inner.writer.call(move |c| store::request_build(c, &tagset, at)).await.map_err(db_err("requesting a build"))
+        let requested = self.inner.writer.call(move |c| store::request_build(c, &tagset, at)).await.map_err(db_err("requesting a build"));
+        self.wrote();
+        requested
     }
 
     /// Rows in results, steps, result_tags, tagsets: for tests that check nothing was stored.

@@ -642,3 +642,59 @@ fn a_group_commit_answers_each_submission_and_isolates_a_failure() {
     assert!(super::store_group(&mut conn, &all_good).iter().all(Result::is_ok));
     assert_eq!(super::store::row_counts(&conn).unwrap()[0], 4);
 }
+
+/// The writer's commits only append to the WAL (`wal_autocheckpoint` is off there); the checkpoint
+/// task copies it into the database file on its own connection once it passes START_AT frames.
+#[tokio::test]
+async fn the_checkpoint_task_copies_the_wal_beside_the_writer() {
+    let e = env(RecorderConfig::default()).await;
+    let auto: i64 = e.rec.inner.writer.call(|c| c.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))).await.unwrap();
+    assert_eq!(auto, 0);
+    let mut big = result("h", &[], true);
+    big["results"][1]["output"] = json!("x".repeat(3 << 20));
+    for _ in 0..2 {
+        e.rec.ingest(doc_of(&big), None).await.unwrap();
+    }
+    let probe = rusqlite::Connection::open(e._dir.path().join("recorder.db")).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (log, copied) = super::checkpoint::status(&probe, "NOOP").unwrap();
+        if log >= super::checkpoint::START_AT && copied == log {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the WAL was never copied: {copied} of {log} frames");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Rows read back from the database file are the ones submitted.
+    assert_eq!(e.rec.row_counts().await.unwrap(), [2, 4, 0, 1]);
+}
+
+/// Senders that never pause keep the writer committing while a checkpoint runs, so the WAL is
+/// never fully copied when a transaction starts and would never start over (this test saw a
+/// 72 MB WAL without `checkpoint::bound`): past RESTART_AT frames the writer rewinds it, which
+/// keeps the WAL file bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_stays_bounded_under_continuous_ingest() {
+    let e = env(RecorderConfig::default()).await;
+    let mut big = result("h", &[], true);
+    big["results"][1]["output"] = json!("x".repeat(1 << 20));
+    let doc = doc_of(&big);
+    // 4 senders x 40 results of ~1 MiB: ~160 MiB, ten times RESTART_AT's 16 MiB.
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let (rec, doc) = (e.rec.clone(), doc.clone());
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    rec.ingest(doc.clone(), None).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let wal = std::fs::metadata(e._dir.path().join("recorder.db-wal")).unwrap().len();
+    let limit = 3 * super::checkpoint::RESTART_AT as u64 * 4096;
+    assert!(wal <= limit, "WAL file {wal} bytes, more than {limit}");
+    assert_eq!(e.rec.row_counts().await.unwrap()[0], 160);
+}

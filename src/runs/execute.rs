@@ -576,6 +576,9 @@ impl Executor {
         let reason = reason.as_deref();
         let console_tail = console_tail.map(|c| secrets.mask_str(c));
         let console_tail = console_tail.as_deref();
+        if steps.is_empty() {
+            note_run_without_steps(&self.log_path(&row.id), reason, console_tail).await;
+        }
         let finished_at = Utc::now();
         let link = match self.store.retry_of(&row.id).await {
             Ok(link) => link,
@@ -635,6 +638,37 @@ impl Executor {
         }
         self.waker.wake();
         Ok(retry_row)
+    }
+}
+
+/// A run that ends before any step ran (its guest never booted, no host could take it, it was
+/// cancelled while queued) has no output of its own; its `run.log` then says why, with the
+/// guest's console tail when there is one, so `paddock logs` and the run page show the
+/// reason a lab admin would otherwise find only in the result document. A log a step writer
+/// already made is left as it is (`create_new`). Both texts are masked by the caller and
+/// bounded (`readiness::CONSOLE_TAIL_BYTES`).
+async fn note_run_without_steps(path: &Path, reason: Option<&str>, console_tail: Option<&str>) {
+    use tokio::io::AsyncWriteExt;
+    let mut note = format!("[paddock: no step ran: {}]\n", reason.unwrap_or("the run ended before its first step"));
+    if let Some(tail) = console_tail.filter(|t| !t.trim().is_empty()) {
+        note.push_str("[paddock: the guest's console, last lines:]\n");
+        note.push_str(tail);
+        if !tail.ends_with('\n') {
+            note.push('\n');
+        }
+    }
+    let write = async {
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let mut f = tokio::fs::OpenOptions::new().write(true).create_new(true).open(path).await?;
+        f.write_all(note.as_bytes()).await?;
+        f.flush().await
+    };
+    match write.await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => warn!(path = %path.display(), error = %e, "cannot write the run log's note"),
     }
 }
 

@@ -34,6 +34,22 @@ impl Usage {
     }
 }
 
+/// Adds to `used` the room of each template being built (`builds`: host, image), unless a VM
+/// of that image on that host waits for it (`waiting`: host, image name of VMs placed and not
+/// yet restored). Such a VM holds its slot already, and the template's domain is gone (saved)
+/// before the VM's clone is restored, so they never run at the same time: counting both would
+/// count one domain twice (a pool refill waiting on the template lock, or the launch that
+/// builds it). With no such VM (the launch that started the build was cancelled, its VM torn
+/// down) the template's domain holds the room on its own.
+pub fn add_template_builds(used: &mut [Usage], builds: &[(usize, &Image)], waiting: &[(usize, &str)]) {
+    for (host, image) in builds {
+        let covered = waiting.iter().any(|(h, i)| h == host && *i == image.name);
+        if !covered && let Some(u) = used.get_mut(*host) {
+            u.add(image);
+        }
+    }
+}
+
 /// What placement knows about one host.
 #[derive(Debug, Clone)]
 pub struct HostView {
@@ -188,6 +204,41 @@ mod tests {
         assert_eq!(place(&img(512, 1), &[uploading.clone()]), Placement::Wait);
         uploading.image_present = true;
         assert_eq!(place(&img(512, 1), &[uploading]), Placement::Host(0));
+    }
+
+    #[test]
+    fn a_template_being_built_holds_room_once() {
+        let warm = img(1024, 1);
+        let mut other = img(512, 1);
+        other.name = "other".into();
+        let cap = view(2, 4096, 4);
+        // The launch that builds it and a pool refill waiting on its lock: two slots, for the
+        // two clones to come; the template's domain runs in the builder's slot meanwhile.
+        let mut used = vec![Usage::default()];
+        used[0].add(&warm);
+        used[0].add(&warm);
+        add_template_builds(&mut used, &[(0, &warm)], &[(0, "t"), (0, "t")]);
+        assert_eq!(used[0], Usage { vms: 2, memory_mib: 2048, vcpus: 2 });
+        let mut full = cap.clone();
+        full.used = used[0];
+        assert_eq!(place(&other, &[full]), Placement::Wait);
+        // The builder's launch was cancelled, the refill still waits: still one slot each.
+        let mut used = vec![Usage::default()];
+        used[0].add(&warm);
+        add_template_builds(&mut used, &[(0, &warm)], &[(0, "t")]);
+        assert_eq!(used[0].vms, 1);
+        // Nobody waits for it any more: the template's domain holds its own room, so a host
+        // of one slot takes nothing else until the build ends.
+        let mut used = vec![Usage::default()];
+        add_template_builds(&mut used, &[(0, &warm)], &[]);
+        assert_eq!(used[0], Usage { vms: 1, memory_mib: 1024, vcpus: 1 });
+        let mut one = view(1, 4096, 4);
+        one.used = used[0];
+        assert_eq!(place(&other, &[one]), Placement::Wait);
+        // A VM of another image, or of this image on another host, does not cover it.
+        let mut used = vec![Usage::default(), Usage::default()];
+        add_template_builds(&mut used, &[(0, &warm)], &[(0, "other"), (1, "t")]);
+        assert_eq!((used[0].vms, used[1].vms), (1, 0));
     }
 
     #[test]

@@ -76,9 +76,22 @@ pub enum WaitError {
     Stopped,
 }
 
-/// The last `max_lines` lines of the console log (empty when there is none).
+/// At most this many bytes of a console file are read for its tail: the guest writes the
+/// file, so one endless line must not make a reason, a run log or a result document large.
+pub const CONSOLE_TAIL_BYTES: u64 = 16 * 1024;
+
+/// The last `max_lines` lines of the console log, from at most its last
+/// [`CONSOLE_TAIL_BYTES`] bytes (empty when there is none). A line cut by that window
+/// starts the tail with what is left of it.
 pub fn console_tail(path: &Path, max_lines: usize) -> String {
-    let Ok(bytes) = std::fs::read(path) else { return String::new() };
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else { return String::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = len.saturating_sub(CONSOLE_TAIL_BYTES);
+    let mut bytes = Vec::with_capacity((len - from) as usize);
+    if file.seek(SeekFrom::Start(from)).is_err() || file.take(CONSOLE_TAIL_BYTES).read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(max_lines)..].join("\n")
@@ -146,5 +159,11 @@ mod tests {
         std::fs::write(&p, "a\nb\nc\nd\n").unwrap();
         assert_eq!(console_tail(&p, 2), "c\nd");
         assert_eq!(console_tail(&dir.path().join("none"), 2), "");
+        // One endless line (a hostile guest) gives a tail of at most the window.
+        let long = dir.path().join("long.log");
+        std::fs::write(&long, format!("first\n{}", "x".repeat(1 << 20))).unwrap();
+        let tail = console_tail(&long, 40);
+        assert_eq!(tail.len() as u64, CONSOLE_TAIL_BYTES, "the tail is the window's bytes only");
+        assert!(!tail.contains("first"));
     }
 }

@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Boot, Image};
 
+pub mod list;
 pub mod pool;
 
 const MAGIC: &[u8; 16] = b"LibvirtQemudSave";
@@ -160,6 +161,8 @@ pub struct Templates {
     locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
     /// Domains of templates being built (reconciliation leaves them alone).
     building: Mutex<HashSet<String>>,
+    /// Where each template being built runs (host name, image): its domain holds room there.
+    sites: Mutex<HashMap<String, (String, Image)>>,
 }
 
 impl Templates {
@@ -203,6 +206,21 @@ impl Templates {
     /// Domains of templates being built now.
     pub fn building_domains(&self) -> HashSet<String> {
         self.building.lock().expect("building templates").clone()
+    }
+
+    /// As `building(domain, true)`, and the build's domain holds room for `image` on `host`
+    /// until `building(domain, false)` (see `placement::add_template_builds`).
+    pub fn building_at(&self, domain: &str, host: &str, image: &Image) {
+        self.sites.lock().expect("template sites").insert(domain.to_string(), (host.to_string(), image.clone()));
+        self.building(domain, true);
+    }
+
+    /// The host and image of every template being built now.
+    pub fn build_sites(&self) -> Vec<(String, Image)> {
+        let building = self.building.lock().expect("building templates").clone();
+        let mut sites = self.sites.lock().expect("template sites");
+        sites.retain(|d, _| building.contains(d));
+        sites.values().cloned().collect()
     }
 }
 

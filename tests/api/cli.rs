@@ -220,3 +220,30 @@ async fn a_closed_stdout_ends_the_command_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(o.status.code(), Some(0), "{stderr}");
 }
+
+/// `paddock templates`: one line per template folder with its image, host, key, state, size
+/// and clones, and the same as `--json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_print_image_host_key_state_size_and_clones() {
+    let t = crate::templates::template_lab(false).await;
+    let url = serve(t.lab.state.clone()).await;
+    let o = paddock(&url, Some(&t.lab.bob), &["templates"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and three templates:\n{}", o.stdout);
+    let cols = |l: &str| l.split("  ").map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect::<Vec<_>>();
+    assert_eq!(cols(lines[0]), ["IMAGE", "HOST", "KEY", "STATE", "MADE", "SIZE", "CLONES"]);
+    let ready = lines.iter().map(|l| cols(l)).find(|c| c[3] == "ready").unwrap_or_else(|| panic!("{}", o.stdout));
+    assert_eq!(ready[..4], ["warm-deb", "local", &t.key[..16], "ready"]);
+    assert!(ready[4].ends_with(" ago") && ready[5].ends_with(" MiB") && ready[6] == "2", "{ready:?}");
+    let stale = lines.iter().map(|l| cols(l)).find(|c| c[3] == "stale").unwrap();
+    assert_eq!(stale[..4], ["warm-deb", "rack-2", "0000000000000000", "stale"]);
+    let building = lines.iter().map(|l| cols(l)).find(|c| c[3] == "building").unwrap();
+    assert_eq!((building[2].as_str(), building[4].as_str()), ("bbbbbbbbbbbbbbbb", "-"));
+
+    let o = paddock(&url, Some(&t.lab.bob), &["templates", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
+    let o = paddock(&url, None, &["templates"]).await;
+    assert_eq!(o.code, 1, "reading needs a token: {}", o.stdout);
+}

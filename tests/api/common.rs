@@ -30,9 +30,14 @@ pub struct Lab {
 }
 
 pub async fn lab(public_reads: bool) -> Lab {
+    lab_with(public_reads, "", |_| {}).await
+}
+
+/// The lab with `extra` appended to its `fleet.toml` and its API state set up by `customize`.
+pub async fn lab_with(public_reads: bool, extra: &str, customize: impl FnOnce(&mut ApiState)) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     let fleet_path = dir.path().join("fleet.toml");
-    std::fs::write(&fleet_path, include_str!("fleet.toml")).unwrap();
+    std::fs::write(&fleet_path, format!("{}{extra}", include_str!("fleet.toml"))).unwrap();
     let fleet: Arc<Fleet> = Arc::new(paddock::config::load(&fleet_path).unwrap());
     let state_dir = dir.path().join("state");
     std::fs::create_dir_all(state_dir.join("logs")).unwrap();
@@ -52,6 +57,7 @@ pub async fn lab(public_reads: bool) -> Lab {
     let (hosts_tx, hosts_rx) = watch::channel(Vec::new());
     let mut st = ApiState::new(fleet, store.clone(), runs, hosts_rx);
     st.public_reads = public_reads;
+    customize(&mut st);
     let log = state_dir.join("logs").join("r-running.log");
     let (running, held, failed) = seed(&store, &log).await;
     Lab {

@@ -88,3 +88,47 @@ async fn dashboard_in_chromium() {
         assert!(std::fs::metadata(dir.join(f)).unwrap().len() > 10_000, "{f} looks empty");
     }
 }
+
+/// The fleet page lists warm-start templates: image, host, key, state, size and clones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_page_lists_templates_in_chromium() {
+    // Public reads: no sign-in, so the page can follow a finished run, whose stream ends at once
+    // (a live one would keep Chromium's virtual time from moving on).
+    let t = crate::templates::template_lab(true).await;
+    let url = serve(t.lab.state.clone()).await;
+    let profile = t.lab.dir.path().join("chromium");
+    let dom = chromium::page(&profile, &format!("{url}/?follow=r-docs-1"), None, std::time::Duration::from_secs(2)).await;
+    let at = dom.find("id=\"templates\"").unwrap_or_else(|| panic!("no templates section: {dom}"));
+    let section = &dom[at..at + dom[at..].find("</section>").unwrap()];
+    let rows: Vec<&str> = section.split("<tr>").skip(2).collect();
+    assert_eq!(rows.len(), 3, "{section}");
+    let ready = rows.iter().find(|r| r.contains(">ready<")).unwrap_or_else(|| panic!("{section}"));
+    assert!(ready.contains("<td>warm-deb</td><td>local</td>") && ready.contains(&t.key[..16]), "{ready}");
+    assert!(ready.contains("MiB</td><td>2</td>"), "two clones: {ready}");
+    assert!(rows.iter().any(|r| r.contains("rack-2") && r.contains(">stale<")), "{section}");
+    assert!(rows.iter().any(|r| r.contains("bbbbbbbbbbbbbbbb") && r.contains(">building<")), "{section}");
+}
+
+/// The fleet page shows persistent machines: host, domain, snapshot, state and last run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_page_shows_persistent_machines_in_chromium() {
+    // Public reads and a finished run followed, as above: the page's stream ends at once.
+    let l = crate::machines::machine_lab(true).await;
+    let url = serve(l.state.clone()).await;
+    let dom =
+        chromium::page(&l.dir.path().join("chromium"), &format!("{url}/?follow=r-docs-1"), None, std::time::Duration::from_secs(2)).await;
+    let at = dom.find("id=\"machines\"").unwrap_or_else(|| panic!("no machines section: {dom}"));
+    let section = &dom[at..at + dom[at..].find("</section>").unwrap()];
+    let row = |name: &str| {
+        let start = section.find(&format!("data-machine=\"{name}\"")).unwrap_or_else(|| panic!("no row {name}: {section}"));
+        &section[start..start + section[start..].find("</tr>").unwrap()]
+    };
+    let mac = row("mac-mini");
+    assert!(mac.contains("<td>local</td>") && mac.contains("pdkt4-macos-14") && mac.contains(">clean<"), "{mac}");
+    assert!(mac.contains(">running<") && mac.contains("href=\"/runs/r-mac-2\"") && mac.contains("1 queued"), "{mac}");
+    assert!(mac.contains("href=\"/runs/r-mac-1\"") && mac.contains("build-failure") && mac.contains("cell fail"), "{mac}");
+    let win = row("win-box");
+    assert!(win.contains(">queued<") && win.contains("2 queued") && win.contains("r-win-0"), "{win}");
+    let spare = row("spare");
+    assert!(spare.contains(">idle<") && spare.contains("<td>-</td>"), "{spare}");
+}

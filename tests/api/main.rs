@@ -7,4 +7,6 @@ mod support;
 mod cli;
 mod common;
 mod dashboard;
+mod machines;
 mod router;
+mod templates;

@@ -26,7 +26,7 @@ async fn call(state: &Shared, method: Method, uri: &str, token: Option<&str>, bo
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
-async fn json(state: &Shared, method: Method, uri: &str, token: Option<&str>, body: Option<&str>) -> (StatusCode, Value) {
+pub(crate) async fn json(state: &Shared, method: Method, uri: &str, token: Option<&str>, body: Option<&str>) -> (StatusCode, Value) {
     let (s, b) = call(state, method, uri, token, body).await;
     (s, serde_json::from_str(&b).unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {b}")))
 }

@@ -149,6 +149,11 @@ command = "echo must-not-run"
     let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
     let tail = doc["extras"]["console_tail"].as_str().unwrap_or_else(|| panic!("no console tail in {doc}"));
     assert!(tail.contains("Kernel panic"), "{tail}");
+    // No step ran, so the run's log (what `paddock logs` and the run page show) says why.
+    let log = std::fs::read_to_string(dir.path().join("state/logs").join(&id).join("run.log")).unwrap();
+    assert!(log.starts_with("[paddock: no step ran: launching image tiny failed after 2 attempt(s)"), "{log}");
+    assert!(log.contains("the guest's console, last lines") && log.contains("Kernel panic"), "{log}");
+    assert!(!log.contains("must-not-run"), "{log}");
     assert_eq!(daemon.store.events(Some("launch_failed"), 10).await.unwrap().len(), 2);
     // The last attempt's domain is being destroyed as the run ends.
     let prefix = format!("paddock-{}-", instance_id(dir.path()));

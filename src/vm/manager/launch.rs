@@ -93,6 +93,18 @@ impl Owner {
         for vm in self.vms.values().filter(|vm| vm.state.holds_resources()) {
             used[vm.host].add(&vm.image);
         }
+        // A template's domain holds room on its host while it is built (once: a VM of its
+        // image placed there and not yet restored waits for it in its own slot).
+        let sites = self.templates.build_sites();
+        if !sites.is_empty() {
+            let builds: Vec<(usize, &Image)> = sites
+                .iter()
+                .filter_map(|(host, image)| self.hosts.iter().position(|h| h.config.name == *host).map(|i| (i, image)))
+                .collect();
+            let waiting: Vec<(usize, &str)> =
+                self.vms.values().filter(|vm| vm.state == VmState::Placed).map(|vm| (vm.host, vm.image.name.as_str())).collect();
+            placement::add_template_builds(&mut used, &builds, &waiting);
+        }
         used
     }
 

@@ -1,5 +1,5 @@
-//! Ready pools (issue 18, `min_ready` per image): restored clones kept idle on each local
-//! host, logged in, so a launch of that image takes one at once: no restore and no SSH
+//! Ready pools (issue 18, `min_ready` per image, `[[hosts]] ready` per host and image):
+//! restored clones kept idle on each local host, logged in, so a launch of that image takes one at once: no restore and no SSH
 //! handshake between the trigger and its first step.
 //!
 //! A pool clone is an ordinary VM of the owner (`Vm::pooled` says it is one): it counts
@@ -90,7 +90,7 @@ pub(super) struct ReadyPools {
 impl Owner {
     /// A launch of a pooled image shows how its pool clones are made.
     pub(super) fn remember_recipe(&mut self, req: &LaunchRequest, login: Option<&Login>) {
-        if req.image.min_ready == 0 || req.image.start != Start::Warm {
+        if req.image.start != Start::Warm || !self.hosts.iter().any(|h| req.image.min_ready_on(&h.config) > 0) {
             return;
         }
         let Some(login) = login else { return };
@@ -196,7 +196,12 @@ impl Owner {
         if !self.queue.is_empty() || self.ready.recipes.is_empty() {
             return;
         }
-        let images: Vec<Image> = self.images.values().filter(|i| i.min_ready > 0 && i.start == Start::Warm).cloned().collect();
+        let images: Vec<Image> = self
+            .images
+            .values()
+            .filter(|i| i.start == Start::Warm && self.hosts.iter().any(|h| i.min_ready_on(&h.config) > 0))
+            .cloned()
+            .collect();
         for image in images {
             let Some(recipe) = self.ready.recipes.get(&image.name).cloned() else { continue };
             // A new template key is known before clones of the old one are refilled.
@@ -216,7 +221,8 @@ impl Owner {
                     .values()
                     .filter(|vm| vm.host == host && vm.image == image && vm.pooled.is_some() && vm.state != VmState::Stopping)
                     .count() as u32;
-                for _ in have..image.min_ready {
+                // The host's own `ready` entry for the image, else the image's `min_ready`.
+                for _ in have..image.min_ready_on(&self.hosts[host].config) {
                     let (reply, _) = tokio::sync::oneshot::channel();
                     let req = LaunchRequest {
                         run_id: READY_POOL_RUN.into(),

@@ -260,7 +260,7 @@ impl Attempt {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711));
         }
-        self.templates.building(&domain, true);
+        self.templates.building_at(&domain, &self.host.name, &self.image);
         let built = self.boot_and_save(&tpl, domain_type).await;
         self.templates.building(&domain, false);
         match built {

@@ -161,7 +161,8 @@ impl super::super::Attempt {
         let image = self.image.name.clone();
         let domain = tpool::domain_name(&self.mark.instance, key);
         tracing::info!(image = %image, host = %self.host.name, template = %base, "building the warm-start template in the host's pool");
-        self.templates.building(&domain, true);
+        // Holds room on this host while it boots, as a local build does.
+        self.templates.building_at(&domain, &self.host.name, &self.image);
         let built = self.boot_and_save_pool(base, key, &domain, domain_type).await;
         self.templates.building(&domain, false);
         let console = self.state_dir.join("consoles").join(format!("{domain}.log"));

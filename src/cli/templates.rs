@@ -1,0 +1,36 @@
+//! `paddock templates`: the warm-start templates on each host: image, host, key, state
+//! (building, ready, stale), when made, size on disk and the clones they back.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use paddock::api::wire::TemplateOut;
+use paddock::vm::template::list::human_size;
+
+use super::client::{Client, Remote, ago, block_on, opt, print_json, table};
+
+pub fn run(remote: &Remote) -> Result<ExitCode> {
+    block_on(async {
+        let templates: Vec<TemplateOut> = Client::new(remote)?.get("/api/v1/templates").await?;
+        if remote.json {
+            print_json(&templates)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let rows: Vec<Vec<String>> = templates
+            .iter()
+            .map(|t| {
+                vec![
+                    opt(&t.image),
+                    opt(&t.host),
+                    t.key.chars().take(16).collect(),
+                    t.state.clone(),
+                    t.made_at.map(ago).unwrap_or_else(|| "-".into()),
+                    human_size(t.disk_bytes),
+                    t.clones.to_string(),
+                ]
+            })
+            .collect();
+        table(&["image", "host", "key", "state", "made", "size", "clones"], &rows);
+        Ok(ExitCode::SUCCESS)
+    })
+}
