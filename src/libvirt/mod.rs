@@ -23,6 +23,7 @@ pub mod machine;
 pub mod probe;
 pub mod storage;
 pub mod warm;
+pub mod warm_pool;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;

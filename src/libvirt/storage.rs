@@ -188,7 +188,7 @@ pub const OVERLAY_SUFFIX: &str = "-overlay.qcow2";
 pub const SEED_SUFFIX: &str = "-seed.iso";
 
 /// `<timestamps><mtime>1701234567.123456789</mtime>` of a volume's XML.
-fn mtime(xml: &str) -> Option<std::time::SystemTime> {
+pub(super) fn mtime(xml: &str) -> Option<std::time::SystemTime> {
     let start = xml.find("<mtime>")? + "<mtime>".len();
     let text = &xml[start..start + xml[start..].find("</mtime>")?];
     let (secs, nanos) = text.trim().split_once('.').unwrap_or((text.trim(), "0"));
@@ -196,7 +196,7 @@ fn mtime(xml: &str) -> Option<std::time::SystemTime> {
     Some(std::time::UNIX_EPOCH + std::time::Duration::new(secs.parse().ok()?, nanos))
 }
 
-fn open_pool(uri: &str, pool: &str) -> Result<(Connect, StoragePool), StorageError> {
+pub(super) fn open_pool(uri: &str, pool: &str) -> Result<(Connect, StoragePool), StorageError> {
     super::init_libvirt();
     let conn = Connect::open(Some(uri)).map_err(|source| StorageError::Connect { uri: uri.into(), source })?;
     let p = conn.lookup_storage_pool_by_name(pool).map_err(|source| StorageError::Pool { uri: uri.into(), pool: pool.into(), source })?;

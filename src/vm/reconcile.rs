@@ -144,6 +144,21 @@ pub async fn reconcile_pool_overlays(pools: &[PoolHost], vm_prefix: &str, live: 
                 continue;
             }
         };
+        // Templates in the pool that a crash cut short (no manifest, domain not being built).
+        let instance = vm_prefix.trim_start_matches("paddock-").trim_end_matches('-');
+        match crate::vm::template::pool::reap_unfinished(&host.uri, &host.pool, instance, live, POOL_CALL_LIMIT).await {
+            Ok(removed) => {
+                for v in removed {
+                    info!(host = %host.name, pool = %host.pool, volume = %v, "removed a volume of an unfinished warm-start template");
+                    let detail = format!("host {}, pool {}, volume {}", host.name, host.pool, v);
+                    if let Err(e) = store.record_event("reaped_template", &v, &detail).await {
+                        report.errors.push(error_chain(&e));
+                    }
+                    report.volumes_removed.push((host.name.clone(), v));
+                }
+            }
+            Err(e) => report.errors.push(format!("unfinished templates in pool {} on host {}: {}", host.pool, host.name, error_chain(&e))),
+        }
         for v in volumes {
             if live.names.contains(&v.vm) || v.modified.is_none_or(|t| t > cutoff) {
                 continue;

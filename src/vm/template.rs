@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{Boot, Image};
 
 pub mod list;
+pub mod pool;
 
 const MAGIC: &[u8; 16] = b"LibvirtQemudSave";
 /// libvirt's save header: the magic and 19 little-endian u32 words (version, data length,

@@ -21,6 +21,7 @@ mod supervisors;
 mod trust;
 mod ui;
 mod warm;
+mod warm_donor;
 mod warm_guest;
 
 use std::path::{Path, PathBuf};

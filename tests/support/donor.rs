@@ -79,10 +79,13 @@ fn comm(pid: i32) -> String {
 }
 
 /// Removes what an earlier, killed run of a test may have left of `user`: its processes
-/// (by PID, SIGKILL) and the user with its home. Only for the users tests make (`pdkdonorN`, `pdkpN`, `pdkg2N`, `pdkc-N`).
+/// (by PID, SIGKILL) and the user with its home. Only for the users tests make (`pdkdonorN`, `pdkpN`, `pdkg2N`, `pdkc-N`, `pdkm4-N`).
 fn remove_user(user: &str) {
     let ours = |prefix: &str| user.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
-    assert!(ours("pdkdonor") || ours("pdkp") || ours("pdkg2") || ours("pdkc-"), "only test donors are removed, not {user}");
+    assert!(
+        ours("pdkdonor") || ours("pdkp") || ours("pdkg2") || ours("pdkc-") || ours("pdkm4-"),
+        "only test donors are removed, not {user}"
+    );
     let Some(uid) = uid_of(user) else { return };
     for _ in 0..50 {
         let pids = pids_of_uid(uid);

@@ -28,6 +28,7 @@ use crate::vm::template::{self, CloneSpec, KeyInputs, Template, TemplateError};
 use crate::vm::{VmState, overlay};
 
 mod kernel;
+mod pool;
 
 /// How a run's VM came up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,22 +70,24 @@ pub enum WarmError {
     Login { vm: String, waited: std::time::Duration },
     #[error("the {step} task of {vm}")]
     Task { vm: String, step: &'static str, source: tokio::task::JoinError },
+    #[error("{step} of {vm} on host {host}")]
+    Pool { vm: String, host: String, step: &'static str, source: template::pool::PoolTemplateError },
 }
 
 /// How long the guest agent of a fresh clone gets to answer its first command.
 const AGENT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Attempt {
-    /// Whether this attempt may restore a clone: a warm image on a host sharing the
-    /// daemon's filesystem (no `image_pool` yet), with a per-VM identity and a login; a disk
-    /// image with its overlay, or a kernel image whose guest has the agent (`guest_agent`).
+    /// Whether this attempt may restore a clone: a warm image with a per-VM identity and a
+    /// login; a disk image with its overlay (a file, or on a host with an `image_pool` a
+    /// volume there: `warm/pool.rs`), or a kernel image whose guest has the agent
+    /// (`guest_agent`) on a local host (a diskless template is local only: `warm/kernel.rs`).
     pub(super) fn may_start_warm(&self, domain_type: &str) -> bool {
         let fits = match self.image.boot {
-            Boot::Disk { .. } => self.overlay.is_some(),
-            Boot::Kernel { .. } => self.image.guest_agent,
+            Boot::Disk { .. } => self.overlay.is_some() || self.pool_overlay.is_some(),
+            Boot::Kernel { .. } => self.image.guest_agent && self.pool.is_none(),
         };
         self.image.start == crate::config::Start::Warm
-            && self.pool.is_none()
             && fits
             && self.identity.is_some()
             && self.login.is_some()
@@ -94,6 +97,9 @@ impl Attempt {
 
     /// Restores a clone of the image's template (building the template first if needed).
     pub(super) async fn warm_boot(&self, domain_type: &'static str) -> Result<Booted, WarmError> {
+        if self.pool.is_some() {
+            return self.warm_boot_pool(domain_type).await;
+        }
         let image = self.image.name.clone();
         let tpl_err = |source| WarmError::Template { image: image.clone(), source };
         let templates = self.templates.clone();
