@@ -112,7 +112,7 @@ impl super::super::Attempt {
             &CloneSpec {
                 name: &self.name,
                 port: self.port,
-                overlay: std::path::Path::new(&overlay),
+                overlay: Some(std::path::Path::new(&overlay)),
                 console: &self.console,
                 metadata: metadata_xml(&self.mark),
             },
