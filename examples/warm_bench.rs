@@ -167,6 +167,28 @@ async fn wait_pool_idle(daemon: &Daemon) {
     }
 }
 
+/// Removes every domain of this bench's paddock instance when the bench ends, however it ends:
+/// `Daemon::stop` leaves VMs (idle pool clones too) for the next start to reap, and this
+/// bench's state dir is a temporary one no later start will see.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        use std::process::{Command, Stdio};
+        let Ok(out) = Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]).output() else { return };
+        for name in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(&self.0)) {
+            for verb in ["destroy", "undefine"] {
+                let _ =
+                    Command::new("virsh").args(["-c", "qemu:///system", verb, name]).stderr(Stdio::null()).stdout(Stdio::null()).status();
+            }
+        }
+    }
+}
+
+fn instance_prefix(state: &Path) -> String {
+    format!("paddock-{}-", std::fs::read_to_string(state.join("instance-id")).unwrap_or_default().trim())
+}
+
 #[tokio::main]
 async fn main() {
     let out = std::env::args().nth(1).expect("usage: warm_bench OUT.json");
@@ -176,6 +198,7 @@ async fn main() {
     let daemon =
         Daemon::start(fleet(dir.path(), &disk), ServeOptions { listen: Some("127.0.0.1:0".parse().unwrap()), demo: false }).await.unwrap();
     let log_dir = dir.path().join("state/logs");
+    let _cleanup = Cleanup(instance_prefix(&dir.path().join("state")));
     // The template is made by the first warm run; not counted.
     let (made, _) = one(&daemon, &log_dir, "debian-12-warm").await;
     // So is the pool image's first run (its template); its pool then fills.

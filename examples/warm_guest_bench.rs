@@ -124,6 +124,28 @@ async fn wait_pool_idle(daemon: &Daemon) {
     }
 }
 
+/// Removes every domain of this bench's paddock instance when the bench ends, however it ends:
+/// `Daemon::stop` leaves VMs (idle pool clones too) for the next start to reap, and this
+/// bench's state dir is a temporary one no later start will see.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        use std::process::{Command, Stdio};
+        let Ok(out) = Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]).output() else { return };
+        for name in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(&self.0)) {
+            for verb in ["destroy", "undefine"] {
+                let _ =
+                    Command::new("virsh").args(["-c", "qemu:///system", verb, name]).stderr(Stdio::null()).stdout(Stdio::null()).status();
+            }
+        }
+    }
+}
+
+fn instance_prefix(state: &Path) -> String {
+    format!("paddock-{}-", std::fs::read_to_string(state.join("instance-id")).unwrap_or_default().trim())
+}
+
 #[tokio::main]
 async fn main() {
     let out = std::env::args().nth(1).expect("usage: warm_guest_bench OUT.json");
@@ -133,6 +155,7 @@ async fn main() {
     let daemon =
         Daemon::start(fleet(dir.path(), repo), ServeOptions { listen: Some("127.0.0.1:0".parse().unwrap()), demo: false }).await.unwrap();
     let log_dir = dir.path().join("state/logs");
+    let _cleanup = Cleanup(instance_prefix(&dir.path().join("state")));
     // Each warm image's first run makes its template; not counted. The pool then fills.
     let (made, made_t) = one(&daemon, &log_dir, "tiny-warm").await;
     let (pool_made, _) = one(&daemon, &log_dir, "tiny-pool").await;
