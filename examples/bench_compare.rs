@@ -19,6 +19,9 @@ use paddock::daemon::{Daemon, ServeOptions};
 use paddock::runs::Trigger;
 use serde_json::json;
 
+#[path = "support/domains.rs"]
+mod domains;
+
 const PADDOCK_PORTS: &str = "23500-23519";
 const BASELINE_PORT: u16 = 23600;
 /// What every first-byte step prints, so both sides wait for the same bytes.
@@ -465,7 +468,7 @@ async fn all(json_out: PathBuf, extra: Vec<PathBuf>) {
     let fleet = fleet(dir.path(), bytes);
     let log_dir = dir.path().join("state/logs");
     let daemon = Daemon::start(fleet, ServeOptions { listen: Some("127.0.0.1:0".parse().unwrap()), demo: false }).await.unwrap();
-    let _guard = Cleanup(format!("paddock-{}-", std::fs::read_to_string(dir.path().join("state/instance-id")).unwrap_or_default().trim()));
+    let _guard = domains::Cleanup::for_state(&dir.path().join("state"));
     // Interleaved so that a change in machine load hits both sides alike.
     let mut p_cold = Vec::new();
     let mut b_cold = Vec::new();
@@ -528,21 +531,6 @@ async fn all(json_out: PathBuf, extra: Vec<PathBuf>) {
     }
     std::fs::write(&json_out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     println!("written to {}", json_out.display());
-}
-
-/// Destroys the bench daemon's domains if the bench panics half-way.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Ok(out) = Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]).output() else { return };
-        for name in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(&self.0)) {
-            for verb in ["destroy", "undefine"] {
-                let _ =
-                    Command::new("virsh").args(["-c", "qemu:///system", verb, name]).stderr(Stdio::null()).stdout(Stdio::null()).status();
-            }
-        }
-    }
 }
 
 fn finite(x: f64) -> serde_json::Value {

@@ -16,18 +16,16 @@ use paddock::daemon::{Daemon, ServeOptions};
 use paddock::runs::Trigger;
 use serde_json::json;
 
-const MARK: &str = "paddock-warm-first-byte";
+#[path = "support/domains.rs"]
+mod domains;
+#[path = "support/warm_runs.rs"]
+mod warm_runs;
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
-}
+use domains::Cleanup;
+use warm_runs::median;
+
+const MARK: &str = "paddock-warm-first-byte";
+const WATCH: warm_runs::Watch = warm_runs::Watch { mark: MARK, first_byte_within: Duration::from_secs(1200), tag: "warm" };
 
 fn fleet(dir: &Path, disk: &Path) -> paddock::config::Fleet {
     let image = |name: &str, start: &str, extra: &str| {
@@ -83,13 +81,6 @@ vcpus = 5
     paddock::config::load(&path).unwrap_or_else(|e| panic!("warm bench fleet invalid:\n{e}"))
 }
 
-/// One run of `job`: trigger → first byte of the marker in its log, and the result's timings.
-async fn one(daemon: &Daemon, log_dir: &Path, job: &str) -> (f64, serde_json::Value) {
-    let t = Instant::now();
-    let id = daemon.runs.trigger(job, None, Trigger::Manual { by: "bench".into() }).await.unwrap().remove(0);
-    watch(daemon, log_dir, job, t, id).await
-}
-
 /// `k` runs of `job` triggered at once; each one's trigger → first byte.
 async fn at_once(daemon: &Daemon, log_dir: &Path, job: &str, k: usize) -> Vec<f64> {
     let t = Instant::now();
@@ -97,7 +88,7 @@ async fn at_once(daemon: &Daemon, log_dir: &Path, job: &str, k: usize) -> Vec<f6
     for _ in 0..k {
         ids.push(daemon.runs.trigger(job, None, Trigger::Manual { by: "bench".into() }).await.unwrap().remove(0));
     }
-    let runs = ids.into_iter().map(|id| watch(daemon, log_dir, job, t, id));
+    let runs = ids.into_iter().map(|id| WATCH.watch(daemon, log_dir, job, t, id));
     futures_join(runs).await.into_iter().map(|(f, _)| f).collect()
 }
 
@@ -127,68 +118,6 @@ async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Ve
     out
 }
 
-/// Until the run `id` (triggered at `t`) is done: trigger → first byte, and its timings.
-async fn watch(daemon: &Daemon, log_dir: &Path, job: &str, t: Instant, id: String) -> (f64, serde_json::Value) {
-    let log = log_dir.join(&id).join("run.log");
-    let first = loop {
-        if std::fs::read(&log).is_ok_and(|b| b.windows(MARK.len()).any(|w| w == MARK.as_bytes())) {
-            break t.elapsed().as_secs_f64();
-        }
-        assert!(t.elapsed() < Duration::from_secs(1200), "no step output in {}", log.display());
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    let row = loop {
-        let row = daemon.store.run(&id).await.unwrap().expect("run exists");
-        if matches!(row.state.as_str(), "done" | "failed" | "cancelled" | "held") {
-            break row;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(row.outcome.as_deref(), Some("success"), "bench run failed: {row:?}");
-    let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
-    let timings = doc["extras"]["timings"].clone();
-    eprintln!("[warm] {job}: first byte {first:.2}s, {timings}");
-    (first, timings)
-}
-
-/// Until the pool image's ready pool holds an idle clone.
-async fn wait_pool_idle(daemon: &Daemon) {
-    let t = Instant::now();
-    loop {
-        let rows = daemon.store.vms().await.unwrap();
-        if rows
-            .iter()
-            .any(|v| v.image == "debian-12-pool" && v.run_id.as_deref() == Some(paddock::vm::READY_POOL_RUN) && v.state == "ready")
-        {
-            return;
-        }
-        assert!(t.elapsed() < Duration::from_secs(900), "the ready pool did not refill");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Removes every domain of this bench's paddock instance when the bench ends, however it ends:
-/// `Daemon::stop` leaves VMs (idle pool clones too) for the next start to reap, and this
-/// bench's state dir is a temporary one no later start will see.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        use std::process::{Command, Stdio};
-        let Ok(out) = Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]).output() else { return };
-        for name in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(&self.0)) {
-            for verb in ["destroy", "undefine"] {
-                let _ =
-                    Command::new("virsh").args(["-c", "qemu:///system", verb, name]).stderr(Stdio::null()).stdout(Stdio::null()).status();
-            }
-        }
-    }
-}
-
-fn instance_prefix(state: &Path) -> String {
-    format!("paddock-{}-", std::fs::read_to_string(state.join("instance-id")).unwrap_or_default().trim())
-}
-
 #[tokio::main]
 async fn main() {
     let out = std::env::args().nth(1).expect("usage: warm_bench OUT.json");
@@ -198,18 +127,18 @@ async fn main() {
     let daemon =
         Daemon::start(fleet(dir.path(), &disk), ServeOptions { listen: Some("127.0.0.1:0".parse().unwrap()), demo: false }).await.unwrap();
     let log_dir = dir.path().join("state/logs");
-    let _cleanup = Cleanup(instance_prefix(&dir.path().join("state")));
+    let _cleanup = Cleanup::for_state(&dir.path().join("state"));
     // The template is made by the first warm run; not counted.
-    let (made, _) = one(&daemon, &log_dir, "debian-12-warm").await;
+    let (made, _) = WATCH.one(&daemon, &log_dir, "debian-12-warm").await;
     // So is the pool image's first run (its template); its pool then fills.
-    let (pool_made, _) = one(&daemon, &log_dir, "debian-12-pool").await;
+    let (pool_made, _) = WATCH.one(&daemon, &log_dir, "debian-12-pool").await;
     let (mut cold, mut warm, mut cold_b2f, mut warm_b2f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut pool, mut starts, mut pool_starts) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
-        let (c, ct) = one(&daemon, &log_dir, "debian-12").await;
-        let (w, wt) = one(&daemon, &log_dir, "debian-12-warm").await;
-        wait_pool_idle(&daemon).await;
-        let (p, pt) = one(&daemon, &log_dir, "debian-12-pool").await;
+        let (c, ct) = WATCH.one(&daemon, &log_dir, "debian-12").await;
+        let (w, wt) = WATCH.one(&daemon, &log_dir, "debian-12-warm").await;
+        warm_runs::wait_pool_idle(&daemon, "debian-12-pool", Duration::from_secs(900)).await;
+        let (p, pt) = WATCH.one(&daemon, &log_dir, "debian-12-pool").await;
         cold.push(c);
         warm.push(w);
         pool.push(p);

@@ -9,24 +9,21 @@
 //!   warm_guest_bench OUT.json      (environment: BENCH_WARM_N, default 3)
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use paddock::daemon::{Daemon, ServeOptions};
-use paddock::runs::Trigger;
 use serde_json::json;
 
-const MARK: &str = "paddock-warm-guest-first-byte";
+#[path = "support/domains.rs"]
+mod domains;
+#[path = "support/warm_runs.rs"]
+mod warm_runs;
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
-}
+use domains::Cleanup;
+use warm_runs::median;
+
+const MARK: &str = "paddock-warm-guest-first-byte";
+const WATCH: warm_runs::Watch = warm_runs::Watch { mark: MARK, first_byte_within: Duration::from_secs(900), tag: "warm-guest" };
 
 fn fleet(dir: &Path, repo: &Path) -> paddock::config::Fleet {
     let image = |name: &str, flavour: &str, extra: &str| {
@@ -85,67 +82,6 @@ vcpus = 5
     paddock::config::load(&path).unwrap_or_else(|e| panic!("warm guest bench fleet invalid:\n{e}"))
 }
 
-/// One run of `job`: trigger → first byte of the marker in its log, and the result's timings.
-async fn one(daemon: &Daemon, log_dir: &Path, job: &str) -> (f64, serde_json::Value) {
-    let t = Instant::now();
-    let id = daemon.runs.trigger(job, None, Trigger::Manual { by: "bench".into() }).await.unwrap().remove(0);
-    let log = log_dir.join(&id).join("run.log");
-    let first = loop {
-        if std::fs::read(&log).is_ok_and(|b| b.windows(MARK.len()).any(|w| w == MARK.as_bytes())) {
-            break t.elapsed().as_secs_f64();
-        }
-        assert!(t.elapsed() < Duration::from_secs(900), "no step output in {}", log.display());
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    let row = loop {
-        let row = daemon.store.run(&id).await.unwrap().expect("run exists");
-        if matches!(row.state.as_str(), "done" | "failed" | "cancelled" | "held") {
-            break row;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(row.outcome.as_deref(), Some("success"), "bench run failed: {row:?}");
-    let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
-    let timings = doc["extras"]["timings"].clone();
-    eprintln!("[warm-guest] {job}: first byte {first:.2}s, {timings}");
-    (first, timings)
-}
-
-/// Until the pool image's ready pool holds an idle clone.
-async fn wait_pool_idle(daemon: &Daemon) {
-    let t = Instant::now();
-    loop {
-        let rows = daemon.store.vms().await.unwrap();
-        if rows.iter().any(|v| v.image == "tiny-pool" && v.run_id.as_deref() == Some(paddock::vm::READY_POOL_RUN) && v.state == "ready") {
-            return;
-        }
-        assert!(t.elapsed() < Duration::from_secs(600), "the ready pool did not refill");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Removes every domain of this bench's paddock instance when the bench ends, however it ends:
-/// `Daemon::stop` leaves VMs (idle pool clones too) for the next start to reap, and this
-/// bench's state dir is a temporary one no later start will see.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        use std::process::{Command, Stdio};
-        let Ok(out) = Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]).output() else { return };
-        for name in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(&self.0)) {
-            for verb in ["destroy", "undefine"] {
-                let _ =
-                    Command::new("virsh").args(["-c", "qemu:///system", verb, name]).stderr(Stdio::null()).stdout(Stdio::null()).status();
-            }
-        }
-    }
-}
-
-fn instance_prefix(state: &Path) -> String {
-    format!("paddock-{}-", std::fs::read_to_string(state.join("instance-id")).unwrap_or_default().trim())
-}
-
 #[tokio::main]
 async fn main() {
     let out = std::env::args().nth(1).expect("usage: warm_guest_bench OUT.json");
@@ -155,20 +91,20 @@ async fn main() {
     let daemon =
         Daemon::start(fleet(dir.path(), repo), ServeOptions { listen: Some("127.0.0.1:0".parse().unwrap()), demo: false }).await.unwrap();
     let log_dir = dir.path().join("state/logs");
-    let _cleanup = Cleanup(instance_prefix(&dir.path().join("state")));
+    let _cleanup = Cleanup::for_state(&dir.path().join("state"));
     // Each warm image's first run makes its template; not counted. The pool then fills.
-    let (made, made_t) = one(&daemon, &log_dir, "tiny-warm").await;
-    let (pool_made, _) = one(&daemon, &log_dir, "tiny-pool").await;
+    let (made, made_t) = WATCH.one(&daemon, &log_dir, "tiny-warm").await;
+    let (pool_made, _) = WATCH.one(&daemon, &log_dir, "tiny-pool").await;
     let (mut plain, mut cold, mut warm, mut pool) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut cold_b2f, mut warm_b2f, mut pool_b2f, mut warm_boot) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut starts, mut pool_starts) = (Vec::new(), Vec::new());
     let f = |t: &serde_json::Value, k: &str| t[k].as_f64().unwrap_or(f64::NAN);
     for _ in 0..n {
-        let (p, _) = one(&daemon, &log_dir, "tiny-plain").await;
-        let (c, ct) = one(&daemon, &log_dir, "tiny-cold").await;
-        let (w, wt) = one(&daemon, &log_dir, "tiny-warm").await;
-        wait_pool_idle(&daemon).await;
-        let (q, qt) = one(&daemon, &log_dir, "tiny-pool").await;
+        let (p, _) = WATCH.one(&daemon, &log_dir, "tiny-plain").await;
+        let (c, ct) = WATCH.one(&daemon, &log_dir, "tiny-cold").await;
+        let (w, wt) = WATCH.one(&daemon, &log_dir, "tiny-warm").await;
+        warm_runs::wait_pool_idle(&daemon, "tiny-pool", Duration::from_secs(600)).await;
+        let (q, qt) = WATCH.one(&daemon, &log_dir, "tiny-pool").await;
         plain.push(p);
         cold.push(c);
         warm.push(w);
