@@ -99,14 +99,49 @@ pub async fn poll_login<F, Fut>(
     host_key: &ssh_key::PublicKey,
     deadline: Instant,
     poll: Duration,
+    still_running: F,
+) -> Polled
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    poll_from(target, login, host_key, deadline, poll, still_running, None).await
+}
+
+/// As [`poll_login`], but logs in at once: for a guest whose sshd the caller has just seen
+/// listening from inside (a warm clone's identity script, through the guest agent), where a
+/// banner probe would only cost the guest one more sshd start. A transient failure falls
+/// back to probing; "banner → first byte" counts from this first login.
+pub async fn poll_login_listening<F, Fut>(
+    target: &Target,
+    login: &Login,
+    host_key: &ssh_key::PublicKey,
+    deadline: Instant,
+    poll: Duration,
+    still_running: F,
+) -> Polled
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    poll_from(target, login, host_key, deadline, poll, still_running, Some(Utc::now())).await
+}
+
+async fn poll_from<F, Fut>(
+    target: &Target,
+    login: &Login,
+    host_key: &ssh_key::PublicKey,
+    deadline: Instant,
+    poll: Duration,
     mut still_running: F,
+    mut banner_at: Option<DateTime<Utc>>,
 ) -> Polled
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let check = HostKeyCheck::exact(host_key.clone());
-    let mut banner_at = None;
+    let began = Instant::now();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -116,6 +151,7 @@ where
             None => {
                 if readiness::probe_banner(target.addr, left.min(PROBE_TIMEOUT)).await {
                     banner_at = Some(Utc::now());
+                    tracing::debug!(addr = %target.addr, after_ms = began.elapsed().as_millis() as u64, "SSH banner seen");
                     // Straight to the login: no poll pause between banner and handshake.
                     continue;
                 }
@@ -123,7 +159,11 @@ where
             Some(seen) => {
                 let config = SshConfig { attempt_timeout: login.config.attempt_timeout.min(left), ..login.config.clone() };
                 match ssh::connect(target, &login.auth, &check, &config).await {
-                    Ok(session) => return Polled::Session(session, seen),
+                    Ok(session) => {
+                        let login_ms = (Utc::now() - seen).num_milliseconds();
+                        tracing::debug!(addr = %target.addr, after_ms = began.elapsed().as_millis() as u64, login_ms, "logged in");
+                        return Polled::Session(session, seen);
+                    }
                     Err(e) if !e.is_transient() => return Polled::Answered(e),
                     Err(_) => banner_at = None,
                 }

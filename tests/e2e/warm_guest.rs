@@ -69,7 +69,8 @@ async fn probe(daemon: &Daemon, dir: &Path, id: &str) -> Probed {
 /// template was saved long enough before that an unset clock would show it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_clones_of_the_bundled_guest_get_their_own_identity_and_the_hosts_time() {
-    let _ = tracing_subscriber::fmt().with_env_filter("paddock=info").with_test_writer().try_init();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "paddock=info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     let out = support::guest::ensure_warm_guest_image();
     let dir = tempfile::tempdir().unwrap();
     let src = fleet_src(dir.path(), "24600-24619", PER_VM, &[], "", PROBE)

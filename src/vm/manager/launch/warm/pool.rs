@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use tokio::time::Instant;
 
 use super::super::Booted;
-use super::{Started, WarmError, metadata_xml};
+use super::{Phases, Started, WarmError, metadata_xml};
 use crate::config::Boot;
 use crate::libvirt::domain_xml::Handover;
 use crate::libvirt::storage;
@@ -141,15 +141,20 @@ impl super::super::Attempt {
             tracing::warn!(vm = %self.name, error = %crate::error::chain(&e), "no console copy for the clone");
         }
         let identity = self.identity.as_ref().expect("may_start_warm checked the identity");
-        self.give_identity(identity).await?;
-        match self.login_with(identity.public_key(), started + self.boot_timeout).await {
-            Some(s) => Ok(Booted {
-                boot_time: started.elapsed(),
-                host_key: None,
-                session: Some(s),
-                started: Started::Warm,
-                template_key: Some(key),
-            }),
+        let mut phases = Phases::since(started);
+        phases.mark("header+restore");
+        self.give_identity(identity, &mut phases).await?;
+        match self.login_with(identity.public_key(), started + self.boot_timeout, &mut phases).await {
+            Some(s) => {
+                phases.log(&self.name);
+                Ok(Booted {
+                    boot_time: started.elapsed(),
+                    host_key: None,
+                    session: Some(s),
+                    started: Started::Warm,
+                    template_key: Some(key),
+                })
+            }
             None => Err(WarmError::Login { vm: self.name.clone(), waited: started.elapsed() }),
         }
     }
