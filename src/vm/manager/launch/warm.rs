@@ -501,8 +501,11 @@ read -r key; read -r pub; read -r principal; read -r name; read -r seed; read -r
 nap() { usleep 50000 2>/dev/null || sleep 0.05; }
 mark() { read -r up _ </proc/uptime; echo "@$1 $up"; }
 mark start
-printf '%s' "$seed" | base64 -d > /dev/urandom
-if ! python3 -c 'import fcntl,os; fcntl.ioctl(os.open("/dev/urandom", os.O_WRONLY), 0x5207)' 2>/dev/null; then
+# Here-documents and builtins where they do: each fork and exec is slow on an emulated CPU.
+base64 -d > /dev/urandom <<EOF
+$seed
+EOF
+if ! { command -v python3 >/dev/null 2>&1 && python3 -c 'import fcntl,os; fcntl.ioctl(os.open("/dev/urandom", os.O_WRONLY), 0x5207)' 2>/dev/null; }; then
     n=0
     until dmesg | grep -q 'crng reseeded due to virtual machine fork'; do
         n=$((n + 1))
@@ -515,7 +518,9 @@ if ! python3 -c 'import fcntl,os; fcntl.ioctl(os.open("/dev/urandom", os.O_WRONL
 fi
 mark reseed
 rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
-printf '%s' "$key" | base64 -d > /etc/ssh/ssh_host_ed25519_key.new
+base64 -d > /etc/ssh/ssh_host_ed25519_key.new <<EOF
+$key
+EOF
 mv /etc/ssh/ssh_host_ed25519_key.new /etc/ssh/ssh_host_ed25519_key
 printf '%s\n' "$pub" > /etc/ssh/ssh_host_ed25519_key.pub
 chmod 0644 /etc/ssh/ssh_host_ed25519_key.pub
@@ -527,7 +532,12 @@ printf '%s\n' "$name" > /etc/hostname
 if command -v systemd-id128 >/dev/null 2>&1; then
     systemd-id128 new > /etc/machine-id
 else
-    printf '%s\n' "$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" > /etc/machine-id
+    # 128 bits from the reseeded kernel RNG, as systemd-id128 makes them (a v4 UUID's hex).
+    read -r uuid </proc/sys/kernel/random/uuid
+    IFS=- read -r a b c d e <<EOF
+$uuid
+EOF
+    printf '%s%s%s%s%s\n' "$a" "$b" "$c" "$d" "$e" > /etc/machine-id
 fi
 chmod 0444 /etc/machine-id
 mark identity
