@@ -108,9 +108,8 @@ fn print(d: &RunDetailOut, now: DateTime<Utc>) {
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in &fields {
         // A reason may span lines: the rest line up under the first.
-        let v = printable(v);
-        let mut lines = v.lines();
-        outln!("{k:<width$}  {}", lines.next().unwrap_or(""));
+        let mut lines = printable_lines(v);
+        outln!("{k:<width$}  {}", lines.next().unwrap_or_default());
         for l in lines {
             outln!("{:width$}  {l}", "");
         }
@@ -118,7 +117,7 @@ fn print(d: &RunDetailOut, now: DateTime<Utc>) {
     if let Some(tail) = &d.console_tail {
         outln!();
         outln!("console, last lines:");
-        for l in printable(tail).lines() {
+        for l in printable_lines(tail) {
             outln!("  {l}");
         }
     }
@@ -202,19 +201,24 @@ fn seconds(s: f64) -> String {
 }
 
 /// `s` safe to print on a terminal: what a guest wrote (a reason, its console) may carry escape
-/// sequences; every control character but newline and tab is shown escaped instead.
+/// sequences; every control character but tab is shown escaped instead.
 fn printable(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() && c != '\n' && c != '\t' { c.escape_default().to_string() } else { c.to_string() }).collect()
+    s.chars().map(|c| if c.is_control() && c != '\t' { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// The lines of `s` (a console's `\r\n` ends a line too), each [`printable`].
+fn printable_lines(s: &str) -> impl Iterator<Item = String> + '_ {
+    s.lines().map(printable)
 }
 
 /// As [`printable`], on one line (a table cell).
 fn one_line(s: &str) -> String {
-    printable(s).split_whitespace().collect::<Vec<_>>().join(" ")
+    printable(&s.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{printable, seconds};
+    use super::{one_line, printable_lines, seconds};
 
     #[test]
     fn durations_read_as_people_say_them() {
@@ -225,6 +229,8 @@ mod tests {
 
     #[test]
     fn a_guests_escape_sequences_are_shown_not_obeyed() {
-        assert_eq!(printable("red \u{1b}[31mtext\r\nnext\tcol"), "red \\u{1b}[31mtext\\r\nnext\tcol");
+        let lines: Vec<String> = printable_lines("red \u{1b}[31mtext\r\nnext\tcol\rx\u{7}\n").collect();
+        assert_eq!(lines, ["red \\u{1b}[31mtext", "next\tcol\\rx\\u{7}"]);
+        assert_eq!(one_line("refused:\n  \u{1b}[2J  twice"), "refused: \\u{1b}[2J twice");
     }
 }
