@@ -75,7 +75,6 @@ enum Command {
     /// Jobs: schedule, next fire, last result per image.
     Jobs(client::Remote),
     /// Runs, newest first; `runs show RUN` shows one in full.
-    #[command(args_conflicts_with_subcommands = true)]
     Runs {
         #[command(flatten)]
         remote: client::Remote,
@@ -179,7 +178,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Templates(r) => templates::run(&r),
         Command::Jobs(r) => jobs::run(&r),
         Command::Runs { remote, filters, command: None } => runs::run(&remote, &filters),
-        Command::Runs { remote, command: Some(c), .. } => runs_show::run(&remote, &c),
+        Command::Runs { remote, filters, command: Some(c) } => runs_show::run(&remote, &filters, &c),
         Command::Run { remote, job, image, follow } => run::run(&remote, &job, image.as_deref(), follow),
         Command::Logs { remote, run, follow, tail } => logs::run(&remote, &run, follow, tail),
         Command::Cancel { remote, run } => cancel::run(&remote, &run),

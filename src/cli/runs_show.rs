@@ -10,7 +10,7 @@ use clap::Subcommand;
 use paddock::api::wire::{OutboxOut, RunDetailOut, RunListOut, StepOut};
 
 use super::client::{Client, Remote, block_on, opt, print_json, relative, table};
-use super::runs::encode;
+use super::runs::{Filters, encode};
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum RunsCommand {
@@ -27,8 +27,11 @@ const TIME: &str = "%Y-%m-%d %H:%M:%S UTC";
 /// How many runs an ambiguous prefix names in its error.
 const SHOWN: usize = 10;
 
-pub fn run(remote: &Remote, command: &RunsCommand) -> Result<ExitCode> {
+pub fn run(remote: &Remote, filters: &Filters, command: &RunsCommand) -> Result<ExitCode> {
     let RunsCommand::Show { run } = command;
+    if !filters.is_empty() {
+        bail!("`paddock runs show` takes no filters (--job, --image, --state, --since, --limit): they are for the listing");
+    }
     block_on(async {
         let c = Client::new(remote)?;
         let detail = find(&c, run).await?;

@@ -172,7 +172,11 @@ async fn runs_show_prints_one_run_by_its_id_or_a_unique_prefix() {
     assert_eq!(o.code, 1, "{}", o.stdout);
     assert!(o.stderr.contains("reading needs a token") && o.stderr.contains("401"), "{}", o.stderr);
     let o = paddock(&url, t, &["runs", "--job", "demo", "show", "r-demo-1"]).await;
-    assert_eq!(o.code, 2, "{}", o.stdout);
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(o.stderr.contains("`paddock runs show` takes no filters"), "{}", o.stderr);
+    // The common flags go before or after `show`.
+    let o = paddock(&url, t, &["runs", "--json", "show", "r-demo-1"]).await;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&o.stdout).unwrap()["id"], "r-demo-1", "{}", o.stderr);
 
     // A run a guest's console ended: the tail is printed with its escape sequences defused.
     l.store.insert_run(&crate::common::row("r-console", "demo", "tiny-x86_64", "queued", 5)).await.unwrap();
