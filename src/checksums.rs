@@ -82,7 +82,8 @@ impl Checksums {
     /// only the next hash.
     pub fn put(&self, key: &str, sha256: &str) {
         let (Some(dir), Some(path)) = (self.dir.as_ref(), self.entry(key)) else { return };
-        if key.contains('\n') || std::fs::create_dir_all(dir).is_err() {
+        let made = std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(dir);
+        if key.contains('\n') || made.is_err() {
             return;
         }
         let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), rand::random::<u64>()));
