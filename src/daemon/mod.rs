@@ -261,8 +261,8 @@ fn forwarder_names(fleet: &Fleet) -> Vec<String> {
 /// start what a host lacks (no passt, a missing image, the wrong accelerator).
 async fn check_hosts(fleet: Arc<Fleet>) {
     use crate::hosts::check::{self, Level};
-    let images = fleet.images.clone();
-    let Ok(files) = tokio::task::spawn_blocking(move || check::local_files(&images)).await else { return };
+    let (images, known) = (fleet.images.clone(), crate::checksums::Checksums::in_state_dir(&fleet.daemon.state_dir));
+    let Ok(files) = tokio::task::spawn_blocking(move || check::local_files_with(&images, &known)).await else { return };
     for host in &fleet.hosts {
         let uri = host.uri.clone();
         let probe = tokio::task::spawn_blocking(move || crate::libvirt::probe(&uri)).await;

@@ -364,13 +364,16 @@ impl VmManager {
         while connecting.join_next().await.is_some() {}
         let (tx, rx) = mpsc::unbounded_channel();
         let (ended, _) = broadcast::channel(256);
+        let state_dir = cfg.state_dir.clone();
         let parts = Parts {
             cfg,
             hosts: hosts.into_iter().zip(handles.iter().cloned()).collect(),
             store,
             tx: tx.downgrade(),
             ended: ended.clone(),
-            templates: Default::default(),
+            templates: std::sync::Arc::new(super::template::Templates::with_checksums(crate::checksums::Checksums::in_state_dir(
+                &state_dir,
+            ))),
         };
         let mut owner = parts.owner(false).await?;
         // A template build a crash cut short left a folder without its manifest (its
