@@ -198,6 +198,7 @@ impl Daemon {
         api.access = Some(access);
         api.vms = Some(vms.clone());
         api.template_seeds = Some(template_seeds);
+        api.instance_id = Some(dirs.instance_id().to_string());
         api.owners.push(("forwarder", forwarder_health));
         api.owners.push(("vm-manager", vms.health()));
         api.owners.push(("coordinator", runs.health()));

@@ -193,6 +193,8 @@ pub struct VmSnapshot {
     pub ssh_port: u16,
     pub created_at: DateTime<Utc>,
     pub hold_until: Option<DateTime<Utc>>,
+    /// The key of the template a warm clone was restored from.
+    pub template_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -63,6 +63,9 @@ pub(super) struct Vm {
     pub(super) host_key: Option<ssh_key::PublicKey>,
     /// A clone of its image's ready pool, until a launch takes it.
     pub(super) pooled: Option<super::ready_pool::Pooled>,
+    /// The key of the template it was restored from (a warm clone), once it is up: the
+    /// templates listing counts a diskless template's clones by it.
+    pub(super) template_key: Option<String>,
 }
 
 pub(super) struct Pending {
@@ -359,6 +362,7 @@ impl Owner {
                 ssh_port: vm.port,
                 created_at: vm.created_at,
                 hold_until: vm.hold_until,
+                template_key: vm.template_key.clone(),
             })
             .collect();
         vms.sort_by_key(|v| v.created_at);
