@@ -243,10 +243,13 @@ impl Daemon {
         reload::reload(&self.fleet, &mut self.schedules).await
     }
 
-    /// Stops accepting work and waits for the HTTP server to close.
+    /// Stops accepting work, waits for the HTTP server to close and ends the VM manager's
+    /// owner (`VmManager::stop`): its VMs stay for the next start to adopt or reap.
     pub async fn stop(self) -> Result<(), DaemonError> {
         let _ = self.shutdown.send(true);
-        match self.server.await {
+        let served = self.server.await;
+        self.vms.stop();
+        match served {
             Ok(r) => r.map_err(DaemonError::Serve),
             Err(_) => Ok(()),
         }

@@ -30,14 +30,17 @@ command = "echo rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); ec
 async fn probe(daemon: &Daemon, dir: &Path) -> (String, String, BTreeMap<String, String>, serde_json::Value) {
     let id = daemon.runs.trigger("probe", None, Trigger::Manual { by: "alice".into() }).await.unwrap().remove(0);
     let log = dir.join("state/logs").join(&id).join("run.log");
+    // Its output, or its end (a run that failed says why below, without the whole wait).
     wait_until("the probe's output", Duration::from_secs(1500), async || {
         std::fs::read_to_string(&log).unwrap_or_default().contains("probed")
+            || daemon.store.run(&id).await.unwrap().is_some_and(|r| finished(&r))
     })
     .await;
     let vm = daemon.store.run(&id).await.unwrap().unwrap().vm_name.expect("the run's VM");
-    let pinned = daemon.store.vm_host_key(&vm).await.unwrap().expect("a pinned host key while the VM runs");
+    let pinned = daemon.store.vm_host_key(&vm).await.unwrap();
     let row = wait_for_run(daemon, &id, Duration::from_secs(300), finished).await;
     assert_eq!(row.outcome.as_deref(), Some("success"), "{row:?}");
+    let pinned = pinned.expect("a pinned host key while the VM runs");
     let (out, timings) = probe_output(&row);
     (vm, pinned, out, timings)
 }

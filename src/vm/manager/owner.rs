@@ -141,11 +141,13 @@ impl Owner {
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
+                    None | Some(Cmd::Stop) => break,
                     Some(cmd) => {
                         self.handle(cmd).await;
                         // A burst (launches queued, VMs gone) costs one placement pass.
                         for _ in 0..BATCH {
                             match rx.try_recv() {
+                                Ok(Cmd::Stop) => return,
                                 Ok(cmd) => self.handle(cmd).await,
                                 Err(_) => break,
                             }
@@ -154,7 +156,6 @@ impl Owner {
                             self.pump().await;
                         }
                     }
-                    None => break,
                 },
                 _ = tick.tick() => self.on_tick().await,
                 _ = reconcile.tick() => self.spawn_reconcile(None),
@@ -255,6 +256,8 @@ impl Owner {
             Cmd::SweepDone { host, image } => self.sweep_done(host, &image),
             Cmd::UploadHung { host, image, reason } => self.upload_hung(host, image, reason).await,
             Cmd::InjectPanic => panic!("injected fault: VM manager owner"),
+            // `run` ends on it before handing it here.
+            Cmd::Stop => {}
             Cmd::PoolKeys { keys } => self.pool_keys_done(keys).await,
             Cmd::ReconcileDone { report, reply } => {
                 self.reconciling = false;
