@@ -198,6 +198,7 @@ impl Daemon {
         api.access = Some(access);
         api.vms = Some(vms.clone());
         api.template_seeds = Some(template_seeds);
+        api.instance_id = Some(dirs.instance_id().to_string());
         api.owners.push(("forwarder", forwarder_health));
         api.owners.push(("vm-manager", vms.health()));
         api.owners.push(("coordinator", runs.health()));
@@ -242,10 +243,13 @@ impl Daemon {
         reload::reload(&self.fleet, &mut self.schedules).await
     }
 
-    /// Stops accepting work and waits for the HTTP server to close.
+    /// Stops accepting work, waits for the HTTP server to close and ends the VM manager's
+    /// owner (`VmManager::stop`): its VMs stay for the next start to adopt or reap.
     pub async fn stop(self) -> Result<(), DaemonError> {
         let _ = self.shutdown.send(true);
-        match self.server.await {
+        let served = self.server.await;
+        self.vms.stop();
+        match served {
             Ok(r) => r.map_err(DaemonError::Serve),
             Err(_) => Ok(()),
         }

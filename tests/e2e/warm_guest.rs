@@ -62,7 +62,8 @@ async fn probe(daemon: &Daemon, dir: &Path, id: &str) -> Probed {
 }
 
 /// One template (booted once, saved, no disk) serves every check: the run that made it
-/// restores a clone, a ready pool (`min_ready = 1`) fills with another, and two triggers at
+/// restores a clone, a ready pool (`min_ready = 1`) fills with another (the templates listing
+/// counts it as the template's one clone), and two triggers at
 /// once get the pooled clone and a freshly restored one. Every clone reads other
 /// `/dev/urandom` bytes, presents the host key paddock pinned for it, has its own hostname
 /// and machine-id, logged its own VM-fork reseed, and has the host's time although its
@@ -77,7 +78,9 @@ async fn warm_clones_of_the_bundled_guest_get_their_own_identity_and_the_hosts_t
         .replace(&repo().join("images/out/x86_64").display().to_string(), &out.display().to_string())
         .replacen("boot_timeout = \"3m\"\n", "boot_timeout = \"4m\"\nstart = \"warm\"\nguest_agent = true\nmin_ready = 1\n", 1);
     assert!(src.contains("x86_64-warm/initrd.img") && src.contains("guest_agent = true"), "{src}");
-    let daemon = start(load_fleet(dir.path(), &src)).await;
+    let mut fleet = load_fleet(dir.path(), &src);
+    fleet.daemon.public_reads = true;
+    let daemon = start(fleet).await;
     let _guard = DomainGuard::new(dir.path());
     let state = dir.path().join("state");
 
@@ -97,6 +100,12 @@ async fn warm_clones_of_the_bundled_guest_get_their_own_identity_and_the_hosts_t
         daemon.store.vms().await.unwrap().iter().any(|v| v.run_id.as_deref() == Some(paddock::vm::READY_POOL_RUN) && v.state == "ready")
     })
     .await;
+    // The listing counts the diskless template's clones (it backs no overlay): the idle one.
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let url = format!("http://{}/api/v1/templates", daemon.addr);
+    let listing: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    let row = listing.as_array().unwrap().iter().find(|t| t["key"] == made[0].key.as_str()).unwrap_or_else(|| panic!("{listing}"));
+    assert_eq!((&row["state"], &row["clones"]), (&"ready".into(), &1.into()), "{row}");
     // A clone whose clock were not set would lag by the time since the save: make that more
     // than the check below allows (a wait on the template's age, usually already past).
     let lag = Duration::from_secs(8);

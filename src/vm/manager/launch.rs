@@ -333,6 +333,7 @@ impl Owner {
             pool_seed: pool_seed.clone(),
             host_key: identity.as_ref().map(|id| id.public_key().clone()),
             pooled: None,
+            template_key: None,
         };
         let job = Attempt {
             identity,
@@ -392,6 +393,7 @@ impl Owner {
                     session: booted.session,
                     started: booted.started.clone(),
                 };
+                vm.template_key = booted.template_key.clone();
                 if let Started::ColdAfterWarm(why) = &booted.started {
                     let _ = self.store.record_event("warm_start_fell_back", &name, why).await;
                 }
