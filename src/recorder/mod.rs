@@ -8,7 +8,9 @@ pub mod http;
 mod model;
 mod store;
 mod web;
+mod wire;
 pub mod xmlrpc;
+mod xmlrpc_read;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
