@@ -146,7 +146,7 @@ impl ApiError {
                 | RecorderError::Migrate { .. }
                 | RecorderError::Database { .. }
                 | RecorderError::Closed { .. }
-                | RecorderError::WriterThread(_)),
+                | RecorderError::Thread(..)),
             ) => {
                 tracing::error!(error = ?e, "recorder request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())

@@ -152,8 +152,8 @@ pub enum RecorderError {
     Database { op: &'static str, source: rusqlite::Error },
     #[error("recorder database connection closed while {op}")]
     Closed { op: &'static str },
-    #[error("starting the recorder's writer thread")]
-    WriterThread(#[source] std::io::Error),
+    #[error("starting the recorder's {0} thread")]
+    Thread(&'static str, #[source] std::io::Error),
     /// An upload whose `auth_key` names no result, or one received too long ago.
     #[error("the auth_key names no result that accepts uploads")]
     UnknownAuthKey,
@@ -190,8 +190,9 @@ pub struct Origin {
 /// write, so writes are serialised without locks; submissions and other writes reach it through
 /// one queue, and it answers each submission itself once its group has committed (no hop
 /// through a tokio task or another connection thread between a commit and its answers). A
-/// second connection serves reads, which WAL lets proceed while a write is in flight; a third
-/// runs the WAL checkpoints (`checkpoint.rs`), so the writer's commits only append to the WAL.
+/// second connection serves reads, which WAL lets proceed while a write is in flight; a thread
+/// of its own runs the WAL checkpoints (`checkpoint.rs`), so the writer's commits only append to
+/// the WAL.
 #[derive(Clone)]
 pub struct Recorder {
     inner: Arc<Inner>,
@@ -201,7 +202,8 @@ struct Inner {
     /// The writer thread's queue (`write_loop`): submissions for its group commits and other writes.
     jobs: tokio::sync::mpsc::Sender<Job>,
     reader: tokio_rusqlite::Connection,
-    /// The checkpoint task's connection (`checkpoint.rs`; the writer thread wakes it after writes).
+    /// Where `Recorder::checkpoint` copies the WAL (the checkpoint thread of `checkpoint.rs`,
+    /// which the writer thread wakes after writes, has a connection of its own).
     checkpointer: tokio_rusqlite::Connection,
     /// Keeps the writer's WAL rewinds and the checkpoint task's copies apart (`checkpoint.rs`).
     gate: checkpoint::Gate,
@@ -386,7 +388,7 @@ impl Recorder {
                     let _ = opened_tx.send(Err(e));
                 }
             })
-            .map_err(RecorderError::WriterThread)?;
+            .map_err(|e| RecorderError::Thread("writer", e))?;
         opened.await.map_err(|_| RecorderError::Closed { op: "opening" })??;
         let reader = tokio_rusqlite::Connection::open(&path).await.map_err(open_err)?;
         reader
@@ -405,8 +407,14 @@ impl Recorder {
             _ => RecorderError::Closed { op: "opening" },
         })?;
         let tokens = auth::TokenSet::new(&config.tokens);
-        // Ends when the last handle and the writer thread (the wake-up's senders) are gone.
-        tokio::spawn(checkpoint::run(checkpointer.clone(), gate.clone(), wake));
+        // Ends when the writer thread (the wake-up's last sender) is gone.
+        let background =
+            rusqlite::Connection::open(&path).and_then(|c| c.busy_timeout(Duration::from_secs(5)).map(|()| c)).map_err(open_err)?;
+        let task_gate = gate.clone();
+        std::thread::Builder::new()
+            .name("recorder-checkpoint".into())
+            .spawn(move || checkpoint::run(background, task_gate, wake))
+            .map_err(|e| RecorderError::Thread("checkpoint", e))?;
         Ok(Recorder { inner: Arc::new(Inner { jobs, reader, checkpointer, config, tokens, gate, timings }) })
     }
 

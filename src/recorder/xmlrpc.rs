@@ -166,7 +166,7 @@ fn recorder_fault(e: RecorderError) -> Fault {
         | RecorderError::Migrate { .. }
         | RecorderError::Database { .. }
         | RecorderError::Closed { .. }
-        | RecorderError::WriterThread(_) => {
+        | RecorderError::Thread(..) => {
             tracing::error!(error = %crate_error_chain(&e), "XML-RPC call failed");
             fault(SERVER_ERROR, "internal error")
         }
