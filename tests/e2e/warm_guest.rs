@@ -101,7 +101,7 @@ async fn warm_clones_of_the_bundled_guest_get_their_own_identity_and_the_hosts_t
     first.sigkill();
     let (domain, folder) = being_made;
     assert!(paddock::vm::template::list(&state).is_empty(), "the template was finished before the kill: {folder:?}");
-    assert_eq!(domains_named(&domain), [domain.clone()], "the template's domain outlives the SIGKILLed daemon");
+    assert_eq!(domains_named(&domain), vec![domain.clone()], "the template's domain outlives the SIGKILLed daemon");
     let second = super::crash::Serve::start(&config, false);
     wait_until("the cut-short template to be reaped", Duration::from_secs(120), async || {
         domains_named(&prefix).is_empty() && super::warm::template_dirs(dir.path()).is_empty()

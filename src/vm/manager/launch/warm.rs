@@ -134,7 +134,7 @@ impl Attempt {
         }
         let saved =
             std::fs::read_to_string(tpl.saved_xml()).map_err(|source| tpl_err(TemplateError::Read { path: tpl.saved_xml(), source }))?;
-        let xml = self.clone_xml(&saved, &tpl, ov.as_deref())?;
+        let xml = self.clone_xml(&saved, &tpl, ov.as_deref()).map_err(tpl_err)?;
         let started = Instant::now();
         // One restore at a time per template: the save file's header holds this clone's XML
         // until libvirt has read it.
@@ -157,9 +157,9 @@ impl Attempt {
 
     /// The clone's domain XML from the template's `saved` one (`template::clone_xml`): its
     /// own name, port, console, mark and `overlay` on the template's disk.
-    fn clone_xml(&self, saved: &str, tpl: &Template, overlay: Option<&Path>) -> Result<String, WarmError> {
+    fn clone_xml(&self, saved: &str, tpl: &Template, overlay: Option<&Path>) -> Result<String, TemplateError> {
         let spec = CloneSpec { name: &self.name, port: self.port, overlay, console: &self.console, metadata: metadata_xml(&self.mark) };
-        template::clone_xml(saved, tpl, &spec).map_err(|source| WarmError::Template { image: self.image.name.clone(), source })
+        template::clone_xml(saved, tpl, &spec)
     }
 
     /// Restores the clone from the save file at `path` on the host, its header already

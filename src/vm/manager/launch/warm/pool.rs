@@ -97,7 +97,9 @@ impl super::super::Attempt {
         let stand_in =
             Template { dir: PathBuf::from("/paddock-pool-template"), key: tpl.key.clone(), domain: tpl.domain.clone(), port: tpl.port };
         let saved = tpl.saved_xml.replace(&format!("file='{}'", tpl.disk), &format!("file='{}'", stand_in.disk().display()));
-        let xml = self.clone_xml(&saved, &stand_in, Some(std::path::Path::new(&overlay)))?;
+        let xml = self
+            .clone_xml(&saved, &stand_in, Some(std::path::Path::new(&overlay)))
+            .map_err(|source| WarmError::Template { image: self.image.name.clone(), source })?;
         let started = Instant::now();
         let (save_vol, scratch) = (tpl.volume(tpool::SAVE), tpool::scratch(&self.state_dir, &self.name));
         self.on_pool("writing the clone's XML into the save header", move |u, p| tpool::rewrite_header(u, p, &save_vol, &xml, &scratch))
