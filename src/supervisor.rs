@@ -2,12 +2,15 @@
 //! when it panics, starts a new one (which re-reads what it owns from the store), counts the
 //! restart (`paddock_owner_restarts_total{owner}`) and keeps the reason for `/readyz`.
 //!
-//! The access owner has a supervisor of its own (`access::service::supervise`, which also keeps
-//! its command channel across restarts); owners without a channel, such as the forwarder's
-//! lanes, use [`supervise`].
+//! Every supervised owner goes through [`supervise`]: the access service, the VM manager, the run
+//! coordinator (each keeps its command channel across restarts) and the forwarder's lanes (which
+//! have none).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::OwnedMutexGuard;
 
 /// How an owner has fared since the daemon started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,7 +25,7 @@ pub struct OwnerHealth {
 pub type Health = Arc<Mutex<OwnerHealth>>;
 
 /// The message a panic carried.
-pub fn panic_reason(e: tokio::task::JoinError) -> String {
+fn panic_reason(e: tokio::task::JoinError) -> String {
     let payload = e.into_panic();
     payload
         .downcast_ref::<&str>()
@@ -40,15 +43,46 @@ pub fn record_restart(owner: &'static str, health: &Health, why: String) {
     h.last_failure = Some(why);
 }
 
-/// Runs `make()` on a task of its own until it returns; each time it panics, records the
-/// restart and runs a fresh `make()`.
-pub async fn supervise<F, Fut>(owner: &'static str, health: Health, mut make: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
+/// Runs `first` on a task of its own, serving from `rx` (`run(owner, rx)`); each time the owner
+/// of the moment panics, counts the restart under `owner` (log, metric, `health`) and runs the
+/// next owner `rebuild` makes (from the store) on the same `rx`. A rebuild that fails is logged
+/// and tried again a second later. Returns when an owner returns (its channel closed, shutdown).
+///
+/// Implementation note: `rx` sits behind a mutex; each owner gets it as an owned guard and holds
+/// it while it runs. A panic unwinds the owner's task, which drops the guard before the task's
+/// end is reported here, so the receiver (and every command queued in it) survives for the next
+/// owner. Only the command in hand when the owner failed is lost.
+pub async fn supervise<O, R, E, Run, RunFut, Rebuild, RebuildFut>(
+    owner: &'static str,
+    health: Health,
+    rx: R,
+    first: O,
+    run: Run,
+    mut rebuild: Rebuild,
+) where
+    R: Send + 'static,
+    Run: Fn(O, OwnedMutexGuard<R>) -> RunFut,
+    RunFut: Future<Output = ()> + Send + 'static,
+    Rebuild: FnMut() -> RebuildFut,
+    RebuildFut: Future<Output = Result<O, E>>,
+    E: std::error::Error,
 {
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut next = Some(first);
     loop {
-        match tokio::spawn(make()).await {
+        let current = match next.take() {
+            Some(o) => o,
+            None => match rebuild().await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(owner, error = %crate::error::chain(&e), "the restarted owner cannot read the store; trying again in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        let guard = rx.clone().lock_owned().await;
+        match tokio::spawn(run(current, guard)).await {
             Ok(()) => return,
             Err(e) if e.is_panic() => record_restart(owner, &health, panic_reason(e)),
             Err(_) => return,

@@ -17,12 +17,17 @@ use crate::store::{RunFilter, RunRow};
 /// The largest page of runs one request may ask for.
 const MAX_LIMIT: usize = 1000;
 
+/// The longest id prefix a listing may filter by (run ids are about 20 bytes).
+const MAX_ID_PREFIX: usize = 128;
+
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     job: Option<String>,
     image: Option<String>,
     state: Option<String>,
     since: Option<String>,
+    /// Runs whose id starts with this (`paddock runs show` resolves a short id with it).
+    id_prefix: Option<String>,
     limit: Option<usize>,
 }
 
@@ -58,11 +63,17 @@ pub async fn list(
                 .with_timezone(&Utc),
         ),
     };
+    if let Some(p) = &q.id_prefix
+        && (p.is_empty() || p.len() > MAX_ID_PREFIX)
+    {
+        return Err(ApiError::BadRequest(format!("filter id_prefix: must be 1 to {MAX_ID_PREFIX} bytes long")));
+    }
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::BadRequest(format!("limit={limit}: must be between 1 and {MAX_LIMIT}")));
     }
-    let rows = s.store.runs(RunFilter { job: q.job, image: q.image, state: q.state, since, limit: Some(limit) }).await?;
+    let filter = RunFilter { job: q.job, image: q.image, state: q.state, since, id_prefix: q.id_prefix, limit: Some(limit) };
+    let rows = s.store.runs(filter).await?;
     let links = s.store.retry_links(rows.iter().map(|r| r.id.clone()).collect()).await?;
     let out = rows
         .iter()
@@ -111,7 +122,21 @@ pub async fn detail(State(s): State<Shared>, _r: Reader, Path(id): Path<String>)
     let row = find(&s, &id).await?;
     let outbox = s.store.outbox_for_run(&id).await?;
     let (retry, retried_by) = retry_facts(&s.store, &id).await?;
-    Ok(Json(RunDetailOut { run: run_out(&row), steps: steps_of(&row), outbox: outbox.iter().map(outbox_out).collect(), retry, retried_by }))
+    Ok(Json(RunDetailOut {
+        run: run_out(&row),
+        steps: steps_of(&row),
+        outbox: outbox.iter().map(outbox_out).collect(),
+        retry,
+        retried_by,
+        log_path: row.log_path.clone(),
+        console_tail: console_tail_of(&row),
+    }))
+}
+
+/// The console tail a finished run's result document keeps (`extras.console_tail`), if any.
+fn console_tail_of(r: &RunRow) -> Option<String> {
+    let doc = serde_json::from_str::<serde_json::Value>(r.result_json.as_deref()?).ok()?;
+    doc.get("extras")?.get("console_tail")?.as_str().filter(|t| !t.trim().is_empty()).map(str::to_string)
 }
 
 /// Which run run `id` re-runs (with its note), and which run re-runs it.

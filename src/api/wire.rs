@@ -249,6 +249,13 @@ pub struct RunDetailOut {
     /// The run queued to re-run this one; its result, not this one's, goes to the recorders.
     #[serde(default)]
     pub retried_by: Option<String>,
+    /// The run's log file on the daemon's machine (`GET /api/v1/runs/{id}/log` serves it).
+    #[serde(default)]
+    pub log_path: Option<String>,
+    /// The guest's last console lines, from the result document: kept when a run ends outside
+    /// its steps (a guest that never answered SSH, a VM lost mid-step). Secrets masked.
+    #[serde(default)]
+    pub console_tail: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -25,6 +25,7 @@ mod recorder;
 mod results;
 mod run;
 mod runs;
+mod runs_show;
 mod serve;
 mod status;
 mod templates;
@@ -73,12 +74,14 @@ enum Command {
     Templates(client::Remote),
     /// Jobs: schedule, next fire, last result per image.
     Jobs(client::Remote),
-    /// Runs, newest first.
+    /// Runs, newest first; `runs show RUN` shows one in full.
     Runs {
         #[command(flatten)]
         remote: client::Remote,
         #[command(flatten)]
         filters: runs::Filters,
+        #[command(subcommand)]
+        command: Option<runs_show::RunsCommand>,
     },
     /// Start a job (all its images, or one); `--follow` streams it and exits with its success.
     Run {
@@ -174,7 +177,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Vms(r) => vms::run(&r),
         Command::Templates(r) => templates::run(&r),
         Command::Jobs(r) => jobs::run(&r),
-        Command::Runs { remote, filters } => runs::run(&remote, &filters),
+        Command::Runs { remote, filters, command: None } => runs::run(&remote, &filters),
+        Command::Runs { remote, filters, command: Some(c) } => runs_show::run(&remote, &filters, &c),
         Command::Run { remote, job, image, follow } => run::run(&remote, &job, image.as_deref(), follow),
         Command::Logs { remote, run, follow, tail } => logs::run(&remote, &run, follow, tail),
         Command::Cancel { remote, run } => cancel::run(&remote, &run),

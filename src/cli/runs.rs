@@ -20,13 +20,21 @@ pub struct Filters {
     /// RFC 3339 time, e.g. 2026-05-01T00:00:00Z.
     #[arg(long)]
     since: Option<String>,
-    #[arg(long, default_value_t = 30)]
-    limit: usize,
+    /// Most runs to list [default: 30].
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+impl Filters {
+    /// Whether no filter was given (`runs show` takes none).
+    pub fn is_empty(&self) -> bool {
+        [&self.job, &self.image, &self.state, &self.since].iter().all(|f| f.is_none()) && self.limit.is_none()
+    }
 }
 
 pub fn run(remote: &Remote, f: &Filters) -> Result<ExitCode> {
     block_on(async {
-        let mut q = vec![format!("limit={}", f.limit)];
+        let mut q = vec![format!("limit={}", f.limit.unwrap_or(30))];
         for (k, v) in [("job", &f.job), ("image", &f.image), ("state", &f.state), ("since", &f.since)] {
             if let Some(v) = v {
                 q.push(format!("{k}={}", encode(v)));

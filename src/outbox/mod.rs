@@ -123,7 +123,11 @@ impl Forwarder {
                     logs: self.logs.clone(),
                 };
                 let shutdown = shutdown.clone();
-                tokio::spawn(supervise("forwarder", self.health.clone(), move || lane.clone().run(shutdown.clone())))
+                // A lane owns no channel; the next one after a panic reads its head from the store.
+                let again = lane.clone();
+                let rebuild = move || std::future::ready(Ok::<_, std::convert::Infallible>(again.clone()));
+                let run = move |lane: Lane, _: tokio::sync::OwnedMutexGuard<()>| lane.run(shutdown.clone());
+                tokio::spawn(supervise("forwarder", self.health.clone(), (), lane, run, rebuild))
             })
             .collect()
     }

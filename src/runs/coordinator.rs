@@ -34,6 +34,9 @@ struct Live {
 /// set is handed from one coordinator to the next. Only the coordinator of the moment touches it.
 type LiveRuns = Arc<std::sync::Mutex<HashMap<String, Live>>>;
 
+/// What every coordinator in turn serves: commands and the scheduler's fires.
+type Channels = (mpsc::Receiver<Command>, mpsc::Receiver<Fire>);
+
 fn lock(live: &LiveRuns) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
     // A panic while it was held (the coordinator failing) leaves each entry whole.
     live.lock().unwrap_or_else(|e| e.into_inner())
@@ -183,36 +186,21 @@ impl Coordinator {
     /// restart is counted (`paddock_owner_restarts_total{owner="coordinator"}`, `/readyz`);
     /// only the command in hand is lost (its caller gets `Stopped`).
     ///
-    /// Implementation note: the channels sit behind a mutex each coordinator holds while it
-    /// serves; a panic unwinds its task and releases the lock for the successor.
+    /// Implementation note: the channels are kept by `supervisor::supervise`, behind a mutex
+    /// each coordinator holds while it serves; a panic unwinds its task and releases the lock for
+    /// the successor.
     pub async fn run(mut self, fires: mpsc::Receiver<Fire>) {
         let Some(rx) = self.rx.take() else { return };
-        let channels = Arc::new(tokio::sync::Mutex::new((rx, fires)));
-        let mut next = Some(self);
-        loop {
-            let Some(mut current) = next.take() else { return };
-            let successor = current.successor();
-            let channels = channels.clone();
-            let ran = tokio::spawn(async move {
-                let mut guard = channels.lock().await;
-                let (rx, fires) = &mut *guard;
-                current.serve(rx, fires).await;
-            })
-            .await;
-            match ran {
-                Ok(()) => return,
-                Err(e) if e.is_panic() => {
-                    crate::supervisor::record_restart("coordinator", &successor.health, crate::supervisor::panic_reason(e))
-                }
-                Err(_) => return,
-            }
-            let mut successor = successor;
-            while let Err(e) = successor.resume().await {
-                tracing::error!(error = %crate::error::chain(&e), "the restarted run coordinator cannot read the store; trying again in 1 s");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            next = Some(successor);
-        }
+        let (health, heir) = (self.health.clone(), self.successor());
+        let rebuild = move || {
+            let mut successor = heir.successor();
+            async move { successor.resume().await.map(|()| successor) }
+        };
+        let serve = |mut c: Coordinator, mut channels: tokio::sync::OwnedMutexGuard<Channels>| async move {
+            let (rx, fires) = &mut *channels;
+            c.serve(rx, fires).await;
+        };
+        crate::supervisor::supervise("coordinator", health, (rx, fires), self, serve, rebuild).await;
     }
 
     async fn serve(&mut self, rx: &mut mpsc::Receiver<Command>, fires: &mut mpsc::Receiver<Fire>) {

@@ -34,6 +34,8 @@ pub struct RunFilter {
     pub image: Option<String>,
     pub state: Option<String>,
     pub since: Option<DateTime<Utc>>,
+    /// Runs whose id starts with this.
+    pub id_prefix: Option<String>,
     pub limit: Option<usize>,
 }
 
@@ -246,10 +248,12 @@ impl Store {
                  WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR image = ?2)
                    AND (?3 IS NULL OR state = ?3 OR (?3 = 'running' AND state LIKE 'running:%'))
                    AND (?4 IS NULL OR created_at >= ?4)
+                   AND (?6 IS NULL OR substr(id, 1, length(?6)) = ?6)
                  ORDER BY created_at DESC, id DESC LIMIT ?5"
             ))?;
             let limit = filter.limit.unwrap_or(100) as i64;
-            let rows = stmt.query_map(params![filter.job, filter.image, filter.state, filter.since.map(ts), limit], read)?;
+            let args = params![filter.job, filter.image, filter.state, filter.since.map(ts), limit, filter.id_prefix];
+            let rows = stmt.query_map(args, read)?;
             rows.map(|r| finish(r?)).collect()
         })
         .await

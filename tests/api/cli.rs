@@ -137,6 +137,78 @@ async fn runs_show_which_attempt_a_retry_is_and_what_re_ran_a_run() {
     assert!(v[0]["retried_by"].is_null() && v[2]["retry"].is_null(), "{v}");
 }
 
+/// `paddock runs show`: one run in full, by its id or a unique prefix of it; a prefix several ids
+/// start with and an id nobody has are refused; what a guest wrote is shown escaped, not obeyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_show_prints_one_run_by_its_id_or_a_unique_prefix() {
+    use crate::support::cli_output::{field, row};
+    let (l, url) = setup().await;
+    let t = Some(l.bob.as_str());
+    let o = paddock(&url, t, &["runs", "show", "r-demo-1"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let s = &o.stdout;
+    assert_eq!(field(s, "run"), "r-demo-1");
+    assert_eq!((field(s, "job"), field(s, "image"), field(s, "state")), ("demo", "tiny-x86_64", "failed"));
+    assert_eq!((field(s, "outcome"), field(s, "reason")), ("build-failure", "step `check` exited with 2"));
+    assert_eq!((field(s, "trigger"), field(s, "host"), field(s, "vm")), ("schedule", "local", "-"));
+    assert!(field(s, "finished").ends_with(" ago, took 1m 40s)"), "{s}");
+    assert_eq!(field(s, "log"), "-", "no log file was kept");
+    assert_eq!(row(s, &["1", "setup"])[2..], ["setup", "ok", "1.5s"], "{s}");
+    assert_eq!(row(s, &["2", "check"])[2..], ["test", "exit", "2", "42.0s"], "{s}");
+    // No forwarder runs in this lab: the result waits for its recorder.
+    assert_eq!(row(s, &["embedded"])[1..3], ["pending,", "due"], "{s}");
+
+    // A prefix only one id starts with is that run; one that two start with names both.
+    let o = paddock(&url, t, &["runs", "show", "r-do"]).await;
+    assert_eq!((o.code, field(&o.stdout, "run")), (0, "r-docs-1"), "{}", o.stderr);
+    let o = paddock(&url, t, &["runs", "show", "r-demo"]).await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(o.stderr.contains("`r-demo` is the start of 2 run ids (r-demo-2, r-demo-1): give more of the id"), "{}", o.stderr);
+    let o = paddock(&url, t, &["runs", "show", "r-nope"]).await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(o.stderr.contains("no run `r-nope`, and no run's id starts with it"), "{}", o.stderr);
+    // Reading needs a token, as for the listing; filters do not go with `show`.
+    let o = paddock(&url, None, &["runs", "show", "r-demo-1"]).await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(o.stderr.contains("reading needs a token") && o.stderr.contains("401"), "{}", o.stderr);
+    let o = paddock(&url, t, &["runs", "--job", "demo", "show", "r-demo-1"]).await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(o.stderr.contains("`paddock runs show` takes no filters"), "{}", o.stderr);
+    // The common flags go before or after `show`.
+    let o = paddock(&url, t, &["runs", "--json", "show", "r-demo-1"]).await;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&o.stdout).unwrap()["id"], "r-demo-1", "{}", o.stderr);
+
+    // A run a guest's console ended: the tail is printed with its escape sequences defused.
+    l.store.insert_run(&crate::common::row("r-console", "demo", "tiny-x86_64", "queued", 5)).await.unwrap();
+    let doc = serde_json::json!({"results": [], "extras": {"console_tail": "[    2.1] Kernel panic\n\u{1b}[2Jwiped\n"}});
+    let end = paddock::store::RunEnd {
+        run_id: "r-console".into(),
+        from: "queued".into(),
+        state: "failed".into(),
+        outcome: "infrastructure".into(),
+        reason: Some("launching image tiny-x86_64 failed: no SSH banner\u{1b}]0;owned\u{7}".into()),
+        result_json: doc.to_string(),
+        finished_at: chrono::Utc::now(),
+        recorders: Vec::new(),
+    };
+    l.store.finish_run(end).await.unwrap();
+    let o = paddock(&url, t, &["runs", "show", "r-console"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let s = &o.stdout;
+    assert!(!s.contains('\u{1b}') && !s.contains('\u{7}'), "{s:?}");
+    assert_eq!(field(s, "reason"), "launching image tiny-x86_64 failed: no SSH banner\\u{1b}]0;owned\\u{7}");
+    assert!(s.contains("console, last lines:\n  [    2.1] Kernel panic\n  \\u{1b}[2Jwiped\n"), "{s}");
+    assert!(s.contains("\nsteps: none ran\n") && s.contains("\nrecorders: sent to no recorder\n"), "{s}");
+
+    // `--json` is the API's detail, with the log path and console tail it adds.
+    let o = paddock(&url, t, &["runs", "show", "r-cons", "--json"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["id"], "r-console");
+    assert!(v["console_tail"].as_str().unwrap().starts_with("[    2.1] Kernel panic"), "{v}");
+    assert!(v["log_path"].is_null() && v["steps"].as_array().unwrap().is_empty(), "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_follow_shows_states_and_exits_with_the_runs_failure() {
     let (l, url) = setup().await;

@@ -17,6 +17,7 @@ mod machines;
 mod reload;
 mod remote;
 mod runs;
+mod runs_show;
 mod supervisors;
 mod trust;
 mod ui;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod cli_output;
 pub mod donor;
 pub mod fixtures;
 pub mod guest;

@@ -98,6 +98,7 @@ enum Cmd {
 }
 
 pub use crate::supervisor::OwnerHealth;
+use crate::supervisor::{Health, supervise};
 
 /// A handle to the access service; cheap to clone.
 #[derive(Clone)]
@@ -105,7 +106,7 @@ pub struct Access {
     tx: mpsc::UnboundedSender<Cmd>,
     store: Store,
     ca: FleetCa,
-    health: Arc<std::sync::Mutex<OwnerHealth>>,
+    health: Health,
 }
 
 impl Access {
@@ -135,8 +136,14 @@ impl Access {
         };
         let mut owner = make();
         owner.recover().await?;
-        let health = Arc::new(std::sync::Mutex::new(OwnerHealth::default()));
-        tokio::spawn(supervise(owner, make, rx, health.clone()));
+        let health = Health::default();
+        // A new owner after a panic is made from the store (grants whose end passed are ended,
+        // clean-ups re-armed, as at start) on the same command channel.
+        let rebuild = move || {
+            let mut o = make();
+            async move { o.recover().await.map(|()| o) }
+        };
+        tokio::spawn(supervise("access", health.clone(), rx, owner, |o, mut rx| async move { o.run(&mut rx).await }, rebuild));
         Ok(Access { tx, store, ca, health })
     }
 
@@ -200,48 +207,6 @@ impl Access {
     /// The fleet CA's public line, for `TrustedUserCAKeys`.
     pub fn ca_public_line(&self) -> String {
         self.ca.public_line()
-    }
-}
-
-/// Runs the owner; when it panics, starts a new one from the store (grants whose end passed are
-/// ended, clean-ups re-armed, as at start) on the same command channel, and records it. Only the
-/// command in hand when it failed is lost: its caller gets `Stopped`.
-///
-/// Implementation note: the receiver sits behind a mutex that each owner holds while it runs; a
-/// panic unwinds the owner's task and releases the lock, so the receiver (and every queued
-/// command) survives for the next owner.
-async fn supervise(
-    first: Owner,
-    make: impl Fn() -> Owner + Send + 'static,
-    rx: mpsc::UnboundedReceiver<Cmd>,
-    health: Arc<std::sync::Mutex<OwnerHealth>>,
-) {
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let mut next = Some(first);
-    loop {
-        let owner = match next.take() {
-            Some(o) => o,
-            None => {
-                let mut o = make();
-                if let Err(e) = o.recover().await {
-                    tracing::error!(error = %crate::error::chain(&e), "the restarted access owner cannot read the store; trying again in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                o
-            }
-        };
-        let rx = rx.clone();
-        let ran = tokio::spawn(async move {
-            let mut rx = rx.lock().await;
-            owner.run(&mut rx).await;
-        })
-        .await;
-        match ran {
-            Ok(()) => return,
-            Err(e) if e.is_panic() => crate::supervisor::record_restart("access", &health, crate::supervisor::panic_reason(e)),
-            Err(_) => return,
-        }
     }
 }
 

@@ -33,7 +33,7 @@ pub(super) struct Owner {
 
 impl Owner {
     /// Serves commands until every handle is gone. The receiver is borrowed: if this owner
-    /// panics, the supervisor keeps it and starts a new owner on it (`service::supervise`).
+    /// panics, the supervisor keeps it and starts a new owner on it (`supervisor::supervise`).
     pub(super) async fn run(mut self, rx: &mut mpsc::UnboundedReceiver<Cmd>) {
         loop {
             let wake = match self.next_wake().await {

@@ -344,47 +344,6 @@ impl Parts {
     }
 }
 
-/// Runs the owner; when it panics, makes a new one from the store (`Parts::owner` after a
-/// failure: ready VMs adopted, what was mid-launch or mid-teardown reaped by the pass) on the
-/// same command channel, and records the restart. Launches the failed owner had queued or was
-/// booting are sent again by their callers (`VmManager::launch`).
-///
-/// Implementation note: the receiver sits behind a mutex each owner holds while it runs; a
-/// panic unwinds the owner's task and releases the lock, so queued commands survive.
-async fn supervise(first: Owner, parts: Parts, rx: mpsc::UnboundedReceiver<Cmd>, health: crate::supervisor::Health) {
-    let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
-    let mut next = Some(first);
-    loop {
-        let owner = match next.take() {
-            Some(o) => o,
-            None => match parts.owner(true).await {
-                Ok(mut o) => {
-                    for image in o.cfg.images.clone() {
-                        o.distribute(&image);
-                    }
-                    o
-                }
-                Err(e) => {
-                    tracing::error!(error = %crate::error::chain(&e), "the restarted VM manager cannot read the store; trying again in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-        };
-        let rx = rx.clone();
-        let ran = tokio::spawn(async move {
-            let mut rx = rx.lock().await;
-            owner.run(&mut rx).await;
-        })
-        .await;
-        match ran {
-            Ok(()) => return,
-            Err(e) if e.is_panic() => crate::supervisor::record_restart("vm-manager", &health, crate::supervisor::panic_reason(e)),
-            Err(_) => return,
-        }
-    }
-}
-
 impl VmManager {
     /// Connects to every host, adopts held VMs the store remembers, reaps
     /// everything else of this instance (the start-up reconciliation) and
@@ -423,7 +382,22 @@ impl VmManager {
             owner.distribute(&image);
         }
         let health = crate::supervisor::Health::default();
-        tokio::spawn(supervise(owner, parts, rx, health.clone()));
+        // A new owner after a panic is made from the store (`Parts::owner` after a failure: ready
+        // VMs adopted, what was mid-launch or mid-teardown reaped by the pass) on the same command
+        // channel. Launches the failed owner had queued or was booting are sent again by their
+        // callers (`VmManager::launch`).
+        let rebuild = move || {
+            let parts = parts.clone();
+            async move {
+                let mut o = parts.owner(true).await?;
+                for image in o.cfg.images.clone() {
+                    o.distribute(&image);
+                }
+                Ok::<_, VmError>(o)
+            }
+        };
+        let run = |o: Owner, mut rx: tokio::sync::OwnedMutexGuard<_>| async move { o.run(&mut rx).await };
+        tokio::spawn(crate::supervisor::supervise("vm-manager", health.clone(), rx, owner, run, rebuild));
         Ok(VmManager { tx, ended, handles: std::sync::Arc::new(handles), health })
     }
 
