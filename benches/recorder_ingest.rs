@@ -1,8 +1,9 @@
 //! Recorder throughput: ingest rate over REST and XML-RPC (10 steps of 20 KB output each) next to
 //! raw SQLite inserts of the same rows, then p50/p99 latency of a package page with 100,000 stored
 //! results. Run with `cargo bench --bench recorder_ingest`; `RECORDER_BENCH_N` sets the results
-//! per path and round (default 300), `RECORDER_BENCH_ROUNDS` the rounds (default 3: raw, REST and
-//! XML-RPC take turns, so a change in machine load hits all three alike; medians are reported),
+//! per path and round (default 500), `RECORDER_BENCH_ROUNDS` the rounds (default 5: raw, REST and
+//! XML-RPC take turns in a rotating order, so a change in machine load hits all three alike;
+//! medians are reported),
 //! and `RECORDER_BENCH_JSON=FILE` writes the rows for `make bench` (bench/figures/recorder.sh).
 //! For profiling: `RECORDER_BENCH_ONLY=raw|rest|xmlrpc` runs one path and stops before the page
 //! figure; `PERF_CTL_FIFO=FIFO` writes `enable`/`disable` around each timed region, for
@@ -158,6 +159,8 @@ fn raw_inserts(path: &std::path::Path, docs: &[serde_json::Value], tagset_id: i6
         }
         tx.commit().unwrap();
     }
+    // As on the recorder's side, the clock stops once every page is in the database file.
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).unwrap();
     let rate = docs.len() as f64 / start.elapsed().as_secs_f64();
     perf_ctl("disable");
     rate
@@ -223,8 +226,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|s| s.parse().ok()).unwrap_or(d);
-    let n = env("RECORDER_BENCH_N", 300);
-    let rounds = env("RECORDER_BENCH_ROUNDS", 3).max(1);
+    let n = env("RECORDER_BENCH_N", 500);
+    let rounds = env("RECORDER_BENCH_ROUNDS", 5).max(1);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bench.db");
     let tokens = vec![SubmitToken { name: "bench".into(), secret: TOKEN.into() }];
@@ -258,18 +261,24 @@ async fn main() {
     let only = std::env::var("RECORDER_BENCH_ONLY").unwrap_or_default();
     let runs = |p: &str| only.is_empty() || only == p;
     for round in 1..=rounds {
-        let (db2, docs2) = (db.clone(), docs.clone());
-        if runs("raw") {
-            raw.push(tokio::task::spawn_blocking(move || raw_inserts(&db2, &docs2, tagset_id)).await.unwrap());
-        }
-        if runs("rest") {
-            rest.push(post_all(&rec, &client, format!("http://{addr}/api/v1/results"), "application/json", rest_bodies.clone()).await);
-        }
-        if runs("xmlrpc") {
-            xml.push(post_all(&rec, &client, format!("http://{addr}/xmlrpc"), "text/xml", xml_bodies.clone()).await);
+        // The three take turns in a rotating order, so no path always follows the same one.
+        for path in ["raw", "rest", "xmlrpc"].iter().cycle().skip((round - 1) % 3).take(3) {
+            if !runs(path) {
+                continue;
+            }
+            match *path {
+                "raw" => {
+                    let (db2, docs2) = (db.clone(), docs.clone());
+                    raw.push(tokio::task::spawn_blocking(move || raw_inserts(&db2, &docs2, tagset_id)).await.unwrap());
+                }
+                "rest" => rest
+                    .push(post_all(&rec, &client, format!("http://{addr}/api/v1/results"), "application/json", rest_bodies.clone()).await),
+                _ => xml.push(post_all(&rec, &client, format!("http://{addr}/xmlrpc"), "text/xml", xml_bodies.clone()).await),
+            }
         }
         let f = |v: &Vec<f64>| v.last().map_or("-".to_owned(), |r| format!("{r:.1}"));
-        println!("round {round}: raw {}, REST {}, XML-RPC {} results/s", f(&raw), f(&rest), f(&xml));
+        let load = std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split(' ').next().map(str::to_owned)).unwrap_or_default();
+        println!("round {round}: raw {}, REST {}, XML-RPC {} results/s (load {load})", f(&raw), f(&rest), f(&xml));
     }
     if !only.is_empty() {
         return;

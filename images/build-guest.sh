@@ -62,6 +62,9 @@ x86_64-warm)
         failover net_failover virtio_net virtio-rng button evdev virtio_console)
     EXTRA_PKGS=(qemu-guest-agent libglib2.0-0 libnuma1 libudev1 liburing2)
     EXTRA_BINS=(usr/sbin/qemu-ga)
+    # sshd runs once per connection (`sshd -i` under busybox nc), so a clone's new host key
+    # needs no sshd restart (images/guest/init).
+    SSH_PER_CONNECTION=1
     ;;
 *) die "unknown ARCH '$ARCH' (x86_64, aarch64, s390x, x86_64-warm)" ;;
 esac
@@ -221,6 +224,9 @@ install -m 0755 "$GUEST/init" "$ROOT/init"
 install -m 0644 "$GUEST/sshd_config" "$ROOT/etc/ssh/sshd_config"
 install -m 0644 "$GUEST/inittab" "$ROOT/etc/inittab"
 install -m 0755 "$GUEST/udhcpc.script" "$ROOT/etc/udhcpc.script"
+if [ -n "${SSH_PER_CONNECTION:-}" ]; then
+    : >"$ROOT/etc/paddock/ssh-per-connection"
+fi
 # busybox acpid runs /etc/acpi/PWRF/00000080 for the ACPI power button (virsh shutdown).
 printf '#!/bin/sh\nexec /sbin/poweroff\n' >"$ROOT/etc/acpi/PWRF/00000080"
 chmod 0755 "$ROOT/etc/acpi/PWRF/00000080"

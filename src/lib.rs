@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod api;
+pub mod checksums;
 pub mod clock;
 pub mod config;
 pub mod daemon;

@@ -367,3 +367,67 @@ fn image_upload_through_a_libvirt_pool_is_checksummed_and_replaces_old_versions(
     assert!(bad.to_string().starts_with("volume paddock-tiny-initrd-bad has sha256 "), "{bad}");
     assert!(!pool_dir.join("paddock-tiny-initrd-bad").exists());
 }
+
+/// A volume already in a pool is read back once: its checksum is then remembered in the state
+/// dir for the size and times the host reports, so the next put (the next daemon start) does
+/// not read it again. A touch of the volume on the host reads it again (found the same: not
+/// re-sent); a same-size write in place with its mtime set back still moves its ctime, so it
+/// is read again, found changed and sent again.
+#[test]
+fn a_verified_volume_is_not_read_back_again_until_it_changes_on_the_host() {
+    use paddock::checksums::Checksums;
+    use paddock::hosts::images::{ImageFile, volume_name};
+    use paddock::libvirt::storage::{put_volume, put_volume_with};
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::Builder::new().prefix("pdkc5-").tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    std::fs::create_dir(&pool_dir).unwrap();
+    let pool = format!("pdkc5-vol-{}", std::process::id());
+    let out = std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system", "pool-create-as", &pool, "dir", "--target"])
+        .arg(&pool_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pool-create-as: {}", String::from_utf8_lossy(&out.stderr));
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("virsh").args(["-c", "qemu:///system", "pool-destroy", &self.0]).output();
+        }
+    }
+    let _cleanup = Cleanup(pool.clone());
+
+    let file = dir.path().join("disk.img");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 241) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let state = dir.path().join("state");
+    let known = Checksums::in_state_dir(&state);
+    let sha = known.file(&file).unwrap().sha256;
+    let name = volume_name(&ImageFile { image: "pdkc5".into(), role: "disk", path: file.clone() }, &sha);
+    let put = |known: &Checksums| put_volume_with("qemu:///system", &pool, &name, &file, &sha, known).unwrap();
+    let up = put(&known);
+    assert!(up.sent && up.read_back, "{up:?}");
+    // The next daemon start: a new cache on the same state dir.
+    let next = put(&Checksums::in_state_dir(&state));
+    assert!(!next.sent && !next.read_back, "an unchanged, verified volume was read again: {next:?}");
+    let uncached = put_volume("qemu:///system", &pool, &name, &file, &sha).unwrap();
+    assert!(!uncached.sent && uncached.read_back, "{uncached:?}");
+
+    // Touched on the host: read again, the same, not sent; then known again.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options().write(true).open(&up.path).unwrap().set_modified(later).unwrap();
+    let touched = put(&known);
+    assert!(touched.read_back && !touched.sent, "{touched:?}");
+    assert!(!put(&known).read_back);
+
+    // Changed on the host, same size, mtime set back: read again, found changed, sent again.
+    let mtime = std::fs::metadata(&up.path).unwrap().modified().unwrap();
+    let vol = std::fs::File::options().write(true).open(&up.path).unwrap();
+    vol.write_all_at(&[data[1000] ^ 0xff], 1000).unwrap();
+    vol.set_modified(mtime).unwrap();
+    drop(vol);
+    let fixed = put(&known);
+    assert!(fixed.read_back && fixed.sent, "a volume changed on the host was not checked: {fixed:?}");
+    assert_eq!(std::fs::read(&fixed.path).unwrap(), data, "the volume holds the file again");
+    assert!(!put(&known).read_back);
+}

@@ -1,17 +1,19 @@
-//! Fuzz target: an XML-RPC request body → `recorder::xmlrpc::decode_call`, and for
-//! `add_results` → `decode_add_results`; neither may panic, and a refused body's fault must not
-//! echo the body back (dxr's own parse error would).
+//! Fuzz target: an XML-RPC request body → `recorder::xmlrpc::decode` (the streaming reader for
+//! `add_results`, dxr for the other methods); it may not panic, a refused body's fault must not
+//! echo the body back (dxr's own parse error would), and a call dxr read must serialise again.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use paddock::recorder::xmlrpc::{decode_add_results, decode_call};
+use paddock::recorder::xmlrpc::{Decoded, decode};
 
 fuzz_target!(|data: &[u8]| {
-    match decode_call(data) {
-        Ok(call) => {
+    match decode(data) {
+        Ok(Decoded::Call(call)) => {
             // Whatever parsed must serialise again: the forwarder re-sends calls.
             let _ = call.to_xml();
-            if let Ok(doc) = decode_add_results(call.params) {
+        }
+        Ok(Decoded::AddResults(call)) => {
+            if let Ok(doc) = call.doc {
                 // What validated once validates again from its stored JSON form.
                 let again = paddock::recorder::ResultDoc::from_json(
                     doc.client_info.to_json(),

@@ -84,6 +84,9 @@ pub struct ApiState {
     pub template_seeds: Option<crate::vm::template::list::SeedInputs>,
     /// The listing's cache of image file hashes (a file is hashed once per size and mtime).
     pub template_hashes: Arc<crate::vm::template::Templates>,
+    /// The daemon's instance id, which names its templates in hosts' pools; `None` lists no
+    /// pool host's templates.
+    pub instance_id: Option<String>,
 }
 
 impl ApiState {
@@ -106,6 +109,7 @@ impl ApiState {
             owners: Vec::new(),
             template_seeds: None,
             template_hashes: Arc::default(),
+            instance_id: None,
         }
     }
 

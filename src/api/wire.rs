@@ -147,13 +147,20 @@ pub struct TemplateOut {
     /// The template's key (a SHA-256 of the image's settings, files and seed inputs); its
     /// first 16 characters while it is being built.
     pub key: String,
-    /// `building`, `ready`, or `stale` (its key is no longer the image's current one).
+    /// `building`, `ready`, or `stale` (its key is no longer the image's current one); a row
+    /// of a pool host whose pool could not be listed is `unlisted` (and names no template).
     pub state: String,
     pub made_at: Option<DateTime<Utc>>,
-    /// Bytes its files take on disk.
+    /// Bytes its files (its volumes in the host's pool) take on disk.
     pub disk_bytes: u64,
-    /// Clones whose overlay it backs now.
+    /// Clones whose overlay it backs now (of a diskless template: the live VMs restored from it).
     pub clones: usize,
+    /// The host's pool when the template is volumes there; `None` for the state directory.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Why an `unlisted` host's templates are not shown.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

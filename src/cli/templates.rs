@@ -1,5 +1,7 @@
-//! `paddock templates`: the warm-start templates on each host: image, host, key, state
-//! (building, ready, stale), when made, size on disk and the clones they back.
+//! `paddock templates`: the warm-start templates on each host (in the state directory, or in
+//! the pool of a host with an `image_pool`): image, host, key, state (building, ready, stale;
+//! `unlisted` for a pool host that could not be listed, with why on stderr), when made, size
+//! on disk and the clones they back.
 
 use std::process::ExitCode;
 
@@ -19,6 +21,9 @@ pub fn run(remote: &Remote) -> Result<ExitCode> {
         let rows: Vec<Vec<String>> = templates
             .iter()
             .map(|t| {
+                if t.state == "unlisted" {
+                    return vec![opt(&t.image), opt(&t.host), "-".into(), t.state.clone(), "-".into(), "-".into(), "-".into()];
+                }
                 vec![
                     opt(&t.image),
                     opt(&t.host),
@@ -31,6 +36,9 @@ pub fn run(remote: &Remote) -> Result<ExitCode> {
             })
             .collect();
         table(&["image", "host", "key", "state", "made", "size", "clones"], &rows);
+        for t in templates.iter().filter(|t| t.state == "unlisted") {
+            eprintln!("host {}: {}", opt(&t.host), t.error.as_deref().unwrap_or("its pool could not be listed"));
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

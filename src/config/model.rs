@@ -462,8 +462,8 @@ pub struct Image {
     pub platform: String,
     /// Whether runs boot the image or restore a clone of its saved template.
     pub start: Start,
-    /// How many restored clones each local host keeps idle for this image (its ready pool;
-    /// `start = "warm"` only). 0: none.
+    /// How many restored clones each host keeps idle for this image (its ready pool;
+    /// `start = "warm"` only; a host with an `image_pool` keeps none of a kernel image). 0: none.
     pub min_ready: u32,
     /// The image declares (`guest_agent = true`) that its guest runs the QEMU guest agent on
     /// the `org.qemu.guest_agent.0` port and that its kernel reseeds its RNG when the VM

@@ -639,9 +639,16 @@ fn a_hosts_ready_entry_overrides_the_images_min_ready_and_names_file_line_and_ke
         "hosts[0].ready.tiny-x86_64: a ready pool holds restored clones: image `tiny-x86_64` needs `start = \"warm\"`",
     );
     refused(host(&warm(GOOD), r#"{ "debian-12" = 65 }"#), "hosts[0].ready.debian-12: must be a whole number from 0 to 64, got 65");
+    // A host with an `image_pool` keeps clones of a disk image (restored from its template in
+    // the pool), but not of a kernel + initrd image, whose template is in the state dir.
+    let pooled = |src: String| src.replacen("vcpus = 4\n", "vcpus = 4\nimage_pool = \"paddock\"\n", 1);
+    assert_eq!(ready_on(&pooled(host(&warm(GOOD), r#"{ "debian-12" = 1 }"#))), 1);
+    let warm_tiny =
+        |src: String| src.replacen("boot_timeout = \"2m\"\n", "boot_timeout = \"2m\"\nstart = \"warm\"\nguest_agent = true\n", 1);
+    assert!(parse(&warm_tiny(host(&warm(GOOD), r#"{ "tiny-x86_64" = 1 }"#)), Path::new("fleet.toml")).is_ok());
     refused(
-        host(&warm(GOOD), r#"{ "debian-12" = 1 }"#).replacen("vcpus = 4\n", "vcpus = 4\nimage_pool = \"paddock\"\n", 1),
-        "hosts[0].ready.debian-12: ready pools are kept on hosts that read image files by path (no `image_pool`) only",
+        pooled(warm_tiny(host(&warm(GOOD), r#"{ "tiny-x86_64" = 1 }"#))),
+        "hosts[0].ready.tiny-x86_64: image `tiny-x86_64` boots a `kernel` + `initrd`: its template is kept in the daemon's state dir, so a host with `image_pool` keeps no ready pool of it (only of `disk` images)",
     );
     refused(
         host(&warm(GOOD), r#"{ "debian-12" = 1 }"#).replacen("vcpus = 4\n", "vcpus = 4\nimages = [\"tiny-x86_64\"]\n", 1),

@@ -462,8 +462,10 @@ impl<'a> Validator<'a> {
         }
     }
 
-    /// Each `[[hosts]] ready` entry names a warm image the host may boot, and a host that
-    /// keeps clones reads images by path (warm starts are for such hosts only).
+    /// Each `[[hosts]] ready` entry names a warm image the host may boot. A host with an
+    /// `image_pool` keeps clones of disk images only: a kernel + initrd image's template is
+    /// its saved memory in the daemon's state dir (`warm/kernel.rs`), which such a host
+    /// cannot read.
     fn check_ready_pools(&mut self, raw: &[S<RawHost>], hosts: &[Host], images: &[Image]) {
         for (i, (r, h)) in raw.iter().zip(hosts).enumerate() {
             for (name, n) in r.get_ref().ready.iter().flatten() {
@@ -478,8 +480,10 @@ impl<'a> Validator<'a> {
                 }
                 let why = if image.start != Start::Warm {
                     Some(format!("a ready pool holds restored clones: image `{name}` needs `start = \"warm\"`"))
-                } else if h.image_pool.is_some() {
-                    Some("ready pools are kept on hosts that read image files by path (no `image_pool`) only".to_string())
+                } else if h.image_pool.is_some() && !matches!(image.boot, Boot::Disk { .. }) {
+                    Some(format!(
+                        "image `{name}` boots a `kernel` + `initrd`: its template is kept in the daemon's state dir, so a host with `image_pool` keeps no ready pool of it (only of `disk` images)"
+                    ))
                 } else if !h.limits.allows_image(name) {
                     Some(format!("image `{name}` is not in this host's `images`"))
                 } else {

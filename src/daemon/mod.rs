@@ -198,6 +198,7 @@ impl Daemon {
         api.access = Some(access);
         api.vms = Some(vms.clone());
         api.template_seeds = Some(template_seeds);
+        api.instance_id = Some(dirs.instance_id().to_string());
         api.owners.push(("forwarder", forwarder_health));
         api.owners.push(("vm-manager", vms.health()));
         api.owners.push(("coordinator", runs.health()));
@@ -242,10 +243,13 @@ impl Daemon {
         reload::reload(&self.fleet, &mut self.schedules).await
     }
 
-    /// Stops accepting work and waits for the HTTP server to close.
+    /// Stops accepting work, waits for the HTTP server to close and ends the VM manager's
+    /// owner (`VmManager::stop`): its VMs stay for the next start to adopt or reap.
     pub async fn stop(self) -> Result<(), DaemonError> {
         let _ = self.shutdown.send(true);
-        match self.server.await {
+        let served = self.server.await;
+        self.vms.stop();
+        match served {
             Ok(r) => r.map_err(DaemonError::Serve),
             Err(_) => Ok(()),
         }
@@ -261,8 +265,8 @@ fn forwarder_names(fleet: &Fleet) -> Vec<String> {
 /// start what a host lacks (no passt, a missing image, the wrong accelerator).
 async fn check_hosts(fleet: Arc<Fleet>) {
     use crate::hosts::check::{self, Level};
-    let images = fleet.images.clone();
-    let Ok(files) = tokio::task::spawn_blocking(move || check::local_files(&images)).await else { return };
+    let (images, known) = (fleet.images.clone(), crate::checksums::Checksums::in_state_dir(&fleet.daemon.state_dir));
+    let Ok(files) = tokio::task::spawn_blocking(move || check::local_files_with(&images, &known)).await else { return };
     for host in &fleet.hosts {
         let uri = host.uri.clone();
         let probe = tokio::task::spawn_blocking(move || crate::libvirt::probe(&uri)).await;

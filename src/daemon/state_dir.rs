@@ -23,9 +23,12 @@ const TRAVERSED: [&str; 4] = ["", "overlays", "consoles", "templates"];
 /// libvirt and keep their modes.
 fn restrict(root: &Path) -> Result<(), StateDirError> {
     use std::os::unix::fs::PermissionsExt;
-    let set = |path: &Path, mode: u32| {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(|source| StateDirError::Permissions { path: path.to_owned(), source })
+    // A file gone between the listing and its chmod needs no restricting: SQLite removes a
+    // closing connection's `-wal` and `-shm` files (a daemon of the same state dir that has
+    // just stopped, in the same process, may still be closing its recorder's).
+    let set = |path: &Path, mode: u32| match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r.map_err(|source| StateDirError::Permissions { path: path.to_owned(), source }),
     };
     fn walk(dir: &Path, visit: &mut dyn FnMut(&Path, bool) -> Result<(), StateDirError>) -> Result<(), StateDirError> {
         let entries = std::fs::read_dir(dir).map_err(|source| StateDirError::Permissions { path: dir.to_owned(), source })?;

@@ -51,6 +51,9 @@ pub struct TemplateView {
     pub made: String,
     pub size: String,
     pub clones: usize,
+    /// Where it is when not in the state directory (a host's pool), or why a pool host's
+    /// templates are not shown.
+    pub note: String,
 }
 
 pub struct RunView {
@@ -199,6 +202,11 @@ pub async fn dashboard(s: &Shared, follow: Option<&str>) -> Result<Dashboard, Ap
             made: t.made_at.map(|m| ago(m, now)).unwrap_or_else(|| "-".into()),
             size: crate::vm::template::list::human_size(t.disk_bytes),
             clones: t.clones,
+            note: match (&t.error, &t.pool) {
+                (Some(e), _) => e.clone(),
+                (None, Some(p)) => format!("pool {p}"),
+                (None, None) => String::new(),
+            },
         })
         .collect();
     let machines = crate::api::machines_of(s)

@@ -319,10 +319,15 @@ pub fn render(uri: &str, lines: &[CheckLine]) -> String {
 
 /// Hashes of every file of `images`, for [`assess`]. Blocks on disk reads.
 pub fn local_files(images: &[Image]) -> LocalFiles {
+    local_files_with(images, &crate::checksums::Checksums::none())
+}
+
+/// As [`local_files`], but files whose hash `known` holds as they are now are not read again.
+pub fn local_files_with(images: &[Image], known: &crate::checksums::Checksums) -> LocalFiles {
     let mut out = LocalFiles::new();
     for img in images {
         for f in image_files(img) {
-            let v = super::images::sha256_file(&f.path).ok().zip(std::fs::metadata(&f.path).ok().map(|m| m.len()));
+            let v = known.file(&f.path).ok().map(|h| h.sha256).zip(std::fs::metadata(&f.path).ok().map(|m| m.len()));
             out.insert(f.path, v);
         }
     }

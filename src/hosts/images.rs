@@ -2,10 +2,7 @@
 //! volume each becomes on a host: `paddock-<image>-<role>-<sha256 prefix>`, so a
 //! changed file gets a new volume and an old one is recognisable as stale.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use crate::config::{Boot, Image};
 
@@ -26,19 +23,10 @@ pub fn image_files(image: &Image) -> Vec<ImageFile> {
     }
 }
 
-/// The SHA-256 of a file, as lowercase hex.
+/// The SHA-256 of a file, as lowercase hex (read in full; [`crate::checksums::Checksums::file`]
+/// remembers it across daemon starts).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    crate::checksums::sha256_of(path)
 }
 
 /// The volume name for `file` with content hash `sha256`.

@@ -17,6 +17,8 @@ use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
+use crate::checksums::Checksums;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("connecting to {uri}")]
@@ -59,6 +61,9 @@ pub struct Uploaded {
     pub path: String,
     /// False when the right volume was already there.
     pub sent: bool,
+    /// Whether this call read the volume back to check it (false: its checksum was known
+    /// for its current size and times).
+    pub read_back: bool,
     /// Old versions that were removed.
     pub removed: Vec<String>,
 }
@@ -75,11 +80,32 @@ pub fn ensure_volume(uri: &str, pool: &str, name: &str, prefix: &str, file: &Pat
 /// verified by reading it back. Other versions are left alone: VMs may still
 /// boot from them (see [`remove_volumes`]).
 pub fn put_volume(uri: &str, pool: &str, name: &str, file: &Path, sha256: &str) -> Result<Uploaded, StorageError> {
+    put_volume_with(uri, pool, name, file, sha256, &Checksums::none())
+}
+
+/// As [`put_volume`], but a volume already there is not read back when `known` holds its
+/// checksum for the size and times the host reports for it now (read back once, it is
+/// remembered; any write to it on the host moves its ctime and so reads it again).
+pub fn put_volume_with(uri: &str, pool: &str, name: &str, file: &Path, sha256: &str, known: &Checksums) -> Result<Uploaded, StorageError> {
     let (conn, p) = open_pool(uri, pool)?;
     let size = std::fs::metadata(file).map_err(|source| StorageError::File { path: file.display().to_string(), source })?.len();
     let mut sent = false;
+    let mut read_back = false;
+    let mut content = |v: &StorageVol| -> Result<String, StorageError> {
+        let key = volume_key(uri, pool, name, v, size);
+        if let Some(sha) = key.as_deref().and_then(|k| known.get(k)) {
+            return Ok(sha);
+        }
+        read_back = true;
+        let sha = read_sha(&conn, v, name, size)?;
+        // Reading moves only the atime: the key from before still names this content.
+        if let Some(k) = key {
+            known.put(&k, &sha);
+        }
+        Ok(sha)
+    };
     let vol = match p.lookup_storage_vol_by_name(name) {
-        Ok(v) if v.info().is_ok_and(|i| i.capacity == size) && read_sha(&conn, &v, name, size)? == sha256 => v,
+        Ok(v) if v.info().is_ok_and(|i| i.capacity == size) && content(&v)? == sha256 => v,
         existing => {
             if let Ok(v) = existing {
                 v.delete(0).map_err(|source| StorageError::Delete { volume: name.into(), source })?;
@@ -93,7 +119,7 @@ pub fn put_volume(uri: &str, pool: &str, name: &str, file: &Path, sha256: &str) 
                 source,
             })?;
             send(&conn, &v, name, file, size)?;
-            let found = read_sha(&conn, &v, name, size)?;
+            let found = content(&v)?;
             if found != sha256 {
                 let _ = v.delete(0);
                 return Err(StorageError::Mismatch { volume: name.into(), found, want: sha256.into() });
@@ -103,7 +129,17 @@ pub fn put_volume(uri: &str, pool: &str, name: &str, file: &Path, sha256: &str) 
         }
     };
     let path = vol.path().map_err(|source| StorageError::Stream { volume: name.into(), source })?;
-    Ok(Uploaded { path, sent, removed: Vec::new() })
+    Ok(Uploaded { path, sent, read_back, removed: Vec::new() })
+}
+
+/// What a volume's checksum is remembered under: host, pool, name, path, size and the
+/// modification and change times its host reports (`None` when it reports none: such a
+/// volume is always read back).
+fn volume_key(uri: &str, pool: &str, name: &str, v: &StorageVol, size: u64) -> Option<String> {
+    let xml = v.xml_desc(0).ok()?;
+    let (mtime, ctime) = (timestamp(&xml, "mtime")?, timestamp(&xml, "ctime")?);
+    let path = v.path().ok()?;
+    Some(format!("volume uri={uri:?} pool={pool:?} name={name:?} path={path:?} size={size} mtime={mtime} ctime={ctime}"))
 }
 
 /// Removes the versions of a file in `pool`: volumes named `prefix` followed
@@ -189,11 +225,17 @@ pub const SEED_SUFFIX: &str = "-seed.iso";
 
 /// `<timestamps><mtime>1701234567.123456789</mtime>` of a volume's XML.
 pub(super) fn mtime(xml: &str) -> Option<std::time::SystemTime> {
-    let start = xml.find("<mtime>")? + "<mtime>".len();
-    let text = &xml[start..start + xml[start..].find("</mtime>")?];
+    let text = timestamp(xml, "mtime")?;
     let (secs, nanos) = text.trim().split_once('.').unwrap_or((text.trim(), "0"));
     let nanos: u32 = format!("{nanos:0<9}").get(..9)?.parse().ok()?;
     Some(std::time::UNIX_EPOCH + std::time::Duration::new(secs.parse().ok()?, nanos))
+}
+
+/// The text of `<timestamps><TAG>` in a volume's XML.
+fn timestamp<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let start = xml.find(&open)? + open.len();
+    Some(xml[start..start + xml[start..].find(&close)?].trim())
 }
 
 pub(super) fn open_pool(uri: &str, pool: &str) -> Result<(Connect, StoragePool), StorageError> {

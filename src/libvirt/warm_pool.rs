@@ -22,6 +22,8 @@ pub struct PoolVolume {
     pub modified: Option<std::time::SystemTime>,
     /// The `<backingStore><path>` of a qcow2 overlay.
     pub backing: Option<String>,
+    /// Bytes it takes on the host (`<allocation>`; 0 when the pool does not say).
+    pub allocation: u64,
 }
 
 /// Creates an empty raw volume `name` in `pool` (for libvirt to save a domain into); its
@@ -97,10 +99,23 @@ pub fn volumes(uri: &str, pool: &str, prefix: &str) -> Result<Vec<PoolVolume>, S
         }
         let xml = v.xml_desc(0).unwrap_or_default();
         let path = v.path().unwrap_or_default();
-        out.push(PoolVolume { name, path, modified: storage::mtime(&xml), backing: backing_path(&xml) });
+        out.push(PoolVolume { name, path, modified: storage::mtime(&xml), backing: backing_path(&xml), allocation: allocation(&xml) });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// The volume's own `<allocation unit='bytes'>N</allocation>` (the first one: a backing
+/// store's comes after it).
+fn allocation(xml: &str) -> u64 {
+    let Some(at) = xml.find("<allocation") else { return 0 };
+    let rest = &xml[at..];
+    let (Some(open), Some(close)) = (rest.find('>'), rest.find("</allocation>")) else { return 0 };
+    let unit_bytes = !rest[..open].contains("unit=") || rest[..open].contains("'bytes'") || rest[..open].contains("\"bytes\"");
+    match (unit_bytes, rest.get(open + 1..close)) {
+        (true, Some(n)) => n.trim().parse().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// `<backingStore><path>P</path>` of a volume's XML.
@@ -119,5 +134,13 @@ mod tests {
         let xml = "<volume><target><path>/p/a.qcow2</path></target><backingStore><path>/p/t.disk.qcow2</path><format type='qcow2'/></backingStore></volume>";
         assert_eq!(super::backing_path(xml).as_deref(), Some("/p/t.disk.qcow2"));
         assert_eq!(super::backing_path("<volume><target><path>/p/a</path></target></volume>"), None);
+    }
+
+    #[test]
+    fn a_volumes_allocation_is_its_own_in_bytes() {
+        let xml = "<volume><capacity unit='bytes'>1073741824</capacity><allocation unit='bytes'>200704</allocation><backingStore><allocation unit='bytes'>9</allocation></backingStore></volume>";
+        assert_eq!(super::allocation(xml), 200704);
+        assert_eq!(super::allocation("<volume><allocation unit='KiB'>4</allocation></volume>"), 0);
+        assert_eq!(super::allocation("<volume/>"), 0);
     }
 }

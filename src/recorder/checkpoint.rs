@@ -13,8 +13,28 @@
 //! writer itself bounds the WAL (`bound`): after a commit that left it longer than `RESTART_AT`
 //! frames, it runs a RESTART checkpoint, which copies what the task has not copied yet (usually
 //! little) and makes the next transaction rewind the WAL.
+//!
+//! The two never run a checkpoint at once (`Gate`): a RESTART that meets the task's PASSIVE
+//! inside SQLite waits in SQLite's busy handler, which sleeps in steps of 1 to 100 ms, and with
+//! it every submission of the group. So the writer only tries the gate and, finding the task
+//! copying, leaves the rewind to a later commit (the task has just copied most of the WAL then,
+//! so the rewind copies little); the task waits for the gate, which costs no submission anything.
+
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
+
+/// Held by whoever runs a checkpoint; shared by the writer and the checkpoint task.
+#[derive(Clone, Default)]
+pub(super) struct Gate(Arc<Mutex<()>>);
+
+impl Gate {
+    /// Runs `f` holding the gate, waiting for it.
+    pub(super) fn hold<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _held = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f()
+    }
+}
 
 /// Frames the WAL may be ahead of the database file before a checkpoint runs (SQLite's default
 /// `wal_autocheckpoint`).
@@ -36,8 +56,10 @@ fn step(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     status(conn, "PASSIVE").map(|_| ())
 }
 
-/// Run by the writer after a commit: rewinds a WAL longer than `RESTART_AT` frames.
-pub(super) fn bound(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+/// Run by the writer after a commit: rewinds a WAL longer than `RESTART_AT` frames, unless the
+/// checkpoint task holds the gate (then a later commit does).
+pub(super) fn bound(conn: &rusqlite::Connection, gate: &Gate) -> rusqlite::Result<()> {
+    let Ok(_held) = gate.0.try_lock() else { return Ok(()) };
     if status(conn, "NOOP")?.0 >= RESTART_AT {
         status(conn, "RESTART")?;
     }
@@ -45,9 +67,10 @@ pub(super) fn bound(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
 }
 
 /// Runs checkpoints on `conn` each time it is woken, until every sender is gone.
-pub(super) async fn run(conn: tokio_rusqlite::Connection, mut wake: mpsc::Receiver<()>) {
+pub(super) async fn run(conn: tokio_rusqlite::Connection, gate: Gate, mut wake: mpsc::Receiver<()>) {
     while wake.recv().await.is_some() {
-        match conn.call(|c| step(c)).await {
+        let gate = gate.clone();
+        match conn.call(move |c| gate.hold(|| step(c))).await {
             Ok(()) => {}
             Err(tokio_rusqlite::Error::Error(e)) => {
                 tracing::warn!(error = %e, "recorder WAL checkpoint failed; the next write tries again");

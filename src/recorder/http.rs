@@ -15,7 +15,7 @@ use serde_json::Value as JsonValue;
 
 use super::model::{BagError, ClientInfo, ResultDoc, ResultKey};
 use super::store::{Filter, History, HistoryMark, PackageHealth, StoredResult, Summary};
-use super::{Attached, FileInfo, NewFile, Origin, Recorder, RecorderError, xmlrpc};
+use super::{Attached, FileInfo, NewFile, Origin, Recorder, RecorderError, wire, xmlrpc};
 
 /// The REST and XML-RPC routes plus `pages` (the HTML pages and feeds of `web.rs`, passed
 /// in so that this file does not depend on `web.rs`, which uses its errors), with its state
@@ -246,19 +246,18 @@ pub enum SubmissionError {
 /// Public so the fuzz targets (`fuzz/`) drive exactly what the endpoint runs on untrusted bytes.
 pub fn decode_submission(body: &[u8]) -> Result<Submission, SubmissionError> {
     let malformed = |m: &str| SubmissionError::Malformed(m.to_owned());
-    let JsonValue::Object(mut top) = parse_json(body).map_err(SubmissionError::Malformed)? else {
+    let text = std::str::from_utf8(body).map_err(|e| SubmissionError::Malformed(format!("body is not UTF-8: {e}")))?;
+    // Read once, straight into the validated result (`wire`); no JSON tree is built for it.
+    let mut de = serde_json::Deserializer::from_str(text);
+    let read = serde::de::DeserializeSeed::deserialize(wire::TopSeed, &mut de).and_then(|top| de.end().map(|()| top));
+    let mut top = read.map_err(|e| SubmissionError::Malformed(format!("malformed JSON: {e}")))?;
+    if top.not_an_object.is_some() {
         return Err(malformed("body must be a JSON object"));
-    };
-    let idempotency_key = match top.remove("idempotency_key") {
-        None | Some(JsonValue::Null) => None,
-        Some(JsonValue::String(k)) if !k.is_empty() && k.len() <= 256 => Some(k),
-        Some(_) => {
-            return Err(malformed("idempotency_key: expected a string of 1 to 256 bytes"));
-        }
-    };
-    let client_info = top.remove("client_info").ok_or_else(|| malformed("client_info: missing"))?;
-    let results = top.remove("results").ok_or_else(|| malformed("results: missing"))?;
-    let doc = ResultDoc::from_json(client_info, results, top.remove("extras"))?;
+    }
+    let idempotency_key = top.idempotency_key().map_err(|()| malformed("idempotency_key: expected a string of 1 to 256 bytes"))?;
+    let client_info = top.client_info.ok_or_else(|| malformed("client_info: missing"))?;
+    let results = top.results.ok_or_else(|| malformed("results: missing"))?;
+    let doc = wire::assemble(client_info, results, top.extras)?;
     Ok(Submission { doc, idempotency_key })
 }
 

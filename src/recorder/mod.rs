@@ -8,7 +8,9 @@ pub mod http;
 mod model;
 mod store;
 mod web;
+mod wire;
 pub mod xmlrpc;
+mod xmlrpc_read;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -196,6 +198,8 @@ struct Inner {
     /// The checkpoint task's connection (`checkpoint.rs`), and the wake-up it gets after writes.
     checkpointer: tokio_rusqlite::Connection,
     wrote: tokio::sync::mpsc::Sender<()>,
+    /// Keeps the writer's WAL rewinds and the checkpoint task's copies apart (`checkpoint.rs`).
+    gate: checkpoint::Gate,
     /// Submissions waiting for the writer's next group commit (`group_commits`).
     queue: tokio::sync::mpsc::Sender<Queued>,
     config: RecorderConfig,
@@ -230,6 +234,7 @@ async fn group_commits(
     writer: tokio_rusqlite::Connection,
     mut queue: tokio::sync::mpsc::Receiver<Queued>,
     wrote: tokio::sync::mpsc::Sender<()>,
+    gate: checkpoint::Gate,
 ) {
     while let Some(first) = queue.recv().await {
         let mut bytes = stored_bytes(&first.doc);
@@ -245,10 +250,11 @@ async fn group_commits(
         }
         let (items, replies): (Vec<_>, Vec<_>) =
             group.into_iter().map(|q| ((q.doc, q.idempotency_key, q.origin, q.auth_key, q.at), q.reply)).unzip();
+        let gate = gate.clone();
         let stored = writer
             .call(move |conn| {
                 let stored = store_group(conn, &items);
-                if let Err(e) = checkpoint::bound(conn) {
+                if let Err(e) = checkpoint::bound(conn, &gate) {
                     tracing::warn!(error = %e, "recorder WAL checkpoint failed; the next commit tries again");
                 }
                 Ok::<_, rusqlite::Error>(stored)
@@ -357,9 +363,10 @@ impl Recorder {
         let (queue, queued) = tokio::sync::mpsc::channel(QUEUE_DEPTH);
         let (wrote, wake) = tokio::sync::mpsc::channel(1);
         // Both end when the last handle (and with it the queue's and the wake-up's senders) is dropped.
-        tokio::spawn(group_commits(writer.clone(), queued, wrote.clone()));
-        tokio::spawn(checkpoint::run(checkpointer.clone(), wake));
-        Ok(Recorder { inner: Arc::new(Inner { writer, reader, checkpointer, wrote, queue, config, tokens }) })
+        let gate = checkpoint::Gate::default();
+        tokio::spawn(group_commits(writer.clone(), queued, wrote.clone(), gate.clone()));
+        tokio::spawn(checkpoint::run(checkpointer.clone(), gate.clone(), wake));
+        Ok(Recorder { inner: Arc::new(Inner { writer, reader, checkpointer, wrote, queue, config, tokens, gate }) })
     }
 
     pub fn config(&self) -> &RecorderConfig {
@@ -369,7 +376,12 @@ impl Recorder {
     /// Copies every committed page still only in the WAL into the database file, after any
     /// checkpoint already running; answers once they are there.
     pub async fn checkpoint(&self) -> Result<(), RecorderError> {
-        self.inner.checkpointer.call(|c| checkpoint::status(c, "PASSIVE").map(|_| ())).await.map_err(db_err("checkpointing"))
+        let gate = self.inner.gate.clone();
+        self.inner
+            .checkpointer
+            .call(move |c| gate.hold(|| checkpoint::status(c, "PASSIVE").map(|_| ())))
+            .await
+            .map_err(db_err("checkpointing"))
     }
 
     /// The checkpoint task's wake-up, after a write outside the group commit.
@@ -507,6 +519,7 @@ impl Recorder {
         }
         let cap = c.result_files_limit;
         let at = self.now();
+        let gate = self.inner.gate.clone();
         let attached = self
             .inner
             .writer
@@ -514,7 +527,7 @@ impl Recorder {
                 let tx = conn.transaction()?;
                 let out = store::files::attach(&tx, key, &file, cap, at)?;
                 tx.commit()?;
-                checkpoint::bound(conn)?;
+                checkpoint::bound(conn, &gate)?;
                 Ok(out)
             })
             .await

@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde_json::Value as Json;
 
+use super::wire;
+
 /// A free-form bag of extra keys a client sent beyond the ones the recorder understands.
 /// Kept verbatim so nothing a pony-build client sends is lost.
 pub type Bag = serde_json::Map<String, Json>;
@@ -116,31 +118,7 @@ pub enum BagError {
 /// Longest package, arch, host or tag accepted; these end up in URLs and index keys.
 const MAX_NAME: usize = 256;
 
-pub fn json_kind(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "nil",
-        Json::Bool(_) => "boolean",
-        Json::Number(_) => "number",
-        Json::String(_) => "string",
-        Json::Array(_) => "array",
-        Json::Object(_) => "struct",
-    }
-}
-
-fn wrong(path: &str, expected: &'static str, v: &Json) -> BagError {
-    BagError::WrongType { path: path.to_owned(), expected, got: json_kind(v) }
-}
-
-fn take_name(bag: &mut Bag, key: &str, prefix: &str) -> Result<String, BagError> {
-    let path = format!("{prefix}.{key}");
-    match bag.remove(key) {
-        None | Some(Json::Null) => Err(BagError::Missing { path }),
-        Some(Json::String(s)) => check_name(s, &path),
-        Some(other) => Err(wrong(&path, "string", &other)),
-    }
-}
-
-fn check_name(s: String, path: &str) -> Result<String, BagError> {
+pub(super) fn check_name(s: String, path: &str) -> Result<String, BagError> {
     if s.is_empty() {
         return Err(BagError::Invalid { path: path.to_owned(), reason: "must not be empty" });
     }
@@ -153,63 +131,19 @@ fn check_name(s: String, path: &str) -> Result<String, BagError> {
     Ok(s)
 }
 
-fn take_opt_f64(bag: &mut Bag, key: &str, prefix: &str) -> Result<Option<f64>, BagError> {
-    match bag.remove(key) {
-        None | Some(Json::Null) => Ok(None),
-        Some(Json::Number(n)) => Ok(n.as_f64()),
-        Some(other) => Err(wrong(&format!("{prefix}.{key}"), "number", &other)),
-    }
-}
-
-fn take_opt_string(bag: &mut Bag, key: &str, prefix: &str) -> Result<String, BagError> {
-    match bag.remove(key) {
-        None | Some(Json::Null) => Ok(String::new()),
-        Some(Json::String(s)) => Ok(s),
-        Some(other) => Err(wrong(&format!("{prefix}.{key}"), "string", &other)),
-    }
-}
-
 impl ClientInfo {
+    /// Validate a `client_info` bag (through `wire`, the one validation path).
     pub fn from_json(v: Json) -> Result<ClientInfo, BagError> {
-        let Json::Object(mut bag) = v else {
-            return Err(wrong("client_info", "struct", &v));
-        };
-        let p = "client_info";
-        let package = take_name(&mut bag, "package", p)?;
-        let arch = take_name(&mut bag, "arch", p)?;
-        let host = take_name(&mut bag, "host", p)?;
-        let tags = match bag.remove("tags") {
-            None | Some(Json::Null) => Vec::new(),
-            Some(Json::Array(items)) => items
-                .into_iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let path = format!("{p}.tags[{i}]");
-                    match t {
-                        Json::String(s) => check_name(s, &path),
-                        other => Err(wrong(&path, "string", &other)),
-                    }
-                })
-                .collect::<Result<_, _>>()?,
-            Some(other) => return Err(wrong("client_info.tags", "array", &other)),
-        };
-        let success = match bag.remove("success") {
-            None | Some(Json::Null) => return Err(BagError::Missing { path: format!("{p}.success") }),
-            Some(Json::Bool(b)) => b,
-            Some(other) => return Err(wrong("client_info.success", "boolean", &other)),
-        };
-        let duration = take_opt_f64(&mut bag, "duration", p)?;
-        Ok(ClientInfo { package, arch, host, tags, success, duration, extra: bag })
+        wire::from_value(v, wire::ClientInfoSeed, "client_info")
     }
 
     /// Only the identity fields, for `check_should_build`, which pony-build clients call
     /// before they have a `success` to report.
-    pub fn tagset_from_json(v: Json) -> Result<Tagset, BagError> {
-        let Json::Object(mut bag) = v else {
-            return Err(wrong("client_info", "struct", &v));
-        };
-        bag.entry("success").or_insert(Json::Bool(false));
-        ClientInfo::from_json(Json::Object(bag)).map(|ci| Tagset::of(&ci))
+    pub fn tagset_from_json(mut v: Json) -> Result<Tagset, BagError> {
+        if let Json::Object(bag) = &mut v {
+            bag.entry("success").or_insert(Json::Bool(false));
+        }
+        ClientInfo::from_json(v).map(|ci| Tagset::of(&ci))
     }
 
     pub fn to_json(&self) -> Json {
@@ -227,40 +161,9 @@ impl ClientInfo {
 }
 
 impl Step {
+    /// Validate entry `index` of `results` (through `wire`).
     pub fn from_json(v: Json, index: usize) -> Result<Step, BagError> {
-        let p = format!("results[{index}]");
-        let Json::Object(mut bag) = v else {
-            return Err(wrong(&p, "struct", &v));
-        };
-        let name = take_opt_string(&mut bag, "name", &p)?;
-        let step_type = take_opt_string(&mut bag, "type", &p)?;
-        // pony-build clients send the command as a string or as an argv list.
-        let command = match bag.remove("command") {
-            None | Some(Json::Null) => String::new(),
-            Some(Json::String(s)) => s,
-            Some(Json::Array(items)) => {
-                let mut words = Vec::with_capacity(items.len());
-                for (i, w) in items.into_iter().enumerate() {
-                    match w {
-                        Json::String(s) => words.push(s),
-                        other => return Err(wrong(&format!("{p}.command[{i}]"), "string", &other)),
-                    }
-                }
-                words.join(" ")
-            }
-            Some(other) => return Err(wrong(&format!("{p}.command"), "string or array", &other)),
-        };
-        let status = match bag.remove("status") {
-            None | Some(Json::Null) => return Err(BagError::Missing { path: format!("{p}.status") }),
-            Some(Json::Number(n)) => {
-                n.as_i64().ok_or_else(|| BagError::Invalid { path: format!("{p}.status"), reason: "must be an integer" })?
-            }
-            Some(other) => return Err(wrong(&format!("{p}.status"), "integer", &other)),
-        };
-        let output = take_opt_string(&mut bag, "output", &p)?;
-        let errout = take_opt_string(&mut bag, "errout", &p)?;
-        let duration = take_opt_f64(&mut bag, "duration", &p)?;
-        Ok(Step { name, step_type, command, status, output, errout, duration, extra: bag })
+        wire::from_value(v, wire::ExpectMap(wire::StepSeed { index }), "results")
     }
 
     pub fn to_json(&self) -> Json {
@@ -279,20 +182,13 @@ impl Step {
 }
 
 impl ResultDoc {
-    /// Validate the three parts of a submission. Every protocol converts its input to JSON
-    /// values first, so REST and XML-RPC refuse exactly the same things.
+    /// Validate the three parts of a submission. REST and XML-RPC bodies are read straight
+    /// through the same visitors (`wire`), so every protocol refuses exactly the same things.
     pub fn from_json(client_info: Json, results: Json, extras: Option<Json>) -> Result<ResultDoc, BagError> {
-        let client_info = ClientInfo::from_json(client_info)?;
-        let Json::Array(items) = results else {
-            return Err(wrong("results", "array", &results));
-        };
-        let steps = items.into_iter().enumerate().map(|(i, v)| Step::from_json(v, i)).collect::<Result<_, _>>()?;
-        let extras = match extras {
-            None | Some(Json::Null) => Bag::new(),
-            Some(Json::Object(b)) => b,
-            Some(other) => return Err(wrong("extras", "struct", &other)),
-        };
-        Ok(ResultDoc { client_info, steps, extras })
+        let client_info = wire::from_value(client_info, wire::ClientInfoSeed, "client_info");
+        let steps = wire::from_value(results, wire::StepsSeed, "results");
+        let extras = extras.map(|e| wire::from_value(e, wire::ExtrasSeed, "extras"));
+        wire::assemble(client_info, steps, extras)
     }
 
     pub fn tagset(&self) -> Tagset {

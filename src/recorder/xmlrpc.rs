@@ -12,7 +12,7 @@ use dxr::{Fault, FaultResponse, MethodCall, MethodResponse, Value};
 use serde_json::Value as Json;
 
 use super::model::{ClientInfo, ResultDoc, ResultKey, Tagset};
-use super::{Origin, Recorder, RecorderError, StoredResult};
+use super::{Origin, Recorder, RecorderError, StoredResult, wire, xmlrpc_read};
 
 // Fault codes from the "specification for fault code interoperability", which Python and
 // most XML-RPC libraries know; 401 is ours, for a missing or wrong submission token.
@@ -33,13 +33,16 @@ pub(super) struct Caller {
 /// HTTP 400 (nothing was dispatched); method-level faults come back with 200 as XML-RPC
 /// requires, so standard clients raise them as `Fault`.
 pub(super) async fn handle(rec: &Recorder, caller: Caller, body: &[u8]) -> (StatusCode, String) {
-    let call = match decode_call(body) {
+    let call = match decode(body) {
         Ok(c) => c,
         Err(fault) => {
             return (StatusCode::BAD_REQUEST, fault_xml(fault.code(), fault.string()));
         }
     };
-    let answer = dispatch(rec, &caller, &call.name, call.params).await;
+    let answer = match call {
+        Decoded::AddResults(call) => add_results(rec, &caller, call).await,
+        Decoded::Call(call) => dispatch(rec, &caller, &call.name, call.params).await,
+    };
     let xml = match answer {
         Ok(value) => MethodResponse { value }.to_xml(),
         Err(fault) => FaultResponse { fault }.to_xml(),
@@ -53,27 +56,71 @@ pub(super) async fn handle(rec: &Recorder, caller: Caller, body: &[u8]) -> (Stat
     }
 }
 
-/// Turn a request body into a method call, refusing non-UTF-8 text and DTDs; the fault says why.
+/// A request body as the endpoint reads it.
+#[derive(Debug)]
+pub enum Decoded<'a> {
+    /// `add_results`, read straight from the body into a result (`xmlrpc_read`, `wire`).
+    AddResults(AddResults),
+    /// Any other method (small calls), through `dxr`.
+    Call(MethodCall<'a>),
+}
+
+/// An `add_results` call: how many parameters it had, and its result or why it was refused
+/// (the refusal is only given once arity and token have been checked, as for any call).
+#[derive(Debug)]
+pub struct AddResults {
+    pub params: usize,
+    pub doc: Result<ResultDoc, Fault>,
+}
+
+/// Turn a request body into a call, refusing non-UTF-8 text and DTDs; the fault says why.
 /// Public so the fuzz targets (`fuzz/`) drive exactly what the endpoint runs on untrusted bytes.
-pub fn decode_call(body: &[u8]) -> Result<MethodCall<'_>, Fault> {
+pub fn decode(body: &[u8]) -> Result<Decoded<'_>, Fault> {
     let text = std::str::from_utf8(body).map_err(|e| fault(PARSE_ERROR, format!("request is not UTF-8: {e}")))?;
     if let Some(reason) = refuse_markup(text) {
         return Err(fault(PARSE_ERROR, reason));
     }
-    // dxr's parse error repeats the whole body; say what was wrong without echoing it.
-    MethodCall::from_xml(text).map_err(|_| fault(PARSE_ERROR, "malformed XML-RPC method call"))
+    // Parse errors say what was wrong without echoing the body.
+    fn malformed<E>(_: E) -> Fault {
+        fault(PARSE_ERROR, "malformed XML-RPC method call")
+    }
+    let mut r = xmlrpc_read::CallReader::new(text);
+    if r.method_name().map_err(malformed)? != "add_results" {
+        return MethodCall::from_xml(text).map(Decoded::Call).map_err(malformed);
+    }
+    let client_info = r.next_param(wire::ClientInfoSeed, "client_info").map_err(malformed)?;
+    let results = match client_info {
+        Some(_) => r.next_param(wire::StepsSeed, "results").map_err(malformed)?,
+        None => None,
+    };
+    let extras = match results {
+        Some(_) => r.next_param(wire::ExtrasSeed, "extras").map_err(malformed)?,
+        None => None,
+    };
+    let mut params = usize::from(client_info.is_some()) + usize::from(results.is_some()) + usize::from(extras.is_some());
+    if extras.is_some() {
+        while r.next_param(std::marker::PhantomData::<serde::de::IgnoredAny>, "params").map_err(malformed)?.is_some() {
+            params += 1;
+        }
+    }
+    let doc = match (client_info, results, r.non_finite) {
+        (_, _, Some(path)) => Err(fault(INVALID_PARAMS, format!("{path}: non-finite double"))),
+        (Some(ci), Some(steps), None) => wire::assemble(ci, steps, extras).map_err(|e| fault(INVALID_PARAMS, e.to_string())),
+        _ => Err(fault(INVALID_PARAMS, "add_results needs client_info and results")),
+    };
+    Ok(Decoded::AddResults(AddResults { params, doc }))
 }
 
-/// `add_results(client_info, results[, extras])`'s parameters → a validated result, as the
-/// endpoint builds it once arity and token are checked. Takes the parameters by value: their
-/// strings (a build's whole output) move into the result rather than being copied. Public for
-/// the fuzz targets.
-pub fn decode_add_results(params: Vec<Value>) -> Result<ResultDoc, Fault> {
-    let mut params = params.into_iter();
-    let client_info = into_json(params.next().unwrap_or(Value::Nil), "client_info")?;
-    let results = into_json(params.next().unwrap_or(Value::Nil), "results")?;
-    let extras = params.next().map(|v| into_json(v, "extras")).transpose()?;
-    ResultDoc::from_json(client_info, results, extras).map_err(|e| fault(INVALID_PARAMS, e.to_string()))
+/// `add_results(client_info, results[, extras])`: pony-build's submission.
+async fn add_results(rec: &Recorder, caller: &Caller, call: AddResults) -> Result<Value, Fault> {
+    if !(2..=3).contains(&call.params) {
+        return Err(fault(INVALID_PARAMS, format!("add_results(client_info, results[, extras]) called with {} parameter(s)", call.params)));
+    }
+    require_token(caller)?;
+    let doc = call.doc?;
+    let origin = Origin { client_ip: caller.client_ip.clone(), submitter: caller.submitter.clone() };
+    let done = rec.ingest_from(doc, None, origin).await.map_err(recorder_fault)?;
+    Ok(Value::Array(vec![Value::String(done.key.to_string()), Value::String(done.auth_key)]))
 }
 
 /// XML-RPC has no use for a DTD; refusing one up front closes entity-expansion attacks
@@ -137,14 +184,6 @@ fn arity(method: &str, params: &[Value], min: usize, max: usize, names: &str) ->
 
 async fn dispatch(rec: &Recorder, caller: &Caller, method: &str, params: Vec<Value>) -> Result<Value, Fault> {
     match method {
-        "add_results" => {
-            arity(method, &params, 2, 3, "client_info, results[, extras]")?;
-            require_token(caller)?;
-            let doc = decode_add_results(params)?;
-            let origin = Origin { client_ip: caller.client_ip.clone(), submitter: caller.submitter.clone() };
-            let done = rec.ingest_from(doc, None, origin).await.map_err(recorder_fault)?;
-            Ok(Value::Array(vec![Value::String(done.key.to_string()), Value::String(done.auth_key)]))
-        }
         "get_results" => {
             arity(method, &params, 1, 1, "result_key")?;
             let key = key_param(&params[0])?;
@@ -269,60 +308,6 @@ fn triple(r: &StoredResult) -> Value {
     Value::Array(vec![Value::Struct(receipt), ci, steps])
 }
 
-/// XML-RPC value → JSON, for storing bags, moving its strings. Non-finite doubles have no JSON
-/// form and are refused. The path of a refused value is only spelled out once one is refused.
-fn into_json(v: Value, path: &str) -> Result<Json, Fault> {
-    fn go(v: Value) -> Result<Json, (Vec<String>, &'static str, &'static str)> {
-        Ok(match v {
-            Value::Integer(i) => Json::from(i),
-            Value::Long(i) => Json::from(i),
-            Value::Boolean(b) => Json::Bool(b),
-            Value::String(s) => Json::String(s),
-            Value::Double(d) => serde_json::Number::from_f64(d).map(Json::Number).ok_or((Vec::new(), "non-finite double", ""))?,
-            Value::DateTime(dt) => Json::String(dt.to_string()),
-            Value::Base64(b) => Json::String(String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())),
-            Value::Struct(m) => {
-                let mut out = serde_json::Map::new();
-                for (k, v) in m {
-                    match go(v) {
-                        Ok(j) => {
-                            out.insert(k, j);
-                        }
-                        Err((mut at, why, kind)) => {
-                            at.push(format!(".{k}"));
-                            return Err((at, why, kind));
-                        }
-                    }
-                }
-                Json::Object(out)
-            }
-            Value::Array(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for (i, v) in items.into_iter().enumerate() {
-                    match go(v) {
-                        Ok(j) => out.push(j),
-                        Err((mut at, why, kind)) => {
-                            at.push(format!("[{i}]"));
-                            return Err((at, why, kind));
-                        }
-                    }
-                }
-                Json::Array(out)
-            }
-            Value::Nil => Json::Null,
-            other => return Err((Vec::new(), "", kind(&other))),
-        })
-    }
-    go(v).map_err(|(at, why, got)| {
-        let path: String = std::iter::once(path.to_owned()).chain(at.into_iter().rev()).collect();
-        if why.is_empty() {
-            fault(INVALID_PARAMS, format!("{path}: expected a known XML-RPC type, got {got}"))
-        } else {
-            fault(INVALID_PARAMS, format!("{path}: {why}"))
-        }
-    })
-}
-
 /// XML-RPC value → JSON, copying (for parameters the call keeps using).
 fn to_json(v: &Value, path: &str) -> Result<Json, Fault> {
     Ok(match v {
@@ -389,31 +374,106 @@ mod tests {
         assert_eq!(from_json(&to_json(&v, "x").unwrap()), v);
     }
 
-    fn nested_call(depth: usize) -> String {
+    /// The streaming reader makes of `add_results` exactly the result REST makes of the same
+    /// values: strings keep their whitespace and escapes, numbers their kind, extra keys their
+    /// nesting.
+    #[test]
+    fn add_results_reads_the_same_result_as_rest() {
+        let ci = serde_json::json!({"package": "p", "arch": "x86_64", "host": "h", "tags": ["b", "a"], "success": true,
+                                    "duration": 12.5, "rev": 42, "big": 1_i64 << 40, "nested": {"l": [1, "two", null, false]}});
+        let results = serde_json::json!([
+            {"name": "build", "type": "build", "command": ["make", "-j2"], "status": 0,
+             "output": "  <lines> & \"quotes\"\n\tindented\n\n", "errout": "", "duration": 1.0, "junit": {"passed": 3}},
+            {"name": "test", "status": 2, "output": "", "errout": "FAIL\n"}
+        ]);
+        let extras = serde_json::json!({"commit": "abc", "list": []});
+        let body = serde_json::json!({"client_info": ci, "results": results, "extras": extras}).to_string();
+        let rest = crate::recorder::http::decode_submission(body.as_bytes()).unwrap().doc;
+        let call = MethodCall { name: "add_results".into(), params: vec![from_json(&ci), from_json(&results), from_json(&extras)] };
+        let Decoded::AddResults(read) = decode(call.to_xml().unwrap().as_bytes()).unwrap() else { panic!("not add_results") };
+        assert_eq!(read.params, 3);
+        assert_eq!(read.doc.unwrap(), rest);
+        assert_eq!(rest.steps[0].output, "  <lines> & \"quotes\"\n\tindented\n\n");
+    }
+
+    fn add_results_xml(client_info_members: &str) -> String {
         format!(
-            "<methodCall><methodName>add_results</methodName><params><param>{}<value><int>1</int></value>{}\
+            "<?xml version='1.0'?><methodCall><methodName>add_results</methodName><params>\
+             <param><value><struct>\
+               <member><name>package</name><value>p</value></member>\
+               <member><name>arch</name><value><string>a</string></value></member>\
+               <member><name>host</name><value><string>h&amp;<![CDATA[<x>]]>&#33;</string></value></member>\
+               <member><name>success</name><value><boolean>1</boolean></value></member>{client_info_members}\
+             </struct></value></param>\
+             <param><value><array><data></data></array></value></param></params></methodCall>"
+        )
+    }
+
+    /// Every XML-RPC type reads as the JSON the recorder keeps (as dxr's values converted did),
+    /// and a double JSON cannot hold is refused by its path.
+    #[test]
+    fn xmlrpc_types_read_as_their_json() {
+        let members = "<member><name>b64</name><value><base64>aGk=</base64></value></member>\
+                       <member><name>when</name><value><dateTime.iso8601>19980717T14:08:55</dateTime.iso8601></value></member>\
+                       <member><name>n</name><value><nil/></value></member>\
+                       <member><name>l</name><value><i8>1099511627776</i8></value></member>\
+                       <member><name>i</name><value><i4>-3</i4></value></member>\
+                       <member><name>d</name><value><double>0.5</double></value></member>\
+                       <member><name>empty</name><value></value></member>\
+                       <member><name>s</name><value><struct></struct></value></member>";
+        let Decoded::AddResults(read) = decode(add_results_xml(members).as_bytes()).unwrap() else { panic!("not add_results") };
+        let doc = read.doc.unwrap();
+        assert_eq!(doc.client_info.host, "h&<x>!");
+        let want = serde_json::json!({"b64": "hi", "when": "19980717T14:08:55", "n": null, "l": 1_i64 << 40, "i": -3, "d": 0.5,
+                                      "empty": "", "s": {}});
+        assert_eq!(serde_json::Value::Object(doc.client_info.extra), want);
+
+        let inf = "<member><name>x</name><value><array><data><value><double>inf</double></value></data></array></value></member>";
+        let Decoded::AddResults(read) = decode(add_results_xml(inf).as_bytes()).unwrap() else { panic!("not add_results") };
+        assert_eq!(read.doc.unwrap_err().string(), "client_info.x[0]: non-finite double");
+        // Broken markup anywhere is a parse error, whatever else is wrong.
+        let broken = add_results_xml("<member><name>x</name><value><int>1</int></value>");
+        assert_eq!(decode(broken.as_bytes()).unwrap_err().code(), PARSE_ERROR);
+        let unknown = add_results_xml("<member><name>x</name><value><float>1</float></value></member>");
+        assert_eq!(decode(unknown.as_bytes()).unwrap_err().code(), PARSE_ERROR);
+    }
+
+    fn nested_call(method: &str, depth: usize) -> String {
+        format!(
+            "<methodCall><methodName>{method}</methodName><params><param>{}<value><int>1</int></value>{}\
              </param></params></methodCall>",
             "<value><array><data>".repeat(depth),
             "</data></array></value>".repeat(depth)
         )
     }
 
-    /// `to_json` and dxr's parser recurse per nesting level, and a 16 MiB body could nest 400,000
-    /// levels. dxr refuses deep nesting itself (somewhere below 100 levels); this keeps that
-    /// guarantee checked, on a stack as small as a tokio worker's.
+    /// Every reader recurses per nesting level, and a 16 MiB body could nest 400,000 levels:
+    /// `xmlrpc_read` refuses past `MAX_DEPTH`, dxr (the other methods) somewhere below 100 levels;
+    /// this keeps both checked, on a stack as small as a tokio worker's.
     #[test]
     fn deep_nesting_is_refused_without_exhausting_a_worker_stack() {
         let answers = std::thread::Builder::new()
             .stack_size(2 << 20)
             .spawn(|| {
-                let shallow = decode_call(nested_call(10).as_bytes()).map(|c| to_json(&c.params[0], "p").is_ok());
-                let deep = decode_call(nested_call(300_000).as_bytes()).map(|_| ()).map_err(|f| f.code());
-                (shallow, deep)
+                let shallow = decode(nested_call("add_results", 10).as_bytes()).map(|d| match d {
+                    Decoded::AddResults(a) => a.params == 1,
+                    Decoded::Call(_) => false,
+                });
+                let deep = decode(nested_call("add_results", 300_000).as_bytes()).map(|_| ()).map_err(|f| f.code());
+                // Other methods go through dxr, which has a limit of its own.
+                let other = decode(nested_call("get_results", 10).as_bytes()).map(|d| match d {
+                    Decoded::Call(c) => to_json(&c.params[0], "p").is_ok(),
+                    Decoded::AddResults(_) => false,
+                });
+                let other_deep = decode(nested_call("get_results", 300_000).as_bytes()).map(|_| ()).map_err(|f| f.code());
+                (shallow, deep, other, other_deep)
             })
             .expect("spawning")
             .join()
             .expect("no stack overflow");
         assert_eq!(answers.0, Ok(true));
         assert_eq!(answers.1, Err(PARSE_ERROR));
+        assert_eq!(answers.2, Ok(true));
+        assert_eq!(answers.3, Err(PARSE_ERROR));
     }
 }

@@ -5,13 +5,17 @@
 //!
 //! A version is recognised by each file's size and mtime: cheap enough to
 //! check at every launch and on a timer; the SHA-256 is computed only when
-//! they change, by the upload.
+//! they change, by the upload. Both the files' hashes and the read-back check of
+//! a volume already on the host are remembered in the state dir's
+//! [`Checksums`], so a daemon start with nothing changed neither hashes the disk
+//! nor reads its volume back over the host's link.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::checksums::Checksums;
 use crate::config::{Boot, Image};
-use crate::hosts::images::{ImageFile, image_files, sha256_file, volume_name, volume_prefix};
+use crate::hosts::images::{ImageFile, image_files, volume_name, volume_prefix};
 use crate::libvirt::{error_chain, storage};
 
 /// What a file looked like when it was read.
@@ -91,13 +95,13 @@ impl PoolImage {
 
 /// Makes `pool` on `uri` hold the current version of `image`'s files.
 /// Blocks (hashing, streaming): run on a blocking thread.
-pub fn upload(uri: &str, pool: &str, image: &Image) -> Result<PoolImage, String> {
+pub fn upload(uri: &str, pool: &str, image: &Image, known: &Checksums) -> Result<PoolImage, String> {
     // Stamps first: a file changing during the upload then shows as a newer version.
     let stamps = stamps(image).ok_or_else(|| format!("cannot read the files of image {}", image.name))?;
     let sources = image_files(image).into_iter().map(|f| f.path).collect();
     let mut files = Vec::new();
     for f in image_files(image) {
-        files.push(upload_file(uri, pool, &f)?);
+        files.push(upload_file(uri, pool, &f, known)?);
     }
     let disk = match &image.boot {
         Boot::Disk { base } => Some(super::overlay::base_info(base).map_err(|e| error_chain(&e))?),
@@ -106,10 +110,10 @@ pub fn upload(uri: &str, pool: &str, image: &Image) -> Result<PoolImage, String>
     Ok(PoolImage { sources, stamps, files, disk })
 }
 
-fn upload_file(uri: &str, pool: &str, f: &ImageFile) -> Result<PoolFile, String> {
-    let sha256 = sha256_file(&f.path).map_err(|e| format!("reading {}: {e}", f.path.display()))?;
+fn upload_file(uri: &str, pool: &str, f: &ImageFile, known: &Checksums) -> Result<PoolFile, String> {
+    let sha256 = known.file(&f.path).map_err(|e| format!("reading {}: {e}", f.path.display()))?.sha256;
     let volume = volume_name(f, &sha256);
-    let up = storage::put_volume(uri, pool, &volume, &f.path, &sha256).map_err(|e| error_chain(&e))?;
+    let up = storage::put_volume_with(uri, pool, &volume, &f.path, &sha256, known).map_err(|e| error_chain(&e))?;
     Ok(PoolFile { role: f.role, sha256, volume, path: up.path, prefix: volume_prefix(f), sent: up.sent })
 }
 

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use crate::checksums::Checksums;
 use crate::config::{Boot, Image};
 
 pub mod list;
@@ -129,30 +130,24 @@ pub struct KeyInputs<'a> {
     pub ca_key: Option<&'a str>,
 }
 
-/// Per file (path, size, mtime): its SHA-256, so an unchanged file is hashed once.
+/// Per file (path, size, mtime): its SHA-256, so an unchanged file is hashed once; a miss asks
+/// the state dir's [`Checksums`] (which a previous daemon start may have filled) before reading.
 #[derive(Default)]
-struct FileHashes(HashMap<(PathBuf, u64, std::time::SystemTime), String>);
+struct FileHashes {
+    seen: HashMap<(PathBuf, u64, std::time::SystemTime), String>,
+    known: Checksums,
+}
 
 impl FileHashes {
     fn of(&mut self, path: &Path) -> Result<String, TemplateError> {
         let read = |source| TemplateError::Read { path: path.to_path_buf(), source };
         let meta = std::fs::metadata(path).map_err(read)?;
         let id = (path.to_path_buf(), meta.len(), meta.modified().map_err(read)?);
-        if let Some(h) = self.0.get(&id) {
+        if let Some(h) = self.seen.get(&id) {
             return Ok(h.clone());
         }
-        let mut f = std::fs::File::open(path).map_err(read)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(read)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let h = hex::encode(hasher.finalize());
-        self.0.insert(id, h.clone());
+        let h = self.known.file(path).map_err(read)?.sha256;
+        self.seen.insert(id, h.clone());
         Ok(h)
     }
 }
@@ -170,6 +165,11 @@ pub struct Templates {
 }
 
 impl Templates {
+    /// A registry whose file hashes are remembered in `known` across daemon starts.
+    pub fn with_checksums(known: Checksums) -> Templates {
+        Templates { hashes: Mutex::new(FileHashes { seen: HashMap::new(), known }), ..Templates::default() }
+    }
+
     /// The key of the template of `inputs`: settings, file contents, seed inputs. Blocking
     /// (hashes a changed file once).
     pub fn key(&self, inputs: &KeyInputs<'_>) -> Result<String, TemplateError> {

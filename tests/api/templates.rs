@@ -122,3 +122,51 @@ async fn templates_are_listed_with_their_state_size_and_clones_for_readers_only(
     assert_eq!(was_ready["clones"], 2, "{body}");
     assert!(t.state_dir.join("templates").is_dir());
 }
+
+/// A host with an `image_pool` whose pool cannot be listed (here: a pool its libvirt does not
+/// have) is one `unlisted` row naming the host and its pool, with a reason that quotes no URI;
+/// the state directory's templates are listed beside it as ever (its scratch folder of pool
+/// save headers is none).
+#[tokio::test]
+async fn a_pool_host_that_cannot_be_listed_is_shown_as_unlisted_and_the_rest_still_are() {
+    let host = r#"
+[[hosts]]
+name = "pdkp5-pooled"
+uri = "test:///default"
+accelerator = "kvm"
+address = "127.0.0.1"
+max_vms = 2
+memory_mib = 4096
+vcpus = 4
+image_pool = "pdkp5-no-such-pool"
+"#;
+    let seeds = SeedInputs { authorized_keys: vec![DAEMON_KEY.into()], ca_key: None };
+    let lab = lab_with(false, &format!("{WARM_IMAGE}{host}"), |st| {
+        st.template_seeds = Some(seeds.clone());
+        st.instance_id = Some("feedc0de".into());
+    })
+    .await;
+    let fleet = lab.state.fleet();
+    let state_dir = fleet.daemon.state_dir.clone();
+    let base = lab.dir.path().join("d/warm.qcow2");
+    std::fs::create_dir_all(base.parent().unwrap()).unwrap();
+    qemu_img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "16M"]);
+    let key = Templates::default()
+        .key(&KeyInputs { image: fleet.image("warm-deb").unwrap(), authorized_keys: &seeds.authorized_keys, ca_key: None })
+        .unwrap();
+    make(&state_dir, "local", &key, &base, true);
+    // The scratch folder of pool templates' save headers is no template.
+    std::fs::create_dir_all(state_dir.join("templates/.pool-headers")).unwrap();
+
+    let (st, body) = json(&lab.state, Method::GET, "/api/v1/templates", Some(&lab.bob), None).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let list = body.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{body}");
+    let local = by_host_and_state(list, "local", "ready");
+    assert!(local["pool"].is_null() && local["error"].is_null(), "{local}");
+    let unlisted = by_host_and_state(list, "pdkp5-pooled", "unlisted");
+    assert_eq!(unlisted["pool"], "pdkp5-no-such-pool", "{unlisted}");
+    let why = unlisted["error"].as_str().unwrap();
+    assert!(why.contains("could not be listed") && !why.contains("test:///"), "{unlisted}");
+    assert!(unlisted["image"].is_null() && unlisted["clones"] == 0, "{unlisted}");
+}

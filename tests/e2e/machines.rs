@@ -36,24 +36,8 @@ fn running(domain: &str) -> bool {
 }
 
 fn machine_fleet(dir: &Path, domain: &str, snapshot: &str, host_key: &str, jobs: &str) -> String {
-    format!(
+    let machine = format!(
         r#"
-version = 1
-[daemon]
-listen = "127.0.0.1:0"
-state_dir = "{state}"
-ssh_ports = "23210-23219"
-reconcile_interval = "5s"
-
-[[hosts]]
-name = "local"
-uri = "qemu:///system"
-accelerator = "tcg"
-address = "127.0.0.1"
-max_vms = 2
-memory_mib = 2048
-vcpus = 2
-
 [[machines]]
 name = "pdkm-box"
 host = "local"
@@ -63,11 +47,9 @@ ssh_port = {PORT}
 host_key = "{host_key}"
 user = "root"
 boot_timeout = "2m"
-
-{jobs}
-"#,
-        state = dir.join("state").display(),
-    )
+"#
+    );
+    TestFleet::local(dir, "23210-23219").capacity(2, 2048, 2).section(&machine).section(jobs).toml()
 }
 
 const MARKER_JOB: &str = r#"

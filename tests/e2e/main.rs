@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use paddock::config::Fleet;
 use paddock::daemon::{Daemon, ServeOptions};
 use paddock::store::RunRow;
+pub use support::fleet::TestFleet;
 pub use support::guest::ensure_guest_image;
 pub use support::virsh::domains_named;
 pub use support::{repo, wait_for, wait_until};
@@ -53,28 +54,11 @@ pub fn fleet_with_keys(dir: &Path, ports: &str, key_line: &str, alice_keys: &[St
 /// The text of [`fleet_with_keys`]'s fleet, with `extra_cmdline` appended to the image's
 /// kernel command line (e.g. a test's own host key, [`support::guest::test_host_key`]).
 pub fn fleet_src(dir: &Path, ports: &str, key_line: &str, alice_keys: &[String], extra_cmdline: &str, jobs: &str) -> String {
-    let keys = alice_keys.iter().map(|k| format!("{:?}", k.trim())).collect::<Vec<_>>().join(", ");
     let out = repo().join("images/out/x86_64");
     let cmdline = format!("console=ttyS0 quiet no_timer_check panic=1 {extra_cmdline}");
     let cmdline = cmdline.trim_end();
-    format!(
+    let tiny = format!(
         r#"
-version = 1
-[daemon]
-listen = "127.0.0.1:0"
-state_dir = "{state}"
-ssh_ports = "{ports}"
-reconcile_interval = "5s"
-
-[[hosts]]
-name = "local"
-uri = "qemu:///system"
-accelerator = "tcg"
-address = "127.0.0.1"
-max_vms = 4
-memory_mib = 4096
-vcpus = 4
-
 [[images]]
 name = "tiny"
 os = "linux"
@@ -88,17 +72,10 @@ user = "root"
 trusts_fleet_ca = true
 boot_timeout = "3m"
 {key_line}
-
-[[users]]
-name = "alice"
-role = "maintainer"
-ssh_keys = [{keys}]
-
-{jobs}
 "#,
-        state = dir.join("state").display(),
         out = out.display(),
-    )
+    );
+    TestFleet::local(dir, ports).section(&tiny).user("alice", "maintainer", alice_keys).section(jobs).toml()
 }
 
 /// Writes `src` as `dir/fleet.toml` and loads it; a test fleet that does not validate fails the test.

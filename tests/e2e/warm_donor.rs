@@ -30,14 +30,17 @@ command = "echo rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); ec
 async fn probe(daemon: &Daemon, dir: &Path) -> (String, String, BTreeMap<String, String>, serde_json::Value) {
     let id = daemon.runs.trigger("probe", None, Trigger::Manual { by: "alice".into() }).await.unwrap().remove(0);
     let log = dir.join("state/logs").join(&id).join("run.log");
+    // Its output, or its end (a run that failed says why below, without the whole wait).
     wait_until("the probe's output", Duration::from_secs(1500), async || {
         std::fs::read_to_string(&log).unwrap_or_default().contains("probed")
+            || daemon.store.run(&id).await.unwrap().is_some_and(|r| finished(&r))
     })
     .await;
     let vm = daemon.store.run(&id).await.unwrap().unwrap().vm_name.expect("the run's VM");
-    let pinned = daemon.store.vm_host_key(&vm).await.unwrap().expect("a pinned host key while the VM runs");
+    let pinned = daemon.store.vm_host_key(&vm).await.unwrap();
     let row = wait_for_run(daemon, &id, Duration::from_secs(300), finished).await;
     assert_eq!(row.outcome.as_deref(), Some("success"), "{row:?}");
+    let pinned = pinned.expect("a pinned host key while the VM runs");
     let (out, timings) = probe_output(&row);
     (vm, pinned, out, timings)
 }
@@ -47,6 +50,17 @@ fn probe_output(row: &RunRow) -> (BTreeMap<String, String>, serde_json::Value) {
     let out = doc["results"][0]["output"].as_str().unwrap_or_default().to_string();
     let map = out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect();
     (map, doc["extras"]["timings"].clone())
+}
+
+/// An idle ready-pool clone on the donor other than `not`, once there is one.
+async fn idle_clone(daemon: &Daemon, not: Option<&str>) -> String {
+    wait_for("an idle ready-pool clone on the donor", Duration::from_secs(900), async || {
+        daemon.store.vms().await.unwrap().into_iter().find_map(|v| {
+            let idle = v.run_id.as_deref() == Some(paddock::vm::READY_POOL_RUN) && v.state == "ready" && v.host.as_deref() == Some("donor");
+            (idle && Some(v.name.as_str()) != not).then_some(v.name)
+        })
+    })
+    .await
 }
 
 /// Every file under `dir` (recursively).
@@ -67,10 +81,15 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// restart no domain and no volume of it is left there, while a finished template (an older
 /// key's, made by hand) is left whole. 2. A run restores a clone from a template that is only
 /// volumes in the donor's pool (no save file, disk or seed of it on the daemon's machine), and
-/// making that template removed the older one; a second clone of it gets an identity of its
-/// own too (RNG, host key — each the one pinned —, hostname, machine-id, clock); each clone's
-/// overlay goes with its run and the template stays. 3. A superseded template goes from the
-/// pool only once no volume there is backed by its disk.
+/// making that template removed the older one. With the template there, a daemon whose donor
+/// keeps a ready pool (`ready = { "debian-12" = 1 }`) restores a second clone for a run, fills
+/// the pool with an idle clone (domain and overlay volume on the donor; in /metrics, the
+/// dashboard, and the API's and CLI's template listing, which reads the donor's pool and counts
+/// the clone), hands that clone to the next trigger and refills; every clone has an identity of
+/// its own (RNG, host key — each the one pinned —, hostname, machine-id, clock). The idle clone
+/// a stopped daemon leaves is reaped by the next start, and nothing of the instance but its
+/// template stays on the donor. 3. A superseded template goes from the pool only once no
+/// volume there is backed by its disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_clones_on_a_donor_restore_from_pool_volumes_and_a_sigkill_mid_template_leaves_nothing() {
     let _ = tracing_subscriber::fmt().with_env_filter("paddock=info").with_test_writer().try_init();
@@ -154,10 +173,66 @@ async fn warm_clones_on_a_donor_restore_from_pool_volumes_and_a_sigkill_mid_temp
     assert!(paddock::vm::template::list(&dir.path().join("state")).is_empty());
     assert!(overlays(dir.path()).is_empty(), "{:?}", overlays(dir.path()));
 
-    // A second clone of the same template.
+    daemon.stop().await.unwrap();
+
+    // Now that the template exists, the donor keeps a ready pool of one (`ready`). The first
+    // run of this daemon restores a second clone (and shows how its VMs are logged into), then
+    // the pool fills with a clone restored from the template in the pool, its overlay a volume
+    // there; the listing, /metrics and the dashboard show it.
+    let pooled_src =
+        src.replacen(&format!("image_pool = \"{POOL}\"\n"), &format!("image_pool = \"{POOL}\"\nready = {{ \"debian-12\" = 1 }}\n"), 1);
+    assert_ne!(pooled_src, src);
+    let mut pooled_fleet = load_fleet(dir.path(), &pooled_src);
+    pooled_fleet.daemon.public_reads = true;
+    let daemon = start(pooled_fleet).await;
     let (vm2, pinned2, out2, timings) = probe(&daemon, dir.path()).await;
     assert_eq!(timings["start"], "warm", "{timings}");
-    for (vm, pinned, out) in [(&vm1, &pinned1, &out1), (&vm2, &pinned2, &out2)] {
+    let pooled = idle_clone(&daemon, None).await;
+    assert!(donor.domains().contains(&pooled), "the pool clone's domain is not on the donor: {:?}", donor.domains());
+    let overlay = format!("{pooled}-overlay.qcow2");
+    assert!(donor.volumes().contains(&overlay), "its overlay is not a volume of the donor's pool: {:?}", donor.volumes());
+    let base = format!("http://{}", daemon.addr);
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let http = reqwest::Client::new();
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = metrics.lines().find(|l| l.starts_with("paddock_ready_clones{") && l.contains("host=\"donor\""));
+    assert!(line.is_some_and(|l| l.contains("image=\"debian-12\"") && l.ends_with(" 1")), "{line:?}");
+    let page = http.get(format!("{base}/")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&pooled) && page.contains("(ready pool)"), "the dashboard lacks the pool clone {pooled}");
+    assert!(page.contains(&tpl.key[..16]) && page.contains(&format!("pool {POOL}")), "the dashboard lacks the pool template");
+    // The template in the donor's pool, in the API and the CLI: host, image, key, state, size,
+    // and the one clone (the idle one) whose overlay its disk backs.
+    let listing: serde_json::Value = http.get(format!("{base}/api/v1/templates")).send().await.unwrap().json().await.unwrap();
+    let rows = listing.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "only the template in the donor's pool: {listing}");
+    let row = &rows[0];
+    assert_eq!((&row["host"], &row["pool"], &row["image"]), (&"donor".into(), &POOL.into(), &"debian-12".into()), "{row}");
+    assert_eq!((&row["key"], &row["state"], &row["clones"]), (&tpl.key.as_str().into(), &"ready".into(), &1.into()), "{row}");
+    assert!(row["disk_bytes"].as_u64().unwrap() > 10 << 20, "its memory image alone is more: {row}");
+    assert!(row["made_at"].is_string() && row["error"].is_null(), "{row}");
+    let url = base.clone();
+    let cli = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_paddock")).args(["templates", "--url", &url]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&cli.stdout);
+    assert!(cli.status.success(), "{stdout}{}", String::from_utf8_lossy(&cli.stderr));
+    let cols: Vec<Vec<&str>> = stdout.lines().map(|l| l.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect()).collect();
+    assert_eq!(cols.len(), 2, "a header and the template: {stdout}");
+    assert_eq!(cols[1][..4], ["debian-12", "donor", &tpl.key[..16], "ready"], "{stdout}");
+    assert!((cols[1][5].ends_with(" MiB") || cols[1][5].ends_with(" GiB")) && cols[1][6] == "1", "{stdout}");
+
+    // A trigger takes the idle clone (no restore on its path), and the pool refills.
+    let (vm3, pinned3, out3, timings) = probe(&daemon, dir.path()).await;
+    assert_eq!(timings["start"], "ready-pool", "{timings}");
+    assert_eq!(vm3, pooled);
+    let again = idle_clone(&daemon, Some(pooled.as_str())).await;
+    assert!(donor.domains().contains(&again) && donor.volumes().contains(&format!("{again}-overlay.qcow2")));
+    daemon.stop().await.unwrap();
+
+    let clones = [(&vm1, &pinned1, &out1), (&vm2, &pinned2, &out2), (&vm3, &pinned3, &out3)];
+    for (vm, pinned, out) in clones {
         // The run's own login checked the key paddock pinned for this VM; the guest shows it.
         assert!(pinned.contains(&out["key"]), "{pinned} vs {out:?}");
         assert_eq!(&out["host"], vm);
@@ -165,13 +240,26 @@ async fn warm_clones_on_a_donor_restore_from_pool_volumes_and_a_sigkill_mid_temp
         assert!((chrono::Utc::now().timestamp() - t).abs() < 300, "clone clock {t}: {out:?}");
     }
     for k in ["rand", "mid", "key", "host"] {
-        assert!(!out1[k].is_empty() && out1[k] != out2[k], "both clones have the same {k}: {out1:?} {out2:?}");
+        for (i, (_, _, a)) in clones.iter().enumerate() {
+            for (_, _, b) in &clones[i + 1..] {
+                assert!(!a[k].is_empty() && a[k] != b[k], "two clones have the same {k}: {a:?} {b:?}");
+            }
+        }
     }
-    wait_until("the clones' overlays to go", Duration::from_secs(120), async || {
+
+    // A stopped daemon leaves its VMs for the next start: the idle clone is still on the
+    // donor. The next start (its fleet keeps no pool) reaps its domain and overlay volume, and
+    // nothing of the instance but its template is left there.
+    assert!(donor.domains().contains(&again), "{:?}", donor.domains());
+    let daemon = start(load_fleet(dir.path(), &src)).await;
+    wait_until("the idle pool clone to be reaped on the donor", Duration::from_secs(300), async || {
         let v = donor.volumes();
-        !v.iter().any(|v| v.starts_with(&vm1) || v.starts_with(&vm2)) && !donor.domains().iter().any(|d| d.starts_with(&prefix))
+        !v.iter().any(|v| v.starts_with(&prefix) && !v.starts_with(&tpl_prefix)) && !donor.domains().iter().any(|d| d.starts_with(&prefix))
     })
     .await;
+    for vm in [&vm1, &vm2, &vm3, &again] {
+        assert!(!donor.volumes().iter().any(|v| v.starts_with(vm.as_str())), "a volume of {vm} stays: {:?}", donor.volumes());
+    }
     assert_eq!(tpool::list(&donor.uri, POOL, &instance).unwrap(), listed, "restores must not change the template");
     daemon.stop().await.unwrap();
 

@@ -66,21 +66,23 @@ async fn probe(daemon: &Daemon, dir: &Path, id: &str) -> Probed {
 /// the half-made folder with whatever it held (save file, console), so no template is left.
 /// Then, on the same state dir, one template (booted once, saved, no disk) made by the
 /// restarted daemon serves every check: the run that made it restores a clone, a ready pool
-/// (`min_ready = 1`) fills with another, and two triggers at once get the pooled clone and a
-/// freshly restored one. Every clone reads other `/dev/urandom` bytes, presents the host key
-/// paddock pinned for it, has its own hostname and machine-id, logged its own VM-fork reseed,
-/// and has the host's time although its template was saved long enough before that an unset
-/// clock would show it.
+/// (`min_ready = 1`) fills with another (the templates listing counts it as the template's one
+/// clone), and two triggers at once get the pooled clone and a freshly restored one. Every
+/// clone reads other `/dev/urandom` bytes, presents the host key paddock pinned for it, has
+/// its own hostname and machine-id, logged its own VM-fork reseed, and has the host's time
+/// although its template was saved long enough before that an unset clock would show it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_clones_of_the_bundled_guest_get_their_own_identity_and_the_hosts_time() {
-    let _ = tracing_subscriber::fmt().with_env_filter("paddock=info").with_test_writer().try_init();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "paddock=info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     let out = support::guest::ensure_warm_guest_image();
     let dir = tempfile::tempdir().unwrap();
     let src = fleet_src(dir.path(), "24600-24619", PER_VM, &[], "", PROBE)
         .replace(&repo().join("images/out/x86_64").display().to_string(), &out.display().to_string())
         .replacen("boot_timeout = \"3m\"\n", "boot_timeout = \"4m\"\nstart = \"warm\"\nguest_agent = true\nmin_ready = 1\n", 1);
     assert!(src.contains("x86_64-warm/initrd.img") && src.contains("guest_agent = true"), "{src}");
-    let fleet = load_fleet(dir.path(), &src);
+    let mut fleet = load_fleet(dir.path(), &src);
+    fleet.daemon.public_reads = true;
     let config = dir.path().join("fleet.toml");
     let state = dir.path().join("state");
 
@@ -128,6 +130,12 @@ async fn warm_clones_of_the_bundled_guest_get_their_own_identity_and_the_hosts_t
         daemon.store.vms().await.unwrap().iter().any(|v| v.run_id.as_deref() == Some(paddock::vm::READY_POOL_RUN) && v.state == "ready")
     })
     .await;
+    // The listing counts the diskless template's clones (it backs no overlay): the idle one.
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let url = format!("http://{}/api/v1/templates", daemon.addr);
+    let listing: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    let row = listing.as_array().unwrap().iter().find(|t| t["key"] == made[0].key.as_str()).unwrap_or_else(|| panic!("{listing}"));
+    assert_eq!((&row["state"], &row["clones"]), (&"ready".into(), &1.into()), "{row}");
     // A clone whose clock were not set would lag by the time since the save: make that more
     // than the check below allows (a wait on the template's age, usually already past).
     let lag = Duration::from_secs(8);

@@ -1,7 +1,7 @@
 //! Test support shared by every test binary (`mod support;`, or
 //! `#[path = "../support/mod.rs"] mod support;` from a folder binary): waits
-//! with a deadline, free ports, checked commands, the bundled guest, virsh,
-//! headless Chromium, a real sshd and the real recorder binary.
+//! with a deadline, free ports, checked commands, test fleets' TOML, the bundled guest,
+//! virsh, headless Chromium, a real sshd and the real recorder binary.
 //!
 //! Each binary uses a part of it, so unused items are allowed here.
 #![allow(dead_code)]
@@ -10,6 +10,7 @@ pub mod chromium;
 pub mod cli_output;
 pub mod donor;
 pub mod fixtures;
+pub mod fleet;
 pub mod guest;
 pub mod pony;
 pub mod recorder;

@@ -246,7 +246,7 @@ pub fn insert(tx: &Transaction<'_>, doc: &ResultDoc, sub: &Submission<'_>) -> ru
         ci.success,
         ci.duration,
         ci.to_json().to_string(),
-        serde_json::Value::Object(doc.extras.clone()).to_string(),
+        bag_text(&doc.extras),
     ])?;
     let id = tx.last_insert_rowid();
     if let Some(k) = sub.idempotency_key {
@@ -268,7 +268,7 @@ pub fn insert(tx: &Transaction<'_>, doc: &ResultDoc, sub: &Submission<'_>) -> ru
                 s.duration,
                 s.output,
                 s.errout,
-                serde_json::Value::Object(s.extra.clone()).to_string(),
+                bag_text(&s.extra),
             ])?;
         }
         let mut tag = tx.prepare_cached("INSERT OR IGNORE INTO result_tags (tag, result_id) VALUES (?1, ?2)")?;
@@ -281,6 +281,14 @@ pub fn insert(tx: &Transaction<'_>, doc: &ResultDoc, sub: &Submission<'_>) -> ru
     // A result ends the reservation its check_should_build made.
     tx.prepare_cached("DELETE FROM reservations WHERE tagset = ?1")?.execute([&tagset])?;
     Ok(Inserted { key: ResultKey(id), auth_key: sub.auth_key.to_owned(), created: true })
+}
+
+/// A bag as the JSON text stored beside the indexed columns (without copying it first).
+fn bag_text(bag: &Bag) -> String {
+    if bag.is_empty() {
+        return "{}".to_owned();
+    }
+    serde_json::to_string(bag).expect("a JSON map always serialises")
 }
 
 /// Stores every `(result, submission)` of `batch` in one transaction (the writer's group

@@ -161,6 +161,8 @@ impl Owner {
                         .then(|| format!("{}{}", row.name, crate::vm::seed::SEED_SUFFIX)),
                     host_key,
                     pooled: None,
+                    // Not recorded in the store: an adopted clone is not counted as one.
+                    template_key: None,
                 },
             );
         }

@@ -16,7 +16,7 @@ use crate::libvirt::domain_xml::Handover;
 use crate::libvirt::storage;
 use crate::libvirt::{self, ConsoleSink, ConsoleXml, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
 use crate::vm::images::PoolImage;
-use crate::vm::login::{self, HandedSession, Login, Polled};
+use crate::vm::login::{self, HandedSession, Login, Pace, Polled, Probe};
 use crate::vm::placement::{self, HostView, Placement, Usage};
 use crate::vm::readiness::{self, Readiness, WaitError};
 use crate::vm::seed::{self, Identity, SeedSpec};
@@ -333,6 +333,7 @@ impl Owner {
             pool_seed: pool_seed.clone(),
             host_key: identity.as_ref().map(|id| id.public_key().clone()),
             pooled: None,
+            template_key: None,
         };
         let job = Attempt {
             identity,
@@ -392,6 +393,7 @@ impl Owner {
                     session: booted.session,
                     started: booted.started.clone(),
                 };
+                vm.template_key = booted.template_key.clone();
                 if let Started::ColdAfterWarm(why) = &booted.started {
                     let _ = self.store.record_event("warm_start_fell_back", &name, why).await;
                 }
@@ -561,18 +563,10 @@ impl Attempt {
     }
 
     /// Logs in to `domain` on `port` of this host as `login` says, checking `key`, until
-    /// `deadline` (`login::poll_login`, pausing `poll` between tries); a stopped domain ends it.
-    async fn poll_login(
-        &self,
-        login: &Login,
-        domain: &str,
-        port: u16,
-        key: &ssh_key::PublicKey,
-        deadline: Instant,
-        poll: Duration,
-    ) -> Polled {
+    /// `deadline` (`login::poll_login`, paced by `pace`); a stopped domain ends it.
+    async fn poll_login(&self, login: &Login, domain: &str, port: u16, key: &ssh_key::PublicKey, deadline: Instant, pace: Pace) -> Polled {
         let target = crate::ssh::Target { addr: SocketAddr::new(self.host.address, port), user: login.user.clone() };
-        login::poll_login(&target, login, key, deadline, poll, || self.is_running(domain)).await
+        login::poll_login(&target, login, key, deadline, pace, || self.is_running(domain)).await
     }
 
     fn progress(&self, state: VmState) {
@@ -697,7 +691,8 @@ impl Attempt {
                 let addr = SocketAddr::new(self.host.address, self.port);
                 let expected = login::expected_host_key(&self.image, self.identity.as_ref().map(|id| id.public_key()));
                 if let (Some(login), Some(expected)) = (&self.login, expected) {
-                    match self.poll_login(login, &self.name, self.port, &expected, deadline, poll).await {
+                    let pace = Pace { every: poll, probe: Probe::Banner };
+                    match self.poll_login(login, &self.name, self.port, &expected, deadline, pace).await {
                         Polled::Session(s, began) => session = Some(HandedSession::new(s, began)),
                         // Up, but this login cannot work: the caller's own login says why.
                         Polled::Answered(e) => {

@@ -193,6 +193,8 @@ pub struct VmSnapshot {
     pub ssh_port: u16,
     pub created_at: DateTime<Utc>,
     pub hold_until: Option<DateTime<Utc>>,
+    /// The key of the template a warm clone was restored from.
+    pub template_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -279,6 +281,8 @@ enum Cmd {
     },
     /// Fault injection for the supervisor's test: the owner panics, as a bug would.
     InjectPanic,
+    /// The owner ends (`VmManager::stop`); the loop acts on it before `Owner::handle`.
+    Stop,
 }
 
 /// A handle to the manager; cheap to clone. The owner task ends when every handle is dropped.
@@ -364,13 +368,16 @@ impl VmManager {
         while connecting.join_next().await.is_some() {}
         let (tx, rx) = mpsc::unbounded_channel();
         let (ended, _) = broadcast::channel(256);
+        let state_dir = cfg.state_dir.clone();
         let parts = Parts {
             cfg,
             hosts: hosts.into_iter().zip(handles.iter().cloned()).collect(),
             store,
             tx: tx.downgrade(),
             ended: ended.clone(),
-            templates: Default::default(),
+            templates: std::sync::Arc::new(super::template::Templates::with_checksums(crate::checksums::Checksums::in_state_dir(
+                &state_dir,
+            ))),
         };
         let mut owner = parts.owner(false).await?;
         // A template build a crash cut short left a folder without its manifest (its
@@ -404,6 +411,15 @@ impl VmManager {
     /// How the owner has fared: restarts after failures, and the last failure.
     pub fn health(&self) -> crate::supervisor::Health {
         self.health.clone()
+    }
+
+    /// Ends the owner task, as a daemon that stops must (`Daemon::stop`): no launch, teardown
+    /// or reconciliation pass after it, and every VM stays as it is, for the next start of this
+    /// instance to adopt or reap. Without it an owner lives while any handle does (a stopped
+    /// daemon's executor holds one), and its reconciliation passes would reap the VMs of the
+    /// next daemon of the same instance, which it does not know of.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Cmd::Stop);
     }
 
     /// Fault injection: makes the owner task panic, as a bug in it would. The supervisor's

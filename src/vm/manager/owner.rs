@@ -63,6 +63,9 @@ pub(super) struct Vm {
     pub(super) host_key: Option<ssh_key::PublicKey>,
     /// A clone of its image's ready pool, until a launch takes it.
     pub(super) pooled: Option<super::ready_pool::Pooled>,
+    /// The key of the template it was restored from (a warm clone), once it is up: the
+    /// templates listing counts a diskless template's clones by it.
+    pub(super) template_key: Option<String>,
 }
 
 pub(super) struct Pending {
@@ -138,11 +141,13 @@ impl Owner {
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
+                    None | Some(Cmd::Stop) => break,
                     Some(cmd) => {
                         self.handle(cmd).await;
                         // A burst (launches queued, VMs gone) costs one placement pass.
                         for _ in 0..BATCH {
                             match rx.try_recv() {
+                                Ok(Cmd::Stop) => return,
                                 Ok(cmd) => self.handle(cmd).await,
                                 Err(_) => break,
                             }
@@ -151,7 +156,6 @@ impl Owner {
                             self.pump().await;
                         }
                     }
-                    None => break,
                 },
                 _ = tick.tick() => self.on_tick().await,
                 _ = reconcile.tick() => self.spawn_reconcile(None),
@@ -252,6 +256,8 @@ impl Owner {
             Cmd::SweepDone { host, image } => self.sweep_done(host, &image),
             Cmd::UploadHung { host, image, reason } => self.upload_hung(host, image, reason).await,
             Cmd::InjectPanic => panic!("injected fault: VM manager owner"),
+            // `run` ends on it before handing it here.
+            Cmd::Stop => {}
             Cmd::PoolKeys { keys } => self.pool_keys_done(keys).await,
             Cmd::ReconcileDone { report, reply } => {
                 self.reconciling = false;
@@ -359,6 +365,7 @@ impl Owner {
                 ssh_port: vm.port,
                 created_at: vm.created_at,
                 hold_until: vm.hold_until,
+                template_key: vm.template_key.clone(),
             })
             .collect();
         vms.sort_by_key(|v| v.created_at);

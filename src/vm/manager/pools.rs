@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::checksums::Checksums;
 use crate::config::Image;
 use crate::libvirt::error_chain;
 use crate::libvirt::storage;
@@ -69,9 +70,10 @@ impl Owner {
             slot.busy = true;
             info!(host = %host_name, image = %image.name, %pool, "putting the image's current version into the host's pool");
             let (img, tx) = (image.clone(), tx.clone());
+            let known = Checksums::in_state_dir(&self.cfg.state_dir);
             tokio::spawn(async move {
                 let name = img.name.clone();
-                let mut task = tokio::task::spawn_blocking(move || images::upload(&uri, &pool, &img));
+                let mut task = tokio::task::spawn_blocking(move || images::upload(&uri, &pool, &img, &known));
                 let joined = match tokio::time::timeout(deadline, &mut task).await {
                     Ok(joined) => joined,
                     Err(_) => {

@@ -1,6 +1,9 @@
 //! Ready pools (issue 18, `min_ready` per image, `[[hosts]] ready` per host and image):
-//! restored clones kept idle on each local host, logged in, so a launch of that image takes one at once: no restore and no SSH
-//! handshake between the trigger and its first step.
+//! restored clones kept idle on each host, logged in, so a launch of that image takes one at
+//! once: no restore and no SSH handshake between the trigger and its first step. On a host
+//! with an `image_pool` a clone is restored from the template in that pool and its overlay is
+//! a volume there (`launch/warm/pool.rs`), exactly as a clone restored for a run; a kernel
+//! image keeps no clones on such a host (its template is in the state dir only).
 //!
 //! A pool clone is an ordinary VM of the owner (`Vm::pooled` says it is one): it counts
 //! against its host's capacity like any other, is torn down like any other, and after a
@@ -190,7 +193,7 @@ impl Owner {
         false
     }
 
-    /// Starts restoring clones where a pooled image's pool on a local host is short. Never
+    /// Starts restoring clones where a pooled image's pool on a host is short. Never
     /// while a launch waits for room, and only within the host's capacity.
     pub(super) async fn refill(&mut self) {
         if !self.queue.is_empty() || self.ready.recipes.is_empty() {
@@ -208,9 +211,17 @@ impl Owner {
             if self.ready.checking && !self.ready.keys.contains_key(&image.name) {
                 continue;
             }
+            // A pool host restores clones from the template in its pool, on the image's
+            // current volumes there: an image changed since is put there first (placement
+            // waits until it is).
+            if self.hosts.iter().any(|h| h.config.image_pool.is_some()) {
+                self.distribute(&image);
+            }
             for host in 0..self.hosts.len() {
-                // Warm starts are for hosts sharing the daemon's filesystem (`may_start_warm`).
-                if self.hosts[host].config.image_pool.is_some() || self.hosts[host].config.uri.starts_with("test:") {
+                // The test driver restores nothing; a kernel image's template is local only
+                // (`may_start_warm`), so a pool host keeps no clones of it.
+                let kernel = !matches!(image.boot, crate::config::Boot::Disk { .. });
+                if self.hosts[host].config.uri.starts_with("test:") || (kernel && self.hosts[host].config.image_pool.is_some()) {
                     continue;
                 }
                 if self.ready.backoff.get(&(host, image.name.clone())).is_some_and(|t| *t > Instant::now()) {
@@ -283,6 +294,7 @@ impl Owner {
             Ok(_) if stopping => {}
             Ok(booted) if booted.started == Started::Warm => {
                 let stale = booted.template_key.as_ref().is_some_and(|k| self.ready.keys.get(&image).is_some_and(|cur| cur != k));
+                vm.template_key = booted.template_key.clone();
                 vm.pooled =
                     Some(Pooled::Idle { recipe, session: booted.session, boot_time: booted.boot_time, template_key: booted.template_key });
                 info!(vm = %name, image = %image, host = %self.hosts[host].config.name, "ready-pool clone idle");

@@ -1,12 +1,16 @@
 //! What the API and CLI show of warm-start templates: every template folder under the state
-//! directory, whose host and image it is, whether it is still being built, ready, or stale
-//! (its key is no longer the one the image would get now), when it was made, what it takes on
-//! disk and how many clones' overlays it backs.
+//! directory and every template in the pool of a host with an `image_pool`, whose host and
+//! image it is, whether it is still being built, ready, or stale (its key is no longer the one
+//! the image would get now), when it was made, what it takes on disk and how many clones it
+//! backs.
 //!
-//! Everything here is read from the state directory as `template.rs` writes it, so the listing
-//! needs no word from the VM manager: a folder without `template.json` is a build under way
-//! (the start-up pass removes those a crash left, `remove_unfinished`), and a clone is an
-//! overlay in `overlays/` whose qcow2 header names the template's disk as its backing file.
+//! Everything here is read where `template.rs` and `template/pool.rs` write it, so the listing
+//! needs almost no word from the VM manager: a folder without `template.json` (a pool template
+//! without its manifest volume) is a build under way (a crash's leftovers are removed at start
+//! and by reconciliation), and a clone is an overlay in `overlays/` (a volume of the pool)
+//! whose backing file is the template's disk. A diskless template (a kernel image's) backs no
+//! overlay: its clones are the live VMs the VM manager says were restored from its key
+//! ([`Restored`]).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -60,15 +64,49 @@ pub struct Listed {
     pub made_at: Option<DateTime<Utc>>,
     /// Bytes its files take on disk (allocated blocks: the frozen disk is sparse).
     pub disk_bytes: u64,
-    /// Overlays in `overlays/` backed by its disk.
+    /// Overlays in `overlays/` (volumes of its pool) backed by its disk; for a diskless
+    /// template, the live VMs restored from it.
     pub clones: usize,
+    /// The host's pool when it is volumes there (then `dir` is its volumes' base name).
+    pub pool: Option<String>,
+}
+
+/// A live VM restored from a template: its host and the template's key (`VmSnapshot`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub host: String,
+    pub key: String,
+}
+
+/// The current key of each warm image, computed once per listing (`None` inside: the key
+/// cannot be computed, an image file is gone, so no template has it).
+#[derive(Default)]
+struct CurrentKeys(std::collections::HashMap<String, Option<String>>);
+
+impl CurrentKeys {
+    /// A finished template's state: stale when its image is gone or no longer warm, or
+    /// (with `seeds` to tell by) its key is not the image's current one.
+    fn state(&mut self, key: &str, image: Option<&str>, fleet: &Fleet, seeds: Option<&SeedInputs>, templates: &Templates) -> ListedState {
+        let Some(img) = image.and_then(|i| fleet.image(i)).filter(|i| i.start == Start::Warm) else { return ListedState::Stale };
+        let Some(s) = seeds else { return ListedState::Ready };
+        let now = self
+            .0
+            .entry(img.name.clone())
+            .or_insert_with(|| {
+                let ca = if img.trusts_fleet_ca { s.ca_key.as_deref() } else { None };
+                templates.key(&KeyInputs { image: img, authorized_keys: &s.authorized_keys, ca_key: ca }).ok()
+            })
+            .clone();
+        if now.as_deref() == Some(key) { ListedState::Ready } else { ListedState::Stale }
+    }
 }
 
 /// Every template folder under `state_dir`, sorted by folder. `seeds` gives the current key
 /// of each warm image (hashing a changed image file once, through `templates`' cache):
 /// blocking, call it off the async runtime. Without `seeds` no template is called stale for
-/// its key, only for an image that is gone or no longer warm.
-pub fn list_all(state_dir: &Path, fleet: &Fleet, seeds: Option<&SeedInputs>, templates: &Templates) -> Vec<Listed> {
+/// its key, only for an image that is gone or no longer warm. `restored` are the live clones
+/// the VM manager knows of, which count for templates without a disk.
+pub fn list_all(state_dir: &Path, fleet: &Fleet, seeds: Option<&SeedInputs>, templates: &Templates, restored: &[Restored]) -> Vec<Listed> {
     let Ok(entries) = std::fs::read_dir(dir(state_dir)) else { return Vec::new() };
     let backings: Vec<PathBuf> = std::fs::read_dir(crate::vm::overlay::dir(state_dir))
         .into_iter()
@@ -76,7 +114,7 @@ pub fn list_all(state_dir: &Path, fleet: &Fleet, seeds: Option<&SeedInputs>, tem
         .flatten()
         .filter_map(|e| qcow2_backing(&e.path()))
         .collect();
-    let mut current: std::collections::HashMap<String, Option<String>> = Default::default();
+    let mut current = CurrentKeys::default();
     let mut out = Vec::new();
     for e in entries.flatten() {
         let path = e.path();
@@ -84,33 +122,25 @@ pub fn list_all(state_dir: &Path, fleet: &Fleet, seeds: Option<&SeedInputs>, tem
             continue;
         }
         let name = e.file_name().to_string_lossy().to_string();
+        // `.pool-headers/` holds scratch copies of pool templates' save headers, no template.
+        if name.starts_with('.') {
+            continue;
+        }
         let (host, image, prefix) = split_name(&name, fleet);
         let manifest = Template::load(&path);
-        let image_cfg = image.as_deref().and_then(|i| fleet.image(i)).filter(|i| i.start == Start::Warm);
-        let state = match (&manifest, image_cfg) {
-            (None, _) => ListedState::Building,
-            (Some(_), None) => ListedState::Stale,
-            (Some(t), Some(img)) => {
-                // `None`: no seed inputs to tell by; `Some(None)`: the key cannot be computed
-                // (an image file is gone), so no template has it.
-                let now: Option<Option<String>> = seeds.map(|s| {
-                    current
-                        .entry(img.name.clone())
-                        .or_insert_with(|| {
-                            let ca = if img.trusts_fleet_ca { s.ca_key.as_deref() } else { None };
-                            templates.key(&KeyInputs { image: img, authorized_keys: &s.authorized_keys, ca_key: ca }).ok()
-                        })
-                        .clone()
-                });
-                match now {
-                    Some(k) if k.as_deref() != Some(t.key.as_str()) => ListedState::Stale,
-                    _ => ListedState::Ready,
-                }
-            }
+        let state = match &manifest {
+            None => ListedState::Building,
+            Some(t) => current.state(&t.key, image.as_deref(), fleet, seeds, templates),
         };
         let made_at =
             manifest.as_ref().and_then(|_| std::fs::metadata(path.join("template.json")).ok()?.modified().ok()).map(DateTime::<Utc>::from);
         let disk = path.join("disk.qcow2");
+        // A finished template without a disk (a kernel image's) backs no overlay: its clones
+        // are the live VMs restored from its key on its host.
+        let clones = match &manifest {
+            Some(t) if !disk.exists() => restored.iter().filter(|r| Some(&r.host) == host.as_ref() && r.key == t.key).count(),
+            _ => backings.iter().filter(|b| **b == disk).count(),
+        };
         out.push(Listed {
             host,
             image,
@@ -118,12 +148,46 @@ pub fn list_all(state_dir: &Path, fleet: &Fleet, seeds: Option<&SeedInputs>, tem
             state,
             made_at,
             disk_bytes: disk_usage(&path),
-            clones: backings.iter().filter(|b| **b == disk).count(),
+            clones,
+            pool: None,
             dir: path,
         });
     }
     out.sort_by(|a, b| a.dir.cmp(&b.dir));
     out
+}
+
+/// The templates of `instance` in the pool of `host` (one with an `image_pool`), sorted by
+/// name, read from the pool itself (blocking, one connection per call: run it under a
+/// deadline). States as in [`list_all`]; a clone is a volume of the pool backed by the
+/// template's disk.
+pub fn list_pool(
+    host: &crate::config::Host,
+    instance: &str,
+    fleet: &Fleet,
+    seeds: Option<&SeedInputs>,
+    templates: &Templates,
+) -> Result<Vec<Listed>, super::pool::PoolTemplateError> {
+    let Some(pool) = &host.image_pool else { return Ok(Vec::new()) };
+    let mut current = CurrentKeys::default();
+    let surveyed = super::pool::survey(&host.uri, pool, instance)?;
+    Ok(surveyed
+        .into_iter()
+        .map(|s| Listed {
+            state: match &s.template {
+                None => ListedState::Building,
+                Some(t) => current.state(&t.key, Some(s.image.as_str()), fleet, seeds, templates),
+            },
+            host: Some(host.name.clone()),
+            key: s.template.map(|t| t.key).unwrap_or(s.key16),
+            image: Some(s.image),
+            made_at: s.made_at.map(DateTime::<Utc>::from),
+            disk_bytes: s.bytes,
+            clones: s.clones,
+            pool: Some(pool.clone()),
+            dir: PathBuf::from(s.base),
+        })
+        .collect())
 }
 
 /// `<host>-<image>-<key16>` split by the fleet's own names (either may hold a `-`); a folder

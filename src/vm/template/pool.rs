@@ -130,6 +130,62 @@ pub fn list(uri: &str, pool: &str, instance: &str) -> Result<Vec<PoolTemplate>, 
     Ok(out)
 }
 
+/// One template's volumes in a pool, as the templates listing shows them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Surveyed {
+    pub base: String,
+    pub image: String,
+    /// The first 16 hex digits of its key (from its volumes' names).
+    pub key16: String,
+    /// Its manifest: `None` while it is being built (or a crash cut its build short, which
+    /// reconciliation finishes removing).
+    pub template: Option<PoolTemplate>,
+    /// When its manifest, the last volume of a build, was written.
+    pub made_at: Option<std::time::SystemTime>,
+    /// Bytes its volumes take on the host.
+    pub bytes: u64,
+    /// Volumes of the pool backed by its disk: the overlays of its clones.
+    pub clones: usize,
+}
+
+/// The most templates [`survey`] reads the manifests of in one pool (a host that grew more
+/// volumes named like templates does not make a listing read without end).
+pub const MAX_SURVEYED: usize = 256;
+
+/// Every template of `instance` in `pool` on `uri`, finished or not, with the bytes its
+/// volumes take and the clones its disk backs (blocking; one listing of the pool, plus one
+/// read per manifest), the first [`MAX_SURVEYED`] by name.
+pub fn survey(uri: &str, pool: &str, instance: &str) -> Result<Vec<Surveyed>, PoolTemplateError> {
+    let all = warm_pool::volumes(uri, pool, "")?;
+    let prefix = prefix(instance);
+    let mut bases: Vec<String> = all.iter().filter_map(|v| split(&v.name, &prefix)).map(|(b, _)| b).collect();
+    bases.sort();
+    bases.dedup();
+    bases.truncate(MAX_SURVEYED);
+    let mut out = Vec::new();
+    for base in bases {
+        let mine: Vec<&PoolVolume> = all.iter().filter(|v| split(&v.name, &prefix).is_some_and(|(b, _)| b == base)).collect();
+        let manifest = mine.iter().find(|v| v.name.ends_with(MANIFEST));
+        let template = match manifest {
+            Some(_) => finished(uri, pool, &base, &all)?,
+            None => None,
+        };
+        let disk = mine.iter().find(|v| v.name.ends_with(DISK)).map(|v| v.path.as_str());
+        let clones = disk.map_or(0, |d| all.iter().filter(|v| v.backing.as_deref() == Some(d)).count());
+        let Some((image, key16)) = base[prefix.len()..].rsplit_once('-') else { continue };
+        out.push(Surveyed {
+            image: image.to_string(),
+            key16: key16.to_string(),
+            template,
+            made_at: manifest.and_then(|m| m.modified),
+            bytes: mine.iter().map(|v| v.allocation).sum(),
+            clones,
+            base,
+        });
+    }
+    Ok(out)
+}
+
 /// The finished template `base`, if its manifest and every other volume are there
 /// (blocking).
 pub fn load(uri: &str, pool: &str, instance: &str, base: &str) -> Result<Option<PoolTemplate>, PoolTemplateError> {

@@ -23,7 +23,7 @@ use crate::config::Boot;
 use crate::libvirt::domain_xml::Handover;
 use crate::libvirt::warm::WarmOp;
 use crate::libvirt::{self, ConsoleSink, DiskSpec, Mark, PADDOCK_NS};
-use crate::vm::login::{HandedSession, Polled};
+use crate::vm::login::{HandedSession, Pace, Polled, Probe};
 use crate::vm::seed::{self, Identity, SeedSpec};
 use crate::vm::template::{self, CloneSpec, KeyInputs, Template, TemplateError};
 use crate::vm::{VmState, overlay};
@@ -79,6 +79,10 @@ pub enum WarmError {
 /// How long the guest agent of a fresh clone gets to answer its first command.
 const AGENT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The first pause of the agent's retry and status polls; each next one is 1.5 times longer,
+/// up to a cap (issue 18: the fixed 200 / 100 ms pauses were a tenth of a warm start).
+const POLL_FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+
 impl Attempt {
     /// Whether this attempt may restore a clone: a warm image with a per-VM identity and a
     /// login; a disk image with its overlay (a file, or on a host with an `image_pool` a
@@ -102,6 +106,7 @@ impl Attempt {
         if self.pool.is_some() {
             return self.warm_boot_pool(domain_type).await;
         }
+        let mut phases = Phases::new();
         let tpl_err = |source| WarmError::Template { image: self.image.name.clone(), source };
         let key = self.template_key().await?;
         let dir = template::dir_for(&self.state_dir, &self.host.name, &self.image.name, &key);
@@ -122,6 +127,7 @@ impl Attempt {
                 t
             }
         };
+        phases.mark("template");
         // A disk image's clone gets its own overlay on the frozen disk; a kernel image's
         // template is only its saved memory, so its clone needs none.
         let ov = self.overlay.clone();
@@ -131,6 +137,7 @@ impl Attempt {
                 .await
                 .map_err(|source| WarmError::Task { vm: self.name.clone(), step: "clone overlay", source })?
                 .map_err(|source| WarmError::Overlay { vm: self.name.clone(), source })?;
+            phases.mark("overlay");
         }
         let saved =
             std::fs::read_to_string(tpl.saved_xml()).map_err(|source| tpl_err(TemplateError::Read { path: tpl.saved_xml(), source }))?;
@@ -139,9 +146,11 @@ impl Attempt {
         // One restore at a time per template: the save file's header holds this clone's XML
         // until libvirt has read it.
         template::rewrite_save_xml(&tpl.save_file(), &xml).map_err(tpl_err)?;
+        phases.mark("header");
         self.restore(&tpl.save_file().display().to_string()).await?;
         drop(guard);
-        self.after_restore(started, key).await
+        phases.mark("restore");
+        self.after_restore(started, key, phases).await
     }
 
     /// The key of the image's template as this launch would build it (blocking hashes, off
@@ -173,37 +182,47 @@ impl Attempt {
     }
 
     /// The restored clone's console copy (a pool host's pty), its identity, and the login
-    /// with its own host key within the boot timeout from `started`.
-    async fn after_restore(&self, started: Instant, key: String) -> Result<Booted, WarmError> {
+    /// with its own host key within the boot timeout from `started`; `phases` so far are
+    /// logged with the rest once it is ready.
+    async fn after_restore(&self, started: Instant, key: String, mut phases: Phases) -> Result<Booted, WarmError> {
         self.progress(VmState::Defined);
         self.progress(VmState::Booting);
         // On a pool host its console is a pty: copied over the connection from here on. A
         // local clone's console is the file its XML names.
-        if self.pool.is_some()
-            && !self.host.uri.starts_with("test:")
-            && let Err(e) = self.handle.attach_console(&self.name, ConsoleSink::new(&self.console)).await
-        {
-            tracing::warn!(vm = %self.name, error = %crate::error::chain(&e), "no console copy for the clone");
+        if self.pool.is_some() && !self.host.uri.starts_with("test:") {
+            if let Err(e) = self.handle.attach_console(&self.name, ConsoleSink::new(&self.console)).await {
+                tracing::warn!(vm = %self.name, error = %crate::error::chain(&e), "no console copy for the clone");
+            }
+            phases.mark("console");
         }
         let identity = self.identity.as_ref().expect("may_start_warm checked the identity");
-        self.give_identity(identity).await?;
-        match self.login_with(identity.public_key(), started + self.boot_timeout).await {
-            Some(s) => Ok(Booted {
-                boot_time: started.elapsed(),
-                host_key: None,
-                session: Some(s),
-                started: Started::Warm,
-                template_key: Some(key),
-            }),
+        self.give_identity(identity, &mut phases).await?;
+        let session = self.login_with(identity.public_key(), started + self.boot_timeout, &mut phases).await;
+        match session {
+            Some(s) => {
+                phases.log(&self.name);
+                Ok(Booted {
+                    boot_time: started.elapsed(),
+                    host_key: None,
+                    session: Some(s),
+                    started: Started::Warm,
+                    template_key: Some(key),
+                })
+            }
             None => Err(WarmError::Login { vm: self.name.clone(), waited: started.elapsed() }),
         }
     }
 
-    /// Logs in to this attempt's port with `key` until `deadline`.
-    async fn login_with(&self, key: &ssh_key::PublicKey, deadline: Instant) -> Option<HandedSession> {
+    /// Logs in to this attempt's port with `key` until `deadline`, at once: the identity
+    /// script has just seen port 22 listen inside the guest.
+    async fn login_with(&self, key: &ssh_key::PublicKey, deadline: Instant, phases: &mut Phases) -> Option<HandedSession> {
         let login = self.login.as_ref()?;
-        match self.poll_login(login, &self.name, self.port, key, deadline, std::time::Duration::from_millis(100)).await {
-            Polled::Session(s, began) => Some(HandedSession::new(s, began)),
+        let pace = Pace { every: std::time::Duration::from_millis(100), probe: Probe::Skip };
+        match self.poll_login(login, &self.name, self.port, key, deadline, pace).await {
+            Polled::Session(s, began) => {
+                phases.mark("login");
+                Some(HandedSession::new(s, began))
+            }
             Polled::Answered(e) => {
                 tracing::warn!(vm = %self.name, error = %crate::error::chain(&e), "clone refused its login");
                 None
@@ -214,18 +233,24 @@ impl Attempt {
 
     /// The clock, the RNG, then host key, principal, hostname and machine-id, through the
     /// guest agent; sshd is restarted last, so its first connection has all of them.
-    async fn give_identity(&self, identity: &Identity) -> Result<(), WarmError> {
+    async fn give_identity(&self, identity: &Identity, phases: &mut Phases) -> Result<(), WarmError> {
         let fail = |reason: String| WarmError::Identity { vm: self.name.clone(), reason };
         let wait = Instant::now() + AGENT_WAIT;
         // The agent answers once the restored guest runs again; the first call may come early.
+        // Retried soon at first (it usually answers within tens of milliseconds), then less often.
+        let mut nap = POLL_FIRST;
         loop {
             let now = chrono::Utc::now();
             let op = WarmOp::SetTime { name: self.name.clone(), seconds: now.timestamp(), nanos: now.timestamp_subsec_nanos() as i32 };
             match self.handle.warm(op).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    phases.mark("agent+clock");
+                    break;
+                }
                 Err(e) if Instant::now() < wait => {
                     tracing::debug!(vm = %self.name, error = %crate::error::chain(&e), "guest agent not answering yet");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    tokio::time::sleep(nap).await;
+                    nap = (nap * 3 / 2).min(std::time::Duration::from_millis(200));
                 }
                 Err(e) => return Err(fail(format!("setting the clock: {}", crate::error::chain(&e)))),
             }
@@ -249,7 +274,11 @@ impl Attempt {
         });
         let reply = self.agent(&command).await.map_err(&fail)?;
         let pid = reply["return"]["pid"].as_i64().ok_or_else(|| fail(format!("guest-exec gave no pid: {reply}")))?;
+        phases.mark("exec");
         let status = serde_json::json!({ "execute": "guest-exec-status", "arguments": { "pid": pid } });
+        // Each status call is an agent round trip that the guest's one vCPU serves beside the
+        // script: often at first, when the script may already be done, then every 100 ms.
+        let mut nap = POLL_FIRST;
         loop {
             let r = self.agent(&status).await.map_err(&fail)?;
             if r["return"]["exited"].as_bool() == Some(true) {
@@ -260,12 +289,16 @@ impl Attempt {
                     let err = String::from_utf8_lossy(&err).chars().take(400).collect::<String>();
                     return Err(fail(format!("the identity script exited with {code}: {err}")));
                 }
+                phases.mark("script");
+                let out: Vec<u8> = r["return"]["out-data"].as_str().and_then(|o| b64.decode(o).ok()).unwrap_or_default();
+                phases.script = script_marks(&String::from_utf8_lossy(&out));
                 return Ok(());
             }
             if Instant::now() > wait {
                 return Err(fail("the identity script did not finish".into()));
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(nap).await;
+            nap = (nap * 3 / 2).min(std::time::Duration::from_millis(100));
         }
     }
 
@@ -359,6 +392,58 @@ impl Attempt {
     }
 }
 
+/// Where a clone's warm start spends its time (issue 18), logged once it is ready: each
+/// phase's wall time on the daemon's side, and the identity script's own steps as the
+/// guest's uptime saw them (`@step UPTIME` lines on its stdout).
+struct Phases {
+    began: Instant,
+    last: Instant,
+    marks: Vec<(&'static str, std::time::Duration)>,
+    script: String,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases::since(Instant::now())
+    }
+
+    fn since(began: Instant) -> Phases {
+        Phases { began, last: began, marks: Vec::new(), script: String::new() }
+    }
+
+    /// Ends the phase `name` now.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.marks.push((name, now - self.last));
+        self.last = now;
+    }
+
+    fn log(&self, vm: &str) {
+        let phases = self.marks.iter().map(|(n, d)| format!("{n}={}", d.as_millis())).collect::<Vec<_>>().join(" ");
+        tracing::info!(vm = %vm, total_ms = self.began.elapsed().as_millis() as u64, %phases, script = %self.script, "warm clone ready");
+    }
+}
+
+/// The identity script's `@step UPTIME` lines as `step=MS` between consecutive marks (the
+/// guest's `/proc/uptime` has 10 ms steps). Anything else the script printed is ignored;
+/// at most 16 marks are read, so a guest cannot make the log line long.
+fn script_marks(out: &str) -> String {
+    let mut prev: Option<f64> = None;
+    let mut parts = Vec::new();
+    for line in out.lines().filter_map(|l| l.strip_prefix('@')).take(16) {
+        let Some((name, up)) = line.split_once(' ') else { continue };
+        let (Ok(up), true) = (up.trim().parse::<f64>(), name.len() <= 16 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        else {
+            continue;
+        };
+        if let Some(p) = prev {
+            parts.push(format!("{name}={:.0}", (up - p) * 1000.0));
+        }
+        prev = Some(up);
+    }
+    parts.join(" ")
+}
+
 /// The clone's `<metadata>`: its own mark, as `domain_xml` writes it for a cold boot.
 fn metadata_xml(mark: &Mark) -> String {
     let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\'', "&apos;");
@@ -378,15 +463,24 @@ fn metadata_xml(mark: &Mark) -> String {
 /// driver do, which the kernel logs and the script waits for. **No clone gets its host key,
 /// nor sshd restarted, before one of the two reseeds is proven**: neither (a kernel without
 /// VMGENID) fails the script, and the warm start with it. Written for both kinds of guest:
-/// systemd's (`systemd-id128`, `systemctl restart ssh`) and the bundled guest's busybox init,
-/// where sshd is stopped, port 22 seen free, sshd started again and seen listening, so the
-/// first login after the script can only meet the new sshd.
+/// systemd's (`systemd-id128`, `systemctl restart ssh`) and the bundled guest's busybox init.
+/// The warm bundled guest runs one `sshd -i` per connection (`/run/paddock-ssh-per-connection`,
+/// `images/guest/init`), so no sshd outlives its connection and the next one reads the new key
+/// files: the script only checks that port 22 listens. A busybox guest with a daemon sshd has
+/// it stopped, port 22 seen free, started again and seen listening. Either way the first login
+/// after the script can only meet the clone's own key. `@step UPTIME` lines on stdout time the
+/// steps (`script_marks`).
 const IDENTITY_SCRIPT: &str = r#"set -eu
 umask 077
 read -r key; read -r pub; read -r principal; read -r name; read -r seed; read -r user
 nap() { usleep 50000 2>/dev/null || sleep 0.05; }
-printf '%s' "$seed" | base64 -d > /dev/urandom
-if ! python3 -c 'import fcntl,os; fcntl.ioctl(os.open("/dev/urandom", os.O_WRONLY), 0x5207)' 2>/dev/null; then
+mark() { read -r up _ </proc/uptime; echo "@$1 $up"; }
+mark start
+# Here-documents and builtins where they do: each fork and exec is slow on an emulated CPU.
+base64 -d > /dev/urandom <<EOF
+$seed
+EOF
+if ! { command -v python3 >/dev/null 2>&1 && python3 -c 'import fcntl,os; fcntl.ioctl(os.open("/dev/urandom", os.O_WRONLY), 0x5207)' 2>/dev/null; }; then
     n=0
     until dmesg | grep -q 'crng reseeded due to virtual machine fork'; do
         n=$((n + 1))
@@ -397,8 +491,12 @@ if ! python3 -c 'import fcntl,os; fcntl.ioctl(os.open("/dev/urandom", os.O_WRONL
         nap
     done
 fi
+mark reseed
 rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
-printf '%s' "$key" | base64 -d > /etc/ssh/ssh_host_ed25519_key
+base64 -d > /etc/ssh/ssh_host_ed25519_key.new <<EOF
+$key
+EOF
+mv /etc/ssh/ssh_host_ed25519_key.new /etc/ssh/ssh_host_ed25519_key
 printf '%s\n' "$pub" > /etc/ssh/ssh_host_ed25519_key.pub
 chmod 0644 /etc/ssh/ssh_host_ed25519_key.pub
 mkdir -p /etc/ssh/auth_principals
@@ -409,13 +507,23 @@ printf '%s\n' "$name" > /etc/hostname
 if command -v systemd-id128 >/dev/null 2>&1; then
     systemd-id128 new > /etc/machine-id
 else
-    printf '%s\n' "$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" > /etc/machine-id
+    # 128 bits from the reseeded kernel RNG, as systemd-id128 makes them (a v4 UUID's hex).
+    read -r uuid </proc/sys/kernel/random/uuid
+    IFS=- read -r a b c d e <<EOF
+$uuid
+EOF
+    printf '%s%s%s%s%s\n' "$a" "$b" "$c" "$d" "$e" > /etc/machine-id
 fi
 chmod 0444 /etc/machine-id
+mark identity
+listening() { grep -qE '^ *[0-9]+: [0-9A-F]+:0016 [0-9A-F]+:0000 0A' /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl restart ssh
+elif [ -e /run/paddock-ssh-per-connection ]; then
+    # One `sshd -i` per connection (the warm bundled guest's /init): no sshd runs between
+    # connections, and the next one reads the key files written above.
+    if ! listening; then echo "nothing listens on port 22 for sshd" >&2; exit 4; fi
 else
-    listening() { grep -qE '^ *[0-9]+: [0-9A-F]+:0016 [0-9A-F]+:0000 0A' /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
     kill "$(cat /run/sshd.pid)" 2>/dev/null || true
     n=0
     while listening; do
@@ -423,7 +531,9 @@ else
         if [ "$n" -gt 100 ]; then echo "the template's sshd still listens after SIGTERM" >&2; exit 4; fi
         nap
     done
+    mark stopped
     /usr/sbin/sshd -E /var/log/sshd.log </dev/null >/dev/null 2>&1
+    mark spawned
     n=0
     until listening; do
         n=$((n + 1))
@@ -431,4 +541,20 @@ else
         nap
     done
 fi
+mark listening
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::script_marks;
+
+    #[test]
+    fn script_marks_are_the_steps_between_uptimes_and_ignore_other_output() {
+        let out = "@start 100.50\nnoise\n@reseed 100.63\n@bad name 1\n@identity 101.73\n@x notanumber\n";
+        assert_eq!(script_marks(out), "reseed=130 identity=1100");
+        assert_eq!(script_marks(""), "");
+        // A guest printing many marks cannot make the log line long.
+        let many: String = (0..100).map(|i| format!("@m{i} {i}.0\n")).collect();
+        assert_eq!(script_marks(&many).split(' ').count(), 15);
+    }
+}

@@ -24,7 +24,7 @@ use crate::config::Image;
 use crate::libvirt::domain_xml::Handover;
 use crate::libvirt::warm::WarmOp;
 use crate::libvirt::{self, ConsoleSink, ConsoleXml, DiskSpec, DomainSpec, Mark};
-use crate::vm::login::Polled;
+use crate::vm::login::{Pace, Polled, Probe};
 use crate::vm::seed::Identity;
 use crate::vm::template::{self, pool as tpool};
 
@@ -139,7 +139,8 @@ impl Attempt {
         .map_err(lv)?;
         let deadline = Instant::now() + self.boot_timeout;
         let login = self.login.as_ref().ok_or_else(|| step("no login".into()))?;
-        let session = match self.poll_login(login, bp.domain, bp.port, bp.identity.public_key(), deadline, bp.poll).await {
+        let pace = Pace { every: bp.poll, probe: Probe::Banner };
+        let session = match self.poll_login(login, bp.domain, bp.port, bp.identity.public_key(), deadline, pace).await {
             Polled::Session(s, _) => s,
             Polled::Answered(e) => return Err(step(format!("login refused: {}", crate::error::chain(&e)))),
             Polled::Timeout => return Err(step(format!("no login within {:?}", self.boot_timeout))),

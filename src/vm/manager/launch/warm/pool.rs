@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use tokio::time::Instant;
 
 use super::super::Booted;
-use super::WarmError;
 use super::build::{Blueprint, BuildConsole, SaveTo, Settle};
+use super::{Phases, WarmError};
 use crate::config::Boot;
 use crate::libvirt::DiskSpec;
 use crate::libvirt::domain_xml::Handover;
@@ -72,7 +72,11 @@ impl super::super::Attempt {
         let restored = self.restore_pool_clone(&tpl, &vol).await;
         drop(guard);
         let restored = match restored {
-            Ok(at) => self.after_restore(at, key).await,
+            Ok(at) => {
+                let mut phases = Phases::since(at);
+                phases.mark("header+restore");
+                self.after_restore(at, key, phases).await
+            }
             Err(e) => Err(e),
         };
         if restored.is_err() {
