@@ -394,6 +394,7 @@ impl Owner {
                     started: booted.started.clone(),
                 };
                 vm.template_key = booted.template_key.clone();
+                let restored = booted.template_key.clone().map(|k| (vm.host, k));
                 if let Started::ColdAfterWarm(why) = &booted.started {
                     let _ = self.store.record_event("warm_start_fell_back", &name, why).await;
                 }
@@ -402,6 +403,9 @@ impl Owner {
                 crate::metrics::boot_ready(&vm.image.name, booted.boot_time.as_secs_f64());
                 self.count_launch(host, &name, Ok(booted.boot_time)).await;
                 self.transition(&name, VmState::Ready).await;
+                if let Some((host, key)) = restored {
+                    self.clone_restored(host, &key);
+                }
                 if pending.reply.send(Ok(ready)).is_err() {
                     // The caller went away: nobody will use or release this VM.
                     self.teardown(&name).await;
