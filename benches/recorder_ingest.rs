@@ -81,7 +81,11 @@ async fn post_all(rec: &Recorder, client: &reqwest::Client, url: String, content
         let (client, url, queue) = (client.clone(), url.clone(), queue.clone());
         tasks.push(tokio::spawn(async move {
             let mut waited = Duration::ZERO;
-            while let Some(body) = queue.lock().await.pop() {
+            loop {
+                // Its own statement: in `while let` the lock's guard would live through the
+                // request, and the clients would post one at a time.
+                let next = queue.lock().await.pop();
+                let Some(body) = next else { break };
                 let t = Instant::now();
                 let r = client.post(&url).header("content-type", content_type).bearer_auth(TOKEN).body(body).send().await.unwrap();
                 assert!(r.status().is_success(), "{}", r.status());
