@@ -15,11 +15,12 @@
 //! checkpoint, which copies that little and makes the next transaction rewind the WAL. Past
 //! `RESTART_AT` the task copies whatever is there, so that moment comes soon; a RESTART with
 //! much left to copy (its copy and two `fsync`s, tens of milliseconds on a busy disk, with every
-//! submission behind it waiting) runs only past `FORCE_AT`, the hard bound.
+//! submission behind it waiting) runs only past `FORCE_AT`, the hard bound, for which the writer
+//! waits for the task's copy to end (the task, woken after the writer's check, copies little).
 //!
 //! The two never run a checkpoint at once (`Gate`): a RESTART that meets the task's PASSIVE
 //! inside SQLite waits in SQLite's busy handler, which sleeps in steps of 1 to 100 ms, and with
-//! it every submission of the group. So the writer only tries the gate and, finding the task
+//! it every submission of the group. So below `FORCE_AT` the writer only tries the gate and, finding the task
 //! copying, leaves the rewind to a later commit (the task has just copied most of the WAL then,
 //! so the rewind copies little); the task waits for the gate, which costs no submission anything.
 
@@ -67,15 +68,23 @@ fn step(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
 }
 
 /// Run by the writer after a commit: rewinds a WAL longer than `RESTART_AT` frames once at most
-/// `REWIND_SLACK` of it is left to copy, and one longer than `FORCE_AT` in any case; not while
-/// the checkpoint task holds the gate (then a later commit does).
+/// `REWIND_SLACK` of it is left to copy, unless the checkpoint task holds the gate (then a later
+/// commit does); a WAL longer than `FORCE_AT` in any case, waiting for the task's copy to end.
 pub(super) fn bound(conn: &rusqlite::Connection, gate: &Gate) -> rusqlite::Result<()> {
-    let Ok(_held) = gate.0.try_lock() else { return Ok(()) };
     let (log, copied) = status(conn, "NOOP")?;
-    if log >= FORCE_AT || (log >= RESTART_AT && log - copied <= REWIND_SLACK) {
-        status(conn, "RESTART")?;
+    if log < FORCE_AT && (log < RESTART_AT || log - copied > REWIND_SLACK) {
+        return Ok(());
     }
-    Ok(())
+    let _held = if log >= FORCE_AT {
+        gate.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    } else {
+        match gate.0.try_lock() {
+            Ok(held) => held,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+        }
+    };
+    status(conn, "RESTART").map(|_| ())
 }
 
 /// The checkpoint thread: runs checkpoints on `conn` each time it is woken, until every sender

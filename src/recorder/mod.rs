@@ -214,8 +214,8 @@ struct Inner {
 
 /// Work for the writer thread, done in the order it arrives.
 enum Job {
-    /// A submission for the next group commit.
-    Ingest(Queued),
+    /// A submission for the next group commit (boxed: the queue's slots stay small).
+    Ingest(Box<Queued>),
     /// Any other write; the closure sends its own answer.
     Write(Box<dyn FnOnce(&mut rusqlite::Connection) + Send>),
 }
@@ -278,7 +278,7 @@ fn write_loop(
                 checkpoint::wake(&wrote);
                 continue;
             }
-            Job::Ingest(q) => q,
+            Job::Ingest(q) => *q,
         };
         let mut bytes = stored_bytes(&first.doc);
         let mut group = vec![first];
@@ -286,7 +286,7 @@ fn write_loop(
             match jobs.try_recv() {
                 Ok(Job::Ingest(q)) => {
                     bytes += stored_bytes(&q.doc);
-                    group.push(q);
+                    group.push(*q);
                 }
                 Ok(other) => {
                     next = Some(other);
@@ -296,13 +296,14 @@ fn write_loop(
             }
         }
         commit_group(&mut conn, group, &timings);
-        checkpoint::wake(&wrote);
-        // After the answers: a rewind of the WAL delays the next group, not these.
+        // After the answers: a rewind of the WAL delays the next group, not these. Before the
+        // checkpoint task's wake-up, which would otherwise take the gate first.
         let checked = Instant::now();
         if let Err(e) = checkpoint::bound(&conn, &gate) {
             tracing::warn!(error = %e, "recorder WAL checkpoint failed; the next commit tries again");
         }
         timings.bound(checked.elapsed());
+        checkpoint::wake(&wrote);
     }
 }
 
@@ -515,7 +516,7 @@ impl Recorder {
         let (reply, stored) = tokio::sync::oneshot::channel();
         let closed = RecorderError::Closed { op: "storing a result" };
         let queued = Queued { doc, idempotency_key, origin, auth_key, at, queued_at: Instant::now(), reply };
-        self.inner.jobs.send(Job::Ingest(queued)).await.map_err(|_| RecorderError::Closed { op: "storing a result" })?;
+        self.inner.jobs.send(Job::Ingest(Box::new(queued))).await.map_err(|_| RecorderError::Closed { op: "storing a result" })?;
         let (inserted, committed) = stored.await.map_err(|_| closed)?;
         self.inner.timings.answered(committed);
         let inserted = inserted?;
