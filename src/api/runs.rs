@@ -130,7 +130,21 @@ pub async fn detail(State(s): State<Shared>, _r: Reader, Path(id): Path<String>)
         retried_by,
         log_path: row.log_path.clone(),
         console_tail: console_tail_of(&row),
+        timings: timings_of(&row),
     }))
+}
+
+/// How the run started and how fast, from its result document's `extras.timings`, if any.
+fn timings_of(r: &RunRow) -> Option<super::wire::TimingsOut> {
+    let doc = serde_json::from_str::<serde_json::Value>(r.result_json.as_deref()?).ok()?;
+    let t = doc.get("extras")?.get("timings")?;
+    Some(super::wire::TimingsOut {
+        start: t.get("start")?.as_str()?.to_string(),
+        warm_fallback: t.get("warm_fallback").and_then(|v| v.as_str()).map(str::to_string),
+        boot_s: t.get("boot_s").and_then(|v| v.as_f64()),
+        banner_to_first_byte_s: t.get("banner_to_first_byte_s").and_then(|v| v.as_f64()),
+        one_handshake: t.get("one_handshake").and_then(|v| v.as_bool()),
+    })
 }
 
 /// The console tail a finished run's result document keeps (`extras.console_tail`), if any.

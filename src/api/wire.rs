@@ -158,6 +158,12 @@ pub struct TemplateOut {
     /// The host's pool when the template is volumes there; `None` for the state directory.
     #[serde(default)]
     pub pool: Option<String>,
+    /// When the row was read where the template lives: the state directory at the request;
+    /// a host's pool at the VM manager's last listing of it (its reconciliation passes, a
+    /// template build starting or ending, a clone of a new template). Of an `unlisted` row:
+    /// when the listing that failed was tried (`None`: not yet).
+    #[serde(default)]
+    pub listed_at: Option<DateTime<Utc>>,
     /// Why an `unlisted` host's templates are not shown.
     #[serde(default)]
     pub error: Option<String>,
@@ -263,6 +269,30 @@ pub struct RunDetailOut {
     /// its steps (a guest that never answered SSH, a VM lost mid-step). Secrets masked.
     #[serde(default)]
     pub console_tail: Option<String>,
+    /// How the run got its VM and how fast, from the result document's `extras.timings`;
+    /// `None` for a run that never got a VM (or finished before paddock recorded timings).
+    #[serde(default)]
+    pub timings: Option<TimingsOut>,
+}
+
+/// A run's start: how its VM came (`cold`, `warm`, `ready-pool`, `cold-after-warm-failed`)
+/// and where the time went before its first step's first byte.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TimingsOut {
+    pub start: String,
+    /// Why a warm start fell back to a cold boot.
+    #[serde(default)]
+    pub warm_fallback: Option<String>,
+    /// From the VM's start (or restore) to readiness; of a ready-pool clone, its refill's.
+    #[serde(default)]
+    pub boot_s: Option<f64>,
+    /// From the guest's SSH banner (of a ready-pool clone: the take) to the first byte of the
+    /// first step's output.
+    #[serde(default)]
+    pub banner_to_first_byte_s: Option<f64>,
+    /// Whether the session that proved the VM ready ran the steps (one SSH handshake).
+    #[serde(default)]
+    pub one_handshake: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

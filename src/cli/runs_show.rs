@@ -1,5 +1,6 @@
 //! `paddock runs show RUN`: one run in full, for people — its reason (with the guest's console
-//! tail when it ended outside its steps), its steps, VM, host, image, log and recorder delivery.
+//! tail when it ended outside its steps), its steps, VM, host, image, how its VM started (cold,
+//! warm, ready pool) and how fast, log and recorder delivery.
 //! RUN may be a unique prefix of the run's id.
 
 use std::process::ExitCode;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use paddock::api::wire::{OutboxOut, RunDetailOut, RunListOut, StepOut};
+use paddock::api::wire::{OutboxOut, RunDetailOut, RunListOut, StepOut, TimingsOut};
 
 use super::client::{Client, Remote, block_on, opt, print_json, relative, table};
 use super::runs::{Filters, encode};
@@ -86,6 +87,10 @@ fn print(d: &RunDetailOut, now: DateTime<Utc>) {
     fields.push(("trigger", format!("{}{by}", r.trigger)));
     fields.push(("host", opt(&r.host)));
     fields.push(("vm", opt(&r.vm_name)));
+    if let Some(t) = &d.timings {
+        fields.push(("start", start(t)));
+        fields.push(("timings", timings(t)));
+    }
     if let Some(t) = r.scheduled_at {
         fields.push(("scheduled", at(t, now)));
     }
@@ -180,6 +185,47 @@ fn step_result(s: &StepOut) -> String {
     }
 }
 
+/// How the run's VM came: cold, restored warm, taken from the ready pool, or cold after a
+/// warm start failed (and why).
+fn start(t: &TimingsOut) -> String {
+    match t.start.as_str() {
+        "cold" => "cold boot".into(),
+        "warm" => "warm: restored from the image's template".into(),
+        "ready-pool" => "ready pool: an idle clone taken, no restore on the run's path".into(),
+        "cold-after-warm-failed" => {
+            let why = t.warm_fallback.as_deref().map(one_line).unwrap_or_else(|| "no reason recorded".into());
+            format!("cold, after a failed warm start: {why}")
+        }
+        other => printable(other),
+    }
+}
+
+/// Where the time went before the first step's first byte: `boot 1.93s, first byte 0.31s after
+/// the SSH banner, one handshake`.
+fn timings(t: &TimingsOut) -> String {
+    let pool = t.start == "ready-pool";
+    let mut parts = Vec::new();
+    if let Some(b) = t.boot_s {
+        parts.push(format!("boot {}{}", fine(b), if pool { " (at refill)" } else { "" }));
+    }
+    match t.banner_to_first_byte_s {
+        Some(f) => parts.push(format!("first byte {} after the {}", fine(f), if pool { "take" } else { "SSH banner" })),
+        None => parts.push("first byte -".into()),
+    }
+    match t.one_handshake {
+        Some(true) => parts.push("one handshake".into()),
+        Some(false) => parts.push("a second handshake for the steps".into()),
+        None => {}
+    }
+    parts.join(", ")
+}
+
+/// Seconds to the hundredth under a minute (start timings are often under one), else as
+/// [`seconds`].
+fn fine(s: f64) -> String {
+    if s < 60.0 { format!("{:.2}s", s.max(0.0)) } else { seconds(s) }
+}
+
 /// Where a result stands with one recorder.
 fn delivery(o: &OutboxOut, now: DateTime<Utc>) -> String {
     match o.delivered_at {
@@ -221,7 +267,8 @@ fn one_line(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{one_line, printable_lines, seconds};
+    use super::{one_line, printable_lines, seconds, start, timings};
+    use paddock::api::wire::TimingsOut;
 
     #[test]
     fn durations_read_as_people_say_them() {
@@ -235,5 +282,24 @@ mod tests {
         let lines: Vec<String> = printable_lines("red \u{1b}[31mtext\r\nnext\tcol\rx\u{7}\n").collect();
         assert_eq!(lines, ["red \\u{1b}[31mtext", "next\tcol\\rx\\u{7}"]);
         assert_eq!(one_line("refused:\n  \u{1b}[2J  twice"), "refused: \\u{1b}[2J twice");
+    }
+
+    #[test]
+    fn a_start_reads_as_what_happened() {
+        let t = |start: &str, fallback: Option<&str>, first: Option<f64>| TimingsOut {
+            start: start.into(),
+            warm_fallback: fallback.map(str::to_string),
+            boot_s: Some(1.934),
+            banner_to_first_byte_s: first,
+            one_handshake: Some(true),
+        };
+        assert_eq!(start(&t("cold", None, None)), "cold boot");
+        assert_eq!(
+            start(&t("cold-after-warm-failed", Some("restore:\n no agent"), None)),
+            "cold, after a failed warm start: restore: no agent"
+        );
+        assert_eq!(timings(&t("warm", None, Some(0.314))), "boot 1.93s, first byte 0.31s after the SSH banner, one handshake");
+        assert_eq!(timings(&t("ready-pool", None, Some(0.05))), "boot 1.93s (at refill), first byte 0.05s after the take, one handshake");
+        assert_eq!(timings(&t("cold", None, None)), "boot 1.93s, first byte -, one handshake");
     }
 }

@@ -1,7 +1,8 @@
 //! `paddock templates`: the warm-start templates on each host (in the state directory, or in
 //! the pool of a host with an `image_pool`): image, host, key, state (building, ready, stale;
 //! `unlisted` for a pool host that could not be listed, with why on stderr), when made, size
-//! on disk and the clones they back.
+//! on disk, the clones they back, and when the row was listed (a pool's templates are the VM
+//! manager's last listing of it).
 
 use std::process::ExitCode;
 
@@ -21,8 +22,9 @@ pub fn run(remote: &Remote) -> Result<ExitCode> {
         let rows: Vec<Vec<String>> = templates
             .iter()
             .map(|t| {
+                let listed = t.listed_at.map(ago).unwrap_or_else(|| "-".into());
                 if t.state == "unlisted" {
-                    return vec![opt(&t.image), opt(&t.host), "-".into(), t.state.clone(), "-".into(), "-".into(), "-".into()];
+                    return vec![opt(&t.image), opt(&t.host), "-".into(), t.state.clone(), "-".into(), "-".into(), "-".into(), listed];
                 }
                 vec![
                     opt(&t.image),
@@ -32,10 +34,11 @@ pub fn run(remote: &Remote) -> Result<ExitCode> {
                     t.made_at.map(ago).unwrap_or_else(|| "-".into()),
                     human_size(t.disk_bytes),
                     t.clones.to_string(),
+                    listed,
                 ]
             })
             .collect();
-        table(&["image", "host", "key", "state", "made", "size", "clones"], &rows);
+        table(&["image", "host", "key", "state", "made", "size", "clones", "listed"], &rows);
         for t in templates.iter().filter(|t| t.state == "unlisted") {
             eprintln!("host {}: {}", opt(&t.host), t.error.as_deref().unwrap_or("its pool could not be listed"));
         }

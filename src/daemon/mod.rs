@@ -243,18 +243,27 @@ impl Daemon {
         reload::reload(&self.fleet, &mut self.schedules).await
     }
 
-    /// Stops accepting work, waits for the HTTP server to close and ends the VM manager's
-    /// owner (`VmManager::stop`): its VMs stay for the next start to adopt or reap.
+    /// Stops accepting work, waits for the HTTP server to close, tears down the idle
+    /// ready-pool clones on every host and ends the VM manager's owner
+    /// (`VmManager::shutdown`): runs' VMs, held VMs and persistent machines stay for the next
+    /// start to adopt or reap. The clones' removal is waited for at most
+    /// [`SHUTDOWN_CALLS`] libvirt call deadlines.
     pub async fn stop(self) -> Result<(), DaemonError> {
         let _ = self.shutdown.send(true);
         let served = self.server.await;
-        self.vms.stop();
+        let limit = self.fleet.current().daemon.libvirt_timeout.saturating_mul(SHUTDOWN_CALLS);
+        self.vms.shutdown(limit).await;
         match served {
             Ok(r) => r.map_err(DaemonError::Serve),
             Err(_) => Ok(()),
         }
     }
 }
+
+/// How many libvirt call deadlines (`daemon.libvirt_timeout`) a stop waits for the ready
+/// pools' clones to go: a clone's removal is a destroy, an undefine and up to two volume
+/// deletions, and the clones go at once.
+const SHUTDOWN_CALLS: u32 = 4;
 
 /// Every recorder a result is queued for, the embedded one included.
 fn forwarder_names(fleet: &Fleet) -> Vec<String> {

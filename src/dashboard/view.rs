@@ -202,10 +202,13 @@ pub async fn dashboard(s: &Shared, follow: Option<&str>) -> Result<Dashboard, Ap
             made: t.made_at.map(|m| ago(m, now)).unwrap_or_else(|| "-".into()),
             size: crate::vm::template::list::human_size(t.disk_bytes),
             clones: t.clones,
-            note: match (&t.error, &t.pool) {
-                (Some(e), _) => e.clone(),
-                (None, Some(p)) => format!("pool {p}"),
-                (None, None) => String::new(),
+            // A pool's templates are the VM manager's last listing of it: say how old.
+            note: match (&t.error, &t.pool, t.listed_at) {
+                (Some(e), _, Some(at)) if t.pool.is_some() => format!("{e} (tried {})", ago(at, now)),
+                (Some(e), _, _) => e.clone(),
+                (None, Some(p), Some(at)) => format!("pool {p}, listed {}", ago(at, now)),
+                (None, Some(p), None) => format!("pool {p}"),
+                (None, None, _) => String::new(),
             },
         })
         .collect();

@@ -84,10 +84,31 @@ pub enum Polled {
 /// The longest a single banner probe may wait for an answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Waits for `target`'s SSH banner, then logs in until a login works or `deadline` passes;
-/// between attempts asks `still_running`, so a crashed guest fails fast, and waits `poll`.
+/// Whether a login poll waits for the guest's SSH banner before its first login.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// A cheap banner probe first, and again after a transient failure: for a guest that is
+    /// still booting.
+    Banner,
+    /// The first login at once: for a guest whose sshd the caller has just seen listening
+    /// from inside (a warm clone's identity script, through the guest agent), where a banner
+    /// probe would only cost the guest one more sshd start. A transient failure falls back to
+    /// probing; "banner → first byte" counts from this first login.
+    Skip,
+}
+
+/// How a login poll paces itself: its first step, and the pause between tries.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    pub every: Duration,
+    pub probe: Probe,
+}
+
+/// Logs in to `target` (after its SSH banner, as `pace.probe` says) until a login works or
+/// `deadline` passes; between attempts asks `still_running`, so a crashed guest fails fast,
+/// and waits `pace.every`.
 ///
-/// Implementation note: a login is only tried once a cheap banner probe
+/// Implementation note: with [`Probe::Banner`] a login is only tried once a cheap banner probe
 /// ([`readiness::probe_banner`], one TCP connection, no key exchange) saw the guest's sshd
 /// answer. A login tried earlier can hang on passt's forward until the whole SSH attempt
 /// timeout (20 s) while the guest has no listener yet; that made the bundled guest's cold
@@ -98,48 +119,17 @@ pub async fn poll_login<F, Fut>(
     login: &Login,
     host_key: &ssh_key::PublicKey,
     deadline: Instant,
-    poll: Duration,
-    still_running: F,
-) -> Polled
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    poll_from(target, login, host_key, deadline, poll, still_running, None).await
-}
-
-/// As [`poll_login`], but logs in at once: for a guest whose sshd the caller has just seen
-/// listening from inside (a warm clone's identity script, through the guest agent), where a
-/// banner probe would only cost the guest one more sshd start. A transient failure falls
-/// back to probing; "banner → first byte" counts from this first login.
-pub async fn poll_login_listening<F, Fut>(
-    target: &Target,
-    login: &Login,
-    host_key: &ssh_key::PublicKey,
-    deadline: Instant,
-    poll: Duration,
-    still_running: F,
-) -> Polled
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    poll_from(target, login, host_key, deadline, poll, still_running, Some(Utc::now())).await
-}
-
-async fn poll_from<F, Fut>(
-    target: &Target,
-    login: &Login,
-    host_key: &ssh_key::PublicKey,
-    deadline: Instant,
-    poll: Duration,
+    pace: Pace,
     mut still_running: F,
-    mut banner_at: Option<DateTime<Utc>>,
 ) -> Polled
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    let mut banner_at = match pace.probe {
+        Probe::Banner => None,
+        Probe::Skip => Some(Utc::now()),
+    };
     let check = HostKeyCheck::exact(host_key.clone());
     let began = Instant::now();
     loop {
@@ -172,6 +162,6 @@ where
         if !still_running().await {
             return Polled::Stopped;
         }
-        tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
+        tokio::time::sleep(pace.every.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
 }

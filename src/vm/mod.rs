@@ -16,8 +16,8 @@ mod state;
 pub mod template;
 
 pub use manager::{
-    HostSnapshot, LaunchError, LaunchRequest, LaunchStage, ManagerConfig, READY_POOL_RUN, ReadyVm, Snapshot, Started, VmEnded, VmManager,
-    VmSnapshot,
+    Drained, HostSnapshot, LaunchError, LaunchRequest, LaunchStage, ManagerConfig, PoolListing, READY_POOL_RUN, ReadyVm, Snapshot, Started,
+    VmEnded, VmManager, VmSnapshot,
 };
 pub use readiness::Readiness;
 pub use reconcile::{LiveSet, ReconcileReport, reconcile};

@@ -209,6 +209,85 @@ async fn runs_show_prints_one_run_by_its_id_or_a_unique_prefix() {
     assert!(v["log_path"].is_null() && v["steps"].as_array().unwrap().is_empty(), "{v}");
 }
 
+/// `paddock runs show` says how the run's VM started — cold, warm, from the ready pool, or cold
+/// after a failed warm start (and why) — and its start timings from the result's
+/// `extras.timings`, in the same `key  value` style; `--json` carries them as `timings`; a run
+/// whose result has none shows neither line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_show_says_how_the_run_started_and_its_start_timings() {
+    use crate::support::cli_output::field;
+    let (l, url) = setup().await;
+    let t = Some(l.bob.as_str());
+    let runs = [
+        (
+            "r-pool",
+            serde_json::json!({"start": "ready-pool", "warm_fallback": null, "boot_s": 2.504, "banner_to_first_byte_s": 0.043, "one_handshake": true}),
+        ),
+        (
+            "r-warm",
+            serde_json::json!({"start": "warm", "warm_fallback": null, "boot_s": 1.87, "banner_to_first_byte_s": 0.312, "one_handshake": true}),
+        ),
+        (
+            "r-fell",
+            serde_json::json!({"start": "cold-after-warm-failed", "warm_fallback": "restoring the clone: no guest agent\u{1b}[2J", "boot_s": 14.2, "banner_to_first_byte_s": null, "one_handshake": false}),
+        ),
+        (
+            "r-cold",
+            serde_json::json!({"start": "cold", "warm_fallback": null, "boot_s": 75.0, "banner_to_first_byte_s": 0.5, "one_handshake": true}),
+        ),
+    ];
+    for (id, timings) in &runs {
+        l.store.insert_run(&crate::common::row(id, "demo", "tiny-x86_64", "queued", 5)).await.unwrap();
+        let doc = serde_json::json!({"results": [], "extras": {"timings": timings}});
+        let end = paddock::store::RunEnd {
+            run_id: (*id).into(),
+            from: "queued".into(),
+            state: "done".into(),
+            outcome: "success".into(),
+            reason: None,
+            result_json: doc.to_string(),
+            finished_at: chrono::Utc::now(),
+            recorders: Vec::new(),
+        };
+        l.store.finish_run(end).await.unwrap();
+    }
+    let show = async |id: &str| {
+        let o = paddock(&url, t, &["runs", "show", id]).await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        o.stdout
+    };
+    let s = show("r-pool").await;
+    assert_eq!(field(&s, "start"), "ready pool: an idle clone taken, no restore on the run's path", "{s}");
+    assert_eq!(field(&s, "timings"), "boot 2.50s (at refill), first byte 0.04s after the take, one handshake", "{s}");
+    // The fields sit with the VM's, before the times.
+    let keys: Vec<&str> = s.lines().take_while(|l| !l.is_empty()).filter_map(|l| l.split_whitespace().next()).collect();
+    let at = |k: &str| keys.iter().position(|x| *x == k).unwrap_or_else(|| panic!("no {k} in {keys:?}"));
+    assert!(at("vm") < at("start") && at("start") < at("timings") && at("timings") < at("created"), "{s}");
+    let s = show("r-warm").await;
+    assert_eq!(field(&s, "start"), "warm: restored from the image's template", "{s}");
+    assert_eq!(field(&s, "timings"), "boot 1.87s, first byte 0.31s after the SSH banner, one handshake", "{s}");
+    let s = show("r-fell").await;
+    assert!(!s.contains('\u{1b}'), "{s:?}");
+    assert_eq!(field(&s, "start"), "cold, after a failed warm start: restoring the clone: no guest agent\\u{1b}[2J", "{s}");
+    assert_eq!(field(&s, "timings"), "boot 14.20s, first byte -, a second handshake for the steps", "{s}");
+    let s = show("r-cold").await;
+    assert_eq!(
+        (field(&s, "start"), field(&s, "timings")),
+        ("cold boot", "boot 1m 15s, first byte 0.50s after the SSH banner, one handshake"),
+        "{s}"
+    );
+    // A run whose result holds no timings (the lab's) shows neither line.
+    let s = show("r-demo-1").await;
+    assert!(!s.lines().any(|l| l.starts_with("start ") || l.starts_with("timings ")), "{s}");
+
+    let o = paddock(&url, t, &["runs", "show", "r-pool", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["timings"], runs[0].1, "{v}");
+    let o = paddock(&url, t, &["runs", "show", "r-demo-1", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert!(v["timings"].is_null(), "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_follow_shows_states_and_exits_with_the_runs_failure() {
     let (l, url) = setup().await;
@@ -304,10 +383,12 @@ async fn templates_print_image_host_key_state_size_and_clones() {
     let lines: Vec<&str> = o.stdout.lines().collect();
     assert_eq!(lines.len(), 4, "a header and three templates:\n{}", o.stdout);
     let cols = |l: &str| l.split("  ").map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect::<Vec<_>>();
-    assert_eq!(cols(lines[0]), ["IMAGE", "HOST", "KEY", "STATE", "MADE", "SIZE", "CLONES"]);
+    assert_eq!(cols(lines[0]), ["IMAGE", "HOST", "KEY", "STATE", "MADE", "SIZE", "CLONES", "LISTED"]);
     let ready = lines.iter().map(|l| cols(l)).find(|c| c[3] == "ready").unwrap_or_else(|| panic!("{}", o.stdout));
     assert_eq!(ready[..4], ["warm-deb", "local", &t.key[..16], "ready"]);
     assert!(ready[4].ends_with(" ago") && ready[5].ends_with(" MiB") && ready[6] == "2", "{ready:?}");
+    // The state directory is read at the request.
+    assert!(ready[7].ends_with("s ago"), "{ready:?}");
     let stale = lines.iter().map(|l| cols(l)).find(|c| c[3] == "stale").unwrap();
     assert_eq!(stale[..4], ["warm-deb", "rack-2", "0000000000000000", "stale"]);
     let building = lines.iter().map(|l| cols(l)).find(|c| c[3] == "building").unwrap();

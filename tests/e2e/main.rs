@@ -14,6 +14,7 @@ mod faults;
 mod flood;
 mod identity;
 mod machines;
+mod pool_shutdown;
 mod reload;
 mod remote;
 mod runs;

@@ -89,7 +89,8 @@ async fn idle_pool_clone(daemon: &Daemon) -> String {
     .await
 }
 
-fn template_dirs(dir: &Path) -> Vec<PathBuf> {
+/// Every template folder of the test's state dir, finished or not.
+pub(super) fn template_dirs(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir.join("state/templates")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
 }
 

@@ -61,13 +61,16 @@ async fn probe(daemon: &Daemon, dir: &Path, id: &str) -> Probed {
     Probed { row, seen_at, pinned, out, timings: doc["extras"]["timings"].clone() }
 }
 
-/// One template (booted once, saved, no disk) serves every check: the run that made it
-/// restores a clone, a ready pool (`min_ready = 1`) fills with another (the templates listing
-/// counts it as the template's one clone), and two triggers at
-/// once get the pooled clone and a freshly restored one. Every clone reads other
-/// `/dev/urandom` bytes, presents the host key paddock pinned for it, has its own hostname
-/// and machine-id, logged its own VM-fork reseed, and has the host's time although its
-/// template was saved long enough before that an unset clock would show it.
+/// First a SIGKILL of the daemon binary (`paddock serve --demo`) while the template is being
+/// made (its domain runs, its folder has no manifest): the next start removes the domain and
+/// the half-made folder with whatever it held (save file, console), so no template is left.
+/// Then, on the same state dir, one template (booted once, saved, no disk) made by the
+/// restarted daemon serves every check: the run that made it restores a clone, a ready pool
+/// (`min_ready = 1`) fills with another (the templates listing counts it as the template's one
+/// clone), and two triggers at once get the pooled clone and a freshly restored one. Every
+/// clone reads other `/dev/urandom` bytes, presents the host key paddock pinned for it, has
+/// its own hostname and machine-id, logged its own VM-fork reseed, and has the host's time
+/// although its template was saved long enough before that an unset clock would show it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_clones_of_the_bundled_guest_get_their_own_identity_and_the_hosts_time() {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "paddock=info".into());
@@ -80,9 +83,36 @@ async fn warm_clones_of_the_bundled_guest_get_their_own_identity_and_the_hosts_t
     assert!(src.contains("x86_64-warm/initrd.img") && src.contains("guest_agent = true"), "{src}");
     let mut fleet = load_fleet(dir.path(), &src);
     fleet.daemon.public_reads = true;
-    let daemon = start(fleet).await;
-    let _guard = DomainGuard::new(dir.path());
+    let config = dir.path().join("fleet.toml");
     let state = dir.path().join("state");
+
+    // Killed while the demo run's template is being made: its domain is up, its folder has
+    // no manifest yet (the bundled guest boots in seconds, so this is polled for, not waited).
+    let first = super::crash::Serve::start(&config, true);
+    let _guard = DomainGuard::new(dir.path());
+    let prefix = format!("paddock-{}-", &instance_id(dir.path())[..8]);
+    let being_made = wait_for("the template being made", Duration::from_secs(300), async || {
+        let domain = domains_named(&prefix).into_iter().find(|n| n[prefix.len()..].starts_with('t'))?;
+        let dirs = super::warm::template_dirs(dir.path());
+        match dirs.as_slice() {
+            [folder] if paddock::vm::template::list(&state).is_empty() => Some((domain, folder.clone())),
+            _ => None,
+        }
+    })
+    .await;
+    first.sigkill();
+    let (domain, folder) = being_made;
+    assert!(paddock::vm::template::list(&state).is_empty(), "the template was finished before the kill: {folder:?}");
+    assert_eq!(domains_named(&domain), vec![domain.clone()], "the template's domain outlives the SIGKILLed daemon");
+    let second = super::crash::Serve::start(&config, false);
+    wait_until("the cut-short template to be reaped", Duration::from_secs(120), async || {
+        domains_named(&prefix).is_empty() && super::warm::template_dirs(dir.path()).is_empty()
+    })
+    .await;
+    assert!(!folder.join("memory.save").exists() && !folder.exists(), "{folder:?}");
+    drop(second);
+
+    let daemon = start(fleet).await;
 
     // The first run makes the template (a cold boot, saved), then restores its clone.
     let first = daemon.runs.trigger("probe", None, manual()).await.unwrap().remove(0);

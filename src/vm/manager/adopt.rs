@@ -71,6 +71,8 @@ impl Owner {
         for e in &report.errors {
             warn!(error = %e, "reconciliation");
         }
+        // What the pass reaped (unfinished templates) is gone from the pools' listings too.
+        self.list_all_templates();
         let Ok(rows) = self.store.vms().await else { return };
         let skipped: HashSet<&str> = report.hosts_skipped.iter().map(String::as_str).collect();
         for row in rows {

@@ -16,7 +16,7 @@ use crate::libvirt::domain_xml::Handover;
 use crate::libvirt::storage;
 use crate::libvirt::{self, ConsoleSink, ConsoleXml, DiskSpec, DomainSpec, HostHandle, HostStatus, Mark, error_chain};
 use crate::vm::images::PoolImage;
-use crate::vm::login::{self, HandedSession, Login, Polled};
+use crate::vm::login::{self, HandedSession, Login, Pace, Polled, Probe};
 use crate::vm::placement::{self, HostView, Placement, Usage};
 use crate::vm::readiness::{self, Readiness, WaitError};
 use crate::vm::seed::{self, Identity, SeedSpec};
@@ -394,6 +394,7 @@ impl Owner {
                     started: booted.started.clone(),
                 };
                 vm.template_key = booted.template_key.clone();
+                let restored = booted.template_key.clone().map(|k| (vm.host, k));
                 if let Started::ColdAfterWarm(why) = &booted.started {
                     let _ = self.store.record_event("warm_start_fell_back", &name, why).await;
                 }
@@ -402,6 +403,9 @@ impl Owner {
                 crate::metrics::boot_ready(&vm.image.name, booted.boot_time.as_secs_f64());
                 self.count_launch(host, &name, Ok(booted.boot_time)).await;
                 self.transition(&name, VmState::Ready).await;
+                if let Some((host, key)) = restored {
+                    self.clone_restored(host, &key);
+                }
                 if pending.reply.send(Ok(ready)).is_err() {
                     // The caller went away: nobody will use or release this VM.
                     self.teardown(&name).await;
@@ -556,6 +560,19 @@ impl Attempt {
         let _ = self.tx.send(Cmd::AttemptDone { name: self.name.clone(), result });
     }
 
+    /// Whether `domain` still runs, for readiness polls: a failed query is not proof the
+    /// guest died, so it counts as running.
+    async fn is_running(&self, domain: &str) -> bool {
+        self.handle.is_active(domain).await.map(|a| a == Some(true)).unwrap_or(true)
+    }
+
+    /// Logs in to `domain` on `port` of this host as `login` says, checking `key`, until
+    /// `deadline` (`login::poll_login`, paced by `pace`); a stopped domain ends it.
+    async fn poll_login(&self, login: &Login, domain: &str, port: u16, key: &ssh_key::PublicKey, deadline: Instant, pace: Pace) -> Polled {
+        let target = crate::ssh::Target { addr: SocketAddr::new(self.host.address, port), user: login.user.clone() };
+        login::poll_login(&target, login, key, deadline, pace, || self.is_running(domain)).await
+    }
+
     fn progress(&self, state: VmState) {
         let _ = self.tx.send(Cmd::Progress { name: self.name.clone(), state });
     }
@@ -676,17 +693,10 @@ impl Attempt {
             }
             Readiness::SshBanner { poll } => {
                 let addr = SocketAddr::new(self.host.address, self.port);
-                let handle = self.handle.clone();
-                let name = self.name.clone();
-                let running = move || {
-                    let (handle, name) = (handle.clone(), name.clone());
-                    // A failed query is not proof the guest died: keep waiting.
-                    async move { handle.is_active(&name).await.map(|a| a == Some(true)).unwrap_or(true) }
-                };
                 let expected = login::expected_host_key(&self.image, self.identity.as_ref().map(|id| id.public_key()));
                 if let (Some(login), Some(expected)) = (&self.login, expected) {
-                    let target = crate::ssh::Target { addr, user: login.user.clone() };
-                    match login::poll_login(&target, login, &expected, deadline, poll, running).await {
+                    let pace = Pace { every: poll, probe: Probe::Banner };
+                    match self.poll_login(login, &self.name, self.port, &expected, deadline, pace).await {
                         Polled::Session(s, began) => session = Some(HandedSession::new(s, began)),
                         // Up, but this login cannot work: the caller's own login says why.
                         Polled::Answered(e) => {
@@ -696,7 +706,7 @@ impl Attempt {
                         Polled::Stopped => return Err(LaunchError::StoppedBooting { vm: self.name.clone() }),
                     }
                 } else {
-                    match readiness::wait_for_banner(addr, deadline, poll, running).await {
+                    match readiness::wait_for_banner(addr, deadline, poll, || self.is_running(&self.name)).await {
                         Ok(_) => {}
                         Err(WaitError::Timeout) => {
                             return Err(LaunchError::NoBanner { vm: self.name.clone(), addr, timeout: self.boot_timeout });

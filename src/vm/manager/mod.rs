@@ -18,6 +18,7 @@ mod owner;
 mod pools;
 mod ready_pool;
 mod teardown;
+mod templates;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -47,6 +48,7 @@ use launch::{AttemptFailure, Booted};
 pub use launch::{LaunchError, Started};
 use owner::{HostSlot, Owner};
 pub use ready_pool::READY_POOL_RUN;
+pub use templates::PoolListing;
 
 /// Settings of a manager; see [`ManagerConfig::from_fleet`].
 #[derive(Debug, Clone)]
@@ -207,6 +209,15 @@ pub struct Snapshot {
 
 type Reply<T> = oneshot::Sender<Result<T, VmError>>;
 
+/// What [`VmManager::shutdown`] did with the ready pools' clones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Clones torn down.
+    pub removed: Vec<String>,
+    /// Clones whose removal failed or did not end in time (the next start reaps them).
+    pub left: Vec<String>,
+}
+
 enum Cmd {
     Launch {
         /// Boxed: a request carries a whole `Image`.
@@ -283,6 +294,20 @@ enum Cmd {
     InjectPanic,
     /// The owner ends (`VmManager::stop`); the loop acts on it before `Owner::handle`.
     Stop,
+    /// A pool host's templates were listed (`templates.rs`).
+    TemplatesListed {
+        host: usize,
+        at: DateTime<Utc>,
+        templates: Result<Vec<super::template::pool::Surveyed>, String>,
+    },
+    /// Every pool host's last templates listing.
+    Templates {
+        reply: oneshot::Sender<Vec<PoolListing>>,
+    },
+    /// The daemon stops: idle ready-pool clones go (`VmManager::shutdown`).
+    DrainPool {
+        reply: oneshot::Sender<Vec<ready_pool::Going>>,
+    },
 }
 
 /// A handle to the manager; cheap to clone. The owner task ends when every handle is dropped.
@@ -331,6 +356,7 @@ impl Parts {
             ended: self.ended.clone(),
             templates: self.templates.clone(),
             ready: Default::default(),
+            listings: Default::default(),
         };
         let blocks = self.store.host_blocks().await?;
         for (config, handle) in self.hosts.iter().cloned() {
@@ -420,6 +446,44 @@ impl VmManager {
     /// next daemon of the same instance, which it does not know of.
     pub fn stop(&self) {
         let _ = self.tx.send(Cmd::Stop);
+    }
+
+    /// Stops as a daemon that ends for good should: first the ready pools' clones go on every
+    /// host (`Owner::drain_pool`: no refill from now on; each idle clone's domain destroyed and
+    /// undefined, its overlay and console removed; one being restored once its restore ends),
+    /// waited for within `limit` (each libvirt and storage call has its own deadline too), then
+    /// the owner ends as with [`VmManager::stop`]. Runs' VMs, held VMs and persistent machines
+    /// stay, for the next start to adopt or reap. A clone that could not be removed in time is
+    /// named in the log and in the result; the next start reaps it.
+    pub async fn shutdown(&self, limit: Duration) -> Drained {
+        let mut drained = Drained::default();
+        let waits = match tokio::time::timeout(limit, self.ask(|reply| Cmd::DrainPool { reply })).await {
+            Ok(Ok(w)) => w,
+            _ => {
+                warn!("the VM manager did not answer the shutdown; its ready-pool clones are left for the next start");
+                self.stop();
+                return drained;
+            }
+        };
+        let deadline = Instant::now() + limit;
+        for (name, gone) in waits {
+            match tokio::time::timeout_at(deadline, gone).await {
+                Ok(Ok(Ok(()))) => drained.removed.push(name),
+                Ok(Ok(Err(e))) => {
+                    warn!(vm = %name, error = %crate::error::chain(&e), "a ready-pool clone could not be removed at shutdown; the next start reaps it");
+                    drained.left.push(name);
+                }
+                Ok(Err(_)) | Err(_) => {
+                    warn!(vm = %name, limit_s = limit.as_secs(), "a ready-pool clone was not removed in time at shutdown; the next start reaps it");
+                    drained.left.push(name);
+                }
+            }
+        }
+        if !drained.removed.is_empty() {
+            info!(removed = drained.removed.len(), "ready-pool clones removed at shutdown");
+        }
+        self.stop();
+        drained
     }
 
     /// Fault injection: makes the owner task panic, as a bug in it would. The supervisor's
@@ -518,6 +582,12 @@ impl VmManager {
 
     pub async fn snapshot(&self) -> Result<Snapshot, VmError> {
         self.ask(|reply| Cmd::Snapshot { reply }).await
+    }
+
+    /// The templates in every pool host's pool as the owner last listed them (on its
+    /// reconciliation passes, and as templates and clones come and go): no host is asked.
+    pub async fn pool_templates(&self) -> Result<Vec<PoolListing>, VmError> {
+        self.ask(|reply| Cmd::Templates { reply }).await
     }
 
     pub async fn reconcile_now(&self) -> Result<ReconcileReport, VmError> {

@@ -124,6 +124,8 @@ pub(super) struct Owner {
     pub(super) templates: std::sync::Arc<crate::vm::template::Templates>,
     /// Ready pools (`ready_pool.rs`).
     pub(super) ready: super::ready_pool::ReadyPools,
+    /// The templates in hosts' pools as last listed (`templates.rs`).
+    pub(super) listings: super::templates::Listings,
 }
 
 /// How often the owner re-checks cool-downs, expired holds and down hosts.
@@ -259,6 +261,12 @@ impl Owner {
             // `run` ends on it before handing it here.
             Cmd::Stop => {}
             Cmd::PoolKeys { keys } => self.pool_keys_done(keys).await,
+            Cmd::TemplatesListed { host, at, templates } => self.templates_listed(host, at, templates),
+            Cmd::Templates { reply } => drop(reply.send(self.template_listing())),
+            Cmd::DrainPool { reply } => {
+                let waits = self.drain_pool().await;
+                let _ = reply.send(waits);
+            }
             Cmd::ReconcileDone { report, reply } => {
                 self.reconciling = false;
                 self.finish_reconcile(&report).await;
@@ -285,6 +293,7 @@ impl Owner {
         }
         self.recheck_images();
         self.check_pool_keys();
+        self.watch_template_builds();
         if !self.queue.is_empty() {
             self.pump().await;
         }

@@ -39,6 +39,9 @@ use crate::vm::template::KeyInputs;
 use super::owner::{Owner, Pending};
 use super::{Cmd, LaunchRequest, LaunchStage, ReadyVm, Started};
 
+/// A pool clone being torn down at shutdown, and what answers once it is gone.
+pub(super) type Going = (String, tokio::sync::oneshot::Receiver<Result<(), crate::vm::VmError>>);
+
 /// The run id a pool clone's row carries until a launch takes it.
 pub const READY_POOL_RUN: &str = "ready-pool";
 
@@ -88,6 +91,9 @@ pub(super) struct ReadyPools {
     checking: bool,
     /// (host, image) not refilled before this, after a failed refill.
     backoff: HashMap<(usize, String), Instant>,
+    /// The daemon is stopping (`drain_pool`): no refill, and a clone whose restore ends now
+    /// is torn down instead of kept idle.
+    closed: bool,
 }
 
 impl Owner {
@@ -196,7 +202,7 @@ impl Owner {
     /// Starts restoring clones where a pooled image's pool on a host is short. Never
     /// while a launch waits for room, and only within the host's capacity.
     pub(super) async fn refill(&mut self) {
-        if !self.queue.is_empty() || self.ready.recipes.is_empty() {
+        if !self.queue.is_empty() || self.ready.recipes.is_empty() || self.ready.closed {
             return;
         }
         let images: Vec<Image> = self
@@ -300,7 +306,10 @@ impl Owner {
                 info!(vm = %name, image = %image, host = %self.hosts[host].config.name, "ready-pool clone idle");
                 crate::metrics::boot_ready(&image, booted.boot_time.as_secs_f64());
                 self.transition(name, VmState::Ready).await;
-                if stale {
+                if let Some(key) = self.vms.get(name).and_then(|vm| vm.template_key.clone()) {
+                    self.clone_restored(host, &key);
+                }
+                if stale || self.ready.closed {
                     self.teardown(name).await;
                 }
             }
@@ -363,5 +372,32 @@ impl Owner {
             self.teardown(&name).await;
         }
         self.dirty = true;
+    }
+
+    /// The daemon stops (`VmManager::shutdown`): the pools refill no more and every clone of
+    /// them goes — an idle one now (its domain destroyed and undefined, its overlay file or
+    /// volume and console removed, so its port forward closes with its passt), one still
+    /// being restored as soon as its restore ends (`pool_attempt_done`), one already being
+    /// torn down as it is. A clone a launch took is a run's VM from then on (`take_ready`
+    /// renames its run in this same owner, so no drain races a take) and stays, as held VMs
+    /// do. Returns, per clone, a receiver that answers once it is gone (or its removal failed).
+    pub(super) async fn drain_pool(&mut self) -> Vec<Going> {
+        self.ready.closed = true;
+        let clones: Vec<String> = self.vms.values().filter(|vm| vm.run_id == READY_POOL_RUN).map(|vm| vm.name.clone()).collect();
+        let mut out = Vec::with_capacity(clones.len());
+        for name in clones {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let Some(vm) = self.vms.get_mut(&name) else { continue };
+            vm.waiters.push(tx);
+            // A restore under way has its attempt task still working on the domain: it is
+            // torn down when that ends, never under it.
+            let restoring = matches!(vm.pooled, Some(Pooled::Filling { .. }));
+            if !restoring && vm.state.can_stop() && vm.state != VmState::Stopping {
+                info!(vm = %name, "ready-pool clone torn down: the daemon stops");
+                self.teardown(&name).await;
+            }
+            out.push((name, rx));
+        }
+        out
     }
 }

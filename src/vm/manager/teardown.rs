@@ -16,10 +16,12 @@ use super::Cmd;
 use super::owner::Owner;
 
 impl Owner {
-    /// Starts removing a VM: graceful when it is ready, immediate otherwise.
+    /// Starts removing a VM: graceful when it is ready and a run's, immediate otherwise (an
+    /// idle ready-pool clone has nothing to shut down for, and a guest that ignores ACPI
+    /// would cost the whole `shutdown_timeout`).
     pub(super) async fn teardown(&mut self, name: &str) {
         let Some(vm) = self.vms.get(name) else { return };
-        let graceful = vm.state == VmState::Ready;
+        let graceful = vm.state == VmState::Ready && vm.pooled.is_none();
         if !vm.state.can_stop() {
             return;
         }
@@ -51,6 +53,9 @@ impl Owner {
                 self.transition(&name, VmState::Gone).await;
                 let Some(vm) = self.vms.remove(&name) else { return };
                 self.ports.release(vm.port);
+                if vm.template_key.is_some() || vm.pool_overlay.is_some() {
+                    self.clone_gone(vm.host, &name);
+                }
                 // The versions it booted from may now be unused.
                 let current = self.pools.get(&(vm.host, vm.image.name.clone())).and_then(|s| s.current.as_ref());
                 if !vm.volumes.is_empty() && current.is_none_or(|c| c.volumes() != vm.volumes) {

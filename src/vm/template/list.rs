@@ -1,12 +1,15 @@
 //! What the API and CLI show of warm-start templates: every template folder under the state
-//! directory and every template in the pool of a host with an `image_pool`, whose host and
+//! directory and every template in the pool of a host with an `image_pool` (as the VM
+//! manager last listed it), whose host and
 //! image it is, whether it is still being built, ready, or stale (its key is no longer the one
 //! the image would get now), when it was made, what it takes on disk and how many clones it
 //! backs.
 //!
-//! Everything here is read where `template.rs` and `template/pool.rs` write it, so the listing
-//! needs almost no word from the VM manager: a folder without `template.json` (a pool template
-//! without its manifest volume) is a build under way (a crash's leftovers are removed at start
+//! Everything here is read where `template.rs` and `template/pool.rs` write it — a pool's
+//! templates by the VM manager, which lists them on its reconciliation passes and as templates
+//! and clones come and go (`vm/manager/templates.rs`; a request reads its last listing, never
+//! the host) — so the listing needs almost no word from the VM manager otherwise: a folder
+//! without `template.json` (a pool template without its manifest volume) is a build under way (a crash's leftovers are removed at start
 //! and by reconciliation), and a clone is an overlay in `overlays/` (a volume of the pool)
 //! whose backing file is the template's disk. A diskless template (a kernel image's) backs no
 //! overlay: its clones are the live VMs the VM manager says were restored from its key
@@ -157,21 +160,21 @@ pub fn list_all(state_dir: &Path, fleet: &Fleet, seeds: Option<&SeedInputs>, tem
     out
 }
 
-/// The templates of `instance` in the pool of `host` (one with an `image_pool`), sorted by
-/// name, read from the pool itself (blocking, one connection per call: run it under a
-/// deadline). States as in [`list_all`]; a clone is a volume of the pool backed by the
-/// template's disk.
-pub fn list_pool(
+/// The templates of the pool of `host` (one with an `image_pool`) as `surveyed` found them
+/// (`template::pool::survey`, which the VM manager runs: a request reads its last listing and
+/// never the host), sorted by name. States as in [`list_all`], computed now (a changed image
+/// file is hashed once, through `templates`' cache: blocking, call it off the async runtime); a
+/// clone is a volume of the pool backed by the template's disk.
+pub fn from_survey(
     host: &crate::config::Host,
-    instance: &str,
+    surveyed: Vec<super::pool::Surveyed>,
     fleet: &Fleet,
     seeds: Option<&SeedInputs>,
     templates: &Templates,
-) -> Result<Vec<Listed>, super::pool::PoolTemplateError> {
-    let Some(pool) = &host.image_pool else { return Ok(Vec::new()) };
+) -> Vec<Listed> {
+    let Some(pool) = &host.image_pool else { return Vec::new() };
     let mut current = CurrentKeys::default();
-    let surveyed = super::pool::survey(&host.uri, pool, instance)?;
-    Ok(surveyed
+    surveyed
         .into_iter()
         .map(|s| Listed {
             state: match &s.template {
@@ -187,7 +190,7 @@ pub fn list_pool(
             pool: Some(pool.clone()),
             dir: PathBuf::from(s.base),
         })
-        .collect())
+        .collect()
 }
 
 /// `<host>-<image>-<key16>` split by the fleet's own names (either may hold a `-`); a folder

@@ -146,6 +146,9 @@ pub struct Surveyed {
     pub bytes: u64,
     /// Volumes of the pool backed by its disk: the overlays of its clones.
     pub clones: usize,
+    /// Their names (a clone's is `<vm>-overlay.qcow2`), so the VM manager can keep the count
+    /// current between listings as clones come and go.
+    pub clone_volumes: Vec<String>,
 }
 
 /// The most templates [`survey`] reads the manifests of in one pool (a host that grew more
@@ -171,7 +174,8 @@ pub fn survey(uri: &str, pool: &str, instance: &str) -> Result<Vec<Surveyed>, Po
             None => None,
         };
         let disk = mine.iter().find(|v| v.name.ends_with(DISK)).map(|v| v.path.as_str());
-        let clones = disk.map_or(0, |d| all.iter().filter(|v| v.backing.as_deref() == Some(d)).count());
+        let clone_volumes: Vec<String> =
+            disk.map_or_else(Vec::new, |d| all.iter().filter(|v| v.backing.as_deref() == Some(d)).map(|v| v.name.clone()).collect());
         let Some((image, key16)) = base[prefix.len()..].rsplit_once('-') else { continue };
         out.push(Surveyed {
             image: image.to_string(),
@@ -179,7 +183,8 @@ pub fn survey(uri: &str, pool: &str, instance: &str) -> Result<Vec<Surveyed>, Po
             template,
             made_at: manifest.and_then(|m| m.modified),
             bytes: mine.iter().map(|v| v.allocation).sum(),
-            clones,
+            clones: clone_volumes.len(),
+            clone_volumes,
             base,
         });
     }

@@ -16,17 +16,19 @@ use std::path::Path;
 use base64::Engine as _;
 use tokio::time::Instant;
 
+use build::{Blueprint, BuildConsole, SaveTo, Settle};
+
 use super::{Attempt, Booted};
 use crate::config::Boot;
 use crate::libvirt::domain_xml::Handover;
 use crate::libvirt::warm::WarmOp;
-use crate::libvirt::{self, ConsoleXml, DiskSpec, DomainSpec, Mark, PADDOCK_NS};
-use crate::ssh::{Session, Target};
-use crate::vm::login::{self, HandedSession, Polled};
+use crate::libvirt::{self, ConsoleSink, DiskSpec, Mark, PADDOCK_NS};
+use crate::vm::login::{HandedSession, Pace, Polled, Probe};
 use crate::vm::seed::{self, Identity, SeedSpec};
 use crate::vm::template::{self, CloneSpec, KeyInputs, Template, TemplateError};
 use crate::vm::{VmState, overlay};
 
+mod build;
 mod kernel;
 mod pool;
 
@@ -105,15 +107,8 @@ impl Attempt {
             return self.warm_boot_pool(domain_type).await;
         }
         let mut phases = Phases::new();
-        let image = self.image.name.clone();
-        let tpl_err = |source| WarmError::Template { image: image.clone(), source };
-        let templates = self.templates.clone();
-        let (img, keys, ca) = (self.image.clone(), self.authorized_keys.clone(), self.ca_key.clone());
-        let key =
-            tokio::task::spawn_blocking(move || templates.key(&KeyInputs { image: &img, authorized_keys: &keys, ca_key: ca.as_deref() }))
-                .await
-                .map_err(|source| WarmError::Task { vm: self.name.clone(), step: "template key", source })?
-                .map_err(tpl_err)?;
+        let tpl_err = |source| WarmError::Template { image: self.image.name.clone(), source };
+        let key = self.template_key().await?;
         let dir = template::dir_for(&self.state_dir, &self.host.name, &self.image.name, &key);
         let lock = self.templates.lock(&dir);
         let guard = lock.lock().await;
@@ -146,33 +141,60 @@ impl Attempt {
         }
         let saved =
             std::fs::read_to_string(tpl.saved_xml()).map_err(|source| tpl_err(TemplateError::Read { path: tpl.saved_xml(), source }))?;
-        let xml = template::clone_xml(
-            &saved,
-            &tpl,
-            &CloneSpec {
-                name: &self.name,
-                port: self.port,
-                overlay: ov.as_deref(),
-                console: &self.console,
-                metadata: metadata_xml(&self.mark),
-            },
-        )
-        .map_err(tpl_err)?;
+        let xml = self.clone_xml(&saved, &tpl, ov.as_deref()).map_err(tpl_err)?;
         let started = Instant::now();
         // One restore at a time per template: the save file's header holds this clone's XML
         // until libvirt has read it.
         template::rewrite_save_xml(&tpl.save_file(), &xml).map_err(tpl_err)?;
         phases.mark("header");
-        let save = tpl.save_file();
-        self.handle.warm(WarmOp::Restore { path: save.display().to_string() }).await.map_err(|source| WarmError::Restore {
-            vm: self.name.clone(),
-            save: save.clone(),
-            source,
-        })?;
+        self.restore(&tpl.save_file().display().to_string()).await?;
         drop(guard);
         phases.mark("restore");
+        self.after_restore(started, key, phases).await
+    }
+
+    /// The key of the image's template as this launch would build it (blocking hashes, off
+    /// the runtime).
+    async fn template_key(&self) -> Result<String, WarmError> {
+        let templates = self.templates.clone();
+        let (img, keys, ca) = (self.image.clone(), self.authorized_keys.clone(), self.ca_key.clone());
+        tokio::task::spawn_blocking(move || templates.key(&KeyInputs { image: &img, authorized_keys: &keys, ca_key: ca.as_deref() }))
+            .await
+            .map_err(|source| WarmError::Task { vm: self.name.clone(), step: "template key", source })?
+            .map_err(|source| WarmError::Template { image: self.image.name.clone(), source })
+    }
+
+    /// The clone's domain XML from the template's `saved` one (`template::clone_xml`): its
+    /// own name, port, console, mark and `overlay` on the template's disk.
+    fn clone_xml(&self, saved: &str, tpl: &Template, overlay: Option<&Path>) -> Result<String, TemplateError> {
+        let spec = CloneSpec { name: &self.name, port: self.port, overlay, console: &self.console, metadata: metadata_xml(&self.mark) };
+        template::clone_xml(saved, tpl, &spec)
+    }
+
+    /// Restores the clone from the save file at `path` on the host, its header already
+    /// holding the clone's XML.
+    async fn restore(&self, path: &str) -> Result<(), WarmError> {
+        self.handle.warm(WarmOp::Restore { path: path.to_string() }).await.map(drop).map_err(|source| WarmError::Restore {
+            vm: self.name.clone(),
+            save: std::path::PathBuf::from(path),
+            source,
+        })
+    }
+
+    /// The restored clone's console copy (a pool host's pty), its identity, and the login
+    /// with its own host key within the boot timeout from `started`; `phases` so far are
+    /// logged with the rest once it is ready.
+    async fn after_restore(&self, started: Instant, key: String, mut phases: Phases) -> Result<Booted, WarmError> {
         self.progress(VmState::Defined);
         self.progress(VmState::Booting);
+        // On a pool host its console is a pty: copied over the connection from here on. A
+        // local clone's console is the file its XML names.
+        if self.pool.is_some() && !self.host.uri.starts_with("test:") {
+            if let Err(e) = self.handle.attach_console(&self.name, ConsoleSink::new(&self.console)).await {
+                tracing::warn!(vm = %self.name, error = %crate::error::chain(&e), "no console copy for the clone");
+            }
+            phases.mark("console");
+        }
         let identity = self.identity.as_ref().expect("may_start_warm checked the identity");
         self.give_identity(identity, &mut phases).await?;
         let session = self.login_with(identity.public_key(), started + self.boot_timeout, &mut phases).await;
@@ -195,13 +217,8 @@ impl Attempt {
     /// script has just seen port 22 listen inside the guest.
     async fn login_with(&self, key: &ssh_key::PublicKey, deadline: Instant, phases: &mut Phases) -> Option<HandedSession> {
         let login = self.login.as_ref()?;
-        let target = Target { addr: std::net::SocketAddr::new(self.host.address, self.port), user: login.user.clone() };
-        let (handle, name) = (self.handle.clone(), self.name.clone());
-        let running = move || {
-            let (handle, name) = (handle.clone(), name.clone());
-            async move { handle.is_active(&name).await.map(|a| a == Some(true)).unwrap_or(true) }
-        };
-        match login::poll_login_listening(&target, login, key, deadline, std::time::Duration::from_millis(100), running).await {
+        let pace = Pace { every: std::time::Duration::from_millis(100), probe: Probe::Skip };
+        match self.poll_login(login, &self.name, self.port, key, deadline, pace).await {
             Polled::Session(s, began) => {
                 phases.mark("login");
                 Some(HandedSession::new(s, began))
@@ -291,8 +308,10 @@ impl Attempt {
         serde_json::from_str(&text).map_err(|e| format!("guest agent reply is not JSON: {e}"))
     }
 
-    /// Boots the image once on this host, waits until SSH answers and cloud-init is done,
-    /// saves its memory into `dir/memory.save` and keeps its disk as the frozen layer.
+    /// Builds the image's template in `dir` (a folder of the state dir) through the one build
+    /// path (`build.rs`): a disk image's frozen disk and seed are files there, a kernel image
+    /// has neither (`kernel.rs`); its memory is saved into `dir/memory.save`, the XML libvirt
+    /// saved beside it, and the manifest last. On failure nothing of it stays.
     async fn build_template(&self, dir: &Path, key: &str, domain_type: &'static str) -> Result<Template, WarmError> {
         let image = self.image.name.clone();
         let step = |s: String| WarmError::Build { image: image.clone(), step: s };
@@ -306,12 +325,22 @@ impl Attempt {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711));
         }
-        self.templates.building_at(&domain, &self.host.name, &self.image);
-        let built = match self.image.boot {
-            Boot::Disk { .. } => self.boot_and_save(&tpl, domain_type).await,
-            Boot::Kernel { .. } => self.boot_and_save_kernel(&tpl, domain_type).await,
-        };
-        self.templates.building(&domain, false);
+        let built = self
+            .building(&domain, async {
+                let disk = matches!(self.image.boot, Boot::Disk { .. });
+                let saved = match disk {
+                    true => self.boot_and_save_disk(&tpl, domain_type).await?,
+                    false => self.boot_and_save_kernel(&tpl, domain_type).await?,
+                };
+                std::fs::write(tpl.saved_xml(), saved).map_err(|e| step(format!("writing {}: {e}", tpl.saved_xml().display())))?;
+                if disk {
+                    // The frozen layer: from now on only ever a read-only backing file.
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(tpl.disk(), std::fs::Permissions::from_mode(0o444));
+                }
+                Ok(())
+            })
+            .await;
         match built {
             Ok(()) => {
                 tpl.commit().map_err(|e| step(crate::error::chain(&e)))?;
@@ -319,17 +348,19 @@ impl Attempt {
                 Ok(tpl)
             }
             Err(e) => {
-                let _ = self.handle.destroy(&domain).await;
-                let _ = self.handle.undefine(&domain).await;
                 let _ = std::fs::remove_dir_all(dir);
-                Err(step(e))
+                Err(e)
             }
         }
     }
 
-    async fn boot_and_save(&self, tpl: &Template, domain_type: &'static str) -> Result<(), String> {
-        let Boot::Disk { base } = &self.image.boot else { return Err("not a disk image".into()) };
-        let identity = Identity::generate(&tpl.domain).map_err(|e| crate::error::chain(&e))?;
+    /// A disk image's template in `tpl`'s folder: its own seed, its overlay on the image's
+    /// base disk (the frozen layer once saved), saved once cloud-init is done. The XML
+    /// libvirt saved.
+    async fn boot_and_save_disk(&self, tpl: &Template, domain_type: &'static str) -> Result<String, WarmError> {
+        let step = |s: String| WarmError::Build { image: self.image.name.clone(), step: s };
+        let Boot::Disk { base } = &self.image.boot else { return Err(step("not a disk image".into())) };
+        let identity = Identity::generate(&tpl.domain).map_err(|e| step(crate::error::chain(&e)))?;
         let spec = SeedSpec {
             name: &tpl.domain,
             os: self.image.os,
@@ -338,82 +369,26 @@ impl Attempt {
             ca_key: self.ca_key.as_deref(),
             identity: &identity,
         };
-        seed::write(&spec, &tpl.seed()).await.map_err(|e| crate::error::chain(&e))?;
+        seed::write(&spec, &tpl.seed()).await.map_err(|e| step(crate::error::chain(&e)))?;
         let (base, disk) = (base.clone(), tpl.disk());
         tokio::task::spawn_blocking(move || overlay::create(&base, &disk))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| crate::error::chain(&e))?;
-        let mark =
-            Mark { run_id: format!("template:{}", self.image.name), instance: self.mark.instance.clone(), created_at: chrono::Utc::now() };
-        let seed_path = tpl.seed();
-        let console = tpl.console();
-        let xml = libvirt::domain_xml::render_with(
-            &DomainSpec {
-                name: &tpl.domain,
-                image: &self.image,
-                host: &self.host,
-                domain_type,
-                mark: &mark,
-                ssh_port: tpl.port,
-                disk: Some(DiskSpec { path: tpl.disk(), format: "qcow2".into() }),
-                console: ConsoleXml::File(&console),
-                authorized_keys: &self.authorized_keys,
-                ca_key: self.ca_key.as_deref(),
-            },
-            &Handover::Seed(&seed_path),
-        );
-        self.handle.define(&tpl.domain, xml).await.map_err(|e| crate::error::chain(&e))?;
-        self.handle.start(&tpl.domain).await.map_err(|e| crate::error::chain(&e))?;
-        let deadline = Instant::now() + self.boot_timeout;
-        let login = self.login.as_ref().ok_or("no login")?;
-        let target = Target { addr: std::net::SocketAddr::new(self.host.address, tpl.port), user: login.user.clone() };
-        let (handle, name) = (self.handle.clone(), tpl.domain.clone());
-        let running = move || {
-            let (handle, name) = (handle.clone(), name.clone());
-            async move { handle.is_active(&name).await.map(|a| a == Some(true)).unwrap_or(true) }
+            .map_err(|e| step(e.to_string()))?
+            .map_err(|e| step(crate::error::chain(&e)))?;
+        let (seed, console, save) = (tpl.seed(), tpl.console(), tpl.save_file());
+        let blueprint = Blueprint {
+            domain: &tpl.domain,
+            port: tpl.port,
+            image: &self.image,
+            identity: &identity,
+            disk: Some(DiskSpec { path: tpl.disk(), format: "qcow2".into() }),
+            handover: Handover::Seed(&seed),
+            console: BuildConsole::File(&console),
+            settle: Settle::CloudInit,
+            poll: std::time::Duration::from_millis(500),
+            save: SaveTo::File(&save),
         };
-        let session: Session = match login::poll_login(
-            &target,
-            login,
-            identity.public_key(),
-            deadline,
-            std::time::Duration::from_millis(500),
-            running,
-        )
-        .await
-        {
-            Polled::Session(s, _) => s,
-            Polled::Answered(e) => return Err(format!("login refused: {}", crate::error::chain(&e))),
-            Polled::Timeout => return Err(format!("no login within {:?}", self.boot_timeout)),
-            Polled::Stopped => return Err("the template stopped while booting".into()),
-        };
-        // Saved only once cloud-init has finished: a clone must not redo the first boot.
-        let left = deadline.saturating_duration_since(Instant::now());
-        let settle = session.exec_collect("cloud-init status --wait >/dev/null 2>&1; sync", Vec::new());
-        match tokio::time::timeout(left, settle).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("waiting for cloud-init: {}", crate::error::chain(&e))),
-            Err(_) => return Err("cloud-init did not finish before the boot timeout".into()),
-        }
-        session.disconnect().await;
-        self.save_template(tpl).await?;
-        // The frozen layer: from now on only ever a read-only backing file.
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(tpl.disk(), std::fs::Permissions::from_mode(0o444));
-        Ok(())
-    }
-
-    /// Saves the template's memory into its save file (the domain stops), undefines the
-    /// domain and keeps the XML libvirt saved beside it.
-    async fn save_template(&self, tpl: &Template) -> Result<(), String> {
-        self.handle
-            .warm(WarmOp::Save { name: tpl.domain.clone(), path: tpl.save_file().display().to_string() })
-            .await
-            .map_err(|e| crate::error::chain(&e))?;
-        self.handle.undefine(&tpl.domain).await.map_err(|e| crate::error::chain(&e))?;
-        let saved = template::read_save_xml(&tpl.save_file()).map_err(|e| crate::error::chain(&e))?;
-        std::fs::write(tpl.saved_xml(), saved).map_err(|e| format!("writing {}: {e}", tpl.saved_xml().display()))
+        self.boot_and_save(blueprint, domain_type).await
     }
 }
 

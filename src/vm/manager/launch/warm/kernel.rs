@@ -15,75 +15,52 @@
 use tokio::time::Instant;
 
 use super::super::Attempt;
+use super::WarmError;
+use super::build::{Blueprint, BuildConsole, SaveTo, Settle};
 use crate::config::Boot;
 use crate::libvirt::domain_xml::Handover;
 use crate::libvirt::warm::WarmOp;
-use crate::libvirt::{self, ConsoleXml, DomainSpec, Mark};
-use crate::ssh::{Session, Target};
-use crate::vm::login::{self, Polled};
 use crate::vm::seed::Identity;
 use crate::vm::template::Template;
 
 /// Prints `vmgenid` when the kernel's VMGENID driver is bound to a device (a link named
 /// like `QEMUVGID:00` in its sysfs folder).
-const VMGENID_PROBE: &str = "for d in /sys/bus/acpi/drivers/vmgenid/*:*; do [ -e \"$d\" ] && echo vmgenid && break; done; true";
+pub(super) const VMGENID_PROBE: &str = "for d in /sys/bus/acpi/drivers/vmgenid/*:*; do [ -e \"$d\" ] && echo vmgenid && break; done; true";
 
 impl Attempt {
-    pub(super) async fn boot_and_save_kernel(&self, tpl: &Template, domain_type: &'static str) -> Result<(), String> {
-        let Boot::Kernel { .. } = &self.image.boot else { return Err("not a kernel image".into()) };
-        let identity = Identity::generate(&tpl.domain).map_err(|e| crate::error::chain(&e))?;
-        let pem = identity.private_pem().map_err(|e| crate::error::chain(&e))?;
+    /// Builds the diskless template in `tpl`'s folder: the XML libvirt saved.
+    pub(super) async fn boot_and_save_kernel(&self, tpl: &Template, domain_type: &'static str) -> Result<String, WarmError> {
+        let step = |s: String| WarmError::Build { image: self.image.name.clone(), step: s };
+        let Boot::Kernel { .. } = &self.image.boot else { return Err(step("not a kernel image".into())) };
+        let identity = Identity::generate(&tpl.domain).map_err(|e| step(crate::error::chain(&e)))?;
+        let pem = identity.private_pem().map_err(|e| step(crate::error::chain(&e)))?;
         let public = identity.public_line();
-        let mark =
-            Mark { run_id: format!("template:{}", self.image.name), instance: self.mark.instance.clone(), created_at: chrono::Utc::now() };
-        let console = tpl.console();
-        let xml = libvirt::domain_xml::render_with(
-            &DomainSpec {
-                name: &tpl.domain,
-                image: &self.image,
-                host: &self.host,
-                domain_type,
-                mark: &mark,
-                ssh_port: tpl.port,
-                disk: None,
-                console: ConsoleXml::File(&console),
-                authorized_keys: &self.authorized_keys,
-                ca_key: self.ca_key.as_deref(),
-            },
-            &Handover::Cmdline { host_key_pem: &pem, host_pub: &public, principal: &identity.principal },
-        );
-        self.handle.define(&tpl.domain, xml).await.map_err(|e| crate::error::chain(&e))?;
-        self.handle.start(&tpl.domain).await.map_err(|e| crate::error::chain(&e))?;
-        let deadline = Instant::now() + self.boot_timeout;
-        let login = self.login.as_ref().ok_or("no login")?;
-        let target = Target { addr: std::net::SocketAddr::new(self.host.address, tpl.port), user: login.user.clone() };
-        let (handle, name) = (self.handle.clone(), tpl.domain.clone());
-        let running = move || {
-            let (handle, name) = (handle.clone(), name.clone());
-            async move { handle.is_active(&name).await.map(|a| a == Some(true)).unwrap_or(true) }
+        let (console, save) = (tpl.console(), tpl.save_file());
+        let blueprint = Blueprint {
+            domain: &tpl.domain,
+            port: tpl.port,
+            image: &self.image,
+            identity: &identity,
+            disk: None,
+            handover: Handover::Cmdline { host_key_pem: &pem, host_pub: &public, principal: &identity.principal },
+            console: BuildConsole::File(&console),
+            settle: Settle::VmGenId,
+            poll: std::time::Duration::from_millis(200),
+            save: SaveTo::File(&save),
         };
-        let poll = std::time::Duration::from_millis(200);
-        let session: Session = match login::poll_login(&target, login, identity.public_key(), deadline, poll, running).await {
-            Polled::Session(s, _) => s,
-            Polled::Answered(e) => return Err(format!("login refused: {}", crate::error::chain(&e))),
-            Polled::Timeout => return Err(format!("no login within {:?}", self.boot_timeout)),
-            Polled::Stopped => return Err("the template stopped while booting".into()),
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        let probe = match tokio::time::timeout(left, session.exec_collect(VMGENID_PROBE, Vec::new())).await {
-            Ok(Ok((stdout, _, _))) => stdout,
-            Ok(Err(e)) => return Err(format!("looking for the VMGENID driver: {}", crate::error::chain(&e))),
-            Err(_) => return Err("the VMGENID probe did not finish before the boot timeout".into()),
-        };
-        session.disconnect().await;
-        if !String::from_utf8_lossy(&probe).contains("vmgenid") {
+        self.boot_and_save(blueprint, domain_type).await
+    }
+
+    /// After the template's login ran [`VMGENID_PROBE`] (its output `probe`): its kernel has
+    /// the VMGENID driver bound, and its guest agent answers before `deadline`.
+    pub(super) async fn ready_to_clone(&self, probe: &[u8], domain: &str, deadline: Instant) -> Result<(), String> {
+        if !String::from_utf8_lossy(probe).contains("vmgenid") {
             return Err(format!(
                 "image {} says `guest_agent = true`, but its kernel has no VMGENID driver bound to the VM generation ID: its clones would not reseed their RNG",
                 self.image.name
             ));
         }
-        self.agent_answers(&tpl.domain, deadline).await?;
-        self.save_template(tpl).await
+        self.agent_answers(domain, deadline).await
     }
 
     /// Until the guest agent of `domain` answers a `guest-ping`, or `deadline`.

@@ -10,23 +10,20 @@ use std::path::PathBuf;
 use tokio::time::Instant;
 
 use super::super::Booted;
-use super::{Phases, Started, WarmError, metadata_xml};
+use super::build::{Blueprint, BuildConsole, SaveTo, Settle};
+use super::{Phases, WarmError};
 use crate::config::Boot;
+use crate::libvirt::DiskSpec;
 use crate::libvirt::domain_xml::Handover;
 use crate::libvirt::storage;
-use crate::libvirt::warm::WarmOp;
 use crate::libvirt::warm_pool;
-use crate::libvirt::{self, ConsoleSink, ConsoleXml, DiskSpec, DomainSpec, Mark};
-use crate::ssh::Target;
-use crate::vm::VmState;
-use crate::vm::login::{self, Polled};
 use crate::vm::seed::{self, Identity, SeedSpec};
+use crate::vm::template::Template;
 use crate::vm::template::pool::{self as tpool, PoolTemplate, PoolTemplateError};
-use crate::vm::template::{self, CloneSpec, KeyInputs, Template};
 
 impl super::super::Attempt {
     /// A blocking storage call on this attempt's host within the host's call deadline.
-    async fn on_pool<T: Send + 'static>(
+    pub(super) async fn on_pool<T: Send + 'static>(
         &self,
         step: &'static str,
         f: impl FnOnce(&str, &str) -> Result<T, PoolTemplateError> + Send + 'static,
@@ -46,13 +43,7 @@ impl super::super::Attempt {
     /// it is missing or stale. The clone's overlay volume is removed again if this fails.
     pub(super) async fn warm_boot_pool(&self, domain_type: &'static str) -> Result<Booted, WarmError> {
         let image = self.image.name.clone();
-        let templates = self.templates.clone();
-        let (img, keys, ca) = (self.image.clone(), self.authorized_keys.clone(), self.ca_key.clone());
-        let key =
-            tokio::task::spawn_blocking(move || templates.key(&KeyInputs { image: &img, authorized_keys: &keys, ca_key: ca.as_deref() }))
-                .await
-                .map_err(|source| WarmError::Task { vm: self.name.clone(), step: "template key", source })?
-                .map_err(|source| WarmError::Template { image: image.clone(), source })?;
+        let key = self.template_key().await?;
         let instance = self.mark.instance.clone();
         let base = tpool::base_name(&instance, &image, &key);
         // One build or restore at a time per template, as for local ones.
@@ -81,7 +72,11 @@ impl super::super::Attempt {
         let restored = self.restore_pool_clone(&tpl, &vol).await;
         drop(guard);
         let restored = match restored {
-            Ok(at) => self.after_restore(at, key).await,
+            Ok(at) => {
+                let mut phases = Phases::since(at);
+                phases.mark("header+restore");
+                self.after_restore(at, key, phases).await
+            }
             Err(e) => Err(e),
         };
         if restored.is_err() {
@@ -106,57 +101,15 @@ impl super::super::Attempt {
         let stand_in =
             Template { dir: PathBuf::from("/paddock-pool-template"), key: tpl.key.clone(), domain: tpl.domain.clone(), port: tpl.port };
         let saved = tpl.saved_xml.replace(&format!("file='{}'", tpl.disk), &format!("file='{}'", stand_in.disk().display()));
-        let xml = template::clone_xml(
-            &saved,
-            &stand_in,
-            &CloneSpec {
-                name: &self.name,
-                port: self.port,
-                overlay: Some(std::path::Path::new(&overlay)),
-                console: &self.console,
-                metadata: metadata_xml(&self.mark),
-            },
-        )
-        .map_err(|source| WarmError::Template { image: self.image.name.clone(), source })?;
+        let xml = self
+            .clone_xml(&saved, &stand_in, Some(std::path::Path::new(&overlay)))
+            .map_err(|source| WarmError::Template { image: self.image.name.clone(), source })?;
         let started = Instant::now();
         let (save_vol, scratch) = (tpl.volume(tpool::SAVE), tpool::scratch(&self.state_dir, &self.name));
         self.on_pool("writing the clone's XML into the save header", move |u, p| tpool::rewrite_header(u, p, &save_vol, &xml, &scratch))
             .await?;
-        self.handle.warm(WarmOp::Restore { path: tpl.save.clone() }).await.map_err(|source| WarmError::Restore {
-            vm: self.name.clone(),
-            save: PathBuf::from(&tpl.save),
-            source,
-        })?;
+        self.restore(&tpl.save).await?;
         Ok(started)
-    }
-
-    /// The restored clone's console copy, identity and login.
-    async fn after_restore(&self, started: Instant, key: String) -> Result<Booted, WarmError> {
-        self.progress(VmState::Defined);
-        self.progress(VmState::Booting);
-        // Its console is a pty on the host: copied over the connection from here on.
-        if domain_is_real(&self.host)
-            && let Err(e) = self.handle.attach_console(&self.name, ConsoleSink::new(&self.console)).await
-        {
-            tracing::warn!(vm = %self.name, error = %crate::error::chain(&e), "no console copy for the clone");
-        }
-        let identity = self.identity.as_ref().expect("may_start_warm checked the identity");
-        let mut phases = Phases::since(started);
-        phases.mark("header+restore");
-        self.give_identity(identity, &mut phases).await?;
-        match self.login_with(identity.public_key(), started + self.boot_timeout, &mut phases).await {
-            Some(s) => {
-                phases.log(&self.name);
-                Ok(Booted {
-                    boot_time: started.elapsed(),
-                    host_key: None,
-                    session: Some(s),
-                    started: Started::Warm,
-                    template_key: Some(key),
-                })
-            }
-            None => Err(WarmError::Login { vm: self.name.clone(), waited: started.elapsed() }),
-        }
     }
 
     /// Boots the image once on this host from volumes of its pool, waits until SSH answers
@@ -167,9 +120,7 @@ impl super::super::Attempt {
         let domain = tpool::domain_name(&self.mark.instance, key);
         tracing::info!(image = %image, host = %self.host.name, template = %base, "building the warm-start template in the host's pool");
         // Holds room on this host while it boots, as a local build does.
-        self.templates.building_at(&domain, &self.host.name, &self.image);
-        let built = self.boot_and_save_pool(base, key, &domain, domain_type).await;
-        self.templates.building(&domain, false);
+        let built = self.building(&domain, self.boot_and_save_pool(base, key, &domain, domain_type)).await;
         let console = self.state_dir.join("consoles").join(format!("{domain}.log"));
         match built {
             Ok(t) => {
@@ -178,8 +129,6 @@ impl super::super::Attempt {
                 Ok(t)
             }
             Err(e) => {
-                let _ = self.handle.destroy(&domain).await;
-                let _ = self.handle.undefine(&domain).await;
                 let b = base.to_string();
                 if let Err(r) = self.on_pool("removing the cut-short template", move |u, p| Ok(tpool::remove(u, p, &b)?)).await {
                     tracing::warn!(template = %base, error = %crate::error::chain(&r), "the cut-short template's volumes stay for reconciliation");
@@ -232,66 +181,20 @@ impl super::super::Attempt {
         let save_vol = vol(tpool::SAVE);
         let save = self.on_pool("creating the template's save volume", move |u, p| Ok(warm_pool::create_empty(u, p, &save_vol)?)).await?;
 
-        let mark =
-            Mark { run_id: format!("template:{}", self.image.name), instance: self.mark.instance.clone(), created_at: chrono::Utc::now() };
-        let seed_path = PathBuf::from(seed_path);
-        let xml = libvirt::domain_xml::render_with(
-            &DomainSpec {
-                name: domain,
-                image: &boot_image,
-                host: &self.host,
-                domain_type,
-                mark: &mark,
-                ssh_port: self.port,
-                disk: Some(DiskSpec { path: PathBuf::from(&disk), format: "qcow2".into() }),
-                console: ConsoleXml::Pty,
-                authorized_keys: &self.authorized_keys,
-                ca_key: self.ca_key.as_deref(),
-            },
-            &Handover::Seed(&seed_path),
-        );
-        let lv = |e: libvirt::LibvirtError| step(crate::error::chain(&e));
-        self.handle.define(domain, xml).await.map_err(lv)?;
-        let console = self.state_dir.join("consoles").join(format!("{domain}.log"));
-        self.handle.start_with_console(domain, ConsoleSink::new(&console)).await.map_err(lv)?;
-
-        let deadline = Instant::now() + self.boot_timeout;
-        let login = self.login.as_ref().ok_or_else(|| step("no login".into()))?;
-        let target = Target { addr: std::net::SocketAddr::new(self.host.address, self.port), user: login.user.clone() };
-        let (handle, name) = (self.handle.clone(), domain.to_string());
-        let running = move || {
-            let (handle, name) = (handle.clone(), name.clone());
-            async move { handle.is_active(&name).await.map(|a| a == Some(true)).unwrap_or(true) }
+        let (seed_path, console) = (PathBuf::from(seed_path), self.state_dir.join("consoles").join(format!("{domain}.log")));
+        let blueprint = Blueprint {
+            domain,
+            port: self.port,
+            image: &boot_image,
+            identity: &identity,
+            disk: Some(DiskSpec { path: PathBuf::from(&disk), format: "qcow2".into() }),
+            handover: Handover::Seed(&seed_path),
+            console: BuildConsole::Copied(&console),
+            settle: Settle::CloudInit,
+            poll: std::time::Duration::from_millis(500),
+            save: SaveTo::Volume { path: &save, volume: &vol(tpool::SAVE) },
         };
-        let session = match login::poll_login(
-            &target,
-            login,
-            identity.public_key(),
-            deadline,
-            std::time::Duration::from_millis(500),
-            running,
-        )
-        .await
-        {
-            Polled::Session(s, _) => s,
-            Polled::Answered(e) => return Err(step(format!("login refused: {}", crate::error::chain(&e)))),
-            Polled::Timeout => return Err(step(format!("no login within {:?}", self.boot_timeout))),
-            Polled::Stopped => return Err(step("the template stopped while booting".into())),
-        };
-        // Saved only once cloud-init has finished: a clone must not redo the first boot.
-        let left = deadline.saturating_duration_since(Instant::now());
-        let settle = session.exec_collect("cloud-init status --wait >/dev/null 2>&1; sync", Vec::new());
-        match tokio::time::timeout(left, settle).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(step(format!("waiting for cloud-init: {}", crate::error::chain(&e)))),
-            Err(_) => return Err(step("cloud-init did not finish before the boot timeout".into())),
-        }
-        session.disconnect().await;
-        self.handle.warm(WarmOp::Save { name: domain.to_string(), path: save.clone() }).await.map_err(lv)?;
-        self.handle.undefine(domain).await.map_err(lv)?;
-
-        let (sv, scratch) = (vol(tpool::SAVE), tpool::scratch(&self.state_dir, domain));
-        let saved_xml = self.on_pool("reading the saved domain XML", move |u, p| tpool::read_saved_xml(u, p, &sv, &scratch)).await?;
+        let saved_xml = self.boot_and_save(blueprint, domain_type).await?;
         let tpl = PoolTemplate {
             base: base.to_string(),
             image: self.image.name.clone(),
@@ -308,9 +211,4 @@ impl super::super::Attempt {
             .await?;
         Ok(tpl)
     }
-}
-
-/// libvirt's test driver has no consoles.
-fn domain_is_real(host: &crate::config::Host) -> bool {
-    !host.uri.starts_with("test:")
 }
