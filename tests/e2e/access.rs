@@ -212,7 +212,7 @@ async fn a_grant_that_outlives_its_runs_hold_keeps_the_vm() {
 name = "flaky"
 images = ["tiny"]
 maintainers = ["alice"]
-hold_on_failure = "30s"
+hold_on_failure = "10s"
 [[jobs.steps]]
 name = "fails"
 type = "test"
@@ -225,7 +225,8 @@ command = "echo only-here > /tmp/evidence; exit 1"
     let row = wait_for_run(&daemon, &run, Duration::from_secs(240), finished).await;
     assert_eq!(row.state, "held");
     let vm = row.vm_name.unwrap();
-    let hold_end = row.finished_at.unwrap() + chrono::Duration::seconds(30);
+    // The run's own hold: long enough for the grant below (an HTTP call) to come before its end.
+    let hold_end = row.finished_at.unwrap() + chrono::Duration::seconds(10);
 
     let token = daemon.store.create_token("alice").await.unwrap().token;
     rustls::crypto::ring::default_provider().install_default().ok();
@@ -241,6 +242,7 @@ command = "echo only-here > /tmp/evidence; exit 1"
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(status, 201, "{body}");
+    assert!(chrono::Utc::now() < hold_end, "the grant was made only after the run's hold ended");
     let id = body["id"].as_str().unwrap().to_string();
     let port = body["ssh"]["port"].as_u64().unwrap() as u16;
     let cert = dir.path().join("alice-cert.pub");

@@ -113,47 +113,52 @@ command = "echo up; sleep 25; echo after"
 async fn a_guest_that_never_answers_ssh_fails_after_its_retries_with_the_console_kept() {
     ensure_guest_image();
     let dir = tempfile::tempdir().unwrap();
-    // `rdinit=` names a program the initramfs lacks: the kernel boots, then panics
-    // and hangs, so passt holds SSH connections that nothing ever answers.
-    let fleet = edited_fleet(
-        dir.path(),
-        "23210-23219",
-        r#"
+    // The kernel boots with an empty initramfs and no root device, panics and halts, so passt
+    // holds SSH connections that nothing ever answers. What is proven is that the run fails
+    // after its retries and keeps the console, not how far a guest boots in a deadline: on
+    // this 2-core machine the panic came 10 s after the start at load 9 and 19-31 s at load
+    // 12-13, but the console's first lines within 2 s (`earlyprintk`), so 15 s is enough.
+    let jobs = format!(
+        r#"{mute}
 [[jobs]]
 name = "mute"
-images = ["tiny"]
+images = ["mute"]
 [[jobs.steps]]
 name = "x"
 type = "build"
 command = "echo must-not-run"
 "#,
-        &[
-            // The one host's cool-down after the failed first attempt: 5 s, not the default minute.
-            ("reconcile_interval = \"5s\"", "reconcile_interval = \"5s\"\nlaunch_retries = 2\nhost_cooldown = \"5s\""),
-            ("cmdline = \"console=ttyS0 quiet no_timer_check panic=1\"", "cmdline = \"console=ttyS0 rdinit=/no/such/init\""),
-            ("boot_timeout = \"3m\"", "boot_timeout = \"25s\""),
-        ],
+        mute = crate::support::guest::mute_image(dir.path(), "mute", &format!("boot_timeout = \"15s\"\n{PER_VM}")),
+    );
+    let fleet = edited_fleet(
+        dir.path(),
+        "23210-23219",
+        &jobs,
+        // The one host's cool-down after the failed first attempt: 1 s, not the default minute.
+        &[("reconcile_interval = \"5s\"", "reconcile_interval = \"5s\"\nlaunch_retries = 2\nhost_cooldown = \"1s\"")],
     );
     let daemon = start(fleet).await;
     let _guard = DomainGuard::new(dir.path());
     let t = Instant::now();
     let id = daemon.runs.trigger("mute", None, manual()).await.unwrap().remove(0);
-    // Two boot deadlines of 25 s plus the host's 5 s cool-down between the attempts.
+    // Two boot deadlines of 15 s plus the host's 1 s cool-down between the attempts.
     let row = wait_for_run(&daemon, &id, Duration::from_secs(300), finished).await;
     let took = t.elapsed();
     assert_eq!(row.state, "failed", "{row:?}");
     assert_eq!(row.outcome.as_deref(), Some("infrastructure"));
     let reason = row.reason.clone().unwrap();
     assert!(reason.contains("after 2 attempt(s)") && reason.contains("no SSH banner"), "{reason}");
-    assert!(took >= Duration::from_secs(55), "two boot deadlines of 25 s and the 5 s cool-down passed in {took:?}");
-    // The console tail is kept in the run's record and shows why.
+    assert!(took >= Duration::from_secs(31), "two boot deadlines of 15 s and the 1 s cool-down passed in {took:?}");
+    // The console tail is kept in the run's record: the kernel's own lines (`[   1.234567] …`).
     let doc: serde_json::Value = serde_json::from_str(row.result_json.as_deref().unwrap()).unwrap();
     let tail = doc["extras"]["console_tail"].as_str().unwrap_or_else(|| panic!("no console tail in {doc}"));
-    assert!(tail.contains("Kernel panic"), "{tail}");
+    let kernel_line =
+        |l: &&str| l.trim_start().strip_prefix('[').and_then(|r| r.split_once(']')).is_some_and(|(t, _)| t.trim().parse::<f64>().is_ok());
+    let last = tail.lines().rfind(kernel_line).unwrap_or_else(|| panic!("no kernel line in the console tail:\n{tail}"));
     // No step ran, so the run's log (what `paddock logs` and the run page show) says why.
     let log = std::fs::read_to_string(dir.path().join("state/logs").join(&id).join("run.log")).unwrap();
-    assert!(log.starts_with("[paddock: no step ran: launching image tiny failed after 2 attempt(s)"), "{log}");
-    assert!(log.contains("the guest's console, last lines") && log.contains("Kernel panic"), "{log}");
+    assert!(log.starts_with("[paddock: no step ran: launching image mute failed after 2 attempt(s)"), "{log}");
+    assert!(log.contains("the guest's console, last lines") && log.contains(last), "{log}");
     assert!(!log.contains("must-not-run"), "{log}");
     assert_eq!(daemon.store.events(Some("launch_failed"), 10).await.unwrap().len(), 2);
     // The last attempt's domain is being destroyed as the run ends.

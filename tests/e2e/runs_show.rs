@@ -66,27 +66,11 @@ async fn show(url: &str, token: &str, run: &str) -> Out {
 async fn runs_show_tells_why_a_run_failed_with_its_steps_vm_console_and_delivery() {
     ensure_guest_image();
     let dir = tempfile::tempdir().unwrap();
-    let out = repo().join("images/out/x86_64");
-    // `rdinit=` names a program the initramfs lacks: the kernel panics and SSH never answers.
-    // Its boot deadline leaves a loaded machine time to print the boot (25 s was not always
-    // enough for any output at a load of 16 on 2 cores).
-    let mute = format!(
-        r#"
-[[images]]
-name = "mute"
-os = "linux"
-arch = "x86_64"
-kernel = "{out}/vmlinuz"
-initrd = "{out}/initrd.img"
-cmdline = "console=ttyS0 rdinit=/no/such/init"
-memory_mib = 256
-vcpus = 1
-user = "root"
-boot_timeout = "60s"
-{PER_VM}
-"#,
-        out = out.display()
-    );
+    // The kernel finds no init and no root device, panics and halts, so SSH never answers. Its
+    // console shows the boot from its first half second (`earlyprintk`), so a short deadline
+    // still keeps lines to show on a loaded machine (with the bundled initramfs and no
+    // `earlyprintk`, 25 s was not always enough for any output at a load of 16 on 2 cores).
+    let mute = crate::support::guest::mute_image(dir.path(), "mute", &format!("boot_timeout = \"15s\"\n{PER_VM}"));
     let src = fleet_src(dir.path(), "25800-25809", PER_VM, &[], "", &format!("{mute}{JOBS}")).replacen(
         "reconcile_interval = \"5s\"",
         "reconcile_interval = \"5s\"\nlaunch_retries = 1",

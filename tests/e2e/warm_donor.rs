@@ -247,10 +247,11 @@ async fn warm_clones_on_a_donor_restore_from_pool_volumes_and_a_sigkill_mid_temp
         }
     }
 
-    // A stopped daemon leaves its VMs for the next start: the idle clone is still on the
-    // donor. The next start (its fleet keeps no pool) reaps its domain and overlay volume, and
-    // nothing of the instance but its template is left there.
-    assert!(donor.domains().contains(&again), "{:?}", donor.domains());
+    // A clean stop tears the idle clone down on the donor (Daemon::stop -> VmManager::shutdown):
+    // its domain and overlay volume are gone before the next start. That start (its fleet keeps
+    // no pool) finds nothing of the instance there but its template.
+    assert!(!donor.domains().contains(&again), "{:?}", donor.domains());
+    assert!(!donor.volumes().contains(&format!("{again}-overlay.qcow2")), "{:?}", donor.volumes());
     let daemon = start(load_fleet(dir.path(), &src)).await;
     wait_until("the idle pool clone to be reaped on the donor", Duration::from_secs(300), async || {
         let v = donor.volumes();
