@@ -7,7 +7,9 @@
 //! and `RECORDER_BENCH_JSON=FILE` writes the rows for `make bench` (bench/figures/recorder.sh).
 //! For profiling: `RECORDER_BENCH_ONLY=raw|rest|xmlrpc` runs one path and stops before the page
 //! figure; `PERF_CTL_FIFO=FIFO` writes `enable`/`disable` around each timed region, for
-//! `perf record -D -1 --control fifo:FIFO` to sample those alone.
+//! `perf record -D -1 --control fifo:FIFO` to sample those alone; `RECORDER_BENCH_TIMINGS=1` prints
+//! after each path where its submissions' time went (`recorder::IngestTimings`) and the CPU time
+//! per result.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -70,27 +72,82 @@ async fn serve(rec: Recorder) -> SocketAddr {
 async fn post_all(rec: &Recorder, client: &reqwest::Client, url: String, content_type: &'static str, bodies: Vec<String>) -> f64 {
     let n = bodies.len();
     let queue: Queue = std::sync::Arc::new(tokio::sync::Mutex::new(bodies));
+    rec.take_ingest_timings();
+    let cpu0 = cpu();
     perf_ctl("enable");
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
         let (client, url, queue) = (client.clone(), url.clone(), queue.clone());
         tasks.push(tokio::spawn(async move {
-            while let Some(body) = queue.lock().await.pop() {
+            let mut waited = Duration::ZERO;
+            loop {
+                // Its own statement: in `while let` the lock's guard would live through the
+                // request, and the clients would post one at a time.
+                let next = queue.lock().await.pop();
+                let Some(body) = next else { break };
+                let t = Instant::now();
                 let r = client.post(&url).header("content-type", content_type).bearer_auth(TOKEN).body(body).send().await.unwrap();
                 assert!(r.status().is_success(), "{}", r.status());
                 let text = r.text().await.unwrap();
+                waited += t.elapsed();
                 assert!(!text.contains("<fault>"), "{text}");
             }
+            waited
         }));
     }
+    let mut waited = Duration::ZERO;
     for t in tasks {
-        t.await.unwrap();
+        waited += t.await.unwrap();
     }
+    let answered = start.elapsed();
     rec.checkpoint().await.unwrap();
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let elapsed = start.elapsed();
+    let rate = n as f64 / elapsed.as_secs_f64();
     perf_ctl("disable");
+    if std::env::var_os("RECORDER_BENCH_TIMINGS").is_some() {
+        print_timings(&rec.take_ingest_timings(), n, waited, answered, elapsed);
+        print_cpu(cpu0, n);
+    }
     rate
+}
+
+/// Where a round's submissions spent their time (`RECORDER_BENCH_TIMINGS=1`): per submission,
+/// the client's whole request and the recorder's stages; the writer's share of the wall time.
+fn print_timings(t: &recorder::IngestTimings, n: usize, client: Duration, answered: Duration, elapsed: Duration) {
+    let per = |d: Duration, k: u64| format!("{:.2}", d.as_secs_f64() * 1e3 / k.max(1) as f64);
+    println!(
+        "  per submission (ms): client {} = body read {} + parse {} + queued {} + commit {} + answer {} (+ the rest: HTTP, scheduling); \
+         {} groups (mean {:.1}, max {}), writer busy {:.0}% of {:.2}s ({:.2} ms/result, WAL check {:.2}), final checkpoint {:.0} ms",
+        per(client, n as u64),
+        per(t.read, t.requests),
+        per(t.parse, t.requests),
+        per(t.queued, t.submissions),
+        per(t.commit, t.submissions),
+        per(t.answer, t.submissions),
+        t.groups,
+        t.submissions as f64 / t.groups.max(1) as f64,
+        t.max_group,
+        t.writer_busy.as_secs_f64() * 100.0 / answered.as_secs_f64(),
+        answered.as_secs_f64(),
+        t.writer_busy.as_secs_f64() * 1e3 / t.submissions.max(1) as f64,
+        t.writer_bound.as_secs_f64() * 1e3 / t.submissions.max(1) as f64,
+        (elapsed - answered).as_secs_f64() * 1e3,
+    );
+}
+
+/// The process's user and system CPU time so far, in seconds.
+fn cpu() -> (f64, f64) {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (s(u.ru_utime), s(u.ru_stime))
+}
+
+fn print_cpu(since: (f64, f64), n: usize) {
+    let now = cpu();
+    println!("  CPU per result: user {:.2} ms, system {:.2} ms", (now.0 - since.0) * 1e3 / n as f64, (now.1 - since.1) * 1e3 / n as f64);
 }
 
 /// With `PERF_CTL_FIFO` (`perf record --control fifo:...`), perf samples only the timed parts.
@@ -269,7 +326,11 @@ async fn main() {
             match *path {
                 "raw" => {
                     let (db2, docs2) = (db.clone(), docs.clone());
+                    let cpu0 = cpu();
                     raw.push(tokio::task::spawn_blocking(move || raw_inserts(&db2, &docs2, tagset_id)).await.unwrap());
+                    if std::env::var_os("RECORDER_BENCH_TIMINGS").is_some() {
+                        print_cpu(cpu0, n);
+                    }
                 }
                 "rest" => rest
                     .push(post_all(&rec, &client, format!("http://{addr}/api/v1/results"), "application/json", rest_bodies.clone()).await),

@@ -10,13 +10,17 @@
 //! pauses keeps the WAL from ever being fully copied when its next transaction starts, so it
 //! never starts over at its beginning and its file grows; a RESTART checkpoint from this task
 //! would wait for a gap between the writer's transactions that a busy writer never leaves. So the
-//! writer itself bounds the WAL (`bound`): after a commit that left it longer than `RESTART_AT`
-//! frames, it runs a RESTART checkpoint, which copies what the task has not copied yet (usually
-//! little) and makes the next transaction rewind the WAL.
+//! writer itself bounds the WAL (`bound`, after a group's answers): once the WAL is longer than
+//! `RESTART_AT` frames and nearly copied (at most `REWIND_SLACK` frames left), it runs a RESTART
+//! checkpoint, which copies that little and makes the next transaction rewind the WAL. Past
+//! `RESTART_AT` the task copies whatever is there, so that moment comes soon; a RESTART with
+//! much left to copy (its copy and two `fsync`s, tens of milliseconds on a busy disk, with every
+//! submission behind it waiting) runs only past `FORCE_AT`, the hard bound, for which the writer
+//! waits for the task's copy to end (the task, woken after the writer's check, copies little).
 //!
 //! The two never run a checkpoint at once (`Gate`): a RESTART that meets the task's PASSIVE
 //! inside SQLite waits in SQLite's busy handler, which sleeps in steps of 1 to 100 ms, and with
-//! it every submission of the group. So the writer only tries the gate and, finding the task
+//! it every submission of the group. So below `FORCE_AT` the writer only tries the gate and, finding the task
 //! copying, leaves the rewind to a later commit (the task has just copied most of the WAL then,
 //! so the rewind copies little); the task waits for the gate, which costs no submission anything.
 
@@ -39,8 +43,13 @@ impl Gate {
 /// Frames the WAL may be ahead of the database file before a checkpoint runs (SQLite's default
 /// `wal_autocheckpoint`).
 pub(super) const START_AT: i64 = 1000;
-/// WAL length (frames, ~4 KiB each) past which a checkpoint also rewinds the WAL.
+/// WAL length (frames, ~4 KiB each) past which the writer rewinds the WAL once it is nearly
+/// copied.
 pub(super) const RESTART_AT: i64 = 4096;
+/// Frames left to copy under which the writer's rewind is cheap (~1 MiB).
+pub(super) const REWIND_SLACK: i64 = 256;
+/// WAL length past which the writer rewinds it however much is left to copy.
+pub(super) const FORCE_AT: i64 = 2 * RESTART_AT;
 
 /// `(frames in the WAL, frames of it already copied into the database file)`.
 pub(super) fn status(conn: &rusqlite::Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
@@ -50,32 +59,41 @@ pub(super) fn status(conn: &rusqlite::Connection, mode: &str) -> rusqlite::Resul
 /// One look at the WAL and whatever checkpoint it calls for.
 fn step(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     let (log, copied) = status(conn, "NOOP")?;
-    if log - copied < START_AT {
+    let behind = log - copied;
+    // Past RESTART_AT any frame left delays the writer's cheap rewind.
+    if behind < START_AT && (log < RESTART_AT || behind == 0) {
         return Ok(());
     }
     status(conn, "PASSIVE").map(|_| ())
 }
 
-/// Run by the writer after a commit: rewinds a WAL longer than `RESTART_AT` frames, unless the
-/// checkpoint task holds the gate (then a later commit does).
+/// Run by the writer after a commit: rewinds a WAL longer than `RESTART_AT` frames once at most
+/// `REWIND_SLACK` of it is left to copy, unless the checkpoint task holds the gate (then a later
+/// commit does); a WAL longer than `FORCE_AT` in any case, waiting for the task's copy to end.
 pub(super) fn bound(conn: &rusqlite::Connection, gate: &Gate) -> rusqlite::Result<()> {
-    let Ok(_held) = gate.0.try_lock() else { return Ok(()) };
-    if status(conn, "NOOP")?.0 >= RESTART_AT {
-        status(conn, "RESTART")?;
+    let (log, copied) = status(conn, "NOOP")?;
+    if log < FORCE_AT && (log < RESTART_AT || log - copied > REWIND_SLACK) {
+        return Ok(());
     }
-    Ok(())
+    let _held = if log >= FORCE_AT {
+        gate.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    } else {
+        match gate.0.try_lock() {
+            Ok(held) => held,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+        }
+    };
+    status(conn, "RESTART").map(|_| ())
 }
 
-/// Runs checkpoints on `conn` each time it is woken, until every sender is gone.
-pub(super) async fn run(conn: tokio_rusqlite::Connection, gate: Gate, mut wake: mpsc::Receiver<()>) {
-    while wake.recv().await.is_some() {
-        let gate = gate.clone();
-        match conn.call(move |c| gate.hold(|| step(c))).await {
-            Ok(()) => {}
-            Err(tokio_rusqlite::Error::Error(e)) => {
-                tracing::warn!(error = %e, "recorder WAL checkpoint failed; the next write tries again");
-            }
-            Err(_) => return,
+/// The checkpoint thread: runs checkpoints on `conn` each time it is woken, until every sender
+/// is gone. A thread of its own (not a task calling a connection thread), so a wake-up is acted
+/// on at once, however busy the runtime's workers are.
+pub(super) fn run(conn: rusqlite::Connection, gate: Gate, mut wake: mpsc::Receiver<()>) {
+    while wake.blocking_recv().is_some() {
+        if let Err(e) = gate.hold(|| step(&conn)) {
+            tracing::warn!(error = %e, "recorder WAL checkpoint failed; the next write tries again");
         }
     }
 }
@@ -125,5 +143,42 @@ mod tests {
         // Fully copied and nobody reading: the writer's next commit starts the WAL over by itself.
         write_pages(&writer, 1);
         assert!(status(&other, "NOOP").unwrap().0 < 10);
+    }
+
+    /// The writer rewinds a long WAL once it is nearly copied, which the task hastens by copying
+    /// whatever is there past RESTART_AT; with much left to copy it waits, up to FORCE_AT.
+    #[test]
+    fn the_writer_rewinds_a_long_wal_once_nearly_copied_and_past_the_hard_bound_always() {
+        let (d, writer, other) = pair();
+        let gate = Gate::default();
+        write_pages(&writer, RESTART_AT);
+        // All of it left to copy: no rewind yet.
+        bound(&writer, &gate).unwrap();
+        let (log, copied) = status(&other, "NOOP").unwrap();
+        assert!(log >= RESTART_AT && copied == 0, "{log} {copied}");
+        // A reader of this snapshot keeps the writer's next commit from starting the WAL over.
+        let mut reader = rusqlite::Connection::open(d.path().join("w.db")).unwrap();
+        let snapshot = reader.transaction().unwrap();
+        snapshot.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)).unwrap();
+        step(&other).unwrap();
+        write_pages(&writer, 10);
+        snapshot.commit().unwrap();
+        // Fewer than START_AT frames behind, but past RESTART_AT: the task copies them all the same.
+        step(&other).unwrap();
+        let (log, copied) = status(&other, "NOOP").unwrap();
+        assert!(log > RESTART_AT && copied == log, "{log} {copied}");
+        bound(&writer, &gate).unwrap();
+        write_pages(&writer, 1);
+        assert!(status(&other, "NOOP").unwrap().0 < 10, "rewound once copied");
+
+        // Much left to copy: no rewind (and its copy) until the WAL passes FORCE_AT.
+        write_pages(&writer, RESTART_AT + REWIND_SLACK * 2);
+        bound(&writer, &gate).unwrap();
+        let (log, copied) = status(&other, "NOOP").unwrap();
+        assert!(log > RESTART_AT && copied == 0, "{log} {copied}");
+        write_pages(&writer, FORCE_AT - RESTART_AT);
+        bound(&writer, &gate).unwrap();
+        write_pages(&writer, 1);
+        assert!(status(&other, "NOOP").unwrap().0 < 10, "rewound past FORCE_AT");
     }
 }

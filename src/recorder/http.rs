@@ -2,6 +2,7 @@
 //! one mapping from errors to HTTP statuses.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::body::Bytes;
@@ -144,7 +145,8 @@ impl ApiError {
                 e @ (RecorderError::Open { .. }
                 | RecorderError::Migrate { .. }
                 | RecorderError::Database { .. }
-                | RecorderError::Closed { .. }),
+                | RecorderError::Closed { .. }
+                | RecorderError::Thread(..)),
             ) => {
                 tracing::error!(error = ?e, "recorder request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
@@ -267,13 +269,17 @@ async fn submit(
     ext: Extensions,
     body: Body,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
+    let started = Instant::now();
     let submitter = submitter(&rec, bearer(&headers)).await?;
     require_content_type(&headers, "application/json")?;
     let body = read_body(body, rec.config().body_limit).await?;
+    let read = Instant::now();
     let Submission { doc, idempotency_key } = decode_submission(&body).map_err(|e| match e {
         SubmissionError::Malformed(m) => ApiError::BadRequest(m),
         SubmissionError::Invalid(bag) => ApiError::Recorder(RecorderError::from(bag)),
     })?;
+    drop(body);
+    rec.note_request(started, read, Instant::now());
     // The forwarder of another paddock sends the run id as a header as well as in the body.
     let idempotency_key = match idempotency_key {
         Some(k) => Some(k),
@@ -327,6 +333,7 @@ async fn xmlrpc_with_token(
 }
 
 async fn xmlrpc_common(rec: Recorder, token: Option<String>, headers: &HeaderMap, ext: &Extensions, body: Body) -> Response {
+    let started = Instant::now();
     let xml =
         |status: StatusCode, body: String| (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"))], body).into_response();
     // A wrong token is refused here even for reads: the caller clearly meant to authenticate.
@@ -352,7 +359,7 @@ async fn xmlrpc_common(rec: Recorder, token: Option<String>, headers: &HeaderMap
         }
     };
     let caller = xmlrpc::Caller { client_ip: client_ip(ext), submitter };
-    let (status, body) = xmlrpc::handle(&rec, caller, &body).await;
+    let (status, body) = xmlrpc::handle(&rec, caller, &body, (started, Instant::now())).await;
     xml(status, body)
 }
 

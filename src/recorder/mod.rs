@@ -7,6 +7,7 @@ mod checkpoint;
 pub mod http;
 mod model;
 mod store;
+mod timing;
 mod web;
 mod wire;
 pub mod xmlrpc;
@@ -14,7 +15,7 @@ mod xmlrpc_read;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
 
@@ -23,6 +24,7 @@ pub use model::{Bag, BagError, ClientInfo, ResultDoc, ResultKey, Step, Tagset};
 pub use store::files::{Attached, FileInfo, NewFile};
 pub use store::retention::Removed;
 pub use store::{Filter, History, HistoryMark, PackageHealth, Receipt, StoredResult, Summary};
+pub use timing::IngestTimings;
 
 /// How many of a platform's newest results "N of last N passed" counts.
 pub const HISTORY_WINDOW: u32 = 10;
@@ -150,6 +152,8 @@ pub enum RecorderError {
     Database { op: &'static str, source: rusqlite::Error },
     #[error("recorder database connection closed while {op}")]
     Closed { op: &'static str },
+    #[error("starting the recorder's {0} thread")]
+    Thread(&'static str, #[source] std::io::Error),
     /// An upload whose `auth_key` names no result, or one received too long ago.
     #[error("the auth_key names no result that accepts uploads")]
     UnknownAuthKey,
@@ -182,28 +186,38 @@ pub struct Origin {
 
 /// Handle to an open recorder database. Cheap to clone.
 ///
-/// Implementation note: one tokio-rusqlite connection (its own thread) takes every write, so
-/// writes are serialised without locks of ours; submissions reach it through a queue that
-/// `group_commits` drains, one transaction per group. A second connection serves reads, which
-/// WAL lets proceed while a write is in flight; a third runs the WAL checkpoints
-/// (`checkpoint.rs`), so the writer's commits only append to the WAL.
+/// Implementation note: one thread of ours (`write_loop`) owns the connection that takes every
+/// write, so writes are serialised without locks; submissions and other writes reach it through
+/// one queue, and it answers each submission itself once its group has committed (no hop
+/// through a tokio task or another connection thread between a commit and its answers). A
+/// second connection serves reads, which WAL lets proceed while a write is in flight; a thread
+/// of its own runs the WAL checkpoints (`checkpoint.rs`), so the writer's commits only append to
+/// the WAL.
 #[derive(Clone)]
 pub struct Recorder {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    writer: tokio_rusqlite::Connection,
+    /// The writer thread's queue (`write_loop`): submissions for its group commits and other writes.
+    jobs: tokio::sync::mpsc::Sender<Job>,
     reader: tokio_rusqlite::Connection,
-    /// The checkpoint task's connection (`checkpoint.rs`), and the wake-up it gets after writes.
+    /// Where `Recorder::checkpoint` copies the WAL (the checkpoint thread of `checkpoint.rs`,
+    /// which the writer thread wakes after writes, has a connection of its own).
     checkpointer: tokio_rusqlite::Connection,
-    wrote: tokio::sync::mpsc::Sender<()>,
     /// Keeps the writer's WAL rewinds and the checkpoint task's copies apart (`checkpoint.rs`).
     gate: checkpoint::Gate,
-    /// Submissions waiting for the writer's next group commit (`group_commits`).
-    queue: tokio::sync::mpsc::Sender<Queued>,
     config: RecorderConfig,
     tokens: auth::TokenSet,
+    timings: Arc<timing::Counters>,
+}
+
+/// Work for the writer thread, done in the order it arrives.
+enum Job {
+    /// A submission for the next group commit (boxed: the queue's slots stay small).
+    Ingest(Box<Queued>),
+    /// Any other write; the closure sends its own answer.
+    Write(Box<dyn FnOnce(&mut rusqlite::Connection) + Send>),
 }
 
 /// A validated submission waiting for its commit; `reply` hears once it is durable (or failed).
@@ -213,66 +227,98 @@ struct Queued {
     origin: Origin,
     auth_key: String,
     at: f64,
-    reply: tokio::sync::oneshot::Sender<Result<store::Inserted, RecorderError>>,
+    queued_at: Instant,
+    /// The outcome, and when its group committed.
+    reply: tokio::sync::oneshot::Sender<(Result<store::Inserted, RecorderError>, Instant)>,
 }
 
 /// Most submissions one group commit takes, and about the most bytes of output.
 const GROUP_RESULTS: usize = 64;
 const GROUP_BYTES: usize = 64 << 20;
-/// Submissions that may wait for the writer; more wait in their handlers (back-pressure).
+/// Jobs that may wait for the writer; more wait in their handlers (back-pressure).
 const QUEUE_DEPTH: usize = 64;
 
 fn stored_bytes(doc: &ResultDoc) -> usize {
     doc.steps.iter().map(|s| s.output.len() + s.errout.len() + s.command.len()).sum::<usize>() + 1024
 }
 
-/// The writer's group commit: takes every submission waiting (up to `GROUP_RESULTS` /
-/// `GROUP_BYTES`), stores them in one transaction and only then answers each. Nothing waits to
-/// fill a group: while one commit runs, the next group gathers. A group that fails is stored
-/// again one submission per transaction, so only the failing submission fails.
-async fn group_commits(
-    writer: tokio_rusqlite::Connection,
-    mut queue: tokio::sync::mpsc::Receiver<Queued>,
+/// Opens the writer's connection and brings the schema up to date (on the writer thread).
+fn open_writer(path: &Path) -> Result<rusqlite::Connection, RecorderError> {
+    let open_err = |source| RecorderError::Open { path: path.to_owned(), source };
+    let mut conn = rusqlite::Connection::open(path).map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+    // Commits only append to the WAL; the checkpoint task copies it (checkpoint.rs).
+    conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(open_err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+    store::migrations().to_latest(&mut conn).map_err(|source| RecorderError::Migrate { path: path.to_owned(), source })?;
+    Ok(conn)
+}
+
+/// The writer thread: runs each job on `conn` until every sender of `jobs` is gone. A
+/// submission starts a group commit: it takes every submission waiting behind it (up to
+/// `GROUP_RESULTS` / `GROUP_BYTES`; a write job ends the group and runs after it), stores them
+/// in one transaction and only then answers each. Nothing waits to fill a group: while one
+/// commit runs, the next group gathers. A group that fails is stored again one submission per
+/// transaction, so only the failing submission fails.
+fn write_loop(
+    mut conn: rusqlite::Connection,
+    mut jobs: tokio::sync::mpsc::Receiver<Job>,
     wrote: tokio::sync::mpsc::Sender<()>,
     gate: checkpoint::Gate,
+    timings: Arc<timing::Counters>,
 ) {
-    while let Some(first) = queue.recv().await {
+    let mut next = None;
+    loop {
+        let Some(job) = next.take().or_else(|| jobs.blocking_recv()) else { return };
+        let first = match job {
+            Job::Write(f) => {
+                f(&mut conn);
+                checkpoint::wake(&wrote);
+                continue;
+            }
+            Job::Ingest(q) => *q,
+        };
         let mut bytes = stored_bytes(&first.doc);
         let mut group = vec![first];
         while group.len() < GROUP_RESULTS && bytes < GROUP_BYTES {
-            match queue.try_recv() {
-                Ok(q) => {
+            match jobs.try_recv() {
+                Ok(Job::Ingest(q)) => {
                     bytes += stored_bytes(&q.doc);
-                    group.push(q);
+                    group.push(*q);
+                }
+                Ok(other) => {
+                    next = Some(other);
+                    break;
                 }
                 Err(_) => break,
             }
         }
-        let (items, replies): (Vec<_>, Vec<_>) =
-            group.into_iter().map(|q| ((q.doc, q.idempotency_key, q.origin, q.auth_key, q.at), q.reply)).unzip();
-        let gate = gate.clone();
-        let stored = writer
-            .call(move |conn| {
-                let stored = store_group(conn, &items);
-                if let Err(e) = checkpoint::bound(conn, &gate) {
-                    tracing::warn!(error = %e, "recorder WAL checkpoint failed; the next commit tries again");
-                }
-                Ok::<_, rusqlite::Error>(stored)
-            })
-            .await;
-        checkpoint::wake(&wrote);
-        match stored {
-            Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(outcome.map_err(|source| RecorderError::Database { op: "storing a result", source }));
-                }
-            }
-            Err(_) => {
-                for reply in replies {
-                    let _ = reply.send(Err(RecorderError::Closed { op: "storing a result" }));
-                }
-            }
+        commit_group(&mut conn, group, &timings);
+        // After the answers: a rewind of the WAL delays the next group, not these. Before the
+        // checkpoint task's wake-up, which would otherwise take the gate first.
+        let checked = Instant::now();
+        if let Err(e) = checkpoint::bound(&conn, &gate) {
+            tracing::warn!(error = %e, "recorder WAL checkpoint failed; the next commit tries again");
         }
+        timings.bound(checked.elapsed());
+        checkpoint::wake(&wrote);
+    }
+}
+
+/// Stores `group` in one transaction (`store_group`) and answers each of its submissions.
+fn commit_group(conn: &mut rusqlite::Connection, group: Vec<Queued>, timings: &timing::Counters) {
+    let taken = Instant::now();
+    let size = group.len();
+    let (items, replies): (Vec<_>, Vec<_>) =
+        group.into_iter().map(|q| ((q.doc, q.idempotency_key, q.origin, q.auth_key, q.at), (q.reply, q.queued_at))).unzip();
+    let outcomes = store_group(conn, &items);
+    let committed = Instant::now();
+    timings.group(size, committed - taken);
+    for ((reply, queued_at), outcome) in replies.into_iter().zip(outcomes) {
+        timings.queued(queued_at, taken, committed);
+        let _ = reply.send((outcome.map_err(|source| RecorderError::Database { op: "storing a result", source }), committed));
     }
 }
 
@@ -325,24 +371,26 @@ impl Recorder {
     pub async fn open(db_path: &Path, config: RecorderConfig) -> Result<Recorder, RecorderError> {
         let path = db_path.to_owned();
         let open_err = |source| RecorderError::Open { path: path.clone(), source };
-        let writer = tokio_rusqlite::Connection::open(&path).await.map_err(open_err)?;
-        let migrated = writer
-            .call(|conn| {
-                conn.pragma_update(None, "journal_mode", "WAL")?;
-                conn.pragma_update(None, "synchronous", "NORMAL")?;
-                conn.pragma_update(None, "foreign_keys", "ON")?;
-                // Commits only append to the WAL; the checkpoint task copies it (checkpoint.rs).
-                conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-                conn.busy_timeout(Duration::from_secs(5))?;
-                Ok::<_, rusqlite::Error>(store::migrations().to_latest(conn))
+        let (jobs, queued) = tokio::sync::mpsc::channel(QUEUE_DEPTH);
+        let (wrote, wake) = tokio::sync::mpsc::channel(1);
+        let gate = checkpoint::Gate::default();
+        let timings = Arc::new(timing::Counters::default());
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        let (writer_path, writer_wrote, writer_gate, writer_timings) = (path.clone(), wrote.clone(), gate.clone(), timings.clone());
+        // Ends when the last handle (and with it the queue's sender) is dropped.
+        std::thread::Builder::new()
+            .name("recorder-writer".into())
+            .spawn(move || match open_writer(&writer_path) {
+                Ok(conn) => {
+                    let _ = opened_tx.send(Ok(()));
+                    write_loop(conn, queued, writer_wrote, writer_gate, writer_timings);
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
             })
-            .await;
-        match migrated {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => return Err(RecorderError::Migrate { path, source }),
-            Err(tokio_rusqlite::Error::Error(source)) => return Err(open_err(source)),
-            Err(_) => return Err(RecorderError::Closed { op: "opening" }),
-        }
+            .map_err(|e| RecorderError::Thread("writer", e))?;
+        opened.await.map_err(|_| RecorderError::Closed { op: "opening" })??;
         let reader = tokio_rusqlite::Connection::open(&path).await.map_err(open_err)?;
         reader
             .call(|conn| {
@@ -360,17 +408,29 @@ impl Recorder {
             _ => RecorderError::Closed { op: "opening" },
         })?;
         let tokens = auth::TokenSet::new(&config.tokens);
-        let (queue, queued) = tokio::sync::mpsc::channel(QUEUE_DEPTH);
-        let (wrote, wake) = tokio::sync::mpsc::channel(1);
-        // Both end when the last handle (and with it the queue's and the wake-up's senders) is dropped.
-        let gate = checkpoint::Gate::default();
-        tokio::spawn(group_commits(writer.clone(), queued, wrote.clone(), gate.clone()));
-        tokio::spawn(checkpoint::run(checkpointer.clone(), gate.clone(), wake));
-        Ok(Recorder { inner: Arc::new(Inner { writer, reader, checkpointer, wrote, queue, config, tokens, gate }) })
+        // Ends when the writer thread (the wake-up's last sender) is gone.
+        let background =
+            rusqlite::Connection::open(&path).and_then(|c| c.busy_timeout(Duration::from_secs(5)).map(|()| c)).map_err(open_err)?;
+        let task_gate = gate.clone();
+        std::thread::Builder::new()
+            .name("recorder-checkpoint".into())
+            .spawn(move || checkpoint::run(background, task_gate, wake))
+            .map_err(|e| RecorderError::Thread("checkpoint", e))?;
+        Ok(Recorder { inner: Arc::new(Inner { jobs, reader, checkpointer, config, tokens, gate, timings }) })
     }
 
     pub fn config(&self) -> &RecorderConfig {
         &self.inner.config
+    }
+
+    /// Where submissions' time went since the last call (`timing.rs`); the counters start over.
+    pub fn take_ingest_timings(&self) -> IngestTimings {
+        self.inner.timings.take()
+    }
+
+    /// An HTTP submission's body read and parse times, for `take_ingest_timings`.
+    fn note_request(&self, started: Instant, read: Instant, parsed: Instant) {
+        self.inner.timings.request(started, read, parsed);
     }
 
     /// Copies every committed page still only in the WAL into the database file, after any
@@ -382,11 +442,6 @@ impl Recorder {
             .call(move |c| gate.hold(|| checkpoint::status(c, "PASSIVE").map(|_| ())))
             .await
             .map_err(db_err("checkpointing"))
-    }
-
-    /// The checkpoint task's wake-up, after a write outside the group commit.
-    fn wrote(&self) {
-        checkpoint::wake(&self.inner.wrote);
     }
 
     /// Unix seconds on the recorder's clock.
@@ -405,17 +460,13 @@ impl Recorder {
         };
         let at = self.now();
         let removed = self
-            .inner
-            .writer
-            .call(move |conn| {
+            .write("applying retention", move |conn| {
                 let tx = conn.transaction()?;
                 let out = store::retention::apply(&tx, policy, at)?;
                 tx.commit()?;
                 Ok(out)
             })
-            .await
-            .map_err(db_err("applying retention"))?;
-        self.wrote();
+            .await?;
         crate::metrics::recorder_retention_removed(removed.results, removed.files, removed.file_bytes);
         if removed.results > 0 {
             tracing::info!(results = removed.results, files = removed.files, bytes = removed.file_bytes, "retention removed old results");
@@ -464,9 +515,11 @@ impl Recorder {
         let at = self.now();
         let (reply, stored) = tokio::sync::oneshot::channel();
         let closed = RecorderError::Closed { op: "storing a result" };
-        let queued = Queued { doc, idempotency_key, origin, auth_key, at, reply };
-        self.inner.queue.send(queued).await.map_err(|_| RecorderError::Closed { op: "storing a result" })?;
-        let inserted = stored.await.map_err(|_| closed)??;
+        let queued = Queued { doc, idempotency_key, origin, auth_key, at, queued_at: Instant::now(), reply };
+        self.inner.jobs.send(Job::Ingest(Box::new(queued))).await.map_err(|_| RecorderError::Closed { op: "storing a result" })?;
+        let (inserted, committed) = stored.await.map_err(|_| closed)?;
+        self.inner.timings.answered(committed);
+        let inserted = inserted?;
         if inserted.created {
             tracing::info!(key = %inserted.key, "recorded a result");
         }
@@ -520,20 +573,14 @@ impl Recorder {
         let cap = c.result_files_limit;
         let at = self.now();
         let gate = self.inner.gate.clone();
-        let attached = self
-            .inner
-            .writer
-            .call(move |conn| {
-                let tx = conn.transaction()?;
-                let out = store::files::attach(&tx, key, &file, cap, at)?;
-                tx.commit()?;
-                checkpoint::bound(conn, &gate)?;
-                Ok(out)
-            })
-            .await
-            .map_err(db_err("storing a file"));
-        self.wrote();
-        attached
+        self.write("storing a file", move |conn| {
+            let tx = conn.transaction()?;
+            let out = store::files::attach(&tx, key, &file, cap, at)?;
+            tx.commit()?;
+            checkpoint::bound(conn, &gate)?;
+            Ok(out)
+        })
+        .await
     }
 
     pub async fn files(&self, key: ResultKey) -> Result<Vec<FileInfo>, RecorderError> {
@@ -609,27 +656,19 @@ impl Recorder {
         };
         let at = self.now();
         let allowance = allowance.as_secs_f64();
-        let decided = self
-            .inner
-            .writer
-            .call(move |conn| {
-                let tx = conn.transaction()?;
-                let out = store::check_should_build(&tx, &tagset, reserve, allowance, at, policy)?;
-                tx.commit()?;
-                Ok(out)
-            })
-            .await
-            .map_err(db_err("deciding whether to build"));
-        self.wrote();
-        decided
+        self.write("deciding whether to build", move |conn| {
+            let tx = conn.transaction()?;
+            let out = store::check_should_build(&tx, &tagset, reserve, allowance, at, policy)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
     }
 
     /// Force the next `check_should_build` for this platform to say yes.
     pub async fn request_build(&self, tagset: Tagset) -> Result<(), RecorderError> {
         let at = self.now();
-        let requested = self.inner.writer.call(move |c| store::request_build(c, &tagset, at)).await.map_err(db_err("requesting a build"));
-        self.wrote();
-        requested
+        self.write("requesting a build", move |c| store::request_build(c, &tagset, at)).await
     }
 
     /// Rows in results, steps, result_tags, tagsets: for tests that check nothing was stored.
@@ -652,6 +691,20 @@ impl Recorder {
     /// Whether anyone at all can submit over HTTP (a token or an authenticator is configured).
     pub fn accepts_submissions(&self) -> bool {
         !self.inner.tokens.is_empty() || self.inner.config.authenticator.is_some()
+    }
+
+    /// Runs `f` on the writer's connection, after the jobs queued before it.
+    async fn write<T, F>(&self, op: &'static str, f: F) -> Result<T, RecorderError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job::Write(Box::new(move |c| {
+            let _ = tx.send(f(c));
+        }));
+        self.inner.jobs.send(job).await.map_err(|_| RecorderError::Closed { op })?;
+        rx.await.map_err(|_| RecorderError::Closed { op })?.map_err(|source| RecorderError::Database { op, source })
     }
 
     async fn read<T, F>(&self, op: &'static str, f: F) -> Result<T, RecorderError>

@@ -648,7 +648,7 @@ fn a_group_commit_answers_each_submission_and_isolates_a_failure() {
 #[tokio::test]
 async fn the_checkpoint_task_copies_the_wal_beside_the_writer() {
     let e = env(RecorderConfig::default()).await;
-    let auto: i64 = e.rec.inner.writer.call(|c| c.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))).await.unwrap();
+    let auto: i64 = e.rec.write("test", |c| c.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))).await.unwrap();
     assert_eq!(auto, 0);
     let mut big = result("h", &[], true);
     big["results"][1]["output"] = json!("x".repeat(3 << 20));

@@ -5,7 +5,7 @@
 //! `dxr_server`'s handler map, because the handlers need the caller's address and token and
 //! because dxr_server answers a missing Content-Length with a fault instead of reading the body.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use dxr::{Fault, FaultResponse, MethodCall, MethodResponse, Value};
@@ -32,8 +32,13 @@ pub(super) struct Caller {
 /// Answer one XML-RPC request body. Faults for a body that is not a method call come back with
 /// HTTP 400 (nothing was dispatched); method-level faults come back with 200 as XML-RPC
 /// requires, so standard clients raise them as `Fault`.
-pub(super) async fn handle(rec: &Recorder, caller: Caller, body: &[u8]) -> (StatusCode, String) {
+/// `received`: when the handler started and when the body was in (`timing.rs`).
+pub(super) async fn handle(rec: &Recorder, caller: Caller, body: &[u8], received: (Instant, Instant)) -> (StatusCode, String) {
     let call = match decode(body) {
+        Ok(c @ Decoded::AddResults(_)) => {
+            rec.note_request(received.0, received.1, Instant::now());
+            c
+        }
         Ok(c) => c,
         Err(fault) => {
             return (StatusCode::BAD_REQUEST, fault_xml(fault.code(), fault.string()));
@@ -157,7 +162,11 @@ fn recorder_fault(e: RecorderError) -> Fault {
         e @ (RecorderError::OverLimit { .. } | RecorderError::UnknownAuthKey | RecorderError::BadFilename(..)) => {
             fault(INVALID_PARAMS, e.to_string())
         }
-        RecorderError::Open { .. } | RecorderError::Migrate { .. } | RecorderError::Database { .. } | RecorderError::Closed { .. } => {
+        RecorderError::Open { .. }
+        | RecorderError::Migrate { .. }
+        | RecorderError::Database { .. }
+        | RecorderError::Closed { .. }
+        | RecorderError::Thread(..) => {
             tracing::error!(error = %crate_error_chain(&e), "XML-RPC call failed");
             fault(SERVER_ERROR, "internal error")
         }
