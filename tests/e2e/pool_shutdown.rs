@@ -25,10 +25,11 @@ command = "echo hello"
 async fn sigterm_tears_down_the_idle_ready_pool_clone_and_exits_zero() {
     let out = support::guest::ensure_warm_guest_image();
     let dir = tempfile::Builder::new().prefix("pdkl6-").tempdir().unwrap();
-    let src = fleet_src(dir.path(), "26600-26619", PER_VM, &[], "", JOB)
-        .replace(&repo().join("images/out/x86_64").display().to_string(), &out.display().to_string())
-        .replacen("boot_timeout = \"3m\"\n", "boot_timeout = \"4m\"\nstart = \"warm\"\nguest_agent = true\nmin_ready = 1\n", 1)
-        .replacen("[daemon]\n", "[daemon]\npublic_reads = true\n", 1);
+    let src = super::warm_guest::warm_guest_fleet_src(dir.path(), &out, "26600-26619", JOB).replacen(
+        "[daemon]\n",
+        "[daemon]\npublic_reads = true\n",
+        1,
+    );
     assert!(src.contains("min_ready = 1") && src.contains("public_reads = true"), "{src}");
     load_fleet(dir.path(), &src);
     let config = dir.path().join("fleet.toml");

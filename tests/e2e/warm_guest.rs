@@ -61,6 +61,14 @@ async fn probe(daemon: &Daemon, dir: &Path, id: &str) -> Probed {
     Probed { row, seen_at, pinned, out, timings: doc["extras"]["timings"].clone() }
 }
 
+/// A one-host fleet whose image `tiny` is the warm-capable bundled guest built in `out`
+/// (`start = "warm"`, `guest_agent = true`, a ready pool of one), with `jobs`.
+pub(super) fn warm_guest_fleet_src(dir: &Path, out: &Path, ssh_ports: &str, jobs: &str) -> String {
+    fleet_src(dir, ssh_ports, PER_VM, &[], "", jobs)
+        .replace(&repo().join("images/out/x86_64").display().to_string(), &out.display().to_string())
+        .replacen("boot_timeout = \"3m\"\n", "boot_timeout = \"4m\"\nstart = \"warm\"\nguest_agent = true\nmin_ready = 1\n", 1)
+}
+
 /// First a SIGKILL of the daemon binary (`paddock serve --demo`) while the template is being
 /// made (its domain runs, its folder has no manifest): the next start removes the domain and
 /// the half-made folder with whatever it held (save file, console), so no template is left.
@@ -77,9 +85,7 @@ async fn warm_clones_of_the_bundled_guest_get_their_own_identity_and_the_hosts_t
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     let out = support::guest::ensure_warm_guest_image();
     let dir = tempfile::tempdir().unwrap();
-    let src = fleet_src(dir.path(), "24600-24619", PER_VM, &[], "", PROBE)
-        .replace(&repo().join("images/out/x86_64").display().to_string(), &out.display().to_string())
-        .replacen("boot_timeout = \"3m\"\n", "boot_timeout = \"4m\"\nstart = \"warm\"\nguest_agent = true\nmin_ready = 1\n", 1);
+    let src = warm_guest_fleet_src(dir.path(), &out, "24600-24619", PROBE);
     assert!(src.contains("x86_64-warm/initrd.img") && src.contains("guest_agent = true"), "{src}");
     let mut fleet = load_fleet(dir.path(), &src);
     fleet.daemon.public_reads = true;
