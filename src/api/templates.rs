@@ -83,41 +83,37 @@ fn row(t: Listed, listed_at: chrono::DateTime<Utc>) -> TemplateOut {
     }
 }
 
+/// The VM manager's answer within `MANAGER_ANSWER`; `None` (logged, naming `what` the listing
+/// did without) when it fails or does not answer in time.
+async fn ask_manager<T>(what: &str, ask: impl Future<Output = Result<T, crate::vm::VmError>>) -> Option<T> {
+    match tokio::time::timeout(MANAGER_ANSWER, ask).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            warn!(error = %super::chain(&e), "the templates listing got no {what} from the VM manager");
+            None
+        }
+        Err(_) => {
+            warn!("the templates listing got no {what} from the VM manager in time");
+            None
+        }
+    }
+}
+
 /// The VM manager's last listing of every pool host; none without a manager or when it does
 /// not answer in time (each pool host is then an `unlisted` row).
 async fn pool_listings(s: &Shared) -> Vec<PoolListing> {
     let Some(vms) = &s.vms else { return Vec::new() };
-    match tokio::time::timeout(MANAGER_ANSWER, vms.pool_templates()).await {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
-            warn!(error = %super::chain(&e), "the templates listing got no pool listing from the VM manager");
-            Vec::new()
-        }
-        Err(_) => {
-            warn!("the templates listing got no pool listing from the VM manager in time");
-            Vec::new()
-        }
-    }
+    ask_manager("pool listing", vms.pool_templates()).await.unwrap_or_default()
 }
 
 /// The live clones the VM manager knows of (a diskless template's clones are counted by
 /// them); none when it does not answer in time.
 async fn restored(s: &Shared) -> Vec<Restored> {
     let Some(vms) = &s.vms else { return Vec::new() };
-    match tokio::time::timeout(MANAGER_ANSWER, vms.snapshot()).await {
-        Ok(Ok(snap)) => snap
-            .vms
-            .into_iter()
-            .filter(|v| !matches!(v.state, crate::vm::VmState::Stopping | crate::vm::VmState::Gone | crate::vm::VmState::Failed))
-            .filter_map(|v| Some(Restored { host: v.host, key: v.template_key? }))
-            .collect(),
-        Ok(Err(e)) => {
-            warn!(error = %super::chain(&e), "the templates listing got no VM snapshot");
-            Vec::new()
-        }
-        Err(_) => {
-            warn!("the templates listing got no VM snapshot in time");
-            Vec::new()
-        }
-    }
+    let Some(snap) = ask_manager("VM snapshot", vms.snapshot()).await else { return Vec::new() };
+    snap.vms
+        .into_iter()
+        .filter(|v| !matches!(v.state, crate::vm::VmState::Stopping | crate::vm::VmState::Gone | crate::vm::VmState::Failed))
+        .filter_map(|v| Some(Restored { host: v.host, key: v.template_key? }))
+        .collect()
 }
